@@ -1,0 +1,57 @@
+"""Atomic file output: write to a temporary file beside the target, then rename.
+
+An interrupted or failed run therefore never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from trtq.errors import TrtqError
+
+
+def ensure_writable_dir(directory: Path) -> Path:
+    """Create `directory` if needed and check that files can be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtqError(
+            f"Cannot create output directory {directory}: {exc.strerror}.",
+            "choose a writable --output-dir.",
+        ) from exc
+    if not os.access(directory, os.W_OK):
+        raise TrtqError(
+            f"Output directory {directory} is not writable.", "choose a writable --output-dir."
+        )
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only on success."""
+    target = Path(target)
+    ensure_writable_dir(target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write `data` to `target` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `target` atomically."""
+    atomic_write_bytes(target, text.encode("utf-8"))

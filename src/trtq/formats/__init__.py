@@ -1,0 +1,1 @@
+"""Serialised artifacts: the ranges table (JSON) and TensorRT's calibration cache."""

@@ -1,0 +1,113 @@
+"""The ranges table: tensor name -> amax, with where it came from.
+
+This is the object that passes from calibration to every later stage (Q/DQ insertion, cache,
+evaluation), saved as JSON so calibration runs once (`trtq quantize --ranges FILE`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trtq._io import atomic_write_text
+from trtq.errors import TrtqError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RangesTable:
+    """Per-tensor absolute maxima (amax) for symmetric INT8 quantization."""
+
+    amax: dict[str, float]
+    method: str
+    model_sha256: str
+    num_samples: int
+    data_sha256: str
+    options: dict[str, float | int | str] = field(default_factory=dict)
+    model_name: str = ""
+    trtq_version: str = ""
+
+    def __post_init__(self) -> None:
+        for name, value in self.amax.items():
+            if not (math.isfinite(value) and value >= 0.0):
+                raise TrtqError(
+                    f"Range of tensor {name!r} is {value}; ranges must be finite and non-negative.",
+                    "check the calibration data for NaN/Inf values.",
+                )
+
+    def scale(self, name: str) -> float:
+        """The INT8 scale of a tensor: amax / 127, kept strictly positive."""
+        return scale_from_amax(self.amax[name])
+
+    def to_json(self) -> str:
+        """Deterministic JSON text (sorted keys) of this table."""
+        payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
+        payload["amax"] = dict(sorted(self.amax.items()))
+        return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write the table as JSON, atomically."""
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> RangesTable:
+        """Parse a table written by `to_json`."""
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrtqError(
+                f"Ranges file {source} is not valid JSON ({exc.msg} at line {exc.lineno}).",
+                "pass the .int8.json file that `trtq quantize` wrote.",
+            ) from exc
+        if not isinstance(payload, dict) or payload.get("format") != "trtq-ranges":
+            raise TrtqError(
+                f"Ranges file {source} is not a trtq ranges table (expected \"format\": "
+                f"\"trtq-ranges\", got {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}).",
+                "pass the .int8.json file that `trtq quantize` wrote.",
+            )
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            raise TrtqError(
+                f"Ranges file {source} has format_version {version}, expected {FORMAT_VERSION}.",
+                "re-run calibration with this version of trtq.",
+            )
+        try:
+            return cls(
+                amax={str(k): float(v) for k, v in payload["amax"].items()},
+                method=str(payload["method"]),
+                model_sha256=str(payload["model_sha256"]),
+                num_samples=int(payload["num_samples"]),
+                data_sha256=str(payload["data_sha256"]),
+                options=dict(payload.get("options", {})),
+                model_name=str(payload.get("model_name", "")),
+                trtq_version=str(payload.get("trtq_version", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TrtqError(
+                f"Ranges file {source} is missing or has a malformed field ({exc}).",
+                "pass the .int8.json file that `trtq quantize` wrote.",
+            ) from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> RangesTable:
+        """Read a table from a JSON file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise TrtqError(f"Ranges file {path} does not exist.", "check the --ranges path.") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrtqError(f"Ranges file {path} cannot be read ({exc}).", "check the --ranges path.") from exc
+        return cls.from_json(text, source=str(path))
+
+
+MIN_AMAX = 1e-8
+"""Floor for amax so scales stay strictly positive (an all-zero tensor still gets a valid scale)."""
+
+
+def scale_from_amax(amax: float) -> float:
+    """Symmetric INT8 scale for an absolute maximum: max(amax, MIN_AMAX) / 127."""
+    return max(float(amax), MIN_AMAX) / 127.0

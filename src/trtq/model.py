@@ -1,0 +1,231 @@
+"""Load and inspect ONNX models: inputs, outputs, dynamic dims, opset, op counts.
+
+Everything downstream talks about the model through the small frozen dataclasses here.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from trtq.errors import TrtqError
+
+Dim = int | str | None
+"""One dimension of a tensor: a fixed size, a symbolic name, or unknown (None)."""
+
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Op types whose inputs get Q/DQ pairs (TensorRT's INT8 compute layers)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and element type (a numpy dtype name, e.g. "float32") of a graph input or output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    @property
+    def is_dynamic(self) -> bool:
+        """True when any dimension is symbolic or unknown."""
+        return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+    def shape_str(self) -> str:
+        """The shape in trtexec's spelling, symbolic dims by name: 1x3xHxW."""
+        return "x".join(str(d) if d is not None else "?" for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `trtq inspect` reports about an ONNX model."""
+
+    path: str
+    sha256: str
+    opset: int
+    ir_version: int
+    producer: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    op_counts: dict[str, int] = field(default_factory=dict)
+    quantizable_nodes: tuple[str, ...] = ()
+    num_nodes: int = 0
+    num_parameters: int = 0
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable view."""
+        return asdict(self)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, with external data, raising TrtqError with the file name on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrtqError(f"Model file {path} does not exist.", "check the path to the .onnx file.")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # onnx raises DecodeError, ValueError or OSError for bad files
+        raise TrtqError(
+            f"Model file {path} is not a readable ONNX model ({type(exc).__name__}: {exc}).",
+            "export the model again or check that the file was copied completely.",
+        ) from exc
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The opset version of the default ("" or "ai.onnx") domain."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise TrtqError("The model declares no default-domain opset.", "re-export the model with an opset.")
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[Dim, ...]:
+    dims: list[Dim] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _dtype_name(elem_type: int) -> str:
+    if elem_type == 0:
+        return "undefined"
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def tensor_spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    """Convert an ONNX ValueInfoProto into a TensorSpec."""
+    return TensorSpec(
+        name=value_info.name,
+        shape=_dims(value_info),
+        dtype=_dtype_name(value_info.type.tensor_type.elem_type),
+    )
+
+
+def graph_inputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+    """The real inputs of the graph (initializers listed as inputs by old exporters are skipped)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return tuple(tensor_spec(vi) for vi in model.graph.input if vi.name not in initializers)
+
+
+def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+    """The outputs of the graph."""
+    return tuple(tensor_spec(vi) for vi in model.graph.output)
+
+
+def inspect_model(path: str | Path, model: onnx.ModelProto | None = None) -> ModelInfo:
+    """Summarise a model: IO specs, opset, op counts and the nodes trtq would quantize."""
+    path = Path(path)
+    if model is None:
+        model = load_model(path)
+    counts = collections.Counter(node.op_type for node in model.graph.node)
+    quantizable = tuple(
+        node.name or f"{node.op_type}_{i}"
+        for i, node in enumerate(model.graph.node)
+        if node.op_type in QUANTIZABLE_OPS
+    )
+    params = sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+    return ModelInfo(
+        path=str(path),
+        sha256=file_sha256(path),
+        opset=default_opset(model),
+        ir_version=int(model.ir_version),
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=graph_inputs(model),
+        outputs=graph_outputs(model),
+        op_counts=dict(sorted(counts.items())),
+        quantizable_nodes=quantizable,
+        num_nodes=len(model.graph.node),
+        num_parameters=params,
+    )
+
+
+_SHAPE_ITEM = re.compile(r"^(?P<name>.+):(?P<dims>\d+(?:x\d+)*)$")
+
+
+def parse_shapes(text: str | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse trtexec-style shapes, "input:1x3x640x640,mask:1x640", into {name: shape}.
+
+    Names may contain colons; the dims are after the last one.
+    """
+    if not text:
+        return {}
+    items = [text] if isinstance(text, str) else list(text)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            match = _SHAPE_ITEM.match(part)
+            if not match:
+                raise TrtqError(
+                    f"Shape {part!r} is not of the form name:AxBxC.",
+                    "write shapes as trtexec does, e.g. --shape images:1x3x640x640.",
+                )
+            shapes[match["name"]] = tuple(int(d) for d in match["dims"].split("x"))
+    return shapes
+
+
+def resolve_input_shapes(
+    inputs: Sequence[TensorSpec], shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Fixed shapes for every input: the model's own dims, overridden by `shapes`.
+
+    Raises TrtqError for an unknown name, a rank mismatch, a fixed dim contradicted, or a
+    dynamic dim left without a shape.
+    """
+    shapes = dict(shapes or {})
+    known = {spec.name for spec in inputs}
+    unknown = sorted(set(shapes) - known)
+    if unknown:
+        raise TrtqError(
+            f"--shape names input {unknown[0]!r}, but the model's inputs are {sorted(known)}.",
+            "use the input names that `trtq inspect` lists.",
+        )
+    resolved: dict[str, tuple[int, ...]] = {}
+    for spec in inputs:
+        if spec.name in shapes:
+            given = shapes[spec.name]
+            if len(given) != len(spec.shape):
+                raise TrtqError(
+                    f"--shape for input {spec.name!r} has rank {len(given)}, expected rank "
+                    f"{len(spec.shape)} ({spec.shape_str()}).",
+                    "give one size per dimension.",
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, given)):
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise TrtqError(
+                        f"--shape for input {spec.name!r} sets dim {axis} to {got}, but the model "
+                        f"fixes it at {want} ({spec.shape_str()}).",
+                        "only dynamic dimensions can be overridden.",
+                    )
+            resolved[spec.name] = tuple(given)
+        elif spec.is_dynamic:
+            raise TrtqError(
+                f"Input {spec.name!r} has dynamic dims ({spec.shape_str()}) and no --shape was given.",
+                f"pass --shape {spec.name}:"
+                + "x".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N")
+                           for i, d in enumerate(spec.shape))
+                + " with the size to calibrate at.",
+            )
+        else:
+            resolved[spec.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
+    return resolved
