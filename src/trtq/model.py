@@ -185,12 +185,15 @@ def parse_shapes(text: str | Sequence[str] | None) -> dict[str, tuple[int, ...]]
 
 
 def resolve_input_shapes(
-    inputs: Sequence[TensorSpec], shapes: Mapping[str, tuple[int, ...]] | None = None
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    default_batch: int | None = 1,
 ) -> dict[str, tuple[int, ...]]:
     """Fixed shapes for every input: the model's own dims, overridden by `shapes`.
 
-    Raises TrtqError for an unknown name, a rank mismatch, a fixed dim contradicted, or a
-    dynamic dim left without a shape.
+    A dynamic leading (batch) dim with no --shape becomes `default_batch`, as trtexec does;
+    any other dynamic dim needs an explicit shape. Raises TrtqError for an unknown name, a rank
+    mismatch, a fixed dim contradicted, or a dynamic dim left without a shape.
     """
     shapes = dict(shapes or {})
     known = {spec.name for spec in inputs}
@@ -218,6 +221,10 @@ def resolve_input_shapes(
                         "only dynamic dimensions can be overridden.",
                     )
             resolved[spec.name] = tuple(given)
+        elif default_batch is not None and spec.shape and spec.is_dynamic and not any(
+            not isinstance(d, int) or d < 0 for d in spec.shape[1:]
+        ):
+            resolved[spec.name] = (default_batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
         elif spec.is_dynamic:
             raise TrtqError(
                 f"Input {spec.name!r} has dynamic dims ({spec.shape_str()}) and no --shape was given.",
@@ -229,3 +236,71 @@ def resolve_input_shapes(
         else:
             resolved[spec.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
     return resolved
+
+
+MIN_QDQ_OPSET = 13
+"""Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13."""
+
+
+def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """Return a copy ready for analysis and Q/DQ insertion.
+
+    - Constant nodes become initializers (exporters emit weights either way),
+    - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
+      excluded and reported by name,
+    - the default-domain opset is raised to >= 13 (per-channel Q/DQ), via onnx's version converter,
+    - shapes and types are inferred.
+    """
+    from onnx import numpy_helper, shape_inference, version_converter
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if default_opset(out) < MIN_QDQ_OPSET:
+        try:
+            out = version_converter.convert_version(out, MIN_QDQ_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeError/ValueError subtypes
+            raise TrtqError(
+                f"{source} uses opset {default_opset(model)}; per-channel Q/DQ needs opset >= "
+                f"{MIN_QDQ_OPSET} and onnx's version converter failed ({exc}).",
+                f"re-export the model with opset {MIN_QDQ_OPSET} or newer.",
+            ) from exc
+    graph = out.graph
+    kept = []
+    existing_inits = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value" and node.output[0] not in existing_inits:
+            tensor = numpy_helper.to_array(node.attribute[0].t)
+            graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+            continue
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = {node.name for node in graph.node if node.name}
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    try:
+        out = shape_inference.infer_shapes(out, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError for inconsistent graphs
+        raise TrtqError(
+            f"{source} fails ONNX shape inference ({exc}).",
+            "run onnx.checker on the model and re-export it.",
+        ) from exc
+    return out
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type of every named value the model declares (inputs, outputs, value_info, initializers)."""
+    types: dict[str, int] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types

@@ -1,0 +1,44 @@
+"""The contract every calibration backend meets, and how one is chosen from `--device`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from trtq.calibrate.collector import TensorStats
+from trtq.errors import TrtqError
+
+
+class CalibrationBackend(Protocol):
+    """Runs the FP32 model batch by batch and keeps streaming statistics of chosen tensors."""
+
+    name: str
+
+    def observe(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Run one batch and fold the observed tensors into the statistics."""
+
+    def stats(self) -> dict[str, TensorStats]:
+        """Statistics of every observed tensor so far."""
+
+
+def make_backend(
+    device: str, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool
+) -> CalibrationBackend:
+    """A backend for `device` ("cpu" or "cuda[:N]") observing `tensors` of `model`."""
+    if device == "cpu":
+        from trtq.calibrate.backend_ort import OrtBackend
+
+        return OrtBackend(model, tensors, histogram=histogram)
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            from trtq.calibrate.backend_torch import TorchBackend
+        except ImportError as exc:
+            raise TrtqError(
+                f"--device {device} needs PyTorch with CUDA, which is not installed ({exc}).",
+                "pip install 'trtq[gpu]' on a machine with an NVIDIA GPU, or use --device cpu.",
+            ) from exc
+        return TorchBackend(model, tensors, histogram=histogram, device=device)
+    raise TrtqError(f"--device {device!r} is not a device trtq knows.", "use --device cpu or --device cuda[:N].")

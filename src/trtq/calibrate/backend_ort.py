@@ -1,0 +1,78 @@
+"""CPU calibration backend: onnxruntime runs the FP32 model with the observed tensors exposed.
+
+Each observed tensor is added as a graph output, so one session run yields the activations of
+one batch; they are folded into fixed-size statistics and dropped, keeping memory bounded by
+one batch's activations whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from trtq.calibrate.collector import StatsCollector, TensorStats
+from trtq.model import tensor_types
+
+_PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this a model must travel with external data
+
+
+def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs also include `tensors` (graph inputs excluded)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    types = tensor_types(out)
+    present = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    for name in tensors:
+        if name not in present:
+            out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+            present.add(name)
+    return out
+
+
+def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU onnxruntime session for an in-memory model (large models go through a temp file)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if model.ByteSize() < _PROTOBUF_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="trtq-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="model.data")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtBackend:
+    """onnxruntime (CPU) calibration backend."""
+
+    name = "onnxruntime-cpu"
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool = True,
+                 threads: int | None = None) -> None:
+        self._tensors = list(dict.fromkeys(tensors))
+        input_names = {i.name for i in model.graph.input}
+        self._from_feeds = [t for t in self._tensors if t in input_names]
+        self._fetch = [t for t in self._tensors if t not in input_names]
+        self._session = make_session(expose_tensors(model, self._fetch), threads or os.cpu_count())
+        self._collector = StatsCollector(self._tensors, histogram=histogram)
+
+    def observe(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Run one batch and update the statistics of every observed tensor."""
+        values = self._session.run(self._fetch, dict(batch)) if self._fetch else []
+        for name, value in zip(self._fetch, values):
+            self._collector.update(name, value)
+        for name in self._from_feeds:
+            self._collector.update(name, batch[name])
+
+    def stats(self) -> dict[str, TensorStats]:
+        """Statistics of every observed tensor."""
+        return self._collector.stats()

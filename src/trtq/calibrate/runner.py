@@ -1,0 +1,89 @@
+"""The calibration loop: batches -> backend statistics -> per-tensor amax (a RangesTable)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from trtq import __version__
+from trtq.calibrate.algorithms import compute_amax, needs_histogram
+from trtq.calibrate.backend import make_backend
+from trtq.calibrate.collector import TensorStats
+from trtq.data import Dataset
+from trtq.errors import TrtqError
+from trtq.formats.ranges import RangesTable
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Ranges plus the statistics they came from (kept for reports) and the time taken."""
+
+    ranges: RangesTable
+    stats: dict[str, TensorStats]
+    seconds: float
+    backend: str
+
+
+def run_calibration(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    dataset: Dataset,
+    *,
+    model_sha256: str,
+    model_name: str = "",
+    method: str = "entropy",
+    percentile: float = 99.99,
+    batch_size: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+) -> CalibrationResult:
+    """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
+
+    The data hash covers every batch's bytes in order, so a ranges table names exactly the data
+    it came from.
+    """
+    start = time.perf_counter()
+    backend = make_backend(device, model, tensors, histogram=needs_histogram(method))
+    digest = hashlib.sha256()
+    samples = 0
+    with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
+              dynamic_ncols=True, leave=False) as bar:
+        for batch in dataset.batches(batch_size):
+            for name in sorted(batch):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(batch[name]).tobytes())
+            backend.observe(batch)
+            n = len(next(iter(batch.values())))
+            samples += n
+            bar.update(n)
+    if samples == 0:
+        raise TrtqError(f"Calibration data {dataset.description} yielded no samples.", "pass a non-empty --calib source.")
+    stats = backend.stats()
+    bad = sorted(name for name, s in stats.items() if s.nan_count)
+    if bad:
+        raise TrtqError(
+            f"The FP32 model produced NaN/Inf in tensor {bad[0]!r} ({stats[bad[0]].nan_count} values) on the "
+            "calibration data.",
+            "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
+        )
+    amax = {name: float(compute_amax(stats[name], method, percentile=percentile)) for name in tensors}
+    options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
+    if method == "percentile":
+        options["percentile"] = percentile
+    ranges = RangesTable(
+        amax=amax,
+        method=method,
+        model_sha256=model_sha256,
+        num_samples=samples,
+        data_sha256=digest.hexdigest(),
+        options=options,
+        model_name=model_name,
+        trtq_version=__version__,
+    )
+    return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name)

@@ -1,0 +1,260 @@
+"""Decide where Q/DQ pairs go, following TensorRT's placement rules (DESIGN.md).
+
+- inputs (activation and weight) of Conv, ConvTranspose, Gemm, MatMul are quantized;
+- weights per output channel, activations per tensor; biases and outputs never;
+- on a residual Add fed by a convolution, the *other* (skip) input is quantized so TensorRT can
+  fuse the Add into the convolution;
+- MaxPool / AveragePool / GlobalAveragePool inputs are quantized (TensorRT runs them in INT8
+  between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
+- excluded nodes (by name regex or op type) keep their inputs in high precision.
+
+The result is a plan (which tensor, which consumers, which axis); nothing is edited here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import TensorProto
+
+from trtq.errors import TrtqError
+from trtq.model import QUANTIZABLE_OPS, tensor_types
+
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
+"""Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """One tensor to quantize and the node inputs that should read its dequantized value."""
+
+    tensor: str
+    kind: str  # "activation" or "weight"
+    consumers: tuple[tuple[str, int], ...]  # (node name, input index)
+    axis: int | None = None  # per-channel axis for weights; None = per tensor
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where Q/DQ goes, plus the activation tensors calibration must observe."""
+
+    targets: tuple[QuantTarget, ...]
+    excluded_nodes: tuple[str, ...] = ()
+    cache_tensors: tuple[str, ...] = ()
+    """Float activations that get a line in the TensorRT calibration cache (implicit builds)."""
+
+    @property
+    def activation_tensors(self) -> tuple[str, ...]:
+        """Activations that get Q/DQ pairs (their ranges come from calibration)."""
+        return tuple(t.tensor for t in self.targets if t.kind == "activation")
+
+    @property
+    def weight_tensors(self) -> tuple[str, ...]:
+        """Weights that get per-channel Q/DQ pairs (their ranges come from the weights themselves)."""
+        return tuple(t.tensor for t in self.targets if t.kind == "weight")
+
+    @property
+    def calibrated_tensors(self) -> tuple[str, ...]:
+        """Every activation calibration must observe: Q/DQ inputs and cache tensors, sorted."""
+        return tuple(sorted(set(self.activation_tensors) | set(self.cache_tensors)))
+
+
+@dataclass
+class _Graph:
+    """Producer/consumer indexes of a graph (read-only helper)."""
+
+    model: onnx.ModelProto
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=lambda: defaultdict(list))
+    initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def index(cls, model: onnx.ModelProto) -> _Graph:
+        g = cls(model)
+        for node in model.graph.node:
+            for out in node.output:
+                if out:
+                    g.producer[out] = node
+            for i, name in enumerate(node.input):
+                if name:
+                    g.consumers[name].append((node, i))
+        g.initializers = {init.name: init for init in model.graph.initializer}
+        g.types = tensor_types(model)
+        return g
+
+    def is_weight(self, name: str) -> bool:
+        return name in self.initializers
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) in FLOAT_TYPES
+
+
+def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
+    """Output-channel axis of a weight as laid out for this node."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return 0  # KCRS for Conv; ConvTranspose CKRS, axis 0 as NVIDIA advises (DESIGN.md)
+    if node.op_type == "Gemm":
+        attrs = {a.name: a.i for a in node.attribute}
+        if input_index == 1:
+            return 0 if attrs.get("transB", 0) else 1
+        return 1 if attrs.get("transA", 0) else 0
+    # MatMul: B is [..., K, N] -> output channels on the last axis; A is [..., M, K] -> axis -2.
+    return rank - 1 if input_index == 1 else max(rank - 2, 0)
+
+
+def _compile(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise TrtqError(
+                f"--exclude-nodes pattern {pattern!r} is not a valid regular expression ({exc}).",
+                "quote the pattern and escape special characters, e.g. '/model\\.24/.*'.",
+            ) from exc
+    return compiled
+
+
+def plan_placement(
+    model: onnx.ModelProto,
+    exclude_nodes: Sequence[str] = (),
+    exclude_ops: Iterable[str] = (),
+) -> Placement:
+    """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`)."""
+    for node in model.graph.node:
+        if node.op_type in ALREADY_QUANTIZED_OPS:
+            raise TrtqError(
+                f"The model already contains quantization node {node.name!r} ({node.op_type}).",
+                "pass the original FP32 model, not a quantized one.",
+            )
+    g = _Graph.index(model)
+    patterns = _compile(exclude_nodes)
+    excluded_ops = {op.strip() for op in exclude_ops if op.strip()}
+    excluded = {
+        node.name
+        for node in model.graph.node
+        if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
+    }
+
+    wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    axes: dict[str, int | None] = {}
+
+    def want(name: str, node: onnx.NodeProto, index: int) -> None:
+        if not name or not g.is_float(name):
+            return
+        if g.is_weight(name):
+            init = g.initializers[name]
+            if len(init.dims) < 2:
+                return  # 1-D constants are biases/scales, never quantized
+            kinds[name] = "weight"
+            axes[name] = _weight_axis(node, index, len(init.dims))
+        else:
+            kinds[name] = "activation"
+            axes[name] = None
+        wanted[name].append((node.name, index))
+
+    for node in model.graph.node:
+        if node.name in excluded:
+            continue
+        if node.op_type in QUANTIZABLE_OPS:
+            data_inputs = (0, 1)  # Conv/ConvT: X, W; Gemm: A, B; MatMul: A, B. Never the bias.
+            for index in data_inputs:
+                if index < len(node.input):
+                    want(node.input[index], node, index)
+        elif node.op_type in POOLING_OPS:
+            if _feeds_quantized(g, node.output[0], excluded):
+                want(node.input[0], node, 0)
+        elif node.op_type == "Add" and len(node.input) == 2:
+            skip = _residual_skip_input(g, node, excluded)
+            if skip is not None:
+                want(node.input[skip], node, skip)
+
+    targets = tuple(
+        QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
+        for name, consumers in wanted.items()
+    )
+    return Placement(
+        targets=targets,
+        excluded_nodes=tuple(sorted(excluded)),
+        cache_tensors=_cache_tensors(g, excluded),
+    )
+
+
+def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:
+    """True when a pooling output reaches a quantized compute op (so INT8 pooling pays off)."""
+    seen: set[str] = set()
+    frontier = [tensor]
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node, _ in g.consumers.get(name, []):
+            if node.name in excluded:
+                continue
+            if node.op_type in QUANTIZABLE_OPS or node.op_type in POOLING_OPS or node.op_type == "Add":
+                return True
+            if node.op_type in ("Relu", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"):
+                frontier.extend(node.output)
+    return False
+
+
+def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> int | None:
+    """Index of the skip input of a residual Add fed by a convolution on its other input."""
+    a, b = add.input
+    if g.is_weight(a) or g.is_weight(b) or not (g.is_float(a) and g.is_float(b)):
+        return None
+
+    def from_conv(name: str) -> bool:
+        node = g.producer.get(name)
+        if node is not None and node.op_type == "BatchNormalization":
+            node = g.producer.get(node.input[0])
+        return (
+            node is not None
+            and node.op_type in ("Conv", "ConvTranspose")
+            and node.name not in excluded
+            and len(g.consumers.get(name, [])) == 1
+        )
+
+    a_conv, b_conv = from_conv(a), from_conv(b)
+    if a_conv and not b_conv:
+        return 1
+    if b_conv and not a_conv:
+        return 0
+    if a_conv and b_conv:
+        return 1  # projection shortcut: fuse the main branch (input 0), quantize the other
+    return None
+
+
+def _cache_tensors(g: _Graph, excluded: set[str]) -> tuple[str, ...]:
+    """Float activations for the implicit-build cache: graph inputs and node outputs.
+
+    Left out: outputs of excluded nodes and inputs of score ops (so TensorRT keeps them in
+    higher precision), and graph outputs that are scores.
+    """
+    names: list[str] = [vi.name for vi in g.model.graph.input if vi.name not in g.initializers]
+    for node in g.model.graph.node:
+        if node.name in excluded or node.op_type in ("Constant", "Shape"):
+            continue
+        names.extend(out for out in node.output if out)
+    keep = []
+    for name in names:
+        if not g.is_float(name):
+            continue
+        readers = g.consumers.get(name, [])
+        if any(node.op_type in SCORE_OPS or node.name in excluded for node, _ in readers):
+            continue
+        producer = g.producer.get(name)
+        if producer is not None and producer.op_type in SCORE_OPS:
+            continue
+        keep.append(name)
+    return tuple(dict.fromkeys(keep))
