@@ -55,3 +55,31 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 def atomic_write_text(target: Path, text: str) -> None:
     """Write `text` (UTF-8) to `target` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def write_files_atomically(files: dict[Path, bytes]) -> None:
+    """Write several files so that either all appear or none does.
+
+    Every file is first written to a temporary name beside its target; only when all writes
+    succeeded are they renamed into place.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in files.items():
+            target = Path(target)
+            ensure_writable_dir(target.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            staged.append((Path(tmp_name), target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise TrtqError(
+            f"Cannot write {exc.filename or 'an output file'}: {exc.strerror}.",
+            "check free disk space and permissions of the output directory.",
+        ) from exc
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()

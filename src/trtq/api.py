@@ -1,0 +1,267 @@
+"""trtq's public Python API: what the CLI calls, and what users import.
+
+    import trtq.api as trtq
+    result = trtq.quantize("model.onnx", calib="images/", preset="imagenet")
+    print(result.onnx_path, result.cache_path)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from trtq._io import write_files_atomically
+from trtq.calibrate import CalibrationResult, run_calibration
+from trtq.calibrate.algorithms import METHODS
+from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.errors import TrtqError
+from trtq.evaluate import ComparisonReport, compare_models
+from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache
+from trtq.formats.ranges import RangesTable
+from trtq.model import (
+    ModelInfo,
+    file_sha256,
+    graph_inputs,
+    inspect_model,
+    load_model,
+    normalize_model,
+    resolve_input_shapes,
+)
+from trtq.quantize import Placement, insert_qdq, plan_placement
+
+__all__ = [
+    "DataOptions",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "calibrate",
+    "compare",
+    "inspect",
+    "open_data",
+    "prepare_model",
+    "quantize",
+]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+
+    preset: str | None = None
+    preprocess: Mapping[str, object] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
+
+    method: str = "entropy"
+    percentile: float = 99.99
+    exclude_nodes: Sequence[str] = ()
+    exclude_ops: Sequence[str] = ()
+    trt_version: str = DEFAULT_TRT_VERSION
+    output_dir: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize` wrote and how it got there."""
+
+    model: str
+    onnx_path: str
+    cache_path: str
+    ranges_path: str
+    method: str
+    samples: int
+    qdq_pairs: int
+    quantized_activations: int
+    quantized_weights: int
+    cache_entries: int
+    excluded_nodes: tuple[str, ...]
+    calibration_seconds: float | None
+    commands: dict[str, str]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A normalised model with its source file's identity and its Q/DQ placement."""
+
+    path: Path
+    sha256: str
+    model: onnx.ModelProto
+    placement: Placement
+
+
+def inspect(model_path: str | Path) -> ModelInfo:
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
+    return inspect_model(model_path)
+
+
+def prepare_model(
+    model_path: str | Path, exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = ()
+) -> PreparedModel:
+    """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
+    path = Path(model_path)
+    model = normalize_model(load_model(path), source=str(path))
+    return PreparedModel(
+        path=path,
+        sha256=file_sha256(path),
+        model=model,
+        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops),
+    )
+
+
+def open_data(model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions()) -> Dataset:
+    """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs."""
+    inputs = graph_inputs(model)
+    shapes = resolve_input_shapes(inputs, options.shapes)
+    preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
+    return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit)
+
+
+def _batch_size(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    resolved = resolve_input_shapes(graph_inputs(model), shapes)
+    first = next(iter(resolved.values()), (1,))
+    return int(first[0]) if first else 1
+
+
+def calibrate(
+    model_path: str | Path,
+    calib: str | Path,
+    *,
+    data: DataOptions = DataOptions(),
+    options: QuantizeOptions = QuantizeOptions(),
+    progress: bool = True,
+) -> CalibrationResult:
+    """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
+    if options.method not in METHODS:
+        raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    return _calibrate_prepared(prepared, calib, data, options, progress)
+
+
+def _calibrate_prepared(
+    prepared: PreparedModel, calib: str | Path, data: DataOptions, options: QuantizeOptions, progress: bool
+) -> CalibrationResult:
+    dataset = open_data(prepared.model, calib, data)
+    return run_calibration(
+        prepared.model,
+        prepared.placement.calibrated_tensors,
+        dataset,
+        model_sha256=prepared.sha256,
+        model_name=prepared.path.name,
+        method=options.method,
+        percentile=options.percentile,
+        batch_size=_batch_size(prepared.model, data.shapes),
+        device=options.device,
+        progress=progress,
+    )
+
+
+def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path]:
+    """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model)."""
+    directory = Path(output_dir) if output_dir else model_path.parent
+    stem = model_path.stem
+    return directory / f"{stem}.int8.onnx", directory / f"{stem}.int8.cache", directory / f"{stem}.int8.json"
+
+
+def quantize(
+    model_path: str | Path,
+    calib: str | Path | None = None,
+    *,
+    ranges: str | Path | RangesTable | None = None,
+    data: DataOptions = DataOptions(),
+    options: QuantizeOptions = QuantizeOptions(),
+    progress: bool = True,
+) -> QuantizeResult:
+    """Calibrate (or reuse saved ranges) and write the Q/DQ ONNX, the TensorRT cache and the ranges JSON.
+
+    All three files appear together or not at all.
+    """
+    if (calib is None) == (ranges is None):
+        raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
+    if options.method not in METHODS:
+        raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
+    seconds: float | None = None
+    if calib is not None:
+        result = _calibrate_prepared(prepared, calib, data, options, progress)
+        table, seconds = result.ranges, result.seconds
+    else:
+        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+        if table.model_sha256 != prepared.sha256:
+            warnings.warn(
+                f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
+                f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
+                stacklevel=2,
+            )
+    quantized = insert_qdq(prepared.model, prepared.placement, table.amax)
+    onnx.checker.check_model(quantized)
+    cache_amax = {name: table.amax[name] for name in prepared.placement.calibrated_tensors if name in table.amax}
+    write_files_atomically(
+        {
+            onnx_path: quantized.SerializeToString(),
+            cache_path: format_cache(cache_amax, options.trt_version, table.method),
+            ranges_path: table.to_json().encode("utf-8"),
+        }
+    )
+    placement = prepared.placement
+    return QuantizeResult(
+        model=str(prepared.path),
+        onnx_path=str(onnx_path),
+        cache_path=str(cache_path),
+        ranges_path=str(ranges_path),
+        method=table.method,
+        samples=table.num_samples,
+        qdq_pairs=len(placement.targets),
+        quantized_activations=len(placement.activation_tensors),
+        quantized_weights=len(placement.weight_tensors),
+        cache_entries=len(cache_amax),
+        excluded_nodes=placement.excluded_nodes,
+        calibration_seconds=seconds,
+        commands=build_commands(onnx_path, cache_path, prepared.path, data.shapes),
+    )
+
+
+def build_commands(onnx_path: Path, cache_path: Path, model_path: Path,
+                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+    """The trtexec command lines that build an engine from what `quantize` wrote, per TensorRT version."""
+    from trtq.tensorrt.commands import trtexec_build_commands
+
+    engine_path = onnx_path.with_suffix(".engine")
+    return trtexec_build_commands(str(onnx_path), str(cache_path), str(engine_path), dict(shapes) or None,
+                                  original_onnx=str(model_path))
+
+
+def compare(
+    reference_path: str | Path,
+    candidate_path: str | Path,
+    data_source: str | Path,
+    *,
+    data: DataOptions = DataOptions(),
+    progress: bool = True,
+) -> ComparisonReport:
+    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement."""
+    reference = load_model(reference_path)
+    candidate = load_model(candidate_path)
+    dataset = open_data(reference, data_source, data)
+    return compare_models(
+        reference,
+        candidate,
+        dataset,
+        reference_name=str(reference_path),
+        candidate_name=str(candidate_path),
+        batch_size=_batch_size(reference, data.shapes),
+        progress=progress,
+    )

@@ -1,0 +1,105 @@
+"""Streaming FP32-vs-quantized agreement metrics, aggregated over a data set (DESIGN.md).
+
+SNR and cosine similarity are aggregate over all samples and elements of an output; the worst
+single-sample SNR is reported beside it but never drives decisions. Top-1 agreement is the share
+of samples whose arg-max matches FP32's, for outputs that look like class scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def snr_db(signal_power: float, noise_power: float) -> float:
+    """10*log10(signal/noise); +inf for an exact match, -inf for a zero reference with noise."""
+    if noise_power == 0.0:
+        return math.inf
+    if signal_power == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_power / noise_power)
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """Agreement of one output over a data set."""
+
+    name: str
+    samples: int
+    snr_db: float
+    worst_sample_snr_db: float
+    cosine: float
+    max_abs_error: float
+    mean_abs_error: float
+    top1_agreement: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (infinities as strings)."""
+        return {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
+
+
+def looks_like_scores(shape: tuple[int, ...]) -> bool:
+    """True for [N, C] outputs with C > 1 (class scores/logits), where top-1 agreement is meaningful."""
+    return len(shape) == 2 and shape[1] > 1
+
+
+class OutputAccumulator:
+    """Accumulates the sums behind OutputMetrics, one batch at a time, in float64."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.samples = 0
+        self.ref_sq = 0.0
+        self.err_sq = 0.0
+        self.q_sq = 0.0
+        self.dot = 0.0
+        self.abs_err = 0.0
+        self.max_abs = 0.0
+        self.elements = 0
+        self.worst = math.inf
+        self.top1_matches = 0
+        self.scores = True
+
+    def update(self, ref: np.ndarray, quant: np.ndarray) -> None:
+        """Add one batch (leading dim = samples) of reference and quantized outputs."""
+        ref64 = np.asarray(ref, dtype=np.float64)
+        q64 = np.asarray(quant, dtype=np.float64)
+        if ref64.shape != q64.shape:
+            raise ValueError(f"output {self.name}: shapes differ, {ref64.shape} vs {q64.shape}")
+        n = ref64.shape[0] if ref64.ndim else 1
+        err = ref64 - q64
+        r = ref64.reshape(n, -1)
+        e = err.reshape(n, -1)
+        per_ref = np.einsum("ij,ij->i", r, r)
+        per_err = np.einsum("ij,ij->i", e, e)
+        self.ref_sq += float(per_ref.sum())
+        self.err_sq += float(per_err.sum())
+        self.q_sq += float(np.vdot(q64, q64))
+        self.dot += float(np.vdot(ref64, q64))
+        self.abs_err += float(np.abs(err).sum())
+        self.max_abs = max(self.max_abs, float(np.abs(err).max(initial=0.0)))
+        self.elements += err.size
+        for s_ref, s_err in zip(per_ref, per_err):
+            self.worst = min(self.worst, snr_db(float(s_ref), float(s_err)))
+        if looks_like_scores(ref64.shape):
+            self.top1_matches += int((ref64.argmax(axis=1) == q64.argmax(axis=1)).sum())
+        else:
+            self.scores = False
+        self.samples += n
+
+    def result(self) -> OutputMetrics:
+        """The metrics over everything seen."""
+        denom = math.sqrt(self.ref_sq) * math.sqrt(self.q_sq)
+        cosine = self.dot / denom if denom else (1.0 if self.ref_sq == self.q_sq else 0.0)
+        return OutputMetrics(
+            name=self.name,
+            samples=self.samples,
+            snr_db=snr_db(self.ref_sq, self.err_sq),
+            worst_sample_snr_db=self.worst,
+            cosine=cosine,
+            max_abs_error=self.max_abs,
+            mean_abs_error=self.abs_err / self.elements if self.elements else 0.0,
+            top1_agreement=(self.top1_matches / self.samples) if (self.scores and self.samples) else None,
+        )
