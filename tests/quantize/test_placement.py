@@ -1,0 +1,70 @@
+"""Q/DQ placement follows TensorRT's rules on tiny models (see tests/tiny_models.py for the graphs)."""
+
+import pytest
+
+from tiny_models import gemm_matmul_net, residual_conv_net
+from trtq.errors import TrtqError
+from trtq.model import normalize_model
+from trtq.quantize import plan_placement
+
+
+def _targets(model, **kwargs):
+    placement = plan_placement(normalize_model(model), **kwargs)
+    return placement, {t.tensor: t for t in placement.targets}
+
+
+def test_conv_inputs_weights_skip_and_pool_are_quantized():
+    placement, targets = _targets(residual_conv_net())
+    # activations: conv inputs (input, r1, r2, pool), maxpool input (r3), and r1 again as Add skip
+    assert set(placement.activation_tensors) == {"input", "r1", "r2", "r3", "pool"}
+    assert set(placement.weight_tensors) == {"w1", "w2", "w3", "wh"}
+    # the Add's skip input (r1, index 1) reads the same DQ as conv2's input; c3 (from conv3) is not quantized
+    assert ("add", 1) in targets["r1"].consumers and ("conv2", 0) in targets["r1"].consumers
+    assert "c3" not in targets
+    # biases, outputs and the sigmoid input are never quantized
+    assert not {"b1", "b2", "b3", "bh", "scores", "logits"} & set(targets)
+
+
+def test_weights_per_output_channel_activations_per_tensor():
+    _, targets = _targets(residual_conv_net())
+    assert all(targets[w].axis == 0 for w in ("w1", "w2", "w3", "wh"))
+    assert all(targets[a].axis is None for a in ("input", "r1", "r2", "r3", "pool"))
+
+
+def test_gemm_and_matmul_axes():
+    placement, targets = _targets(gemm_matmul_net())
+    assert targets["gw"].axis == 0  # Gemm transB=1: W is [N, K]
+    assert targets["mw"].axis == 1  # MatMul W is [K, N]
+    # activation-activation MatMul: both inputs quantized per tensor
+    assert targets["xr"].kind == "activation" and targets["xt"].kind == "activation"
+    assert "gb" not in targets
+
+
+def test_exclude_nodes_by_regex_and_ops():
+    placement, targets = _targets(residual_conv_net(), exclude_nodes=["^conv_h"], exclude_ops=["MaxPool"])
+    assert set(placement.excluded_nodes) == {"conv_head", "maxpool"}
+    assert "wh" not in targets and "pool" not in targets and "r3" not in targets
+    # excluded nodes' outputs are left out of the cache so implicit builds keep them in high precision
+    assert "logits" not in placement.cache_tensors and "pool" not in placement.cache_tensors
+
+
+def test_cache_skips_score_inputs():
+    placement, _ = _targets(residual_conv_net())
+    assert "logits" not in placement.cache_tensors  # feeds the Sigmoid
+    assert "scores" not in placement.cache_tensors
+    assert {"input", "c1", "r1", "sum", "pool"} <= set(placement.cache_tensors)
+
+
+def test_already_quantized_model_is_refused():
+    from trtq.quantize import insert_qdq
+
+    model = normalize_model(residual_conv_net())
+    placement = plan_placement(model)
+    quantized = insert_qdq(model, placement, {t: 1.0 for t in placement.activation_tensors})
+    with pytest.raises(TrtqError, match="already contains quantization node"):
+        plan_placement(quantized)
+
+
+def test_bad_regex_is_a_user_error():
+    with pytest.raises(TrtqError, match="not a valid regular expression"):
+        _targets(residual_conv_net(), exclude_nodes=["conv("])

@@ -1,0 +1,64 @@
+"""Model loading, inspection, shapes and normalisation."""
+
+import onnx
+import pytest
+
+from tiny_models import residual_conv_net, save
+from trtq.errors import TrtqError
+from trtq.model import inspect_model, load_model, normalize_model, parse_shapes, resolve_input_shapes
+
+
+def test_inspect_reports_io_ops_and_quantizable(tmp_path):
+    path = save(residual_conv_net(batch="N"), tmp_path / "m.onnx")
+    info = inspect_model(path)
+    assert info.opset == 17
+    assert info.inputs[0].name == "input" and info.inputs[0].shape == ("N", 3, 16, 16) and info.inputs[0].is_dynamic
+    assert info.op_counts["Conv"] == 4 and info.op_counts["Add"] == 1
+    assert info.quantizable_nodes == ("conv1", "conv2", "conv3", "conv_head")
+    assert len(info.sha256) == 64
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(TrtqError, match="does not exist"):
+        load_model(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage\xff" * 10)
+    with pytest.raises(TrtqError, match=f"{bad} is not a readable ONNX model"):
+        load_model(bad)
+
+
+def test_parse_shapes_trtexec_style():
+    assert parse_shapes("images:1x3x640x640,mask:1x640") == {"images": (1, 3, 640, 640), "mask": (1, 640)}
+    assert parse_shapes(["a::b:2x3"]) == {"a::b": (2, 3)}
+    with pytest.raises(TrtqError, match="name:AxBxC"):
+        parse_shapes("images=1x3")
+
+
+def test_dynamic_batch_defaults_to_one_other_dynamic_dims_need_shape(tmp_path):
+    spec = inspect_model(save(residual_conv_net(batch="N"), tmp_path / "m.onnx")).inputs
+    assert resolve_input_shapes(spec) == {"input": (1, 3, 16, 16)}
+    assert resolve_input_shapes(spec, {"input": (4, 3, 16, 16)}) == {"input": (4, 3, 16, 16)}
+    with pytest.raises(TrtqError, match="fixes it at 3"):
+        resolve_input_shapes(spec, {"input": (1, 4, 16, 16)})
+    with pytest.raises(TrtqError, match="rank 2, expected rank 4"):
+        resolve_input_shapes(spec, {"input": (1, 3)})
+    with pytest.raises(TrtqError, match="model's inputs are"):
+        resolve_input_shapes(spec, {"images": (1, 3, 16, 16)})
+    model = residual_conv_net()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    from trtq.model import graph_inputs
+
+    with pytest.raises(TrtqError, match=r"dynamic dims \(1x3xHx16\) and no --shape"):
+        resolve_input_shapes(graph_inputs(model))
+
+
+def test_normalize_names_nodes_and_folds_constants():
+    model = residual_conv_net()
+    model.graph.node[1].name = ""
+    const = onnx.helper.make_node("Constant", [], ["w1c"], value=model.graph.initializer[0])
+    model.graph.node.insert(0, const)
+    model.graph.node[1].input[1] = "w1c"
+    normalized = normalize_model(model)
+    assert all(n.name for n in normalized.graph.node)
+    assert "Constant" not in {n.op_type for n in normalized.graph.node}
+    assert "w1c" in {i.name for i in normalized.graph.initializer}
