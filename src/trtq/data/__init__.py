@@ -1,0 +1,43 @@
+"""Calibration data: image folders, .npy/.npz arrays and load_data() scripts, checked up front.
+
+`open_dataset` is the entry point; `resolve_preprocess` builds the image preprocessing from a
+preset name and explicit options.
+"""
+
+from trtq.data.preprocess import (
+    PRESETS,
+    Letterbox,
+    Preprocess,
+    bind_preprocess,
+    letterbox_geometry,
+    preprocess_image,
+    resolve_preprocess,
+)
+from trtq.data.sources import (
+    IMAGE_EXTENSIONS,
+    ArrayDataset,
+    Dataset,
+    ImageFolderDataset,
+    ScriptDataset,
+    load_image,
+    open_dataset,
+)
+from trtq.data.validate import DataRangeWarning
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PRESETS",
+    "ArrayDataset",
+    "DataRangeWarning",
+    "Dataset",
+    "ImageFolderDataset",
+    "Letterbox",
+    "Preprocess",
+    "ScriptDataset",
+    "bind_preprocess",
+    "letterbox_geometry",
+    "load_image",
+    "open_dataset",
+    "preprocess_image",
+    "resolve_preprocess",
+]

@@ -1,0 +1,598 @@
+"""Calibration data sources: image folders, .npy/.npz arrays and load_data() scripts.
+
+`open_dataset` checks everything it can before the model runs (see validate.py) and returns a
+re-iterable Dataset of batches {input_name: array with batch dim}. Memory stays bounded:
+.npy files are memory-mapped, images are decoded lazily a few batches ahead in a thread pool.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import sys
+import warnings
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from trtq.data.preprocess import PRESETS, Preprocess, bind_preprocess, output_range, preprocess_image
+from trtq.data.validate import (
+    IMAGE_ERRORS,
+    check_batch_size,
+    check_cast,
+    check_feed,
+    check_sample_shape,
+    check_shapes,
+    check_values,
+    input_dtype,
+    require_source,
+    verify_images,
+    warn_if_unnormalised,
+)
+from trtq.errors import TrtqError
+from trtq.model import TensorSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CHUNK_BYTES = 64 << 20
+"""Up-front checks of memory-mapped arrays read this much at a time."""
+SCRIPT_CACHE_BYTES = 256 << 20
+"""load_data() output up to this size is kept from the checking pass; larger data is re-generated."""
+
+_NUMPY_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
+"""What np.load raises for a truncated, corrupt or pickled file."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Dataset:
+    """Calibration samples for a model's inputs, re-iterable as batches.
+
+    Each call of `batches` starts again from the first sample; every batch is a dict
+    {input_name: array} with the batch dim first, in the model's dtypes, already validated.
+    """
+
+    def __init__(
+        self,
+        source: Path,
+        inputs: Sequence[TensorSpec],
+        shapes: Mapping[str, tuple[int, ...]],
+        num_samples: int | None,
+        description: str,
+    ) -> None:
+        self.source = source
+        self.inputs = tuple(inputs)
+        self.shapes = dict(shapes)
+        self.num_samples = num_samples
+        self.description = description
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model input names every batch has."""
+        return tuple(spec.name for spec in self.inputs)
+
+    @property
+    def batch_size(self) -> int:
+        """The batch dim of the resolved input shapes; what iterating the Dataset itself uses."""
+        return self.shapes[self.inputs[0].name][0]
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of `batch_size` samples; the last one may be smaller."""
+        check_batch_size(batch_size, self.num_samples, self.description)
+        return self._batches(int(batch_size))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.batches(self.batch_size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+    def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+
+class ArrayDataset(Dataset):
+    """Samples held in arrays (N, ...) per input: a memory-mapped .npy or a loaded .npz."""
+
+    def __init__(
+        self,
+        source: Path,
+        inputs: Sequence[TensorSpec],
+        shapes: Mapping[str, tuple[int, ...]],
+        arrays: Mapping[str, np.ndarray],
+        dtypes: Mapping[str, np.dtype],
+        description: str,
+    ) -> None:
+        num = len(next(iter(arrays.values())))
+        super().__init__(source, inputs, shapes, num, description)
+        self.arrays = dict(arrays)
+        self.dtypes = dict(dtypes)
+
+    def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.num_samples or 0, batch_size):
+            yield {
+                name: np.array(array[start:start + batch_size], dtype=self.dtypes[name], copy=True)
+                for name, array in self.arrays.items()
+            }
+
+
+class ImageFolderDataset(Dataset):
+    """Images under a folder, decoded and preprocessed lazily for a single 4-D image input."""
+
+    def __init__(
+        self,
+        source: Path,
+        spec: TensorSpec,
+        shape: tuple[int, ...],
+        image_paths: Sequence[Path],
+        labels: Sequence[int] | None,
+        class_names: Sequence[str] | None,
+        preprocess: Preprocess,
+        dtype: np.dtype,
+        workers: int,
+        description: str,
+    ) -> None:
+        super().__init__(source, (spec,), {spec.name: shape}, len(image_paths), description)
+        self.image_paths = tuple(image_paths)
+        self.labels = None if labels is None else tuple(labels)
+        self.class_names = None if class_names is None else tuple(class_names)
+        self.preprocess = preprocess
+        self.dtype = dtype
+        self.workers = workers
+
+    def decode(self, path: Path) -> np.ndarray:
+        """One preprocessed sample (no batch dim); a file that fails to decode is named."""
+        return preprocess_image(load_image(path), self.preprocess)
+
+    def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        name = self.inputs[0].name
+        ahead = batch_size + 2 * self.workers
+        samples = _ordered_map(self.decode, self.image_paths, self.workers, ahead)
+        while True:
+            chunk = list(itertools.islice(samples, batch_size))
+            if not chunk:
+                return
+            yield {name: np.stack(chunk).astype(self.dtype, copy=False)}
+
+
+class ScriptDataset(Dataset):
+    """Samples yielded by `load_data()` of a user's Python file (Polygraphy's convention)."""
+
+    def __init__(
+        self,
+        source: Path,
+        inputs: Sequence[TensorSpec],
+        shapes: Mapping[str, tuple[int, ...]],
+        load_data: Callable[[], object],
+        dtypes: Mapping[str, np.dtype],
+        limit: int | None,
+    ) -> None:
+        super().__init__(source, inputs, shapes, None, "")
+        self.load_data = load_data
+        self.dtypes = dict(dtypes)
+        self.limit = limit
+        self._cache: list[dict[str, np.ndarray]] | None = []
+        lows: dict[str, float] = {}
+        highs: dict[str, float] = {}
+        count, size = 0, 0
+        for block, ranges in self._run():
+            count += len(next(iter(block.values())))
+            size += sum(a.nbytes for a in block.values())
+            if self._cache is not None and size <= SCRIPT_CACHE_BYTES:
+                self._cache.append(block)
+            else:  # too big to keep: batches() calls load_data() again
+                self._cache = None
+            for name, (low, high) in ranges.items():
+                lows[name] = min(low, lows.get(name, low))
+                highs[name] = max(high, highs.get(name, high))
+        if count == 0:
+            raise TrtqError(f"load_data() in {source} yielded no samples.", "yield at least one sample.")
+        for spec in inputs:
+            warn_if_unnormalised(lows[spec.name], highs[spec.name], self.dtypes[spec.name], spec.name,
+                                 f"load_data() in {source}")
+        self.num_samples = count
+        self.description = f"{count} samples from load_data() in {source}"
+
+    def _run(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]]:
+        """Call load_data() and check each item; blocks are cut at `limit` samples."""
+        produced = _call_load_data(self.load_data, self.source)
+        iterator = iter(produced)
+        index = 0
+        try:
+            for number in itertools.count():
+                if self.limit is not None and index >= self.limit:
+                    return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                except TrtqError:
+                    raise
+                except Exception as exc:  # the user's code failed: report it as their error
+                    raise TrtqError(
+                        f"load_data() in {self.source} raised {type(exc).__name__} while producing "
+                        f"item {number}: {exc}.",
+                        "fix the data script; run it on its own to see the traceback.",
+                    ) from exc
+                where = f"item {number} of load_data() in {self.source}"
+                block, ranges = check_feed(item, self.inputs, self.shapes, self.dtypes, where, index)
+                if self.limit is not None:
+                    block = {k: v[: self.limit - index] for k, v in block.items()}
+                index += len(next(iter(block.values())))
+                yield block, ranges
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
+
+    def _blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        count = 0
+        for block, _ in self._run():
+            count += len(next(iter(block.values())))
+            yield block
+        if count != self.num_samples:
+            raise TrtqError(
+                f"load_data() in {self.source} yielded {self.num_samples} samples when checked and "
+                f"{count} when called again.",
+                "make load_data() yield the same data every time it is called.",
+            )
+
+    def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        return _rebatch(self._blocks(), batch_size)
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode an image file fully, EXIF orientation applied; TrtqError naming the file on failure."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except IMAGE_ERRORS as exc:
+        raise TrtqError(
+            f"Image {path} cannot be decoded ({type(exc).__name__}: {exc}).",
+            "delete or replace the corrupt file in the calibration folder.",
+        ) from exc
+
+
+def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
+    """`map(fn, items)` in order on `workers` threads, at most `ahead` results in flight."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    iterator = iter(items)
+    pending: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trtq-decode") as pool:
+        try:
+            for item in itertools.islice(iterator, max(1, ahead)):
+                pending.append(pool.submit(fn, item))
+            while pending:
+                future = pending.popleft()
+                for item in itertools.islice(iterator, 1):
+                    pending.append(pool.submit(fn, item))
+                yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _rebatch(blocks: Iterable[dict[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Regroup blocks of any number of samples into batches of `batch_size` (last one partial)."""
+    pending: list[dict[str, np.ndarray]] = []
+    count = 0
+    for block in blocks:
+        rows = len(next(iter(block.values())))
+        if rows == 0:
+            continue
+        pending.append(block)
+        count += rows
+        while count >= batch_size:
+            merged = _concat(pending)
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            count -= batch_size
+            pending = [{k: v[batch_size:] for k, v in merged.items()}] if count else []
+    if count:
+        yield _concat(pending)
+
+
+def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(blocks) == 1:
+        return blocks[0]
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def _call_load_data(load_data: Callable[[], object], source: Path) -> Iterable[object]:
+    """Call the user's load_data() and check that it gave an iterable of items."""
+    try:
+        produced = load_data()
+    except TrtqError:
+        raise
+    except Exception as exc:  # the user's code failed: report it as their error
+        raise TrtqError(
+            f"load_data() in {source} raised {type(exc).__name__}: {exc}.",
+            "fix the data script; run it on its own to see the traceback.",
+        ) from exc
+    if isinstance(produced, Mapping):
+        raise TrtqError(
+            f"load_data() in {source} returned a single dict, not a generator or list of dicts.",
+            "yield one {input_name: array} dict per sample (or return a list of them).",
+        )
+    if produced is None or isinstance(produced, (str, bytes)) or not isinstance(produced, Iterable):
+        raise TrtqError(
+            f"load_data() in {source} returned {type(produced).__name__}, not a generator or list "
+            "of {input_name: array} dicts.",
+            "make load_data() yield one dict per sample (or return a list of them).",
+        )
+    return produced
+
+
+def _import_load_data(path: Path) -> Callable[[], object]:
+    """Run the user's script and return its load_data function."""
+    module_name = f"_trtq_data_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise TrtqError(f"Data script {path} cannot be loaded as Python.", "give a .py file.")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # let the script import helpers that sit beside it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code failed: report it as their error
+        raise TrtqError(
+            f"Data script {path} failed to run: {type(exc).__name__}: {exc}.",
+            "fix the script; run it with python on its own to see the traceback.",
+        ) from exc
+    finally:
+        sys.path.remove(folder)
+    load_data = getattr(module, "load_data", None)
+    if load_data is None:
+        raise TrtqError(
+            f"Data script {path} defines no load_data() function.",
+            "define load_data() that yields {input_name: array} dicts (Polygraphy's convention).",
+        )
+    if not callable(load_data):
+        raise TrtqError(
+            f"load_data in {path} is a {type(load_data).__name__}, not a function.",
+            "define load_data() as a function that yields {input_name: array} dicts.",
+        )
+    return load_data
+
+
+def _find_images(root: Path) -> tuple[list[Path], list[str]]:
+    """Image files under `root` (recursive, hidden entries skipped), sorted by path parts.
+
+    Also returns the suffixes of other files, for the empty-folder message.
+    """
+    images: list[Path] = []
+    others: set[str] = set()
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            suffix = os.path.splitext(filename)[1].lower()
+            if suffix in IMAGE_EXTENSIONS:
+                images.append(Path(dirpath) / filename)
+            else:
+                others.add(suffix or filename)
+    images.sort(key=lambda p: p.relative_to(root).parts)
+    return images, sorted(others)
+
+
+def _class_folders(root: Path, paths: Sequence[Path]) -> tuple[list[int] | None, list[str] | None]:
+    """ImageFolder labels: when every image sits under a sub-folder of `root`, its index among
+    the sorted sub-folder names (all of them, as torchvision does, so indices match)."""
+    relative = [p.relative_to(root).parts for p in paths]
+    if not relative or any(len(parts) < 2 for parts in relative):
+        return None, None
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    index = {name: i for i, name in enumerate(names)}
+    return [index[parts[0]] for parts in relative], names
+
+
+def _open_images(
+    root: Path,
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, np.dtype],
+    preprocess: Preprocess | None,
+    limit: int | None,
+    workers: int,
+) -> ImageFolderDataset:
+    if len(inputs) != 1 or len(shapes[inputs[0].name]) != 4:
+        described = ", ".join(f"{s.name} ({'x'.join(map(str, shapes[s.name]))})" for s in inputs)
+        raise TrtqError(
+            f"An image folder ({root}) can only feed a model with one 4-D image input; this model "
+            f"has {described}.",
+            "give the data as .npz keyed by input name, or as a .py file defining load_data().",
+        )
+    spec = inputs[0]
+    paths, others = _find_images(root)
+    if not paths:
+        found = f"; it holds only {', '.join(others[:5])} files" if others else ""
+        raise TrtqError(
+            f"Folder {root} contains no images ({', '.join(IMAGE_EXTENSIONS)}){found}.",
+            "point --calib at a folder of images, or give .npy/.npz/.py data.",
+        )
+    labels, class_names = _class_folders(root, paths)
+    if limit is not None and limit < len(paths):
+        # sorted paths group images by class folder; a strided subset keeps every class in it
+        keep = [i * len(paths) // limit for i in range(limit)]
+        paths = [paths[i] for i in keep]
+        labels = None if labels is None else [labels[i] for i in keep]
+    verify_images(paths, root, workers)
+    requested = preprocess or PRESETS["none"]
+    bound = bind_preprocess(requested, spec.name, shapes[spec.name])
+    src, dst = np.dtype(bound.dtype), dtypes[spec.name]
+    if not (src == dst or dst.kind == "f" or np.can_cast(src, dst)):
+        raise TrtqError(
+            f"Input {spec.name!r} takes {dst}, but preprocessing produces {src}.",
+            f"set the preprocessing dtype to {dst} (with scale 1 for raw pixel values).",
+        )
+    low, high = output_range(bound)
+    warn_if_unnormalised(low, high, dst, spec.name, f"images from {root}")
+    classes = f" in {len(class_names)} classes" if class_names else ""
+    description = f"{len(paths)} images from {root}{classes} ({requested.describe()})"
+    return ImageFolderDataset(
+        root, spec, shapes[spec.name], paths, labels, class_names, bound, dst, workers, description
+    )
+
+
+def _as_samples(array: np.ndarray, input_name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """View `array` as (N, *shape[1:]): a batch of samples, or one sample given without batch dim."""
+    if array.ndim == len(shape) - 1:
+        array = array[None]
+    elif array.ndim != len(shape):
+        raise TrtqError(
+            f"{where} holds an array of shape {'x'.join(map(str, array.shape))}; input "
+            f"{input_name!r} needs Nx{'x'.join(map(str, shape[1:]))}.",
+            "save samples stacked along a first (batch) axis.",
+        )
+    check_sample_shape(array.shape[1:], shape[1:], input_name, where)
+    if array.shape[0] == 0:
+        raise TrtqError(f"{where} holds no samples for input {input_name!r}.", "save at least one sample.")
+    return array
+
+
+def _scan(array: np.ndarray, dtype: np.dtype, input_name: str, where: str) -> None:
+    """Check every sample of an (N, ...) array, a chunk at a time so memory-mapped data stays on disk."""
+    range_check = check_cast(array.dtype, dtype, input_name, where)
+    row_bytes = max(1, array[0].nbytes)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    low, high = np.inf, -np.inf
+    for start in range(0, len(array), step):
+        chunk = np.asarray(array[start:start + step])
+        chunk_low, chunk_high = check_values(chunk, dtype, range_check, input_name, where, start)
+        low, high = min(low, chunk_low), max(high, chunk_high)
+    warn_if_unnormalised(low, high, dtype, input_name, where)
+
+
+def _open_npy(
+    path: Path,
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, np.dtype],
+    limit: int | None,
+) -> ArrayDataset:
+    if len(inputs) != 1:
+        raise TrtqError(
+            f"{path} holds one array, but the model has {len(inputs)} inputs "
+            f"({', '.join(s.name for s in inputs)}).",
+            "save an .npz keyed by input name (np.savez(path, **{name: array})), or use load_data().",
+        )
+    spec = inputs[0]
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except _NUMPY_FILE_ERRORS as exc:
+        raise TrtqError(f"{path} is not a readable .npy file ({exc}).", "save it with np.save().") from exc
+    if not isinstance(array, np.ndarray):
+        raise TrtqError(f"{path} is an .npz archive, not a single .npy array.", "rename it to .npz.")
+    array = _as_samples(array, spec.name, shapes[spec.name], str(path))[:limit]
+    _scan(array, dtypes[spec.name], spec.name, str(path))
+    return ArrayDataset(path, inputs, shapes, {spec.name: array}, dtypes, f"{len(array)} samples from {path}")
+
+
+def _open_npz(
+    path: Path,
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, np.dtype],
+    limit: int | None,
+) -> ArrayDataset:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _NUMPY_FILE_ERRORS as exc:
+        raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise TrtqError(f"{path} is a single .npy array, not an .npz archive.", "rename it to .npy.")
+    try:
+        with archive:
+            keys = list(archive.files)
+            single = len(inputs) == 1 and keys == ["arr_0"]  # np.savez(path, array)
+            for spec in inputs:
+                key = "arr_0" if single else spec.name
+                if key not in keys:
+                    raise TrtqError(
+                        f"{path} has no array for input {spec.name!r}; its keys are {keys}.",
+                        f"save one array per model input: np.savez(path, "
+                        f"{', '.join(f'{s.name}=...' for s in inputs)}).",
+                    )
+                arrays[spec.name] = _as_samples(archive[key], spec.name, shapes[spec.name], str(path))[:limit]
+    except _NUMPY_FILE_ERRORS as exc:
+        raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
+    counts = {name: len(a) for name, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        (first, n_first), (other, n_other) = next(
+            ((a, b) for a, b in itertools.combinations(counts.items(), 2) if a[1] != b[1])
+        )
+        raise TrtqError(
+            f"{path} has {n_first} samples for input {first!r} but {n_other} for {other!r}.",
+            "save the same number of samples for every input.",
+        )
+    for name, array in arrays.items():
+        _scan(array, dtypes[name], name, str(path))
+    n = counts[inputs[0].name]
+    names = ", ".join(arrays)
+    return ArrayDataset(path, inputs, shapes, arrays, dtypes, f"{n} samples of {names} from {path}")
+
+
+def open_dataset(
+    source: str | Path,
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    workers: int = 2,
+) -> Dataset:
+    """Open calibration data for a model and check it all before anything runs.
+
+    `shapes` are fully resolved input shapes (batch dim included), e.g. from
+    `trtq.model.resolve_input_shapes`. `preprocess` applies to image folders only (default:
+    preset "none"). `limit` keeps at most that many samples: the first ones of arrays and
+    load_data(), an evenly spaced subset of an image folder (sorted paths group classes).
+    `workers` threads decode images ahead of the model (0: decode inline).
+    """
+    path = require_source(source)
+    if not inputs:
+        raise TrtqError("The model has no inputs to calibrate.", "check the model file.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise TrtqError(f"Sample limit {limit!r} is not a positive integer.", "give a limit >= 1.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise TrtqError(f"Worker count {workers!r} is not a non-negative integer.", "give workers >= 0.")
+    resolved = check_shapes(inputs, shapes)
+    dtypes = {spec.name: input_dtype(spec) for spec in inputs}
+    if path.is_dir():
+        return _open_images(path, inputs, resolved, dtypes, preprocess, limit, workers)
+    if preprocess is not None and preprocess != PRESETS["none"]:
+        warnings.warn(
+            f"Preprocessing options apply to image folders only; {path} is used as it is.",
+            UserWarning,
+            stacklevel=2,
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _open_npy(path, inputs, resolved, dtypes, limit)
+    if suffix == ".npz":
+        return _open_npz(path, inputs, resolved, dtypes, limit)
+    if suffix == ".py":
+        return ScriptDataset(path, inputs, resolved, _import_load_data(path), dtypes, limit)
+    raise TrtqError(
+        f"Calibration data {path} is not a folder, .npy, .npz or .py file.",
+        "put single images in a folder, or convert the data to .npy/.npz.",
+    )
