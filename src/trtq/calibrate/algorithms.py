@@ -1,0 +1,194 @@
+"""Calibration algorithms: pure functions from a tensor's statistics to its amax.
+
+`entropy` is TensorRT's EntropyCalibration2 as NVIDIA's pytorch-quantization and ModelOpt
+implement it (`_compute_amax_entropy`), vectorised with prefix sums instead of their
+O(bins^2) Python loops. `percentile` and `mse` follow the same libraries' definitions over the
+2048-bin histogram; `max` uses the exact amax. Every result is clamped to the tensor's amax
+(the histogram range may be up to twice that after growth); all-zero tensors get 0.0 and the
+caller floors it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trtq.calibrate.collector import TensorStats
+from trtq.errors import TrtqError
+
+METHODS = ("entropy", "max", "percentile", "mse")
+
+ENTROPY_START_BIN = 128
+"""First candidate threshold (in histogram bins) for entropy and mse, as in ModelOpt."""
+
+INT8_LEVELS = 127
+"""Positive levels of symmetric INT8, the grid mse fake-quantizes onto."""
+
+_TIE_TOLERANCE = 1e-12
+"""KL values this close to the minimum count as ties (resolved to the largest threshold, like the
+reference's last argmin); the prefix-sum form differs from the reference's per-bin sums by
+rounding only, far below this."""
+
+_MSE_CHUNK = 64
+"""Candidate thresholds evaluated per vectorised step in mse (bounds the temporary matrix)."""
+
+
+def amax_max(stats: TensorStats) -> float:
+    """The largest |x| seen."""
+    return float(stats.amax)
+
+
+def amax_entropy(stats: TensorStats, num_quant_bins: int = 128) -> float:
+    """The threshold minimising KL(P || Q) between the clipped histogram and its quantized form.
+
+    Candidates are bin edges i = 128..num_bins; the last minimiser wins. See
+    `entropy_divergences` for the exact definition of P and Q.
+    """
+    hist = _histogram(stats, "entropy")
+    if _is_empty(stats, hist):
+        return 0.0
+    if hist.size < ENTROPY_START_BIN:
+        return float(stats.amax)
+    divergences = entropy_divergences(hist, num_quant_bins, ENTROPY_START_BIN)
+    best = float(np.min(divergences))
+    if not np.isfinite(best):
+        return float(stats.amax)
+    last = int(np.flatnonzero(divergences <= best + _TIE_TOLERANCE)[-1])
+    edge = ENTROPY_START_BIN + last
+    return _clamp(stats, edge * stats.hist_max / hist.size)
+
+
+def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: int = ENTROPY_START_BIN) -> np.ndarray:
+    """KL divergence for every candidate threshold i = start_bin..len(hist) (bins), vectorised.
+
+    As in pytorch-quantization's `_compute_amax_entropy`: bin 0 is replaced by bin 1 (it holds
+    the zeros, which would dominate). For candidate i, P is hist[:i] with the outliers
+    sum(hist[i:]) added to P[i-1]; Q splits hist[:i] into `num_quant_bins` groups (bin j goes
+    to group floor(j * num_quant_bins / i)) and spreads each group's sum evenly over its
+    non-zero bins (zero bins stay zero). Both are normalised; KL is infinite where P > 0 = Q.
+
+    With totals T = sum(P) and S = sum(Q) = sum(hist[:i]), and group sums G_g over N_g non-zero bins,
+        KL = (sum P log P - sum_g G_g log(G_g / N_g) - R log Q[i-1]) / T + log(S / T)
+    where R is the outlier count, so each candidate costs O(num_quant_bins) via prefix sums.
+    """
+    h = np.asarray(hist, dtype=np.int64).copy()
+    h[0] = h[1]
+    n = h.size
+    total = float(h.sum())
+    cum = np.concatenate(([0], np.cumsum(h)))
+    nonzero = np.concatenate(([0], np.cumsum(h > 0)))
+    hf = h.astype(np.float64)
+    plogp = np.where(h > 0, hf * np.log(np.where(h > 0, hf, 1.0)), 0.0)
+    cum_plogp = np.concatenate(([0.0], np.cumsum(plogp)))
+
+    cand = np.arange(start_bin, n + 1, dtype=np.int64)
+    groups = np.arange(num_quant_bins + 1, dtype=np.int64)
+    # Start of group g for candidate i: ceil(g * i / num_quant_bins); group num_quant_bins starts at i.
+    starts = (groups[None, :] * cand[:, None] + num_quant_bins - 1) // num_quant_bins
+    group_sum = (cum[starts[:, 1:]] - cum[starts[:, :-1]]).astype(np.float64)
+    group_nonzero = (nonzero[starts[:, 1:]] - nonzero[starts[:, :-1]]).astype(np.float64)
+    has = group_sum > 0
+    safe_sum = np.where(has, group_sum, 1.0)
+    safe_nonzero = np.where(has, group_nonzero, 1.0)
+    plogq = np.sum(np.where(has, group_sum * np.log(safe_sum / safe_nonzero), 0.0), axis=1)
+
+    inside = cum[cand].astype(np.float64)  # S = sum(hist[:i])
+    outliers = total - inside
+    last_bin = hf[cand - 1]
+    last_p = last_bin + outliers
+    plogp_sum = cum_plogp[cand - 1] + np.where(last_p > 0, last_p * np.log(np.where(last_p > 0, last_p, 1.0)), 0.0)
+    last_q = np.where(has[:, -1], safe_sum[:, -1] / safe_nonzero[:, -1], 0.0)
+    with np.errstate(divide="ignore"):
+        plogq = plogq + np.where(outliers > 0, outliers * np.log(np.where(last_bin > 0, last_q, 1.0)), 0.0)
+        kl = (plogp_sum - plogq) / total + np.log(np.where(inside > 0, inside, 1.0) / total)
+    impossible = (outliers > 0) & (last_bin == 0)
+    return np.where(impossible, np.inf, np.maximum(kl, 0.0))
+
+
+def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:
+    """The upper edge of the bin where the cumulative share of |x| first reaches `percentile` %.
+
+    ModelOpt returns that bin's lower edge instead; the upper edge guarantees that at least
+    `percentile` % of the values are <= amax, and percentile 100 gives the exact amax.
+    """
+    if not 0.0 < percentile <= 100.0:
+        raise TrtqError(
+            f"Percentile {percentile} is out of range; it must be in (0, 100].",
+            "pass e.g. --percentile 99.99.",
+        )
+    hist = _histogram(stats, "percentile")
+    if _is_empty(stats, hist):
+        return 0.0
+    cum = np.cumsum(hist)
+    idx = int(np.searchsorted(cum, percentile / 100.0 * float(cum[-1]), side="left"))
+    idx = min(idx, hist.size - 1)
+    return _clamp(stats, (idx + 1) * stats.hist_max / hist.size)
+
+
+def amax_mse(stats: TensorStats) -> float:
+    """The threshold minimising the expected squared error of symmetric INT8 fake-quantization.
+
+    As in ModelOpt's `_compute_amax_mse`: candidates are the centres of bins 128..num_bins-1,
+    each bin's count sits at its centre, and values are quantized to round(x * 127 / amax)
+    clamped to 127 (round half to even); the first minimiser wins.
+    """
+    hist = _histogram(stats, "mse")
+    if _is_empty(stats, hist):
+        return 0.0
+    n = hist.size
+    if n <= ENTROPY_START_BIN:
+        return float(stats.amax)
+    occupied = np.flatnonzero(hist)
+    counts = hist[occupied].astype(np.float64)
+    centres = occupied.astype(np.float64) + 0.5  # in bin widths; the argmin is scale-free
+    thresholds = np.arange(ENTROPY_START_BIN, n, dtype=np.float64) + 0.5
+    errors = np.empty(thresholds.size, dtype=np.float64)
+    for start in range(0, thresholds.size, _MSE_CHUNK):
+        amax = thresholds[start : start + _MSE_CHUNK, None]
+        levels = np.minimum(np.round(centres[None, :] * (INT8_LEVELS / amax)), INT8_LEVELS)
+        diff = levels * (amax / INT8_LEVELS) - centres[None, :]
+        errors[start : start + _MSE_CHUNK] = (diff * diff) @ counts
+    best = float(thresholds[int(np.argmin(errors))])
+    return _clamp(stats, best * stats.hist_max / n)
+
+
+def needs_histogram(method: str) -> bool:
+    """Whether `method` needs the histogram (all but max)."""
+    _check_method(method)
+    return method != "max"
+
+
+def compute_amax(stats: TensorStats, method: str, percentile: float = 99.99) -> float:
+    """The amax of one tensor by `method` (one of METHODS)."""
+    _check_method(method)
+    if method == "max":
+        return amax_max(stats)
+    if method == "entropy":
+        return amax_entropy(stats)
+    if method == "percentile":
+        return amax_percentile(stats, percentile)
+    return amax_mse(stats)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise TrtqError(
+            f"Unknown calibration method {method!r}; expected one of {', '.join(METHODS)}.",
+            "pass --method entropy (TensorRT's default), max, percentile or mse.",
+        )
+
+
+def _histogram(stats: TensorStats, method: str) -> np.ndarray:
+    if not stats.has_histogram and stats.count > 0:
+        raise ValueError(
+            f"Tensor {stats.name!r} was collected without a histogram, which method {method!r} needs."
+        )
+    return stats.hist
+
+
+def _is_empty(stats: TensorStats, hist: np.ndarray) -> bool:
+    """True for tensors with no non-zero value (and so no histogram range)."""
+    return stats.amax == 0.0 or stats.hist_max == 0.0 or hist.size == 0 or not hist.any()
+
+
+def _clamp(stats: TensorStats, amax: float) -> float:
+    return float(min(amax, stats.amax))
