@@ -7,6 +7,7 @@ re-iterable Dataset of batches {input_name: array with batch dim}. Memory stays 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import os
@@ -297,11 +298,11 @@ def _rebatch(blocks: Iterable[dict[str, np.ndarray]], batch_size: int) -> Iterat
         count += rows
         while count >= batch_size:
             merged = _concat(pending)
-            yield {k: v[:batch_size] for k, v in merged.items()}
+            yield {k: v[:batch_size].copy() for k, v in merged.items()}  # never alias a cached block
             count -= batch_size
             pending = [{k: v[batch_size:] for k, v in merged.items()}] if count else []
     if count:
-        yield _concat(pending)
+        yield {k: v.copy() for k, v in _concat(pending).items()}
 
 
 def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -337,16 +338,18 @@ def _call_load_data(load_data: Callable[[], object], source: Path) -> Iterable[o
 
 def _import_load_data(path: Path) -> Callable[[], object]:
     """Run the user's script and return its load_data function."""
-    module_name = f"_trtq_data_{abs(hash(str(path.resolve())))}"
+    module_name = "_trtq_data_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TrtqError(f"Data script {path} cannot be loaded as Python.", "give a .py file.")
     module = importlib.util.module_from_spec(spec)
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)  # let the script import helpers that sit beside it
+    sys.modules[module_name] = module  # as `import` does; dataclasses and pickle look it up
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code failed: report it as their error
+        del sys.modules[module_name]
         raise TrtqError(
             f"Data script {path} failed to run: {type(exc).__name__}: {exc}.",
             "fix the script; run it with python on its own to see the traceback.",
@@ -516,13 +519,10 @@ def _open_npz(
 ) -> ArrayDataset:
     arrays: dict[str, np.ndarray] = {}
     try:
-        archive = np.load(path, allow_pickle=False)
-    except _NUMPY_FILE_ERRORS as exc:
-        raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise TrtqError(f"{path} is a single .npy array, not an .npz archive.", "rename it to .npy.")
-    try:
-        with archive:
+        with open(path, "rb") as handle:  # np.load leaks its own handle when the zip is corrupt
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise TrtqError(f"{path} is a single .npy array, not an .npz archive.", "rename it to .npy.")
             keys = list(archive.files)
             single = len(inputs) == 1 and keys == ["arr_0"]  # np.savez(path, array)
             for spec in inputs:

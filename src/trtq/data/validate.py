@@ -151,7 +151,8 @@ def check_values(
         return 0.0, 0.0
     rows = array.reshape(array.shape[0], -1)
     if dst.kind == "f":
-        cast = rows.astype(dst, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            cast = rows.astype(dst, copy=False)
         finite = np.isfinite(cast).all(axis=1)
         if not finite.all():
             bad = int(np.argmin(finite))
@@ -298,5 +299,5 @@ def check_feed(
         rows = array.shape[0]
         range_check = check_cast(array.dtype, dtypes[spec.name], spec.name, where)
         ranges[spec.name] = check_values(array, dtypes[spec.name], range_check, spec.name, where, first_sample)
-        arrays[spec.name] = np.ascontiguousarray(array, dtype=dtypes[spec.name])
+        arrays[spec.name] = np.array(array, dtype=dtypes[spec.name], copy=True)  # scripts may reuse buffers
     return arrays, ranges
