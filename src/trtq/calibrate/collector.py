@@ -5,9 +5,11 @@ gets a fixed-size histogram whose range grows by powers of two. The binning rule
 and deterministic so that other backends (the GPU one) can reimplement it bit for bit:
 
 * Values are converted to float32 first; NaN/Inf are counted in `nan_count` and otherwise ignored.
-* `hist_max` is the amax of the first batch with a non-zero value (zeros seen before it are
-  counted in bin 0). A later batch whose amax exceeds `hist_max` multiplies `hist_max` by the
-  smallest power of two 2^k that covers it, and the existing bins are merged 2^k to 1.
+* `hist_max` is the amax of the first batch with a non-zero value (at least MIN_HIST_MAX; zeros
+  seen before it are counted in bin 0). A later batch whose amax exceeds `hist_max` multiplies
+  `hist_max` by the smallest power of two 2^k that covers it, and the existing bins are merged
+  2^k to 1 (bin b -> b >> k).
+* `a * s` is a float32 product (no fused or float64 arithmetic); it never exceeds num_bins.
 * Bin of a value `a = |x|` is `max(ceil(a * s) - 1, 0)` computed in float32, with
   `s = bin_scale(hist_max, num_bins)`: bins are closed on the right, `(b*w, (b+1)*w]`, bin 0 is
   `[0, w]`, so exact zeros land in bin 0 and a value equal to `hist_max` in the last bin.
@@ -247,7 +249,9 @@ class StatsCollector:
         try:
             return self._running[name]
         except KeyError:
-            raise ValueError(f"Tensor {name!r} is not one of the {len(self._running)} tensors this collector tracks.") from None
+            raise ValueError(
+                f"Tensor {name!r} is not one of the {len(self._running)} tensors this collector tracks."
+            ) from None
 
     def _cover(self, run: _Running, amax: float) -> None:
         """Start the histogram range at `amax`, or double it until it covers `amax`."""
