@@ -92,7 +92,7 @@ class OutputAccumulator:
     def result(self) -> OutputMetrics:
         """The metrics over everything seen."""
         denom = math.sqrt(self.ref_sq) * math.sqrt(self.q_sq)
-        cosine = self.dot / denom if denom else (1.0 if self.ref_sq == self.q_sq else 0.0)
+        cosine = min(1.0, max(-1.0, self.dot / denom)) if denom else (1.0 if self.ref_sq == self.q_sq else 0.0)
         return OutputMetrics(
             name=self.name,
             samples=self.samples,
