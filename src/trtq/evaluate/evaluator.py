@@ -1,0 +1,190 @@
+"""Run candidate models against an FP32 reference on a fixed data set, many times, cheaply.
+
+Sensitivity analysis and automatic mixed precision evaluate dozens of candidates on the same
+samples. The Evaluator runs the FP32 model once, keeps the input batches and reference outputs
+in memory when they fit a byte budget (else re-reads the data and re-runs the reference on every
+evaluation), and scores each candidate on output agreement (`OutputMetrics`) and, when a task is
+given, on the task metric (`TaskScores`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from trtq.calibrate.backend_ort import make_session
+from trtq.data import Dataset
+from trtq.errors import TrtqError
+from trtq.evaluate.compare import ComparisonReport
+from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
+from trtq.evaluate.tasks import Task, TaskComparison, TaskScores
+
+CACHE_BYTES = 512 << 20
+"""Input batches plus FP32 outputs up to this size stay in memory between evaluations."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How one candidate model did: per-output agreement with FP32, and the task metric."""
+
+    outputs: tuple[OutputMetrics, ...]
+    task: TaskScores | None
+    seconds: float
+
+    @property
+    def snr_db(self) -> float:
+        """The worst output's aggregate SNR (what `--target snr>=X` checks)."""
+        return min(o.snr_db for o in self.outputs)
+
+    @property
+    def cosine(self) -> float:
+        """The worst output's cosine similarity."""
+        return min(o.cosine for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {
+            "outputs": [o.to_dict() for o in self.outputs],
+            "task": self.task.to_dict() if self.task else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Evaluator:
+    """Scores candidates of one FP32 `reference` model on `dataset`, with an optional task metric."""
+
+    def __init__(
+        self,
+        reference: onnx.ModelProto,
+        dataset: Dataset,
+        *,
+        batch_size: int = 1,
+        task: Task | None = None,
+        cache_bytes: int = CACHE_BYTES,
+        progress: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.task = task
+        self.progress = progress
+        self.output_names = [o.name for o in reference.graph.output]
+        self._reference = reference
+        self._session: ort.InferenceSession | None = None
+        self._cache: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] | None = []
+        self._cache_bytes = cache_bytes
+        self.evaluations = 0
+        start = time.perf_counter()
+        scorer = task.scorer() if task else None
+        samples = 0
+        cached = 0
+        for first, feed, ref in self._run_reference():
+            samples += _count(feed)
+            if scorer is not None:
+                scorer.update(ref, ref, first)
+            if self._cache is not None:
+                cached += sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in ref.values())
+                if cached <= cache_bytes:
+                    self._cache.append((first, feed, ref))
+                else:
+                    self._cache = None
+        if samples == 0:
+            raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
+        self.samples = samples
+        self.reference_scores = scorer.result() if scorer is not None else None
+        self.reference_seconds = time.perf_counter() - start
+
+    @property
+    def cached(self) -> bool:
+        """Whether inputs and FP32 outputs are held in memory."""
+        return self._cache is not None
+
+    def _run_reference(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        if self._session is None:
+            self._session = make_session(self._reference)
+        first = 0
+        for batch in self.dataset.batches(self.batch_size):
+            feed = dict(batch)
+            values = self._session.run(self.output_names, feed)
+            yield first, feed, dict(zip(self.output_names, values))
+            first += _count(feed)
+
+    def _batches(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        if self._cache is not None:
+            return iter(self._cache)
+        return self._run_reference()
+
+    def evaluate(self, candidate: onnx.ModelProto | ort.InferenceSession, label: str = "candidate") -> Evaluation:
+        """Run `candidate` over the data and score it against the FP32 outputs."""
+        start = time.perf_counter()
+        session = candidate if isinstance(candidate, ort.InferenceSession) else make_session(candidate)
+        produced = [o.name for o in session.get_outputs()]
+        missing = [name for name in self.output_names if name not in produced]
+        if missing:
+            raise TrtqError(
+                f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                "compare a quantized model with the FP32 model it was made from.",
+            )
+        accumulators = {name: OutputAccumulator(name) for name in self.output_names}
+        scorer = self.task.scorer() if self.task else None
+        with tqdm(total=self.samples, desc=label[:40], unit="sample", disable=not self.progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for first, feed, ref in self._batches():
+                values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                for name in self.output_names:
+                    accumulators[name].update(ref[name], values[name])
+                if scorer is not None:
+                    scorer.update(values, ref, first)
+                bar.update(_count(feed))
+        self.evaluations += 1
+        return Evaluation(
+            outputs=tuple(acc.result() for acc in accumulators.values()),
+            task=scorer.result() if scorer is not None else None,
+            seconds=time.perf_counter() - start,
+        )
+
+    def task_comparison(self, evaluation: Evaluation) -> TaskComparison | None:
+        """FP32 vs candidate task metrics, when a task is set."""
+        if self.reference_scores is None or evaluation.task is None:
+            return None
+        return TaskComparison(self.reference_scores, evaluation.task)
+
+
+def _count(feed: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(feed.values())))
+
+
+def evaluate_candidate(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    dataset: Dataset,
+    *,
+    task: Task | None = None,
+    batch_size: int = 1,
+    reference_name: str = "fp32",
+    candidate_name: str = "quantized",
+    progress: bool = True,
+) -> tuple[ComparisonReport, TaskComparison | None]:
+    """`trtq compare` with a task: output agreement and FP32-vs-candidate task metrics in one pass."""
+    start = time.perf_counter()
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, cache_bytes=0, progress=progress)
+    evaluation = evaluator.evaluate(candidate, label="comparing")
+    notes: tuple[str, ...] = ()
+    if task is not None:
+        notes = (task.describe(),)
+    report = ComparisonReport(
+        reference=reference_name,
+        candidate=candidate_name,
+        data=dataset.description,
+        samples=evaluator.samples,
+        outputs=evaluation.outputs,
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )
+    return report, evaluator.task_comparison(evaluation)
+
