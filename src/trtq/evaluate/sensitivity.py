@@ -1,0 +1,305 @@
+"""Per-layer quantization sensitivity: which layers lose accuracy when they run in INT8.
+
+A *layer* is a node that reads at least one Q/DQ-quantized tensor in the placement (Conv, Gemm,
+MatMul, pooling, residual Add). Two methods:
+
+- `exact`: one evaluation per layer, with only that layer's Q/DQ pairs inserted; its score is
+  the worst model output's aggregate SNR vs FP32 (and the task metric drop when a task is set).
+  Cost: one pass over the data per layer.
+- `local`: one pass over the data in total. The FP32 model runs once per batch with every
+  layer's inputs and outputs exposed; each layer then runs alone (a one-node model with its own
+  Q/DQ pairs) on its cached FP32 inputs, and its score is the SNR of its own output. It ignores
+  how noise grows or shrinks downstream, so it ranks well but not perfectly; docs/accuracy.md
+  states its measured rank agreement with `exact`.
+
+Results name ONNX nodes, so they map straight back to the model and to `--exclude-nodes`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+from tqdm import tqdm
+
+from trtq.calibrate.backend_ort import expose_tensors, make_session
+from trtq.data import Dataset
+from trtq.errors import TrtqError
+from trtq.evaluate.evaluator import Evaluator
+from trtq.evaluate.metrics import snr_db
+from trtq.evaluate.tasks import Task
+from trtq.model import tensor_types
+from trtq.quantize import Placement, QuantTarget, insert_qdq
+
+METHODS = ("local", "exact")
+MAIN_TASK_METRIC = {"classify": "top1", "detect": "map"}
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """How much one layer, alone in INT8, degrades the result (lower SNR = more sensitive)."""
+
+    node: str
+    op_type: str
+    tensors: tuple[str, ...]
+    snr_db: float
+    task_drop: float | None = None
+    macs: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (infinities as strings)."""
+        out = asdict(self)
+        out["tensors"] = list(self.tensors)
+        out["snr_db"] = _jsonable(self.snr_db)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LayerSensitivity:
+        """Inverse of `to_dict`."""
+        drop = data.get("task_drop")
+        return cls(str(data["node"]), str(data["op_type"]), tuple(data["tensors"]), float(data["snr_db"]),
+                   None if drop is None else float(drop), int(data.get("macs", 0)))
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """Layers ranked most sensitive first, with how the scores were measured."""
+
+    method: str
+    layers: tuple[LayerSensitivity, ...]
+    samples: int
+    seconds: float
+    task_metric: str | None = None
+    """Name of the task metric behind `task_drop` (e.g. "top1"), when a task was set."""
+
+    @property
+    def ranking(self) -> tuple[str, ...]:
+        """Node names, most sensitive first."""
+        return tuple(layer.node for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {
+            "method": self.method,
+            "samples": self.samples,
+            "seconds": round(self.seconds, 3),
+            "task_metric": self.task_metric,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SensitivityResult:
+        """Inverse of `to_dict`."""
+        return cls(str(data["method"]), tuple(LayerSensitivity.from_dict(d) for d in data["layers"]),
+                   int(data["samples"]), float(data["seconds"]), data.get("task_metric"))
+
+
+def _jsonable(value: float) -> float | str:
+    return str(value) if math.isinf(value) or math.isnan(value) else value
+
+
+def quantized_layers(placement: Placement) -> dict[str, tuple[QuantTarget, ...]]:
+    """Node name -> the Q/DQ targets it reads, in graph order of first appearance."""
+    layers: dict[str, list[QuantTarget]] = defaultdict(list)
+    for target in placement.targets:
+        for node, _ in target.consumers:
+            if target not in layers[node]:
+                layers[node].append(target)
+    return {node: tuple(targets) for node, targets in layers.items()}
+
+
+def layer_placement(placement: Placement, nodes: Sequence[str] | set[str]) -> Placement:
+    """The part of `placement` that only `nodes` read: their inputs' Q/DQ pairs, nothing else."""
+    keep = set(nodes)
+    targets = []
+    for target in placement.targets:
+        consumers = tuple(c for c in target.consumers if c[0] in keep)
+        if consumers:
+            targets.append(QuantTarget(target.tensor, target.kind, consumers, target.axis))
+    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes)
+
+
+def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-accumulates per sample of Conv/ConvTranspose/Gemm/MatMul nodes (0 where shapes are unknown)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    macs: dict[str, int] = {}
+    for node in model.graph.node:
+        out = shapes.get(node.output[0], ()) if node.output else ()
+        per_sample = int(np.prod(out[1:])) if len(out) > 1 and all(out[1:]) else 0
+        weight = shapes.get(node.input[1], ()) if len(node.input) > 1 else ()
+        if node.op_type == "Conv" and len(weight) > 2:
+            macs[node.name] = per_sample * int(np.prod(weight[1:]))
+        elif node.op_type == "ConvTranspose" and len(weight) > 2:
+            src = shapes.get(node.input[0], ())
+            macs[node.name] = (int(np.prod(src[1:])) if len(src) > 1 and all(src[1:]) else 0) * int(np.prod(weight[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0], ())
+            trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+            k = (a[-2] if trans_a else a[-1]) if len(a) >= 2 else 0
+            macs[node.name] = per_sample * int(k)  # the first output dim counts as the batch
+    return macs
+
+
+def analyze_sensitivity(
+    model: onnx.ModelProto,
+    placement: Placement,
+    amax: Mapping[str, float],
+    dataset: Dataset,
+    *,
+    method: str = "local",
+    task: Task | None = None,
+    batch_size: int = 1,
+    evaluator: Evaluator | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
+    """Rank the layers of `placement` by how much INT8 hurts when only that layer is quantized.
+
+    `model` is the normalised FP32 model (`trtq.api.prepare_model`), `amax` the calibrated
+    ranges. `exact` may reuse an `evaluator` (and its cached data) across calls.
+    """
+    if method not in METHODS:
+        raise TrtqError(f"Sensitivity method {method!r} is not one of {', '.join(METHODS)}.", "use local or exact.")
+    layers = quantized_layers(placement)
+    if not layers:
+        raise TrtqError("The placement quantizes no layer, so there is nothing to rank.",
+                        "check --exclude-nodes/--exclude-ops; they may exclude every layer.")
+    start = time.perf_counter()
+    macs = layer_macs(model)
+    ops = {node.name: node.op_type for node in model.graph.node}
+    if method == "exact":
+        scores, drops, samples, metric = _exact(model, placement, amax, dataset, layers, task, batch_size, evaluator, progress)
+    else:
+        scores, samples = _local(model, placement, amax, dataset, layers, batch_size, progress)
+        drops, metric = {}, None
+    result = [
+        LayerSensitivity(node, ops[node], tuple(t.tensor for t in targets), scores[node], drops.get(node), macs.get(node, 0))
+        for node, targets in layers.items()
+    ]
+    order = {node: i for i, node in enumerate(layers)}
+    result.sort(key=lambda s: (-(s.task_drop or 0.0), s.snr_db, order[s.node]))
+    return SensitivityResult(method, tuple(result), samples, time.perf_counter() - start, metric)
+
+
+def _exact(model: onnx.ModelProto, placement: Placement, amax: Mapping[str, float], dataset: Dataset,
+           layers: Mapping[str, tuple[QuantTarget, ...]], task: Task | None, batch_size: int,
+           evaluator: Evaluator | None, progress: bool) -> tuple[dict[str, float], dict[str, float], int, str | None]:
+    if evaluator is None:
+        evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task)
+    metric = MAIN_TASK_METRIC.get(evaluator.task.name) if evaluator.task is not None else None
+    scores: dict[str, float] = {}
+    drops: dict[str, float] = {}
+    for node in tqdm(layers, desc="sensitivity (exact)", unit="layer", disable=not progress, dynamic_ncols=True, leave=False):
+        candidate = insert_qdq(model, layer_placement(placement, {node}), amax)
+        evaluation = evaluator.evaluate(candidate, label=node)
+        scores[node] = evaluation.snr_db
+        comparison = evaluator.task_comparison(evaluation)
+        if comparison is not None and metric is not None:
+            drops[node] = comparison.drops.get(metric, 0.0)
+    return scores, drops, evaluator.samples, metric
+
+
+def single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
+    """A model of `node` alone: its activation inputs become graph inputs, its initializers stay."""
+    types = tensor_types(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    inputs, inits, seen = [], [], set()
+    for name in node.input:
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in initializers:
+            inits.append(initializers[name])
+        else:
+            inputs.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    outputs = [helper.make_tensor_value_info(o, types.get(o, onnx.TensorProto.FLOAT), None) for o in node.output if o]
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    graph = helper.make_graph([copy], f"layer_{node.name}", inputs, outputs, initializer=inits)
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out
+
+
+def _local(model: onnx.ModelProto, placement: Placement, amax: Mapping[str, float], dataset: Dataset,
+           layers: Mapping[str, tuple[QuantTarget, ...]], batch_size: int, progress: bool) -> tuple[dict[str, float], int]:
+    nodes = {node.name: node for node in model.graph.node}
+    initializers = {init.name for init in model.graph.initializer}
+    graph_inputs = {vi.name for vi in model.graph.input}
+    sessions, feeds_of, outs_of = {}, {}, {}
+    exposed: list[str] = []
+    for name in layers:
+        node = nodes[name]
+        single = single_node_model(model, node)
+        sessions[name] = make_session(insert_qdq(single, layer_placement(placement, {name}), amax))
+        feeds_of[name] = [vi.name for vi in single.graph.input]
+        outs_of[name] = [o for o in node.output if o]
+        exposed.extend(t for t in (*feeds_of[name], *outs_of[name]) if t not in initializers)
+    exposed = list(dict.fromkeys(exposed))
+    fetch = [t for t in exposed if t not in graph_inputs]
+    session = make_session(expose_tensors(model, fetch))
+    accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
+    samples = 0
+    with tqdm(total=dataset.num_samples, desc="sensitivity (local)", unit="sample", disable=not progress,
+              dynamic_ncols=True, leave=False) as bar:
+        for batch in dataset.batches(batch_size):
+            values = dict(batch)
+            values.update(zip(fetch, session.run(fetch, dict(batch))))
+            for name in layers:
+                quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
+                for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):
+                    acc.update(values[out_name], q)
+            n = len(next(iter(batch.values())))
+            samples += n
+            bar.update(n)
+    scores = {name: min(acc.snr_db() for acc in accs) for name, accs in accumulators.items()}
+    return scores, samples
+
+
+class _SnrSums:
+    """Signal and noise power of one tensor over the data set (just what local SNR needs, in few passes)."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def update(self, ref: np.ndarray, quant: np.ndarray) -> None:
+        r = np.asarray(ref, dtype=np.float32).reshape(-1)
+        e = np.asarray(quant, dtype=np.float32).reshape(-1) - r
+        self.signal += float(np.dot(r, r))
+        self.noise += float(np.dot(e, e))
+
+    def snr_db(self) -> float:
+        return snr_db(self.signal, self.noise)
+
+
+def rank_agreement(a: Sequence[str], b: Sequence[str], top: int = 3) -> dict[str, float]:
+    """How well two rankings of the same layers agree: Spearman's rho, Kendall's tau, top-k overlap."""
+    common = [x for x in a if x in set(b)]
+    n = len(common)
+    if n < 2:
+        return {"spearman": math.nan, "kendall": math.nan, f"top{top}_overlap": math.nan, "layers": float(n)}
+    pos_b = {x: i for i, x in enumerate(x for x in b if x in set(common))}
+    ra = np.arange(n, dtype=np.float64)
+    rb = np.array([pos_b[x] for x in common], dtype=np.float64)
+    spearman = 1.0 - 6.0 * float(((ra - rb) ** 2).sum()) / (n * (n * n - 1))
+    concordant = discordant = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s = np.sign(rb[j] - rb[i])
+            concordant += s > 0
+            discordant += s < 0
+    kendall = (concordant - discordant) / (n * (n - 1) / 2)
+    k = min(top, n)
+    overlap = len(set(common[:k]) & set(sorted(pos_b, key=pos_b.__getitem__)[:k])) / k
+    return {"spearman": spearman, "kendall": float(kendall), f"top{top}_overlap": overlap, "layers": float(n)}
