@@ -1,0 +1,110 @@
+"""Optimization profiles (min/opt/max per input) from the network's input dims and the user's shapes.
+
+TensorRT reports dynamic dims as -1. As trtexec does, a single `--shape` fixes min = opt = max;
+`--min-shape/--opt-shape/--max-shape` give a range, and a missing min or max defaults to opt.
+Implicit INT8 calibration runs at the OPT shape (the calibration profile), so buffers are sized by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from trtq.errors import TrtqError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    """min/opt/max of one input."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    @property
+    def is_static(self) -> bool:
+        """True when min == opt == max."""
+        return self.min == self.opt == self.max
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join("?" if d < 0 else str(d) for d in shape)
+
+
+def _check_against(name: str, dims: Shape, shape: Shape, which: str) -> None:
+    if len(shape) != len(dims):
+        raise TrtqError(
+            f"{which} for input {name!r} has rank {len(shape)}, but the network input is {_fmt(dims)} (rank {len(dims)}).",
+            "give one size per dimension.",
+        )
+    for axis, (want, got) in enumerate(zip(dims, shape)):
+        if want >= 0 and want != got:
+            raise TrtqError(
+                f"{which} for input {name!r} sets dim {axis} to {got}, but the network fixes it at {want} ({_fmt(dims)}).",
+                "only dynamic (-1) dimensions can be chosen.",
+            )
+        if got <= 0:
+            raise TrtqError(f"{which} for input {name!r} has a non-positive dim {got}.", "use sizes >= 1.")
+
+
+def resolve_profile(
+    inputs: Mapping[str, Shape],
+    shapes: Mapping[str, Shape] | None = None,
+    min_shapes: Mapping[str, Shape] | None = None,
+    opt_shapes: Mapping[str, Shape] | None = None,
+    max_shapes: Mapping[str, Shape] | None = None,
+) -> dict[str, ProfileShape]:
+    """min/opt/max for every network input ({name: dims with -1 for dynamic}).
+
+    Raises TrtqError for unknown names, rank or fixed-dim mismatches, min > opt > max, and a
+    dynamic input left without a shape.
+    """
+    shapes, mins, opts, maxs = (dict(m or {}) for m in (shapes, min_shapes, opt_shapes, max_shapes))
+    for option, given in (("--shape", shapes), ("--min-shape", mins), ("--opt-shape", opts), ("--max-shape", maxs)):
+        unknown = sorted(set(given) - set(inputs))
+        if unknown:
+            raise TrtqError(
+                f"{option} names input {unknown[0]!r}, but the network's inputs are {sorted(inputs)}.",
+                "use the input names that `trtq inspect` lists.",
+            )
+    both = sorted(set(shapes) & (set(mins) | set(opts) | set(maxs)))
+    if both:
+        raise TrtqError(
+            f"Input {both[0]!r} has both --shape and --min/--opt/--max-shape.",
+            "use --shape for one fixed size, or the three range options.",
+        )
+    profile: dict[str, ProfileShape] = {}
+    for name, dims in inputs.items():
+        dims = tuple(int(d) for d in dims)
+        if name in shapes:
+            _check_against(name, dims, tuple(shapes[name]), "--shape")
+            fixed = tuple(shapes[name])
+            profile[name] = ProfileShape(fixed, fixed, fixed)
+            continue
+        if name in mins or name in opts or name in maxs:
+            opt = tuple(opts.get(name) or maxs.get(name) or mins[name])
+            low, high = tuple(mins.get(name, opt)), tuple(maxs.get(name, opt))
+            for which, shape in (("--min-shape", low), ("--opt-shape", opt), ("--max-shape", high)):
+                _check_against(name, dims, shape, which)
+            if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+                raise TrtqError(
+                    f"Input {name!r} needs min <= opt <= max in every dim, got {_fmt(low)} / {_fmt(opt)} / {_fmt(high)}.",
+                    "order the three shapes.",
+                )
+            profile[name] = ProfileShape(low, opt, high)
+            continue
+        if any(d < 0 for d in dims):
+            example = "x".join(str(d) if d >= 0 else "1" for d in dims)
+            raise TrtqError(
+                f"Input {name!r} has dynamic dims ({_fmt(dims)}) and no --shape or --min/--opt/--max-shape was given.",
+                f"pass e.g. --shape {name}:{example}.",
+            )
+        profile[name] = ProfileShape(dims, dims, dims)
+    return profile
+
+
+def format_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    """trtexec's spelling: name:1x3x224x224,other:1x10."""
+    return ",".join(f"{name}:{'x'.join(str(d) for d in shape)}" for name, shape in shapes.items())
