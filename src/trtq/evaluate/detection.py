@@ -227,7 +227,8 @@ def coco_map(ground_truth: Mapping, detections: Sequence[Mapping], image_ids: Se
     if not detections:
         return {"map": 0.0, "map50": 0.0}
     try:
-        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
     except ImportError:
         try:
             from pycocotools.coco import COCO  # type: ignore[no-redef]

@@ -1,0 +1,43 @@
+"""Tiny models for the accuracy tests (sensitivity, mixed precision, FP16, report), built in code.
+
+Each builder draws its graph; weights come from a seeded generator.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def outlier_net(seed: int = 0) -> onnx.ModelProto:
+    """A conv whose input has one channel 1000x larger than the rest (per-tensor INT8 wipes the others).
+
+        x [N,4,8,8] -> conv1 (4->8, 3x3) -> c1 -> Mul (channel 0 x1000) -> big
+        big -> conv2 (8->8, 1x1; input channel 0 weighted x0.001) -> c2 -> relu -> r2
+        r2 -> conv3 (8->4, 1x1) -> y [N,4,8,8]
+
+    Quantizing `big` (conv2's input) rounds channels 1..7 to almost nothing, so conv2 is by far
+    the most sensitive layer; conv1 and conv3 read well-behaved tensors.
+    """
+    rng = np.random.default_rng(seed)
+    w2 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+    w2[:, 0] *= 1e-3
+    scale = np.ones((1, 8, 1, 1), np.float32)
+    scale[0, 0] = 1000.0
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(scale, "channel_scale"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3, "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c1", "channel_scale"], ["big"], name="outlier"),
+        helper.make_node("Conv", ["big", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
+    ]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

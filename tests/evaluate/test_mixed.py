@@ -1,0 +1,79 @@
+"""Automatic mixed precision: target parsing, no exclusions when not needed, the sensitive layer when needed."""
+
+import math
+
+import numpy as np
+import pytest
+from accuracy_models import outlier_net
+from tiny_models import save
+
+import trtq.api as api
+from trtq.errors import TrtqError
+from trtq.evaluate.mixed import Target, node_pattern, parse_target, search_mixed_precision
+from trtq.evaluate.sensitivity import quantized_layers
+
+
+def test_parse_target_forms_and_errors():
+    assert parse_target("top1-drop<=0.5") == Target("top1-drop", "<=", 0.5)
+    assert parse_target(" snr >= 30 dB") == Target("snr", ">=", 30.0)
+    assert parse_target("map-drop<=1.0").task == "detect"
+    assert parse_target("cosine>=.999").value == 0.999
+    assert str(parse_target("top5-drop<=2")) == "top5-drop<=2"
+    with pytest.raises(TrtqError, match="written snr>=VALUE"):
+        parse_target("snr<=30")
+    with pytest.raises(TrtqError, match="'accuracy' is not one of"):
+        parse_target("accuracy>=0.9")
+    with pytest.raises(TrtqError, match="not of the form"):
+        parse_target("top1-drop 0.5")
+
+
+def test_target_direction():
+    drop, snr = Target("top1-drop", "<=", 0.5), Target("snr", ">=", 30)
+    assert drop.holds(0.5) and not drop.holds(0.6) and not drop.holds(math.nan)
+    assert snr.holds(math.inf) and not snr.holds(29.9)
+
+
+@pytest.fixture()
+def outlier(tmp_path):
+    path = save(outlier_net(), tmp_path / "model.onnx")
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((12, 4, 8, 8)).astype(np.float32))
+    calibration = api.calibrate(path, data, options=api.QuantizeOptions(method="max"), progress=False)
+    prepared = api.prepare_model(path)
+    return prepared, calibration.ranges.amax, api.open_data(prepared.model, data)
+
+
+def test_target_that_already_holds_excludes_nothing(outlier):
+    prepared, amax, dataset = outlier
+    result = search_mixed_precision(prepared.model, amax, dataset, "snr>=-100", batch_size=4, progress=False)
+    assert result.holds and result.excluded == () and result.exclude_nodes == ()
+    assert len(result.steps) == 1 and result.steps[0].phase == "int8"
+    assert result.placement.targets == prepared.placement.targets
+    # a task target builds its task (FP32 agreement here: no labels) and holds at 100 points of slack
+    agreement = search_mixed_precision(prepared.model, amax, dataset, "top1-drop<=100", batch_size=4, progress=False)
+    assert agreement.holds and agreement.excluded == () and agreement.reference.against == "fp32"
+
+
+def test_sensitive_layer_is_excluded_and_reported(outlier):
+    prepared, amax, dataset = outlier
+    result = search_mixed_precision(prepared.model, amax, dataset, "snr>=25", batch_size=4, progress=False)
+    assert not Target("snr", ">=", 25).holds(result.int8_metric)  # INT8 alone misses the target
+    assert result.holds and result.final_metric >= 25
+    assert [layer.node for layer in result.excluded] == ["conv2"]
+    layer = result.excluded[0]
+    assert layer.pattern == node_pattern("conv2") == "^conv2$"
+    assert layer.metric_with_layer_int8 == pytest.approx(result.int8_metric)
+    assert 0 < layer.macs_share < 1 and layer.macs == 8 * 8 * 8 * 8
+    assert "conv2" not in quantized_layers(result.placement)
+    # the reported patterns reproduce the placement through the normal quantize options
+    again = api.prepare_model(prepared.path, exclude_nodes=result.exclude_nodes)
+    assert again.placement == result.placement
+
+
+def test_unreachable_target_says_how_close_it_came(outlier):
+    prepared, amax, dataset = outlier
+    result = search_mixed_precision(prepared.model, amax, dataset, "snr>=25", batch_size=4, max_exclusions=0,
+                                    progress=False)
+    assert not result.holds and result.excluded == ()
+    with pytest.raises(TrtqError, match="Target snr>=25 was not reached: best snr was"):
+        result.require()
