@@ -206,12 +206,12 @@ def quantize(
                 f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
                 stacklevel=2,
             )
-    quantized = insert_qdq(prepared.model, prepared.placement, table.amax)
+    quantized = insert_qdq(prepared.model, prepared.placement, table.amax).SerializeToString()
     onnx.checker.check_model(quantized)
     cache_amax = {name: table.amax[name] for name in prepared.placement.calibrated_tensors if name in table.amax}
     write_files_atomically(
         {
-            onnx_path: quantized.SerializeToString(),
+            onnx_path: quantized,
             cache_path: format_cache(cache_amax, options.trt_version, table.method),
             ranges_path: table.to_json().encode("utf-8"),
         }

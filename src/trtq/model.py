@@ -286,13 +286,45 @@ def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.Model
             node.name = name
             used.add(name)
     try:
-        out = shape_inference.infer_shapes(out, data_prop=True)
+        inferred = shape_inference.infer_shapes(_weightless(out), data_prop=True)
     except Exception as exc:  # onnx raises InferenceError for inconsistent graphs
         raise TrtqError(
             f"{source} fails ONNX shape inference ({exc}).",
             "run onnx.checker on the model and re-export it.",
         ) from exc
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(out.graph.output, inferred.graph.output):
+        mine.CopyFrom(theirs)
     return out
+
+
+_SMALL_TENSOR = 4096
+"""Initializers up to this many bytes keep their values in the weightless copy (shape constants)."""
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose large initializers keep name, type and dims but no values.
+
+    Shape inference only reads the values of small (shape-like) constants, and serialising a
+    model's weights through the C++ inference dominates its cost on large models.
+    """
+    skeleton = onnx.ModelProto()
+    graph = model.graph
+    saved = list(graph.initializer)
+    del graph.initializer[:]
+    try:
+        skeleton.CopyFrom(model)
+    finally:
+        graph.initializer.extend(saved)
+    for init in saved:
+        if len(init.raw_data) <= _SMALL_TENSOR and not init.HasField("data_location"):
+            skeleton.graph.initializer.append(init)
+        else:
+            stub = skeleton.graph.initializer.add()
+            stub.name, stub.data_type = init.name, init.data_type
+            stub.dims.extend(init.dims)
+    return skeleton
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.Infe
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    if model.ByteSize() < _PROTOBUF_LIMIT:
+    weights = sum(len(init.raw_data) for init in model.graph.initializer)
+    if weights < _PROTOBUF_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory(prefix="trtq-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -64,15 +66,29 @@ class OrtBackend:
         self._fetch = [t for t in self._tensors if t not in input_names]
         self._session = make_session(expose_tensors(model, self._fetch), threads or os.cpu_count())
         self._collector = StatsCollector(self._tensors, histogram=histogram)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
+        self._pending: Future[None] | None = None
 
     def observe(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Run one batch and update the statistics of every observed tensor."""
+        """Run one batch; its statistics are folded in on a worker thread while the next batch runs.
+
+        At most one batch waits for the worker, so memory stays bounded by two batches' activations.
+        """
         values = self._session.run(self._fetch, dict(batch)) if self._fetch else []
-        for name, value in zip(self._fetch, values):
+        self._wait()
+        observed = list(zip(self._fetch, values)) + [(name, batch[name]) for name in self._from_feeds]
+        self._pending = self._worker.submit(self._fold, observed)
+
+    def _fold(self, observed: list[tuple[str, np.ndarray]]) -> None:
+        for name, value in observed:
             self._collector.update(name, value)
-        for name in self._from_feeds:
-            self._collector.update(name, batch[name])
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def stats(self) -> dict[str, TensorStats]:
-        """Statistics of every observed tensor."""
+        """Statistics of every observed tensor (after the last batch is folded in)."""
+        self._wait()
         return self._collector.stats()

@@ -235,11 +235,34 @@ def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> 
     return None
 
 
+FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Add")
+FUSED_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "BatchNormalization")
+
+
+def _fused_away(g: _Graph, name: str) -> bool:
+    """True for a tensor TensorRT fuses away: a Conv/BN/Add output read only by a following
+    activation or BatchNorm, or a convolution's output read only by its residual Add.
+
+    Such tensors need no calibration-cache entry, and observing them would block onnxruntime's
+    own fusions and cost a histogram pass for nothing.
+    """
+    producer = g.producer.get(name)
+    readers = g.consumers.get(name, [])
+    if producer is None or producer.op_type not in FUSED_PRODUCERS or len(readers) != 1:
+        return False
+    if name in {o.name for o in g.model.graph.output}:
+        return False
+    reader = readers[0][0]
+    if reader.op_type in FUSED_ACTIVATIONS:
+        return True
+    return reader.op_type == "Add" and producer.op_type in ("Conv", "ConvTranspose", "BatchNormalization")
+
+
 def _cache_tensors(g: _Graph, excluded: set[str]) -> tuple[str, ...]:
     """Float activations for the implicit-build cache: graph inputs and node outputs.
 
     Left out: outputs of excluded nodes and inputs of score ops (so TensorRT keeps them in
-    higher precision), and graph outputs that are scores.
+    higher precision), graph outputs that are scores, and tensors fused away (`_fused_away`).
     """
     names: list[str] = [vi.name for vi in g.model.graph.input if vi.name not in g.initializers]
     for node in g.model.graph.node:
@@ -248,7 +271,7 @@ def _cache_tensors(g: _Graph, excluded: set[str]) -> tuple[str, ...]:
         names.extend(out for out in node.output if out)
     keep = []
     for name in names:
-        if not g.is_float(name):
+        if not g.is_float(name) or _fused_away(g, name):
             continue
         readers = g.consumers.get(name, [])
         if any(node.op_type in SCORE_OPS or node.name in excluded for node, _ in readers):
