@@ -20,7 +20,7 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache
+from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
     ModelInfo,
@@ -135,6 +135,12 @@ def _batch_size(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -
     return int(first[0]) if first else 1
 
 
+def _fixed_batch(model: onnx.ModelProto) -> bool:
+    """True when the first input's leading dim is a fixed number (batches must be full)."""
+    inputs = graph_inputs(model)
+    return bool(inputs and inputs[0].shape and isinstance(inputs[0].shape[0], int))
+
+
 def calibrate(
     model_path: str | Path,
     calib: str | Path,
@@ -164,6 +170,7 @@ def _calibrate_prepared(
         percentile=options.percentile,
         batch_size=_batch_size(prepared.model, data.shapes),
         device=options.device,
+        drop_partial=_fixed_batch(prepared.model),
         progress=progress,
     )
 
@@ -192,6 +199,7 @@ def quantize(
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     if options.method not in METHODS:
         raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+    trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
     seconds: float | None = None
@@ -200,13 +208,13 @@ def quantize(
         table, seconds = result.ranges, result.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
-        if table.model_sha256 != prepared.sha256:
-            warnings.warn(
-                f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
-                f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
-                stacklevel=2,
-            )
     quantized = insert_qdq(prepared.model, prepared.placement, table.amax).SerializeToString()
+    if table.model_sha256 != prepared.sha256:
+        warnings.warn(
+            f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
+            f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
+            stacklevel=2,
+        )
     onnx.checker.check_model(quantized)
     cache_amax = {name: table.amax[name] for name in prepared.placement.calibrated_tensors if name in table.amax}
     write_files_atomically(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,12 +42,13 @@ def run_calibration(
     percentile: float = 99.99,
     batch_size: int = 1,
     device: str = "cpu",
+    drop_partial: bool = False,
     progress: bool = True,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
     The data hash covers every batch's bytes in order, so a ranges table names exactly the data
-    it came from.
+    it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
     """
     start = time.perf_counter()
     backend = make_backend(device, model, tensors, histogram=needs_histogram(method))
@@ -55,6 +57,13 @@ def run_calibration(
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
         for batch in dataset.batches(batch_size):
+            if drop_partial and len(next(iter(batch.values()))) < batch_size:
+                warnings.warn(
+                    f"The last {len(next(iter(batch.values())))} samples of {dataset.description} were skipped: "
+                    f"the model's batch dimension is fixed at {batch_size}.",
+                    stacklevel=2,
+                )
+                break
             for name in sorted(batch):
                 digest.update(name.encode())
                 digest.update(np.ascontiguousarray(batch[name]).tobytes())

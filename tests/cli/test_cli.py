@@ -1,0 +1,65 @@
+"""The CLI as a user runs it: exit codes, one-sentence errors without tracebacks, --json, --quiet."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tiny_models import residual_conv_net, save
+from trtq.cli import main
+
+
+@pytest.fixture()
+def case(tmp_path):
+    model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32))
+    return tmp_path, model
+
+
+def test_quantize_json_and_compare_json(case, capsys):
+    tmp, model = case
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "max", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["onnx_path"].endswith("net.int8.onnx") and out["qdq_pairs"] == 9
+    assert set(out["commands"]) >= {"tensorrt-11", "tensorrt-10-implicit"}
+    assert main(["compare", model, out["onnx_path"], "--data", str(tmp / "calib.npy"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 6 and report["outputs"][0]["name"] == "scores"
+
+
+def test_human_output_and_quiet(case, capsys):
+    tmp, model = case
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "trtexec --onnx=" in captured.out
+    assert "calibrating" not in captured.err  # no progress bar under --quiet
+
+
+def test_inspect(case, capsys):
+    _, model = case
+    assert main(["inspect", model]) == 0
+    text = capsys.readouterr().out
+    assert "input: float32 [Nx3x16x16]  (dynamic)" in text and "Conv x4" in text
+    assert main(["inspect", model, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantizable_nodes"] == ["conv1", "conv2", "conv3", "conv_head"]
+
+
+def test_user_errors_are_one_sentence_exit_2_no_traceback(case, capsys):
+    tmp, model = case
+    assert main(["quantize", str(tmp / "nope.onnx"), "--calib", str(tmp / "calib.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trtq: error: Model file") and "Traceback" not in err and "fix:" in err
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--shape", "input=1x3"]) == 2
+    assert "name:AxBxC" in capsys.readouterr().err
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--trt-version", "11.4.0"]) == 2
+    assert "removed in 11.0" in capsys.readouterr().err
+
+
+def test_python_m_trtq_runs(case):
+    import subprocess
+    import sys
+
+    _, model = case
+    proc = subprocess.run([sys.executable, "-m", "trtq", "inspect", model, "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["opset"] == 17

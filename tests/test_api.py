@@ -1,0 +1,167 @@
+"""End to end through the Python API: model + data in, Q/DQ ONNX + cache + ranges out.
+
+Tolerances: a tiny conv net quantized with max ranges keeps its output within 25 dB SNR of FP32
+(8-bit symmetric quantization of a few layers typically gives 30-40 dB).
+"""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
+from trtq import api
+from trtq.errors import TrtqError
+from trtq.formats.cache import read_cache
+
+
+@pytest.fixture()
+def conv_case(tmp_path):
+    model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
+    np.save(tmp_path / "val.npy", rng.standard_normal((10, 3, 16, 16)).astype(np.float32))
+    return tmp_path, model
+
+
+def test_quantize_writes_three_artifacts_that_agree(conv_case):
+    tmp, model = conv_case
+    result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method="max", output_dir=str(tmp / "out")),
+                          progress=False)
+    assert {p.name for p in (tmp / "out").iterdir()} == {"net.int8.onnx", "net.int8.cache", "net.int8.json"}
+    assert result.samples == 24 and result.qdq_pairs == 9
+    q = onnx.load(result.onnx_path)
+    assert q.opset_import[0].version >= 13
+    ranges = json.loads((tmp / "out" / "net.int8.json").read_text())
+    assert ranges["method"] == "max" and ranges["num_samples"] == 24 and len(ranges["data_sha256"]) == 64
+    cache = read_cache(result.cache_path)
+    assert cache.algorithm == "MinMaxCalibration" and cache.version_code == 101303
+    for name in ("input", "r1", "r2", "r3", "pool"):
+        assert cache.scales[name] == pytest.approx(ranges["amax"][name] / 127, rel=1e-6)
+        scale = next(i for i in q.graph.initializer if i.name == f"{name}_scale")
+        assert onnx.numpy_helper.to_array(scale) == np.float32(ranges["amax"][name] / 127)
+    # the input's amax is exactly the max |x| of the calibration data
+    assert ranges["amax"]["input"] == pytest.approx(float(np.abs(np.load(tmp / "calib.npy")).max()), rel=1e-6)
+    assert "--int8 --calib=" in result.commands["tensorrt-10-implicit"]
+
+
+def test_quantized_model_runs_and_stays_close(conv_case):
+    tmp, model = conv_case
+    result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method="max", output_dir=str(tmp)),
+                          progress=False)
+    report = api.compare(model, result.onnx_path, tmp / "val.npy", progress=False)
+    (out,) = report.outputs
+    assert report.samples == 10 and out.name == "scores"
+    assert out.snr_db > 25 and out.cosine > 0.99
+    assert 0 < out.max_abs_error < 0.2
+
+
+def test_same_inputs_give_byte_identical_outputs_and_ranges_reuse(conv_case):
+    tmp, model = conv_case
+    opts = dict(method="entropy")
+    first = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "a"), **opts), progress=False)
+    second = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
+    reused = api.quantize(model, ranges=first.ranges_path, options=api.QuantizeOptions(output_dir=str(tmp / "c")), progress=False)
+    for name in ("net.int8.onnx", "net.int8.cache", "net.int8.json"):
+        a = (tmp / "a" / name).read_bytes()
+        assert a == (tmp / "b" / name).read_bytes() == (tmp / "c" / name).read_bytes(), name
+    assert first.calibration_seconds is not None and reused.calibration_seconds is None
+
+
+def test_every_method_produces_a_loadable_model(conv_case):
+    tmp, model = conv_case
+    amax = {}
+    for method in ("entropy", "max", "percentile", "mse"):
+        r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method=method, output_dir=str(tmp / method)),
+                         progress=False)
+        ort.InferenceSession(r.onnx_path)
+        amax[method] = json.loads(open(r.ranges_path).read())["amax"]["r2"]
+    assert amax["max"] >= max(amax["entropy"], amax["percentile"], amax["mse"])
+
+
+def test_gemm_matmul_and_multi_input_models(tmp_path):
+    rng = np.random.default_rng(3)
+    gm = save(gemm_matmul_net(), tmp_path / "gm.onnx")
+    np.save(tmp_path / "x.npy", rng.standard_normal((8, 32)).astype(np.float32))
+    r = api.quantize(gm, tmp_path / "x.npy", options=api.QuantizeOptions(method="max"), progress=False)
+    assert r.quantized_weights == 2 and r.quantized_activations == 4  # x, gr, xr, xt
+    assert min(o.snr_db for o in api.compare(gm, r.onnx_path, tmp_path / "x.npy", progress=False).outputs) > 25
+
+    mi = save(multi_input_net(), tmp_path / "mi.onnx")
+    np.savez(tmp_path / "ab.npz", a=rng.standard_normal((6, 8)).astype(np.float32),
+             b=rng.standard_normal((6, 4)).astype(np.float32))
+    r = api.quantize(mi, tmp_path / "ab.npz", options=api.QuantizeOptions(method="max"), progress=False)
+    assert r.samples == 6 and r.quantized_activations == 1  # the Concat output feeding the Gemm
+    assert api.compare(mi, r.onnx_path, tmp_path / "ab.npz", progress=False).outputs[0].snr_db > 25
+
+
+def test_dynamic_batch_model_calibrates_at_the_given_batch(conv_case):
+    tmp, model = conv_case
+    r = api.quantize(model, tmp / "calib.npy", data=api.DataOptions(shapes={"input": (8, 3, 16, 16)}),
+                     options=api.QuantizeOptions(method="max", output_dir=str(tmp / "b8")), progress=False)
+    assert r.samples == 24
+    assert "--shapes=input:8x3x16x16" in r.commands["tensorrt-11"]
+
+
+def test_bad_inputs_fail_with_one_sentence_and_no_output(conv_case):
+    tmp, model = conv_case
+    out = tmp / "never"
+    bad = np.load(tmp / "calib.npy")
+    bad[5, 0, 0, 0] = np.nan
+    np.save(tmp / "nan.npy", bad)
+    np.save(tmp / "nhwc.npy", np.zeros((4, 16, 16, 3), np.float32))
+    cases = [
+        (dict(model_path=tmp / "missing.onnx", calib=tmp / "calib.npy"), "does not exist"),
+        (dict(model_path=model, calib=tmp / "nan.npy"), "NaN"),
+        (dict(model_path=model, calib=tmp / "nhwc.npy"), "NHWC"),
+        (dict(model_path=model, calib=tmp / "nothing.npy"), "nothing.npy"),
+        (dict(model_path=model), "exactly one of --calib"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(TrtqError, match=message):
+            api.quantize(**kwargs, options=api.QuantizeOptions(output_dir=str(out)), progress=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_dir(conv_case):
+    tmp, model = conv_case
+    locked = tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        with pytest.raises(TrtqError, match="not writable"):
+            api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(locked)), progress=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_dir_that_is_a_file(conv_case):
+    tmp, model = conv_case
+    (tmp / "afile").write_text("x")
+    with pytest.raises(TrtqError, match="Cannot create output directory"):
+        api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "afile" / "sub")),
+                     progress=False)
+
+
+def test_ranges_from_another_model_are_refused(conv_case, tmp_path):
+    tmp, model = conv_case
+    gm = save(gemm_matmul_net(), tmp_path / "gm.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 32), np.float32))
+    other = api.quantize(gm, tmp_path / "x.npy", options=api.QuantizeOptions(method="max", output_dir=str(tmp_path / "g")),
+                         progress=False)
+    with pytest.raises(TrtqError, match="has no range for tensor"):
+        api.quantize(model, ranges=other.ranges_path, options=api.QuantizeOptions(output_dir=str(tmp / "x")),
+                     progress=False)
+
+
+def test_fixed_batch_model_skips_partial_last_batch(tmp_path):
+    model = save(residual_conv_net(batch=4), tmp_path / "b4.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).standard_normal((10, 3, 16, 16)).astype(np.float32))
+    with pytest.warns(UserWarning, match="last 2 samples"):
+        r = api.quantize(model, tmp_path / "c.npy", options=api.QuantizeOptions(method="max"), progress=False)
+    assert r.samples == 8
