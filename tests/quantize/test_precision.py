@@ -1,0 +1,127 @@
+"""--high-precision fp16: FP16 where safe, FP32 where ranges overflow or score heads need it; runs in onnxruntime."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tiny_models import residual_conv_net
+from trtq.errors import TrtqError
+from trtq.model import default_opset, normalize_model, tensor_types
+from trtq.quantize import insert_qdq, plan_placement
+from trtq.quantize.precision import FP16_MAX, apply_high_precision, convert_to_fp16, final_score_nodes
+
+F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
+
+
+def _run(model, feed):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _snr(ref, out):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref.astype(np.float64) - out) ** 2))
+
+
+def overflow_net(up: float = 300.0):
+    """A tensor beyond FP16's range (for inputs of ~1000) between two well-behaved ones.
+
+        x [2,8] -> relu -> r -> Mul (x up) -> big -> Mul (x 1/up) -> back -> Add (+1) -> y [2,8]
+    """
+    inits = [numpy_helper.from_array(np.array(up, np.float32), "up"),
+             numpy_helper.from_array(np.array(1 / up, np.float32), "down"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "up"], ["big"], name="scale_up"),
+             helper.make_node("Mul", ["big", "down"], ["back"], name="scale_down"),
+             helper.make_node("Add", ["back", "one"], ["y"], name="add_one")]
+    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("x", F32, [2, 8])],
+                              [helper.make_tensor_value_info("y", F32, [2, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return normalize_model(model)
+
+
+def test_overflowing_tensor_stays_fp32():
+    model = overflow_net()
+    x = (np.abs(np.random.default_rng(0).standard_normal((2, 8))) * 500).astype(np.float32)
+    amax = {"r": float(x.max()), "big": float(x.max()) * 300, "back": float(x.max()), "y": float(x.max()) + 1}
+    assert amax["r"] < FP16_MAX / 2 < FP16_MAX < amax["big"]
+    result = convert_to_fp16(model, amax)
+    types = tensor_types(result.model)
+    assert types["big"] == F32  # 300 * |x| would be inf in FP16
+    kept = {k.node: k.reason for k in result.kept_fp32}
+    assert set(kept) == {"scale_up", "scale_down"} and "'big' reaches" in kept["scale_up"]
+    assert set(result.fp16_nodes) == {"relu", "add_one"}
+    assert types["r"] == F16 and types["x"] == F32 and types["y"] == F32  # graph IO stays float32
+    (y,) = _run(result.model, {"x": x})
+    assert np.isfinite(y).all() and np.allclose(y, x + 1, rtol=2e-3)
+    unprotected = convert_to_fp16(model, {})  # without observed ranges nothing says `big` overflows
+    assert tensor_types(unprotected.model)["big"] == F16
+
+
+def test_headroom_keeps_fp32_below_the_hard_limit():
+    model = overflow_net(up=1.0)
+    near = {"big": FP16_MAX * 0.75}  # fits FP16, but not with the default 2x headroom
+    assert tensor_types(convert_to_fp16(model, near).model)["big"] == F32
+    assert tensor_types(convert_to_fp16(model, near, headroom=1.0).model)["big"] == F16
+
+
+def test_final_sigmoid_and_its_input_stay_fp32_and_the_rest_runs_fp16():
+    model = normalize_model(residual_conv_net())
+    assert [n.name for n in final_score_nodes(model)] == ["sigmoid"]
+    result = convert_to_fp16(model, {})
+    kept = {k.node for k in result.kept_fp32}
+    assert kept == {"sigmoid", "conv_head"}
+    types = tensor_types(result.model)
+    assert types["logits"] == F32 and types["r1"] == F16 and types["pool"] == F16
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (ref,) = _run(model, {"input": x})
+    (out,) = _run(result.model, {"input": x})
+    assert out.dtype == np.float32 and _snr(ref, out) > 50  # FP16 rounding only
+
+
+def test_qdq_model_gets_fp16_scales_at_opset_19_and_still_runs():
+    model = normalize_model(residual_conv_net())
+    placement = plan_placement(model)
+    quantized = insert_qdq(model, placement, {t: 4.0 for t in placement.activation_tensors})
+    result = apply_high_precision(quantized, "fp16", amax={})
+    converted = result.model
+    assert default_opset(converted) == 19 and any("opset raised" in n for n in result.notes)
+    inits = {i.name: i for i in converted.graph.initializer}
+    dq_scales = [inits[n.input[1]].data_type for n in converted.graph.node if n.op_type == "DequantizeLinear"]
+    # conv_head stays FP32 (it feeds the final Sigmoid), so its two pairs keep float32 scales
+    assert dq_scales.count(F16) == result.fp16_qdq_pairs == len(placement.targets) - 2
+    assert dq_scales.count(F32) == 2
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (int8,) = _run(quantized, {"input": x})
+    (int8_fp16,) = _run(converted, {"input": x})
+    assert _snr(int8, int8_fp16) > 30  # FP16 changes rounding at a few Q/DQ boundaries, no more
+
+
+def test_schema_fixed_float_inputs_stay_float32():
+    """Resize's `scales` input is tensor(float) in every opset: it must not become FP16."""
+    inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["up"], name="resize", mode="nearest"),
+             helper.make_node("Relu", ["up"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", F32, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", F32, [1, 2, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = convert_to_fp16(normalize_model(model), {})
+    types = tensor_types(result.model)
+    assert types["scales"] == F32 and types["up"] == F16
+    x = np.random.default_rng(2).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    (y,) = _run(result.model, {"x": x})
+    assert np.allclose(y, np.maximum(x, 0).repeat(2, 2).repeat(2, 3), atol=1e-3)
+
+
+def test_fp32_mode_is_a_no_op_and_unknown_modes_fail():
+    model = overflow_net()
+    assert apply_high_precision(model, "fp32").model is model
+    with pytest.raises(TrtqError, match="'bf16' is not one of fp16, fp32"):
+        apply_high_precision(model, "bf16")
+    onnx.checker.check_model(convert_to_fp16(model, {}, keep_nodes={"relu"}).model)
+    kept = convert_to_fp16(model, {}, keep_nodes={"relu"}).kept_fp32
+    assert [(k.node, k.reason) for k in kept] == [("relu", "kept by the caller")]
