@@ -277,7 +277,7 @@ def check_uses(uses: Iterable[ApiUse], table: ApiTable) -> list[ApiProblem]:
         if missing:
             problems.append(ApiProblem(
                 use.file, use.line,
-                f"tensorrt.{use.name} is used on a path claiming TensorRT {', '.join(use.tracks)}.x, "
+                f"tensorrt.{use.name} is used on a path claiming TensorRT {' and '.join(t + '.x' for t in use.tracks)}, "
                 f"but {' and '.join(TRACKS[t] for t in missing)} lacks it",
             ))
     return problems
