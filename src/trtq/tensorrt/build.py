@@ -343,7 +343,7 @@ def _build(
     logger = trt.Logger(trt.Logger.WARNING)
     builder: trt.Builder = trt.Builder(logger)
     network = _create_network(trt, builder, caps, options.implicit)
-    _parse(trt, network, logger, onnx_path)
+    parser = _parse(trt, network, logger, onnx_path)  # owns the weights: keep it alive until the build is done
     config: trt.IBuilderConfig = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if options.workspace_mib is not None:
@@ -393,6 +393,7 @@ def _build(
             "fix the reported layer or option; `trtq build --json` shows the equivalent trtexec command.",
         )
     cache_bytes = _serialize_timing_cache(config) if timing_cache else None
+    del parser
     return serialized, constrained, source.batches_fed if source else 0, cache_bytes
 
 
@@ -406,11 +407,11 @@ def _create_network(trt: ModuleType, builder: trt.Builder, caps: TrtCapabilities
 
 
 @supports("10", "11")
-def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_path: Path) -> None:
-    """Parse the ONNX file; parser errors become one TrtqError naming the node."""
+def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_path: Path) -> Any:
+    """Parse the ONNX file and return the parser; parser errors become one TrtqError naming the node."""
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
     if parser.parse_from_file(str(onnx_path)):
-        return
+        return parser
     errors = []
     for index in range(parser.num_errors):
         error: trt.ParserError = parser.get_error(index)
@@ -492,7 +493,8 @@ def _apply_io_formats(
                     f"{tensor.dtype}; in strongly typed builds the ONNX graph decides I/O types.",
                     "convert the model's I/O types, or give only the format with the graph's type.",
                 )
-            tensor.dtype = want
+            if not strongly_typed:
+                tensor.dtype = want
             mask = 0
             for name in fmt.formats:
                 mask |= 1 << int(formats[name])
