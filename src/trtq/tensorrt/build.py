@@ -294,7 +294,7 @@ def build_engine(
         gpu_name=gpu,
         precision=precision,
         mode=mode,
-        onnx_file=str(onnx_path),
+        onnx_file=str(onnx_path.resolve()),
         onnx_sha256=file_sha256(onnx_path),
         profile=profile_to_json(profile),
         ranges_sha256=options.ranges_sha256 or _default_ranges_sha(onnx_path),
