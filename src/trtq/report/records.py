@@ -1,0 +1,131 @@
+"""Run records: what quantize / compare / sensitivity leave in their output folder for `trtq report`.
+
+Each command writes `trtq-<kind>.json` (atomically) with its settings, its result and, where
+calibration statistics are at hand, compact histograms of the most sensitive tensors. The
+report reads whichever records a folder holds; a newer run of the same kind replaces the older.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from trtq._io import atomic_write_text
+from trtq.calibrate.collector import TensorStats
+from trtq.errors import TrtqError
+
+KINDS = ("quantize", "compare", "sensitivity")
+RECORD_FORMAT = "trtq-record"
+HISTOGRAM_BINS = 128
+
+
+@dataclass(frozen=True)
+class Record:
+    """One command's settings and result, as saved."""
+
+    kind: str
+    created: str
+    command: str
+    settings: dict
+    result: dict
+    histograms: dict
+    path: str
+
+
+def record_path(directory: str | Path, kind: str) -> Path:
+    """Where a record of `kind` lives in `directory`."""
+    return Path(directory) / f"trtq-{kind}.json"
+
+
+def histogram_summary(stats: TensorStats, amax: float, method: str, bins: int = HISTOGRAM_BINS) -> dict:
+    """A calibration histogram of |x| folded to `bins` bins, with the chosen threshold and the observed max."""
+    hist = np.asarray(stats.hist, dtype=np.int64)
+    if hist.size and hist.size % bins == 0:
+        hist = hist.reshape(bins, -1).sum(axis=1)
+    return {
+        "hist": [int(v) for v in hist],
+        "hist_max": float(stats.hist_max),
+        "observed_max": float(stats.amax),
+        "threshold": float(amax),
+        "method": method,
+        "count": int(stats.count),
+    }
+
+
+def _clean(value: object) -> object:
+    """JSON-safe: infinities and NaN as strings, tuples as lists, dataclass-like objects via to_dict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "to_dict"):
+        return _clean(value.to_dict())
+    if isinstance(value, (np.floating, np.integer)):
+        return _clean(value.item())
+    return value
+
+
+def write_record(
+    directory: str | Path,
+    kind: str,
+    *,
+    settings: Mapping[str, object],
+    result: Mapping[str, object],
+    histograms: Mapping[str, Mapping] | None = None,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Save a record for `trtq report`; `command` defaults to this process's command line."""
+    if kind not in KINDS:
+        raise ValueError(f"record kind {kind!r} is not one of {KINDS}")
+    argv = list(command) if command is not None else ["trtq", *sys.argv[1:]]
+    payload = {
+        "format": RECORD_FORMAT,
+        "kind": kind,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": shlex.join(argv),
+        "settings": _clean(dict(settings)),
+        "result": _clean(dict(result)),
+        "histograms": _clean(dict(histograms or {})),
+    }
+    path = record_path(directory, kind)
+    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_records(directory: str | Path) -> dict[str, Record]:
+    """Every record in `directory`, by kind; TrtqError when there is none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TrtqError(f"Report folder {directory} does not exist.", "pass the --output-dir of a quantize, compare "
+                        "or sensitivity run.")
+    records: dict[str, Record] = {}
+    for kind in KINDS:
+        path = record_path(directory, kind)
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TrtqError(f"Record {path} is not readable JSON ({exc}).", "re-run the command that wrote it.") from exc
+        if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+            raise TrtqError(f"{path} is not a trtq run record.", "re-run the command that wrote it.")
+        records[kind] = Record(kind, str(data.get("created", "")), str(data.get("command", "")),
+                               dict(data.get("settings", {})), dict(data.get("result", {})),
+                               dict(data.get("histograms", {})), str(path))
+    if not records:
+        raise TrtqError(
+            f"Report folder {directory} holds no trtq run records (trtq-quantize.json, trtq-compare.json, "
+            "trtq-sensitivity.json).",
+            "run trtq quantize/compare/sensitivity with --output-dir pointing there first.",
+        )
+    return records

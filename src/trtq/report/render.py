@@ -1,0 +1,372 @@
+"""`trtq report DIR`: one self-contained HTML file (inline CSS and SVG, no scripts) and a Markdown twin.
+
+Sections, each present when a record supplies it: run settings; metrics FP32 vs INT8 vs mixed;
+per-layer sensitivity bar chart; histograms of the most sensitive tensors with the chosen
+thresholds; excluded layers; exact build commands.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtq._io import atomic_write_text
+from trtq.report.records import load_records
+
+SNR_CAP = 60.0
+"""Bars of the sensitivity chart are clipped at this SNR (dB); beyond it a layer is insensitive."""
+MAX_HISTOGRAMS = 6
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One line of the metrics table."""
+
+    variant: str
+    task: dict[str, float]
+    snr_db: float | None
+    cosine: float | None
+    top1_agreement: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the report shows, gathered from the records of one folder."""
+
+    directory: str
+    title: str
+    settings: tuple[tuple[str, str], ...]
+    task_label: str | None
+    metrics: tuple[MetricsRow, ...]
+    sensitivity: dict | None
+    histograms: dict
+    excluded: tuple[dict, ...]
+    exclude_nodes: tuple[str, ...]
+    commands: tuple[tuple[str, str], ...]
+    records: tuple[tuple[str, str, str], ...]  # kind, created, command
+
+
+def _num(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)  # "inf" strings included
+    except (TypeError, ValueError):
+        return None
+
+
+def _evaluation_row(variant: str, evaluation: Mapping, source: str) -> MetricsRow:
+    outputs = evaluation.get("outputs", [])
+    snrs = [_num(o.get("snr_db")) for o in outputs]
+    cosines = [_num(o.get("cosine")) for o in outputs]
+    top1 = [_num(o.get("top1_agreement")) for o in outputs if o.get("top1_agreement") is not None]
+    task = evaluation.get("task") or {}
+    return MetricsRow(
+        variant,
+        {k: float(v) for k, v in task.get("values", {}).items()},
+        min((s for s in snrs if s is not None), default=None),
+        min((c for c in cosines if c is not None), default=None),
+        min(top1) if top1 else None,
+        source,
+    )
+
+
+def build_report(directory: str | Path) -> Report:
+    """Gather the records of `directory` into a Report."""
+    records = load_records(directory)
+    quantize, compare, sensitivity = records.get("quantize"), records.get("compare"), records.get("sensitivity")
+    model = next((str(r.settings.get("model") or r.result.get("model") or "") for r in records.values()
+                  if r.settings.get("model") or r.result.get("model")), "")
+    settings: list[tuple[str, str]] = []
+    for record in (quantize, sensitivity, compare):
+        if record is None:
+            continue
+        for key, value in record.settings.items():
+            if value in (None, "", [], {}):
+                continue
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            settings.append((f"{record.kind}: {key}", text))
+    metrics: list[MetricsRow] = []
+    task_label = None
+    mixed = (quantize.result.get("mixed") if quantize else None) or None
+    if mixed:
+        reference = mixed.get("reference")
+        if reference:
+            metrics.append(MetricsRow("FP32", dict(reference.get("values", {})), math.inf, 1.0, 1.0, "quantize --target"))
+            task_label = _task_label(reference)
+        metrics.append(_evaluation_row("INT8 (all layers)", mixed["int8"], "quantize --target"))
+        if mixed.get("excluded"):
+            metrics.append(_evaluation_row(f"mixed ({len(mixed['excluded'])} layers kept high precision)",
+                                           mixed["final"], "quantize --target"))
+    if compare:
+        task = compare.result.get("task")
+        if task and not any(row.variant == "FP32" for row in metrics):
+            metrics.append(MetricsRow("FP32", dict(task["reference"]["values"]), math.inf, 1.0, 1.0, "compare"))
+            task_label = task_label or _task_label(task["reference"])
+        evaluation = {"outputs": compare.result.get("outputs", []), "task": task["candidate"] if task else None}
+        name = Path(str(compare.result.get("candidate", "candidate"))).name
+        metrics.append(_evaluation_row(name, evaluation, "compare"))
+    histograms = dict(sensitivity.histograms) if sensitivity else {}
+    if quantize and quantize.histograms:
+        histograms = {**quantize.histograms, **histograms}
+    commands = tuple((str(k), str(v)) for k, v in (quantize.result.get("commands", {}) if quantize else {}).items())
+    excluded = tuple(mixed.get("excluded", [])) if mixed else ()
+    exclude_nodes = tuple(mixed.get("exclude_nodes", [])) if mixed else ()
+    return Report(
+        directory=str(directory),
+        title=f"trtq report: {Path(model).name or Path(directory).name}",
+        settings=tuple(settings),
+        task_label=task_label,
+        metrics=tuple(metrics),
+        sensitivity=sensitivity.result if sensitivity else None,
+        histograms=histograms,
+        excluded=excluded,
+        exclude_nodes=exclude_nodes,
+        commands=commands,
+        records=tuple((r.kind, r.created, r.command) for r in records.values()),
+    )
+
+
+def _task_label(scores: Mapping) -> str:
+    against = "labels" if scores.get("against") == "labels" else "the FP32 model's outputs (no labels: agreement)"
+    return f"{scores.get('task', 'task')} metrics against {against}"
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+
+
+def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
+    return list(dict.fromkeys(k for row in rows for k in row.task))
+
+
+def _metric_table(rows: Sequence[MetricsRow]) -> tuple[list[str], list[list[str]]]:
+    keys = _metric_columns(rows)
+    header = ["model", *keys, "SNR dB (worst output)", "cosine", "top-1 agreement", "from"]
+    body = [[row.variant, *(_fmt(row.task.get(k)) for k in keys), _fmt(row.snr_db), _fmt(row.cosine, 5),
+             _fmt(row.top1_agreement, 1, percent=True), row.source] for row in rows]
+    return header, body
+
+
+def _layers(report: Report) -> list[dict]:
+    return list(report.sensitivity.get("layers", [])) if report.sensitivity else []
+
+
+def _excluded_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    header = ["layer (ONNX node)", "op", "SNR dB in the ranking", "target metric with it in INT8", "share of INT8 MACs"]
+    body = [[str(e.get("node")), str(e.get("op_type")), _fmt(_num(e.get("sensitivity_snr_db"))),
+             _fmt(_num(e.get("metric_with_layer_int8")), 3), _fmt(_num(e.get("macs_share")), 1, percent=True)]
+            for e in report.excluded]
+    return header, body
+
+
+# ---------------------------------------------------------------------------------------------
+# SVG
+
+
+def _color(snr: float) -> str:
+    if snr < 20:
+        return "#d9534f"
+    if snr < 30:
+        return "#f0ad4e"
+    return "#5cb85c"
+
+
+def sensitivity_svg(layers: Sequence[Mapping], width: int = 860) -> str:
+    """Horizontal bars of each layer's SNR (most sensitive first; shorter and redder = more sensitive)."""
+    label_w, row_h, top = 330, 20, 28
+    plot_w = width - label_w - 70
+    height = top + row_h * len(layers) + 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="per-layer sensitivity">',
+             f'<text x="{label_w}" y="16" class="axis">SNR of the output with only this layer in INT8 (dB, '
+             f'clipped at {SNR_CAP:g})</text>']
+    for tick in range(0, int(SNR_CAP) + 1, 10):
+        x = label_w + plot_w * tick / SNR_CAP
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 8}" class="grid"/>'
+                     f'<text x="{x:.1f}" y="{height}" class="tick">{tick}</text>')
+    for i, layer in enumerate(layers):
+        snr = _num(layer.get("snr_db"))
+        snr = SNR_CAP if snr is None or snr > SNR_CAP else max(snr, 0.0)
+        y = top + i * row_h
+        name = str(layer.get("node", ""))
+        short = name if len(name) <= 44 else "…" + name[-43:]
+        bar = plot_w * snr / SNR_CAP
+        parts.append(
+            f'<g><title>{html.escape(name)} ({html.escape(str(layer.get("op_type", "")))}): '
+            f'{_fmt(_num(layer.get("snr_db")))} dB</title>'
+            f'<text x="{label_w - 6}" y="{y + 14}" class="label">{html.escape(short)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{bar:.1f}" height="{row_h - 6}" fill="{_color(snr)}"/>'
+            f'<text x="{label_w + bar + 4:.1f}" y="{y + 14}" class="value">{_fmt(_num(layer.get("snr_db")), 1)}</text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def histogram_svg(name: str, data: Mapping, width: int = 400, height: int = 150) -> str:
+    """Log-scale histogram of |x| with the chosen threshold (red) and the observed max (dashed)."""
+    hist = [int(v) for v in data.get("hist", [])]
+    hist_max = float(data.get("hist_max", 0.0)) or 1.0
+    threshold, observed = float(data.get("threshold", 0.0)), float(data.get("observed_max", 0.0))
+    left, bottom, top = 8, 22, 8
+    plot_w, plot_h = width - 2 * left, height - bottom - top
+    peak = max((math.log1p(v) for v in hist), default=1.0) or 1.0
+    bar_w = plot_w / max(len(hist), 1)
+    total = sum(hist) or 1
+    width_bin = hist_max / max(len(hist), 1)
+    above = sum(v for i, v in enumerate(hist) if i * width_bin >= threshold)  # bins wholly above the threshold
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="histogram of {html.escape(name)}">',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>']
+    for i, v in enumerate(hist):
+        if v:
+            h = plot_h * math.log1p(v) / peak
+            parts.append(f'<rect x="{left + i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w, 0.6):.2f}" '
+                         f'height="{h:.2f}" fill="#4a7ab8"/>')
+    for value, cls in ((observed, "maxline"), (threshold, "threshold")):
+        x = left + plot_w * min(value / hist_max, 1.0)
+        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + plot_h}" class="{cls}"/>')
+    parts.append(f'<text x="{left}" y="{height - 6}" class="tick">0</text>'
+                 f'<text x="{width - left}" y="{height - 6}" class="tick" text-anchor="end">{hist_max:.4g}</text>'
+                 f'<text x="{width / 2}" y="{height - 6}" class="tick" text-anchor="middle">|x| (log count); '
+                 f'{100 * above / total:.3f}% clipped</text></svg>')
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML and Markdown
+
+_CSS = """
+body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:24px auto;max-width:1100px;
+color:#222;padding:0 16px}
+h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
+vertical-align:top}th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code,pre{font-family:'DejaVu Sans Mono',Menlo,monospace;font-size:12.5px}pre{background:#f6f8fa;padding:8px 10px;
+overflow-x:auto;white-space:pre-wrap;word-break:break-all}.muted{color:#666}
+.grid{stroke:#e4e4e4}.tick{font-size:10px;fill:#666}.axis{font-size:11px;fill:#444}.label{font-size:11px;
+text-anchor:end;fill:#222}.value{font-size:10px;fill:#444}.frame{fill:none;stroke:#bbb}
+.threshold{stroke:#d9534f;stroke-width:2}.maxline{stroke:#555;stroke-dasharray:4 3}
+.hists{display:flex;flex-wrap:wrap;gap:14px}.hist{border:1px solid #e3e3e3;padding:6px}.hist div{font-size:12px}
+"""
+
+
+def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = []
+    for row in body:
+        cells = []
+        for cell in row:
+            numeric = cell.replace(".", "", 1).replace("%", "").replace("-", "", 1).isdigit() or cell in ("inf", "-")
+            cells.append(f'<td class="num">{html.escape(cell)}</td>' if numeric else f"<td>{html.escape(cell)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _histogram_items(report: Report) -> list[tuple[str, dict]]:
+    order = [t for layer in _layers(report) for t in layer.get("tensors", [])]
+    names = [t for t in dict.fromkeys(order) if t in report.histograms] or list(report.histograms)
+    return [(name, report.histograms[name]) for name in names[:MAX_HISTOGRAMS]]
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML page."""
+    e = html.escape
+    out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(report.title)}</title>'
+           f"<style>{_CSS}</style></head><body><h1>{e(report.title)}</h1>"
+           f'<div class="muted">from {e(report.directory)}</div>']
+    if report.settings:
+        out.append("<h2>Settings</h2>" + _html_table(["setting", "value"], [list(s) for s in report.settings]))
+    if report.metrics:
+        header, body = _metric_table(report.metrics)
+        label = f'<p class="muted">Task metrics in percent: {e(report.task_label)}.</p>' if report.task_label else ""
+        out.append("<h2>Metrics: FP32 vs INT8 vs mixed</h2>" + label + _html_table(header, body))
+    layers = _layers(report)
+    if layers:
+        method = report.sensitivity.get("method", "") if report.sensitivity else ""
+        out.append(f"<h2>Per-layer sensitivity ({e(str(method))}, {len(layers)} layers, most sensitive first)</h2>"
+                   + sensitivity_svg(layers))
+    items = _histogram_items(report)
+    if items:
+        cells = []
+        for name, data in items:
+            cells.append(f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
+                         f' threshold {float(data.get("threshold", 0)):.4g} (red), observed max '
+                         f'{float(data.get("observed_max", 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>')
+        out.append("<h2>Histograms of the most sensitive tensors</h2><div class=\"hists\">" + "".join(cells) + "</div>")
+    if report.excluded:
+        header, body = _excluded_table(report)
+        flags = " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes)
+        out.append("<h2>Layers kept in high precision</h2>" + _html_table(header, body)
+                   + f"<p>Reuse without searching again:</p><pre>{e(flags)}</pre>")
+    if report.commands:
+        out.append("<h2>Build commands</h2>" + "".join(f"<p>{e(label)}</p><pre>{e(cmd)}</pre>"
+                                                     for label, cmd in report.commands))
+    out.append("<h2>Runs</h2>" + _html_table(["record", "created", "command"], [list(r) for r in report.records]))
+    out.append("</body></html>\n")
+    return "".join(out)
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([row(header), row(["---"] * len(header)), *(row(r) for r in body)])
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown (tables; the charts are in the HTML twin)."""
+    out = [f"# {report.title}", "", f"From `{report.directory}`."]
+    if report.settings:
+        out += ["", "## Settings", "", _md_table(["setting", "value"], [list(s) for s in report.settings])]
+    if report.metrics:
+        header, body = _metric_table(report.metrics)
+        out += ["", "## Metrics: FP32 vs INT8 vs mixed", ""]
+        if report.task_label:
+            out += [f"Task metrics in percent: {report.task_label}.", ""]
+        out.append(_md_table(header, body))
+    layers = _layers(report)
+    if layers:
+        out += ["", f"## Per-layer sensitivity ({report.sensitivity.get('method')}, most sensitive first)", "",
+                _md_table(["rank", "layer (ONNX node)", "op", "SNR dB", "task drop"],
+                          [[str(i + 1), str(l.get("node")), str(l.get("op_type")), _fmt(_num(l.get("snr_db"))),
+                            _fmt(_num(l.get("task_drop")))] for i, l in enumerate(layers)])]
+    items = _histogram_items(report)
+    if items:
+        out += ["", "## Thresholds of the most sensitive tensors", "",
+                _md_table(["tensor", "method", "threshold", "observed max"],
+                          [[name, str(d.get("method")), f"{float(d.get('threshold', 0)):.4g}",
+                            f"{float(d.get('observed_max', 0)):.4g}"] for name, d in items])]
+    if report.excluded:
+        header, body = _excluded_table(report)
+        out += ["", "## Layers kept in high precision", "", _md_table(header, body), "", "```",
+                " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes), "```"]
+    if report.commands:
+        out += ["", "## Build commands"]
+        for label, cmd in report.commands:
+            out += ["", label, "", "```", cmd, "```"]
+    out += ["", "## Runs", "", _md_table(["record", "created", "command"], [list(r) for r in report.records]), ""]
+    return "\n".join(out)
+
+
+def write_report(directory: str | Path, output: str | Path | None = None) -> tuple[Path, Path]:
+    """Write `trtq-report.html` and `trtq-report.md` (into `output`, default `directory`)."""
+    report = build_report(directory)
+    target = Path(output) if output else Path(directory)
+    html_path, md_path = target / "trtq-report.html", target / "trtq-report.md"
+    atomic_write_text(html_path, render_html(report))
+    atomic_write_text(md_path, render_markdown(report))
+    return html_path, md_path
+
+
