@@ -138,7 +138,8 @@ def test_io_format_tables_name_existing_enum_members(table):
 def _dict_literal(function: str, variable: str) -> dict[str, str]:
     tree = ast.parse((PACKAGE / "build.py").read_text())
     func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
-    assign = next(n for n in ast.walk(func) if isinstance(n, ast.Assign) and n.targets[0].id == variable)
+    assign = next(n for n in ast.walk(func) if isinstance(n, ast.Assign)
+                  and isinstance(n.targets[0], ast.Name) and n.targets[0].id == variable)
     return {k.value: v.attr for k, v in zip(assign.value.keys, assign.value.values)}
 
 
