@@ -113,6 +113,8 @@ def test_load_layer_precisions_forms(tmp_path):
     assert load_layer_precisions(path) == {"a": "fp32"}
     path.write_text(json.dumps({"excluded_nodes": ["a", "b"]}))
     assert load_layer_precisions(path) == {"a": "fp16", "b": "fp16"}
+    path.write_text(json.dumps({"result": {"excluded": [{"node": "conv_head", "op_type": "Conv"}], "holds": True}}))
+    assert load_layer_precisions(path) == {"conv_head": "fp16"}
     path.write_text(json.dumps({"a": "fp16"}))
     assert load_layer_precisions(path) == {"a": "fp16"}
     path.write_text(json.dumps([1, 2]))

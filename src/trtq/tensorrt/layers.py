@@ -59,8 +59,9 @@ def parse_layer_precisions(text: str | Sequence[str] | None) -> dict[str, str]:
 
 
 def load_layer_precisions(path: str | Path) -> dict[str, str]:
-    """Read node precisions from JSON: {"layer_precisions": {node: precision}}, {node: precision},
-    or a list of nodes kept out of INT8 under "excluded_nodes" (each gets fp16)."""
+    """Read node precisions from JSON: {"layer_precisions": {node: precision}}, {node: precision}, or the
+    nodes kept out of INT8 (each gets fp16) as "excluded_nodes": [node, ...] or as a mixed-precision search
+    result's "excluded": [{"node": node, ...}, ...] (also inside a run record's "result")."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -69,6 +70,11 @@ def load_layer_precisions(path: str | Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrtqError(f"Layer precision file {path} is not readable JSON ({exc}).",
                         "pass the JSON that `trtq sensitivity` wrote.") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("result"), dict):
+        payload = payload["result"]
+    if isinstance(payload, dict) and isinstance(payload.get("excluded"), list):
+        payload = {"excluded_nodes": [item.get("node") if isinstance(item, dict) else item
+                                      for item in payload["excluded"]]}
     if isinstance(payload, dict) and isinstance(payload.get("layer_precisions"), dict):
         payload = payload["layer_precisions"]
     elif isinstance(payload, dict) and isinstance(payload.get("excluded_nodes"), list):
