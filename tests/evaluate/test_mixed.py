@@ -72,8 +72,9 @@ def test_sensitive_layer_is_excluded_and_reported(outlier):
 
 def test_unreachable_target_says_how_close_it_came(outlier):
     prepared, amax, dataset = outlier
-    result = search_mixed_precision(prepared.model, amax, dataset, "snr>=25", batch_size=4, max_exclusions=0,
-                                    progress=False)
+    result = search_mixed_precision(
+        prepared.model, amax, dataset, "snr>=25", batch_size=4, max_exclusions=0, progress=False
+    )
     assert not result.holds and result.excluded == ()
     with pytest.raises(TrtqError, match="Target snr>=25 was not reached: best snr was"):
         result.require()

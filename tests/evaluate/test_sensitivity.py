@@ -33,8 +33,9 @@ def _setup(tmp_path, model, shape, samples=16):
 @pytest.mark.parametrize("method", ["local", "exact"])
 def test_layer_with_outlier_input_ranks_first(tmp_path, method):
     prepared, amax, dataset = _setup(tmp_path, outlier_net(), (4, 8, 8))
-    result = analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method=method, batch_size=4,
-                                 progress=False)
+    result = analyze_sensitivity(
+        prepared.model, prepared.placement, amax, dataset, method=method, batch_size=4, progress=False
+    )
     assert result.method == method and result.samples == 16
     assert set(result.ranking) == {"conv1", "conv2", "conv3"}
     first, *rest = result.layers
@@ -45,16 +46,22 @@ def test_layer_with_outlier_input_ranks_first(tmp_path, method):
 def test_local_equals_exact_for_a_single_layer_model(tmp_path):
     """When the layer's output is the model's output, local and exact measure the same thing."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     prepared, amax, dataset = _setup(tmp_path, model, (3,), samples=8)
-    local = analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method="local", batch_size=2,
-                                progress=False)
-    exact = analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method="exact", batch_size=2,
-                                progress=False)
+    local = analyze_sensitivity(
+        prepared.model, prepared.placement, amax, dataset, method="local", batch_size=2, progress=False
+    )
+    exact = analyze_sensitivity(
+        prepared.model, prepared.placement, amax, dataset, method="exact", batch_size=2, progress=False
+    )
     assert local.layers[0].snr_db == pytest.approx(exact.layers[0].snr_db, abs=1e-3)
     assert 20 < local.layers[0].snr_db < 60
 

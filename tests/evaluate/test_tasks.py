@@ -30,10 +30,17 @@ def _linear_classifier(classes=3, batch="N"):
     """image [N,1,8,8] -> Flatten -> Gemm (W [classes, 64]) -> logits [N, classes]."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((classes, 64)).astype(np.float32), "w")
-    nodes = [helper.make_node("Flatten", ["image"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "w"], ["logits"], name="gemm", transB=1)]
-    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], [w])
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "w"], ["logits"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cls",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -41,7 +48,9 @@ def _linear_classifier(classes=3, batch="N"):
 
 def _open(model, source, preset="none"):
     inputs = graph_inputs(model)
-    return open_dataset(source, inputs, {inputs[0].name: (1, 1, 8, 8)}, preprocess=resolve_preprocess(preset), workers=0)
+    return open_dataset(
+        source, inputs, {inputs[0].name: (1, 1, 8, 8)}, preprocess=resolve_preprocess(preset), workers=0
+    )
 
 
 # ---- labels ----------------------------------------------------------------------------------
@@ -53,7 +62,9 @@ def test_labels_come_from_class_folders_and_files(tmp_path):
     assert load_labels(None, dataset).values == (0, 0, 1, 1, 1)
     assert load_labels(None, dataset).class_names == ("cat", "dog")
     # a text file of file,label lines (class names), matched by file name, with a header
-    (tmp_path / "labels.csv").write_text("file,label\ndog_0.png,dog\ncat_1.png,cat\ncat_0.png,1\ndog_1.png,0\ndog_2.png,dog\n")
+    (tmp_path / "labels.csv").write_text(
+        "file,label\ndog_0.png,dog\ncat_1.png,cat\ncat_0.png,1\ndog_1.png,0\ndog_2.png,dog\n"
+    )
     assert load_labels(tmp_path / "labels.csv", dataset).values == (1, 0, 1, 0, 1)  # data order: cat_0, cat_1, dog_0..2
     # one index per line, in data order
     (tmp_path / "labels.txt").write_text("4\n3\n2\n1\n0\n")
@@ -92,9 +103,13 @@ def test_bad_label_sources_name_the_problem(tmp_path):
 
 
 def test_topk_counts_against_labels_and_against_fp32():
-    scores = np.array([[0.1, 0.5, 0.2, 0.0, 0.0, 0.9],   # order 5,1,2,0,...
-                       [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],   # order 0,1,...
-                       [0.0, 0.0, 0.0, 0.0, 0.6, 0.1]])  # order 4,5,...
+    scores = np.array(
+        [
+            [0.1, 0.5, 0.2, 0.0, 0.0, 0.9],  # order 5,1,2,0,...
+            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # order 0,1,...
+            [0.0, 0.0, 0.0, 0.0, 0.6, 0.1],
+        ]
+    )  # order 4,5,...
     task = ClassificationTask("y", Labels((1, 0, 3), None, "test"))
     scorer = task.scorer()
     scorer.update({"y": scores[:2]}, {"y": scores[:2]}, 0)
@@ -190,8 +205,10 @@ def test_yolo_layouts_decode_to_the_same_detections():
 def _coco(images, boxes):
     return {
         "images": [{"id": i + 1, "file_name": name, "height": h, "width": w} for i, (name, h, w) in enumerate(images)],
-        "annotations": [{"id": k + 1, "image_id": img, "category_id": cat, "bbox": list(b), "area": b[2] * b[3],
-                         "iscrowd": 0} for k, (img, cat, b) in enumerate(boxes)],
+        "annotations": [
+            {"id": k + 1, "image_id": img, "category_id": cat, "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0}
+            for k, (img, cat, b) in enumerate(boxes)
+        ],
         "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}],
     }
 
@@ -199,8 +216,10 @@ def _coco(images, boxes):
 def test_coco_map_is_100_for_perfect_and_50_for_half():
     pytest.importorskip("faster_coco_eval")
     gt = _coco([("a.png", 100, 100), ("b.png", 100, 100)], [(1, 1, (10, 10, 20, 20)), (2, 3, (50, 50, 30, 30))])
-    perfect = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
-               {"image_id": 2, "category_id": 3, "bbox": [50, 50, 30, 30], "score": 0.8}]
+    perfect = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+        {"image_id": 2, "category_id": 3, "bbox": [50, 50, 30, 30], "score": 0.8},
+    ]
     assert coco_map(gt, perfect, [1, 2]) == {"map": 100.0, "map50": 100.0}
     miss = [perfect[0], {"image_id": 2, "category_id": 1, "bbox": [50, 50, 30, 30], "score": 0.8}]
     assert coco_map(gt, miss, [1, 2])["map50"] == pytest.approx(50.0)  # category 3 has AP 0
@@ -212,15 +231,24 @@ def _constant_yolo_model(prediction):
 
     The output is the constant `prediction` whatever the image: a YOLOv8-layout head.
     """
-    inits = [numpy_helper.from_array(prediction.astype(np.float32), "pred"),
-             numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-             numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape")]
-    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=1),
-             helper.make_node("Mul", ["mean", "zero"], ["z"]),
-             helper.make_node("Reshape", ["z", "shape"], ["z3"]),
-             helper.make_node("Add", ["z3", "pred"], ["out"])]
-    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, *prediction.shape[1:]])], inits)
+    inits = [
+        numpy_helper.from_array(prediction.astype(np.float32), "pred"),
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=1),
+        helper.make_node("Mul", ["mean", "zero"], ["z"]),
+        helper.make_node("Reshape", ["z", "shape"], ["z3"]),
+        helper.make_node("Add", ["z3", "pred"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, *prediction.shape[1:]])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

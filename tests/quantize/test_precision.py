@@ -5,8 +5,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from tiny_models import residual_conv_net
+
 from trtq.errors import TrtqError
 from trtq.model import default_opset, normalize_model, tensor_types
 from trtq.quantize import insert_qdq, plan_placement
@@ -27,17 +27,26 @@ def _snr(ref, out):
 def overflow_net(up: float = 300.0):
     """A tensor beyond FP16's range (for inputs of ~1000) between two well-behaved ones.
 
-        x [2,8] -> relu -> r -> Mul (x up) -> big -> Mul (x 1/up) -> back -> Add (+1) -> y [2,8]
+    x [2,8] -> relu -> r -> Mul (x up) -> big -> Mul (x 1/up) -> back -> Add (+1) -> y [2,8]
     """
-    inits = [numpy_helper.from_array(np.array(up, np.float32), "up"),
-             numpy_helper.from_array(np.array(1 / up, np.float32), "down"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Mul", ["r", "up"], ["big"], name="scale_up"),
-             helper.make_node("Mul", ["big", "down"], ["back"], name="scale_down"),
-             helper.make_node("Add", ["back", "one"], ["y"], name="add_one")]
-    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("x", F32, [2, 8])],
-                              [helper.make_tensor_value_info("y", F32, [2, 8])], inits)
+    inits = [
+        numpy_helper.from_array(np.array(up, np.float32), "up"),
+        numpy_helper.from_array(np.array(1 / up, np.float32), "down"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "up"], ["big"], name="scale_up"),
+        helper.make_node("Mul", ["big", "down"], ["back"], name="scale_down"),
+        helper.make_node("Add", ["back", "one"], ["y"], name="add_one"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", F32, [2, 8])],
+        [helper.make_tensor_value_info("y", F32, [2, 8])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return normalize_model(model)
@@ -103,10 +112,17 @@ def test_qdq_model_gets_fp16_scales_at_opset_19_and_still_runs():
 def test_schema_fixed_float_inputs_stay_float32():
     """Resize's `scales` input is tensor(float) in every opset: it must not become FP16."""
     inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["up"], name="resize", mode="nearest"),
-             helper.make_node("Relu", ["up"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", F32, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", F32, [1, 2, 8, 8])], inits)
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["up"], name="resize", mode="nearest"),
+        helper.make_node("Relu", ["up"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("x", F32, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", F32, [1, 2, 8, 8])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     result = convert_to_fp16(normalize_model(model), {})

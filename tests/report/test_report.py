@@ -20,29 +20,57 @@ LAYERS = [
 
 
 def _evaluation(snr, top1, agreement):
-    return {"outputs": [{"name": "y", "snr_db": snr, "cosine": 0.99, "top1_agreement": agreement}],
-            "task": {"task": "classify", "against": "labels", "values": {"top1": top1}, "samples": 10}, "seconds": 0.1}
+    return {
+        "outputs": [{"name": "y", "snr_db": snr, "cosine": 0.99, "top1_agreement": agreement}],
+        "task": {"task": "classify", "against": "labels", "values": {"top1": top1}, "samples": 10},
+        "seconds": 0.1,
+    }
 
 
 def _records(directory):
     stats = StatsCollector(["big"])
     stats.update("big", np.linspace(-4, 4, 1001, dtype=np.float32))
     hist = {"big": histogram_summary(stats.stats()["big"], amax=2.0, method="entropy")}
-    write_record(directory, "sensitivity", settings={"model": "m.onnx", "method": "exact"},
-                 result={"method": "exact", "samples": 10, "seconds": 0.2, "task_metric": "top1", "layers": LAYERS},
-                 histograms=hist, command=["trtq", "sensitivity", "m.onnx"])
+    write_record(
+        directory,
+        "sensitivity",
+        settings={"model": "m.onnx", "method": "exact"},
+        result={"method": "exact", "samples": 10, "seconds": 0.2, "task_metric": "top1", "layers": LAYERS},
+        histograms=hist,
+        command=["trtq", "sensitivity", "m.onnx"],
+    )
     mixed = {
-        "target": "top1-drop<=0.5", "holds": True, "int8_metric": 3.0, "final_metric": 0.0,
-        "excluded": [{"node": "conv2", "op_type": "Conv", "pattern": "^conv2$", "sensitivity_snr_db": 8.5,
-                      "metric_with_layer_int8": 3.0, "macs": 4096, "macs_share": 0.167}],
+        "target": "top1-drop<=0.5",
+        "holds": True,
+        "int8_metric": 3.0,
+        "final_metric": 0.0,
+        "excluded": [
+            {
+                "node": "conv2",
+                "op_type": "Conv",
+                "pattern": "^conv2$",
+                "sensitivity_snr_db": 8.5,
+                "metric_with_layer_int8": 3.0,
+                "macs": 4096,
+                "macs_share": 0.167,
+            }
+        ],
         "exclude_nodes": ["^conv2$"],
         "reference": {"task": "classify", "against": "labels", "values": {"top1": 90.0}, "samples": 10},
-        "int8": _evaluation(12.0, 87.0, 0.9), "final": _evaluation(38.0, 90.0, 1.0),
+        "int8": _evaluation(12.0, 87.0, 0.9),
+        "final": _evaluation(38.0, 90.0, 1.0),
     }
-    write_record(directory, "quantize", settings={"model": "m.onnx", "method": "entropy", "target": "top1-drop<=0.5"},
-                 result={"model": "m.onnx", "mixed": mixed,
-                         "commands": {"tensorrt-11": "trtexec --onnx=m.int8.onnx --saveEngine=m.int8.engine"}},
-                 command=["trtq", "quantize", "m.onnx", "--target", "top1-drop<=0.5"])
+    write_record(
+        directory,
+        "quantize",
+        settings={"model": "m.onnx", "method": "entropy", "target": "top1-drop<=0.5"},
+        result={
+            "model": "m.onnx",
+            "mixed": mixed,
+            "commands": {"tensorrt-11": "trtexec --onnx=m.int8.onnx --saveEngine=m.int8.engine"},
+        },
+        command=["trtq", "quantize", "m.onnx", "--target", "top1-drop<=0.5"],
+    )
 
 
 def test_records_round_trip_and_missing_folder(tmp_path):
@@ -63,7 +91,11 @@ def test_records_round_trip_and_missing_folder(tmp_path):
 def test_report_gathers_metrics_sensitivity_exclusions_and_commands(tmp_path):
     _records(tmp_path)
     report = build_report(tmp_path)
-    assert [row.variant for row in report.metrics] == ["FP32", "INT8 (all layers)", "mixed (1 layers kept high precision)"]
+    assert [row.variant for row in report.metrics] == [
+        "FP32",
+        "INT8 (all layers)",
+        "mixed (1 layers kept high precision)",
+    ]
     assert [row.task["top1"] for row in report.metrics] == [90.0, 87.0, 90.0]
     assert report.metrics[1].snr_db == 12.0 and report.exclude_nodes == ("^conv2$",)
     assert report.commands == (("tensorrt-11", "trtexec --onnx=m.int8.onnx --saveEngine=m.int8.engine"),)
@@ -80,8 +112,9 @@ def test_charts_scale_with_the_numbers():
     plot_w = 860 - 330 - 70
     assert widths == pytest.approx([plot_w * 8.5 / 60, plot_w * 35 / 60, plot_w], abs=0.05)  # inf clipped at 60 dB
     assert 'fill="#d9534f"' in bars[0] and 'fill="#5cb85c"' in bars[2]
-    hist = histogram_svg("t", {"hist": [10, 0, 5, 1], "hist_max": 4.0, "threshold": 2.0, "observed_max": 3.5},
-                         width=216, height=150)
+    hist = histogram_svg(
+        "t", {"hist": [10, 0, 5, 1], "hist_max": 4.0, "threshold": 2.0, "observed_max": 3.5}, width=216, height=150
+    )
     threshold_x = float(hist.split('class="threshold"')[0].rsplit('x1="', 1)[1].split('"')[0])
     assert threshold_x == pytest.approx(8 + 200 * 0.5)
     assert "37.500% clipped" in hist  # bins 2 and 3 (6 of 16 values) lie at or above 2.0
@@ -94,15 +127,35 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert md_path.read_text().startswith("# trtq report: m.onnx")
     dom = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", html_path.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
-    for heading in ("Metrics: FP32 vs INT8 vs mixed", "Per-layer sensitivity", "Histograms of the most sensitive",
-                    "Layers kept in high precision", "Build commands"):
+    for heading in (
+        "Metrics: FP32 vs INT8 vs mixed",
+        "Per-layer sensitivity",
+        "Histograms of the most sensitive",
+        "Layers kept in high precision",
+        "Build commands",
+    ):
         assert heading in dom
     assert dom.count("<svg") == 2 and "<script" not in dom
     screenshot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
-                    f"--screenshot={screenshot}", html_path.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1200,1600",
+            f"--screenshot={screenshot}",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20000
 
 

@@ -16,9 +16,9 @@ from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
 from trtq.cli.core import add_data_options, data_options
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.data import Dataset
+from trtq.errors import TrtqError
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
-from trtq.errors import TrtqError
 from trtq.evaluate.tasks import TASKS, Task, make_task
 from trtq.formats.ranges import RangesTable
 from trtq.model import graph_inputs, graph_outputs
@@ -31,21 +31,32 @@ HISTOGRAM_TENSORS = 6
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add sensitivity and report."""
-    p = subparsers.add_parser("sensitivity", help="rank layers by how much INT8 hurts when only that layer is quantized")
+    p = subparsers.add_parser(
+        "sensitivity", help="rank layers by how much INT8 hurts when only that layer is quantized"
+    )
     p.add_argument("model", help="FP32 .onnx model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="calibration data (image folder, .npy/.npz, load_data() .py)")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from trtq quantize")
     p.add_argument("--data", metavar="DATA", help="evaluation data (default: the --calib data; required with --ranges)")
-    p.add_argument("--method", choices=SENSITIVITY_METHODS, default="local",
-                   help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer")
+    p.add_argument(
+        "--method",
+        choices=SENSITIVITY_METHODS,
+        default="local",
+        help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
+    )
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="entropy", help="range algorithm for --calib")
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
-    p.add_argument("--batch-size", type=int, help=f"evaluation batch (default: the model's, or {DEFAULT_EVAL_BATCH} "
-                   "for a dynamic batch dim)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"evaluation batch (default: the model's, or {DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
+    )
     p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
-    p.add_argument("--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)")
+    p.add_argument(
+        "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
+    )
     add_task_options(p)
     add_data_options(p)
     add_output_options(p)
@@ -62,12 +73,20 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     """--task and its labels/annotations (for compare, sensitivity and quantize --target)."""
     g = p.add_argument_group("task metric")
     g.add_argument("--task", choices=TASKS, help="classify: top-1/top-5; detect: COCO mAP")
-    g.add_argument("--labels", metavar="DIR_OR_FILE", help="class labels: a folder with class sub-folders, a .txt/.csv "
-                   "(index or name per line, or file,label), or a .npy (default: the data's class sub-folders)")
+    g.add_argument(
+        "--labels",
+        metavar="DIR_OR_FILE",
+        help="class labels: a folder with class sub-folders, a .txt/.csv "
+        "(index or name per line, or file,label), or a .npy (default: the data's class sub-folders)",
+    )
     g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
-    g.add_argument("--postprocess", metavar="PRESET_OR_PY", default="yolo",
-                   help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
-                   "postprocess(outputs, images) (default: yolo)")
+    g.add_argument(
+        "--postprocess",
+        metavar="PRESET_OR_PY",
+        default="yolo",
+        help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
+        "postprocess(outputs, images) (default: yolo)",
+    )
     g.add_argument("--task-output", metavar="NAME", help="the output holding class scores (default: the [N, C] one)")
 
 
@@ -75,8 +94,15 @@ def task_from_args(args: argparse.Namespace, model: onnx.ModelProto, dataset: Da
     """The task the options ask for, bound to `dataset` (None without --task)."""
     if not getattr(args, "task", None):
         return None
-    return make_task(args.task, dataset, graph_outputs(model), labels=args.labels, output=args.task_output,
-                     coco=args.coco, postprocess=args.postprocess)
+    return make_task(
+        args.task,
+        dataset,
+        graph_outputs(model),
+        labels=args.labels,
+        output=args.task_output,
+        coco=args.coco,
+        postprocess=args.postprocess,
+    )
 
 
 def eval_batch_size(model: onnx.ModelProto, shapes: dict, requested: int | None) -> int:
@@ -100,8 +126,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.ranges:
         table = RangesTable.load(args.ranges)
     else:
-        options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                      exclude_ops=exclude_ops)
+        options = api.QuantizeOptions(
+            method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes), exclude_ops=exclude_ops
+        )
         calibration = api.calibrate(args.model, args.calib, data=data, options=options, progress=progress)
         table, stats = calibration.ranges, calibration.stats
     source = args.data or args.calib
@@ -109,18 +136,29 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     dataset = api.open_data(prepared.model, source, data)
     result = analyze_sensitivity(
-        prepared.model, prepared.placement, table.amax, dataset, method=args.method,
+        prepared.model,
+        prepared.placement,
+        table.amax,
+        dataset,
+        method=args.method,
         task=task_from_args(args, prepared.model, dataset),
-        batch_size=eval_batch_size(prepared.model, dict(data.shapes), args.batch_size), progress=progress,
+        batch_size=eval_batch_size(prepared.model, dict(data.shapes), args.batch_size),
+        progress=progress,
     )
     histograms = {}
     for tensor in [t for layer in result.layers for t in layer.tensors if t in stats][:HISTOGRAM_TENSORS]:
         if stats[tensor].has_histogram:
             histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
-    settings = {"model": str(args.model), "method": args.method, "data": str(source),
-                "ranges": args.ranges or f"calibrated with {args.calib_method} on {args.calib}",
-                "task": args.task, "exclude_nodes": list(args.exclude_nodes), "exclude_ops": list(exclude_ops)}
+    settings = {
+        "model": str(args.model),
+        "method": args.method,
+        "data": str(source),
+        "ranges": args.ranges or f"calibrated with {args.calib_method} on {args.calib}",
+        "task": args.task,
+        "exclude_nodes": list(args.exclude_nodes),
+        "exclude_ops": list(exclude_ops),
+    }
     record = write_record(directory, "sensitivity", settings=settings, result=result.to_dict(), histograms=histograms)
     emit(args, {**result.to_dict(), "record": str(record)}, _sensitivity_text(result, args.top, record))
     return 0
@@ -133,9 +171,11 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         return ("inf" if v > 0 else "-inf") if math.isinf(v) else f"{v:.{digits}f}"
 
     drop = f" {result.task_metric + ' drop':>10}" if result.task_metric else ""
-    lines = [f"{result.method} sensitivity of {len(result.layers)} layers on {result.samples} samples "
-             f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
-             f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer"]
+    lines = [
+        f"{result.method} sensitivity of {len(result.layers)} layers on {result.samples} samples "
+        f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
+        f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer",
+    ]
     for i, layer in enumerate(result.layers[:top]):
         extra = f" {fmt(layer.task_drop):>10}" if result.task_metric else ""
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")

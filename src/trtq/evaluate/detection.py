@@ -92,7 +92,9 @@ class Detections:
 Postprocess = Callable[[Mapping[str, np.ndarray], Sequence[ImageMeta]], Sequence[Detections]]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, limit: int = MAX_DETECTIONS) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, limit: int = MAX_DETECTIONS
+) -> np.ndarray:
     """Indices kept by greedy class-aware non-maximum suppression, best score first."""
     if len(scores) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -137,8 +139,10 @@ def yolo_postprocess(variant: str = "auto") -> Postprocess:
         objectness = variant == "v5" or (variant == "auto" and not channels_first)
         first = 5 if objectness else 4
         if raw.shape[2] <= first:
-            raise TrtqError(f"YOLO output has {raw.shape[2]} values per anchor; expected more than {first}.",
-                            "check --postprocess (yolov5 has objectness, yolov8 has none).")
+            raise TrtqError(
+                f"YOLO output has {raw.shape[2]} values per anchor; expected more than {first}.",
+                "check --postprocess (yolov5 has objectness, yolov8 has none).",
+            )
         iou = 0.6 if objectness else 0.7
         results = []
         for sample, meta in zip(raw, images):
@@ -176,8 +180,10 @@ def torchvision_postprocess(outputs: Mapping[str, np.ndarray], images: Sequence[
         if len(images) != 1:
             raise TrtqError("torchvision outputs without a batch dim need batch size 1.", "run with batch size 1.")
         b, s, c = b[None], s[None], c[None]
-    return [Detections(meta.to_source(bi), si.astype(np.float64), ci.astype(np.int64))
-            for bi, si, ci, meta in zip(b, s, c, images)]
+    return [
+        Detections(meta.to_source(bi), si.astype(np.float64), ci.astype(np.int64))
+        for bi, si, ci, meta in zip(b, s, c, images)
+    ]
 
 
 def load_postprocess(spec: str) -> tuple[Postprocess, str]:
@@ -188,8 +194,10 @@ def load_postprocess(spec: str) -> tuple[Postprocess, str]:
         return torchvision_postprocess, "id"
     path = Path(spec)
     if path.suffix != ".py":
-        raise TrtqError(f"--postprocess {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .py file.",
-                        "pick a preset or pass a Python file defining postprocess(outputs, images).")
+        raise TrtqError(
+            f"--postprocess {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .py file.",
+            "pick a preset or pass a Python file defining postprocess(outputs, images).",
+        )
     if not path.is_file():
         raise TrtqError(f"Postprocess file {path} does not exist.", "check the --postprocess path.")
     module_spec = importlib.util.spec_from_file_location(f"trtq_postprocess_{abs(hash(str(path)))}", path)
@@ -197,23 +205,35 @@ def load_postprocess(spec: str) -> tuple[Postprocess, str]:
     try:
         module_spec.loader.exec_module(module)  # type: ignore[union-attr]
     except Exception as exc:  # the user's code failed on import: report it as their error
-        raise TrtqError(f"Postprocess file {path} failed to import ({type(exc).__name__}: {exc}).",
-                        "run it with python to see the traceback.") from exc
+        raise TrtqError(
+            f"Postprocess file {path} failed to import ({type(exc).__name__}: {exc}).",
+            "run it with python to see the traceback.",
+        ) from exc
     hook = getattr(module, "postprocess", None)
     if not callable(hook):
-        raise TrtqError(f"Postprocess file {path} defines no function postprocess(outputs, images).",
-                        "define it; it returns one (boxes, scores, class_ids) tuple per image.")
+        raise TrtqError(
+            f"Postprocess file {path} defines no function postprocess(outputs, images).",
+            "define it; it returns one (boxes, scores, class_ids) tuple per image.",
+        )
     convention = str(getattr(module, "CLASS_IDS", "index"))
 
     def run(outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
         produced = list(hook(dict(outputs), list(images)))
         if len(produced) != len(images):
-            raise TrtqError(f"postprocess() in {path} returned {len(produced)} results for {len(images)} images.",
-                            "return one (boxes, scores, class_ids) tuple per image.")
-        return [item if isinstance(item, Detections) else
-                Detections(np.asarray(item[0], np.float64).reshape(-1, 4), np.asarray(item[1], np.float64).reshape(-1),
-                           np.asarray(item[2]).astype(np.int64).reshape(-1))
-                for item in produced]
+            raise TrtqError(
+                f"postprocess() in {path} returned {len(produced)} results for {len(images)} images.",
+                "return one (boxes, scores, class_ids) tuple per image.",
+            )
+        return [
+            item
+            if isinstance(item, Detections)
+            else Detections(
+                np.asarray(item[0], np.float64).reshape(-1, 4),
+                np.asarray(item[1], np.float64).reshape(-1),
+                np.asarray(item[2]).astype(np.int64).reshape(-1),
+            )
+            for item in produced
+        ]
 
     return run, convention
 
@@ -234,8 +254,10 @@ def coco_map(ground_truth: Mapping, detections: Sequence[Mapping], image_ids: Se
             from pycocotools.coco import COCO  # type: ignore[no-redef]
             from pycocotools.cocoeval import COCOeval  # type: ignore[no-redef]
         except ImportError as exc:
-            raise TrtqError("Detection mAP needs faster-coco-eval or pycocotools, and neither is installed.",
-                            "pip install 'trtq[detect]' (or pip install faster-coco-eval).") from exc
+            raise TrtqError(
+                "Detection mAP needs faster-coco-eval or pycocotools, and neither is installed.",
+                "pip install 'trtq[detect]' (or pip install faster-coco-eval).",
+            ) from exc
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = json.loads(json.dumps(ground_truth))
@@ -253,13 +275,23 @@ def coco_map(ground_truth: Mapping, detections: Sequence[Mapping], image_ids: Se
 def _to_coco(dets: Detections, image_id: int, category: Callable[[int], int]) -> list[dict]:
     out = []
     for (x1, y1, x2, y2), score, cls in zip(dets.boxes, dets.scores, dets.classes):
-        out.append({"image_id": image_id, "category_id": category(int(cls)),
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(score)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": category(int(cls)),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(score),
+            }
+        )
     return out
 
 
-def pseudo_ground_truth(reference: Sequence[Detections], image_ids: Sequence[int], metas: Sequence[ImageMeta],
-                        min_score: float = PSEUDO_GT_SCORE) -> dict:
+def pseudo_ground_truth(
+    reference: Sequence[Detections],
+    image_ids: Sequence[int],
+    metas: Sequence[ImageMeta],
+    min_score: float = PSEUDO_GT_SCORE,
+) -> dict:
     """A COCO ground-truth dict made of FP32 detections with score >= `min_score`."""
     annotations, categories = [], set()
     for dets, image_id in zip(reference, image_ids):
@@ -267,8 +299,16 @@ def pseudo_ground_truth(reference: Sequence[Detections], image_ids: Sequence[int
             if score < min_score:
                 continue
             w, h = float(x2 - x1), float(y2 - y1)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls),
-                                "bbox": [float(x1), float(y1), w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(cls),
+                    "bbox": [float(x1), float(y1), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
             categories.add(int(cls))
     images = [{"id": i, "height": m.size[0], "width": m.size[1]} for i, m in zip(image_ids, metas)]
     return {"images": images, "annotations": annotations, "categories": [{"id": c} for c in sorted(categories)]}
@@ -279,8 +319,15 @@ class DetectionTask:
 
     name = "detect"
 
-    def __init__(self, postprocess: Postprocess, metas: Sequence[ImageMeta], image_ids: Sequence[int],
-                 ground_truth: Mapping | None, class_ids: str = "index", source: str = "") -> None:
+    def __init__(
+        self,
+        postprocess: Postprocess,
+        metas: Sequence[ImageMeta],
+        image_ids: Sequence[int],
+        ground_truth: Mapping | None,
+        class_ids: str = "index",
+        source: str = "",
+    ) -> None:
         self.postprocess = postprocess
         self.metas = tuple(metas)
         self.image_ids = tuple(image_ids)
@@ -325,14 +372,14 @@ class DetectionScorer:
     def update(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int) -> None:
         """Postprocess one batch."""
         n = len(next(iter(outputs.values()))) if outputs else 0
-        metas = self.task.metas[start:start + max(n, 1)]
+        metas = self.task.metas[start : start + max(n, 1)]
         self.detections.extend(self.task.postprocess(outputs, metas))
         if self.task.ground_truth is None and self.task.reference is None:
             self.reference.extend(self.task.postprocess(reference, metas))
 
     def result(self) -> TaskScores:
         """mAP@0.5:0.95 and mAP@0.5 in percent."""
-        ids = self.task.image_ids[:len(self.detections)]
+        ids = self.task.image_ids[: len(self.detections)]
         if self.task.ground_truth is None:
             if self.task.reference is None and len(self.reference) == len(self.task.metas):
                 self.task.reference = self.reference
@@ -351,10 +398,13 @@ def _load_coco(path: Path) -> dict:
     except FileNotFoundError as exc:
         raise TrtqError(f"COCO annotation file {path} does not exist.", "check the --coco path.") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrtqError(f"COCO annotation file {path} is not readable JSON ({exc}).", "pass a COCO instances_*.json.") from exc
+        raise TrtqError(
+            f"COCO annotation file {path} is not readable JSON ({exc}).", "pass a COCO instances_*.json."
+        ) from exc
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise TrtqError(f"COCO annotation file {path} lacks images/annotations/categories.",
-                        "pass a COCO instances_*.json file.")
+        raise TrtqError(
+            f"COCO annotation file {path} lacks images/annotations/categories.", "pass a COCO instances_*.json file."
+        )
     return data
 
 
@@ -382,9 +432,11 @@ def image_metas(dataset: Dataset, ground_truth: Mapping | None) -> tuple[list[Im
     if paths is not None:
         missing = [p.name for p in paths if ground_truth is not None and p.name not in by_file]
         if missing:
-            raise TrtqError(f"Image {missing[0]!r} of the data is not in the COCO annotation file "
-                            f"({len(missing)} of {len(paths)} missing).",
-                            "evaluate on the images the annotation file lists (matched by file name).")
+            raise TrtqError(
+                f"Image {missing[0]!r} of the data is not in the COCO annotation file "
+                f"({len(missing)} of {len(paths)} missing).",
+                "evaluate on the images the annotation file lists (matched by file name).",
+            )
         for index, path in enumerate(paths):
             image_id = int(by_file[path.name]["id"]) if ground_truth is not None else index + 1
             metas.append(ImageMeta(index, path.name, _source_size(path), input_hw, pre.resize))
@@ -395,9 +447,11 @@ def image_metas(dataset: Dataset, ground_truth: Mapping | None) -> tuple[list[Im
         return ([ImageMeta(i, None, input_hw, input_hw, "resize") for i in range(count)], list(range(1, count + 1)))
     images = list(ground_truth["images"])
     if dataset.num_samples is not None and dataset.num_samples > len(images):
-        raise TrtqError(f"Data has {dataset.num_samples} samples but the COCO file lists {len(images)} images.",
-                        "give one sample per annotated image, in the annotation file's order.")
-    for index, im in enumerate(images[:dataset.num_samples]):
+        raise TrtqError(
+            f"Data has {dataset.num_samples} samples but the COCO file lists {len(images)} images.",
+            "give one sample per annotated image, in the annotation file's order.",
+        )
+    for index, im in enumerate(images[: dataset.num_samples]):
         metas.append(ImageMeta(index, im.get("file_name"), (int(im["height"]), int(im["width"])), input_hw, "resize"))
         ids.append(int(im["id"]))
     return metas, ids

@@ -132,8 +132,14 @@ class Evaluator:
             )
         accumulators = {name: OutputAccumulator(name) for name in self.output_names}
         scorer = self.task.scorer() if self.task else None
-        with tqdm(total=self.samples, desc=label[:40], unit="sample", disable=not self.progress,
-                  dynamic_ncols=True, leave=False) as bar:
+        with tqdm(
+            total=self.samples,
+            desc=label[:40],
+            unit="sample",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=False,
+        ) as bar:
             for first, feed, ref in self._batches():
                 values = dict(zip(self.output_names, session.run(self.output_names, feed)))
                 for name in self.output_names:
@@ -187,4 +193,3 @@ def evaluate_candidate(
         notes=notes,
     )
     return report, evaluator.task_comparison(evaluation)
-

@@ -66,8 +66,10 @@ class Target:
             return evaluation.cosine
         key = TARGET_METRICS[self.metric][2]
         if reference is None or evaluation.task is None or key not in evaluation.task.values:
-            raise TrtqError(f"Target {self} needs the {key} metric, which this task does not produce.",
-                            f"use --task {self.task} on data it applies to.")
+            raise TrtqError(
+                f"Target {self} needs the {key} metric, which this task does not produce.",
+                f"use --task {self.task} on data it applies to.",
+            )
         return reference.values[key] - evaluation.task.values[key]
 
     def holds(self, value: float) -> bool:
@@ -78,19 +80,25 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """Parse `--target`: `snr>=30`, `cosine>=0.999`, `top1-drop<=0.5`, `top5-drop<=0.2`, `map-drop<=1.0`, `map50-drop<=1`."""
+    """Parse `--target`: `snr>=30`, `cosine>=0.999`, `top1-drop<=0.5`, `top5-drop<=0.2`, `map-drop<=1.0`,
+    `map50-drop<=1`. Drops are in points of the task metric (percent); snr in dB, for every output."""
     match = _TARGET.match(text or "")
     if not match:
-        raise TrtqError(f"--target {text!r} is not of the form METRIC<=VALUE or METRIC>=VALUE.",
-                        'e.g. --target "top1-drop<=0.5", "snr>=30" or "map-drop<=1.0".')
+        raise TrtqError(
+            f"--target {text!r} is not of the form METRIC<=VALUE or METRIC>=VALUE.",
+            'e.g. --target "top1-drop<=0.5", "snr>=30" or "map-drop<=1.0".',
+        )
     metric, op, value = match[1].lower(), match[2], float(match[3])
     if metric not in TARGET_METRICS:
-        raise TrtqError(f"--target metric {metric!r} is not one of {', '.join(TARGET_METRICS)}.",
-                        'e.g. --target "top1-drop<=0.5".')
+        raise TrtqError(
+            f"--target metric {metric!r} is not one of {', '.join(TARGET_METRICS)}.", 'e.g. --target "top1-drop<=0.5".'
+        )
     want = TARGET_METRICS[metric][0]
     if op != want:
-        raise TrtqError(f"--target {text!r} uses {op}, but {metric} targets are written {metric}{want}VALUE.",
-                        f"write --target \"{metric}{want}{value:g}\".")
+        raise TrtqError(
+            f"--target {text!r} uses {op}, but {metric} targets are written {metric}{want}VALUE.",
+            f'write --target "{metric}{want}{value:g}".',
+        )
     return Target(metric, op, value)
 
 
@@ -174,8 +182,10 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
-            "steps": [{"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase}
-                      for s in self.steps],
+            "steps": [
+                {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase}
+                for s in self.steps
+            ],
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
         }
@@ -221,13 +231,16 @@ def search_mixed_precision(
     evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
     def placement_without(layers: Sequence[str]) -> Placement:
-        return plan_placement(model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)],
-                              exclude_ops=exclude_ops)
+        return plan_placement(
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+        )
 
     def check(layers: Sequence[str], phase: str) -> tuple[Evaluation, float]:
         key = tuple(sorted(layers))
         if key not in evaluations:
-            evaluation = evaluator.evaluate(insert_qdq(model, placement_without(layers), amax), label=f"{phase} {len(layers)}")
+            evaluation = evaluator.evaluate(
+                insert_qdq(model, placement_without(layers), amax), label=f"{phase} {len(layers)}"
+            )
             evaluations[key] = (evaluation, target.measure(evaluation, reference))
         evaluation, value = evaluations[key]
         steps.append(SearchStep(tuple(layers), value, target.holds(value), phase))
@@ -238,8 +251,17 @@ def search_mixed_precision(
     final_eval, final_value = int8_eval, int8_value
     sensitivity = None
     if not target.holds(int8_value):
-        sensitivity = analyze_sensitivity(model, base, amax, dataset, method=ranking, task=task, batch_size=batch_size,
-                                          evaluator=evaluator if ranking == "exact" else None, progress=progress)
+        sensitivity = analyze_sensitivity(
+            model,
+            base,
+            amax,
+            dataset,
+            method=ranking,
+            task=task,
+            batch_size=batch_size,
+            evaluator=evaluator if ranking == "exact" else None,
+            progress=progress,
+        )
         candidates = [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
         limit = len(candidates) if max_exclusions is None else max_exclusions
         for node in candidates[:limit]:
@@ -263,13 +285,22 @@ def search_mixed_precision(
     ops = {node.name: node.op_type for node in model.graph.node}
     scores = {layer.node: layer.snr_db for layer in sensitivity.layers} if sensitivity else {}
     result_layers = tuple(
-        ExcludedLayer(node, ops[node], node_pattern(node), scores.get(node, math.nan), with_layer.get(node),
-                      macs.get(node, 0), macs.get(node, 0) / quantizable_macs)
+        ExcludedLayer(
+            node,
+            ops[node],
+            node_pattern(node),
+            scores.get(node, math.nan),
+            with_layer.get(node),
+            macs.get(node, 0),
+            macs.get(node, 0) / quantizable_macs,
+        )
         for node in excluded
     )
     if sensitivity is not None:
-        notes.append(f"ranking: {sensitivity.method} sensitivity over {sensitivity.samples} samples "
-                     f"in {sensitivity.seconds:.1f} s")
+        notes.append(
+            f"ranking: {sensitivity.method} sensitivity over {sensitivity.samples} samples "
+            f"in {sensitivity.seconds:.1f} s"
+        )
     return MixedPrecisionResult(
         target=target,
         holds=target.holds(final_value),

@@ -63,8 +63,14 @@ class LayerSensitivity:
     def from_dict(cls, data: Mapping) -> LayerSensitivity:
         """Inverse of `to_dict`."""
         drop = data.get("task_drop")
-        return cls(str(data["node"]), str(data["op_type"]), tuple(data["tensors"]), float(data["snr_db"]),
-                   None if drop is None else float(drop), int(data.get("macs", 0)))
+        return cls(
+            str(data["node"]),
+            str(data["op_type"]),
+            tuple(data["tensors"]),
+            float(data["snr_db"]),
+            None if drop is None else float(drop),
+            int(data.get("macs", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,13 @@ class SensitivityResult:
     @classmethod
     def from_dict(cls, data: Mapping) -> SensitivityResult:
         """Inverse of `to_dict`."""
-        return cls(str(data["method"]), tuple(LayerSensitivity.from_dict(d) for d in data["layers"]),
-                   int(data["samples"]), float(data["seconds"]), data.get("task_metric"))
+        return cls(
+            str(data["method"]),
+            tuple(LayerSensitivity.from_dict(d) for d in data["layers"]),
+            int(data["samples"]),
+            float(data["seconds"]),
+            data.get("task_metric"),
+        )
 
 
 def _jsonable(value: float) -> float | str:
@@ -172,18 +183,24 @@ def analyze_sensitivity(
         raise TrtqError(f"Sensitivity method {method!r} is not one of {', '.join(METHODS)}.", "use local or exact.")
     layers = quantized_layers(placement)
     if not layers:
-        raise TrtqError("The placement quantizes no layer, so there is nothing to rank.",
-                        "check --exclude-nodes/--exclude-ops; they may exclude every layer.")
+        raise TrtqError(
+            "The placement quantizes no layer, so there is nothing to rank.",
+            "check --exclude-nodes/--exclude-ops; they may exclude every layer.",
+        )
     start = time.perf_counter()
     macs = layer_macs(model)
     ops = {node.name: node.op_type for node in model.graph.node}
     if method == "exact":
-        scores, drops, samples, metric = _exact(model, placement, amax, dataset, layers, task, batch_size, evaluator, progress)
+        scores, drops, samples, metric = _exact(
+            model, placement, amax, dataset, layers, task, batch_size, evaluator, progress
+        )
     else:
         scores, samples = _local(model, placement, amax, dataset, layers, batch_size, progress)
         drops, metric = {}, None
     result = [
-        LayerSensitivity(node, ops[node], tuple(t.tensor for t in targets), scores[node], drops.get(node), macs.get(node, 0))
+        LayerSensitivity(
+            node, ops[node], tuple(t.tensor for t in targets), scores[node], drops.get(node), macs.get(node, 0)
+        )
         for node, targets in layers.items()
     ]
     order = {node: i for i, node in enumerate(layers)}
@@ -191,15 +208,25 @@ def analyze_sensitivity(
     return SensitivityResult(method, tuple(result), samples, time.perf_counter() - start, metric)
 
 
-def _exact(model: onnx.ModelProto, placement: Placement, amax: Mapping[str, float], dataset: Dataset,
-           layers: Mapping[str, tuple[QuantTarget, ...]], task: Task | None, batch_size: int,
-           evaluator: Evaluator | None, progress: bool) -> tuple[dict[str, float], dict[str, float], int, str | None]:
+def _exact(
+    model: onnx.ModelProto,
+    placement: Placement,
+    amax: Mapping[str, float],
+    dataset: Dataset,
+    layers: Mapping[str, tuple[QuantTarget, ...]],
+    task: Task | None,
+    batch_size: int,
+    evaluator: Evaluator | None,
+    progress: bool,
+) -> tuple[dict[str, float], dict[str, float], int, str | None]:
     if evaluator is None:
         evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task)
     metric = MAIN_TASK_METRIC.get(evaluator.task.name) if evaluator.task is not None else None
     scores: dict[str, float] = {}
     drops: dict[str, float] = {}
-    for node in tqdm(layers, desc="sensitivity (exact)", unit="layer", disable=not progress, dynamic_ncols=True, leave=False):
+    for node in tqdm(
+        layers, desc="sensitivity (exact)", unit="layer", disable=not progress, dynamic_ncols=True, leave=False
+    ):
         candidate = insert_qdq(model, layer_placement(placement, {node}), amax)
         evaluation = evaluator.evaluate(candidate, label=node)
         scores[node] = evaluation.snr_db
@@ -231,8 +258,15 @@ def single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.Mode
     return out
 
 
-def _local(model: onnx.ModelProto, placement: Placement, amax: Mapping[str, float], dataset: Dataset,
-           layers: Mapping[str, tuple[QuantTarget, ...]], batch_size: int, progress: bool) -> tuple[dict[str, float], int]:
+def _local(
+    model: onnx.ModelProto,
+    placement: Placement,
+    amax: Mapping[str, float],
+    dataset: Dataset,
+    layers: Mapping[str, tuple[QuantTarget, ...]],
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, float], int]:
     nodes = {node.name: node for node in model.graph.node}
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = {vi.name for vi in model.graph.input}
@@ -250,8 +284,14 @@ def _local(model: onnx.ModelProto, placement: Placement, amax: Mapping[str, floa
     session = make_session(expose_tensors(model, fetch))
     accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
     samples = 0
-    with tqdm(total=dataset.num_samples, desc="sensitivity (local)", unit="sample", disable=not progress,
-              dynamic_ncols=True, leave=False) as bar:
+    with tqdm(
+        total=dataset.num_samples,
+        desc="sensitivity (local)",
+        unit="sample",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+    ) as bar:
         for batch in dataset.batches(batch_size):
             values = dict(batch)
             values.update(zip(fetch, session.run(fetch, dict(batch))))

@@ -48,8 +48,12 @@ class TaskScores:
     @classmethod
     def from_dict(cls, data: Mapping) -> TaskScores:
         """Inverse of `to_dict`."""
-        return cls(str(data["task"]), str(data["against"]), {k: float(v) for k, v in data["values"].items()},
-                   int(data["samples"]))
+        return cls(
+            str(data["task"]),
+            str(data["against"]),
+            {k: float(v) for k, v in data["values"].items()},
+            int(data["samples"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,9 @@ def _labels_from_folder(root: Path, dataset: Dataset, paths: tuple[Path, ...] | 
         )
     classes = sorted(e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise TrtqError(f"Label folder {root} has no class sub-folders.", "put each class's images in its own sub-folder.")
+        raise TrtqError(
+            f"Label folder {root} has no class sub-folders.", "put each class's images in its own sub-folder."
+        )
     by_name: dict[str, int] = {}
     for index, name in enumerate(classes):
         for file in (root / name).rglob("*"):
@@ -201,8 +207,9 @@ def _match(paths: Sequence[Path], by_name: Mapping[str, int], source: Path) -> t
     return tuple(by_name[p.name] for p in paths)
 
 
-def _labels_from_text(path: Path, dataset: Dataset, paths: tuple[Path, ...] | None,
-                      class_names: Sequence[str] | None) -> Labels:
+def _labels_from_text(
+    path: Path, dataset: Dataset, paths: tuple[Path, ...] | None, class_names: Sequence[str] | None
+) -> Labels:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -318,7 +325,7 @@ class ClassificationScorer:
                     f"The data has more samples than the {len(labels)} labels from {self.task.labels.source}.",
                     "give one label per sample.",
                 )
-            truth = np.asarray(labels[start:start + n])
+            truth = np.asarray(labels[start : start + n])
             bad = truth[(truth < 0) | (truth >= self.classes)]
             if bad.size:
                 raise TrtqError(

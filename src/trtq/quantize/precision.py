@@ -41,8 +41,19 @@ MIN_FP16_SCALE = 2.0**-14
 """Q/DQ scales below FP16's smallest normal number keep their pair in FP32."""
 FP16_QDQ_OPSET = 19
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
-KEEP_OPS = ("Range", "NonMaxSuppression", "RoiAlign", "TopK", "RandomNormal", "RandomUniform", "RandomNormalLike",
-            "RandomUniformLike", "Multinomial", "EyeLike", "Bernoulli")
+KEEP_OPS = (
+    "Range",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "TopK",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "EyeLike",
+    "Bernoulli",
+)
 """Ops kept in FP32: index/box computations where FP16 rounding changes results, and dtype-creating ops."""
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _FLOAT16_TYPE = "tensor(float16)"
@@ -81,7 +92,9 @@ class PrecisionResult:
         }
 
 
-def observe_amax(model: onnx.ModelProto, dataset: Dataset, tensors: Sequence[str], batch_size: int = 1) -> dict[str, float]:
+def observe_amax(
+    model: onnx.ModelProto, dataset: Dataset, tensors: Sequence[str], batch_size: int = 1
+) -> dict[str, float]:
     """Max |x| of `tensors` of an FP32 model over `dataset` (one pass, no histograms)."""
     from trtq.calibrate.backend import make_backend
 
@@ -123,8 +136,15 @@ def apply_high_precision(
     elif fp32_model is None or dataset is None:
         notes.append("ranges only from the calibration table; tensors it lacks were not checked for FP16 overflow")
     result = convert_to_fp16(quantized, ranges, keep_nodes=keep_nodes, headroom=headroom)
-    return PrecisionResult(result.model, mode, result.fp16_nodes, result.kept_fp32, result.casts,
-                           result.fp16_qdq_pairs, (*result.notes, *notes))
+    return PrecisionResult(
+        result.model,
+        mode,
+        result.fp16_nodes,
+        result.kept_fp32,
+        result.casts,
+        result.fp16_qdq_pairs,
+        (*result.notes, *notes),
+    )
 
 
 def final_score_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -210,8 +230,10 @@ def convert_to_fp16(
     out.CopyFrom(model)
     graph = out.graph
     if any(init.data_location == TensorProto.EXTERNAL for init in graph.initializer):
-        raise TrtqError("FP16 conversion needs the model's weights loaded, not external data references.",
-                        "load the model with its external data first.")
+        raise TrtqError(
+            "FP16 conversion needs the model's weights loaded, not external data references.",
+            "load the model with its external data first.",
+        )
     types = tensor_types(out)
     initializers = {init.name: init for init in graph.initializer}
     ranges = _ranges(out, amax, initializers)
@@ -226,11 +248,20 @@ def convert_to_fp16(
     nodes = {node.name: node.op_type for node in model.graph.node}
     kept = tuple(KeptNode(name, nodes[name], reason) for name, reason in plan.kept.items())
     notes = (opset_note,) if opset_note else ()
-    return PrecisionResult(out, "fp16", tuple(n for n in nodes if n in plan.fp16), kept, casts,
-                           len([n for n in plan.qdq_fp16 if nodes.get(n) == "DequantizeLinear"]), notes)
+    return PrecisionResult(
+        out,
+        "fp16",
+        tuple(n for n in nodes if n in plan.fp16),
+        kept,
+        casts,
+        len([n for n in plan.qdq_fp16 if nodes.get(n) == "DequantizeLinear"]),
+        notes,
+    )
 
 
-def _ranges(model: onnx.ModelProto, amax: Mapping[str, float], initializers: Mapping[str, TensorProto]) -> dict[str, float]:
+def _ranges(
+    model: onnx.ModelProto, amax: Mapping[str, float], initializers: Mapping[str, TensorProto]
+) -> dict[str, float]:
     """amax per tensor: given ranges, initializer values, and Q/DQ outputs (the range of what was quantized)."""
     ranges = dict(amax)
     for name, init in initializers.items():
@@ -245,8 +276,9 @@ def _ranges(model: onnx.ModelProto, amax: Mapping[str, float], initializers: Map
     return ranges
 
 
-def _plan(model: onnx.ModelProto, types: Mapping[str, int], ranges: Mapping[str, float], keep: set[str],
-          limit: float) -> _Plan:
+def _plan(
+    model: onnx.ModelProto, types: Mapping[str, int], ranges: Mapping[str, float], keep: set[str], limit: float
+) -> _Plan:
     opset = default_opset(model)
     kept: dict[str, str] = {}
     fp16: set[str] = set()
@@ -274,8 +306,9 @@ def _creates_float(node: onnx.NodeProto) -> bool:
     return node.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
 
 
-def _keep_reason(node: onnx.NodeProto, opset: int, floats: Sequence[str], ranges: Mapping[str, float],
-                 keep: set[str], limit: float) -> str | None:
+def _keep_reason(
+    node: onnx.NodeProto, opset: int, floats: Sequence[str], ranges: Mapping[str, float], keep: set[str], limit: float
+) -> str | None:
     if node.name in keep:
         return "kept by the caller"
     if node.op_type in KEEP_OPS:
@@ -325,8 +358,9 @@ def _plan_qdq(model: onnx.ModelProto, fp16: set[str], opset: int) -> set[str]:
     return chosen
 
 
-def _rewrite(model: onnx.ModelProto, types: Mapping[str, int], initializers: Mapping[str, TensorProto],
-             plan: _Plan) -> int:
+def _rewrite(
+    model: onnx.ModelProto, types: Mapping[str, int], initializers: Mapping[str, TensorProto], plan: _Plan
+) -> int:
     """Apply the plan: FP16 initializers and attributes, Casts on every edge whose precision changes."""
     graph = model.graph
     opset = default_opset(model)
@@ -406,7 +440,8 @@ def _rewrite(model: onnx.ModelProto, types: Mapping[str, int], initializers: Map
             node.output[:] = [inner if v == name else v for v in node.output]
             node.input[:] = [inner if v == name else v for v in node.input]
         new_nodes[producer[name]].append(
-            helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_Cast_fp32", used), to=TensorProto.FLOAT))
+            helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_Cast_fp32", used), to=TensorProto.FLOAT)
+        )
         producer[inner] = producer[name]
         stored[inner], stored[name] = TensorProto.FLOAT16, TensorProto.FLOAT
         casts += 1
@@ -420,7 +455,8 @@ def _rewrite(model: onnx.ModelProto, types: Mapping[str, int], initializers: Map
             out_name = _unique(f"{name}_{suffix}", used)
             cast_names[key] = out_name
             new_nodes[producer.get(name, "")].append(
-                helper.make_node("Cast", [name], [out_name], name=_unique(f"{name}_Cast_{suffix}", used), to=to))
+                helper.make_node("Cast", [name], [out_name], name=_unique(f"{name}_Cast_{suffix}", used), to=to)
+            )
         return cast_names[key]
 
     for node in list(graph.node):

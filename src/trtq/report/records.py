@@ -106,8 +106,10 @@ def load_records(directory: str | Path) -> dict[str, Record]:
     """Every record in `directory`, by kind; TrtqError when there is none."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise TrtqError(f"Report folder {directory} does not exist.", "pass the --output-dir of a quantize, compare "
-                        "or sensitivity run.")
+        raise TrtqError(
+            f"Report folder {directory} does not exist.",
+            "pass the --output-dir of a quantize, compare or sensitivity run.",
+        )
     records: dict[str, Record] = {}
     for kind in KINDS:
         path = record_path(directory, kind)
@@ -116,12 +118,20 @@ def load_records(directory: str | Path) -> dict[str, Record]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TrtqError(f"Record {path} is not readable JSON ({exc}).", "re-run the command that wrote it.") from exc
+            raise TrtqError(
+                f"Record {path} is not readable JSON ({exc}).", "re-run the command that wrote it."
+            ) from exc
         if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
             raise TrtqError(f"{path} is not a trtq run record.", "re-run the command that wrote it.")
-        records[kind] = Record(kind, str(data.get("created", "")), str(data.get("command", "")),
-                               dict(data.get("settings", {})), dict(data.get("result", {})),
-                               dict(data.get("histograms", {})), str(path))
+        records[kind] = Record(
+            kind,
+            str(data.get("created", "")),
+            str(data.get("command", "")),
+            dict(data.get("settings", {})),
+            dict(data.get("result", {})),
+            dict(data.get("histograms", {})),
+            str(path),
+        )
     if not records:
         raise TrtqError(
             f"Report folder {directory} holds no trtq run records (trtq-quantize.json, trtq-compare.json, "

@@ -79,8 +79,14 @@ def build_report(directory: str | Path) -> Report:
     """Gather the records of `directory` into a Report."""
     records = load_records(directory)
     quantize, compare, sensitivity = records.get("quantize"), records.get("compare"), records.get("sensitivity")
-    model = next((str(r.settings.get("model") or r.result.get("model") or "") for r in records.values()
-                  if r.settings.get("model") or r.result.get("model")), "")
+    model = next(
+        (
+            str(r.settings.get("model") or r.result.get("model") or "")
+            for r in records.values()
+            if r.settings.get("model") or r.result.get("model")
+        ),
+        "",
+    )
     settings: list[tuple[str, str]] = []
     for record in (quantize, sensitivity, compare):
         if record is None:
@@ -96,12 +102,17 @@ def build_report(directory: str | Path) -> Report:
     if mixed:
         reference = mixed.get("reference")
         if reference:
-            metrics.append(MetricsRow("FP32", dict(reference.get("values", {})), math.inf, 1.0, 1.0, "quantize --target"))
+            metrics.append(
+                MetricsRow("FP32", dict(reference.get("values", {})), math.inf, 1.0, 1.0, "quantize --target")
+            )
             task_label = _task_label(reference)
         metrics.append(_evaluation_row("INT8 (all layers)", mixed["int8"], "quantize --target"))
         if mixed.get("excluded"):
-            metrics.append(_evaluation_row(f"mixed ({len(mixed['excluded'])} layers kept high precision)",
-                                           mixed["final"], "quantize --target"))
+            metrics.append(
+                _evaluation_row(
+                    f"mixed ({len(mixed['excluded'])} layers kept high precision)", mixed["final"], "quantize --target"
+                )
+            )
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
@@ -155,8 +166,17 @@ def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
 def _metric_table(rows: Sequence[MetricsRow]) -> tuple[list[str], list[list[str]]]:
     keys = _metric_columns(rows)
     header = ["model", *keys, "SNR dB (worst output)", "cosine", "top-1 agreement", "from"]
-    body = [[row.variant, *(_fmt(row.task.get(k)) for k in keys), _fmt(row.snr_db), _fmt(row.cosine, 5),
-             _fmt(row.top1_agreement, 1, percent=True), row.source] for row in rows]
+    body = [
+        [
+            row.variant,
+            *(_fmt(row.task.get(k)) for k in keys),
+            _fmt(row.snr_db),
+            _fmt(row.cosine, 5),
+            _fmt(row.top1_agreement, 1, percent=True),
+            row.source,
+        ]
+        for row in rows
+    ]
     return header, body
 
 
@@ -166,9 +186,16 @@ def _layers(report: Report) -> list[dict]:
 
 def _excluded_table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["layer (ONNX node)", "op", "SNR dB in the ranking", "target metric with it in INT8", "share of INT8 MACs"]
-    body = [[str(e.get("node")), str(e.get("op_type")), _fmt(_num(e.get("sensitivity_snr_db"))),
-             _fmt(_num(e.get("metric_with_layer_int8")), 3), _fmt(_num(e.get("macs_share")), 1, percent=True)]
-            for e in report.excluded]
+    body = [
+        [
+            str(e.get("node")),
+            str(e.get("op_type")),
+            _fmt(_num(e.get("sensitivity_snr_db"))),
+            _fmt(_num(e.get("metric_with_layer_int8")), 3),
+            _fmt(_num(e.get("macs_share")), 1, percent=True),
+        ]
+        for e in report.excluded
+    ]
     return header, body
 
 
@@ -189,14 +216,18 @@ def sensitivity_svg(layers: Sequence[Mapping], width: int = 860) -> str:
     label_w, row_h, top = 330, 20, 28
     plot_w = width - label_w - 70
     height = top + row_h * len(layers) + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="per-layer sensitivity">',
-             f'<text x="{label_w}" y="16" class="axis">SNR of the output with only this layer in INT8 (dB, '
-             f'clipped at {SNR_CAP:g})</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="per-layer sensitivity">',
+        f'<text x="{label_w}" y="16" class="axis">SNR of the output with only this layer in INT8 (dB, '
+        f"clipped at {SNR_CAP:g})</text>",
+    ]
     for tick in range(0, int(SNR_CAP) + 1, 10):
         x = label_w + plot_w * tick / SNR_CAP
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 8}" class="grid"/>'
-                     f'<text x="{x:.1f}" y="{height}" class="tick">{tick}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 8}" class="grid"/>'
+            f'<text x="{x:.1f}" y="{height}" class="tick">{tick}</text>'
+        )
     for i, layer in enumerate(layers):
         snr = _num(layer.get("snr_db"))
         snr = SNR_CAP if snr is None or snr > SNR_CAP else max(snr, 0.0)
@@ -205,11 +236,13 @@ def sensitivity_svg(layers: Sequence[Mapping], width: int = 860) -> str:
         short = name if len(name) <= 44 else "…" + name[-43:]
         bar = plot_w * snr / SNR_CAP
         parts.append(
-            f'<g><title>{html.escape(name)} ({html.escape(str(layer.get("op_type", "")))}): '
-            f'{_fmt(_num(layer.get("snr_db")))} dB</title>'
+            f"<g><title>{html.escape(name)} ({html.escape(str(layer.get('op_type', '')))}): "
+            f"{_fmt(_num(layer.get('snr_db')))} dB</title>"
             f'<text x="{label_w - 6}" y="{y + 14}" class="label">{html.escape(short)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{bar:.1f}" height="{row_h - 6}" fill="{_color(snr)}"/>'
-            f'<text x="{label_w + bar + 4:.1f}" y="{y + 14}" class="value">{_fmt(_num(layer.get("snr_db")), 1)}</text></g>')
+            f'<text x="{label_w + bar + 4:.1f}" y="{y + 14}" class="value">'
+            f"{_fmt(_num(layer.get('snr_db')), 1)}</text></g>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -226,21 +259,27 @@ def histogram_svg(name: str, data: Mapping, width: int = 400, height: int = 150)
     total = sum(hist) or 1
     width_bin = hist_max / max(len(hist), 1)
     above = sum(v for i, v in enumerate(hist) if i * width_bin >= threshold)  # bins wholly above the threshold
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="histogram of {html.escape(name)}">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="histogram of {html.escape(name)}">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>',
+    ]
     for i, v in enumerate(hist):
         if v:
             h = plot_h * math.log1p(v) / peak
-            parts.append(f'<rect x="{left + i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w, 0.6):.2f}" '
-                         f'height="{h:.2f}" fill="#4a7ab8"/>')
+            parts.append(
+                f'<rect x="{left + i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w, 0.6):.2f}" '
+                f'height="{h:.2f}" fill="#4a7ab8"/>'
+            )
     for value, cls in ((observed, "maxline"), (threshold, "threshold")):
         x = left + plot_w * min(value / hist_max, 1.0)
         parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + plot_h}" class="{cls}"/>')
-    parts.append(f'<text x="{left}" y="{height - 6}" class="tick">0</text>'
-                 f'<text x="{width - left}" y="{height - 6}" class="tick" text-anchor="end">{hist_max:.4g}</text>'
-                 f'<text x="{width / 2}" y="{height - 6}" class="tick" text-anchor="middle">|x| (log count); '
-                 f'{100 * above / total:.3f}% clipped</text></svg>')
+    parts.append(
+        f'<text x="{left}" y="{height - 6}" class="tick">0</text>'
+        f'<text x="{width - left}" y="{height - 6}" class="tick" text-anchor="end">{hist_max:.4g}</text>'
+        f'<text x="{width / 2}" y="{height - 6}" class="tick" text-anchor="middle">|x| (log count); '
+        f"{100 * above / total:.3f}% clipped</text></svg>"
+    )
     return "".join(parts)
 
 
@@ -283,9 +322,11 @@ def _histogram_items(report: Report) -> list[tuple[str, dict]]:
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page."""
     e = html.escape
-    out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(report.title)}</title>'
-           f"<style>{_CSS}</style></head><body><h1>{e(report.title)}</h1>"
-           f'<div class="muted">from {e(report.directory)}</div>']
+    out = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(report.title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{e(report.title)}</h1>"
+        f'<div class="muted">from {e(report.directory)}</div>'
+    ]
     if report.settings:
         out.append("<h2>Settings</h2>" + _html_table(["setting", "value"], [list(s) for s in report.settings]))
     if report.metrics:
@@ -295,24 +336,33 @@ def render_html(report: Report) -> str:
     layers = _layers(report)
     if layers:
         method = report.sensitivity.get("method", "") if report.sensitivity else ""
-        out.append(f"<h2>Per-layer sensitivity ({e(str(method))}, {len(layers)} layers, most sensitive first)</h2>"
-                   + sensitivity_svg(layers))
+        out.append(
+            f"<h2>Per-layer sensitivity ({e(str(method))}, {len(layers)} layers, most sensitive first)</h2>"
+            + sensitivity_svg(layers)
+        )
     items = _histogram_items(report)
     if items:
         cells = []
         for name, data in items:
-            cells.append(f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
-                         f' threshold {float(data.get("threshold", 0)):.4g} (red), observed max '
-                         f'{float(data.get("observed_max", 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>')
-        out.append("<h2>Histograms of the most sensitive tensors</h2><div class=\"hists\">" + "".join(cells) + "</div>")
+            cells.append(
+                f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
+                f" threshold {float(data.get('threshold', 0)):.4g} (red), observed max "
+                f"{float(data.get('observed_max', 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>"
+            )
+        out.append('<h2>Histograms of the most sensitive tensors</h2><div class="hists">' + "".join(cells) + "</div>")
     if report.excluded:
         header, body = _excluded_table(report)
         flags = " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes)
-        out.append("<h2>Layers kept in high precision</h2>" + _html_table(header, body)
-                   + f"<p>Reuse without searching again:</p><pre>{e(flags)}</pre>")
+        out.append(
+            "<h2>Layers kept in high precision</h2>"
+            + _html_table(header, body)
+            + f"<p>Reuse without searching again:</p><pre>{e(flags)}</pre>"
+        )
     if report.commands:
-        out.append("<h2>Build commands</h2>" + "".join(f"<p>{e(label)}</p><pre>{e(cmd)}</pre>"
-                                                     for label, cmd in report.commands))
+        out.append(
+            "<h2>Build commands</h2>"
+            + "".join(f"<p>{e(label)}</p><pre>{e(cmd)}</pre>" for label, cmd in report.commands)
+        )
     out.append("<h2>Runs</h2>" + _html_table(["record", "created", "command"], [list(r) for r in report.records]))
     out.append("</body></html>\n")
     return "".join(out)
@@ -338,20 +388,55 @@ def render_markdown(report: Report) -> str:
         out.append(_md_table(header, body))
     layers = _layers(report)
     if layers:
-        out += ["", f"## Per-layer sensitivity ({report.sensitivity.get('method')}, most sensitive first)", "",
-                _md_table(["rank", "layer (ONNX node)", "op", "SNR dB", "task drop"],
-                          [[str(i + 1), str(l.get("node")), str(l.get("op_type")), _fmt(_num(l.get("snr_db"))),
-                            _fmt(_num(l.get("task_drop")))] for i, l in enumerate(layers)])]
+        out += [
+            "",
+            f"## Per-layer sensitivity ({report.sensitivity.get('method')}, most sensitive first)",
+            "",
+            _md_table(
+                ["rank", "layer (ONNX node)", "op", "SNR dB", "task drop"],
+                [
+                    [
+                        str(i + 1),
+                        str(layer.get("node")),
+                        str(layer.get("op_type")),
+                        _fmt(_num(layer.get("snr_db"))),
+                        _fmt(_num(layer.get("task_drop"))),
+                    ]
+                    for i, layer in enumerate(layers)
+                ],
+            ),
+        ]
     items = _histogram_items(report)
     if items:
-        out += ["", "## Thresholds of the most sensitive tensors", "",
-                _md_table(["tensor", "method", "threshold", "observed max"],
-                          [[name, str(d.get("method")), f"{float(d.get('threshold', 0)):.4g}",
-                            f"{float(d.get('observed_max', 0)):.4g}"] for name, d in items])]
+        out += [
+            "",
+            "## Thresholds of the most sensitive tensors",
+            "",
+            _md_table(
+                ["tensor", "method", "threshold", "observed max"],
+                [
+                    [
+                        name,
+                        str(d.get("method")),
+                        f"{float(d.get('threshold', 0)):.4g}",
+                        f"{float(d.get('observed_max', 0)):.4g}",
+                    ]
+                    for name, d in items
+                ],
+            ),
+        ]
     if report.excluded:
         header, body = _excluded_table(report)
-        out += ["", "## Layers kept in high precision", "", _md_table(header, body), "", "```",
-                " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes), "```"]
+        out += [
+            "",
+            "## Layers kept in high precision",
+            "",
+            _md_table(header, body),
+            "",
+            "```",
+            " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes),
+            "```",
+        ]
     if report.commands:
         out += ["", "## Build commands"]
         for label, cmd in report.commands:
@@ -368,5 +453,3 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> tup
     atomic_write_text(html_path, render_html(report))
     atomic_write_text(md_path, render_markdown(report))
     return html_path, md_path
-
-
