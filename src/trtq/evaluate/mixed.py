@@ -280,7 +280,7 @@ def search_mixed_precision(
                 final_eval, final_value = trial_eval, trial_value
     elif len(excluded) == 1 and target.holds(final_value):
         with_layer[excluded[0]] = int8_value
-    macs = layer_macs(model)
+    macs = layer_macs(model, dataset.shapes)
     quantizable_macs = sum(macs.get(n, 0) for n in quantized_layers(base)) or 1
     ops = {node.name: node.op_type for node in model.graph.node}
     scores = {layer.node: layer.snr_db for layer in sensitivity.layers} if sensitivity else {}

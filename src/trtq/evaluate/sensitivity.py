@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, shape_inference
 from tqdm import tqdm
 
 from trtq.calibrate.backend_ort import expose_tensors, make_session
@@ -136,8 +136,30 @@ def layer_placement(placement: Placement, nodes: Sequence[str] | set[str]) -> Pl
     return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes)
 
 
-def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """Multiply-accumulates per sample of Conv/ConvTranspose/Gemm/MatMul nodes (0 where shapes are unknown)."""
+def _with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy with fixed input dims and freshly inferred shapes (dynamic H/W leave conv outputs unsized)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for vi in fixed.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[vi.name], strict=False):
+                dim.Clear()
+                dim.dim_value = int(size)
+    del fixed.graph.value_info[:]
+    try:
+        return shape_inference.infer_shapes(fixed)
+    except shape_inference.InferenceError:  # odd graphs keep the shapes they had (MACs may read 0)
+        return model
+
+
+def layer_macs(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
+    """Multiply-accumulates per sample of Conv/ConvTranspose/Gemm/MatMul nodes (0 where shapes are unknown).
+
+    `input_shapes` (e.g. a data set's resolved shapes) size dynamic dims first.
+    """
+    if input_shapes:
+        model = _with_input_shapes(model, input_shapes)
     shapes: dict[str, tuple[int, ...]] = {}
     for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         dims = vi.type.tensor_type.shape.dim
@@ -188,7 +210,7 @@ def analyze_sensitivity(
             "check --exclude-nodes/--exclude-ops; they may exclude every layer.",
         )
     start = time.perf_counter()
-    macs = layer_macs(model)
+    macs = layer_macs(model, dataset.shapes)
     ops = {node.name: node.op_type for node in model.graph.node}
     if method == "exact":
         scores, drops, samples, metric = _exact(
