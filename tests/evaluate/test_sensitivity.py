@@ -104,3 +104,35 @@ def test_result_round_trips_and_bad_method(tmp_path):
     with pytest.raises(TrtqError, match="not one of local, exact"):
         analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method="bisect")
     assert not math.isnan(result.layers[-1].snr_db)
+
+
+def test_sensitivity_command_prints_ranking_and_writes_a_record(tmp_path, capsys):
+    import argparse
+    import json
+
+    from trtq.cli import accuracy
+
+    path = save(outlier_net(), tmp_path / "model.onnx")
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((8, 4, 8, 8)).astype(np.float32))
+    parser = argparse.ArgumentParser()
+    accuracy.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "sensitivity",
+            path,
+            "--calib",
+            str(data),
+            "--calib-method",
+            "max",
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("local sensitivity of 3 layers on 8 samples")
+    assert lines[2].split()[-1] == "conv2"  # rank 1
+    record = json.loads((tmp_path / "run" / "trtq-sensitivity.json").read_text())
+    assert record["result"]["layers"][0]["node"] == "conv2" and record["settings"]["method"] == "local"

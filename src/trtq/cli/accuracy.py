@@ -105,15 +105,14 @@ def task_from_args(args: argparse.Namespace, model: onnx.ModelProto, dataset: Da
     )
 
 
-def eval_batch_size(model: onnx.ModelProto, shapes: dict, requested: int | None) -> int:
-    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH (dynamic batch dims only)."""
+def eval_batch_size(model: onnx.ModelProto, dataset: Dataset, requested: int | None) -> int:
+    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
     inputs = graph_inputs(model)
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-    if inputs and inputs[0].name in shapes:
-        return int(shapes[inputs[0].name][0])
     if isinstance(first, int) and first > 0:
         return first
-    return requested or DEFAULT_EVAL_BATCH
+    size = requested or DEFAULT_EVAL_BATCH
+    return max(1, min(size, dataset.num_samples or size))
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -142,7 +141,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         dataset,
         method=args.method,
         task=task_from_args(args, prepared.model, dataset),
-        batch_size=eval_batch_size(prepared.model, dict(data.shapes), args.batch_size),
+        batch_size=eval_batch_size(prepared.model, dataset, args.batch_size),
         progress=progress,
     )
     histograms = {}
