@@ -19,9 +19,10 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
-from trtq.evaluate.tasks import TASKS, Task, make_task
+from trtq.evaluate.tasks import TASKS, Task, TaskComparison, make_task
 from trtq.formats.ranges import RangesTable
 from trtq.model import graph_inputs, graph_outputs
+from trtq.quantize.precision import MODES as PRECISION_MODES
 from trtq.report import histogram_summary, write_record, write_report
 
 DEFAULT_EVAL_BATCH = 32
@@ -90,6 +91,62 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task-output", metavar="NAME", help="the output holding class scores (default: the [N, C] one)")
 
 
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    """--target, --target-data, --ranking and --high-precision (for quantize)."""
+    g = p.add_argument_group("accuracy target and precision")
+    g.add_argument(
+        "--target",
+        metavar="METRIC<=|>=VALUE",
+        help="keep the most sensitive layers out of INT8 until this "
+        'holds: "top1-drop<=0.5", "top5-drop<=0.2", "map-drop<=1.0", "snr>=30", "cosine>=0.999"',
+    )
+    g.add_argument("--target-data", metavar="DATA", help="held-out data the target is checked on (default: --calib)")
+    g.add_argument(
+        "--ranking",
+        choices=SENSITIVITY_METHODS,
+        default="local",
+        help="sensitivity ranking the --target search follows (default: local)",
+    )
+    g.add_argument(
+        "--high-precision",
+        choices=PRECISION_MODES,
+        default="fp32",
+        help="precision of what is not INT8: fp16 converts it inside the ONNX, keeping FP32 where ranges "
+        "overflow or score heads need it (default: fp32)",
+    )
+
+
+def task_lines(comparison: TaskComparison | None, task: Task | None) -> list[str]:
+    """Printable lines for a task comparison (what `trtq compare --task` adds to its table)."""
+    if comparison is None or task is None:
+        return []
+    lines = [task.describe() + ":"]
+    for key, value in comparison.candidate.values.items():
+        ref = comparison.reference.values.get(key, math.nan)
+        lines.append(f"  {key:<6} FP32 {ref:7.2f}   candidate {value:7.2f}   drop {ref - value:+.2f} points")
+    return lines
+
+
+def record_run(
+    directory: str | Path,
+    kind: str,
+    settings: dict,
+    result: dict,
+    stats: dict | None = None,
+    amax: dict | None = None,
+    method: str = "",
+    tensors: list[str] | tuple[str, ...] = (),
+) -> Path:
+    """Save a run record for `trtq report` (quantize/compare/sensitivity), with histograms of `tensors`."""
+    histograms = {}
+    for tensor in tensors:
+        if stats and amax and tensor in stats and tensor in amax and stats[tensor].has_histogram:
+            histograms[tensor] = histogram_summary(stats[tensor], amax[tensor], method)
+        if len(histograms) >= HISTOGRAM_TENSORS:
+            break
+    return write_record(directory, kind, settings=settings, result=result, histograms=histograms)
+
+
 def task_from_args(args: argparse.Namespace, model: onnx.ModelProto, dataset: Dataset) -> Task | None:
     """The task the options ask for, bound to `dataset` (None without --task)."""
     if not getattr(args, "task", None):
@@ -144,10 +201,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         batch_size=eval_batch_size(prepared.model, dataset, args.batch_size),
         progress=progress,
     )
-    histograms = {}
-    for tensor in [t for layer in result.layers for t in layer.tensors if t in stats][:HISTOGRAM_TENSORS]:
-        if stats[tensor].has_histogram:
-            histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     settings = {
         "model": str(args.model),
@@ -158,7 +211,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
     }
-    record = write_record(directory, "sensitivity", settings=settings, result=result.to_dict(), histograms=histograms)
+    tensors = [t for layer in result.layers for t in layer.tensors if t in stats]
+    record = record_run(directory, "sensitivity", settings, result.to_dict(), stats, table.amax, table.method, tensors)
     emit(args, {**result.to_dict(), "record": str(record)}, _sensitivity_text(result, args.top, record))
     return 0
 
