@@ -19,6 +19,8 @@ from trtq.report.records import load_records
 SNR_CAP = 60.0
 """Bars of the sensitivity chart are clipped at this SNR (dB); beyond it a layer is insensitive."""
 MAX_HISTOGRAMS = 6
+MAX_CHART_LAYERS = 40
+"""The bar chart shows at most this many layers; the Markdown table lists all."""
 
 
 @dataclass(frozen=True)
@@ -336,9 +338,10 @@ def render_html(report: Report) -> str:
     layers = _layers(report)
     if layers:
         method = report.sensitivity.get("method", "") if report.sensitivity else ""
+        shown = f"the {MAX_CHART_LAYERS} most sensitive of " if len(layers) > MAX_CHART_LAYERS else ""
         out.append(
-            f"<h2>Per-layer sensitivity ({e(str(method))}, {len(layers)} layers, most sensitive first)</h2>"
-            + sensitivity_svg(layers)
+            f"<h2>Per-layer sensitivity ({e(str(method))}, {shown}{len(layers)} layers, most sensitive first)</h2>"
+            + sensitivity_svg(layers[:MAX_CHART_LAYERS])
         )
     items = _histogram_items(report)
     if items:
