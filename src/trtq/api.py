@@ -67,6 +67,7 @@ class QuantizeOptions:
     trt_version: str = DEFAULT_TRT_VERSION
     output_dir: str | None = None
     device: str = "cpu"
+    cache_scope: str = "qdq"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,10 @@ def inspect(model_path: str | Path) -> ModelInfo:
 
 
 def prepare_model(
-    model_path: str | Path, exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = ()
+    model_path: str | Path,
+    exclude_nodes: Sequence[str] = (),
+    exclude_ops: Sequence[str] = (),
+    cache_scope: str = "qdq",
 ) -> PreparedModel:
     """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
     path = Path(model_path)
@@ -117,7 +121,7 @@ def prepare_model(
         path=path,
         sha256=file_sha256(path),
         model=model,
-        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops),
+        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope),
     )
 
 
@@ -152,7 +156,7 @@ def calibrate(
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     if options.method not in METHODS:
         raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
-    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     return _calibrate_prepared(prepared, calib, data, options, progress)
 
 
@@ -200,7 +204,7 @@ def quantize(
     if options.method not in METHODS:
         raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
-    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
     seconds: float | None = None
     if calib is not None:

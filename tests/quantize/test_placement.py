@@ -70,3 +70,30 @@ def test_already_quantized_model_is_refused():
 def test_bad_regex_is_a_user_error():
     with pytest.raises(TrtqError, match="not a valid regular expression"):
         _targets(residual_conv_net(), exclude_nodes=["conv("])
+
+
+def test_cache_scope_qdq_covers_int8_layers_only_all_covers_everything():
+    """conv1 -> erf -> mul(0.5) -> conv2 -> out: only conv inputs/outputs are INT8 layer boundaries.
+
+        x -> conv1 -> c1 -> erf -> e -> mul(half) -> m -> conv2 -> out
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), n) for n in ("w1", "w2")]
+    inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Erf", ["c1"], ["e"], name="erf"),
+        helper.make_node("Mul", ["e", "half"], ["m"], name="mul"),
+        helper.make_node("Conv", ["m", "w2"], ["out"], name="conv2"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    qdq, _ = _targets(model)
+    everything, _ = _targets(model, cache_scope="all")
+    assert set(qdq.cache_tensors) == {"x", "c1", "m", "out"}
+    assert set(everything.cache_tensors) == {"x", "c1", "e", "m", "out"}
+    with pytest.raises(TrtqError, match="--cache-scope"):
+        _targets(model, cache_scope="some")

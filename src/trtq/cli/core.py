@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "precision, e.g. Sigmoid,Softmax")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, help=f"TensorRT version the calibration cache "
                    f"header targets (default: {DEFAULT_TRT_VERSION})")
+    p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
+                   help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
+                   "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
     add_data_options(p)
@@ -130,6 +133,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         trt_version=args.trt_version,
         output_dir=args.output_dir,
         device=args.device,
+        cache_scope=args.cache_scope,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args))

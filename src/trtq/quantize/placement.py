@@ -123,12 +123,20 @@ def _compile(patterns: Sequence[str]) -> list[re.Pattern[str]]:
     return compiled
 
 
+CACHE_SCOPES = ("qdq", "all")
+"""Which tensors get calibration-cache lines: those around the INT8 layers of the Q/DQ placement
+(`qdq`, the default), or every float activation as TensorRT's own calibrator does (`all`)."""
+
+
 def plan_placement(
     model: onnx.ModelProto,
     exclude_nodes: Sequence[str] = (),
     exclude_ops: Iterable[str] = (),
+    cache_scope: str = "qdq",
 ) -> Placement:
     """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`)."""
+    if cache_scope not in CACHE_SCOPES:
+        raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
         if node.op_type in ALREADY_QUANTIZED_OPS:
             raise TrtqError(
@@ -185,7 +193,7 @@ def plan_placement(
     return Placement(
         targets=targets,
         excluded_nodes=tuple(sorted(excluded)),
-        cache_tensors=_cache_tensors(g, excluded),
+        cache_tensors=_cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
     )
 
 
@@ -258,23 +266,48 @@ def _fused_away(g: _Graph, name: str) -> bool:
     return reader.op_type == "Add" and producer.op_type in ("Conv", "ConvTranspose", "BatchNormalization")
 
 
-def _cache_tensors(g: _Graph, excluded: set[str]) -> tuple[str, ...]:
-    """Float activations for the implicit-build cache: graph inputs and node outputs.
+def _int8_outputs(g: _Graph, targets: Sequence[QuantTarget]) -> list[str]:
+    """Inputs and (post-fusion) outputs of the layers the Q/DQ placement runs in INT8.
 
-    Left out: outputs of excluded nodes and inputs of score ops (so TensorRT keeps them in
-    higher precision), graph outputs that are scores, and tensors fused away (`_fused_away`).
+    In an implicit build a layer whose input or output tensor has no scale falls back from INT8,
+    so these are the cache lines that reproduce the Q/DQ model's INT8 regions. A compute node's
+    output is followed through what TensorRT fuses into it (BatchNorm, ReLU-like activations, a
+    residual Add and the activation after it).
     """
-    names: list[str] = [vi.name for vi in g.model.graph.input if vi.name not in g.initializers]
+    names = [t.tensor for t in targets if t.kind == "activation"]
+    consumers = {node_name for t in targets for node_name, _ in t.consumers}
     for node in g.model.graph.node:
-        if node.name in excluded or node.op_type in ("Constant", "Shape"):
+        if node.name not in consumers or not node.output:
             continue
-        names.extend(out for out in node.output if out)
+        tensor = node.output[0]
+        while _fused_away(g, tensor):
+            tensor = g.consumers[tensor][0][0].output[0]
+        names.append(tensor)
+    return names
+
+
+def _cache_tensors(g: _Graph, excluded: set[str], candidates: Sequence[str] | None) -> tuple[str, ...]:
+    """Float activations for the implicit-build cache: `candidates`, or (None) every graph input
+    and node output.
+
+    Left out: outputs of excluded nodes, tensors read only by excluded nodes or score ops (so
+    TensorRT keeps those in higher precision), scores, and tensors fused away (`_fused_away`).
+    """
+    if candidates is not None:
+        names = list(candidates)
+    else:
+        names = [vi.name for vi in g.model.graph.input if vi.name not in g.initializers]
+        for node in g.model.graph.node:
+            if node.op_type not in ("Constant", "Shape"):
+                names.extend(out for out in node.output if out)
+    produced_by_excluded = {out for node in g.model.graph.node if node.name in excluded for out in node.output}
+    names = [name for name in names if name not in produced_by_excluded]
     keep = []
     for name in names:
         if not g.is_float(name) or _fused_away(g, name):
             continue
         readers = g.consumers.get(name, [])
-        if any(node.op_type in SCORE_OPS or node.name in excluded for node, _ in readers):
+        if readers and all(node.op_type in SCORE_OPS or node.name in excluded for node, _ in readers):
             continue
         producer = g.producer.get(name)
         if producer is not None and producer.op_type in SCORE_OPS:
