@@ -100,7 +100,10 @@ def build_report(directory: str | Path) -> Report:
             settings.append((f"{record.kind}: {key}", text))
     metrics: list[MetricsRow] = []
     task_label = None
-    mixed = (quantize.result.get("mixed") if quantize else None) or None
+    mixed = None
+    if quantize is not None:  # the search result nested under "mixed", or the record's result itself
+        nested = quantize.result.get("mixed")
+        mixed = nested if nested else (quantize.result if {"int8", "final"} <= set(quantize.result) else None)
     if mixed:
         reference = mixed.get("reference")
         if reference:
