@@ -178,7 +178,7 @@ def evaluate_candidate(
 ) -> tuple[ComparisonReport, TaskComparison | None]:
     """`trtq compare` with a task: output agreement and FP32-vs-candidate task metrics in one pass."""
     start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, cache_bytes=0, progress=progress)
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress)
     evaluation = evaluator.evaluate(candidate, label="comparing")
     notes: tuple[str, ...] = ()
     if task is not None:
