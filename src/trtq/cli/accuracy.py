@@ -116,11 +116,12 @@ def add_target_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def task_lines(comparison: TaskComparison | None, task: Task | None) -> list[str]:
+def task_lines(comparison: TaskComparison | None, description: str = "") -> list[str]:
     """Printable lines for a task comparison (what `trtq compare --task` adds to its table)."""
-    if comparison is None or task is None:
+    if comparison is None:
         return []
-    lines = [task.describe() + ":"]
+    against = "labels" if comparison.reference.against == "labels" else "FP32 outputs (agreement, no labels)"
+    lines = [f"{description or comparison.reference.task} (against {against}):"]
     for key, value in comparison.candidate.values.items():
         ref = comparison.reference.values.get(key, math.nan)
         lines.append(f"  {key:<6} FP32 {ref:7.2f}   candidate {value:7.2f}   drop {ref - value:+.2f} points")
