@@ -212,6 +212,8 @@ class OnnxModule(torch.nn.Module):
         known = fed | set(self._param_key) | set(self._consts)
         needed = set(outputs) | set(watched)
         for name in sorted(needed):
+            if name in self.input_names and name not in fed:
+                raise TrtqError(f"Model input {name!r} was not fed.", f"feed every input: {list(self.input_names)}.")
             if name not in known and name not in self._producer:
                 raise TrtqError(f"Tensor {name!r} is neither produced by a node nor an input of the model.",
                                 "check the tensor name against `trtq inspect`.")

@@ -1,0 +1,84 @@
+"""TorchBackend on CPU against the onnxruntime backend, device errors, and batch prefetching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tiny_models import residual_conv_net  # noqa: E402
+from trtq.calibrate.algorithms import compute_amax  # noqa: E402
+from trtq.calibrate.backend import make_backend  # noqa: E402
+from trtq.calibrate.backend_ort import OrtBackend  # noqa: E402
+from trtq.calibrate.backend_torch import TorchBackend, prefetch, resolve_device  # noqa: E402
+from trtq.errors import TrtqError  # noqa: E402
+from trtq.model import normalize_model  # noqa: E402
+
+TENSORS = ["input", "r1", "r2", "r3", "pool", "logits"]
+
+
+def batches(n: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    return [{"input": (rng.standard_normal((3, 3, 16, 16)) * (1 + i)).astype(np.float32)} for i in range(n)]
+
+
+def assert_parity(got: dict, expected: dict) -> None:
+    """The issue's bar: max within 1e-5 relative; entropy/percentile within one histogram bin."""
+    for name, ref in expected.items():
+        mine = got[name]
+        assert mine.count == ref.count and mine.nan_count == ref.nan_count
+        assert mine.amax == pytest.approx(ref.amax, rel=1e-5)
+        for method in ("entropy", "percentile", "mse"):
+            width = max(ref.bin_width, mine.bin_width)
+            assert abs(compute_amax(mine, method) - compute_amax(ref, method)) <= width, (name, method)
+
+
+def test_cpu_torch_backend_matches_onnxruntime_backend():
+    model = normalize_model(residual_conv_net(batch="N"))
+    ort_backend = OrtBackend(model, TENSORS)
+    torch_backend = TorchBackend(model, TENSORS, device="cpu")
+    for batch in batches():
+        ort_backend.observe(batch)
+        torch_backend.observe(batch)
+    expected, got = ort_backend.stats(), torch_backend.stats()
+    assert got["input"] == expected["input"]  # same bytes in, identical statistics out
+    assert_parity(got, expected)
+    assert torch_backend.name == "torch-cpu" and torch_backend.stats_engine == "torch"
+    assert torch_backend.fallback_nodes == () and not torch_backend.uses_cuda_graphs
+
+
+def test_max_only_backend_has_no_histograms():
+    model = normalize_model(residual_conv_net(batch="N"))
+    backend = TorchBackend(model, ["r1"], histogram=False, device="cpu")
+    backend.observe(batches(1)[0])
+    stats = backend.stats()["r1"]
+    assert stats.hist.size == 0 and stats.amax > 0 and stats.count == 3 * 8 * 16 * 16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without a GPU")
+def test_cuda_without_gpu_is_one_clear_sentence():
+    with pytest.raises(TrtqError, match=r"--device cuda needs a CUDA GPU, but PyTorch .* sees none") as info:
+        resolve_device("cuda")
+    assert "--device cpu" in info.value.hint
+    with pytest.raises(TrtqError, match="needs a CUDA GPU"):
+        make_backend("cuda:1", residual_conv_net(), ["r1"], histogram=True)
+
+
+def test_bad_device_names():
+    with pytest.raises(TrtqError, match="not a device name"):
+        resolve_device("gpu0")
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert [b["i"] for b in prefetch({"i": i} for i in range(7))] == list(range(7))
+
+    def broken():
+        yield {"i": 0}
+        raise ValueError("decode failed")
+
+    got = []
+    with pytest.raises(ValueError, match="decode failed"):
+        for batch in prefetch(broken()):
+            got.append(batch["i"])
+    assert got == [0]

@@ -1,0 +1,114 @@
+"""OnnxModule as a whole: pruning, hooks, cached shape arithmetic, parameters, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from tiny_models import residual_conv_net  # noqa: E402
+from trtq.errors import TrtqError  # noqa: E402
+from trtq.torch import OnnxModule  # noqa: E402
+from trtq.torch import ops  # noqa: E402
+
+
+def two_branch_net() -> onnx.ModelProto:
+    """Two independent branches; `b` only feeds the second.
+
+        a [N,4] -> relu -> ra -> mul(2) -> out_a
+        b [N,4] -> det-free branch: sigmoid -> out_b
+    """
+    nodes = [
+        helper.make_node("Relu", ["a"], ["ra"], name="relu"),
+        helper.make_node("Mul", ["ra", "two"], ["out_a"], name="mul"),
+        helper.make_node("Sigmoid", ["b"], ["out_b"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("out_a", "out_b")],
+        initializer=[numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def shape_net() -> onnx.ModelProto:
+    """Flatten by shape arithmetic, as exporters write it.
+
+        x [N,C,H,W] -> Shape -> Gather(0) -> Unsqueeze -> Concat([n, -1]) -> Reshape(x) -> y [N, C*H*W]
+    """
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="unsqueeze"),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], name="concat", axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+    ]
+    graph = helper.make_graph(nodes, "shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 24])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_only_needed_nodes_run():
+    module = OnnxModule(two_branch_net())
+    a = torch.randn(3, 4)
+    out = module.run({"a": a}, outputs=["out_a"])  # `b` is not fed: its branch is pruned
+    torch.testing.assert_close(out["out_a"], torch.relu(a) * 2)
+    with pytest.raises(TrtqError, match="'b' was not fed"):
+        module.run({"a": a})
+
+
+def test_hook_sees_watched_tensors_in_order_without_keeping_them():
+    model = residual_conv_net()
+    module = OnnxModule(model)
+    x = torch.randn(2, 3, 16, 16)
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    out = module.run({"input": x}, outputs=[], watch=["r3", "input", "c1"],
+                     hook=lambda name, t: seen.append((name, tuple(t.shape))))
+    assert out == {}
+    assert seen == [("input", (2, 3, 16, 16)), ("c1", (2, 8, 16, 16)), ("r3", (2, 8, 16, 16))]
+    # the conv head after r3 was pruned: asking for its output needs the whole graph
+    full = module.run({"input": x}, watch=["logits"], hook=lambda name, t: seen.append((name, tuple(t.shape))))
+    assert seen[-1] == ("logits", (2, 4, 8, 8)) and full["scores"].shape == (2, 4, 8, 8)
+
+
+def test_shape_arithmetic_is_cached_per_input_shape(monkeypatch):
+    calls = []
+    original = ops.OPS["Gather"]
+    monkeypatch.setitem(ops.OPS, "Gather", ops.OpDef(lambda ctx, *a: calls.append(1) or original.fn(ctx, *a), original.host))
+    module = OnnxModule(shape_net())
+    for n in (2, 2, 2, 5, 5):
+        x = torch.randn(n, 2, 3, 4)
+        torch.testing.assert_close(module.run({"x": x})["y"], x.reshape(n, 24))
+    assert len(calls) == 2  # once per batch size: later runs reuse the cached host values
+    assert module.last_run_capturable
+
+
+def test_float_initializers_are_trainable_parameters():
+    model = residual_conv_net()
+    module = OnnxModule(model)
+    floats = [i.name for i in model.graph.initializer]
+    assert len(list(module.parameters())) == len(floats)
+    weight = module.parameter("w1")
+    np.testing.assert_array_equal(weight.detach().numpy(), numpy_helper.to_array(model.graph.initializer[0]))
+    weight.requires_grad_(True)
+    loss = module(torch.randn(1, 3, 16, 16)).sum()  # forward(): positional inputs, the single output
+    loss.backward()
+    assert weight.grad is not None and float(weight.grad.abs().sum()) > 0
+
+
+def test_bad_names_are_reported():
+    module = OnnxModule(residual_conv_net())
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(TrtqError, match="'nope' is neither produced"):
+        module.run({"input": x}, watch=["nope"], hook=lambda n, t: None)
+    with pytest.raises(TrtqError, match="Feed 'images' is not an input"):
+        module.run({"images": x})
