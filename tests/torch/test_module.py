@@ -105,6 +105,26 @@ def test_float_initializers_are_trainable_parameters():
     assert weight.grad is not None and float(weight.grad.abs().sum()) > 0
 
 
+def test_weights_behind_shape_ops_still_get_gradients():
+    # y = x @ reshape(w, [4, 2]): the Reshape reads a constant shape, but w must stay trainable.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["w", "shape"], ["w2"], name="reshape"),
+         helper.make_node("MatMul", ["x", "w2"], ["y"], name="matmul")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        initializer=[numpy_helper.from_array(np.arange(8, dtype=np.float32), "w"),
+                     numpy_helper.from_array(np.array([4, 2], np.int64), "shape")])
+    module = OnnxModule(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    w = module.parameter("w").requires_grad_(True)
+    for _ in range(2):
+        w.grad = None
+        module(torch.ones(2, 4)).sum().backward()
+        torch.testing.assert_close(w.grad, torch.full((8,), 2.0))
+    with torch.no_grad():
+        w.add_(1.0)  # training updates reach the next forward
+    torch.testing.assert_close(module(torch.ones(2, 4)), torch.tensor([[16.0, 20.0], [16.0, 20.0]]))
+
+
 def test_bad_names_are_reported():
     module = OnnxModule(residual_conv_net())
     x = torch.randn(1, 3, 16, 16)

@@ -8,7 +8,8 @@ on the module's device. Shape arithmetic (Shape -> Gather -> Concat -> Reshape a
 on CPU tensors, and because it depends only on the input shapes it is computed once per input
 signature and cached ("static" values), so later runs skip it and never read the device from
 the host. Float initializers are module parameters (device); small ones also keep a host copy
-for shape arithmetic. Nodes without a torch implementation run through onnxruntime
+for shape arithmetic, used only while they do not require grad (set requires_grad before the
+first run: cached values are not recomputed). Nodes without a torch implementation run through onnxruntime
 (`fallback_nodes` names them).
 """
 
@@ -311,8 +312,11 @@ class OnnxModule(torch.nn.Module):
                 if _DATA in in_kinds:
                     on_host = False
                 else:
-                    hostable = all(in_kinds[i] == _CONST or proto.input[i] in self._host_copies for i in data_pos)
-                    on_host = hostable and (not data_pos or _CONST in in_kinds)
+                    # Host arithmetic on constants (shape math) may read small frozen weights' host
+                    # copies; a node on weights alone stays on the device, where gradients flow.
+                    hostable = all(in_kinds[i] == _CONST or self._frozen_host_copy(proto.input[i], ins[i])
+                                   for i in data_pos)
+                    on_host = hostable and (not data_pos or any(in_kinds[i] == _CONST for i in data_pos))
                 static = on_host and not is_dynamic and _DATA not in in_kinds
                 args = []
                 for i, (name, value, kind) in enumerate(zip(proto.input, ins, in_kinds)):
@@ -353,6 +357,9 @@ class OnnxModule(torch.nn.Module):
                 plan.static_values[name] = value
         if static and not plan.ready:
             plan.static_nodes.add(node.index)
+
+    def _frozen_host_copy(self, name: str, value: torch.Tensor | None) -> bool:
+        return name in self._host_copies and value is not None and not value.requires_grad
 
     def _fallback(self, node: _Node) -> OrtNode:
         runner = self._fallbacks.get(node.index)
