@@ -165,3 +165,32 @@ def test_fixed_batch_model_skips_partial_last_batch(tmp_path):
     with pytest.warns(UserWarning, match="last 2 samples"):
         r = api.quantize(model, tmp_path / "c.npy", options=api.QuantizeOptions(method="max"), progress=False)
     assert r.samples == 8
+
+
+def test_implicit_command_pins_excluded_layers_by_parser_layer_name(conv_case, tmp_path):
+    tmp, _ = conv_case
+    model = residual_conv_net(batch="N")
+    model.graph.node[0].name = ""  # conv1 unnamed: the ONNX parser calls its layer node_of_c1
+    path = save(model, tmp_path / "unnamed.onnx")
+    r = api.quantize(path, tmp / "calib.npy", options=api.QuantizeOptions(
+        method="max", exclude_nodes=("^Conv_0$", "^conv2$"), high_precision="fp32", output_dir=str(tmp_path)),
+        progress=False)
+    implicit = r.commands["tensorrt-10-implicit"]
+    assert "--precisionConstraints=obey" in implicit
+    assert "node_of_c1:fp32" in implicit and "conv2:fp32" in implicit
+    assert "Conv_0" not in implicit
+    assert set(r.excluded_nodes) == {"Conv_0", "conv2"}
+
+
+def test_target_and_fp16_through_the_api(conv_case):
+    tmp, model = conv_case
+    r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
+        method="max", target="snr>=20", target_data=str(tmp / "val.npy"), high_precision="fp16",
+        output_dir=str(tmp / "mp")), progress=False)
+    assert r.mixed["holds"] and r.mixed["final_metric"] >= 20
+    assert r.precision["mode"] == "fp16" and r.precision["fp16_nodes"] > 0
+    assert "--fp16" in r.commands["tensorrt-10-implicit"]
+    q = onnx.load(r.onnx_path)
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in q.graph.initializer)
+    report = api.compare(model, r.onnx_path, tmp / "val.npy", progress=False)
+    assert report.outputs[0].snr_db > 20

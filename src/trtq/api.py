@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import onnx
@@ -20,21 +20,28 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
+from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
     ModelInfo,
     file_sha256,
     graph_inputs,
+    graph_outputs,
     inspect_model,
     load_model,
     normalize_model,
     resolve_input_shapes,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.quantize.precision import apply_high_precision
+from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
     "DataOptions",
+    "TaskOptions",
     "QuantizeOptions",
     "QuantizeResult",
     "calibrate",
@@ -43,6 +50,7 @@ __all__ = [
     "open_data",
     "prepare_model",
     "quantize",
+    "sensitivity",
 ]
 
 
@@ -57,6 +65,22 @@ class DataOptions:
 
 
 @dataclass(frozen=True)
+class TaskOptions:
+    """A task metric to report and to target: classification top-1/top-5 or detection mAP."""
+
+    task: str  # "classify" or "detect"
+    labels: str | None = None
+    coco: str | None = None
+    postprocess: str = "yolo"
+    output: str | None = None
+
+    def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
+        """The task for `dataset` and `model`'s outputs."""
+        return make_task(self.task, dataset, graph_outputs(model), labels=self.labels, output=self.output,
+                         coco=self.coco, postprocess=self.postprocess)
+
+
+@dataclass(frozen=True)
 class QuantizeOptions:
     """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
 
@@ -68,6 +92,14 @@ class QuantizeOptions:
     output_dir: str | None = None
     device: str = "cpu"
     cache_scope: str = "qdq"
+    target: str | None = None
+    """e.g. "top1-drop<=0.5" or "snr>=30": keep the most sensitive layers out of INT8 until it holds."""
+    target_data: str | None = None
+    """Held-out data the target is checked on (default: the calibration data)."""
+    ranking: str = "local"
+    high_precision: str = "fp32"
+    """"fp16": convert what is not INT8 to FP16 inside the ONNX (TensorRT 11 has no FP16 flag)."""
+    task: TaskOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +119,14 @@ class QuantizeResult:
     excluded_nodes: tuple[str, ...]
     calibration_seconds: float | None
     commands: dict[str, str]
+    mixed: dict | None = None
+    precision: dict | None = None
+    calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
+    """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +137,8 @@ class PreparedModel:
     sha256: str
     model: onnx.ModelProto
     placement: Placement
+    layer_names: dict[str, str] = field(default_factory=dict)
+    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
@@ -116,12 +154,15 @@ def prepare_model(
 ) -> PreparedModel:
     """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
     path = Path(model_path)
-    model = normalize_model(load_model(path), source=str(path))
+    original = load_model(path)
+    by_output = {node.output[0]: onnx_layer_name(node) for node in original.graph.node if node.output}
+    model = normalize_model(original, source=str(path))
     return PreparedModel(
         path=path,
         sha256=file_sha256(path),
         model=model,
         placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope),
+        layer_names={node.name: by_output.get(node.output[0], node.name) for node in model.graph.node if node.output},
     )
 
 
@@ -137,6 +178,21 @@ def _batch_size(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -
     resolved = resolve_input_shapes(graph_inputs(model), shapes)
     first = next(iter(resolved.values()), (1,))
     return int(first[0]) if first else 1
+
+
+DEFAULT_EVAL_BATCH = 32
+"""Evaluation batch for models with a dynamic batch dim (results do not depend on it)."""
+
+
+def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
+    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
+    inputs = graph_inputs(model)
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    if isinstance(first, int) and first > 0:
+        return first
+    size = requested or DEFAULT_EVAL_BATCH
+    available = dataset.num_samples if dataset is not None else None
+    return max(1, min(size, available or size))
 
 
 def _fixed_batch(model: onnx.ModelProto) -> bool:
@@ -207,12 +263,35 @@ def quantize(
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
     seconds: float | None = None
+    calibration: CalibrationResult | None = None
     if calib is not None:
-        result = _calibrate_prepared(prepared, calib, data, options, progress)
-        table, seconds = result.ranges, result.seconds
+        calibration = _calibrate_prepared(prepared, calib, data, options, progress)
+        table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
-    quantized = insert_qdq(prepared.model, prepared.placement, table.amax).SerializeToString()
+    placement, mixed, precision = prepared.placement, None, None
+    if options.target:
+        source = options.target_data or calib
+        if source is None:
+            raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
+                            "pass --target-data DATA.")
+        dataset = open_data(prepared.model, source, data)
+        mixed = search_mixed_precision(
+            prepared.model, table.amax, dataset, options.target,
+            exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
+            task=options.task.bind(dataset, prepared.model) if options.task else None,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
+        ).require()
+        placement = mixed.placement
+    quantized_model = insert_qdq(prepared.model, placement, table.amax)
+    if options.high_precision != "fp32":
+        dataset = open_data(prepared.model, calib, data) if calib is not None else None
+        precision = apply_high_precision(
+            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=dataset,
+            batch_size=eval_batch_size(prepared.model, dataset) if dataset else 1,
+        )
+        quantized_model = precision.model
+    quantized = quantized_model.SerializeToString()
     if table.model_sha256 != prepared.sha256:
         warnings.warn(
             f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
@@ -220,7 +299,7 @@ def quantize(
             stacklevel=2,
         )
     onnx.checker.check_model(quantized)
-    cache_amax = {name: table.amax[name] for name in prepared.placement.calibrated_tensors if name in table.amax}
+    cache_amax = {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
     write_files_atomically(
         {
             onnx_path: quantized,
@@ -228,7 +307,6 @@ def quantize(
             ranges_path: table.to_json().encode("utf-8"),
         }
     )
-    placement = prepared.placement
     return QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
@@ -242,18 +320,29 @@ def quantize(
         cache_entries=len(cache_amax),
         excluded_nodes=placement.excluded_nodes,
         calibration_seconds=seconds,
-        commands=build_commands(onnx_path, cache_path, prepared.path, data.shapes),
+        mixed=mixed.to_dict() if mixed else None,
+        precision=precision.to_dict() if precision else None,
+        commands=build_commands(
+            onnx_path, cache_path, prepared.path, data.shapes, fp16=options.high_precision == "fp16",
+            layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
+                              for n in placement.excluded_nodes},
+        ),
+        calibration=calibration,
     )
 
 
-def build_commands(onnx_path: Path, cache_path: Path, model_path: Path,
-                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
-    """The trtexec command lines that build an engine from what `quantize` wrote, per TensorRT version."""
+def build_commands(onnx_path: Path, cache_path: Path, model_path: Path, shapes: Mapping[str, tuple[int, ...]],
+                   fp16: bool = False, layer_precisions: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The trtexec command lines that build an engine from what `quantize` wrote, per TensorRT version.
+
+    The implicit TensorRT 10 line builds the original FP32 file with the cache; layers kept out of
+    INT8 are pinned there with obeyed layer precisions (parser layer names of the original file).
+    """
     from trtq.tensorrt.commands import trtexec_build_commands
 
     engine_path = onnx_path.with_suffix(".engine")
     return trtexec_build_commands(str(onnx_path), str(cache_path), str(engine_path), dict(shapes) or None,
-                                  original_onnx=str(model_path))
+                                  original_onnx=str(model_path), implicit_fp16=fp16, layer_precisions=layer_precisions)
 
 
 def compare(
@@ -262,9 +351,12 @@ def compare(
     data_source: str | Path,
     *,
     data: DataOptions = DataOptions(),
+    task: TaskOptions | None = None,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement."""
+    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
+    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
     reference = load_model(reference_path)
     candidate = load_model(candidate_path)
     dataset = open_data(reference, data_source, data)
@@ -272,8 +364,49 @@ def compare(
         reference,
         candidate,
         dataset,
+        task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
         candidate_name=str(candidate_path),
-        batch_size=_batch_size(reference, data.shapes),
+        batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
     )
+
+
+def sensitivity(
+    model_path: str | Path,
+    *,
+    calib: str | Path | None = None,
+    ranges: str | Path | None = None,
+    data_source: str | Path | None = None,
+    data: DataOptions = DataOptions(),
+    options: QuantizeOptions = QuantizeOptions(),
+    method: str = "local",
+    task: TaskOptions | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> tuple[SensitivityResult, CalibrationResult | None, RangesTable]:
+    """Per-layer sensitivity: how much the output degrades when only that layer is INT8.
+
+    Ranges come from calibrating on `calib` or from a saved table; evaluation runs on
+    `data_source` (default: the calibration data).
+    """
+    if (calib is None) == (ranges is None):
+        raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
+    calibration = _calibrate_prepared(prepared, calib, data, options, progress) if calib is not None else None
+    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
+    source = data_source or calib
+    if source is None:
+        raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
+    dataset = open_data(prepared.model, source, data)
+    result = analyze_sensitivity(
+        prepared.model,
+        prepared.placement,
+        table.amax,
+        dataset,
+        method=method,
+        task=task.bind(dataset, prepared.model) if task else None,
+        batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        progress=progress,
+    )
+    return result, calibration, table

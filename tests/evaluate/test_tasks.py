@@ -12,7 +12,8 @@ from PIL import Image
 from trtq.data import open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.detection import Detections, DetectionTask, ImageMeta, coco_map, nms, yolo_postprocess
-from trtq.evaluate.evaluator import Evaluator, evaluate_candidate
+from trtq.evaluate.compare import compare_models
+from trtq.evaluate.evaluator import Evaluator
 from trtq.evaluate.tasks import ClassificationTask, Labels, load_labels, make_task, pick_scores_output
 from trtq.model import TensorSpec, graph_inputs, graph_outputs
 
@@ -150,7 +151,8 @@ def test_compare_with_labels_reports_fp32_and_candidate_accuracy(tmp_path):
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     broken.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((3, 64), np.float32), "w"))
-    report, comparison = evaluate_candidate(model, broken, dataset, task=task, batch_size=2, progress=False)
+    report = compare_models(model, broken, dataset, task=task, batch_size=2, progress=False)
+    comparison = report.task
     assert report.samples == 6 and report.notes == (task.describe(),)
     # the zeroed model predicts class 0 for everything: 2 of 6 right
     assert math.isclose(comparison.candidate.values["top1"], 100 * 2 / 6)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from trtq import __version__
 from trtq.errors import TrtqError
 
-COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt")
+COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy")
 """Modules that each define `register(subparsers)`; their commands set `func(args) -> int`."""
 
 
@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trtq {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a command group not present in this build
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -8,10 +8,16 @@ from pathlib import Path
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS
+from trtq.cli.options import (
+    add_data_options,
+    add_target_options,
+    add_task_options,
+    data_options,
+    task_options,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.errors import TrtqError
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq.model import parse_shapes
+from trtq.report import histogram_summary, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -43,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    add_target_options(p)
+    add_task_options(p)
     add_data_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
@@ -51,53 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("reference", help="FP32 .onnx model")
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
+    add_task_options(p)
     add_data_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
-
-
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    """Options that say how sample data is read and preprocessed."""
-    g = p.add_argument_group("data and preprocessing")
-    g.add_argument("--preset", choices=("imagenet", "yolo", "none"), help="preprocessing preset for image folders")
-    g.add_argument("--shape", action="append", default=[], metavar="NAME:AxBxC",
-                   help="input shape for dynamic dims, trtexec style (repeatable or comma-separated)")
-    g.add_argument("--limit", type=int, help="use at most this many samples")
-    g.add_argument("--size", metavar="HxW", help="image size (default: from the model input)")
-    g.add_argument("--resize", choices=("resize", "letterbox", "center-crop"), help="how images reach --size")
-    g.add_argument("--pad-value", type=int, help="letterbox padding value (default 114)")
-    g.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="channel order")
-    g.add_argument("--scale", type=float, help="multiply pixels by this (default 1/255)")
-    g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
-    g.add_argument("--std", help="per-channel std after scaling, e.g. 0.229,0.224,0.225")
-    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: from the model)")
-    g.add_argument("--dtype", help="input dtype (default: the model input's)")
-
-
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise TrtqError(f"{flag} {text!r} is not a comma-separated list of numbers.", f"e.g. {flag} 0.5,0.5,0.5") from exc
-
-
-def data_options(args: argparse.Namespace) -> api.DataOptions:
-    """Collect the data options of a parsed command line."""
-    overrides: dict[str, object] = {}
-    if args.size:
-        try:
-            h, w = (int(v) for v in args.size.lower().split("x"))
-        except ValueError as exc:
-            raise TrtqError(f"--size {args.size!r} is not HxW.", "e.g. --size 640x640") from exc
-        overrides["size"] = (h, w)
-    for key in ("resize", "pad_value", "color", "scale", "layout", "dtype"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.mean:
-        overrides["mean"] = _floats(args.mean, "--mean")
-    if args.std:
-        overrides["std"] = _floats(args.std, "--std")
-    return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -134,23 +101,69 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         device=args.device,
         cache_scope=args.cache_scope,
+        target=args.target,
+        target_data=args.target_data,
+        ranking=args.ranking,
+        high_precision=args.high_precision,
+        task=task_options(args),
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args))
+    record = _record_quantize(args, result)
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         f"calibrated {result.samples} samples with {result.method}{timing}",
         f"  {result.qdq_pairs} Q/DQ pairs ({result.quantized_activations} activations, "
         f"{result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
+        *_mixed_lines(result.mixed),
+        *_precision_lines(result.precision),
         f"wrote {result.onnx_path}",
         f"wrote {result.cache_path}  ({result.cache_entries} tensors)",
         f"wrote {result.ranges_path}",
+        f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
         *(f"  # {label}\n  {command}" for label, command in result.commands.items()),
     ]
-    emit(args, result.to_dict(), "\n".join(lines))
+    emit(args, {**result.to_dict(), "record": str(record)}, "\n".join(lines))
     return 0
+
+
+REPORT_HISTOGRAMS = 6
+"""Tensors whose calibration histograms go into the report: those the chosen ranges clip most."""
+
+
+def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Path:
+    """Save the run for `trtq report`, with histograms of the most clipped tensors."""
+    histograms = {}
+    if result.calibration is not None:
+        stats, amax = result.calibration.stats, result.calibration.ranges.amax
+        clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
+                         and stats[t].has_histogram)
+        histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    return write_record(Path(result.onnx_path).parent, "quantize", settings=settings, result=result.to_dict(),
+                        histograms=histograms)
+
+
+def _mixed_lines(mixed: dict | None) -> list[str]:
+    if not mixed:
+        return []
+    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
+             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    lines += [f"    kept out: {layer['node']}" for layer in mixed["excluded"]]
+    if mixed["exclude_nodes"]:
+        lines.append("    reuse: " + " ".join(f"--exclude-nodes '{p}'" for p in mixed["exclude_nodes"]))
+    return lines
+
+
+def _precision_lines(precision: dict | None) -> list[str]:
+    if not precision:
+        return []
+    kept = precision["kept_fp32"]
+    return [f"  {precision['mode']}: {precision['fp16_nodes']} nodes in FP16, {len(kept)} kept in FP32"
+            + (" (" + ", ".join(f"{k['node']}: {k['reason']}" for k in kept[:3]) + (", ..." if len(kept) > 3 else "") + ")"
+               if kept else "")]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -162,17 +175,26 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Compare FP32 and quantized outputs on held-out data."""
+    """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         progress=show_progress(args))
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1':>7}"
+                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
+    directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    record = write_record(directory, "compare", settings=settings, result=report.to_dict())
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     rows = [
         f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
         f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
-        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>7}"
+        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
         for o in report.outputs
     ]
-    text = "\n".join([f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-                      header, *rows])
-    emit(args, report.to_dict(), text)
+    lines = [f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})", header, *rows]
+    if report.task is not None:
+        against = "labels" if report.task.reference.against == "labels" else "FP32 outputs (agreement, no labels)"
+        lines.append(f"{report.notes[0] if report.notes else report.task.reference.task} (against {against}):")
+        for key, value in report.task.candidate.values.items():
+            ref = report.task.reference.values.get(key, math.nan)
+            lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+    lines.append(f"wrote {record}")
+    emit(args, {**report.to_dict(), "record": str(record)}, "\n".join(lines))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtq.cli.core import add_data_options, data_options
+from trtq.cli.options import add_data_options, data_options
 from trtq.cli.output import add_output_options, emit
 from trtq.errors import TrtqError
 from trtq.model import file_sha256, parse_shapes

@@ -1,4 +1,5 @@
-"""`trtq compare`: run the FP32 and the quantized model on the same samples and measure agreement."""
+"""`trtq compare`: run the FP32 and the quantized model on the same samples and measure agreement,
+plus a task metric (top-1/top-5, mAP) when one is given."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import time
 from dataclasses import dataclass, field
 
 import onnx
-from tqdm import tqdm
 
-from trtq.calibrate.backend_ort import make_session
 from trtq.data import Dataset
-from trtq.errors import TrtqError
-from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
+from trtq.evaluate.evaluator import Evaluator
+from trtq.evaluate.metrics import OutputMetrics
+from trtq.evaluate.tasks import Task, TaskComparison
 
 
 @dataclass(frozen=True)
 class ComparisonReport:
-    """Per-output agreement of a quantized model with its FP32 reference."""
+    """Per-output agreement of a quantized model with its FP32 reference, and the task metric."""
 
     reference: str
     candidate: str
@@ -25,6 +25,7 @@ class ComparisonReport:
     outputs: tuple[OutputMetrics, ...]
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    task: TaskComparison | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -36,6 +37,7 @@ class ComparisonReport:
             "seconds": round(self.seconds, 3),
             "outputs": [o.to_dict() for o in self.outputs],
             "notes": list(self.notes),
+            "task": self.task.to_dict() if self.task else None,
         }
 
 
@@ -44,39 +46,24 @@ def compare_models(
     candidate: onnx.ModelProto,
     dataset: Dataset,
     *,
+    task: Task | None = None,
+    batch_size: int = 1,
     reference_name: str = "fp32",
     candidate_name: str = "quantized",
-    batch_size: int = 1,
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run both models with onnxruntime (CPU) over `dataset` and aggregate per-output metrics."""
-    ref_outputs = [o.name for o in reference.graph.output]
-    cand_outputs = [o.name for o in candidate.graph.output]
-    if ref_outputs != cand_outputs:
-        raise TrtqError(
-            f"{candidate_name} has outputs {cand_outputs}, expected {ref_outputs} as in {reference_name}.",
-            "compare a quantized model with the FP32 model it was made from.",
-        )
+    """Run both models with onnxruntime (CPU) over `dataset`: per-output metrics and, with a task,
+    FP32-vs-candidate task scores."""
     start = time.perf_counter()
-    ref_session = make_session(reference)
-    cand_session = make_session(candidate)
-    accumulators = {name: OutputAccumulator(name) for name in ref_outputs}
-    samples = 0
-    with tqdm(total=dataset.num_samples, desc="comparing", unit="sample", disable=not progress,
-              dynamic_ncols=True, leave=False) as bar:
-        for batch in dataset.batches(batch_size):
-            ref_values = ref_session.run(ref_outputs, dict(batch))
-            cand_values = cand_session.run(ref_outputs, dict(batch))
-            for name, r, q in zip(ref_outputs, ref_values, cand_values):
-                accumulators[name].update(r, q)
-            n = len(next(iter(batch.values())))
-            samples += n
-            bar.update(n)
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress)
+    evaluation = evaluator.evaluate(candidate, label="comparing")
     return ComparisonReport(
         reference=reference_name,
         candidate=candidate_name,
         data=dataset.description,
-        samples=samples,
-        outputs=tuple(acc.result() for acc in accumulators.values()),
+        samples=evaluator.samples,
+        outputs=evaluation.outputs,
         seconds=time.perf_counter() - start,
+        notes=(task.describe(),) if task is not None else (),
+        task=evaluator.task_comparison(evaluation),
     )

@@ -21,7 +21,6 @@ from tqdm import tqdm
 from trtq.calibrate.backend_ort import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
-from trtq.evaluate.compare import ComparisonReport
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScores
 
@@ -163,33 +162,3 @@ class Evaluator:
 
 def _count(feed: Mapping[str, np.ndarray]) -> int:
     return len(next(iter(feed.values())))
-
-
-def evaluate_candidate(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
-    dataset: Dataset,
-    *,
-    task: Task | None = None,
-    batch_size: int = 1,
-    reference_name: str = "fp32",
-    candidate_name: str = "quantized",
-    progress: bool = True,
-) -> tuple[ComparisonReport, TaskComparison | None]:
-    """`trtq compare` with a task: output agreement and FP32-vs-candidate task metrics in one pass."""
-    start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress)
-    evaluation = evaluator.evaluate(candidate, label="comparing")
-    notes: tuple[str, ...] = ()
-    if task is not None:
-        notes = (task.describe(),)
-    report = ComparisonReport(
-        reference=reference_name,
-        candidate=candidate_name,
-        data=dataset.description,
-        samples=evaluator.samples,
-        outputs=evaluation.outputs,
-        seconds=time.perf_counter() - start,
-        notes=notes,
-    )
-    return report, evaluator.task_comparison(evaluation)

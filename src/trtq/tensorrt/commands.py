@@ -186,12 +186,16 @@ def trtexec_build_commands(
     original_onnx: str | None = None,
     workspace_mib: int | None = None,
     timing_cache: str | None = None,
+    implicit_fp16: bool = False,
+    layer_precisions: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The build command for each TensorRT version, keyed by MODES.
 
     `onnx_path` is the Q/DQ model (built strongly typed on 10.x and 11.x); the implicit 10.x line
     builds `original_onnx` (the FP32 model) with the calibration cache `cache_path`, because
-    TensorRT ignores a calibration cache for a model that already carries Q/DQ nodes.
+    TensorRT ignores a calibration cache for a model that already carries Q/DQ nodes. There,
+    `implicit_fp16` allows FP16 for what is not INT8 and `layer_precisions` (TensorRT layer name ->
+    precision) keeps the layers excluded from INT8 out of it, as obeyed constraints.
     """
     profile = static_profile(shapes)
     common = {"profile": profile, "workspace_mib": workspace_mib, "timing_cache": timing_cache}
@@ -201,7 +205,8 @@ def trtexec_build_commands(
     }
     if original_onnx:
         commands["tensorrt-10-implicit"] = trtexec_build_argv(
-            original_onnx, engine_path, "tensorrt-10-implicit", calib_cache=cache_path, **common
+            original_onnx, engine_path, "tensorrt-10-implicit", calib_cache=cache_path, fp16=implicit_fp16,
+            layer_precisions=dict(layer_precisions or {}), **common
         )
     return {key: format_command(argv) for key, argv in commands.items()}
 

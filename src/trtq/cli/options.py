@@ -1,0 +1,90 @@
+"""Option groups several subcommands share: data/preprocessing, task metric, accuracy target."""
+
+from __future__ import annotations
+
+import argparse
+
+from trtq import api
+from trtq.errors import TrtqError
+from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
+from trtq.evaluate.tasks import TASKS
+from trtq.model import parse_shapes
+from trtq.quantize.precision import MODES as PRECISION_MODES
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """Options that say how sample data is read and preprocessed."""
+    g = p.add_argument_group("data and preprocessing")
+    g.add_argument("--preset", choices=("imagenet", "yolo", "none"), help="preprocessing preset for image folders")
+    g.add_argument("--shape", action="append", default=[], metavar="NAME:AxBxC",
+                   help="input shape for dynamic dims, trtexec style (repeatable or comma-separated)")
+    g.add_argument("--limit", type=int, help="use at most this many samples")
+    g.add_argument("--size", metavar="HxW", help="image size (default: from the model input)")
+    g.add_argument("--resize", choices=("resize", "letterbox", "center-crop"), help="how images reach --size")
+    g.add_argument("--pad-value", type=int, help="letterbox padding value (default 114)")
+    g.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="channel order")
+    g.add_argument("--scale", type=float, help="multiply pixels by this (default 1/255)")
+    g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", help="per-channel std after scaling, e.g. 0.229,0.224,0.225")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: from the model)")
+    g.add_argument("--dtype", help="element type fed to the model (default float32; uint8 for raw-pixel inputs)")
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise TrtqError(f"{flag} {text!r} is not a comma-separated list of numbers.", f"e.g. {flag} 0.5,0.5,0.5") from exc
+
+
+def data_options(args: argparse.Namespace) -> api.DataOptions:
+    """Collect the data options of a parsed command line."""
+    overrides: dict[str, object] = {}
+    if args.size:
+        try:
+            h, w = (int(v) for v in args.size.lower().split("x"))
+        except ValueError as exc:
+            raise TrtqError(f"--size {args.size!r} is not HxW.", "e.g. --size 640x640") from exc
+        overrides["size"] = (h, w)
+    for key in ("resize", "pad_value", "color", "scale", "layout", "dtype"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.mean:
+        overrides["mean"] = _floats(args.mean, "--mean")
+    if args.std:
+        overrides["std"] = _floats(args.std, "--std")
+    return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit)
+
+
+def add_task_options(p: argparse.ArgumentParser) -> None:
+    """--task and its labels/annotations (for compare, sensitivity and quantize --target)."""
+    g = p.add_argument_group("task metric")
+    g.add_argument("--task", choices=TASKS, help="classify: top-1/top-5; detect: COCO mAP")
+    g.add_argument("--labels", metavar="DIR_OR_FILE", help="class labels: a folder with class sub-folders, a "
+                   ".txt/.csv (index or name per line, or file,label), or a .npy (default: the data's class sub-folders)")
+    g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
+    g.add_argument("--postprocess", metavar="PRESET_OR_PY", default="yolo",
+                   help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
+                   "postprocess(outputs, images) (default: yolo)")
+    g.add_argument("--task-output", metavar="NAME", help="the output holding class scores (default: the [N, C] one)")
+
+
+def task_options(args: argparse.Namespace) -> api.TaskOptions | None:
+    """The task the options ask for (None without --task)."""
+    if not getattr(args, "task", None):
+        return None
+    return api.TaskOptions(task=args.task, labels=args.labels, coco=args.coco, postprocess=args.postprocess,
+                           output=args.task_output)
+
+
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    """--target, --target-data, --ranking and --high-precision (for quantize)."""
+    g = p.add_argument_group("accuracy target and precision")
+    g.add_argument("--target", metavar="METRIC<=|>=VALUE", help="keep the most sensitive layers out of INT8 until "
+                   'this holds: "top1-drop<=0.5", "top5-drop<=0.2", "map-drop<=1.0", "snr>=30", "cosine>=0.999"')
+    g.add_argument("--target-data", metavar="DATA", help="held-out data the target is checked on (default: --calib)")
+    g.add_argument("--ranking", choices=SENSITIVITY_METHODS, default="local",
+                   help="sensitivity ranking the --target search follows (default: local)")
+    g.add_argument("--high-precision", choices=PRECISION_MODES, default="fp32",
+                   help="precision of what is not INT8: fp16 converts it inside the ONNX, keeping FP32 where ranges "
+                   "overflow or score heads need it (default: fp32)")
