@@ -31,6 +31,7 @@ from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.model import QUANTIZABLE_OPS, default_opset, tensor_types
+from trtq.quantize.qdq import unique_name
 
 MODES = ("fp16", "fp32")
 FP16_MAX = 65504.0
@@ -435,12 +436,12 @@ def _rewrite(
         name = vi.name
         if stored.get(name) != TensorProto.FLOAT16:
             continue
-        inner = _unique(f"{name}_fp16", used)
+        inner = unique_name(f"{name}_fp16", used)
         for node in graph.node:
             node.output[:] = [inner if v == name else v for v in node.output]
             node.input[:] = [inner if v == name else v for v in node.input]
         new_nodes[producer[name]].append(
-            helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_Cast_fp32", used), to=TensorProto.FLOAT)
+            helper.make_node("Cast", [inner], [name], name=unique_name(f"{name}_Cast_fp32", used), to=TensorProto.FLOAT)
         )
         producer[inner] = producer[name]
         stored[inner], stored[name] = TensorProto.FLOAT16, TensorProto.FLOAT
@@ -452,10 +453,10 @@ def _rewrite(
         key = (name, to)
         if key not in cast_names:
             suffix = "fp16" if to == TensorProto.FLOAT16 else "fp32"
-            out_name = _unique(f"{name}_{suffix}", used)
+            out_name = unique_name(f"{name}_{suffix}", used)
             cast_names[key] = out_name
             new_nodes[producer.get(name, "")].append(
-                helper.make_node("Cast", [name], [out_name], name=_unique(f"{name}_Cast_{suffix}", used), to=to)
+                helper.make_node("Cast", [name], [out_name], name=unique_name(f"{name}_Cast_{suffix}", used), to=to)
             )
         return cast_names[key]
 
@@ -480,11 +481,3 @@ def _rewrite(
 def _is_fp16_scale(node: onnx.NodeProto, index: int, plan: _Plan) -> bool:
     return node.op_type in _QDQ and node.name in plan.qdq_fp16 and index == 1
 
-
-def _unique(name: str, used: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in used:
-        candidate = f"{name}_{n}"
-        n += 1
-    used.add(candidate)
-    return candidate

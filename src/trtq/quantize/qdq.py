@@ -25,7 +25,8 @@ def weight_amax(values: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(values.astype(np.float32)).max(axis=other)
 
 
-def _unique(name: str, used: set[str]) -> str:
+def unique_name(name: str, used: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`, ... : the first not in `used` (which it is then added to)."""
     candidate, n = name, 1
     while candidate in used:
         candidate = f"{name}_{n}"
@@ -71,21 +72,21 @@ def insert_qdq(
         np_dtype = np.float16 if elem_type == TensorProto.FLOAT16 else np.float32
         scale, zero_point = _scale_and_zero_point(target, initializers, activation_amax, np_dtype)
         base = target.tensor
-        scale_name = _unique(f"{base}_scale", used)
-        zp_name = _unique(f"{base}_zero_point", used)
-        q_out = _unique(f"{base}_quantized", used)
-        dq_out = _unique(f"{base}_dequantized", used)
+        scale_name = unique_name(f"{base}_scale", used)
+        zp_name = unique_name(f"{base}_zero_point", used)
+        q_out = unique_name(f"{base}_quantized", used)
+        dq_out = unique_name(f"{base}_dequantized", used)
         graph.initializer.extend(
             [numpy_helper.from_array(scale, scale_name), numpy_helper.from_array(zero_point, zp_name)]
         )
         axis_attr = {"axis": target.axis} if target.axis is not None else {}
         q_node = helper.make_node(
             "QuantizeLinear", [base, scale_name, zp_name], [q_out],
-            name=_unique(f"{base}_QuantizeLinear", used), **axis_attr,
+            name=unique_name(f"{base}_QuantizeLinear", used), **axis_attr,
         )
         dq_node = helper.make_node(
             "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out],
-            name=_unique(f"{base}_DequantizeLinear", used), **axis_attr,
+            name=unique_name(f"{base}_DequantizeLinear", used), **axis_attr,
         )
         after.setdefault(producer_of.get(base, ""), []).extend([q_node, dq_node])
         for node_name, index in target.consumers:
