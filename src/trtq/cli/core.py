@@ -141,9 +141,14 @@ def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Pa
         clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
                          and stats[t].has_histogram)
         histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    return write_record(Path(result.onnx_path).parent, "quantize", settings=settings, result=result.to_dict(),
+    return write_record(Path(result.onnx_path).parent, "quantize", settings=run_settings(args), result=result.to_dict(),
                         histograms=histograms)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The options a run was given, for its report record: set values only, no CLI plumbing."""
+    plumbing = {"func", "json", "quiet", "command"}
+    return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
 
 
 def _mixed_lines(mixed: dict | None) -> list[str]:
@@ -179,8 +184,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    record = write_record(directory, "compare", settings=settings, result=report.to_dict())
+    record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     rows = [
         f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
