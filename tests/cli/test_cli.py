@@ -63,3 +63,21 @@ def test_python_m_trtq_runs(case):
     proc = subprocess.run([sys.executable, "-m", "trtq", "inspect", model, "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["opset"] == 17
+
+
+def test_interrupted_run_leaves_no_output(case, capsys, monkeypatch):
+    tmp, model = case
+    from trtq.calibrate import backend_ort
+
+    calls = []
+
+    def interrupt(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend_ort.OrtBackend, "observe", interrupt)
+    out = tmp / "out"
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--output-dir", str(out), "--quiet"]) == 130
+    assert "interrupted; no output was written" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
