@@ -37,6 +37,29 @@ def _images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.ascontiguousarray((big - mean) / std)
 
 
+def _text_pages(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Pages of rendered words (what a text detector sees), BGR, (x/255 - 0.5) / 0.5 as PaddleOCR feeds them."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    _, _, h, w = shape
+    fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
+    words = "trtq tensor range int8 calibrate engine quantize layer scale detect text line page model".split()
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        page = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(180, 256, 3)))
+        draw = ImageDraw.Draw(page)
+        for _ in range(int(rng.integers(4, 12))):
+            size = int(rng.integers(14, 48))
+            font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), size) if fonts else ImageFont.load_default()
+            text = " ".join(rng.choice(words, int(rng.integers(1, 5))))
+            draw.text((int(rng.integers(0, w - 100)), int(rng.integers(0, h - size))), text, font=font,
+                      fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+        bgr = np.asarray(page, np.float32)[:, :, ::-1].transpose(2, 0, 1)
+        out[i] = (bgr / 255.0 - 0.5) / 0.5
+    return out
+
+
 def prepare(model: str, samples: int) -> tuple[Path, Path, Path, str, list[str]]:
     """Model file, calibration .npy, held-out .npy, input name, extra trtq args."""
     WORK.mkdir(parents=True, exist_ok=True)
@@ -59,10 +82,11 @@ def prepare(model: str, samples: int) -> tuple[Path, Path, Path, str, list[str]]
     else:
         raise SystemExit(f"unknown model {model}")
     calib, held = WORK / f"{model}_calib_{samples}.npy", WORK / f"{model}_val.npy"
+    make = _text_pages if model == "ppocr-det" else _images
     if not calib.exists():
-        np.save(calib, _images(samples, shape, seed=0))
+        np.save(calib, make(samples, shape, seed=0))
     if not held.exists():
-        np.save(held, _images(16, shape, seed=1))
+        np.save(held, make(16, shape, seed=1))
     return Path(path), calib, held, name, extra
 
 
