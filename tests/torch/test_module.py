@@ -125,6 +125,44 @@ def test_weights_behind_shape_ops_still_get_gradients():
     torch.testing.assert_close(module(torch.ones(2, 4)), torch.tensor([[16.0, 20.0], [16.0, 20.0]]))
 
 
+def if_net() -> onnx.ModelProto:
+    """An If whose branches read outer values (as scripted exporters write them).
+
+        x [N,4] -> relu -> r ----------------------------+ (read inside both branches)
+        x -> ReduceSum -> s -> Greater(0) -> cond -> If: then  y = r * 3
+                                                          else  y = Neg(r) -> Add(s)
+    """
+    then_g = helper.make_graph([helper.make_node("Mul", ["r", "three"], ["t_out"], name="t_mul")], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
+                               initializer=[numpy_helper.from_array(np.array(3.0, np.float32), "three")])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["neg"], name="e_neg"),
+                                helper.make_node("Add", ["neg", "s"], ["e_out"], name="e_add")], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"], name="greater"),
+        helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g),
+    ]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_if_runs_the_chosen_branch_with_outer_values():
+    import onnxruntime as ort
+
+    model = if_net()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    module = OnnxModule(model)
+    assert module.fallback_nodes == ()
+    for sign in (1.0, -1.0, 1.0):
+        x = (np.abs(np.random.default_rng(1).standard_normal((2, 4))) * sign).astype(np.float32)
+        expected = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(module.run({"x": torch.from_numpy(x)})["y"].numpy(), expected, rtol=1e-6)
+
+
 def test_bad_names_are_reported():
     module = OnnxModule(residual_conv_net())
     x = torch.randn(1, 3, 16, 16)

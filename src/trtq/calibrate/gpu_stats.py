@@ -62,8 +62,8 @@ __device__ __forceinline__ float trtq_bin_scale(float hm) {
     return s;
 }
 
-__device__ __forceinline__ float trtq_warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+__device__ __forceinline__ unsigned int trtq_warp_max(unsigned int v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -72,12 +72,14 @@ __device__ __forceinline__ unsigned int trtq_warp_sum(unsigned int v) {
     return v;
 }
 
-#define TRTQ_ACC(v) { const float a_ = fabsf(v); \
-    if (a_ <= FLT_BIG) { m = fmaxf(m, a_); zeros += (a_ == 0.0f); } else { ++bad; } }
+/* Values are classified on their bits, so flush-to-zero compiler settings cannot change the result:
+ * |x| bits 0 is a zero, >= 0x7f800000 is Inf/NaN; for non-negative floats, integer order is float order. */
+#define TRTQ_ACC(v) { const unsigned int a_ = __float_as_uint(v) & 0x7fffffffu; \
+    if (a_ < 0x7f800000u) { m = max(m, a_); zeros += (a_ == 0u); } else { ++bad; } }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 trtq_amax(const float* __restrict__ x, int n, int vec, int t, float* bamax, unsigned long long* bcount) {
-    float m = 0.0f;
+    unsigned int m = 0u;
     unsigned int bad = 0u, zeros = 0u;
     const int tid = blockIdx.x * THREADS + threadIdx.x;
     const int stride = gridDim.x * THREADS;
@@ -102,23 +104,22 @@ trtq_amax(const float* __restrict__ x, int n, int vec, int t, float* bamax, unsi
     m = trtq_warp_max(m);
     bad = trtq_warp_sum(bad);
     zeros = trtq_warp_sum(zeros);
-    __shared__ float sm[THREADS / 32];
-    __shared__ unsigned int sb[THREADS / 32], sz[THREADS / 32];
+    __shared__ unsigned int sm[THREADS / 32], sb[THREADS / 32], sz[THREADS / 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) { sm[warp] = m; sb[warp] = bad; sz[warp] = zeros; }
     __syncthreads();
     if (threadIdx.x == 0) {
-        for (int w = 1; w < THREADS / 32; ++w) { m = fmaxf(m, sm[w]); bad += sb[w]; zeros += sz[w]; }
-        if (m > 0.0f) atomicMax(reinterpret_cast<int*>(bamax + t), __float_as_int(m));
+        for (int w = 1; w < THREADS / 32; ++w) { m = max(m, sm[w]); bad += sb[w]; zeros += sz[w]; }
+        if (m > 0u) atomicMax(reinterpret_cast<unsigned int*>(bamax + t), m);
         if (bad) atomicAdd(bcount + 3 * t + 1, (unsigned long long)bad);
         if (zeros) atomicAdd(bcount + 3 * t + 2, (unsigned long long)zeros);
         if (blockIdx.x == 0) atomicAdd(bcount + 3 * t, (unsigned long long)n);
     }
 }
 
-#define TRTQ_BIN(v) { const float a_ = fabsf(v); \
-    if (a_ > 0.0f && a_ <= FLT_BIG) { \
-        int b_ = (int)ceilf(__fmul_rn(a_, s)) - 1; \
+#define TRTQ_BIN(v) { const unsigned int a_ = __float_as_uint(v) & 0x7fffffffu; \
+    if (a_ != 0u && a_ < 0x7f800000u) { \
+        int b_ = (int)ceilf(__fmul_rn(__uint_as_float(a_), s)) - 1; \
         b_ = b_ < 0 ? 0 : (b_ > NB - 1 ? NB - 1 : b_); \
         atomicAdd(h + b_, 1u); } }
 
@@ -132,7 +133,7 @@ trtq_hist(const float* __restrict__ x, int n, int vec, int t, const float* hist_
     const float hm = trtq_new_hist_max(hist_max[t], ba, &shift);
     const float s = trtq_bin_scale(hm);
     __syncthreads();
-    if (ba > 0.0f) {
+    if (__float_as_uint(ba) != 0u) {
         unsigned int* h = sh + ((threadIdx.x >> 5) & (REPL - 1)) * NB;
         const int tid = blockIdx.x * THREADS + threadIdx.x;
         const int stride = gridDim.x * THREADS;
@@ -157,7 +158,7 @@ trtq_hist(const float* __restrict__ x, int n, int vec, int t, const float* hist_
         for (int i = done + tid; i < n; i += stride) TRTQ_BIN(x[i])
     }
     __syncthreads();
-    if (ba > 0.0f) {
+    if (__float_as_uint(ba) != 0u) {
         unsigned long long* out = bhist + (size_t)t * NB;
         for (int i = threadIdx.x; i < NB; i += THREADS) {
             unsigned int c = 0u;
@@ -179,7 +180,7 @@ trtq_finalize(int with_hist, float* amax, float* hist_max, unsigned long long* c
     unsigned long long* h = hist + (size_t)t * NB;
     unsigned long long* bh = bhist + (size_t)t * NB;
     if (numel > 0 && finite > 0 && with_hist) {
-        if (ba > 0.0f) {
+        if (__float_as_uint(ba) != 0u) {
             const float prev = hist_max[t];
             int shift;
             const float hm = trtq_new_hist_max(prev, ba, &shift);
@@ -213,7 +214,7 @@ trtq_finalize(int with_hist, float* amax, float* hist_max, unsigned long long* c
     }
     if (threadIdx.x == 0 && numel > 0) {
         nan_count[t] += bad;
-        if (finite > 0) { amax[t] = fmaxf(amax[t], ba); count[t] += finite; }
+        if (finite > 0) { amax[t] = __uint_as_float(max(__float_as_uint(amax[t]), __float_as_uint(ba))); count[t] += finite; }
     }
     if (with_hist) for (int i = threadIdx.x; i < NB; i += THREADS) bh[i] = 0ull;
     if (threadIdx.x == 0) { bamax[t] = 0.0f; bcount[3 * t] = 0ull; bcount[3 * t + 1] = 0ull; bcount[3 * t + 2] = 0ull; }
@@ -398,7 +399,9 @@ def _cupy_kernels(source: str, names: list[str]) -> dict[str, Launch]:
     def launcher(fn: object) -> Launch:
         def launch(grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence[object]) -> None:
             converted = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else np.int32(a) for a in args)
-            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+            current = torch.cuda.current_stream()
+            from_external = getattr(cupy.cuda.Stream, "from_external", None)
+            stream = from_external(current) if from_external else cupy.cuda.ExternalStream(current.cuda_stream)
             with stream:
                 fn(grid, block, converted)  # type: ignore[operator]
 

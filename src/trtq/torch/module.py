@@ -15,7 +15,8 @@ first run: cached values are not recomputed). Nodes without a torch implementati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,15 @@ HOST_COPY_LIMIT = 4096
 
 
 @dataclass
+class _Branch:
+    """One branch of an If node: its nodes, initializers and output names."""
+
+    nodes: list[_Node]
+    initializers: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+
+
+@dataclass
 class _Node:
     index: int
     proto: onnx.NodeProto
@@ -45,6 +55,10 @@ class _Node:
     op: OpDef | None
     attrs: dict[str, object]
     outputs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    """Explicit inputs plus the outer-scope values its subgraphs read."""
+    branches: tuple[_Branch, _Branch] | None = None
+    """(then, else) for an If node."""
 
 
 @dataclass
@@ -128,7 +142,7 @@ class OnnxModule(torch.nn.Module):
     @property
     def fallback_nodes(self) -> tuple[str, ...]:
         """Nodes run by onnxruntime instead of torch, as "name (op_type)"."""
-        names = {n.name for n in self._nodes if n.op is None} | self._runtime_fallback
+        names = {n.name for n in self._nodes if n.op is None and n.branches is None} | self._runtime_fallback
         return tuple(f"{n.name} ({n.proto.op_type})" for n in self._nodes if n.name in names)
 
     @property
@@ -222,21 +236,20 @@ class OnnxModule(torch.nn.Module):
         for node in reversed(self._nodes):
             if any(out in needed for out in node.outputs):
                 kept.append(node)
-                needed.update(name for name in node.proto.input if name)
+                needed.update(node.inputs)
         kept.reverse()
         missing = sorted(name for name in needed if name not in known and name not in self._producer)
         if missing:
             raise TrtqError(f"Model input {missing[0]!r} was not fed.", f"feed every input: {list(self.input_names)}.")
         last_use: dict[str, int] = {}
         for i, node in enumerate(kept):
-            for name in node.proto.input:
-                if name:
-                    last_use[name] = i
+            for name in node.inputs:
+                last_use[name] = i
         keep = set(outputs)
         watch_set = set(watched)
         steps = []
         for i, node in enumerate(kept):
-            free = [name for name in dict.fromkeys(node.proto.input) if name and last_use.get(name) == i and name not in keep]
+            free = [name for name in node.inputs if last_use.get(name) == i and name not in keep]
             free += [name for name in node.outputs if name not in last_use and name not in keep]
             steps.append(_Step(node, tuple(n for n in node.outputs if n in watch_set), tuple(free)))
         produced = {out for node in kept for out in node.outputs}
@@ -288,6 +301,9 @@ class OnnxModule(torch.nn.Module):
     def _execute(self, node: _Node, values: dict[str, torch.Tensor], kinds: dict[str, int], dynamic: set[str],
                  plan: _Plan) -> None:
         proto = node.proto
+        if node.branches is not None:
+            self._execute_if(node, node.branches, values, kinds, dynamic, plan)
+            return
         ins: list[torch.Tensor | None] = []
         in_kinds: list[int | None] = []
         for name in proto.input:
@@ -358,6 +374,31 @@ class OnnxModule(torch.nn.Module):
         if static and not plan.ready:
             plan.static_nodes.add(node.index)
 
+    def _execute_if(self, node: _Node, branches: tuple[_Branch, _Branch], values: dict[str, torch.Tensor],
+                    kinds: dict[str, int], dynamic: set[str], plan: _Plan) -> None:
+        """Run the branch the (host-read) condition picks; its nodes see the outer values."""
+        cond_name = node.proto.input[0]
+        value, kind = self._lookup(cond_name, values, kinds)
+        branch = branches[0] if bool(self._to_host(cond_name, value, kind, plan).reshape(-1)[0]) else branches[1]
+        for name, tensor in branch.initializers.items():
+            values[name] = tensor
+            kinds[name] = _CONST
+        for sub in branch.nodes:
+            self._execute(sub, values, kinds, dynamic, plan)
+        fixed = kind == _CONST and cond_name not in dynamic
+        static = fixed and all(kinds[src] == _CONST for src in branch.outputs)
+        for out, src in zip(node.proto.output, branch.outputs):
+            if not out:
+                continue
+            values[out] = values[src]
+            kinds[out] = _CONST if static else _DATA
+            if not fixed or src in dynamic:
+                dynamic.add(out)
+            if static and not plan.ready:
+                plan.static_values[out] = values[out]
+        if static and not plan.ready:
+            plan.static_nodes.add(node.index)
+
     def _frozen_host_copy(self, name: str, value: torch.Tensor | None) -> bool:
         return name in self._host_copies and value is not None and not value.requires_grad
 
@@ -386,8 +427,9 @@ def _initializer_tensor(init: onnx.TensorProto) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True))
 
 
-def _topological(graph: onnx.GraphProto, available: set[str]) -> list[_Node]:
+def _topological(graph: onnx.GraphProto, available: set[str], counter: Iterator[int] | None = None) -> list[_Node]:
     """The graph's nodes in an order where every input is produced before use."""
+    counter = itertools.count() if counter is None else counter
     protos = list(graph.node)
     ready = set(available) | {""}
     order: list[onnx.NodeProto] = []
@@ -410,13 +452,33 @@ def _topological(graph: onnx.GraphProto, available: set[str]) -> list[_Node]:
             )
         pending = still
     nodes = []
-    for index, proto in enumerate(order):
+    for proto in order:
+        index = next(counter)
         default = proto.domain in ("", "ai.onnx")
         opdef = OPS.get(proto.op_type) if default else None
         attrs = {a.name: _attribute(a) for a in proto.attribute}
+        inputs = [name for name in proto.input if name]
+        branches = None
+        if default and proto.op_type == "If" and opdef is None:
+            branches = (_branch(attrs["then_branch"], counter), _branch(attrs["else_branch"], counter))  # type: ignore[arg-type]
+            inputs += [name for b in branches for name in _outer_names(b)]
         nodes.append(_Node(index, proto, proto.name or f"{proto.op_type}_{index}", opdef, attrs,
-                           tuple(o for o in proto.output if o)))
+                           tuple(o for o in proto.output if o), tuple(dict.fromkeys(inputs)), branches))
     return nodes
+
+
+def _branch(graph: onnx.GraphProto, counter: Iterator[int]) -> _Branch:
+    produced = {out for node in graph.node for out in node.output}
+    inits = {init.name: _initializer_tensor(init) for init in graph.initializer}
+    outer = {name for node in graph.node for name in node.input if name and name not in produced}
+    nodes = _topological(graph, outer | set(inits) | {i.name for i in graph.input}, counter)
+    return _Branch(nodes, inits, tuple(o.name for o in graph.output))
+
+
+def _outer_names(branch: _Branch) -> list[str]:
+    """Values a branch reads from enclosing scopes (recursively through nested Ifs)."""
+    produced = set(branch.initializers) | {out for node in branch.nodes for out in node.outputs}
+    return [name for node in branch.nodes for name in node.inputs if name not in produced]
 
 
 def _attribute(attr: onnx.AttributeProto) -> object:
