@@ -1,0 +1,48 @@
+"""Quantization-aware fine-tuning (needs PyTorch: pip install 'trtq[gpu]').
+
+From an ONNX model (`finetune`, the `trtq finetune` command) or a PyTorch module (`prepare` /
+`export`, also reachable as `trtq.torch.prepare` / `trtq.torch.export`): fake quantization with
+learned step sizes at exactly the Q/DQ placement of `trtq quantize`, distillation from the FP32
+model (labels optional), and an export whose onnxruntime outputs match the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trtq.qat.api import Comparison, FinetuneOptions, FinetuneResult, StageScores, finetune
+from trtq.qat.export import ParityReport, QdqExport, check_parity, export_qdq
+from trtq.qat.fakequant import fake_quantize
+from trtq.qat.model import QatModel
+from trtq.qat.train import Distillation, LabelLoss, LossInputs, TrainingDiverged, TrainOptions, TrainResult
+
+__all__ = [
+    "Comparison",
+    "Distillation",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "LabelLoss",
+    "LossInputs",
+    "ParityReport",
+    "QatModel",
+    "QdqExport",
+    "StageScores",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_parity",
+    "export",
+    "export_qdq",
+    "fake_quantize",
+    "finetune",
+    "prepare",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """`prepare` and `export` live in `trtq.torch_api` (imported on first use: no import cycle)."""
+    if name in ("prepare", "export"):
+        from trtq import torch_api
+
+        return getattr(torch_api, name)
+    raise AttributeError(f"module 'trtq.qat' has no attribute {name!r}")

@@ -1,0 +1,348 @@
+"""`trtq finetune`: quantization-aware fine-tuning of an ONNX model, from its PTQ starting point.
+
+    from trtq.qat import finetune, FinetuneOptions
+    result = finetune("model.onnx", "calib/", options=FinetuneOptions(steps=2000, device="cuda"))
+    print(result.onnx_path, result.parity.max_steps, result.comparison.rows)
+
+1. prepare the model as `trtq quantize` does (normalise, plan the Q/DQ placement);
+2. PTQ ranges: calibrate on `calib`, or read `ranges`;
+3. fine-tune the fake-quantized model against the FP32 teacher on `train` (default: `calib`);
+   (progress and the choice of the best state are measured on `calib`, never on `eval_data`);
+4. export the Q/DQ ONNX, check it against the PyTorch model with onnxruntime (parity);
+5. compare FP32, PTQ and QAT on `eval_data` (default: `calib`) with onnxruntime, and write
+   `<stem>.qat.int8.onnx`, `.qat.int8.cache`, `.qat.int8.json` together (or nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from trtq import api
+from trtq._io import ensure_writable_dir, write_files_atomically
+from trtq.errors import TrtqError
+from trtq.evaluate.evaluator import Evaluation, Evaluator
+from trtq.evaluate.mixed import parse_target
+from trtq.evaluate.tasks import make_task
+from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
+from trtq.formats.ranges import RangesTable
+from trtq.model import graph_inputs, graph_outputs
+from trtq.qat.checkpoint import fingerprint
+from trtq.qat.data import TrainingData
+from trtq.qat.export import ParityReport, check_parity, export_qdq
+from trtq.qat.model import QatModel
+from trtq.qat.train import Distillation, LabelLoss, LossFn, Monitor, TrainOptions, TrainResult, train
+from trtq.quantize import insert_qdq
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Options of `finetune` beyond the data."""
+
+    steps: int = 2000
+    lr: float = 1e-5
+    scale_lr: float = 1e-3
+    batch_size: int = 32
+    target: str | None = None
+    device: str = "cpu"
+    method: str = "entropy"
+    percentile: float = 99.99
+    exclude_nodes: Sequence[str] = ()
+    exclude_ops: Sequence[str] = ()
+    trt_version: str = DEFAULT_TRT_VERSION
+    output_dir: str | None = None
+    resume: bool = False
+    seed: int = 0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    monitor_samples: int = 256
+    """Samples of `calib` scored against the FP32 model (in PyTorch) at every evaluation during
+    training; the best-scoring state is the one exported."""
+    parity_samples: int = 32
+    features: Sequence[str] = ()
+    """Intermediate tensors to distill beside the outputs (label-free loss)."""
+    feature_weight: float = 1.0
+    labels: str | bool | None = None
+    """None: label-free. True: class sub-folders of the training images. A path: a label file
+    (`trtq.evaluate.tasks.load_labels` forms). Labels make the loss cross-entropy."""
+    distill_weight: float = 0.0
+    """With labels: weight of the label-free distillation term added to the cross-entropy."""
+    task: str | None = None
+    """Task metric of the final comparison ("classify" or "detect"; labels from the data's folders)."""
+
+
+@dataclass(frozen=True)
+class StageScores:
+    """FP32, PTQ or QAT on the comparison data (onnxruntime, CPU)."""
+
+    stage: str
+    snr_db: float
+    cosine: float
+    top1_agreement: float | None
+    task: dict[str, float] | None
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (infinities as strings)."""
+        return {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """FP32 vs PTQ vs QAT on one data set."""
+
+    data: str
+    samples: int
+    task: str | None
+    rows: tuple[StageScores, ...]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What `finetune` wrote and how the fine-tuning went."""
+
+    model: str
+    onnx_path: str
+    cache_path: str
+    ranges_path: str
+    checkpoint_path: str
+    device: str
+    device_name: str
+    ranges_from: str
+    training: TrainResult
+    parity: ParityReport
+    comparison: Comparison
+    seconds: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {"model": self.model, "onnx_path": self.onnx_path, "cache_path": self.cache_path,
+                "ranges_path": self.ranges_path, "checkpoint_path": self.checkpoint_path, "device": self.device,
+                "device_name": self.device_name, "ranges_from": self.ranges_from,
+                "training": self.training.to_dict(), "parity": self.parity.to_dict(),
+                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+
+
+def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path, Path]:
+    """`<stem>.qat.int8.onnx`, `.qat.int8.cache`, `.qat.int8.json` and the checkpoint `.qat.ckpt`."""
+    directory = Path(output_dir) if output_dir else model_path.parent
+    stem = model_path.stem
+    return (directory / f"{stem}.qat.int8.onnx", directory / f"{stem}.qat.int8.cache",
+            directory / f"{stem}.qat.int8.json", directory / f"{stem}.qat.ckpt")
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device for `--device` ("cpu", "cuda", "cuda:N"), checked to exist."""
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise TrtqError(f"--device {device!r} is neither cpu nor cuda[:N].", "use --device cpu or --device cuda.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrtqError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU.",
+                        "install a CUDA build of PyTorch on a GPU machine, or use --device cpu.")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise TrtqError(f"--device {device!r} is not a valid device ({exc}).", "use --device cpu or cuda:0.") from exc
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise TrtqError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s).",
+                        "pick an existing GPU index.")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device that ran the fine-tuning."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _train_options(options: FinetuneOptions) -> TrainOptions:
+    target = parse_target(options.target) if options.target else None
+    result = TrainOptions(steps=options.steps, lr=options.lr, scale_lr=options.scale_lr,
+                          eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target)
+    result.validate()
+    return result
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    inputs = graph_inputs(model)
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _data_hash(data: TrainingData) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(data.arrays):
+        digest.update(name.encode())
+        digest.update(data.arrays[name].numpy().tobytes())
+    if data.labels is not None:
+        digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def finetune(
+    model_path: str | Path,
+    calib: str | Path,
+    *,
+    ranges: str | Path | RangesTable | None = None,
+    train_data: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    data: api.DataOptions = api.DataOptions(),
+    options: FinetuneOptions = FinetuneOptions(),
+    loss: LossFn | None = None,
+    loss_tensors: Sequence[str] = (),
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune `model_path` with fake quantization at TensorRT's Q/DQ placement and write the
+    QAT artifacts (see the module docstring). `loss(LossInputs) -> tensor` replaces the built-in
+    loss; it reads `loss_tensors` (default: the graph outputs) of student and teacher.
+    """
+    began = time.perf_counter()
+    train_options = _train_options(options)
+    device = resolve_device(options.device)
+    trt_version_code(options.trt_version)
+    if options.batch_size < 1 or isinstance(options.batch_size, bool):
+        raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
+    prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
+    ensure_writable_dir(onnx_path.parent)
+    if not prepared.placement.targets:
+        raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
+                        "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
+
+    quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
+                                           exclude_nodes=tuple(options.exclude_nodes),
+                                           exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
+    train_ds = api.open_data(prepared.model, train_data or calib, data)
+    monitor_ds = api.open_data(prepared.model, calib, data)
+    eval_ds = api.open_data(prepared.model, eval_data, data) if eval_data is not None else monitor_ds
+    if ranges is None:
+        table = api.calibrate(prepared.path, calib, data=data, options=quantize_options, progress=progress).ranges
+        ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
+    else:
+        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
+        ranges_from = f"ranges file {ranges}" if not isinstance(ranges, RangesTable) else "given ranges"
+
+    fixed = _fixed_batch(prepared.model)
+    batch_size = fixed or options.batch_size
+    labels = None
+    if options.labels is not None and options.labels is not False:
+        from trtq.evaluate.tasks import load_labels
+
+        labels = load_labels(None if options.labels is True else options.labels, train_ds).values
+    data_train = TrainingData.from_dataset(train_ds, batch_size, labels, seed=options.seed)
+    eval_batches = _head(monitor_ds, options.monitor_samples, fixed or min(64, options.monitor_samples))
+
+    from trtq.torch import OnnxModule
+
+    torch.manual_seed(options.seed)
+    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device)
+    teacher = OnnxModule(prepared.model, device=device)
+    with torch.no_grad():
+        qmodel.run(eval_batches[0])
+    qmodel.check_supported()
+    outputs = tuple(qmodel.output_names)
+    if loss is not None:
+        loss_fn, tensors = loss, tuple(loss_tensors) or outputs
+    elif labels is not None:
+        scores = next((o.name for o in graph_outputs(prepared.model) if len(o.shape) == 2), outputs[0])
+        loss_fn = LabelLoss(scores, outputs, options.distill_weight)
+        tensors = loss_fn.tensors
+    else:
+        loss_fn = Distillation(outputs, tuple(options.features), options.feature_weight)
+        tensors = loss_fn.tensors
+    identity = fingerprint({
+        "model": prepared.sha256, "placement": [(t.tensor, t.axis) for t in prepared.placement.targets],
+        "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": _data_hash(data_train),
+        "batch": data_train.batch_size, "seed": options.seed, "loss": type(loss_fn).__name__,
+        "tensors": list(tensors),
+    })
+    monitor = Monitor(teacher, eval_batches, outputs)
+    training = train(qmodel, teacher, data_train, loss_fn, tensors, monitor, train_options,
+                     checkpoint_path=ckpt_path, fingerprint=identity, resume=options.resume,
+                     progress=progress, on_step=on_step)
+
+    exported = export_qdq(qmodel)
+    onnx.checker.check_model(exported.model)
+    parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
+    notes = []
+    if not parity.ok:
+        notes.append(f"onnxruntime and PyTorch codes differ by up to {parity.max_steps} steps (tensor "
+                     f"{parity.worst_tensor}): rounding flips upstream carried into later layers.")
+    ptq = insert_qdq(prepared.model, prepared.placement, table.amax)
+    comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or 32, options.task, progress)
+
+    learned = dict(table.amax)
+    learned.update(exported.activation_amax)
+    out_table = replace(table, amax=learned, options={**table.options, "qat_steps": training.steps,
+                                                      "qat_lr": options.lr, "qat_scale_lr": options.scale_lr})
+    cache_amax = {n: learned[n] for n in prepared.placement.calibrated_tensors if n in learned}
+    write_files_atomically({
+        onnx_path: exported.model.SerializeToString(),
+        cache_path: format_cache(cache_amax, options.trt_version, table.method),
+        ranges_path: out_table.to_json().encode("utf-8"),
+    })
+    return FinetuneResult(
+        model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
+        ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),
+        device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
+        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes),
+    )
+
+
+def _head(dataset, samples: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The first `samples` samples of `dataset` as batches (held in memory for monitoring)."""
+    batches, held = [], 0
+    for batch in dataset.batches(min(batch_size, dataset.num_samples or batch_size)):
+        n = len(next(iter(batch.values())))
+        if held + n > samples and held:
+            break
+        batches.append(batch)
+        held += n
+    if not batches:
+        raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
+    return batches
+
+
+def _batches_for(batches: Sequence[dict[str, np.ndarray]], samples: int) -> int:
+    held = 0
+    for i, batch in enumerate(batches):
+        held += len(next(iter(batch.values())))
+        if held >= samples:
+            return i + 1
+    return len(batches)
+
+
+def _compare(fp32: onnx.ModelProto, ptq: onnx.ModelProto, qat: onnx.ModelProto, dataset, batch_size: int,
+             task_name: str | None, progress: bool) -> Comparison:
+    task = make_task(task_name, dataset, graph_outputs(fp32)) if task_name else None
+    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress)
+    rows = [StageScores("fp32", math.inf, 1.0, 1.0 if _has_scores(fp32) else None,
+                        dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)]
+    for stage, model in (("ptq", ptq), ("qat", qat)):
+        rows.append(_scores(stage, evaluator.evaluate(model, label=stage)))
+    return Comparison(data=dataset.description, samples=evaluator.samples,
+                      task=task.describe() if task else None, rows=tuple(rows))
+
+
+def _has_scores(model: onnx.ModelProto) -> bool:
+    return any(len(o.shape) == 2 for o in graph_outputs(model))
+
+
+def _scores(stage: str, evaluation: Evaluation) -> StageScores:
+    top1 = next((o.top1_agreement for o in evaluation.outputs if o.top1_agreement is not None), None)
+    return StageScores(stage, evaluation.snr_db, evaluation.cosine, top1,
+                       dict(evaluation.task.values) if evaluation.task else None)

@@ -1,0 +1,115 @@
+"""Fake quantization with a learned step size (LSQ-style), exactly as ONNX QuantizeLinear rounds.
+
+Forward: `clamp(round_half_even(x / s), -128, 127) * s` in the tensor's float type, the value a
+QuantizeLinear -> DequantizeLinear pair with scale `s` and zero point 0 (int8) produces.
+Backward (straight-through estimator, Esser et al. 2020, "Learned Step Size Quantization"):
+- d/dx = 1 where x/s lies inside [-128, 127], else 0 (saturated elements pass no gradient);
+- d/ds = round(x/s) - x/s inside, the saturation bound (-128 or 127) outside.
+
+The step size is stored as its logarithm, so `s = exp(log_s)` is positive whatever the optimizer
+does; `scale_from_log` is the one place that turns the parameter into the scale, used by both the
+forward pass and the export, so the exported float32 scale is the one the model trained with.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trtq.formats.ranges import MIN_AMAX
+
+QMIN, QMAX = -128, 127
+"""Signed 8-bit range of ONNX QuantizeLinear (zero point 0): saturation bounds."""
+
+QUANT_LEVEL = 127.0
+"""amax = scale * 127 (DESIGN.md: scale = amax / 127)."""
+
+MIN_SCALE = MIN_AMAX / QUANT_LEVEL
+"""Smallest scale a learned step may reach (the quantize path's floor for amax, over 127)."""
+
+OP_TYPE = "TrtqFakeQuantize"
+"""Op type of the fake-quantization nodes in the executor-only training graph (never exported)."""
+
+
+def scale_from_log(log_scale: torch.Tensor) -> torch.Tensor:
+    """The positive step size of a log-parametrised scale (floored at MIN_SCALE)."""
+    return torch.exp(log_scale).clamp_min(MIN_SCALE)
+
+
+def log_from_scale(scale: float | torch.Tensor) -> torch.Tensor:
+    """Inverse of `scale_from_log` for an initial (PTQ) scale, as float32."""
+    value = torch.as_tensor(scale, dtype=torch.float64).clamp_min(MIN_SCALE)
+    return torch.log(value).to(torch.float32)
+
+
+def log_from_amax(amax: float) -> float:
+    """Initial log-scale of an activation with calibrated range `amax`."""
+    return math.log(max(float(amax), MIN_AMAX) / QUANT_LEVEL)
+
+
+def _broadcast(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Per-tensor scale as a scalar; per-channel scale shaped to broadcast along `axis` of `x`."""
+    if axis is None:
+        return scale.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = scale.numel()
+    return scale.reshape(shape)
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """QuantizeLinear + DequantizeLinear with LSQ gradients for `x` and the scale."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:  # type: ignore[override]
+        s = _broadcast(scale, x, axis).to(x.dtype)
+        q = torch.clamp(torch.round(x / s), QMIN, QMAX)
+        ctx.save_for_backward(x, scale)
+        ctx.axis = axis
+        return q * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        s = _broadcast(scale, x, ctx.axis).to(x.dtype)
+        v = x / s
+        q = torch.round(v)
+        inside = (q >= QMIN) & (q <= QMAX)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            per_element = grad * torch.where(inside, q - v, q.clamp(QMIN, QMAX))
+            if ctx.axis is None:
+                grad_scale = per_element.sum().reshape(scale.shape)
+            else:
+                axis = ctx.axis % x.dim()
+                dims = [d for d in range(x.dim()) if d != axis]
+                grad_scale = per_element.sum(dim=dims).reshape(scale.shape)
+            grad_scale = grad_scale.to(scale.dtype)
+        return grad_x, grad_scale, None
+
+
+def fake_quantize(x: torch.Tensor, log_scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Symmetric int8 fake quantization of `x` with step `exp(log_scale)` (per tensor, or per
+    channel along `axis` with one log-scale per channel)."""
+    return _FakeQuantize.apply(x, scale_from_log(log_scale), axis)
+
+
+def quantized_codes(x: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """The int8 codes QuantizeLinear gives `x` with `scale` (round half to even, saturate), as int32."""
+    s = _broadcast(scale, x, axis).to(x.dtype)
+    return torch.clamp(torch.round(x / s), QMIN, QMAX).to(torch.int32)
+
+
+def register_executor_op() -> None:
+    """Teach trtq's ONNX executor (`trtq.torch.OnnxModule`) the fake-quantization node.
+
+    The node reads (tensor, log_scale) and has an optional `axis` attribute (per channel). It
+    exists only in the in-memory training graph; exports write real Q/DQ pairs instead.
+    """
+    from trtq.torch.ops import OPS, OpContext, OpDef
+
+    def run(ctx: OpContext, x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, log_scale, ctx.get("axis"))
+
+    OPS.setdefault(OP_TYPE, OpDef(run))
