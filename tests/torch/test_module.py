@@ -125,7 +125,7 @@ def test_weights_behind_shape_ops_still_get_gradients():
     torch.testing.assert_close(module(torch.ones(2, 4)), torch.tensor([[16.0, 20.0], [16.0, 20.0]]))
 
 
-def if_net() -> onnx.ModelProto:
+def if_net(else_op: str = "Neg") -> onnx.ModelProto:
     """An If whose branches read outer values (as scripted exporters write them).
 
         x [N,4] -> relu -> r ----------------------------+ (read inside both branches)
@@ -135,7 +135,7 @@ def if_net() -> onnx.ModelProto:
     then_g = helper.make_graph([helper.make_node("Mul", ["r", "three"], ["t_out"], name="t_mul")], "then", [],
                                [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
                                initializer=[numpy_helper.from_array(np.array(3.0, np.float32), "three")])
-    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["neg"], name="e_neg"),
+    else_g = helper.make_graph([helper.make_node(else_op, ["r"], ["neg"], name="e_neg"),
                                 helper.make_node("Add", ["neg", "s"], ["e_out"], name="e_add")], "else", [],
                                [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
     nodes = [
@@ -147,7 +147,9 @@ def if_net() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by older onnxruntime releases too
+    return model
 
 
 def test_if_runs_the_chosen_branch_with_outer_values():
@@ -161,6 +163,17 @@ def test_if_runs_the_chosen_branch_with_outer_values():
         x = (np.abs(np.random.default_rng(1).standard_normal((2, 4))) * sign).astype(np.float32)
         expected = session.run(None, {"x": x})[0]
         np.testing.assert_allclose(module.run({"x": torch.from_numpy(x)})["y"].numpy(), expected, rtol=1e-6)
+
+
+def test_unimplemented_op_inside_a_branch_is_reported_and_runs():
+    import onnxruntime as ort
+
+    model = if_net(else_op="Hardmax")  # no torch implementation: onnxruntime runs it
+    module = OnnxModule(model)
+    assert module.fallback_nodes == ("e_neg (Hardmax)",)
+    x = -np.abs(np.random.default_rng(2).standard_normal((2, 4))).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(module.run({"x": torch.from_numpy(x)})["y"].numpy(), expected, rtol=1e-6)
 
 
 def test_bad_names_are_reported():

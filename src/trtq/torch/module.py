@@ -142,8 +142,9 @@ class OnnxModule(torch.nn.Module):
     @property
     def fallback_nodes(self) -> tuple[str, ...]:
         """Nodes run by onnxruntime instead of torch, as "name (op_type)"."""
-        names = {n.name for n in self._nodes if n.op is None and n.branches is None} | self._runtime_fallback
-        return tuple(f"{n.name} ({n.proto.op_type})" for n in self._nodes if n.name in names)
+        nodes = list(_walk(self._nodes))
+        names = {n.name for n in nodes if n.op is None and n.branches is None} | self._runtime_fallback
+        return tuple(f"{n.name} ({n.proto.op_type})" for n in nodes if n.name in names)
 
     @property
     def last_run_capturable(self) -> bool:
@@ -473,6 +474,14 @@ def _branch(graph: onnx.GraphProto, counter: Iterator[int]) -> _Branch:
     outer = {name for node in graph.node for name in node.input if name and name not in produced}
     nodes = _topological(graph, outer | set(inits) | {i.name for i in graph.input}, counter)
     return _Branch(nodes, inits, tuple(o.name for o in graph.output))
+
+
+def _walk(nodes: Sequence[_Node]) -> Iterator[_Node]:
+    """`nodes` and, recursively, the nodes of their If branches."""
+    for node in nodes:
+        yield node
+        for branch in node.branches or ():
+            yield from _walk(branch.nodes)
 
 
 def _outer_names(branch: _Branch) -> list[str]:
