@@ -38,7 +38,7 @@ from trtq.formats.ranges import RangesTable
 from trtq.model import graph_inputs, graph_outputs
 from trtq.qat.checkpoint import fingerprint
 from trtq.qat.data import TrainingData
-from trtq.qat.export import ParityReport, check_parity, export_qdq
+from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
 from trtq.qat.train import Distillation, LabelLoss, LossFn, Monitor, TrainOptions, TrainResult, train
 from trtq.quantize import insert_qdq
@@ -251,9 +251,8 @@ def finetune(
     torch.manual_seed(options.seed)
     qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device)
     teacher = OnnxModule(prepared.model, device=device)
-    with torch.no_grad():
-        qmodel.run(eval_batches[0])
-    qmodel.check_supported()
+    qmodel.calibration = table
+    qmodel.check_supported(eval_batches[0])
     outputs = tuple(qmodel.output_names)
     if loss is not None:
         loss_fn, tensors = loss, tuple(loss_tensors) or outputs

@@ -19,6 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from trtq.errors import TrtqError
+from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.qat.fakequant import OP_TYPE, log_from_amax, quantized_codes, register_executor_op, scale_from_log
 from trtq.quantize.placement import Placement, QuantTarget
@@ -159,6 +160,8 @@ class QatModel(torch.nn.Module):
         self.source = source
         self.placement = placement
         self.initial_amax = {t: float(activation_amax[t]) for t in placement.activation_tensors}
+        self.calibration: RangesTable | None = None
+        """The PTQ ranges table the step sizes started from, where known (`trtq.qat.prepare`)."""
         graph, self.quantizers = training_graph(source, placement, activation_amax)
         self.net = OnnxModule(graph, device=device)
         self.input_names: tuple[str, ...] = self.net.input_names
@@ -245,8 +248,12 @@ class QatModel(torch.nn.Module):
                     values[q.tensor] = self.net.parameter(q.tensor).detach()
             return {q.tensor: quantized_codes(values[q.tensor], scales[q.tensor], q.axis) for q in wanted}
 
-    def check_supported(self) -> None:
-        """Fail, naming them, when nodes ran through onnxruntime (no gradients flow there)."""
+    def check_supported(self, feeds: Mapping[str, torch.Tensor | np.ndarray] | None = None) -> None:
+        """Fail, naming them, when nodes run through onnxruntime (no gradients flow there); with
+        `feeds`, after one forward pass (some nodes fall back only for some attribute values)."""
+        if feeds is not None:
+            with torch.no_grad():
+                self.run(feeds)
         fallback = self.net.fallback_nodes
         if fallback:
             raise TrtqError(

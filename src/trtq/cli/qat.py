@@ -1,0 +1,122 @@
+"""`trtq finetune`: argument parsing and printing only (the work is in `trtq.qat`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from trtq.calibrate.algorithms import METHODS
+from trtq.cli.core import add_data_options, data_options
+from trtq.cli.output import add_output_options, emit, show_progress
+from trtq.errors import TrtqError
+from trtq.formats.cache import DEFAULT_TRT_VERSION
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add finetune."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="quantization-aware fine-tuning (needs PyTorch): writes <stem>.qat.int8.onnx, .qat.int8.cache, "
+        ".qat.int8.json and prints FP32 vs PTQ vs QAT",
+    )
+    p.add_argument("model", help="FP32 .onnx model")
+    p.add_argument("--calib", required=True, metavar="DATA",
+                   help="calibration data (image folder, .npy/.npz, .py with load_data()); also the training data "
+                   "unless --train is given, and what progress is measured on")
+    p.add_argument("--ranges", metavar="FILE", help="start from these PTQ ranges (.int8.json) instead of calibrating")
+    p.add_argument("--train", metavar="DATA2", help="unlabelled training data (default: --calib)")
+    p.add_argument("--data", metavar="VAL", help="held-out data for the final FP32/PTQ/QAT comparison (default: --calib)")
+    p.add_argument("--task", choices=("classify", "detect"),
+                   help="also report a task metric in the comparison (labels from --data's class folders)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps in all (default: 2000)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of weights and biases (default: 1e-5)")
+    p.add_argument("--scale-lr", type=float, default=1e-3,
+                   help="learning rate of the log step sizes (default: 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch (default: 32; a fixed batch dim wins)")
+    p.add_argument("--target", metavar="METRIC>=X",
+                   help='stop as soon as this holds against FP32, e.g. "snr>=35" (dB, every output) or "cosine>=0.999"')
+    p.add_argument("--eval-every", type=int, default=100, help="steps between progress evaluations (default: 100)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <stem>.qat.ckpt in the output directory (same model, data and options)")
+    p.add_argument("--method", choices=METHODS, default="entropy", help="PTQ range algorithm (default: entropy)")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
+                   help="keep nodes whose name matches in high precision (repeatable)")
+    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high precision")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help=f"TensorRT version the calibration cache header targets (default: {DEFAULT_TRT_VERSION})")
+    p.add_argument("--output-dir", help="where to write (default: beside the model)")
+    add_data_options(p)
+    add_output_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def _fmt(value: float | None, digits: int = 2, scale: float = 1.0, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value * scale:.{digits}f}{suffix}"
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune, export and compare."""
+    try:
+        from trtq.qat import FinetuneOptions, finetune
+        from trtq.qat.api import output_paths
+    except ImportError as exc:
+        raise TrtqError(f"trtq finetune needs PyTorch, which is not installed ({exc}).",
+                        "pip install 'trtq[gpu]' (or pip install torch).") from exc
+    options = FinetuneOptions(
+        steps=args.steps, lr=args.lr, scale_lr=args.scale_lr, batch_size=args.batch_size, target=args.target,
+        device=args.device, method=args.method, percentile=args.percentile,
+        exclude_nodes=tuple(args.exclude_nodes), exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
+        trt_version=args.trt_version, output_dir=args.output_dir, resume=args.resume, seed=args.seed,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
+    )
+    try:
+        result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,
+                          data=data_options(args), options=options, progress=show_progress(args))
+    except KeyboardInterrupt:
+        checkpoint = output_paths(Path(args.model), args.output_dir)[3]
+        if checkpoint.exists():
+            print(f"trtq: the last checkpoint is kept at {checkpoint}; run the same command with --resume to "
+                  "continue.", file=sys.stderr)
+        raise
+    emit(args, result.to_dict(), _text(result))
+    return 0
+
+
+def _text(result) -> str:  # type: ignore[no-untyped-def]
+    training, parity, comparison = result.training, result.parity, result.comparison
+    last = training.history[-1]
+    stop = {"target": "target reached", "steps": "all steps run"}.get(training.stopped, training.stopped)
+    lines = [
+        f"fine-tuned {result.model} on {result.device_name}: steps {training.start_step} -> {training.steps} ({stop}); "
+        f"{training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training",
+        f"  PTQ ranges: {result.ranges_from}; exported the state of step {training.best_step} "
+        f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
+        f"last evaluation {_fmt(last.snr_db)} dB)",
+        f"  parity (onnxruntime vs PyTorch, {parity.samples} samples): max {parity.max_steps} quantization step(s), "
+        f"{parity.mismatched} of {parity.elements} codes differ; outputs within {parity.output_max_abs_diff:.3g}",
+        "",
+        f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
+    ]
+    task_keys = sorted({k for row in comparison.rows if row.task for k in row.task})
+    header = f"  {'model':<6} {'SNR dB':>8} {'cosine':>9} {'top-1 agr':>10}" + "".join(f" {k:>8}" for k in task_keys)
+    lines.append(header)
+    for row in comparison.rows:
+        task = "".join(f" {_fmt(row.task.get(k) if row.task else None, 2):>8}" for k in task_keys)
+        lines.append(f"  {row.stage:<6} {_fmt(row.snr_db):>8} {_fmt(row.cosine, 5):>9} "
+                     f"{_fmt(row.top1_agreement, 1, 100.0, '%'):>10}{task}")
+    if comparison.task:
+        lines.append(f"  ({comparison.task})")
+    lines += [f"note: {note}" for note in result.notes]
+    lines += [f"wrote {result.onnx_path}", f"wrote {result.cache_path}", f"wrote {result.ranges_path}",
+              f"checkpoint {result.checkpoint_path} (--resume continues from it, e.g. with more --steps)"]
+    return "\n".join(lines)
