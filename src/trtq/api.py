@@ -121,6 +121,7 @@ class QuantizeResult:
     commands: dict[str, str]
     mixed: dict | None = None
     precision: dict | None = None
+    notes: tuple[str, ...] = ()
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -327,6 +328,7 @@ def quantize(
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
+        notes=calibration.notes if calibration else (),
         calibration=calibration,
     )
 

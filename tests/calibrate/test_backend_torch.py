@@ -11,7 +11,7 @@ from tiny_models import residual_conv_net  # noqa: E402
 from trtq.calibrate.algorithms import compute_amax  # noqa: E402
 from trtq.calibrate.backend import make_backend  # noqa: E402
 from trtq.calibrate.backend_ort import OrtBackend  # noqa: E402
-from trtq.calibrate.backend_torch import TorchBackend, prefetch, resolve_device  # noqa: E402
+from trtq.calibrate.backend_torch import TorchBackend, resolve_device  # noqa: E402
 from trtq.errors import TrtqError  # noqa: E402
 from trtq.model import normalize_model  # noqa: E402
 
@@ -68,17 +68,3 @@ def test_cuda_without_gpu_is_one_clear_sentence():
 def test_bad_device_names():
     with pytest.raises(TrtqError, match="not a device name"):
         resolve_device("gpu0")
-
-
-def test_prefetch_keeps_order_and_reraises():
-    assert [b["i"] for b in prefetch({"i": i} for i in range(7))] == list(range(7))
-
-    def broken():
-        yield {"i": 0}
-        raise ValueError("decode failed")
-
-    got = []
-    with pytest.raises(ValueError, match="decode failed"):
-        for batch in prefetch(broken()):
-            got.append(batch["i"])
-    assert got == [0]

@@ -23,6 +23,9 @@ class CalibrationBackend(Protocol):
     def stats(self) -> dict[str, TensorStats]:
         """Statistics of every observed tensor so far."""
 
+    def notes(self) -> tuple[str, ...]:
+        """How the run went, for the user: e.g. nodes that fell back to onnxruntime."""
+
 
 def make_backend(
     device: str, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool

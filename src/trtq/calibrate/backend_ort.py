@@ -120,3 +120,7 @@ class OrtBackend:
         """Statistics of every observed tensor (after the last batch is folded in)."""
         self._wait()
         return self._collector.stats()
+
+    def notes(self) -> tuple[str, ...]:
+        """Nothing to report: onnxruntime runs every node."""
+        return ()

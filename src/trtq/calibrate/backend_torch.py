@@ -14,9 +14,7 @@ Math is true FP32 by default (TF32 off), so ranges match the CPU backend to roun
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +169,15 @@ class TorchBackend:
         """Statistics of every observed tensor (waits for the queued work)."""
         return self._stats.stats()
 
+    def notes(self) -> tuple[str, ...]:
+        """Nodes that fell back to onnxruntime, the statistics engine, and why no CUDA graph, if not."""
+        notes = [f"statistics computed by {self.stats_engine} on {self.device}"]
+        if self.fallback_nodes:
+            notes.append(f"{len(self.fallback_nodes)} nodes ran through onnxruntime: {', '.join(self.fallback_nodes)}")
+        if self.graph_note:
+            notes.append(f"no CUDA graph: {self.graph_note}")
+        return tuple(notes)
+
     def _step(self, feeds: Mapping[str, torch.Tensor]) -> None:
         self._module.run(feeds, outputs=(), watch=self._tensors, hook=self._observe_tensor)
         self._stats.end_batch()
@@ -192,39 +199,3 @@ class TorchBackend:
         self._graphs[signature] = _Captured(graph, feeds)
         graph.replay()
 
-
-def prefetch(batches: Iterable[Mapping[str, np.ndarray]], depth: int = 2) -> Iterator[Mapping[str, np.ndarray]]:
-    """Iterate `batches` on a background thread, `depth` batches ahead (decoding overlaps device work)."""
-    items: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item: tuple[str, object]) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(("batch", batch)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # re-raised in the consumer, with its traceback
-            put(("error", exc))
-
-    worker = threading.Thread(target=produce, name="trtq-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value  # type: ignore[misc]
-            yield value  # type: ignore[misc]
-    finally:
-        stop.set()

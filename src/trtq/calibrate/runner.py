@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from trtq.calibrate.algorithms import compute_amax, needs_histogram
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
 from trtq.data import Dataset
+from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangesTable
 
@@ -29,6 +30,22 @@ class CalibrationResult:
     stats: dict[str, TensorStats]
     seconds: float
     backend: str
+    notes: tuple[str, ...] = ()
+    """What the backend reports about how it ran (e.g. nodes that fell back to onnxruntime)."""
+
+
+def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: "hashlib._Hash",
+          dropped: list[int]) -> Iterator[Mapping[str, np.ndarray]]:
+    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread)."""
+    for batch in dataset.batches(batch_size):
+        n = len(next(iter(batch.values())))
+        if drop_partial and n < batch_size:
+            dropped.append(n)
+            return
+        for name in sorted(batch):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(batch[name]).data)
+        yield batch
 
 
 def run_calibration(
@@ -56,21 +73,18 @@ def run_calibration(
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
-        for batch in dataset.batches(batch_size):
-            if drop_partial and len(next(iter(batch.values()))) < batch_size:
-                warnings.warn(
-                    f"The last {len(next(iter(batch.values())))} samples of {dataset.description} were skipped: "
-                    f"the model's batch dimension is fixed at {batch_size}.",
-                    stacklevel=2,
-                )
-                break
-            for name in sorted(batch):
-                digest.update(name.encode())
-                digest.update(np.ascontiguousarray(batch[name]).tobytes())
+        dropped: list[int] = []
+        for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped)):
             backend.observe(batch)
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)
+    if dropped:
+        warnings.warn(
+            f"The last {dropped[0]} samples of {dataset.description} were skipped: the model's batch dimension "
+            f"is fixed at {batch_size}.",
+            stacklevel=2,
+        )
     if samples == 0:
         raise TrtqError(f"Calibration data {dataset.description} yielded no samples.", "pass a non-empty --calib source.")
     stats = backend.stats()
@@ -95,4 +109,5 @@ def run_calibration(
         model_name=model_name,
         trtq_version=__version__,
     )
-    return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name)
+    return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name,
+                             notes=backend.notes())

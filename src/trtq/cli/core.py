@@ -113,6 +113,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         f"calibrated {result.samples} samples with {result.method}{timing}",
+        *(f"  note: {note}" for note in result.notes),
         f"  {result.qdq_pairs} Q/DQ pairs ({result.quantized_activations} activations, "
         f"{result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
