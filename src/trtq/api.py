@@ -33,6 +33,7 @@ from trtq.model import (
     inspect_model,
     load_model,
     normalize_model,
+    normalized_node_names,
     resolve_input_shapes,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
@@ -156,14 +157,14 @@ def prepare_model(
     """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
     path = Path(model_path)
     original = load_model(path)
-    by_output = {node.output[0]: onnx_layer_name(node) for node in original.graph.node if node.output}
+    layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
     model = normalize_model(original, source=str(path))
     return PreparedModel(
         path=path,
         sha256=file_sha256(path),
         model=model,
         placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope),
-        layer_names={node.name: by_output.get(node.output[0], node.name) for node in model.graph.node if node.output},
+        layer_names=layer_names,
     )
 
 

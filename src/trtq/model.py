@@ -265,26 +265,17 @@ def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.Model
                 f"re-export the model with opset {MIN_QDQ_OPSET} or newer.",
             ) from exc
     graph = out.graph
-    kept = []
-    existing_inits = {init.name for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
-                and node.attribute[0].name == "value" and node.output[0] not in existing_inits:
+    folded = _foldable_constants(graph)
+    if folded:
+        for node in folded:
             tensor = numpy_helper.to_array(node.attribute[0].t)
             graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-            continue
-        kept.append(node)
-    if len(kept) != len(graph.node):
+        folded_ids = {id(node) for node in folded}
+        kept = [node for node in graph.node if id(node) not in folded_ids]
         del graph.node[:]
         graph.node.extend(kept)
-    used = {node.name for node in graph.node if node.name}
-    for index, node in enumerate(graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in used:
-                name += "_"
-            node.name = name
-            used.add(name)
+    for node, name in zip(graph.node, _node_names(graph.node)):
+        node.name = name
     try:
         inferred = shape_inference.infer_shapes(_weightless(out), data_prop=True)
     except Exception as exc:  # onnx raises InferenceError for inconsistent graphs
@@ -297,6 +288,38 @@ def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.Model
     for mine, theirs in zip(out.graph.output, inferred.graph.output):
         mine.CopyFrom(theirs)
     return out
+
+
+def _foldable_constants(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Constant nodes holding a tensor value that normalisation turns into initializers."""
+    existing = {init.name for init in graph.initializer}
+    return [
+        node for node in graph.node
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1
+        and node.attribute[0].name == "value" and node.output[0] not in existing
+    ]
+
+
+def _node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
+    """Each node's name, or `<OpType>_<index>` (made unique) where it has none."""
+    used = {node.name for node in nodes if node.name}
+    names = []
+    for index, node in enumerate(nodes):
+        name = node.name
+        if not name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            used.add(name)
+        names.append(name)
+    return names
+
+
+def normalized_node_names(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The names `normalize_model` gives the nodes of `model`, mapped to the original nodes."""
+    folded_ids = {id(node) for node in _foldable_constants(model.graph)}
+    nodes = [node for node in model.graph.node if id(node) not in folded_ids]
+    return dict(zip(_node_names(nodes), nodes))
 
 
 _SMALL_TENSOR = 4096

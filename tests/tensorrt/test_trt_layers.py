@@ -129,3 +129,19 @@ def test_trtexec_spec_and_unexpressible_names():
     for bad in ("a,b", "it's", "conv*"):
         with pytest.raises(TrtqError, match="cannot express"):
             trtexec_layer_precisions({bad: "fp16"})
+
+
+def test_quantize_record_with_unnamed_excluded_node_maps_to_parser_names(tmp_path):
+    """`trtq quantize` names an unnamed node `<Op>_<index>`; `build --layer-precisions-from` its record
+    must still reach the parser's `node_of_<output>` layer."""
+    from tiny_models import residual_conv_net, save
+    from trtq.cli import main
+
+    model = residual_conv_net(batch="N")
+    model.graph.node[3].name = ""  # relu2 -> "Relu_3" in trtq's outputs, "node_of_r2" in TensorRT
+    path = save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.ones((2, 3, 16, 16), np.float32))
+    assert main(["quantize", path, "--calib", str(tmp_path / "c.npy"), "--exclude-nodes", "^Relu_3$", "--quiet"]) == 0
+    precisions = load_layer_precisions(tmp_path / "trtq-quantize.json")
+    assert precisions == {"Relu_3": "fp16"}
+    assert node_layer_names(model, precisions) == {"Relu_3": "node_of_r2"}

@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from trtq.errors import TrtqError
+from trtq.model import normalized_node_names
 
 LAYER_PRECISIONS = ("fp32", "fp16", "bf16", "int32", "int8")
 """Precisions trtexec 10.x accepts in --layerPrecisions."""
@@ -88,15 +89,17 @@ def load_layer_precisions(path: str | Path) -> dict[str, str]:
 
 
 def node_layer_names(model: onnx.ModelProto, nodes: Iterable[str]) -> dict[str, str]:
-    """ONNX node (by node name, or by the parser's `node_of_<output>` name) -> its parser layer name.
+    """ONNX node (by node name, the parser's `node_of_<output>` name, or the name trtq's normalised
+    copy gives an unnamed node) -> its parser layer name.
 
     Raises TrtqError for a name that is no node of `model`, suggesting close matches.
     """
     by_layer = {onnx_layer_name(node): node for node in model.graph.node}
     by_name = {node.name: node for node in model.graph.node if node.name}
+    by_normalized = normalized_node_names(model)  # the names trtq's own outputs use (e.g. "Conv_3")
     result: dict[str, str] = {}
     for name in nodes:
-        node = by_name.get(name) or by_layer.get(name)
+        node = by_name.get(name) or by_layer.get(name) or by_normalized.get(name)
         if node is None:
             close = difflib.get_close_matches(name, list(by_layer), n=3)
             raise TrtqError(
