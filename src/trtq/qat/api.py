@@ -266,8 +266,7 @@ def finetune(
     identity = fingerprint({
         "model": prepared.sha256, "placement": [(t.tensor, t.axis) for t in prepared.placement.targets],
         "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": _data_hash(data_train),
-        "batch": data_train.batch_size, "seed": options.seed, "loss": type(loss_fn).__name__,
-        "tensors": list(tensors),
+        "batch": data_train.batch_size, "seed": options.seed,
     })
     monitor = Monitor(teacher, eval_batches, outputs)
     training = train(qmodel, teacher, data_train, loss_fn, tensors, monitor, train_options,
@@ -282,7 +281,8 @@ def finetune(
         notes.append(f"onnxruntime and PyTorch codes differ by up to {parity.max_steps} steps (tensor "
                      f"{parity.worst_tensor}): rounding flips upstream carried into later layers.")
     ptq = insert_qdq(prepared.model, prepared.placement, table.amax)
-    comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or 32, options.task, progress)
+    comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or min(32, eval_ds.num_samples or 32),
+                          options.task, progress)
 
     learned = dict(table.amax)
     learned.update(exported.activation_amax)

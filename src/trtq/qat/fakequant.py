@@ -6,14 +6,15 @@ Backward (straight-through estimator, Esser et al. 2020, "Learned Step Size Quan
 - d/dx = 1 where x/s lies inside [-128, 127], else 0 (saturated elements pass no gradient);
 - d/ds = round(x/s) - x/s inside, the saturation bound (-128 or 127) outside.
 
-The step size is stored as its logarithm, so `s = exp(log_s)` is positive whatever the optimizer
-does; `scale_from_log` is the one place that turns the parameter into the scale, used by both the
-forward pass and the export, so the exported float32 scale is the one the model trained with.
+The step size is `s = s0 * exp(r)`: `s0` is the fixed PTQ scale (amax / 127, or per-channel
+max|w| / 127) and `r` the learned log-ratio, starting at 0. So `s` is positive whatever the
+optimizer does, moves in relative steps (one learning rate suits scales of any magnitude), and
+starts bit-exactly at the PTQ scale (exp(0) = 1). `step_size` is the one place that computes it,
+for the forward pass and for the export alike, so the exported float32 scale is the one the model
+trained with.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -32,20 +33,9 @@ OP_TYPE = "TrtqFakeQuantize"
 """Op type of the fake-quantization nodes in the executor-only training graph (never exported)."""
 
 
-def scale_from_log(log_scale: torch.Tensor) -> torch.Tensor:
-    """The positive step size of a log-parametrised scale (floored at MIN_SCALE)."""
-    return torch.exp(log_scale).clamp_min(MIN_SCALE)
-
-
-def log_from_scale(scale: float | torch.Tensor) -> torch.Tensor:
-    """Inverse of `scale_from_log` for an initial (PTQ) scale, as float32."""
-    value = torch.as_tensor(scale, dtype=torch.float64).clamp_min(MIN_SCALE)
-    return torch.log(value).to(torch.float32)
-
-
-def log_from_amax(amax: float) -> float:
-    """Initial log-scale of an activation with calibrated range `amax`."""
-    return math.log(max(float(amax), MIN_AMAX) / QUANT_LEVEL)
+def step_size(log_ratio: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The positive step size `base * exp(log_ratio)`, floored at MIN_SCALE."""
+    return (base * torch.exp(log_ratio)).clamp_min(MIN_SCALE)
 
 
 def _broadcast(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -89,10 +79,10 @@ class _FakeQuantize(torch.autograd.Function):
         return grad_x, grad_scale, None
 
 
-def fake_quantize(x: torch.Tensor, log_scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """Symmetric int8 fake quantization of `x` with step `exp(log_scale)` (per tensor, or per
-    channel along `axis` with one log-scale per channel)."""
-    return _FakeQuantize.apply(x, scale_from_log(log_scale), axis)
+def fake_quantize(x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Symmetric int8 fake quantization of `x` with step `base * exp(log_ratio)` (per tensor, or
+    per channel along `axis` with one value per channel)."""
+    return _FakeQuantize.apply(x, step_size(log_ratio, base), axis)
 
 
 def quantized_codes(x: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
@@ -104,12 +94,12 @@ def quantized_codes(x: torch.Tensor, scale: torch.Tensor, axis: int | None = Non
 def register_executor_op() -> None:
     """Teach trtq's ONNX executor (`trtq.torch.OnnxModule`) the fake-quantization node.
 
-    The node reads (tensor, log_scale) and has an optional `axis` attribute (per channel). It
-    exists only in the in-memory training graph; exports write real Q/DQ pairs instead.
+    The node reads (tensor, log_ratio, base_scale) and has an optional `axis` attribute (per
+    channel). It exists only in the in-memory training graph; exports write real Q/DQ pairs.
     """
     from trtq.torch.ops import OPS, OpContext, OpDef
 
-    def run(ctx: OpContext, x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(x, log_scale, ctx.get("axis"))
+    def run(ctx: OpContext, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, log_ratio, base, ctx.get("axis"))
 
     OPS.setdefault(OP_TYPE, OpDef(run))

@@ -1,11 +1,12 @@
 """The model being fine-tuned: the normalised ONNX graph, run by `OnnxModule`, with a learned
 fake-quantizer exactly where the quantize path puts its Q/DQ pairs.
 
-The training graph is the FP32 graph plus one `TrtqFakeQuantize(tensor, log_scale)` node per
-target of the `Placement` (the same plan `trtq quantize` uses), rewired to the same consumers;
-`OnnxModule` runs it, so the ONNX semantics of every other node stay in one place. Its float
-initializers are module parameters: the weights and biases of the compute layers and every
-log-scale are trained, everything else (shape constants, BatchNorm statistics...) stays fixed.
+The training graph is the FP32 graph plus one `TrtqFakeQuantize(tensor, log_ratio, ptq_scale)`
+node per target of the `Placement` (the same plan `trtq quantize` uses), rewired to the same
+consumers; `OnnxModule` runs it, so the ONNX semantics of every other node stay in one place. Its
+float initializers are module parameters: the weights and biases of the compute layers and every
+step size (as a log-ratio to its PTQ value) are trained; everything else (shape constants,
+BatchNorm statistics...) stays fixed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
-from trtq.qat.fakequant import OP_TYPE, log_from_amax, quantized_codes, register_executor_op, scale_from_log
-from trtq.quantize.placement import Placement, QuantTarget
-from trtq.quantize.qdq import weight_amax
+from trtq.qat.fakequant import OP_TYPE, quantized_codes, register_executor_op, step_size
+from trtq.quantize.placement import Placement
+from trtq.quantize.qdq import _scale_and_zero_point
 
 TRAINABLE_INPUTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
@@ -45,12 +46,14 @@ BIAS_PRODUCERS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 @dataclass(frozen=True)
 class Quantizer:
-    """One fake-quantizer of the training graph: which tensor, its log-scale initializer, the
-    tensor its consumers read instead, and the per-channel axis (None = per tensor)."""
+    """One fake-quantizer of the training graph: which tensor, the initializers of its learned
+    log-ratio and fixed PTQ scale, the tensor its consumers read instead, and the per-channel axis
+    (None = per tensor)."""
 
     tensor: str
     kind: str
-    log_scale: str
+    log_ratio: str
+    base_scale: str
     output: str
     axis: int | None
 
@@ -83,21 +86,13 @@ def _unique(base: str, used: set[str]) -> str:
     return name
 
 
-def _initial_log_scale(target: QuantTarget, inits: Mapping[str, onnx.TensorProto],
-                       activation_amax: Mapping[str, float]) -> np.ndarray:
-    if target.kind == "weight":
-        values = numpy_helper.to_array(inits[target.tensor])
-        amax = weight_amax(values, target.axis if target.axis is not None else 0)
-        return np.array([log_from_amax(a) for a in amax], dtype=np.float32)
-    return np.array(log_from_amax(activation_amax[target.tensor]), dtype=np.float32)
-
-
 def training_graph(model: onnx.ModelProto, placement: Placement,
                    activation_amax: Mapping[str, float]) -> tuple[onnx.ModelProto, tuple[Quantizer, ...]]:
     """`model` with a fake-quantizer on every placement target (for the executor only).
 
-    Initial scales are the quantize path's: amax / 127 for activations (from the ranges),
-    per-channel max|w| / 127 for weights.
+    Each quantizer's fixed base scale is exactly the quantize path's (amax / 127 for activations,
+    per-channel max|w| / 127 for weights, computed by `trtq.quantize.qdq` itself); the learned
+    log-ratio starts at 0.
     """
     missing = [t.tensor for t in placement.targets if t.kind == "activation" and t.tensor not in activation_amax]
     if missing:
@@ -124,16 +119,19 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
     after: dict[str, list[onnx.NodeProto]] = {}
     quantizers = []
     for target in placement.targets:
-        log_name = _unique(f"{target.tensor}::log_scale", used)
+        ratio_name = _unique(f"{target.tensor}::log_scale_ratio", used)
+        base_name = _unique(f"{target.tensor}::ptq_scale", used)
         out_name = _unique(f"{target.tensor}::fake_quantized", used)
-        graph.initializer.append(numpy_helper.from_array(_initial_log_scale(target, inits, activation_amax), log_name))
+        base, _ = _scale_and_zero_point(target, inits, activation_amax, np.float32)
+        graph.initializer.extend([numpy_helper.from_array(np.zeros_like(base), ratio_name),
+                                  numpy_helper.from_array(base, base_name)])
         attrs = {"axis": target.axis} if target.axis is not None else {}
-        node = helper.make_node(OP_TYPE, [target.tensor, log_name], [out_name],
+        node = helper.make_node(OP_TYPE, [target.tensor, ratio_name, base_name], [out_name],
                                 name=_unique(f"{target.tensor}::{OP_TYPE}", used), **attrs)
         after.setdefault(producer_of.get(target.tensor, ""), []).append(node)
         for node_name, index in target.consumers:
             nodes_by_name[node_name].input[index] = out_name
-        quantizers.append(Quantizer(target.tensor, target.kind, log_name, out_name, target.axis))
+        quantizers.append(Quantizer(target.tensor, target.kind, ratio_name, base_name, out_name, target.axis))
     ordered = list(after.get("", []))
     for node in graph.node:
         ordered.append(node)
@@ -170,7 +168,7 @@ class QatModel(torch.nn.Module):
         for name in self.weight_names:
             self.net.parameter(name).requires_grad_(True)
         for q in self.quantizers:
-            self.net.parameter(q.log_scale).requires_grad_(True)
+            self.net.parameter(q.log_ratio).requires_grad_(True)
 
     @property
     def device(self) -> torch.device:
@@ -191,18 +189,19 @@ class QatModel(torch.nn.Module):
         return [self.net.parameter(name) for name in self.weight_names]
 
     def scale_parameters(self) -> list[torch.nn.Parameter]:
-        """The log step sizes, one per quantizer (per-channel ones hold one value per channel)."""
-        return [self.net.parameter(q.log_scale) for q in self.quantizers]
+        """The learned log(step size / PTQ step size), one per quantizer (per channel for weights)."""
+        return [self.net.parameter(q.log_ratio) for q in self.quantizers]
 
     def param_groups(self, lr: float, scale_lr: float) -> list[dict[str, object]]:
-        """Optimizer parameter groups: weights at `lr`, log step sizes at `scale_lr`."""
+        """Optimizer parameter groups: weights at `lr`, step-size log-ratios at `scale_lr`."""
         return [{"params": self.weight_parameters(), "lr": lr, "name": "weights"},
                 {"params": self.scale_parameters(), "lr": scale_lr, "name": "scales"}]
 
     def scales(self) -> dict[str, torch.Tensor]:
         """Current step size per quantized tensor (scalar, or one per channel), detached."""
         with torch.no_grad():
-            return {q.tensor: scale_from_log(self.net.parameter(q.log_scale)).detach() for q in self.quantizers}
+            return {q.tensor: step_size(self.net.parameter(q.log_ratio), self.net.parameter(q.base_scale)).detach()
+                    for q in self.quantizers}
 
     def activation_amax(self) -> dict[str, float]:
         """Current range of every quantized activation: scale * 127, as the ranges table holds it."""
@@ -210,13 +209,13 @@ class QatModel(torch.nn.Module):
         return {q.tensor: float(scales[q.tensor].cpu()) * 127.0 for q in self.quantizers if q.kind == "activation"}
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """Every trained tensor by ONNX name (weights, biases, log-scales), detached, on the CPU."""
-        names = [*self.weight_names, *(q.log_scale for q in self.quantizers)]
+        """Every trained tensor by ONNX name (weights, biases, scale log-ratios), detached, on the CPU."""
+        names = [*self.weight_names, *(q.log_ratio for q in self.quantizers)]
         return {name: self.net.parameter(name).detach().cpu().clone() for name in names}
 
     def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore tensors saved by `trained_state` (same model and placement)."""
-        expected = [*self.weight_names, *(q.log_scale for q in self.quantizers)]
+        expected = [*self.weight_names, *(q.log_ratio for q in self.quantizers)]
         missing = [name for name in expected if name not in state]
         if missing:
             raise TrtqError(f"The saved state has no tensor {missing[0]!r}; it belongs to another model or placement.",

@@ -247,7 +247,7 @@ class _Teacher:
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
         held = 0
         with torch.no_grad():
-            for batch in data.sequential(max(data.batch_size, 64)):
+            for batch in data.sequential():  # the training batch: fixed-batch models take no other
                 values = self.module.run(batch, self.names)
                 for name in self.names:
                     parts[name].append(values[name].detach())
