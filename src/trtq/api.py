@@ -375,6 +375,22 @@ def compare(
     )
 
 
+SENSITIVE_DB = 30.0
+"""Layers whose alone-in-INT8 output SNR is below this are suggested for FP16 in TensorRT 10 lines."""
+
+
+@dataclass(frozen=True)
+class SensitivityRun:
+    """A sensitivity analysis, the ranges it used, and the TensorRT 10 line that keeps the sensitive
+    layers (below SENSITIVE_DB) out of INT8."""
+
+    result: SensitivityResult
+    ranges: RangesTable
+    calibration: CalibrationResult | None
+    sensitive_layers: tuple[str, ...]
+    commands: dict[str, str]
+
+
 def sensitivity(
     model_path: str | Path,
     *,
@@ -387,7 +403,7 @@ def sensitivity(
     task: TaskOptions | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-) -> tuple[SensitivityResult, CalibrationResult | None, RangesTable]:
+) -> SensitivityRun:
     """Per-layer sensitivity: how much the output degrades when only that layer is INT8.
 
     Ranges come from calibrating on `calib` or from a saved table; evaluation runs on
@@ -412,4 +428,8 @@ def sensitivity(
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
         progress=progress,
     )
-    return result, calibration, table
+    sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
+    onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
+    commands = build_commands(onnx_path, cache_path, prepared.path, data.shapes,
+                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
+    return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]})

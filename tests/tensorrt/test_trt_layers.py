@@ -145,3 +145,20 @@ def test_quantize_record_with_unnamed_excluded_node_maps_to_parser_names(tmp_pat
     precisions = load_layer_precisions(tmp_path / "trtq-quantize.json")
     assert precisions == {"Relu_3": "fp16"}
     assert node_layer_names(model, precisions) == {"Relu_3": "node_of_r2"}
+
+
+def test_sensitivity_record_feeds_layer_precisions(tmp_path, capsys):
+    """`trtq sensitivity` records the layers below 30 dB and prints the TensorRT 10 line pinning them."""
+    from tiny_models import residual_conv_net, save
+    from trtq.cli import main
+
+    path = save(residual_conv_net(batch="N"), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    x[0, 0, 0, 0] = 1000.0  # one outlier: with max ranges every normal input value rounds to 0 in INT8
+    np.save(tmp_path / "c.npy", x)
+    assert main(["sensitivity", path, "--calib", str(tmp_path / "c.npy"), "--calib-method", "max", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sensitive_layers"] and out["sensitive_layers"][0] == out["layers"][0]["node"]
+    line = out["commands"]["tensorrt-10-implicit"]
+    assert "--precisionConstraints=obey" in line and f"{out['sensitive_layers'][0]}:fp16" in line
+    assert set(load_layer_precisions(tmp_path / "trtq-sensitivity.json")) == set(out["sensitive_layers"])

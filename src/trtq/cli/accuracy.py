@@ -68,12 +68,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
                                   exclude_ops=exclude_ops)
-    result, calibration, table = api.sensitivity(
+    run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
         progress=show_progress(args),
     )
-    stats = calibration.stats if calibration else {}
+    result, table = run.result, run.ranges
+    stats = run.calibration.stats if run.calibration else {}
     histograms = {}
     for tensor in (t for layer in result.layers for t in layer.tensors):
         if tensor in stats and tensor in table.amax and stats[tensor].has_histogram and len(histograms) < HISTOGRAM_TENSORS:
@@ -88,8 +89,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
     }
-    record = write_record(directory, "sensitivity", settings=settings, result=result.to_dict(), histograms=histograms)
-    emit(args, {**result.to_dict(), "record": str(record)}, _sensitivity_text(result, args.top, record))
+    record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
+                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers)})
+    text = _sensitivity_text(result, args.top, record)
+    if run.sensitive_layers:
+        text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
+                 f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
+    payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
+               "commands": run.commands}
+    emit(args, payload, text)
     return 0
 
 

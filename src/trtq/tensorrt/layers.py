@@ -61,8 +61,9 @@ def parse_layer_precisions(text: str | Sequence[str] | None) -> dict[str, str]:
 
 def load_layer_precisions(path: str | Path) -> dict[str, str]:
     """Read node precisions from JSON: {"layer_precisions": {node: precision}}, {node: precision}, or the
-    nodes kept out of INT8 (each gets fp16) as "excluded_nodes": [node, ...] or as a mixed-precision search
-    result's "excluded": [{"node": node, ...}, ...] (also inside a run record's "result")."""
+    nodes kept out of INT8 (each gets fp16) as "excluded_nodes": [node, ...], a sensitivity record's
+    "sensitive_layers", or a mixed-precision search result's "excluded": [{"node": node, ...}, ...]
+    (also inside a run record's "result")."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -76,6 +77,8 @@ def load_layer_precisions(path: str | Path) -> dict[str, str]:
     if isinstance(payload, dict) and isinstance(payload.get("excluded"), list):
         payload = {"excluded_nodes": [item.get("node") if isinstance(item, dict) else item
                                       for item in payload["excluded"]]}
+    if isinstance(payload, dict) and isinstance(payload.get("sensitive_layers"), list):
+        payload = {"excluded_nodes": payload["sensitive_layers"]}
     if isinstance(payload, dict) and isinstance(payload.get("layer_precisions"), dict):
         payload = payload["layer_precisions"]
     elif isinstance(payload, dict) and isinstance(payload.get("excluded_nodes"), list):
