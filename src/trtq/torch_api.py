@@ -114,7 +114,8 @@ def _export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inpu
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TrtqError(f"PyTorch module {type(module).__name__} cannot be exported to ONNX "
                         f"({type(exc).__name__}: {first[:200]}).",
-                        "make forward traceable (no data-dependent Python control flow), or export it yourself and "
+                        "make forward exportable by torch.onnx.export (ONNX-expressible ops, no data-dependent Python "
+                        "control flow), or export the model yourself and "
                         "run `trtq finetune model.onnx`.") from exc
     finally:
         module.train(was_training)
