@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,11 @@ def _export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inpu
         count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
         out_names = list(output_names) if output_names else (["output"] if count == 1 else [f"output_{i}" for i in range(count)])
         axes = {name: {0: "batch"} for name in [*input_names, *out_names]}
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, input_names=list(input_names),
-                          output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated, yet the one that folds BN
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=out_names, dynamic_axes=axes,
+                              do_constant_folding=True)
     except TrtqError:
         raise
     except Exception as exc:  # the exporter raises many unrelated types for untraceable modules

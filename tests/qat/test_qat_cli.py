@@ -1,0 +1,103 @@
+"""`trtq finetune` as a user runs it: files, JSON, the FP32/PTQ/QAT table, one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from tiny_models import residual_conv_net, save
+
+pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
+
+import trtq.cli as cli  # noqa: E402
+
+ARTIFACTS = ["net.qat.int8.cache", "net.qat.int8.json", "net.qat.int8.onnx"]
+
+
+@pytest.fixture(autouse=True)
+def finetune_registered(monkeypatch):
+    """Register the command whether or not cli/__init__ lists trtq.cli.qat yet."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", tuple(dict.fromkeys((*cli.COMMAND_MODULES, "trtq.cli.qat"))))
+
+
+@pytest.fixture()
+def case(tmp_path):
+    model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32))
+    return tmp_path, model
+
+
+def _args(tmp, model, *extra: str) -> list[str]:
+    return ["finetune", model, "--calib", str(tmp / "calib.npy"), "--steps", "6", "--lr", "1e-3",
+            "--batch-size", "8", "--eval-every", "3", "--checkpoint-every", "3",
+            "--output-dir", str(tmp / "out"), *extra]
+
+
+def _artifacts(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".qat.int8." in p.name) if folder.exists() else []
+
+
+def test_json_result_and_files(case, capsys):
+    tmp, model = case
+    assert cli.main(_args(tmp, model, "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert _artifacts(tmp / "out") == ARTIFACTS
+    assert out["onnx_path"].endswith("net.qat.int8.onnx")
+    assert [r["stage"] for r in out["comparison"]["rows"]] == ["fp32", "ptq", "qat"]
+    assert out["training"]["steps"] == 6 and out["training"]["stopped"] == "steps"
+    assert [h["step"] for h in out["training"]["history"]] == [0, 3, 6]
+    assert out["parity"]["ok"] is True and out["parity"]["max_steps"] <= 1
+    table = json.loads((tmp / "out" / "net.qat.int8.json").read_text())
+    assert table["options"]["qat_steps"] == 6
+    cache = (tmp / "out" / "net.qat.int8.cache").read_text().splitlines()
+    assert cache[0].startswith("TRT-") and cache[0].endswith("EntropyCalibration2")
+
+
+def test_text_table_and_target_early_stop(case, capsys):
+    tmp, model = case
+    assert cli.main(_args(tmp, model, "--quiet", "--target", "snr>=-50")) == 0
+    text = capsys.readouterr().out
+    assert "target reached" in text
+    assert "FP32 vs PTQ vs QAT" in text
+    rows = [line.split()[0] for line in text.splitlines() if line.strip().split()[:1] in (["fp32"], ["ptq"], ["qat"])]
+    assert rows == ["fp32", "ptq", "qat"]
+    assert "parity (onnxruntime vs PyTorch" in text
+
+
+def test_resume_continues_to_more_steps(case, capsys):
+    tmp, model = case
+    assert cli.main(_args(tmp, model, "--quiet")) == 0
+    capsys.readouterr()
+    args = _args(tmp, model, "--json", "--resume")
+    args[args.index("--steps") + 1] = "9"
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["training"]["start_step"] == 6 and out["training"]["steps"] == 9
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--calib", "missing.npy"], "does not exist"),
+    (["--resume"], "there is no checkpoint"),
+    (["--target", "map-drop<=1"], "not one fine-tuning can check"),
+    (["--steps", "-3"], "is not a non-negative integer"),
+])
+def test_bad_input_is_one_sentence_and_writes_nothing(case, capsys, extra, message):
+    tmp, model = case
+    args = _args(tmp, model, "--quiet")
+    if extra[0] == "--calib":
+        args[args.index("--calib") + 1] = str(tmp / extra[1])
+        extra = []
+    assert cli.main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trtq: error: ") and message in err and "Traceback" not in err
+    assert _artifacts(tmp / "out") == []
+
+
+def test_without_pytorch_the_command_says_how_to_get_it(case, capsys, monkeypatch):
+    tmp, model = case
+    monkeypatch.setitem(sys.modules, "trtq.qat", None)  # import trtq.qat now raises ImportError
+    assert cli.main(_args(tmp, model, "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert "needs PyTorch" in err and "pip install" in err
