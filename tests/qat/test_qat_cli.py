@@ -11,7 +11,7 @@ from tiny_models import residual_conv_net, save
 
 pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
-import trtq.cli as cli  # noqa: E402
+from trtq import cli
 
 ARTIFACTS = ["net.qat.int8.cache", "net.qat.int8.json", "net.qat.int8.onnx"]
 

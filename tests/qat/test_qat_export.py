@@ -10,10 +10,10 @@ from tiny_models import gemm_matmul_net, residual_conv_net
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
-from trtq.model import normalize_model  # noqa: E402
-from trtq.qat.exporter import check_parity, export_qdq  # noqa: E402
-from trtq.qat.model import QatModel  # noqa: E402
-from trtq.quantize import plan_placement  # noqa: E402
+from trtq.model import normalize_model
+from trtq.qat.exporter import check_parity, export_qdq
+from trtq.qat.model import QatModel
+from trtq.quantize import plan_placement
 
 
 def _trained(model: onnx.ModelProto, feeds: dict[str, np.ndarray], steps: int = 8) -> QatModel:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
-from trtq.qat.fakequant import MIN_SCALE, QMAX, QMIN, fake_quantize, step_size  # noqa: E402
+from trtq.qat.fakequant import MIN_SCALE, QMAX, QMIN, fake_quantize, step_size
 
 ZERO = torch.zeros(())
 

@@ -12,8 +12,8 @@ from tiny_models import gemm_matmul_net, residual_conv_net, save
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
-from trtq.errors import TrtqError  # noqa: E402
-from trtq.qat import Distillation, FinetuneOptions, TrainingDiverged, finetune  # noqa: E402
+from trtq.errors import TrtqError
+from trtq.qat import Distillation, FinetuneOptions, TrainingDiverged, finetune
 
 OUTPUTS = (".qat.int8.onnx", ".qat.int8.cache", ".qat.int8.json")
 
@@ -28,8 +28,8 @@ def conv_case(tmp_path):
 
 
 def _options(out, **overrides) -> FinetuneOptions:
-    base = dict(steps=12, lr=1e-2, scale_lr=1e-2, batch_size=8, eval_every=4, checkpoint_every=4,
-                output_dir=str(out), monitor_samples=16, parity_samples=8)
+    base = {"steps": 12, "lr": 1e-2, "scale_lr": 1e-2, "batch_size": 8, "eval_every": 4, "checkpoint_every": 4,
+            "output_dir": str(out), "monitor_samples": 16, "parity_samples": 8}
     base.update(overrides)
     return FinetuneOptions(**base)
 

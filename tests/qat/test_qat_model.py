@@ -11,12 +11,12 @@ from tiny_models import gemm_matmul_net, residual_conv_net
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
-from trtq.errors import TrtqError  # noqa: E402
-from trtq.model import normalize_model  # noqa: E402
-from trtq.qat.exporter import export_qdq  # noqa: E402
-from trtq.qat.fakequant import OP_TYPE  # noqa: E402
-from trtq.qat.model import QatModel, trainable_initializers  # noqa: E402
-from trtq.quantize import insert_qdq, plan_placement  # noqa: E402
+from trtq.errors import TrtqError
+from trtq.model import normalize_model
+from trtq.qat.exporter import export_qdq
+from trtq.qat.fakequant import OP_TYPE
+from trtq.qat.model import QatModel, trainable_initializers
+from trtq.quantize import insert_qdq, plan_placement
 
 
 def _prepared(model: onnx.ModelProto, **exclude):

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
-from torch import nn  # noqa: E402
+from torch import nn
 
-import trtq.qat as tq  # noqa: E402
-from trtq.errors import TrtqError  # noqa: E402
+import trtq.qat as tq
+from trtq.errors import TrtqError
 
 
 class SmallNet(nn.Module):

@@ -97,13 +97,14 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
     last = training.history[-1]
     stop = {"target": "target reached", "steps": "all steps run"}.get(training.stopped, training.stopped)
     lines = [
-        f"fine-tuned {result.model} on {result.device_name}: steps {training.start_step} -> {training.steps} ({stop}); "
-        f"{training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training",
-        f"  PTQ ranges: {result.ranges_from}; exported the state of step {training.best_step} "
-        f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
-        f"last evaluation {_fmt(last.snr_db)} dB)",
-        f"  parity (onnxruntime vs PyTorch, {parity.samples} samples): max {parity.max_steps} quantization step(s), "
-        f"{parity.mismatched} of {parity.elements} codes differ; outputs within {parity.output_max_abs_diff:.3g}",
+        (f"fine-tuned {result.model} on {result.device_name}: steps {training.start_step} -> {training.steps} "
+         f"({stop}); {training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training"),
+        (f"  PTQ ranges: {result.ranges_from}; exported the state of step {training.best_step} "
+         f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
+         f"last evaluation {_fmt(last.snr_db)} dB)"),
+        (f"  parity (onnxruntime vs PyTorch, {parity.samples} samples): max {parity.max_steps} quantization "
+         f"step(s), {parity.mismatched} of {parity.elements} codes differ; outputs within "
+         f"{parity.output_max_abs_diff:.3g}"),
         "",
         f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
     ]

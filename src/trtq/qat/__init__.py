@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from trtq.qat.api import Comparison, FinetuneOptions, FinetuneResult, StageScores, finetune
+from trtq.qat.api import (
+    Comparison,
+    FinetuneOptions,
+    FinetuneResult,
+    StageScores,
+    finetune,
+)
 from trtq.qat.exporter import ParityReport, QdqExport, check_parity, export_qdq
 from trtq.qat.fakequant import fake_quantize
 from trtq.qat.model import QatModel
-from trtq.qat.train import Distillation, LabelLoss, LossInputs, TrainingDiverged, TrainOptions, TrainResult
+from trtq.qat.train import (
+    Distillation,
+    LabelLoss,
+    LossInputs,
+    TrainingDiverged,
+    TrainOptions,
+    TrainResult,
+)
 
 __all__ = [
     "Comparison",

@@ -40,8 +40,18 @@ from trtq.qat.checkpoint import fingerprint
 from trtq.qat.data import TrainingData
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
-from trtq.qat.train import Distillation, LabelLoss, LossFn, Monitor, TrainOptions, TrainResult, train
+from trtq.qat.train import (
+    Distillation,
+    LabelLoss,
+    LossFn,
+    Monitor,
+    TrainOptions,
+    TrainResult,
+    train,
+)
 from trtq.quantize import insert_qdq
+
+DEFAULT_DATA = api.DataOptions()
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,7 @@ def finetune(
     ranges: str | Path | RangesTable | None = None,
     train_data: str | Path | None = None,
     eval_data: str | Path | None = None,
-    data: api.DataOptions = api.DataOptions(),
+    data: api.DataOptions = DEFAULT_DATA,
     options: FinetuneOptions = FinetuneOptions(),
     loss: LossFn | None = None,
     loss_tensors: Sequence[str] = (),

@@ -22,8 +22,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from trtq.quantize import insert_qdq
 from trtq.qat.model import QatModel
+from trtq.quantize import insert_qdq
 
 
 @dataclass(frozen=True)
