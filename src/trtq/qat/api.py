@@ -254,6 +254,8 @@ def finetune(
 
         labels = load_labels(None if options.labels is True else options.labels, train_ds).values
     data_train = TrainingData.from_dataset(train_ds, batch_size, labels, seed=options.seed)
+    data_digest = _data_hash(data_train)
+    data_train.to(device)
     eval_batches = _head(monitor_ds, options.monitor_samples, fixed or min(64, options.monitor_samples))
 
     from trtq.torch import OnnxModule
@@ -275,7 +277,7 @@ def finetune(
         tensors = loss_fn.tensors
     identity = fingerprint({
         "model": prepared.sha256, "placement": [(t.tensor, t.axis) for t in prepared.placement.targets],
-        "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": _data_hash(data_train),
+        "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": data_digest,
         "batch": data_train.batch_size, "seed": options.seed,
     })
     monitor = Monitor(teacher, eval_batches, outputs)

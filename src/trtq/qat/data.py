@@ -20,6 +20,9 @@ from trtq.errors import TrtqError
 MEMORY_BUDGET = 4 << 30
 """Fine-tuning samples are held in memory up to this many bytes."""
 
+DEVICE_BUDGET = 1 << 30
+"""Samples up to this many bytes move to the training device once, so batches never cross the bus."""
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -55,6 +58,7 @@ class TrainingData:
         self.batch_size = min(batch_size, self.num_samples)
         self.seed = seed
         self.batches_per_epoch = self.num_samples // self.batch_size
+        self._order: tuple[int, np.ndarray] | None = None
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, batch_size: int, labels: Sequence[int] | None = None,
@@ -76,9 +80,19 @@ class TrainingData:
         arrays = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
         return cls(arrays, labels, dataset.description, batch_size, seed)
 
+    def to(self, device: torch.device, budget: int = DEVICE_BUDGET) -> TrainingData:
+        """Keep the samples on `device` when they take at most `budget` bytes (else on the host)."""
+        held = sum(a.numel() * a.element_size() for a in self.arrays.values())
+        if held <= budget:
+            self.arrays = {name: a.to(device) for name, a in self.arrays.items()}
+            self.labels = None if self.labels is None else self.labels.to(device)
+        return self
+
     def order(self, epoch: int) -> np.ndarray:
         """The sample permutation of one epoch (deterministic in seed and epoch)."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_samples))
+        return self._order[1]
 
     def indices(self, step: int) -> np.ndarray:
         """Sample indices of the batch at `step` (0-based)."""
@@ -89,12 +103,14 @@ class TrainingData:
     def batch(self, step: int, device: torch.device) -> Batch:
         """The batch at `step`, moved to `device`."""
         idx = torch.from_numpy(self.indices(step))
-        feeds = {name: a[idx].to(device) for name, a in self.arrays.items()}
-        labels = None if self.labels is None else self.labels[idx].to(device)
-        return Batch(feeds, labels, idx)
+        first = next(iter(self.arrays.values()))
+        at = idx.to(first.device, non_blocking=True)
+        feeds = {name: a[at].to(device, non_blocking=True) for name, a in self.arrays.items()}
+        labels = None if self.labels is None else self.labels[at.to(self.labels.device)].to(device)
+        return Batch(feeds, labels, at)
 
     def sequential(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """All samples in order, as numpy batches (evaluation, teacher outputs)."""
         size = batch_size or self.batch_size
         for start in range(0, self.num_samples, size):
-            yield {name: a[start:start + size].numpy() for name, a in self.arrays.items()}
+            yield {name: a[start:start + size].cpu().numpy() for name, a in self.arrays.items()}

@@ -48,41 +48,48 @@ def _broadcast(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """QuantizeLinear + DequantizeLinear with LSQ gradients for `x` and the scale."""
+    """QuantizeLinear + DequantizeLinear with step `base * exp(log_ratio)`, LSQ gradients for `x`
+    and `log_ratio` (d/dlog_ratio = s * d/ds).
+
+    One function for the scale and the rounding keeps the per-step op count low (the executor
+    is launch-bound on small layers): the forward pass saves the saturation mask and d(out)/ds per
+    element, so the backward pass is a masked copy and one reduction.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor,  # type: ignore[override]
+                axis: int | None) -> torch.Tensor:
+        scale = step_size(log_ratio, base)
         s = _broadcast(scale, x, axis).to(x.dtype)
-        q = torch.clamp(torch.round(x / s), QMIN, QMAX)
-        ctx.save_for_backward(x, scale)
+        v = x / s
+        rounded = torch.round(v)
+        q = rounded.clamp(QMIN, QMAX)
+        inside = (rounded == q).to(x.dtype)  # 1 where not saturated
+        slope = torch.addcmul(q, v, inside, value=-1.0) if ctx.needs_input_grad[1] else None  # q - v inside, q out
+        ctx.save_for_backward(inside, slope, scale)
         ctx.axis = axis
         return q * s
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        x, scale = ctx.saved_tensors
-        s = _broadcast(scale, x, ctx.axis).to(x.dtype)
-        v = x / s
-        q = torch.round(v)
-        inside = (q >= QMIN) & (q <= QMAX)
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        inside, slope, scale = ctx.saved_tensors
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_scale = None
+        grad_ratio = None
         if ctx.needs_input_grad[1]:
-            per_element = grad * torch.where(inside, q - v, q.clamp(QMIN, QMAX))
+            per_element = grad * slope
             if ctx.axis is None:
-                grad_scale = per_element.sum().reshape(scale.shape)
+                grad_scale = per_element.sum()
             else:
-                axis = ctx.axis % x.dim()
-                dims = [d for d in range(x.dim()) if d != axis]
-                grad_scale = per_element.sum(dim=dims).reshape(scale.shape)
-            grad_scale = grad_scale.to(scale.dtype)
-        return grad_x, grad_scale, None
+                axis = ctx.axis % grad.dim()
+                grad_scale = per_element.sum(dim=[d for d in range(grad.dim()) if d != axis])
+            grad_ratio = (grad_scale.reshape(scale.shape) * scale).to(scale.dtype)
+        return grad_x, grad_ratio, None, None
 
 
 def fake_quantize(x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     """Symmetric int8 fake quantization of `x` with step `base * exp(log_ratio)` (per tensor, or
     per channel along `axis` with one value per channel)."""
-    return _FakeQuantize.apply(x, step_size(log_ratio, base), axis)
+    return _FakeQuantize.apply(x, log_ratio, base, axis)
 
 
 def quantized_codes(x: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
