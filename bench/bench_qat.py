@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "examples" / "qat"))
 
-from trtq import api  # noqa: E402
-from trtq.qat.data import TrainingData  # noqa: E402
-from trtq.qat.model import QatModel  # noqa: E402
-from trtq.qat.train import Distillation, Monitor, TrainOptions, train  # noqa: E402
-from trtq.torch import OnnxModule  # noqa: E402
+from trtq import api
+from trtq.qat.data import TrainingData
+from trtq.qat.model import QatModel
+from trtq.qat.train import Distillation, Monitor, TrainOptions, train
+from trtq.torch import OnnxModule
 
 
 def _sync(device: torch.device) -> None:

@@ -103,8 +103,8 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
          f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
          f"last evaluation {_fmt(last.snr_db)} dB)"),
         (f"  parity (onnxruntime vs PyTorch, {parity.samples} samples): max {parity.max_steps} quantization "
-         f"step(s), {parity.mismatched} of {parity.elements} codes differ; outputs within "
-         f"{parity.output_max_abs_diff:.3g}"),
+         f"step(s) end to end, {parity.mismatched} of {parity.elements} codes differ; each quantizer on the same "
+         f"input: max {parity.local_max_steps}; outputs within {parity.output_max_abs_diff:.3g}"),
         "",
         f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
     ]

@@ -5,10 +5,13 @@ Export = the normalised FP32 model with its fine-tuned weights, through the quan
 exact float32 step size the PyTorch model trained with (learned per-channel weight scales
 included, which `insert_qdq` alone would recompute from max|w|).
 
-Parity: onnxruntime runs the export with every QuantizeLinear output exposed; the int8 codes are
-compared with the fake-quantizers' codes in PyTorch on the same inputs. The difference, in
-quantization steps, is reported; summation order differs between the two runtimes, so a value
-sitting on a rounding boundary may land one step apart, never more in a healthy export.
+Parity: onnxruntime runs the export node by node (no graph optimisation) with every
+QuantizeLinear's input and int8 output exposed. Two differences are reported, in quantization
+steps: end to end (the fake-quantizers' codes in PyTorch on the same model inputs), and local
+(PyTorch's quantizer applied to onnxruntime's own input of each QuantizeLinear). Local parity
+checks the rounding and saturation semantics alone and is 0 in a correct export. End to end,
+the two runtimes sum convolutions in different orders, so a value on a rounding boundary can land
+one step apart; in layers after it the difference can grow where a network amplifies it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from trtq.qat.fakequant import quantized_codes
 from trtq.qat.model import QatModel
 from trtq.quantize import insert_qdq
 
@@ -50,10 +54,14 @@ class ParityReport:
     """Elements whose codes differ at all."""
     worst_tensor: str
     output_max_abs_diff: float
+    local_max_steps: int = 0
+    """The same comparison with PyTorch's quantizer applied to onnxruntime's own input of each
+    activation QuantizeLinear: the rounding and saturation semantics alone, without differences
+    carried from upstream layers (0 expected)."""
 
     @property
     def ok(self) -> bool:
-        """At most one quantization step apart anywhere."""
+        """At most one quantization step apart anywhere, end to end."""
         return self.max_steps <= 1
 
     def to_dict(self) -> dict:
@@ -87,15 +95,19 @@ def export_qdq(qmodel: QatModel) -> QdqExport:
 
 
 def _parity_session(model: onnx.ModelProto) -> tuple[ort.InferenceSession, dict[str, str]]:
-    """A session that also outputs every QuantizeLinear's int8 codes; tensor -> code output name."""
+    """A session that also outputs every QuantizeLinear's int8 codes and float input; tensor -> code output."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     codes = {}
-    present = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
+    present = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+    present |= {i.name for i in exposed.graph.initializer}
+    for node in list(exposed.graph.node):
         if node.op_type == "QuantizeLinear" and node.output[0] not in present:
             codes[node.input[0]] = node.output[0]
             exposed.graph.output.append(helper.make_tensor_value_info(node.output[0], TensorProto.INT8, None))
+            if node.input[0] not in present:
+                exposed.graph.output.append(helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None))
+                present.add(node.input[0])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every node as ONNX defines it
     options.log_severity_level = 3
@@ -107,15 +119,22 @@ def check_parity(qmodel: QatModel, exported: onnx.ModelProto,
     """Run `exported` (onnxruntime, CPU) and `qmodel` (PyTorch) on `batches`; compare codes and outputs."""
     session, code_names = _parity_session(exported)
     tensors = [q.tensor for q in qmodel.quantizers]
+    activations = [q for q in qmodel.quantizers if q.kind == "activation"]
+    inputs = [q.tensor for q in activations if q.tensor not in qmodel.input_names]
     outputs = list(qmodel.output_names)
-    samples = elements = mismatched = 0
+    scales = {t: s.cpu() for t, s in qmodel.scales().items()}
+    samples = elements = mismatched = local = 0
     steps = dict.fromkeys(tensors, 0)
     out_diff = 0.0
     for batch in batches:
         feeds = {name: np.ascontiguousarray(value) for name, value in batch.items()}
-        fetched = session.run([*outputs, *(code_names[t] for t in tensors)], feeds)
+        fetched = session.run([*outputs, *(code_names[t] for t in tensors), *inputs], feeds)
         ort_outputs = dict(zip(outputs, fetched[: len(outputs)]))
-        ort_codes = dict(zip(tensors, fetched[len(outputs):]))
+        ort_codes = dict(zip(tensors, fetched[len(outputs):len(outputs) + len(tensors)]))
+        ort_inputs = {**feeds, **dict(zip(inputs, fetched[len(outputs) + len(tensors):]))}
+        for q in activations:
+            mine = quantized_codes(torch.from_numpy(np.ascontiguousarray(ort_inputs[q.tensor])), scales[q.tensor], q.axis)
+            local = max(local, int(np.abs(mine.numpy() - ort_codes[q.tensor].astype(np.int32)).max(initial=0)))
         torch_codes = qmodel.codes(feeds, tensors)
         with torch.no_grad():
             torch_outputs = qmodel.run(feeds)
@@ -130,4 +149,5 @@ def check_parity(qmodel: QatModel, exported: onnx.ModelProto,
         samples += len(next(iter(feeds.values())))
     worst = max(tensors, key=lambda t: steps[t], default="")
     return ParityReport(samples=samples, tensors=len(tensors), elements=elements, max_steps=steps.get(worst, 0),
-                        mismatched=mismatched, worst_tensor=worst, output_max_abs_diff=out_diff)
+                        mismatched=mismatched, worst_tensor=worst, output_max_abs_diff=out_diff,
+                        local_max_steps=local)
