@@ -75,7 +75,8 @@ def main() -> None:
                      f"| {t.train_seconds:.1f} s | {t.samples_per_second:.0f} |")
         record["runs"][name] = {"top1": top1, "snr_db": qat.snr_db, "recovered": recovered, "steps": t.steps,
                                 "best_step": t.best_step, "train_seconds": t.train_seconds,
-                                "samples_per_second": t.samples_per_second, "parity_max_steps": result.parity.max_steps,
+                                "samples_per_second": t.samples_per_second, "wall_seconds": result.seconds,
+                                "parity_max_steps": result.parity.max_steps,
                                 "parity_mismatched": result.parity.mismatched, "parity_elements": result.parity.elements,
                                 "parity_local_max_steps": result.parity.local_max_steps,
                                 "history": [p.to_dict() for p in t.history]}
