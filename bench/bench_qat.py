@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "qat" / "digits_dw.onnx")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--samples", type=int, default=2048, help="random samples held on the device")
     parser.add_argument("--json", action="store_true")

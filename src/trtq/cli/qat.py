@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA, run every step eagerly instead of replaying a captured CUDA graph")
     p.add_argument("--resume", action="store_true",
                    help="continue from <stem>.qat.ckpt in the output directory (same model, data and options)")
     p.add_argument("--method", choices=METHODS, default="entropy", help="PTQ range algorithm (default: entropy)")
@@ -78,6 +80,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         exclude_nodes=tuple(args.exclude_nodes), exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
         trt_version=args.trt_version, output_dir=args.output_dir, resume=args.resume, seed=args.seed,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
+        cuda_graph=not args.no_cuda_graph,
     )
     try:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,
@@ -98,7 +101,8 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
     stop = {"target": "target reached", "steps": "all steps run"}.get(training.stopped, training.stopped)
     lines = [
         (f"fine-tuned {result.model} on {result.device_name}: steps {training.start_step} -> {training.steps} "
-         f"({stop}); {training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training"),
+         f"({stop}); {training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training, "
+         f"steps {training.step_mode}"),
         (f"  PTQ ranges: {result.ranges_from}; exported the state of step {training.best_step} "
          f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
          f"last evaluation {_fmt(last.snr_db)} dB)"),

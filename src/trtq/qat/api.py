@@ -88,6 +88,8 @@ class FinetuneOptions:
     """With labels: weight of the label-free distillation term added to the cross-entropy."""
     task: str | None = None
     """Task metric of the final comparison ("classify" or "detect"; labels from the data's folders)."""
+    cuda_graph: bool = True
+    """On CUDA, replay each training step from a captured CUDA graph (much less launch overhead)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ def device_name(device: torch.device) -> str:
 def _train_options(options: FinetuneOptions) -> TrainOptions:
     target = parse_target(options.target) if options.target else None
     result = TrainOptions(steps=options.steps, lr=options.lr, scale_lr=options.scale_lr,
-                          eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target)
+                          eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target,
+                          cuda_graph=options.cuda_graph)
     result.validate()
     return result
 

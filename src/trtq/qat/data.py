@@ -80,6 +80,11 @@ class TrainingData:
         arrays = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
         return cls(arrays, labels, dataset.description, batch_size, seed)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the samples are held."""
+        return next(iter(self.arrays.values())).device
+
     def to(self, device: torch.device, budget: int = DEVICE_BUDGET) -> TrainingData:
         """Keep the samples on `device` when they take at most `budget` bytes (else on the host)."""
         held = sum(a.numel() * a.element_size() for a in self.arrays.values())

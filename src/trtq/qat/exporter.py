@@ -17,7 +17,7 @@ one step apart; in layers after it the difference can grow where a network ampli
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -54,6 +54,8 @@ class ParityReport:
     """Elements whose codes differ at all."""
     worst_tensor: str
     output_max_abs_diff: float
+    steps_by_tensor: dict[str, int] = field(default_factory=dict)
+    """End-to-end max difference per quantized tensor (graph order)."""
     local_max_steps: int = 0
     """The same comparison with PyTorch's quantizer applied to onnxruntime's own input of each
     activation QuantizeLinear: the rounding and saturation semantics alone, without differences
@@ -150,4 +152,4 @@ def check_parity(qmodel: QatModel, exported: onnx.ModelProto,
     worst = max(tensors, key=lambda t: steps[t], default="")
     return ParityReport(samples=samples, tensors=len(tensors), elements=elements, max_steps=steps.get(worst, 0),
                         mismatched=mismatched, worst_tensor=worst, output_max_abs_diff=out_diff,
-                        local_max_steps=local)
+                        steps_by_tensor=steps, local_max_steps=local)

@@ -7,7 +7,7 @@ any other loss plug in as a `LossFn`.
 
 Adam with two parameter groups (weights at `lr`, log step sizes at `scale_lr`), cosine decay of
 both over `steps`, batches chosen by step (`TrainingData`), so a resumed run repeats the
-uninterrupted one exactly. Every `check_every` steps the loss is checked: NaN/Inf, or more than
+uninterrupted one exactly. On CUDA the step is replayed from a captured graph (`trtq.qat.step`). Every `check_every` steps the loss is checked: NaN/Inf, or more than
 `divergence` times the first interval's loss, stops the run (`TrainingDiverged`) and leaves the
 last good checkpoint in place. Checkpoints are written only when every trained tensor is finite.
 """
@@ -31,6 +31,12 @@ from trtq.evaluate.mixed import Target
 from trtq.qat.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trtq.qat.data import TrainingData
 from trtq.qat.model import QatModel
+from trtq.qat.step import (
+    StepRunner,
+    make_optimizer,
+    normalise_learning_rates,
+    set_learning_rates,
+)
 
 TEACHER_CACHE_BYTES = 256 << 20
 """Teacher outputs for every training sample are computed once when they take at most this."""
@@ -115,6 +121,8 @@ class TrainOptions:
     check_every: int = 10
     divergence: float = 100.0
     target: Target | None = None
+    cuda_graph: bool = True
+    """On CUDA, replay each step from a captured graph (see `trtq.qat.step`)."""
 
     def validate(self) -> None:
         """Fail with one sentence on a nonsensical option."""
@@ -163,6 +171,8 @@ class TrainResult:
     checkpoint: str | None = None
     best_step: int | None = None
     """The evaluation step whose state the model holds at the end (the best by the monitored metric)."""
+    step_mode: str = "eager"
+    """How steps ran: "eager", "cuda-graph", or "eager (why no graph)"."""
 
     @property
     def samples_per_second(self) -> float:
@@ -174,7 +184,7 @@ class TrainResult:
         return {"start_step": self.start_step, "steps": self.steps, "stopped": self.stopped,
                 "train_seconds": round(self.train_seconds, 3), "samples": self.samples,
                 "samples_per_second": round(self.samples_per_second, 1), "checkpoint": self.checkpoint,
-                "best_step": self.best_step,
+                "best_step": self.best_step, "step_mode": self.step_mode,
                 "history": [p.to_dict() for p in self.history]}
 
 
@@ -303,7 +313,8 @@ def train(
     options.validate()
     device = qmodel.device
     names = tuple(dict.fromkeys(loss_tensors))
-    optimizer = torch.optim.Adam(qmodel.param_groups(options.lr, options.scale_lr))
+    capturable = options.cuda_graph and device.type == "cuda"
+    optimizer = make_optimizer(qmodel, options.lr, options.scale_lr, capturable)
     base_lrs = [options.lr, options.scale_lr]
     target = options.target
 
@@ -316,6 +327,7 @@ def train(
         saved = load_checkpoint(checkpoint_path, fingerprint)
         qmodel.load_trained_state(saved.trained)
         optimizer.load_state_dict(saved.optimizer)
+        normalise_learning_rates(optimizer, capturable, device)
         start, history = saved.step, [Progress(**h) for h in saved.history]
         best = _Best(saved.best_step, saved.best_score, saved.best_trained)
         agreement = monitor.measure(qmodel)
@@ -335,23 +347,17 @@ def train(
     interval_loss = torch.zeros((), device=device)
     interval_steps, eval_loss, eval_steps, reference = 0, 0.0, 0, None
     began, overhead = time.perf_counter(), 0.0
+    runner = StepRunner(qmodel, optimizer, data, teach, teach.cache,
+                        lambda s, t, labels, feeds: loss_fn(LossInputs(s, t, labels, feeds)),
+                        names, interval_loss, options.cuda_graph)
     bar = tqdm(total=options.steps, initial=start, desc="fine-tuning", unit="step", disable=not progress,
                dynamic_ncols=True, leave=False)
     try:
         while step < options.steps and stopped == "steps":
             factor = _learning_rate_factor(step, options.steps)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            batch = data.batch(step, device)
-            teacher_values = teach(batch.feeds, batch.indices)
-            student_values = qmodel.run(batch.feeds, names)
-            loss = loss_fn(LossInputs(student_values, teacher_values, batch.labels, batch.feeds))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            interval_loss += loss.detach()
+            set_learning_rates(optimizer, [base * factor for base in base_lrs])
+            samples += runner.step(step)
             interval_steps += 1
-            samples += len(batch.indices)
             step += 1
             bar.update(1)
             if on_step is not None:
@@ -388,7 +394,8 @@ def train(
         bar.close()
     seconds = time.perf_counter() - began - overhead
     _restore_best(qmodel, best, step)
-    return TrainResult(start, step, stopped, tuple(history), seconds, samples, _str(checkpoint_path), best.step)
+    return TrainResult(start, step, stopped, tuple(history), seconds, samples, _str(checkpoint_path), best.step,
+                       runner.mode)
 
 
 def _restore_best(qmodel: QatModel, best: _Best, step: int) -> None:
