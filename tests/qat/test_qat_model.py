@@ -15,7 +15,7 @@ from trtq.errors import TrtqError
 from trtq.model import normalize_model
 from trtq.qat.exporter import export_qdq
 from trtq.qat.fakequant import OP_TYPE
-from trtq.qat.model import QatModel, trainable_initializers
+from trtq.qat.model import QatModel, trainable_initializers, training_graph
 from trtq.quantize import insert_qdq, plan_placement
 
 
@@ -53,12 +53,13 @@ def test_training_graph_quantizes_each_target_for_exactly_its_consumers():
     qmodel = QatModel(model, placement, amax)
     assert [(q.tensor, q.kind, q.axis) for q in qmodel.quantizers] == \
         [(t.tensor, t.kind, t.axis) for t in placement.targets]
-    graph = qmodel.net._nodes  # the executor's parsed graph (read-only look)
-    readers = {(n.name, i): name for n in graph for i, name in enumerate(n.proto.input)}
+    graph, quantizers = training_graph(model, placement, amax)  # what the executor runs
+    assert quantizers == qmodel.quantizers
+    readers = {(n.name, i): name for n in graph.graph.node for i, name in enumerate(n.input)}
     for q, target in zip(qmodel.quantizers, placement.targets):
         for node_name, index in target.consumers:
             assert readers[(node_name, index)] == q.output
-    fq_nodes = [n.proto for n in graph if n.proto.op_type == OP_TYPE]
+    fq_nodes = [n for n in graph.graph.node if n.op_type == OP_TYPE]
     assert len(fq_nodes) == len(placement.targets)
     assert "r1" in {q.tensor for q in qmodel.quantizers}
     assert readers[("add", 1)] == "r1::fake_quantized"
