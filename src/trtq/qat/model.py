@@ -24,7 +24,7 @@ from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.qat.fakequant import OP_TYPE, quantized_codes, register_executor_op, step_size
 from trtq.quantize.placement import Placement
-from trtq.quantize.qdq import _scale_and_zero_point
+from trtq.quantize.qdq import scale_and_zero_point, unique_name
 
 TRAINABLE_INPUTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
@@ -77,14 +77,6 @@ def trainable_initializers(model: onnx.ModelProto) -> tuple[str, ...]:
     return tuple(name for name in (i.name for i in model.graph.initializer) if verdict.get(name))
 
 
-def _unique(base: str, used: set[str]) -> str:
-    name, n = base, 1
-    while name in used:
-        name = f"{base}_{n}"
-        n += 1
-    used.add(name)
-    return name
-
 
 def training_graph(model: onnx.ModelProto, placement: Placement,
                    activation_amax: Mapping[str, float]) -> tuple[onnx.ModelProto, tuple[Quantizer, ...]]:
@@ -119,15 +111,15 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
     after: dict[str, list[onnx.NodeProto]] = {}
     quantizers = []
     for target in placement.targets:
-        ratio_name = _unique(f"{target.tensor}::log_scale_ratio", used)
-        base_name = _unique(f"{target.tensor}::ptq_scale", used)
-        out_name = _unique(f"{target.tensor}::fake_quantized", used)
-        base, _ = _scale_and_zero_point(target, inits, activation_amax, np.float32)
+        ratio_name = unique_name(f"{target.tensor}::log_scale_ratio", used)
+        base_name = unique_name(f"{target.tensor}::ptq_scale", used)
+        out_name = unique_name(f"{target.tensor}::fake_quantized", used)
+        base, _ = scale_and_zero_point(target, inits, activation_amax, np.float32)
         graph.initializer.extend([numpy_helper.from_array(np.zeros_like(base), ratio_name),
                                   numpy_helper.from_array(base, base_name)])
         attrs = {"axis": target.axis} if target.axis is not None else {}
         node = helper.make_node(OP_TYPE, [target.tensor, ratio_name, base_name], [out_name],
-                                name=_unique(f"{target.tensor}::{OP_TYPE}", used), **attrs)
+                                name=unique_name(f"{target.tensor}::{OP_TYPE}", used), **attrs)
         after.setdefault(producer_of.get(target.tensor, ""), []).append(node)
         for node_name, index in target.consumers:
             nodes_by_name[node_name].input[index] = out_name

@@ -70,7 +70,7 @@ def insert_qdq(
                 f"exclude its consumer with --exclude-nodes '{target.consumers[0][0]}'.",
             )
         np_dtype = np.float16 if elem_type == TensorProto.FLOAT16 else np.float32
-        scale, zero_point = _scale_and_zero_point(target, initializers, activation_amax, np_dtype)
+        scale, zero_point = scale_and_zero_point(target, initializers, activation_amax, np_dtype)
         base = target.tensor
         scale_name = unique_name(f"{base}_scale", used)
         zp_name = unique_name(f"{base}_zero_point", used)
@@ -104,12 +104,13 @@ def insert_qdq(
     return out
 
 
-def _scale_and_zero_point(
+def scale_and_zero_point(
     target: QuantTarget,
     initializers: Mapping[str, onnx.TensorProto],
     activation_amax: Mapping[str, float],
     np_dtype: type,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The Q/DQ scale (per channel for weights) and zero point (0, int8) of one placement target."""
     if target.kind == "weight":
         values = numpy_helper.to_array(initializers[target.tensor])
         amax = weight_amax(values, target.axis if target.axis is not None else 0)

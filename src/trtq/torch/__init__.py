@@ -8,3 +8,7 @@ from trtq.torch.module import OnnxModule
 from trtq.torch.ops import OPS, Unsupported
 
 __all__ = ["OPS", "OnnxModule", "Unsupported"]
+
+from trtq.torch_api import export, prepare  # noqa: E402  (QAT entry points, built on OnnxModule)
+
+__all__ += ["export", "prepare"]
