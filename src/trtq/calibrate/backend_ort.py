@@ -37,13 +37,19 @@ def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.Model
     return out
 
 
-def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session for an in-memory model (large models go through a temp file)."""
+def make_session(model: onnx.ModelProto, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session for an in-memory model (large models go through a temp file).
+
+    `spin=False` stops idle intra-op threads from spinning, leaving the CPU to other work in this
+    process (the calibration backend's statistics thread).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     weights = sum(len(init.raw_data) for init in model.graph.initializer)
     if weights < _PROTOBUF_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -70,7 +76,7 @@ class OrtBackend:
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._session = make_session(expose_tensors(model, self._fetch), threads or os.cpu_count())
+        self._session = make_session(expose_tensors(model, self._fetch), threads or os.cpu_count(), spin=False)
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
         self._pending: Future[None] | None = None
