@@ -1,4 +1,4 @@
-"""Q/DQ placement follows TensorRT's rules on tiny models (see tests/tiny_models.py for the graphs)."""
+"""Q/DQ placement follows TensorRT's rules on tiny models (see tests/support/tiny_models.py for the graphs)."""
 
 import pytest
 
