@@ -194,3 +194,22 @@ def test_target_and_fp16_through_the_api(conv_case):
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in q.graph.initializer)
     report = api.compare(model, r.onnx_path, tmp / "val.npy", progress=False)
     assert report.outputs[0].snr_db > 20
+
+
+def test_unwritable_output_dir_fails_before_calibration(conv_case, monkeypatch):
+    tmp, model = conv_case
+    import trtq._io
+    from trtq.calibrate import runner
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def never(*args, **kwargs):
+        raise AssertionError("calibration must not start")
+
+    monkeypatch.setattr(trtq._io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(runner, "make_backend", never)
+    with pytest.raises(TrtqError, match=r"out/new cannot be created in .* \(Permission denied\)"):
+        api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "out" / "new")),
+                     progress=False)
+    assert not (tmp / "out").exists()

@@ -30,6 +30,30 @@ def ensure_writable_dir(directory: Path) -> Path:
     return directory
 
 
+def check_writable_dir(directory: Path) -> None:
+    """Fail early, leaving nothing behind, when `directory` could not be created or written to.
+
+    Long work (calibration) checks its output directory first, so a typo costs seconds, not
+    minutes. A temporary file is created and removed in the nearest existing ancestor: permission
+    bits alone do not tell (root passes every check; /proc refuses all writes).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrtqError(f"Cannot create output directory {directory}: {existing} is not a directory.",
+                        "choose a writable --output-dir.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".trtq-probe-", dir=existing)
+    except OSError as exc:
+        what = "is not writable" if existing == directory else f"cannot be created in {existing}"
+        raise TrtqError(f"Output directory {directory} {what} ({exc.strerror}).",
+                        "choose a writable --output-dir.") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from trtq._io import write_files_atomically
+from trtq._io import check_writable_dir, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.data import Dataset, open_dataset, resolve_preprocess
@@ -264,6 +264,7 @@ def quantize(
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
+    check_writable_dir(onnx_path.parent)
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     if calib is not None:
