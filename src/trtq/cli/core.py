@@ -195,8 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     lines = [f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})", header, *rows]
     if report.task is not None:
-        against = "labels" if report.task.reference.against == "labels" else "FP32 outputs (agreement, no labels)"
-        lines.append(f"{report.notes[0] if report.notes else report.task.reference.task} (against {against}):")
+        lines.append(f"{report.notes[0]}:")  # the task's own description says what it is measured against
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
             lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
