@@ -20,13 +20,14 @@ ReLU is positively homogeneous, so the FP32 function is unchanged (checked below
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -41,11 +42,16 @@ HERE = Path(__file__).resolve().parent
 DIGITS = HERE.parent / "digits"
 
 
-def upsample(digit: np.ndarray) -> np.ndarray:
-    """One 8x8 digit (0..16) as a 32x32 uint8 image, exactly as examples/digits/make_example.py."""
-    small = Image.fromarray((digit / 16.0).astype(np.float32))
-    big = np.asarray(small.resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.float32)
-    return np.clip(np.rint(big * 255.0), 0, 255).astype(np.uint8)
+def _digits_example() -> ModuleType:
+    """examples/digits/make_example.py, whose upsampling and PNG reading this example must share."""
+    spec = importlib.util.spec_from_file_location("digits_make_example", DIGITS / "make_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_DIGITS = _digits_example()
+upsample, read_pngs = _DIGITS.upsample, _DIGITS.read_pngs
 
 
 def train_indices(labels: np.ndarray) -> np.ndarray:
@@ -127,13 +133,6 @@ def spread_ranges(model: DepthwiseCNN, rng: np.random.Generator) -> nn.Module:
         layers += [dw, nn.ReLU(), pw, nn.ReLU()]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.head]
     return nn.Sequential(*layers).eval()
-
-
-def read_pngs(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """folder/<label>/*.png as trtq's "none" preset reads them: grayscale, /255."""
-    files = sorted(folder.glob("*/*.png"))
-    x = np.stack([np.asarray(Image.open(f).convert("L"), dtype=np.float32) / 255.0 for f in files])
-    return x[:, None], np.array([int(f.parent.name) for f in files])
 
 
 def export(model: nn.Module, path: Path) -> None:
