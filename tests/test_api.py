@@ -213,3 +213,22 @@ def test_unwritable_output_dir_fails_before_calibration(conv_case, monkeypatch):
         api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "out" / "new")),
                      progress=False)
     assert not (tmp / "out").exists()
+
+
+def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
+    """quantize reuses the calibration data for --target (without --target-data) and --high-precision."""
+    tmp, model = conv_case
+    opened = []
+    real = api.open_dataset
+
+    def counting(source, *args, **kwargs):
+        opened.append(str(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(api, "open_dataset", counting)
+    api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
+        method="max", target="snr>=20", high_precision="fp16", output_dir=str(tmp / "once")), progress=False)
+    assert opened == [str(tmp / "calib.npy")]
+    opened.clear()
+    api.sensitivity(model, calib=tmp / "calib.npy", progress=False)
+    assert opened == [str(tmp / "calib.npy")]

@@ -46,6 +46,7 @@ __all__ = [
     "QuantizeOptions",
     "QuantizeResult",
     "calibrate",
+    "calibrate_prepared",
     "compare",
     "inspect",
     "open_data",
@@ -176,12 +177,6 @@ def open_data(model: onnx.ModelProto, source: str | Path, options: DataOptions =
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit)
 
 
-def _batch_size(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> int:
-    resolved = resolve_input_shapes(graph_inputs(model), shapes)
-    first = next(iter(resolved.values()), (1,))
-    return int(first[0]) if first else 1
-
-
 DEFAULT_EVAL_BATCH = 32
 """Evaluation batch for models with a dynamic batch dim (results do not depend on it)."""
 
@@ -215,13 +210,17 @@ def calibrate(
     if options.method not in METHODS:
         raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
-    return _calibrate_prepared(prepared, calib, data, options, progress)
+    return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
 
 
-def _calibrate_prepared(
-    prepared: PreparedModel, calib: str | Path, data: DataOptions, options: QuantizeOptions, progress: bool
+def calibrate_prepared(
+    prepared: PreparedModel, dataset: Dataset, *, options: QuantizeOptions = QuantizeOptions(), progress: bool = True
 ) -> CalibrationResult:
-    dataset = open_data(prepared.model, calib, data)
+    """Calibrate an already prepared model on already opened (and checked) data.
+
+    For callers that use the model and the data again afterwards (quantize with --target,
+    sensitivity, fine-tuning), so neither is loaded or checked twice.
+    """
     return run_calibration(
         prepared.model,
         prepared.placement.calibrated_tensors,
@@ -230,7 +229,7 @@ def _calibrate_prepared(
         model_name=prepared.path.name,
         method=options.method,
         percentile=options.percentile,
-        batch_size=_batch_size(prepared.model, data.shapes),
+        batch_size=dataset.batch_size,
         device=options.device,
         drop_partial=_fixed_batch(prepared.model),
         progress=progress,
@@ -267,18 +266,18 @@ def quantize(
     check_writable_dir(onnx_path.parent)
     seconds: float | None = None
     calibration: CalibrationResult | None = None
-    if calib is not None:
-        calibration = _calibrate_prepared(prepared, calib, data, options, progress)
+    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    if calib_data is not None:
+        calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
     placement, mixed, precision = prepared.placement, None, None
     if options.target:
-        source = options.target_data or calib
-        if source is None:
+        dataset = open_data(prepared.model, options.target_data, data) if options.target_data else calib_data
+        if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
                             "pass --target-data DATA.")
-        dataset = open_data(prepared.model, source, data)
         mixed = search_mixed_precision(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
@@ -288,10 +287,9 @@ def quantize(
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
     if options.high_precision != "fp32":
-        dataset = open_data(prepared.model, calib, data) if calib is not None else None
         precision = apply_high_precision(
-            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=dataset,
-            batch_size=eval_batch_size(prepared.model, dataset) if dataset else 1,
+            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
+            batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
         )
         quantized_model = precision.model
     quantized = quantized_model.SerializeToString()
@@ -413,12 +411,12 @@ def sensitivity(
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
-    calibration = _calibrate_prepared(prepared, calib, data, options, progress) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
-    source = data_source or calib
-    if source is None:
+    dataset = open_data(prepared.model, data_source, data) if data_source else calib_data
+    if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
-    dataset = open_data(prepared.model, source, data)
     result = analyze_sensitivity(
         prepared.model,
         prepared.placement,

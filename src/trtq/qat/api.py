@@ -239,11 +239,11 @@ def finetune(
     quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
                                            exclude_nodes=tuple(options.exclude_nodes),
                                            exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
-    train_ds = api.open_data(prepared.model, train_data or calib, data)
     monitor_ds = api.open_data(prepared.model, calib, data)
+    train_ds = api.open_data(prepared.model, train_data, data) if train_data is not None else monitor_ds
     eval_ds = api.open_data(prepared.model, eval_data, data) if eval_data is not None else monitor_ds
     if ranges is None:
-        table = api.calibrate(prepared.path, calib, data=data, options=quantize_options, progress=progress).ranges
+        table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
