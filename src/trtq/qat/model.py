@@ -24,7 +24,7 @@ from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.qat.fakequant import OP_TYPE, quantized_codes, register_executor_op, step_size
 from trtq.quantize.placement import Placement
-from trtq.quantize.qdq import scale_and_zero_point, unique_name
+from trtq.quantize.qdq import insert_after_producers, scale_and_zero_point, unique_name
 
 TRAINABLE_INPUTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
@@ -124,12 +124,7 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
         for node_name, index in target.consumers:
             nodes_by_name[node_name].input[index] = out_name
         quantizers.append(Quantizer(target.tensor, target.kind, ratio_name, base_name, out_name, target.axis))
-    ordered = list(after.get("", []))
-    for node in graph.node:
-        ordered.append(node)
-        ordered.extend(after.get(node.name, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
+    insert_after_producers(graph, after)
     return out, tuple(quantizers)
 
 

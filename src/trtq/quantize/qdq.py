@@ -7,7 +7,7 @@ quantized tensor, shared by every consumer the plan names; other consumers keep 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -95,13 +95,19 @@ def insert_qdq(
                 raise AssertionError(f"placement names {node_name}:{index} for {base}, node reads {node.input[index]}")
             node.input[index] = dq_out
 
+    insert_after_producers(graph, after)
+    return out
+
+
+def insert_after_producers(graph: onnx.GraphProto, after: Mapping[str, Sequence[onnx.NodeProto]]) -> None:
+    """Insert new nodes right after the node (by name) that produces their input, keeping the graph
+    topologically sorted; `after[""]` goes first (inputs of graph inputs and initializers)."""
     ordered = list(after.get("", []))
     for node in graph.node:
         ordered.append(node)
         ordered.extend(after.get(node.name, []))
     del graph.node[:]
     graph.node.extend(ordered)
-    return out
 
 
 def scale_and_zero_point(
