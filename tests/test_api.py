@@ -232,3 +232,8 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     opened.clear()
     api.sensitivity(model, calib=tmp / "calib.npy", progress=False)
     assert opened == [str(tmp / "calib.npy")]
+
+
+def test_unknown_method_is_refused_when_options_are_made():
+    with pytest.raises(TrtqError, match="--method 'kl' is not one of entropy, max, percentile, mse"):
+        api.QuantizeOptions(method="kl")

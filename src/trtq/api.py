@@ -103,6 +103,10 @@ class QuantizeOptions:
     """"fp16": convert what is not INT8 to FP16 inside the ONNX (TensorRT 11 has no FP16 flag)."""
     task: TaskOptions | None = None
 
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+
 
 @dataclass(frozen=True)
 class QuantizeResult:
@@ -207,8 +211,6 @@ def calibrate(
     progress: bool = True,
 ) -> CalibrationResult:
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
-    if options.method not in METHODS:
-        raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
 
@@ -258,8 +260,6 @@ def quantize(
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
-    if options.method not in METHODS:
-        raise TrtqError(f"--method {options.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
