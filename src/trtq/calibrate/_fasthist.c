@@ -1,85 +1,272 @@
-/* Fused histogram pass for the calibration collector (optional; numpy fallback in collector.py).
+/* Fused statistics pass for the calibration collector (optional; numpy fallback in collector.py).
  *
- * ceil_counts(values, scale, counts): for every float32 x in `values`, c = ceilf(fabsf(x * scale)),
- * counts[min(c, n)] += 1 where n = len(counts) - 1. Exactly the arithmetic of the numpy path
- * (float32 multiply, abs, ceil), in one read of the data instead of six passes. Four interleaved
- * sub-histograms keep repeated bins (ReLU zeros) from serialising on one counter.
+ * ceil_counts(values, scale, counts[, kernel]) -> (amax, nonfinite)
+ *
+ * For every float32 x in `values`: a = |x|, c = ceil(min(a * scale, n + 1)) where
+ * n = len(counts) - 2, and counts[c] += 1. So counts[0] holds exact zeros, counts[1..n] the
+ * right-closed histogram bins, and counts[n + 1] every value above the range (and NaN/Inf).
+ * Returns the largest |x| and whether any value was NaN or Inf (amax is meaningless then): one read of
+ * the data gives amax, the finiteness check and the histogram, instead of three numpy passes.
+ * The float32 arithmetic is exactly the numpy path's (multiply, then ceil; no fused ops).
+ *
+ * Three kernels give identical results: AVX-512 (bins of zeros counted by mask, the rest
+ * compressed before counting), AVX2 (same, with a permute table) and portable C. The best one
+ * the CPU supports is picked at run time; `kernel` forces one (tests compare them).
+ * Counting goes into four interleaved 32-bit sub-histograms (repeated bins do not serialise on
+ * one counter) that are flushed to the int64 counts before they can overflow.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define TRTQ_X86 1
+#include <immintrin.h>
+#endif
+
+enum { BLOCK = 4096, FLUSH_BLOCKS = 256 };
+
+typedef struct {
+    uint32_t *sub; /* 4 * m counters */
+    int64_t *out;  /* m counts */
+    size_t m;      /* n + 2 */
+    size_t blocks;
+} Counter;
+
+/* Add the sub-histograms into the int64 counts and clear them. */
+static void flush(Counter *c) {
+    uint32_t *s = c->sub;
+    size_t m = c->m;
+    for (size_t b = 0; b < m; b++) {
+        c->out[b] += (int64_t)s[b] + s[m + b] + s[2 * m + b] + s[3 * m + b];
+    }
+    memset(s, 0, 4 * m * sizeof(uint32_t));
+}
+
+/* Count `k` ceil values (plus `zeros` zeros) into the sub-histograms; flush every FLUSH_BLOCKS blocks. */
+static void count_block(Counter *c, const int32_t *bins, size_t k, size_t zeros) {
+    uint32_t *s = c->sub;
+    size_t m = c->m, j = 0;
+    s[0] += (uint32_t)zeros;
+    for (; j + 4 <= k; j += 4) {
+        s[bins[j]]++;
+        s[m + bins[j + 1]]++;
+        s[2 * m + bins[j + 2]]++;
+        s[3 * m + bins[j + 3]]++;
+    }
+    for (; j < k; j++) {
+        s[bins[j]]++;
+    }
+    if (++c->blocks % FLUSH_BLOCKS == 0) {
+        flush(c);
+    }
+}
+
+/* Portable kernel: one value at a time (the compiler vectorises the first loop where it can). */
+static float pass_generic(const float *x, size_t size, float scale, Counter *c, int *nonfinite) {
+    float top = (float)(c->m - 1), amax = 0.0f;
+    int bad = 0;
+    int32_t bins[BLOCK];
+    for (size_t start = 0; start < size; start += BLOCK) {
+        size_t len = size - start < BLOCK ? size - start : BLOCK;
+        const float *xb = x + start;
+        for (size_t i = 0; i < len; i++) {
+            float a = fabsf(xb[i]);
+            bad |= !(a <= FLT_MAX);
+            amax = a > amax ? a : amax;
+            float y = a * scale;
+            y = y < top ? y : top; /* NaN compares false and lands in the top bin too */
+            bins[i] = (int32_t)ceilf(y);
+        }
+        count_block(c, bins, len, 0);
+    }
+    *nonfinite = bad;
+    return amax;
+}
+
+#ifdef TRTQ_X86
+static int32_t left_pack[256][8]; /* AVX2 lane permutation that moves the set lanes of a mask first */
+
+static void init_left_pack(void) {
+    for (int mask = 0; mask < 256; mask++) {
+        int k = 0;
+        for (int lane = 0; lane < 8; lane++) {
+            if (mask >> lane & 1) {
+                left_pack[mask][k++] = lane;
+            }
+        }
+        while (k < 8) {
+            left_pack[mask][k++] = 0;
+        }
+    }
+}
+
+__attribute__((target("avx2,popcnt"))) static float pass_avx2(const float *x, size_t size, float scale, Counter *c,
+                                                               int *nonfinite) {
+    const __m256 vscale = _mm256_set1_ps(scale), vtop = _mm256_set1_ps((float)(c->m - 1));
+    const __m256 vfltmax = _mm256_set1_ps(FLT_MAX), sign = _mm256_set1_ps(-0.0f);
+    __m256 vmax = _mm256_setzero_ps(), vbad = _mm256_setzero_ps();
+    float top = (float)(c->m - 1), amax = 0.0f;
+    int bad = 0;
+    int32_t bins[BLOCK + 8];
+    for (size_t start = 0; start < size; start += BLOCK) {
+        size_t len = size - start < BLOCK ? size - start : BLOCK;
+        const float *xb = x + start;
+        size_t k = 0, zeros = 0, i = 0;
+        for (; i + 8 <= len; i += 8) {
+            __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + i));
+            vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(a, vfltmax, _CMP_NLE_UQ));
+            vmax = _mm256_max_ps(vmax, a);
+            __m256 y = _mm256_min_ps(_mm256_mul_ps(a, vscale), vtop); /* NaN -> vtop */
+            __m256i t = _mm256_cvttps_epi32(_mm256_ceil_ps(y));
+            int keep = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, _mm256_setzero_si256())));
+            __m256i packed = _mm256_permutevar8x32_epi32(t, _mm256_loadu_si256((const __m256i *)left_pack[keep]));
+            _mm256_storeu_si256((__m256i *)(bins + k), packed);
+            int kept = __builtin_popcount((unsigned)keep);
+            k += (size_t)kept;
+            zeros += (size_t)(8 - kept);
+        }
+        for (; i < len; i++) {
+            float a = fabsf(xb[i]);
+            bad |= !(a <= FLT_MAX);
+            amax = a > amax ? a : amax;
+            float y = a * scale;
+            bins[k++] = (int32_t)ceilf(y < top ? y : top);
+        }
+        count_block(c, bins, k, zeros);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    for (int q = 0; q < 8; q++) {
+        amax = lanes[q] > amax ? lanes[q] : amax;
+    }
+    *nonfinite = bad | (_mm256_movemask_ps(vbad) != 0);
+    return amax;
+}
+
+__attribute__((target("avx512f,popcnt"))) static float pass_avx512(const float *x, size_t size, float scale,
+                                                                   Counter *c, int *nonfinite) {
+    const __m512 vscale = _mm512_set1_ps(scale), vtop = _mm512_set1_ps((float)(c->m - 1));
+    const __m512 vfltmax = _mm512_set1_ps(FLT_MAX);
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 vbad = 0;
+    float top = (float)(c->m - 1), amax = 0.0f;
+    int bad = 0;
+    int32_t bins[BLOCK + 16];
+    for (size_t start = 0; start < size; start += BLOCK) {
+        size_t len = size - start < BLOCK ? size - start : BLOCK;
+        const float *xb = x + start;
+        size_t k = 0, zeros = 0, i = 0;
+        for (; i + 16 <= len; i += 16) {
+            __m512 a = _mm512_abs_ps(_mm512_loadu_ps(xb + i));
+            vbad |= _mm512_cmp_ps_mask(a, vfltmax, _CMP_NLE_UQ);
+            vmax = _mm512_max_ps(vmax, a);
+            __m512 y = _mm512_min_ps(_mm512_mul_ps(a, vscale), vtop); /* NaN -> vtop */
+            __m512i t = _mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+            __mmask16 keep = _mm512_test_epi32_mask(t, t);
+            /* compress into a register, then a plain store: compress-to-memory is slow on some CPUs */
+            _mm512_storeu_si512((void *)(bins + k), _mm512_maskz_compress_epi32(keep, t));
+            int kept = __builtin_popcount((unsigned)keep);
+            k += (size_t)kept;
+            zeros += (size_t)(16 - kept);
+        }
+        for (; i < len; i++) {
+            float a = fabsf(xb[i]);
+            bad |= !(a <= FLT_MAX);
+            amax = a > amax ? a : amax;
+            float y = a * scale;
+            bins[k++] = (int32_t)ceilf(y < top ? y : top);
+        }
+        count_block(c, bins, k, zeros);
+    }
+    float lane_max = _mm512_reduce_max_ps(vmax);
+    amax = lane_max > amax ? lane_max : amax;
+    *nonfinite = bad | (vbad != 0);
+    return amax;
+}
+#endif
+
+typedef float (*pass_fn)(const float *, size_t, float, Counter *, int *);
+
+enum { KERNEL_GENERIC = 0, KERNEL_AVX2 = 1, KERNEL_AVX512 = 2 };
+
+static int best_kernel = KERNEL_GENERIC;
+
+static pass_fn kernel_fn(int kernel) {
+#ifdef TRTQ_X86
+    if (kernel == KERNEL_AVX512) {
+        return pass_avx512;
+    }
+    if (kernel == KERNEL_AVX2) {
+        return pass_avx2;
+    }
+#endif
+    return pass_generic;
+}
+
 static PyObject *ceil_counts(PyObject *self, PyObject *args) {
     Py_buffer values, counts;
     float scale;
-    if (!PyArg_ParseTuple(args, "y*fw*", &values, &scale, &counts)) {
+    int kernel = -1;
+    if (!PyArg_ParseTuple(args, "y*fw*|i", &values, &scale, &counts, &kernel)) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (values.itemsize != 4 || counts.itemsize != 8 || counts.len < 8) {
-        PyErr_SetString(PyExc_TypeError, "ceil_counts needs contiguous float32 values and int64 counts");
+    if (values.itemsize != 4 || counts.itemsize != 8 || counts.len < 16) {
+        PyErr_SetString(PyExc_TypeError, "ceil_counts needs contiguous float32 values and at least 2 int64 counts");
         goto done;
     }
-    const float *x = (const float *)values.buf;
-    int64_t *out = (int64_t *)counts.buf;
-    Py_ssize_t size = values.len / 4;
-    Py_ssize_t n = counts.len / 8 - 1;
-    float nf = (float)n;
-    uint32_t *sub = calloc(4 * (size_t)(n + 1), sizeof(uint32_t));
-    if (sub == NULL) {
+    if (kernel > best_kernel) {
+        PyErr_Format(PyExc_ValueError, "kernel %d is not supported on this CPU (best: %d)", kernel, best_kernel);
+        goto done;
+    }
+    Counter c = {NULL, (int64_t *)counts.buf, (size_t)(counts.len / 8), 0};
+    c.sub = calloc(4 * c.m, sizeof(uint32_t));
+    if (c.sub == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    pass_fn pass = kernel_fn(kernel < 0 ? best_kernel : kernel);
+    float amax;
+    int nonfinite;
     Py_BEGIN_ALLOW_THREADS
-    /* Phase 1 computes the bins of a block (a loop the compiler vectorises); phase 2 counts them
-     * into four interleaved sub-histograms. Sub-counters are flushed every block, so they never
-     * overflow. */
-    enum { BLOCK = 4096 };
-    uint32_t bins[BLOCK];
-    for (Py_ssize_t start = 0; start < size; start += BLOCK) {
-        Py_ssize_t len = size - start < BLOCK ? size - start : BLOCK;
-        const float *xb = x + start;
-        for (Py_ssize_t i = 0; i < len; i++) {
-            float y = fabsf(xb[i] * scale);
-            y = y < nf ? y : nf; /* NaN never reaches here: the collector filters non-finite values */
-            uint32_t t = (uint32_t)y;
-            bins[i] = t + ((float)t < y);
-        }
-        Py_ssize_t i = 0;
-        for (; i + 4 <= len; i += 4) {
-            sub[bins[i]]++;
-            sub[(size_t)(n + 1) + bins[i + 1]]++;
-            sub[2 * (size_t)(n + 1) + bins[i + 2]]++;
-            sub[3 * (size_t)(n + 1) + bins[i + 3]]++;
-        }
-        for (; i < len; i++) {
-            sub[bins[i]]++;
-        }
-        if ((start / BLOCK) % 256 == 255 || start + BLOCK >= size) {
-            for (Py_ssize_t b = 0; b <= n; b++) {
-                out[b] += (int64_t)sub[b] + sub[(n + 1) + b] + sub[2 * (n + 1) + b] + sub[3 * (n + 1) + b];
-            }
-            memset(sub, 0, 4 * (size_t)(n + 1) * sizeof(uint32_t));
-        }
-    }
+    amax = pass((const float *)values.buf, (size_t)(values.len / 4), scale, &c, &nonfinite);
+    flush(&c);
     Py_END_ALLOW_THREADS
-    free(sub);
-    Py_INCREF(Py_None);
-    result = Py_None;
+    free(c.sub);
+    result = Py_BuildValue("(dO)", (double)amax, nonfinite ? Py_True : Py_False);
 done:
     PyBuffer_Release(&values);
     PyBuffer_Release(&counts);
     return result;
 }
 
+static PyObject *best(PyObject *self, PyObject *args) {
+    return PyLong_FromLong(best_kernel);
+}
+
 static PyMethodDef methods[] = {
-    {"ceil_counts", ceil_counts, METH_VARARGS, "Fused |x|*scale ceil-histogram into int64 counts."},
+    {"ceil_counts", ceil_counts, METH_VARARGS,
+     "ceil_counts(values, scale, counts[, kernel]) -> (amax, nonfinite): fused amax and |x|*scale ceil counts."},
+    {"best_kernel", best, METH_NOARGS, "The kernel ceil_counts uses: 0 portable, 1 AVX2, 2 AVX-512."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fasthist", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fasthist(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fasthist(void) {
+#ifdef TRTQ_X86
+    __builtin_cpu_init();
+    init_left_pack();
+    if (__builtin_cpu_supports("avx512f")) {
+        best_kernel = KERNEL_AVX512;
+    } else if (__builtin_cpu_supports("avx2")) {
+        best_kernel = KERNEL_AVX2;
+    }
+#endif
+    return PyModule_Create(&module);
+}

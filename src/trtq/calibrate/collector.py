@@ -33,9 +33,10 @@ MIN_HIST_MAX = 2.0**-100
 """Smallest histogram range; keeps the float32 bin scale finite for denormal-only tensors."""
 
 try:
+    from trtq.calibrate._fasthist import best_kernel as _fasthist_best
     from trtq.calibrate._fasthist import ceil_counts as _ceil_counts
 except ImportError:  # the optional C extension was not built; the numpy path gives the same counts
-    _ceil_counts = None
+    _ceil_counts = _fasthist_best = None
 
 _CHUNK = 1 << 16
 """Elements binned per step: large enough to amortise numpy overhead, small enough for L2 cache."""
@@ -181,6 +182,8 @@ class StatsCollector:
             return
         if flat.dtype not in (np.float16, np.float32):
             flat = flat.astype(np.float32)
+        if self._fused(run, flat):
+            return
         hi, lo = flat.max(), flat.min()
         if not (np.isfinite(hi) and np.isfinite(lo)):
             finite = np.isfinite(flat)
@@ -200,6 +203,24 @@ class StatsCollector:
             return
         self._cover(run, batch_amax)
         run.hist += self._bin(flat, run.scale)
+
+    def _fused(self, run: _Running, flat: np.ndarray) -> bool:
+        """The common case in one C pass: a finite batch inside the current histogram range.
+
+        Returns False, having changed nothing, when the extension is missing, the range is not
+        set yet, or the batch holds NaN/Inf or values beyond the range; `update` then takes the
+        general path (which also grows the range).
+        """
+        if _ceil_counts is None or not self.use_extension or not self.histogram or run.hist_max == 0.0:
+            return False
+        counts = np.zeros(self.num_bins + 2, dtype=np.int64)
+        amax, nonfinite = _ceil_counts(np.ascontiguousarray(flat, dtype=np.float32), float(run.scale), counts)
+        if nonfinite or counts[-1]:
+            return False
+        run.amax = max(run.amax, float(np.float32(amax)))
+        run.count += flat.size
+        run.hist += _fold_zeros(counts[:-1])
+        return True
 
     def merge(self, other: StatsCollector) -> None:
         """Fold another collector's statistics into this one (same tensors, bins and mode).
@@ -283,11 +304,10 @@ class StatsCollector:
         """Histogram of |flat| * scale by the right-closed rule, in cache-sized chunks."""
         n = self.num_bins
         if _ceil_counts is not None and self.use_extension:
-            counts = np.zeros(n + 1, dtype=np.int64)
+            counts = np.zeros(n + 2, dtype=np.int64)
             _ceil_counts(np.ascontiguousarray(flat, dtype=np.float32), float(scale), counts)
-            hist = counts[1:].copy()
-            hist[0] += counts[0]
-            return hist
+            counts[n] += counts[n + 1]  # nothing lands above the range once it covers amax; kept as the numpy path does
+            return _fold_zeros(counts[:-1])
         chunk = min(_CHUNK, flat.size)
         if self._fbuf.size < chunk:
             self._fbuf = np.empty(chunk, dtype=np.float32)
@@ -308,10 +328,14 @@ class StatsCollector:
             found = np.bincount(ibuf, minlength=n + 1)
             counts[:n] += found[: n]
             counts[n] += found[n:].sum()
-        # ceil value c belongs to bin c - 1; c == 0 (an exact zero) to bin 0.
-        hist = counts[1:].copy()
-        hist[0] += counts[0]
-        return hist
+        return _fold_zeros(counts)
+
+
+def _fold_zeros(counts: np.ndarray) -> np.ndarray:
+    """Ceil-value counts (index c = ceil(|x| * scale)) to bins: c belongs to bin c - 1, c == 0 (an exact zero) to bin 0."""
+    hist = counts[1:].copy()
+    hist[0] += counts[0]
+    return hist
 
 
 def _power_of_two_ratio(big: float, small: float) -> int | None:
