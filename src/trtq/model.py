@@ -326,27 +326,53 @@ _SMALL_TENSOR = 4096
 """Initializers up to this many bytes keep their values in the weightless copy (shape constants)."""
 
 
+def split_initializers(
+    model: onnx.ModelProto, min_bytes: int = _SMALL_TENSOR
+) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of `model` without its raw-data initializers of more than `min_bytes`, and those initializers.
+
+    The copy is built field by field, so the weights' bytes are never copied: cheap whatever the
+    model's size. The returned initializers are `model`'s own messages (not copies); small ones
+    (shape constants) and ones not stored as raw bytes stay in the copy.
+    """
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    large = []
+    for init in model.graph.initializer:
+        # ByteSize() and HasField() read no payload (reading raw_data would copy it)
+        if init.ByteSize() > min_bytes and init.HasField("raw_data") and not init.HasField("data_location"):
+            large.append(init)
+        else:
+            skeleton.graph.initializer.append(init)
+    return skeleton, large
+
+
+def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto, skip: str) -> None:
+    """Copy every set field of `src` except `skip` into `dst` (same message type)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` before (removed in 7)
+        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose large initializers keep name, type and dims but no values.
 
     Shape inference only reads the values of small (shape-like) constants, and serialising a
     model's weights through the C++ inference dominates its cost on large models.
     """
-    skeleton = onnx.ModelProto()
-    graph = model.graph
-    saved = list(graph.initializer)
-    del graph.initializer[:]
-    try:
-        skeleton.CopyFrom(model)
-    finally:
-        graph.initializer.extend(saved)
-    for init in saved:
-        if len(init.raw_data) <= _SMALL_TENSOR and not init.HasField("data_location"):
-            skeleton.graph.initializer.append(init)
-        else:
-            stub = skeleton.graph.initializer.add()
-            stub.name, stub.data_type = init.name, init.data_type
-            stub.dims.extend(init.dims)
+    skeleton, large = split_initializers(model)
+    for init in large:
+        stub = skeleton.graph.initializer.add()
+        stub.name, stub.data_type = init.name, init.data_type
+        stub.dims.extend(init.dims)
     return skeleton
 
 

@@ -8,10 +8,9 @@ one batch's activations whatever the number of samples.
 from __future__ import annotations
 
 import os
-import tempfile
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,10 +18,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
-from trtq.model import tensor_types
-
-_PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this a model must travel with external data
-
+from trtq.model import split_initializers, tensor_types
 
 def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs also include `tensors` (graph inputs excluded)."""
@@ -37,11 +33,23 @@ def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.Model
     return out
 
 
-def make_session(model: onnx.ModelProto, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
-    """A CPU onnxruntime session for an in-memory model (large models go through a temp file).
+_EXTERNAL_TYPES = frozenset(
+    getattr(onnx.TensorProto, t) for t in (
+        "FLOAT", "FLOAT16", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")
+)
+"""Initializer types that numpy (and so an onnxruntime OrtValue) represents natively."""
 
-    `spin=False` stops idle intra-op threads from spinning, leaving the CPU to other work in this
-    process (the calibration backend's statistics thread).
+
+def make_session(
+    model: onnx.ModelProto, threads: int | None = None, spin: bool = True, outputs: Sequence[str] = ()
+) -> ort.InferenceSession:
+    """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
+
+    Only the graph travels as protobuf bytes: large weights are handed to onnxruntime as
+    external initializers that view the model's own bytes. Serialising the weights (twice the
+    model's size in copies) used to cost more than creating the session, and any model size works
+    (no 2 GB protobuf limit, no temporary file). `spin=False` stops idle intra-op threads from
+    spinning, leaving the CPU to other work in this process (the calibration statistics thread).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -50,13 +58,28 @@ def make_session(model: onnx.ModelProto, threads: int | None = None, spin: bool 
         options.intra_op_num_threads = threads
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    weights = sum(len(init.raw_data) for init in model.graph.initializer)
-    if weights < _PROTOBUF_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory(prefix="trtq-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save(model, str(path), save_as_external_data=True, location="model.data")
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    skeleton, large = split_initializers(model)
+    names, values, arrays = [], [], []
+    for init in large:
+        if init.data_type not in _EXTERNAL_TYPES:
+            skeleton.graph.initializer.append(init)
+            continue
+        array = np.frombuffer(init.raw_data, dtype=helper.tensor_dtype_to_np_dtype(init.data_type))
+        if sys.byteorder == "big":  # ONNX raw data is little-endian
+            array = array.byteswap()
+        stub = skeleton.graph.initializer.add()
+        stub.name, stub.data_type, stub.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
+        stub.dims.extend(init.dims)
+        stub.external_data.add(key="location", value="trtq-in-memory")  # never read: the values are passed below
+        names.append(init.name)
+        arrays.append(array)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array.reshape(tuple(init.dims))))
+    if names:
+        options.add_external_initializers(names, values)
+    session = ort.InferenceSession(expose_tensors(skeleton, outputs).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    session._trtq_weights = (arrays, values)  # onnxruntime may read the buffers for the session's lifetime
+    return session
 
 
 class OrtBackend:
@@ -76,7 +99,7 @@ class OrtBackend:
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._session = make_session(expose_tensors(model, self._fetch), threads or os.cpu_count(), spin=False)
+        self._session = make_session(model, threads or os.cpu_count(), spin=False, outputs=self._fetch)
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
         self._pending: Future[None] | None = None

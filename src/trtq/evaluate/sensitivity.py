@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
-from trtq.calibrate.backend_ort import expose_tensors, make_session
+from trtq.calibrate.backend_ort import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator
@@ -304,7 +304,7 @@ def _local(
         exposed.extend(t for t in (*feeds_of[name], *outs_of[name]) if t not in initializers)
     exposed = list(dict.fromkeys(exposed))
     fetch = [t for t in exposed if t not in graph_inputs]
-    session = make_session(expose_tensors(model, fetch))
+    session = make_session(model, outputs=fetch)
     accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
     samples = 0
     with tqdm(
