@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -161,12 +162,14 @@ def prepare_model(
 ) -> PreparedModel:
     """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
     path = Path(model_path)
-    original = load_model(path)
-    layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
-    model = normalize_model(original, source=str(path))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
+        sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
+        original = load_model(path)
+        layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
+        model = normalize_model(original, source=str(path), copy=False)
     return PreparedModel(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256.result(),
         model=model,
         placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope),
         layer_names=layer_names,

@@ -242,8 +242,8 @@ MIN_QDQ_OPSET = 13
 """Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13."""
 
 
-def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """Return a copy ready for analysis and Q/DQ insertion.
+def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = True) -> onnx.ModelProto:
+    """Return a copy (or, with copy=False, `model` itself, changed) ready for analysis and Q/DQ insertion.
 
     - Constant nodes become initializers (exporters emit weights either way),
     - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
@@ -253,8 +253,11 @@ def normalize_model(model: onnx.ModelProto, source: str = "model") -> onnx.Model
     """
     from onnx import numpy_helper, shape_inference, version_converter
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    else:
+        out = model
     if default_opset(out) < MIN_QDQ_OPSET:
         try:
             out = version_converter.convert_version(out, MIN_QDQ_OPSET)

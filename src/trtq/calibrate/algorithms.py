@@ -10,6 +10,8 @@ caller floors it.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from trtq.calibrate.collector import TensorStats
@@ -81,11 +83,9 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
     cum_plogp = np.concatenate(([0.0], np.cumsum(plogp)))
 
     cand = np.arange(start_bin, n + 1, dtype=np.int64)
-    groups = np.arange(num_quant_bins + 1, dtype=np.int64)
-    # Start of group g for candidate i: ceil(g * i / num_quant_bins); group num_quant_bins starts at i.
-    starts = (groups[None, :] * cand[:, None] + num_quant_bins - 1) // num_quant_bins
-    group_sum = (cum[starts[:, 1:]] - cum[starts[:, :-1]]).astype(np.float64)
-    group_nonzero = (nonzero[starts[:, 1:]] - nonzero[starts[:, :-1]]).astype(np.float64)
+    starts = _group_starts(n, num_quant_bins, start_bin)
+    group_sum = np.diff(cum[starts], axis=1).astype(np.float64)
+    group_nonzero = np.diff(nonzero[starts], axis=1).astype(np.float64)
     has = group_sum > 0
     safe_sum = np.where(has, group_sum, 1.0)
     safe_nonzero = np.where(has, group_nonzero, 1.0)
@@ -102,6 +102,19 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
         kl = (plogp_sum - plogq) / total + np.log(np.where(inside > 0, inside, 1.0) / total)
     impossible = (outliers > 0) & (last_bin == 0)
     return np.where(impossible, np.inf, np.maximum(kl, 0.0))
+
+
+@functools.lru_cache(maxsize=8)
+def _group_starts(num_bins: int, num_quant_bins: int, start_bin: int) -> np.ndarray:
+    """First bin of group g for candidate threshold i (rows i = start_bin..num_bins): ceil(g * i / num_quant_bins).
+
+    Group num_quant_bins starts at i. Depends on the sizes only, so it is computed once per run.
+    """
+    cand = np.arange(start_bin, num_bins + 1, dtype=np.int64)
+    groups = np.arange(num_quant_bins + 1, dtype=np.int64)
+    starts = (groups[None, :] * cand[:, None] + num_quant_bins - 1) // num_quant_bins
+    starts.flags.writeable = False
+    return starts
 
 
 def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:

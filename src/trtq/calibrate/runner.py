@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +97,10 @@ def run_calibration(
             "calibration data.",
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
-    amax = {name: float(compute_amax(stats[name], method, percentile=percentile)) for name in tensors}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="trtq-amax") as pool:
+        # numpy releases the GIL in the algorithms' array passes, so tensors run in parallel
+        found = pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)), tensors)
+        amax = dict(zip(tensors, found))
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "percentile":
         options["percentile"] = percentile
