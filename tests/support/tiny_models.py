@@ -114,3 +114,32 @@ def save(model: onnx.ModelProto, path) -> str:
     """Save a model and return its path as a string."""
     onnx.save(model, str(path))
     return str(path)
+
+
+def wide_conv_net(seed: int = 5) -> onnx.ModelProto:
+    """A conv chain whose widths are multiples of 16 (onnxruntime's largest NCHWc block) but one.
+
+        input [1,3,16,16] -> conv1 (3->16) -> relu1 -> conv2 (16->32) -> relu2 -> conv3 (32->8) -> relu3
+                          -> conv_head (8->16, 1x1) -> relu_head = output [1,16,16,16]
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        _w(rng, "w1", 16, 3, 3, 3), _w(rng, "b1", 16, scale=0.1),
+        _w(rng, "w2", 32, 16, 3, 3), _w(rng, "b2", 32, scale=0.1),
+        _w(rng, "w3", 8, 32, 3, 3), _w(rng, "b3", 8, scale=0.1),
+        _w(rng, "wh", 16, 8, 1, 1), _w(rng, "bh", 16, scale=0.1),
+    ]
+    pads = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", **pads),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", **pads),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3", **pads),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("Conv", ["r3", "wh", "bh"], ["ch"], name="conv_head"),
+        helper.make_node("Relu", ["ch"], ["output"], name="relu_head"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16, 16, 16])]
+    return _model(nodes, inputs, outputs, inits)

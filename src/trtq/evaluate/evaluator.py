@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from trtq.calibrate.backend_ort import make_session
+from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics

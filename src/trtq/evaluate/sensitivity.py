@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
-from trtq.calibrate.backend_ort import make_session
+from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator
