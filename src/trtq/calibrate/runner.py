@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from trtq import __version__
 from trtq.calibrate.algorithms import compute_amax, needs_histogram
+from trtq.calibrate.aliases import value_roots
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
 from trtq.data import Dataset
@@ -70,7 +71,9 @@ def run_calibration(
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
     """
     start = time.perf_counter()
-    backend = make_backend(device, model, tensors, histogram=needs_histogram(method))
+    roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
+    observed = list(dict.fromkeys(roots.values()))
+    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
     digest = hashlib.sha256()
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
@@ -99,8 +102,11 @@ def run_calibration(
         )
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="trtq-amax") as pool:
         # numpy releases the GIL in the algorithms' array passes, so tensors run in parallel
-        found = pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)), tensors)
-        amax = dict(zip(tensors, found))
+        found = dict(zip(observed, pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)),
+                                            observed)))
+    amax = {name: found[roots[name]] for name in tensors}
+    stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
+             for name in tensors}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "percentile":
         options["percentile"] = percentile
