@@ -97,3 +97,29 @@ def test_cache_scope_qdq_covers_int8_layers_only_all_covers_everything():
     assert set(everything.cache_tensors) == {"x", "c1", "e", "m", "out"}
     with pytest.raises(TrtqError, match="--cache-scope"):
         _targets(model, cache_scope="some")
+
+
+def test_identity_nodes_do_not_hide_fusions():
+    """PaddlePaddle-style exports put an Identity after most layers; TensorRT removes them first,
+    so the residual conv fuses with Add and Relu and the INT8 layer's output is the Relu's.
+
+        x -> conv1 -> c1 -> add(x) -> a -> Identity -> ai -> relu -> r -> Identity -> ri -> conv2 -> out
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), n) for n in ("w1", "w2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Add", ["c1", "x"], ["a"], name="add"),
+        helper.make_node("Identity", ["a"], ["ai"], name="id1"),
+        helper.make_node("Relu", ["ai"], ["r"], name="relu"),
+        helper.make_node("Identity", ["r"], ["ri"], name="id2"),
+        helper.make_node("Conv", ["ri", "w2"], ["out"], name="conv2"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])], initializer=inits)
+    placement, targets = _targets(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert {"x", "ri"} <= set(targets)
+    assert "c1" not in placement.cache_tensors and "a" not in placement.cache_tensors
+    assert "r" in placement.cache_tensors

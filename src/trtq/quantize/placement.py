@@ -247,15 +247,31 @@ FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalizatio
 FUSED_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "BatchNormalization")
 
 
+def _readers_past_identity(g: _Graph, name: str) -> list[tuple[onnx.NodeProto, int]]:
+    """The nodes reading `name`, with Identity nodes (TensorRT removes them) replaced by their readers.
+
+    An Identity whose output is a graph output counts as a reader itself: that tensor must exist.
+    """
+    outputs = {o.name for o in g.model.graph.output}
+    readers: list[tuple[onnx.NodeProto, int]] = []
+    for node, index in g.consumers.get(name, []):
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            readers.extend(_readers_past_identity(g, node.output[0]))
+        else:
+            readers.append((node, index))
+    return readers
+
+
 def _fused_away(g: _Graph, name: str) -> bool:
     """True for a tensor TensorRT fuses away: a Conv/BN/Add output read only by a following
-    activation or BatchNorm, or a convolution's output read only by its residual Add.
+    activation or BatchNorm, or a convolution's output read only by its residual Add (Identity
+    nodes in between do not count: TensorRT removes them first).
 
     Such tensors need no calibration-cache entry, and observing them would block onnxruntime's
     own fusions and cost a histogram pass for nothing.
     """
     producer = g.producer.get(name)
-    readers = g.consumers.get(name, [])
+    readers = _readers_past_identity(g, name)
     if producer is None or producer.op_type not in FUSED_PRODUCERS or len(readers) != 1:
         return False
     if name in {o.name for o in g.model.graph.output}:
@@ -281,7 +297,7 @@ def _int8_outputs(g: _Graph, targets: Sequence[QuantTarget]) -> list[str]:
             continue
         tensor = node.output[0]
         while _fused_away(g, tensor):
-            tensor = g.consumers[tensor][0][0].output[0]
+            tensor = _readers_past_identity(g, tensor)[0][0].output[0]
         names.append(tensor)
     return names
 
