@@ -62,3 +62,54 @@ def test_normalize_names_nodes_and_folds_constants():
     assert all(n.name for n in normalized.graph.node)
     assert "Constant" not in {n.op_type for n in normalized.graph.node}
     assert "w1c" in {i.name for i in normalized.graph.initializer}
+
+
+def _big_weights_net() -> onnx.ModelProto:
+    """residual_conv_net plus one initializer above the 4 KiB streaming threshold (unused by any node)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = residual_conv_net()
+    big = np.random.default_rng(9).standard_normal((64, 64)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(big, "unused_big"))
+    return model
+
+
+def test_serialized_chunks_parse_to_the_same_model():
+    """Streamed pieces concatenate to a model with the same graph and every initializer's bytes."""
+    from trtq.model import serialized_chunks, split_initializers
+
+    model = normalize_model(_big_weights_net())
+    _, large = split_initializers(model)
+    assert [init.name for init in large] == ["unused_big"]  # at least one initializer is streamed
+    chunks = list(serialized_chunks(model))
+    assert len(chunks) == 1 + len(large)
+    parsed = onnx.load_from_string(b"".join(chunks))
+    assert parsed.graph.node == model.graph.node and parsed.graph.input == model.graph.input
+    assert parsed.opset_import == model.opset_import and parsed.ir_version == model.ir_version
+    assert {i.name: i.SerializeToString() for i in parsed.graph.initializer} == {
+        i.name: i.SerializeToString() for i in model.graph.initializer}
+    onnx.checker.check_model(parsed)
+
+
+def test_check_structure_catches_a_dangling_input_without_copying_weights():
+    from trtq.model import check_structure
+
+    model = normalize_model(_big_weights_net())
+    check_structure(model)
+    model.graph.node[1].input[0] = "nowhere"
+    with pytest.raises(onnx.checker.ValidationError, match="nowhere"):
+        check_structure(model)
+
+
+def test_streamed_write_that_fails_leaves_nothing(tmp_path):
+    """A chunk source that raises midway leaves neither the target nor a temporary file."""
+    from trtq._io import write_files_atomically
+
+    def chunks():
+        yield b"first"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(TrtqError, match="No space left"):
+        write_files_atomically({tmp_path / "a.onnx": chunks(), tmp_path / "a.json": b"{}"})
+    assert list(tmp_path.iterdir()) == []

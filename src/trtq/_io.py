@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from trtq.errors import TrtqError
@@ -81,11 +81,12 @@ def atomic_write_text(target: Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def write_files_atomically(files: dict[Path, bytes]) -> None:
+def write_files_atomically(files: Mapping[Path, bytes | Iterable[bytes]]) -> None:
     """Write several files so that either all appear or none does.
 
     Every file is first written to a temporary name beside its target; only when all writes
-    succeeded are they renamed into place.
+    succeeded are they renamed into place. A file's content is bytes or an iterable of byte
+    chunks (streamed, e.g. a large model's weights one by one).
     """
     staged: list[tuple[Path, Path]] = []
     try:
@@ -93,9 +94,13 @@ def write_files_atomically(files: dict[Path, bytes]) -> None:
             target = Path(target)
             ensure_writable_dir(target.parent)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
             staged.append((Path(tmp_name), target))
+            with os.fdopen(fd, "wb") as handle:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    handle.write(data)
+                else:
+                    for chunk in data:
+                        handle.write(chunk)
         for tmp, target in staged:
             os.replace(tmp, target)
     except OSError as exc:

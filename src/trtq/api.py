@@ -28,6 +28,7 @@ from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_co
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
     ModelInfo,
+    check_structure,
     file_sha256,
     graph_inputs,
     graph_outputs,
@@ -36,6 +37,7 @@ from trtq.model import (
     normalize_model,
     normalized_node_names,
     resolve_input_shapes,
+    serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.precision import apply_high_precision
@@ -295,18 +297,17 @@ def quantize(
             batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
         )
         quantized_model = precision.model
-    quantized = quantized_model.SerializeToString()
     if table.model_sha256 != prepared.sha256:
         warnings.warn(
             f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
             f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
             stacklevel=2,
         )
-    onnx.checker.check_model(quantized)
+    check_structure(quantized_model)
     cache_amax = {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
     write_files_atomically(
         {
-            onnx_path: quantized,
+            onnx_path: serialized_chunks(quantized_model),
             cache_path: format_cache(cache_amax, options.trt_version, table.method),
             ranges_path: table.to_json().encode("utf-8"),
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -377,6 +377,53 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
         stub.name, stub.data_type = init.name, init.data_type
         stub.dims.extend(init.dims)
     return skeleton
+
+
+def serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
+    """`model`'s protobuf encoding in pieces, large weights one by one, for streaming to a file.
+
+    SerializeToString builds the whole model (for ResNet-50, 100 MB) in fresh memory before a
+    byte is written; this writes the graph without its large initializers, then each initializer
+    as a repeated-field record of the same graph message. Protobuf parsers read repeated fields
+    wherever they appear in a message, so onnx, onnxruntime and TensorRT load the file as usual.
+    """
+    skeleton, large = split_initializers(model)
+    graph = skeleton.graph.SerializeToString()
+    records = [(init, init.ByteSize()) for init in large]
+    size = len(graph) + sum(len(_INITIALIZER_TAG) + len(_varint(n)) + n for _, n in records)
+    head = onnx.ModelProto()
+    _copy_fields(skeleton, head, skip="graph")
+    yield head.SerializeToString() + _GRAPH_TAG + _varint(size) + graph
+    for init, n in records:
+        yield _INITIALIZER_TAG + _varint(n) + init.SerializeToString()
+
+
+def _field_tag(message: type, name: str) -> bytes:
+    """The wire tag of a length-delimited field (field number << 3 | wire type 2), as a varint."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint encoding of a non-negative integer."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+_GRAPH_TAG = _field_tag(onnx.ModelProto, "graph")
+_INITIALIZER_TAG = _field_tag(onnx.GraphProto, "initializer")
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """onnx.checker on `model` without copying its weights: large initializers are declared as
+    graph inputs of the same type and shape (their bytes come from numpy and need no check)."""
+    skeleton, large = split_initializers(model)
+    for init in large:
+        skeleton.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    onnx.checker.check_model(skeleton)
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
