@@ -161,3 +161,25 @@ def test_bypass_reorders_edits_only_output_only_whole_block_reorders():
     assert [o.name for o in model.graph.output] == ["t16", "b", "c", "d", "e"]
     assert [n.output[0] for n in model.graph.node] == ["t16", "b", "c", "e", "d"]
     assert bypass_reorders(model, ["b"]) == ({}, {})
+
+
+def test_blocked_route_that_cannot_write_falls_back_to_plain_exposure(monkeypatch):
+    """A temporary folder that cannot be written (disk full, say) gives the plain session and a note."""
+    import tempfile
+
+    import trtq.calibrate.ort_session as ort_session
+
+    model, tensors, batches = _wide()
+    if not has_nchwc(model):
+        pytest.skip("the blocked-layout route is only tried on x86-64")
+
+    class Unwritable(tempfile.TemporaryDirectory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.name = self.name + "/missing/folder"
+
+    monkeypatch.setattr(ort_session.tempfile, "TemporaryDirectory", Unwritable)
+    fetch = [t for t in tensors if t != "input"]
+    exposing = make_exposing_session(model, fetch)
+    assert exposing.renamed == {} and "blocked-layout route failed" in exposing.note
+    assert {o.name for o in exposing.session.get_outputs()} >= set(fetch)

@@ -86,7 +86,9 @@ class OrtBackend:
         channels = self._exposing.channels
         if all(v.ndim > 1 and v.shape[1] == channels[t] for t, v in zip(self._fetch, values) if t in channels):
             return True
-        self._exposing = ExposingSession(make_session(self._model, self._threads, spin=False, outputs=self._fetch), {}, {})
+        note = "observed tensors exposed in NCHW (a blocked tensor had padding lanes)"
+        self._exposing = ExposingSession(make_session(self._model, self._threads, spin=False, outputs=self._fetch), {}, {},
+                                         note)
         self._session = self._exposing.session
         self._outputs = list(self._fetch)
         return False
@@ -106,5 +108,5 @@ class OrtBackend:
         return self._collector.stats()
 
     def notes(self) -> tuple[str, ...]:
-        """Nothing to report: onnxruntime runs every node."""
-        return ()
+        """Why observed tensors were exposed in NCHW where the blocked layout would have saved copies."""
+        return (self._exposing.note,) if self._exposing.note else ()

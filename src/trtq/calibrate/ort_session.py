@@ -124,6 +124,8 @@ class ExposingSession:
     session: ort.InferenceSession
     renamed: dict[str, str]
     channels: dict[str, int]
+    note: str = ""
+    """Why the blocked layout is not used, where it could have been (empty otherwise)."""
 
     def output_name(self, tensor: str) -> str:
         """The session output that carries `tensor`'s values."""
@@ -180,22 +182,42 @@ def make_exposing_session(
 ) -> ExposingSession:
     """A session exposing `tensors` (which must not be graph inputs), in blocked layout where possible.
 
-    Falls back to the plain exposing session where the model never runs in NCHWc or no reorder
-    can be skipped. The optimised files live in a temporary folder removed with the session.
+    Falls back to the plain exposing session where the model never runs in NCHWc, no reorder can
+    be skipped, or the blocked-layout route fails (its files cannot be written, say); the reason
+    is kept in `note`. The optimised files live in a temporary folder removed with the session.
     """
     if not has_nchwc(model):
         return ExposingSession(make_session(model, threads, spin, outputs=tensors), {}, {})
     folder = tempfile.TemporaryDirectory(prefix="trtq-nchwc-", ignore_cleanup_errors=True)
     directory = Path(folder.name)
-    plain = make_session(model, threads, spin, outputs=tensors, save_optimized=directory / "optimized.onnx")
-    optimized = onnx.load(str(directory / "optimized.onnx"), load_external_data=False)
-    renamed, channels = bypass_reorders(optimized, tensors)
-    if not renamed:
+    try:
+        plain = make_session(model, threads, spin, outputs=tensors, save_optimized=directory / "optimized.onnx")
+    except _ROUTE_ERRORS as exc:  # a model onnxruntime rejects fails again below, with its own message
         folder.cleanup()
-        return ExposingSession(plain, {}, {})
-    del plain
-    onnx.save(optimized, str(directory / "exposing.onnx"))
-    options = session_options(threads, spin, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
-    session = ort.InferenceSession(str(directory / "exposing.onnx"), options, providers=["CPUExecutionProvider"])
+        return ExposingSession(make_session(model, threads, spin, outputs=tensors), {}, {}, _fallback_note(exc))
+    try:
+        optimized = onnx.load(str(directory / "optimized.onnx"), load_external_data=False)
+        renamed, channels = bypass_reorders(optimized, tensors)
+        if not renamed:
+            folder.cleanup()
+            return ExposingSession(plain, {}, {})
+        onnx.save(optimized, str(directory / "exposing.onnx"))
+        options = session_options(threads, spin, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
+        session = ort.InferenceSession(str(directory / "exposing.onnx"), options, providers=["CPUExecutionProvider"])
+    except _ROUTE_ERRORS as exc:
+        folder.cleanup()
+        return ExposingSession(plain, {}, {}, _fallback_note(exc))
     session._trtq_files = folder  # removed when the session is garbage-collected
     return ExposingSession(session, renamed, channels)
+
+
+_ROUTE_ERRORS: tuple[type[BaseException], ...] = (OSError, onnx.checker.ValidationError, *(
+    getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
+    ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented", "RuntimeException")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)))
+"""What the blocked-layout route can raise without the model being at fault (disk full, an
+onnxruntime that cannot reload its own optimised graph): calibration then exposes plain NCHW."""
+
+
+def _fallback_note(exc: BaseException) -> str:
+    return f"observed tensors exposed in NCHW (onnxruntime's blocked-layout route failed: {type(exc).__name__}: {exc})"
