@@ -69,9 +69,8 @@ def prepare(model: str, samples: int) -> tuple[Path, Path, Path, str, list[str]]
     WORK.mkdir(parents=True, exist_ok=True)
     if model == "resnet50":
         sys.path.insert(0, str(ROOT / "bench"))
-        from resnet50_onnx import build_resnet50
-
         import onnx
+        from resnet50_onnx import build_resnet50
 
         path = WORK / "resnet50.onnx"
         if not path.exists():
@@ -115,7 +114,13 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
             raise SystemExit(rc)
         calibration_s = json.loads(printed.getvalue())["calibration_seconds"]
     elif kind.startswith("ort"):
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         x = np.load(data, mmap_mode="r")
 

@@ -2,10 +2,16 @@
 
 import onnx
 import pytest
-
 from tiny_models import residual_conv_net, save
+
 from trtq.errors import TrtqError
-from trtq.model import inspect_model, load_model, normalize_model, parse_shapes, resolve_input_shapes
+from trtq.model import (
+    inspect_model,
+    load_model,
+    normalize_model,
+    parse_shapes,
+    resolve_input_shapes,
+)
 
 
 def test_inspect_reports_io_ops_and_quantizable(tmp_path):

@@ -353,16 +353,16 @@ def split_initializers(
 
 def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto, skip: str) -> None:
     """Copy every set field of `src` except `skip` into `dst` (same message type)."""
-    for field, value in src.ListFields():
-        if field.name == skip:
+    for descriptor, value in src.ListFields():
+        if descriptor.name == skip:
             continue
-        repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` before (removed in 7)
-        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
-            getattr(dst, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(dst, field.name).CopyFrom(value)
+        repeated = getattr(descriptor, "is_repeated", None)  # protobuf >= 5.28; `label` before (removed in 7)
+        if repeated if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED:
+            getattr(dst, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(dst, descriptor.name).CopyFrom(value)
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, descriptor.name, value)
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:

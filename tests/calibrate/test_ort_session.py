@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
+from reference_stats import plain_exposure_stats
 from tiny_models import wide_conv_net
+
 from trtq.calibrate.backend_ort import OrtBackend
-from trtq.calibrate.collector import StatsCollector
 from trtq.calibrate.ort_session import (
     NCHWC_DOMAIN,
     ExposingSession,
@@ -80,17 +80,6 @@ def test_split_initializers_moves_only_large_raw_weights():
     assert skeleton.opset_import == model.opset_import and skeleton.graph.input == model.graph.input
 
 
-def _plain_stats(model: onnx.ModelProto, tensors: list[str], batches: list[np.ndarray]) -> dict:
-    fetch = [t for t in tensors if t != "input"]
-    session = ort.InferenceSession(expose_tensors(model, fetch).SerializeToString())
-    expected = StatsCollector(tensors)
-    for x in batches:
-        for name, value in zip(fetch, session.run(fetch, {"input": x})):
-            expected.update(name, value)
-        expected.update("input", x)
-    return expected.stats()
-
-
 def _wide() -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     model = normalize_model(wide_conv_net())
     tensors = list(plan_placement(model).calibrated_tensors)
@@ -104,7 +93,7 @@ def test_blocked_exposure_gives_the_statistics_of_plain_exposure():
     backend = OrtBackend(model, tensors)
     for x in batches:
         backend.observe({"input": x})
-    got, want = backend.stats(), _plain_stats(model, tensors, batches)
+    got, want = backend.stats(), plain_exposure_stats(model, tensors, batches)
     for name in tensors:
         assert got[name] == want[name], name
 
@@ -138,7 +127,7 @@ def test_backend_falls_back_to_plain_exposure_when_a_block_has_padding():
     for x in batches:
         backend.observe({"input": x})
     assert backend._exposing.renamed == {}
-    got, want = backend.stats(), _plain_stats(model, tensors, batches)
+    got, want = backend.stats(), plain_exposure_stats(model, tensors, batches)
     for name in tensors:
         assert got[name] == want[name], name
 

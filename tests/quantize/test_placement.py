@@ -1,8 +1,8 @@
 """Q/DQ placement follows TensorRT's rules on tiny models (see tests/support/tiny_models.py for the graphs)."""
 
 import pytest
-
 from tiny_models import gemm_matmul_net, residual_conv_net
+
 from trtq.errors import TrtqError
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
-
 from tiny_models import residual_conv_net
+
 from trtq.model import normalize_model
 from trtq.quantize import insert_qdq, plan_placement
 from trtq.quantize.qdq import weight_amax

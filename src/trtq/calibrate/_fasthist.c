@@ -66,6 +66,18 @@ static void count_block(Counter *c, const int32_t *bins, size_t k, size_t zeros)
     }
 }
 
+/* The rule for one value: its ceil value (NaN compares false and lands in the top bin), with amax
+ * and the non-finite flag updated. The SIMD kernels use it for their last few values. */
+static inline int32_t ceil_bin(float x, float scale, float top, float *amax, int *bad) {
+    float a = fabsf(x);
+    *bad |= !(a <= FLT_MAX);
+    *amax = a > *amax ? a : *amax;
+    float y = a * scale;
+    y = y < top ? y : top;
+    int32_t t = (int32_t)y; /* y >= 0, so truncation is floor; no libm ceilf call on baseline x86 */
+    return t + ((float)t < y);
+}
+
 /* Portable kernel: one value at a time (the compiler vectorises the first loop where it can). */
 static float pass_generic(const float *x, size_t size, float scale, Counter *c, int *nonfinite) {
     float top = (float)(c->m - 1), amax = 0.0f;
@@ -75,12 +87,7 @@ static float pass_generic(const float *x, size_t size, float scale, Counter *c, 
         size_t len = size - start < BLOCK ? size - start : BLOCK;
         const float *xb = x + start;
         for (size_t i = 0; i < len; i++) {
-            float a = fabsf(xb[i]);
-            bad |= !(a <= FLT_MAX);
-            amax = a > amax ? a : amax;
-            float y = a * scale;
-            y = y < top ? y : top; /* NaN compares false and lands in the top bin too */
-            bins[i] = (int32_t)ceilf(y);
+            bins[i] = ceil_bin(xb[i], scale, top, &amax, &bad);
         }
         count_block(c, bins, len, 0);
     }
@@ -131,11 +138,7 @@ __attribute__((target("avx2,popcnt"))) static float pass_avx2(const float *x, si
             zeros += (size_t)(8 - kept);
         }
         for (; i < len; i++) {
-            float a = fabsf(xb[i]);
-            bad |= !(a <= FLT_MAX);
-            amax = a > amax ? a : amax;
-            float y = a * scale;
-            bins[k++] = (int32_t)ceilf(y < top ? y : top);
+            bins[k++] = ceil_bin(xb[i], scale, top, &amax, &bad);
         }
         count_block(c, bins, k, zeros);
     }
@@ -175,11 +178,7 @@ __attribute__((target("avx512f,popcnt"))) static float pass_avx512(const float *
             zeros += (size_t)(16 - kept);
         }
         for (; i < len; i++) {
-            float a = fabsf(xb[i]);
-            bad |= !(a <= FLT_MAX);
-            amax = a > amax ? a : amax;
-            float y = a * scale;
-            bins[k++] = (int32_t)ceilf(y < top ? y : top);
+            bins[k++] = ceil_bin(xb[i], scale, top, &amax, &bad);
         }
         count_block(c, bins, k, zeros);
     }

@@ -16,7 +16,12 @@ import numpy as np
 import onnx
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
-from trtq.calibrate.ort_session import ExposingSession, make_exposing_session, make_session
+from trtq.calibrate.ort_session import (
+    ExposingSession,
+    make_exposing_session,
+    make_session,
+)
+
 
 class OrtBackend:
     """onnxruntime (CPU) calibration backend.
