@@ -237,3 +237,46 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
 def test_unknown_method_is_refused_when_options_are_made():
     with pytest.raises(TrtqError, match="--method 'kl' is not one of entropy, max, percentile, mse"):
         api.QuantizeOptions(method="kl")
+
+
+@pytest.fixture()
+def wide_case(tmp_path):
+    """wide_conv_net: its 32x16x3x3 and 8x32x3x3 weights are large enough to be stored apart."""
+    from tiny_models import wide_conv_net
+
+    model = save(wide_conv_net(), tmp_path / "wide.onnx")
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((6, 3, 16, 16)).astype(np.float32))
+    return tmp_path, model
+
+
+def test_external_data_gives_the_same_model_in_two_files(wide_case):
+    tmp, model = wide_case
+    inline = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "one")),
+                          progress=False)
+    apart = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "two"),
+                                                                              external_data=True), progress=False)
+    assert inline.data_path is None and apart.data_path == str(tmp / "two" / "wide.int8.onnx.data")
+    assert {p.name for p in (tmp / "two").iterdir()} == {"wide.int8.onnx", "wide.int8.onnx.data", "wide.int8.cache",
+                                                         "wide.int8.json"}
+    stubs = onnx.load(apart.onnx_path, load_external_data=False).graph.initializer
+    moved = {i.name: {e.key: e.value for e in i.external_data} for i in stubs if i.data_location == onnx.TensorProto.EXTERNAL}
+    assert {"w2", "w3"} <= set(moved) and all(int(m["offset"]) % 4096 == 0 for m in moved.values())
+    assert {m["location"] for m in moved.values()} == {"wide.int8.onnx.data"}
+    one, two = onnx.load(inline.onnx_path), onnx.load(apart.onnx_path)
+    assert {i.name: onnx.numpy_helper.to_array(i).tobytes() for i in one.graph.initializer} == {
+        i.name: onnx.numpy_helper.to_array(i).tobytes() for i in two.graph.initializer}
+    x = np.load(tmp / "calib.npy")[:1]
+    np.testing.assert_array_equal(ort.InferenceSession(inline.onnx_path).run(None, {"input": x})[0],
+                                  ort.InferenceSession(apart.onnx_path).run(None, {"input": x})[0])
+    assert os.path.getsize(apart.onnx_path) < os.path.getsize(inline.onnx_path) - 20_000
+
+
+def test_weights_over_the_protobuf_limit_go_apart_by_themselves(wide_case, monkeypatch):
+    tmp, model = wide_case
+    monkeypatch.setattr(api, "PROTOBUF_LIMIT", 10_000)  # as if the model were over 2 GB
+    result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "o")),
+                          progress=False)
+    assert result.data_path is not None and os.path.exists(result.data_path)
+    report = api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
+    assert report.outputs[0].snr_db > 20

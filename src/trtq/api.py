@@ -27,11 +27,14 @@ from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
+    PROTOBUF_LIMIT,
     ModelInfo,
     check_structure,
+    external_data_chunks,
     file_sha256,
     graph_inputs,
     graph_outputs,
+    initializer_bytes,
     inspect_model,
     load_model,
     normalize_model,
@@ -105,6 +108,9 @@ class QuantizeOptions:
     high_precision: str = "fp32"
     """"fp16": convert what is not INT8 to FP16 inside the ONNX (TensorRT 11 has no FP16 flag)."""
     task: TaskOptions | None = None
+    external_data: bool | None = None
+    """Write the weights to `<stem>.int8.onnx.data` beside the model: True, False, or None (only when
+    they exceed protobuf's 2 GB limit, where one file is impossible)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -131,6 +137,8 @@ class QuantizeResult:
     mixed: dict | None = None
     precision: dict | None = None
     notes: tuple[str, ...] = ()
+    data_path: str | None = None
+    """The external weights file beside `onnx_path`, when the weights are stored apart."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -305,9 +313,18 @@ def quantize(
         )
     check_structure(quantized_model)
     cache_amax = {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
+    external = options.external_data
+    if external is None:
+        external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
+    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
+    if data_path is not None:
+        model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
+        model_files = {data_path: data_chunks, onnx_path: model_chunks}
+    else:
+        model_files = {onnx_path: serialized_chunks(quantized_model)}
     write_files_atomically(
         {
-            onnx_path: serialized_chunks(quantized_model),
+            **model_files,
             cache_path: format_cache(cache_amax, options.trt_version, table.method),
             ranges_path: table.to_json().encode("utf-8"),
         }
@@ -315,6 +332,7 @@ def quantize(
     return QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
+        data_path=str(data_path) if data_path else None,
         cache_path=str(cache_path),
         ranges_path=str(ranges_path),
         method=table.method,

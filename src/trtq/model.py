@@ -398,6 +398,77 @@ def serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
         yield _INITIALIZER_TAG + _varint(n) + init.SerializeToString()
 
 
+PROTOBUF_LIMIT = 2_000_000_000 - 64 * 1024 * 1024
+"""Bytes of initializers above which a model cannot be one protobuf file (protobuf's 2 GB limit,
+less room for the graph): its weights must go to an external data file."""
+
+EXTERNAL_ALIGNMENT = 4096
+"""Offsets of tensors in an external data file are multiples of this (page-aligned, so readers can
+memory-map them)."""
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Total serialised size of the initializers (read without copying their payload)."""
+    return sum(init.ByteSize() for init in model.graph.initializer)
+
+
+def external_data_chunks(model: onnx.ModelProto, location: str) -> tuple[Iterator[bytes], Iterator[bytes]]:
+    """`model` as two files: (model chunks, data chunks), the large initializers moved to `location`.
+
+    ONNX's external-data convention: each moved tensor keeps name, type and dims, with
+    data_location EXTERNAL and `location`, `offset`, `length` entries; its raw little-endian
+    bytes sit at that offset of the data file (beside the model, named `location`). Offsets are
+    computed from the tensors' sizes up front, so either file can be written first.
+    """
+    skeleton, large = split_initializers(model)
+    placed: list[tuple[onnx.TensorProto, int, int]] = []
+    offset = 0
+    for init in large:
+        length = _raw_length(init)
+        if length is None:  # a packed or unusual type: stays inside the model
+            skeleton.graph.initializer.append(init)
+            continue
+        offset = -(-offset // EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT
+        placed.append((init, offset, length))
+        stub = skeleton.graph.initializer.add()
+        stub.name, stub.data_type, stub.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
+        stub.dims.extend(init.dims)
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            stub.external_data.add(key=key, value=value)
+        offset += length
+
+    def data() -> Iterator[bytes]:
+        written = 0
+        for init, start, length in placed:
+            if start > written:
+                yield bytes(start - written)
+            raw = init.raw_data
+            if len(raw) != length:
+                raise ValueError(f"initializer {init.name!r} has {len(raw)} raw bytes, expected {length}")
+            yield raw
+            written = start + length
+
+    return serialized_chunks(skeleton), data()
+
+
+def _raw_length(init: onnx.TensorProto) -> int | None:
+    """Bytes of a raw-data initializer of a byte-aligned numeric type (numel x item size), else None."""
+    if init.data_type not in _BYTE_ALIGNED_TYPES:
+        return None
+    numel = 1
+    for dim in init.dims:
+        numel *= dim
+    return numel * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+
+
+_BYTE_ALIGNED_TYPES = frozenset(
+    getattr(onnx.TensorProto, name) for name in (
+        "FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+        "UINT64", "BOOL", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
+    if hasattr(onnx.TensorProto, name)
+)
+
+
 def _field_tag(message: type, name: str) -> bytes:
     """The wire tag of a length-delimited field (field number << 3 | wire type 2), as a varint."""
     return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)

@@ -35,6 +35,20 @@ def test_human_output_and_quiet(case, capsys):
     assert "calibrating" not in captured.err  # no progress bar under --quiet
 
 
+def test_external_data_flag(tmp_path, capsys):
+    from tiny_models import wide_conv_net
+
+    model = save(wide_conv_net(), tmp_path / "wide.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    assert main(["quantize", model, "--calib", str(tmp_path / "calib.npy"), "--external-data", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data_path"] == str(tmp_path / "wide.int8.onnx.data")
+    assert main(["quantize", model, "--calib", str(tmp_path / "calib.npy"), "--quiet"]) == 0
+    assert "weights in" not in capsys.readouterr().out
+    assert main(["quantize", model, "--calib", str(tmp_path / "calib.npy"), "--external-data", "--quiet"]) == 0
+    assert "(weights in wide.int8.onnx.data)" in capsys.readouterr().out
+
+
 def test_inspect(case, capsys):
     _, model = case
     assert main(["inspect", model]) == 0

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
+    p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
+                   "exceed protobuf's 2 GB limit)")
     p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
     add_target_options(p)
     add_task_options(p)
@@ -106,6 +109,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         ranking=args.ranking,
         high_precision=args.high_precision,
         task=task_options(args),
+        external_data=args.external_data,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args))
@@ -119,7 +123,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
-        f"wrote {result.onnx_path}",
+        f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
         f"wrote {result.cache_path}  ({result.cache_entries} tensors)",
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
