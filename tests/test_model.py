@@ -107,15 +107,3 @@ def test_check_structure_catches_a_dangling_input_without_copying_weights():
     with pytest.raises(onnx.checker.ValidationError, match="nowhere"):
         check_structure(model)
 
-
-def test_streamed_write_that_fails_leaves_nothing(tmp_path):
-    """A chunk source that raises midway leaves neither the target nor a temporary file."""
-    from trtq._io import write_files_atomically
-
-    def chunks():
-        yield b"first"
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(TrtqError, match="No space left"):
-        write_files_atomically({tmp_path / "a.onnx": chunks(), tmp_path / "a.json": b"{}"})
-    assert list(tmp_path.iterdir()) == []

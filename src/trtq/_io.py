@@ -54,12 +54,26 @@ def check_writable_dir(directory: Path) -> None:
     os.unlink(probe)
 
 
+def _staging_file(target: Path) -> tuple[int, str]:
+    """A new temporary file beside `target`, with the permissions a plain open() would give it.
+
+    mkstemp creates files readable by their owner only (0600); outputs are meant to be shared
+    (a build machine, a container volume), so the mode follows the umask, as for any new file.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    if hasattr(os, "fchmod"):  # POSIX; on Windows the mode bits do not apply
+        os.fchmod(fd, 0o666 & ~umask)
+    return fd, name
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""
     target = Path(target)
     ensure_writable_dir(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = _staging_file(target)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -93,7 +107,7 @@ def write_files_atomically(files: Mapping[Path, bytes | Iterable[bytes]]) -> Non
         for target, data in files.items():
             target = Path(target)
             ensure_writable_dir(target.parent)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            fd, tmp_name = _staging_file(target)
             staged.append((Path(tmp_name), target))
             with os.fdopen(fd, "wb") as handle:
                 if isinstance(data, (bytes, bytearray, memoryview)):

@@ -343,8 +343,8 @@ def split_initializers(
     _copy_fields(model.graph, skeleton.graph, skip="initializer")
     large = []
     for init in model.graph.initializer:
-        # ByteSize() and HasField() read no payload (reading raw_data would copy it)
-        if init.ByteSize() > min_bytes and init.HasField("raw_data") and not init.HasField("data_location"):
+        # data_location may be set to DEFAULT explicitly (onnx does so when it loads external data)
+        if init.data_location != onnx.TensorProto.EXTERNAL and len(init.raw_data) > min_bytes:
             large.append(init)
         else:
             skeleton.graph.initializer.append(init)
@@ -408,8 +408,8 @@ memory-map them)."""
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:
-    """Total serialised size of the initializers (read without copying their payload)."""
-    return sum(init.ByteSize() for init in model.graph.initializer)
+    """Total size of the initializers' values (raw bytes, or the encoding of the others)."""
+    return sum(len(init.raw_data) or init.ByteSize() for init in model.graph.initializer)
 
 
 def external_data_chunks(model: onnx.ModelProto, location: str) -> tuple[Iterator[bytes], Iterator[bytes]]:
