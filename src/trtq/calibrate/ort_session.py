@@ -1,7 +1,7 @@
 """onnxruntime CPU sessions for in-memory models, and sessions that expose inner tensors.
 
-Weights reach onnxruntime as external initializers viewing the model's own bytes, so no session
-serialises them. For calibration, observed tensors become graph outputs; on x86 CPUs onnxruntime
+Weights reach onnxruntime as external initializers (numpy arrays over each weight's raw bytes),
+so no session serialises the model. For calibration, observed tensors become graph outputs; on x86 CPUs onnxruntime
 runs convolutions in a blocked layout (NCHWc: channels in blocks of 8 or 16) and copies every
 exposed tensor back to NCHW with a `ReorderOutput` node, which costs about 15% of ResNet-50's
 forward pass. Calibration statistics (amax, histogram of |x|) do not depend on the order of the
@@ -71,7 +71,7 @@ def make_session(
     """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
 
     Only the graph travels as protobuf bytes: large weights are handed to onnxruntime as
-    external initializers that view the model's own bytes. Serialising the weights (twice the
+    external initializers, numpy arrays over each weight's raw bytes. Serialising the weights (twice the
     model's size in copies) used to cost more than creating the session, and any model size works
     (no 2 GB protobuf limit, no temporary file). `save_optimized` writes onnxruntime's optimised
     graph there (weights beside it), as SessionOptions.optimized_model_filepath does.
