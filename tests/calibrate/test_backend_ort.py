@@ -1,15 +1,21 @@
 """The CPU backend's IO-bound, double-buffered runs give exactly the statistics of plain runs."""
 
 import numpy as np
+import pytest
 from reference_stats import plain_exposure_stats
 from tiny_models import residual_conv_net
 
-from trtq.calibrate.backend_ort import OrtBackend
+from trtq.calibrate import backend_ort
+from trtq.calibrate.backend_ort import OrtBackend, stats_threads
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
 
 
-def test_double_buffered_statistics_equal_plain_runs():
+@pytest.mark.parametrize(("binners", "extension"), [(1, True), (3, True), (3, False)])
+def test_double_buffered_statistics_equal_plain_runs(binners, extension, monkeypatch):
+    """With one binning thread or several (tensors in parallel, as on many-core machines), with
+    the C pass or numpy's."""
+    monkeypatch.setattr(backend_ort, "stats_threads", lambda cores: binners)
     model = normalize_model(residual_conv_net(batch="N"))
     tensors = list(plan_placement(model).calibrated_tensors)
     rng = np.random.default_rng(0)
@@ -18,6 +24,8 @@ def test_double_buffered_statistics_equal_plain_runs():
     batches.append(rng.standard_normal((2, 3, 16, 16)).astype(np.float32) * 9)
 
     backend = OrtBackend(model, tensors)
+    assert (backend._binners is None) == (binners == 1)
+    backend._collector.use_extension = extension
     for x in batches:
         backend.observe({"input": x})
     got = backend.stats()
@@ -28,3 +36,7 @@ def test_double_buffered_statistics_equal_plain_runs():
         assert got[name] == want[name], name
     assert got["r2"].count == sum(len(x) for x in batches) * 8 * 16 * 16
 
+
+
+def test_one_binning_thread_per_four_cores():
+    assert [stats_threads(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 8]

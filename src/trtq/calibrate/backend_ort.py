@@ -23,6 +23,15 @@ from trtq.calibrate.ort_session import (
 )
 
 
+def stats_threads(cores: int) -> int:
+    """Threads that bin statistics: one per four cores (onnxruntime keeps the rest busy), at least one.
+
+    On a 2-core machine one thread already takes the time onnxruntime leaves; on 16 cores a single
+    thread binning ResNet-50's activations took longer than the forward pass it overlaps.
+    """
+    return max(1, min(8, cores // 4))
+
+
 class OrtBackend:
     """onnxruntime (CPU) calibration backend.
 
@@ -46,6 +55,8 @@ class OrtBackend:
         self._outputs = [self._exposing.output_name(t) for t in self._fetch]
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
+        binners = stats_threads(os.cpu_count() or 1)
+        self._binners = ThreadPoolExecutor(max_workers=binners, thread_name_prefix="trtq-bin") if binners > 1 else None
         self._pending: Future[None] | None = None
         self._signature: tuple | None = None
         self._buffers: list[list[np.ndarray]] = []
@@ -99,8 +110,15 @@ class OrtBackend:
         return False
 
     def _fold(self, observed: list[tuple[str, np.ndarray]]) -> None:
-        for name, value in observed:
-            self._collector.update(name, value)
+        """Fold one batch into the statistics; with several binning threads, tensors go in parallel,
+        largest first (each tensor still sees its batches in order, so results do not change)."""
+        if self._binners is None:
+            for name, value in observed:
+                self._collector.update(name, value)
+            return
+        largest_first = sorted(observed, key=lambda item: -item[1].size)
+        for _ in self._binners.map(lambda item: self._collector.update(*item), largest_first):
+            pass
 
     def _wait(self) -> None:
         if self._pending is not None:

@@ -165,9 +165,6 @@ class StatsCollector:
         }
         self.use_extension = True
         """Use the C extension's fused pass when it was built (tests switch it off to compare)."""
-        self._fbuf = np.empty(0, dtype=np.float32)
-        self._i32buf = np.empty(0, dtype=np.int32)
-        self._ibuf = np.empty(0, dtype=np.intp)
 
     @property
     def names(self) -> list[str]:
@@ -309,16 +306,12 @@ class StatsCollector:
             counts[n] += counts[n + 1]  # nothing lands above the range once it covers amax; kept as the numpy path does
             return _fold_zeros(counts[:-1])
         chunk = min(_CHUNK, flat.size)
-        if self._fbuf.size < chunk:
-            self._fbuf = np.empty(chunk, dtype=np.float32)
-            self._i32buf = np.empty(chunk, dtype=np.int32)
-            self._ibuf = np.empty(chunk, dtype=np.intp)
+        # per call, not per collector: different tensors may be binned on different threads
+        fbufs = np.empty(chunk, dtype=np.float32), np.empty(chunk, dtype=np.int32), np.empty(chunk, dtype=np.intp)
         counts = np.zeros(n + 1, dtype=np.int64)
         for start in range(0, flat.size, chunk):
             part = flat[start : start + chunk]
-            fbuf = self._fbuf[: part.size]
-            i32buf = self._i32buf[: part.size]
-            ibuf = self._ibuf[: part.size]
+            fbuf, i32buf, ibuf = (buf[: part.size] for buf in fbufs)
             np.multiply(part, scale, out=fbuf)
             np.abs(fbuf, out=fbuf)
             np.ceil(fbuf, out=fbuf)
