@@ -280,3 +280,13 @@ def test_weights_over_the_protobuf_limit_go_apart_by_themselves(wide_case, monke
     assert result.data_path is not None and os.path.exists(result.data_path)
     report = api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
     assert report.outputs[0].snr_db > 20
+
+
+def test_compare_names_a_model_whose_weights_file_is_missing(wide_case):
+    tmp, model = wide_case
+    result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "o"),
+                                                                               external_data=True), progress=False)
+    os.remove(result.data_path)
+    with pytest.raises(TrtqError, match=r"cannot load .*wide\.int8\.onnx") as info:
+        api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
+    assert ".data file" in info.value.hint

@@ -18,6 +18,7 @@ import onnx
 from trtq._io import check_writable_dir, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
@@ -381,12 +382,12 @@ def compare(
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
     plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
-    reference = load_model(reference_path)
-    candidate = load_model(candidate_path)
+    reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
+    load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data)
     return compare_models(
-        reference,
-        candidate,
+        session_from_file(reference_path),
+        session_from_file(candidate_path),
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),

@@ -28,7 +28,16 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from trtq.errors import TrtqError
 from trtq.model import split_initializers, tensor_types
+
+_ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
+    ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented", "RuntimeException")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name))
+"""onnxruntime's exception types (they derive from Exception directly)."""
+
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, *_ORT_ERRORS)
 
 _EXTERNAL_TYPES = frozenset(
     getattr(onnx.TensorProto, t) for t in (
@@ -104,6 +113,18 @@ def make_session(
                                    providers=["CPUExecutionProvider"])
     session._trtq_weights = (arrays, values)  # onnxruntime may read the buffers for the session's lifetime
     return session
+
+
+def session_from_file(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session that onnxruntime loads from the file itself (external data included), so the
+    model is never held as a Python protobuf as well: half the memory for comparing large models."""
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except _LOAD_ERRORS as exc:
+        raise TrtqError(
+            f"onnxruntime cannot load {path} ({type(exc).__name__}: {exc}).",
+            "check that the model (and its .data file, if it has external weights) was copied completely.",
+        ) from exc
 
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -211,10 +232,7 @@ def make_exposing_session(
     return ExposingSession(session, renamed, channels)
 
 
-_ROUTE_ERRORS: tuple[type[BaseException], ...] = (OSError, onnx.checker.ValidationError, *(
-    getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
-    ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented", "RuntimeException")
-    if hasattr(ort.capi.onnxruntime_pybind11_state, name)))
+_ROUTE_ERRORS: tuple[type[BaseException], ...] = (OSError, onnx.checker.ValidationError, *_ORT_ERRORS)
 """What the blocked-layout route can raise without the model being at fault (disk full, an
 onnxruntime that cannot reload its own optimised graph): calibration then exposes plain NCHW."""
 

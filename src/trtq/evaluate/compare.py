@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import onnx
+import onnxruntime as ort
 
 from trtq.data import Dataset
 from trtq.evaluate.evaluator import Evaluator
@@ -42,8 +43,8 @@ class ComparisonReport:
 
 
 def compare_models(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
+    reference: onnx.ModelProto | ort.InferenceSession,
+    candidate: onnx.ModelProto | ort.InferenceSession,
     dataset: Dataset,
     *,
     task: Task | None = None,

@@ -56,11 +56,12 @@ class Evaluation:
 
 
 class Evaluator:
-    """Scores candidates of one FP32 `reference` model on `dataset`, with an optional task metric."""
+    """Scores candidates of one FP32 `reference` model (or a session running it) on `dataset`, with an
+    optional task metric."""
 
     def __init__(
         self,
-        reference: onnx.ModelProto,
+        reference: onnx.ModelProto | ort.InferenceSession,
         dataset: Dataset,
         *,
         batch_size: int = 1,
@@ -72,9 +73,13 @@ class Evaluator:
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
-        self.output_names = [o.name for o in reference.graph.output]
+        if isinstance(reference, ort.InferenceSession):
+            self.output_names = [o.name for o in reference.get_outputs()]
+            self._session: ort.InferenceSession | None = reference
+        else:
+            self.output_names = [o.name for o in reference.graph.output]
+            self._session = None
         self._reference = reference
-        self._session: ort.InferenceSession | None = None
         self._cache: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] | None = []
         self._cache_bytes = cache_bytes
         self.evaluations = 0
