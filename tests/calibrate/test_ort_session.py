@@ -172,3 +172,14 @@ def test_blocked_route_that_cannot_write_falls_back_to_plain_exposure(monkeypatc
     exposing = make_exposing_session(model, fetch)
     assert exposing.renamed == {} and "blocked-layout route failed" in exposing.note
     assert {o.name for o in exposing.session.get_outputs()} >= set(fetch)
+
+
+def test_an_ir_version_onnxruntime_refuses_is_a_user_error():
+    """onnx packages newer than the installed onnxruntime write IR versions it cannot read."""
+    from trtq.errors import TrtqError
+
+    model = _weights_model()
+    model.ir_version = 99
+    with pytest.raises(TrtqError, match="IR version 99") as info:
+        make_session(model)
+    assert "upgrade onnxruntime" in info.value.hint

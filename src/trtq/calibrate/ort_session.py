@@ -109,8 +109,17 @@ def make_session(
         values.append(ort.OrtValue.ortvalue_from_numpy(array.reshape(tuple(init.dims))))
     if names:
         options.add_external_initializers(names, values)
-    session = ort.InferenceSession(expose_tensors(skeleton, outputs).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(expose_tensors(skeleton, outputs).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+    except _ORT_ERRORS as exc:
+        if "IR version" not in str(exc) and "opset" not in str(exc).lower():
+            raise
+        raise TrtqError(
+            f"onnxruntime {ort.__version__} cannot run this model (IR version {model.ir_version}): {exc}",
+            "upgrade onnxruntime, or re-export the model for an older IR version/opset "
+            "(newer onnx packages write IR versions that older onnxruntime releases refuse).",
+        ) from exc
     session._trtq_weights = (arrays, values)  # onnxruntime may read the buffers for the session's lifetime
     return session
 
