@@ -216,7 +216,7 @@ def make_exposing_session(
     be skipped, or the blocked-layout route fails (its files cannot be written, say); the reason
     is kept in `note`. The optimised files live in a temporary folder removed with the session.
     """
-    if not has_nchwc(model):
+    if not tensors or not has_nchwc(model):
         return ExposingSession(make_session(model, threads, spin, outputs=tensors), {}, {})
     folder = tempfile.TemporaryDirectory(prefix="trtq-nchwc-", ignore_cleanup_errors=True)
     directory = Path(folder.name)
