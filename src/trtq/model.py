@@ -365,6 +365,21 @@ def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | 
             setattr(dst, descriptor.name, value)
 
 
+def add_stub(graph: onnx.GraphProto, init: onnx.TensorProto, external: Mapping[str, str] | None = None) -> None:
+    """Append to `graph` an initializer with `init`'s name, type and dims but no values.
+
+    With `external` (ONNX's external_data entries: location, offset, length), the stub says where
+    the values live; without, it is a shape-only placeholder (for shape inference).
+    """
+    stub = graph.initializer.add()
+    stub.name, stub.data_type = init.name, init.data_type
+    stub.dims.extend(init.dims)
+    if external is not None:
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in external.items():
+            stub.external_data.add(key=key, value=value)
+
+
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose large initializers keep name, type and dims but no values.
 
@@ -373,9 +388,7 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     skeleton, large = split_initializers(model)
     for init in large:
-        stub = skeleton.graph.initializer.add()
-        stub.name, stub.data_type = init.name, init.data_type
-        stub.dims.extend(init.dims)
+        add_stub(skeleton.graph, init)
     return skeleton
 
 
@@ -430,11 +443,7 @@ def external_data_chunks(model: onnx.ModelProto, location: str) -> tuple[Iterato
             continue
         offset = -(-offset // EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT
         placed.append((init, offset, length))
-        stub = skeleton.graph.initializer.add()
-        stub.name, stub.data_type, stub.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
-        stub.dims.extend(init.dims)
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-            stub.external_data.add(key=key, value=value)
+        add_stub(skeleton.graph, init, {"location": location, "offset": str(offset), "length": str(length)})
         offset += length
 
     def data() -> Iterator[bytes]:

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.errors import TrtqError
-from trtq.model import split_initializers, tensor_types
+from trtq.model import add_stub, split_initializers, tensor_types
 
 _ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
@@ -100,10 +100,7 @@ def make_session(
         array = np.frombuffer(init.raw_data, dtype=helper.tensor_dtype_to_np_dtype(init.data_type))
         if sys.byteorder == "big":  # ONNX raw data is little-endian
             array = array.byteswap()
-        stub = skeleton.graph.initializer.add()
-        stub.name, stub.data_type, stub.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
-        stub.dims.extend(init.dims)
-        stub.external_data.add(key="location", value="trtq-in-memory")  # never read: the values are passed below
+        add_stub(skeleton.graph, init, {"location": "trtq-in-memory"})  # never read: the values are passed below
         names.append(init.name)
         arrays.append(array)
         values.append(ort.OrtValue.ortvalue_from_numpy(array.reshape(tuple(init.dims))))
