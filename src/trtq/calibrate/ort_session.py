@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 from onnx import helper
 
 from trtq.errors import TrtqError
@@ -238,7 +239,7 @@ def make_exposing_session(
     return ExposingSession(session, renamed, channels)
 
 
-_ROUTE_ERRORS: tuple[type[BaseException], ...] = (OSError, onnx.checker.ValidationError, *_ORT_ERRORS)
+_ROUTE_ERRORS: tuple[type[BaseException], ...] = (OSError, DecodeError, *_ORT_ERRORS)
 """What the blocked-layout route can raise without the model being at fault (disk full, an
 onnxruntime that cannot reload its own optimised graph): calibration then exposes plain NCHW."""
 
