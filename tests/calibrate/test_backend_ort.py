@@ -7,14 +7,16 @@ from tiny_models import residual_conv_net
 
 from trtq.calibrate import backend_ort
 from trtq.calibrate.backend_ort import OrtBackend, stats_threads
+from trtq.calibrate.ort_observe import observer_library
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
 
 
-@pytest.mark.parametrize(("binners", "extension"), [(1, True), (3, True), (3, False)])
-def test_double_buffered_statistics_equal_plain_runs(binners, extension, monkeypatch):
+@pytest.mark.parametrize(("binners", "extension", "ops"), [(1, True, False), (3, True, False), (3, False, False),
+                                                          (1, True, True)])
+def test_double_buffered_statistics_equal_plain_runs(binners, extension, ops, monkeypatch):
     """With one binning thread or several (tensors in parallel, as on many-core machines), with
-    the C pass or numpy's."""
+    the C pass or numpy's; and with trtq's observer ops folding them inside onnxruntime."""
     monkeypatch.setattr(backend_ort, "stats_threads", lambda cores: binners)
     model = normalize_model(residual_conv_net(batch="N"))
     tensors = list(plan_placement(model).calibrated_tensors)
@@ -23,7 +25,8 @@ def test_double_buffered_statistics_equal_plain_runs(binners, extension, monkeyp
     batches = [rng.standard_normal((4, 3, 16, 16)).astype(np.float32) * (i + 1) for i in range(5)]
     batches.append(rng.standard_normal((2, 3, 16, 16)).astype(np.float32) * 9)
 
-    backend = OrtBackend(model, tensors)
+    backend = OrtBackend(model, tensors, observer_ops=ops)
+    assert (backend._observing is not None) == (ops and observer_library() is not None)
     assert (backend._binners is None) == (binners == 1)
     backend._collector.use_extension = extension
     for x in batches:

@@ -90,7 +90,7 @@ def _wide() -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
 def test_blocked_exposure_gives_the_statistics_of_plain_exposure():
     model, tensors, batches = _wide()
     assert {"r1", "r2", "r3"} <= set(tensors)
-    backend = OrtBackend(model, tensors)
+    backend = OrtBackend(model, tensors, observer_ops=False)
     for x in batches:
         backend.observe({"input": x})
     got, want = backend.stats(), plain_exposure_stats(model, tensors, batches)
@@ -119,7 +119,7 @@ def test_backend_falls_back_to_plain_exposure_when_a_block_has_padding():
     """A blocked tensor whose dim 1 is not its channel count (a larger block size) switches the
     backend to plain exposure on the first batch, with unchanged statistics."""
     model, tensors, batches = _wide()
-    backend = OrtBackend(model, tensors)
+    backend = OrtBackend(model, tensors, observer_ops=False)
     if not backend._exposing.renamed:
         pytest.skip("no tensor is exposed blocked on this CPU")
     backend._exposing = ExposingSession(backend._exposing.session, backend._exposing.renamed,

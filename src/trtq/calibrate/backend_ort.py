@@ -1,9 +1,11 @@
-"""CPU calibration backend: onnxruntime runs the FP32 model with the observed tensors exposed.
+"""CPU calibration backend: onnxruntime runs the FP32 model and the observed tensors are binned.
 
-Each observed tensor is added as a graph output (in onnxruntime's blocked layout where that
-saves a copy, see `ort_session`), so one session run yields the activations of one batch; they
-are folded into fixed-size statistics and dropped, keeping memory bounded by one batch's
-activations whatever the number of samples.
+Where trtq's custom ops are built (the usual case), they fold each observed float32 tensor into
+fixed-size statistics inside the forward pass (`ort_observe`). Otherwise, and for the tensors
+they cannot take (graph inputs, other dtypes), each tensor is added as a graph output (in
+onnxruntime's blocked layout where that saves a copy, see `ort_session`), so one session run
+yields the activations of one batch; a worker thread folds them in and drops them. Either way
+memory stays bounded by one batch's activations whatever the number of samples.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 import onnx
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
+from trtq.calibrate.ort_observe import ObservingSession, make_observing_session
 from trtq.calibrate.ort_session import (
+    _ORT_ERRORS,
     ExposingSession,
     make_exposing_session,
     make_session,
@@ -35,43 +39,83 @@ def stats_threads(cores: int) -> int:
 class OrtBackend:
     """onnxruntime (CPU) calibration backend.
 
-    Observed tensors are written by onnxruntime straight into two sets of buffers this backend
-    owns (IO binding): while the worker thread folds one set into the statistics, the next batch
-    runs into the other. Reusing buffers avoids allocating (and page-faulting) every observed
-    activation on every batch, which costs as much as the statistics on large detectors.
+    With trtq's observer ops, one session run folds the batch's statistics (`ort_observe`).
+    Without them, observed tensors are written by onnxruntime straight into two sets of buffers
+    this backend owns (IO binding): while the worker thread folds one set into the statistics,
+    the next batch runs into the other. Reusing buffers avoids allocating (and page-faulting)
+    every observed activation on every batch, which costs as much as the statistics on large
+    detectors. Observed graph inputs are folded from the feeds on the worker thread.
     """
 
     name = "onnxruntime-cpu"
 
     def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, observer_ops: bool = True) -> None:
         self._tensors = list(dict.fromkeys(tensors))
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._model, self._threads = model, threads or os.cpu_count()
-        self._exposing = make_exposing_session(model, self._fetch, self._threads, spin=False)
-        self._session = self._exposing.session
-        self._outputs = [self._exposing.output_name(t) for t in self._fetch]
+        self._model, self._threads, self._histogram = model, threads or os.cpu_count(), histogram
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
         binners = stats_threads(os.cpu_count() or 1)
         self._binners = ThreadPoolExecutor(max_workers=binners, thread_name_prefix="trtq-bin") if binners > 1 else None
         self._pending: Future[None] | None = None
+        self._observed_once = False
+        self._observing: ObservingSession | None = None
+        self._exposing: ExposingSession | None = None
+        self._note = ""
+        if self._fetch and observer_ops:
+            self._observing, self._note = make_observing_session(model, self._fetch, self._threads,
+                                                                 histogram=histogram)
+        if self._observing is None:
+            self._expose()
+
+    def _expose(self) -> None:
+        """Switch to exposing the observed tensors as graph outputs (no observer ops)."""
+        self._exposing = make_exposing_session(self._model, self._fetch, self._threads, spin=False)
+        self._session = self._exposing.session
+        self._outputs = [self._exposing.output_name(t) for t in self._fetch]
         self._signature: tuple | None = None
         self._buffers: list[list[np.ndarray]] = []
         self._slot = 0
 
     def observe(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Run one batch; its statistics are folded in on the worker thread while the next batch runs.
+        """Run one batch; exposed tensors are folded in on the worker thread while the next batch runs.
 
         At most one batch waits for the worker, so memory stays bounded by two batches' activations.
         """
         feeds = {name: np.ascontiguousarray(value) for name, value in batch.items()}
+        values: list[np.ndarray] = []
+        if self._fetch and not (self._observing is not None and self._run_observing(feeds)):
+            values = self._run_exposing(feeds)
+        observed = list(zip(self._fetch, values)) + [(name, feeds[name]) for name in self._from_feeds]
+        self._wait()
+        if observed:
+            self._pending = self._worker.submit(self._fold, observed)
+
+    def _run_observing(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        """Run the batch through the observing session. If that fails on the first batch (a blocked
+        tensor with padding lanes, say), drop the ops, note why, and return False: the caller then
+        runs the batch with the tensors exposed, as every later batch will be."""
+        assert self._observing is not None
+        try:
+            self._observing.run(feeds)
+        except _ORT_ERRORS as exc:
+            if self._observed_once:
+                raise
+            self._observing.reset()
+            self._observing = None
+            self._note = f"statistics folded outside onnxruntime (its run with trtq's observer ops failed: {exc})"
+            self._expose()
+            return False
+        self._observed_once = True
+        return True
+
+    def _run_exposing(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the batch with the observed tensors exposed, into the buffer set the worker is not reading."""
         signature = tuple(sorted((name, value.shape, value.dtype.str) for name, value in feeds.items()))
-        if not self._fetch:
-            values: list[np.ndarray] = []
-        elif signature != self._signature:
+        if signature != self._signature:
             # first batch, or new input shapes (a last partial batch): plain run, then size the buffers
             values = self._session.run(self._outputs, feeds)
             if not self._blocked_layout_ok(values):
@@ -80,18 +124,17 @@ class OrtBackend:
             self._signature = signature
             self._buffers = [values, [np.empty_like(v) for v in values]]
             self._slot = 1
-        else:
-            values = self._buffers[self._slot]
-            binding = self._session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            for name, buffer in zip(self._outputs, values):
-                binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
-            self._session.run_with_iobinding(binding)
-            self._wait()
-            self._slot ^= 1
-        observed = list(zip(self._fetch, values)) + [(name, feeds[name]) for name in self._from_feeds]
-        self._pending = self._worker.submit(self._fold, observed)
+            return values
+        values = self._buffers[self._slot]
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, buffer in zip(self._outputs, values):
+            binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        self._wait()
+        self._slot ^= 1
+        return values
 
     def _blocked_layout_ok(self, values: list[np.ndarray]) -> bool:
         """Check that every tensor exposed in blocked layout has exactly its channels (no padding).
@@ -128,8 +171,12 @@ class OrtBackend:
     def stats(self) -> dict[str, TensorStats]:
         """Statistics of every observed tensor (after the last batch is folded in)."""
         self._wait()
-        return self._collector.stats()
+        found = self._collector.stats()
+        if self._observing is not None:
+            found.update(self._observing.stats())
+        return {name: found[name] for name in self._tensors}
 
     def notes(self) -> tuple[str, ...]:
-        """Why observed tensors were exposed in NCHW where the blocked layout would have saved copies."""
-        return (self._exposing.note,) if self._exposing.note else ()
+        """Why statistics were folded outside onnxruntime, or tensors exposed in NCHW, where trtq's
+        faster routes could not be used."""
+        return tuple(note for note in (self._note, self._exposing.note if self._exposing else "") if note)
