@@ -123,9 +123,10 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
             blocked.append(tensor)
             producer = producers[target]
         attributes = {"state": address, "bins": bins, "channels": check}
-        if readers.get(target) and target not in keep_outputs:
+        live = [reader for reader in readers.get(target, []) if id(reader) not in dropped]
+        if live and target not in keep_outputs:
             observed = f"{target}/trtq_observed"
-            for reader in readers[target]:
+            for reader in live:
                 for i, name in enumerate(reader.input):
                     if name == target:
                         reader.input[i] = observed
