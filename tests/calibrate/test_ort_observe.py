@@ -83,7 +83,7 @@ def test_large_tensors_split_across_threads_give_the_same_statistics():
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Neg", ["r"], ["output"])]
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 96, 96])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 32, 96, 96])], [w])
-    model = normalize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = normalize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     batches = _batches((2, 3, 96, 96), seed=5)[1:5]
     session, note = make_observing_session(model, ["c", "r"], threads=4)
     assert session is not None, note
