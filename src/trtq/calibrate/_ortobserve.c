@@ -444,9 +444,14 @@ static OrtCustomOp make_op(int sink) {
 static OrtCustomOp observe_op, sink_op;
 static OrtCustomOpDomain *domain = NULL; /* lives as long as the process: sessions keep pointers to it */
 
+#ifdef _WIN32
+#define TRTQ_EXPORT __declspec(dllexport)
+#else
+#define TRTQ_EXPORT __attribute__((visibility("default")))
+#endif
+
 /* Entry point onnxruntime calls when SessionOptions.register_custom_ops_library loads this file. */
-__attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
-                                                                               const OrtApiBase *base) {
+TRTQ_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     if (api == NULL) {
         const OrtApi *found = base->GetApi(OP_API_VERSION);
         if (found == NULL) {
