@@ -157,6 +157,7 @@ typedef struct {
     int64_t channels;
     int sink;
     int64_t *counts; /* scratch, reused across runs: chunks * (bins + 2) */
+    int64_t *total;  /* the chunks' counts summed: bins + 2 (NULL without histogram) */
     float *amax;
     int64_t *bad;
     size_t capacity; /* chunks the scratch holds */
@@ -244,48 +245,45 @@ static OrtStatus *observe(OrtKernelContext *context, Kernel *k, const float *x, 
             return fail("trtq observer: out of memory");
         }
     }
-    int64_t *counts = n ? calloc((size_t)n + 2, sizeof(int64_t)) : NULL;
-    if (n && counts == NULL) {
-        return fail("trtq observer: out of memory");
-    }
+    int64_t *counts = k->total;
     Pass p = {x, copy_to, size, chunk, 0, 0.0f, 0, NULL, NULL, NULL, 0};
     float amax;
     int64_t bad;
-    OrtStatus *status = NULL;
+    OrtStatus *status;
     if (n && get_f64(row, ROW_HIST_MAX) != 0.0) { /* the common case: one fused pass in range */
         p.binning = 1;
         p.scale = (float)get_f64(row, ROW_SCALE);
         status = pass(context, k, &p, &amax, &bad, counts);
-        p.copy_to = NULL;
-        if (status == NULL && bad == 0 && counts[n + 1] == 0) {
+        if (status != NULL) {
+            return status;
+        }
+        if (bad == 0 && counts[n + 1] == 0) {
             update_amax(row, amax);
             row[ROW_COUNT] += (int64_t)size;
             fold(row, n, counts);
-            goto done;
+            return NULL;
         }
-    }
-    if (status != NULL) {
-        goto done;
+        p.copy_to = NULL;
     }
     p.binning = 0; /* general path: finite amax and NaN/Inf count, then grow the range and bin */
     status = pass(context, k, &p, &amax, &bad, counts);
     p.copy_to = NULL;
     if (status != NULL) {
-        goto done;
+        return status;
     }
     row[ROW_NAN] += bad;
     int64_t kept = (int64_t)size - bad;
     if (kept == 0) {
-        goto done;
+        return NULL;
     }
     update_amax(row, amax);
     row[ROW_COUNT] += kept;
     if (!n) {
-        goto done;
+        return NULL;
     }
     if (amax == 0.0f) {
         row[ROW_HEADER] += kept;
-        goto done;
+        return NULL;
     }
     cover(row, n, (double)amax);
     p.binning = 1;
@@ -294,8 +292,6 @@ static OrtStatus *observe(OrtKernelContext *context, Kernel *k, const float *x, 
     if (status == NULL) {
         fold(row, n, counts); /* counts[n + 1] holds only the NaN/Inf values, already counted */
     }
-done:
-    free(counts);
     return status;
 }
 
@@ -338,6 +334,7 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
 static void destroy(void *kernel) {
     Kernel *k = (Kernel *)kernel;
     free(k->counts);
+    free(k->total);
     free(k->amax);
     free(k->bad);
     free(k);
@@ -353,6 +350,10 @@ static OrtStatus *create(const OrtCustomOp *op, const OrtApi *unused, const OrtK
     if (state == 0 || bins < 0) return fail("trtq observer: bad state or bins attribute");
     Kernel *k = calloc(1, sizeof(Kernel));
     if (k == NULL) return fail("trtq observer: out of memory");
+    if (bins > 0 && (k->total = malloc((size_t)(bins + 2) * sizeof(int64_t))) == NULL) {
+        free(k);
+        return fail("trtq observer: out of memory");
+    }
     k->row = (int64_t *)(intptr_t)state;
     k->bins = bins;
     k->channels = channels;

@@ -55,7 +55,7 @@ class OrtBackend:
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._model, self._threads, self._histogram = model, threads or os.cpu_count(), histogram
+        self._model, self._threads = model, threads or os.cpu_count()
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
         binners = stats_threads(os.cpu_count() or 1)

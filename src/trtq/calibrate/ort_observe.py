@@ -28,13 +28,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.calibrate.collector import NUM_BINS, TensorStats
-from trtq.calibrate.ort_session import (
-    _ROUTE_ERRORS,
-    MAX_BLOCK,
-    NCHWC_DOMAIN,
-    make_session,
-    session_options,
-)
+from trtq.calibrate.ort_session import _ROUTE_ERRORS, make_session, session_options, whole_block_channels
 from trtq.model import tensor_types
 
 DOMAIN = "trtq.observe"
@@ -79,7 +73,7 @@ class ObservingSession:
         found = {}
         for name, row in zip(self.observed, self.state):
             header = row[:HEADER].copy()
-            amax, hist_max, scale = header[2:5].view(np.float64)
+            amax, hist_max = header[2:4].view(np.float64)
             found[name] = TensorStats(name=name, amax=float(amax), hist=row[HEADER:].copy(),
                                       hist_max=float(hist_max) if self.bins else 0.0,
                                       count=int(header[0]), nan_count=int(header[1]))
@@ -113,11 +107,9 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
         producer = producers.get(tensor)
         if producer is None:
             raise ValueError(f"tensor {tensor!r} has no producer in onnxruntime's optimised graph")
-        attrs = {a.name: helper.get_attribute_value(a) for a in producer.attribute}
-        channels = int(attrs.get("channels", 0)) if producer.op_type == "ReorderOutput" else 0
+        channels = whole_block_channels(producer)
         target, check = tensor, 0
-        if (producer.domain == NCHWC_DOMAIN and producer.op_type == "ReorderOutput" and channels > 0
-                and channels % MAX_BLOCK == 0 and not readers.get(tensor) and tensor not in keep_outputs):
+        if channels and not readers.get(tensor) and tensor not in keep_outputs:
             dropped.add(id(producer))
             target, check = producer.input[0], channels
             blocked.append(tensor)

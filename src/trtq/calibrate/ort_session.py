@@ -167,6 +167,15 @@ def has_nchwc(model: onnx.ModelProto) -> bool:
     return any(node.op_type == "Conv" and node.domain in ("", "ai.onnx") for node in model.graph.node)
 
 
+def whole_block_channels(node: onnx.NodeProto) -> int:
+    """The channel count of an NCHWc `ReorderOutput` whose channels fill whole blocks of every
+    block size (a multiple of MAX_BLOCK: its blocked input holds no padding lanes), else 0."""
+    if node.op_type != "ReorderOutput" or node.domain != NCHWC_DOMAIN:
+        return 0
+    channels = next((int(a.i) for a in node.attribute if a.name == "channels"), 0)
+    return channels if channels > 0 and channels % MAX_BLOCK == 0 else 0
+
+
 def bypass_reorders(optimized: onnx.ModelProto, tensors: Sequence[str]) -> tuple[dict[str, str], dict[str, int]]:
     """Edit onnxruntime's optimised graph in place so that `tensors` are exposed in blocked layout.
 
@@ -183,12 +192,11 @@ def bypass_reorders(optimized: onnx.ModelProto, tensors: Sequence[str]) -> tuple
     channels: dict[str, int] = {}
     kept = []
     for node in graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         out = node.output[0] if node.output else ""
-        if (node.op_type == "ReorderOutput" and node.domain == NCHWC_DOMAIN and out in wanted and out in outputs
-                and out not in consumed and attrs.get("channels", 0) % MAX_BLOCK == 0 and attrs.get("channels", 0) > 0):
+        whole = whole_block_channels(node)
+        if whole and out in wanted and out in outputs and out not in consumed:
             renamed[out] = node.input[0]
-            channels[out] = int(attrs["channels"])
+            channels[out] = whole
         else:
             kept.append(node)
     if not renamed:
