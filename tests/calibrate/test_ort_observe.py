@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from reference_stats import plain_exposure_stats
@@ -92,6 +93,33 @@ def test_large_tensors_split_across_threads_give_the_same_statistics():
     got, want = session.stats(), plain_exposure_stats(model, ["c", "r"], batches)
     assert got["r"] == want["r"] and got["c"] == want["c"]
     assert got["r"].count == 4 * 2 * 32 * 96 * 96
+
+
+@needs_ops
+@pytest.mark.parametrize("dims, want", [([2, 3, 4], [2, 3, 4]), (["N", 3, 4], ["N", 3, 4]), ([None, 3, 4], [])],
+                         ids=["static", "symbolic", "unknown"])
+def test_observe_outputs_have_their_inputs_shape(dims, want):
+    """x -> Observe -> y (output declared without a shape), x -> ObserveSink -> z.
+    onnxruntime's planner writes a Conv's fused residual Add in place only where shapes are known and
+    equal, so Observe must pass its input's shape on (an unnamed unknown dim stays unknown, not -1)."""
+    state = np.zeros((2, 8 + 16), np.int64)
+    nodes = [helper.make_node("Observe", ["x"], ["y"], domain=DOMAIN, state=state.ctypes.data, bins=16, channels=0),
+             helper.make_node("ObserveSink", ["x"], ["z"], domain=DOMAIN, state=state.ctypes.data + state.strides[0],
+                              bins=16, channels=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+                              ir_version=8)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(observer_library())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, z = session.get_outputs()
+    assert y.shape == want and z.shape == [1]  # [] is onnxruntime's 'shape unknown'
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got_y, got_z = session.run(None, {"x": x})
+    np.testing.assert_array_equal(got_y, x)
+    assert got_z.shape == (1,) and state[0, 0] == state[1, 0] == 24
 
 
 def test_insert_observers_places_pass_throughs_sinks_and_blocked_reads():

@@ -413,6 +413,43 @@ static void ORT_API_CALL release_alias(int *inputs, int *outputs) {
     free(outputs);
 }
 
+/* Observe's output has its input's type and shape. onnxruntime's memory planner lets a node write
+ * its output over an input (a Conv with a fused residual Add over the residual) only where both
+ * shapes are known and equal; without this, every such Conv reading an observed tensor allocated
+ * a fresh output and copied the residual into it. */
+static OrtStatusPtr ORT_API_CALL infer_observe(const OrtCustomOp *op, OrtShapeInferContext *context) {
+    OrtTensorTypeAndShapeInfo *info = NULL; /* owned by the context */
+    size_t ndim = 0;
+    int64_t dims[16];
+    const char *names[16];
+    OrtStatus *status = api->ShapeInferContext_GetInputTypeShape(context, 0, &info);
+    if (status == NULL) status = api->GetDimensionsCount(info, &ndim);
+    if (status != NULL || ndim == 0 || ndim > 16) return status; /* 0: rank unknown (or a scalar) */
+    status = api->GetDimensions(info, dims, ndim);
+    if (status == NULL) status = api->GetSymbolicDimensions(info, names, ndim);
+    if (status != NULL) return status;
+    for (size_t i = 0; i < ndim; i++) {
+        if (dims[i] < 0 && (names[i] == NULL || names[i][0] == '\0')) {
+            return NULL; /* an unknown dim would be written as -1: leave the output's shape unknown */
+        }
+    }
+    return api->ShapeInferContext_SetOutputTypeShape(context, 0, info);
+}
+
+/* ObserveSink's output: one float32. */
+static OrtStatusPtr ORT_API_CALL infer_sink(const OrtCustomOp *op, OrtShapeInferContext *context) {
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    const int64_t one = 1;
+    OrtStatus *status = api->CreateTensorTypeAndShapeInfo(&info);
+    if (status == NULL) status = api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    if (status == NULL) status = api->SetDimensions(info, &one, 1);
+    if (status == NULL) status = api->ShapeInferContext_SetOutputTypeShape(context, 0, info);
+    if (info != NULL) {
+        api->ReleaseTensorTypeAndShapeInfo(info);
+    }
+    return status;
+}
+
 static OrtCustomOp make_op(int sink) {
     OrtCustomOp op;
     memset(&op, 0, sizeof op);
@@ -433,6 +470,7 @@ static OrtCustomOp make_op(int sink) {
     op.GetVariadicOutputHomogeneity = zero;
     op.CreateKernelV2 = sink ? create_sink : create_observe;
     op.KernelComputeV2 = compute_v2;
+    op.InferOutputShapeFn = sink ? infer_sink : infer_observe;
     op.GetStartVersion = start_version;
     op.GetEndVersion = end_version;
     op.GetMayInplace = no_alias;
