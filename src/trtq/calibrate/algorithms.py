@@ -83,20 +83,27 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
     cum_plogp = np.concatenate(([0.0], np.cumsum(plogp)))
 
     cand = np.arange(start_bin, n + 1, dtype=np.int64)
-    starts = _group_starts(n, num_quant_bins, start_bin)
-    group_sum = np.diff(cum[starts], axis=1).astype(np.float64)
-    group_nonzero = np.diff(nonzero[starts], axis=1).astype(np.float64)
-    has = group_sum > 0
-    safe_sum = np.where(has, group_sum, 1.0)
-    safe_nonzero = np.where(has, group_nonzero, 1.0)
-    plogq = np.sum(np.where(has, group_sum * np.log(safe_sum / safe_nonzero), 0.0), axis=1)
+    starts, table_index, max_width = _group_layout(n, num_quant_bins, start_bin)
+    # Each group is a run of `width` bins from `first`; the (first, width) pairs repeat across candidates
+    # (width <= n / num_quant_bins + 1), so G log(G / N) is tabled once per pair, not once per group.
+    first = np.arange(n + 1, dtype=np.int64)
+    widths = np.arange(max_width + 1, dtype=np.int64)
+    last = np.minimum(first[None, :] + widths[:, None], n)
+    table_sum = (cum[last] - cum[first]).astype(np.float64)
+    table_nonzero = (nonzero[last] - nonzero[first]).astype(np.float64)
+    table_has = table_sum > 0
+    table = np.where(table_has, table_sum * np.log(np.where(table_has, table_sum, 1.0) /
+                                                  np.where(table_has, table_nonzero, 1.0)), 0.0)
+    plogq = np.sum(table.reshape(-1)[table_index], axis=1)
+    last_sum = (cum[starts[:, -1]] - cum[starts[:, -2]]).astype(np.float64)
+    last_nonzero = (nonzero[starts[:, -1]] - nonzero[starts[:, -2]]).astype(np.float64)
+    last_q = np.where(last_sum > 0, last_sum / np.where(last_sum > 0, last_nonzero, 1.0), 0.0)
 
     inside = cum[cand].astype(np.float64)  # S = sum(hist[:i])
     outliers = total - inside
     last_bin = hf[cand - 1]
     last_p = last_bin + outliers
     plogp_sum = cum_plogp[cand - 1] + np.where(last_p > 0, last_p * np.log(np.where(last_p > 0, last_p, 1.0)), 0.0)
-    last_q = np.where(has[:, -1], safe_sum[:, -1] / safe_nonzero[:, -1], 0.0)
     with np.errstate(divide="ignore"):
         plogq = plogq + np.where(outliers > 0, outliers * np.log(np.where(last_bin > 0, last_q, 1.0)), 0.0)
         kl = (plogp_sum - plogq) / total + np.log(np.where(inside > 0, inside, 1.0) / total)
@@ -105,16 +112,21 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
 
 
 @functools.lru_cache(maxsize=8)
-def _group_starts(num_bins: int, num_quant_bins: int, start_bin: int) -> np.ndarray:
-    """First bin of group g for candidate threshold i (rows i = start_bin..num_bins): ceil(g * i / num_quant_bins).
+def _group_layout(num_bins: int, num_quant_bins: int, start_bin: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each candidate's groups lie; depends on the sizes only, so it is computed once per run.
 
-    Group num_quant_bins starts at i. Depends on the sizes only, so it is computed once per run.
+    `starts[i - start_bin, g]` is the first bin of group g for threshold i, ceil(g * i / num_quant_bins)
+    (group num_quant_bins starts at i). `table_index[i - start_bin, g]` is width * (num_bins + 1) + first
+    bin of group g: its place in a (width, first bin) table of per-group terms, widths up to the third value.
     """
     cand = np.arange(start_bin, num_bins + 1, dtype=np.int64)
     groups = np.arange(num_quant_bins + 1, dtype=np.int64)
     starts = (groups[None, :] * cand[:, None] + num_quant_bins - 1) // num_quant_bins
+    widths = np.diff(starts, axis=1)
+    table_index = widths * (num_bins + 1) + starts[:, :-1]
     starts.flags.writeable = False
-    return starts
+    table_index.flags.writeable = False
+    return starts, table_index, int(widths.max(initial=0))
 
 
 def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:
