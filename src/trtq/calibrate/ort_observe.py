@@ -169,7 +169,7 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
     folder = tempfile.TemporaryDirectory(prefix="trtq-observe-", ignore_cleanup_errors=True)
     directory = Path(folder.name)
     try:
-        make_session(model, threads, outputs=tensors, save_optimized=directory / "optimized.onnx")
+        make_session(model, threads, outputs=tensors, save_optimized=directory / "optimized.onnx", optimize_only=True)
         optimized = onnx.load(str(directory / "optimized.onnx"), load_external_data=False)
         keep = {o.name for o in model.graph.output}
         sinks, blocked = insert_observers(optimized.graph, tensors, addresses, bins, keep)

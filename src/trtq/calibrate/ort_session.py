@@ -76,7 +76,7 @@ def session_options(threads: int | None = None, spin: bool = True,
 
 def make_session(
     model: onnx.ModelProto, threads: int | None = None, spin: bool = True, outputs: Sequence[str] = (),
-    save_optimized: Path | None = None,
+    save_optimized: Path | None = None, optimize_only: bool = False,
 ) -> ort.InferenceSession:
     """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
 
@@ -84,9 +84,12 @@ def make_session(
     external initializers, numpy arrays over each weight's raw bytes. Serialising the weights (twice the
     model's size in copies) used to cost more than creating the session, and any model size works
     (no 2 GB protobuf limit, no temporary file). `save_optimized` writes onnxruntime's optimised
-    graph there (weights beside it), as SessionOptions.optimized_model_filepath does.
+    graph there (weights beside it), as SessionOptions.optimized_model_filepath does; with
+    `optimize_only` that is all the session is for (one thread, no weight prepacking: faster to make).
     """
-    options = session_options(threads, spin)
+    options = session_options(1 if optimize_only else threads, spin)
+    if optimize_only:  # made only to write `save_optimized`: skip packing weights for kernels never run
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if save_optimized is not None:
         options.optimized_model_filepath = str(save_optimized)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
