@@ -83,7 +83,7 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
     cum_plogp = np.concatenate(([0.0], np.cumsum(plogp)))
 
     cand = np.arange(start_bin, n + 1, dtype=np.int64)
-    starts, table_index, max_width = _group_layout(n, num_quant_bins, start_bin)
+    table_index, max_width = _group_layout(n, num_quant_bins, start_bin)
     # Each group is a run of `width` bins from `first`; the (first, width) pairs repeat across candidates
     # (width <= n / num_quant_bins + 1), so G log(G / N) is tabled once per pair, not once per group.
     first = np.arange(n + 1, dtype=np.int64)
@@ -95,8 +95,8 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
     table = np.where(table_has, table_sum * np.log(np.where(table_has, table_sum, 1.0) /
                                                   np.where(table_has, table_nonzero, 1.0)), 0.0)
     plogq = np.sum(table.reshape(-1)[table_index], axis=1)
-    last_sum = (cum[starts[:, -1]] - cum[starts[:, -2]]).astype(np.float64)
-    last_nonzero = (nonzero[starts[:, -1]] - nonzero[starts[:, -2]]).astype(np.float64)
+    last_group = table_index[:, -1]  # each candidate's last group, whose mean fills Q[i - 1]
+    last_sum, last_nonzero = table_sum.reshape(-1)[last_group], table_nonzero.reshape(-1)[last_group]
     last_q = np.where(last_sum > 0, last_sum / np.where(last_sum > 0, last_nonzero, 1.0), 0.0)
 
     inside = cum[cand].astype(np.float64)  # S = sum(hist[:i])
@@ -112,21 +112,20 @@ def entropy_divergences(hist: np.ndarray, num_quant_bins: int = 128, start_bin: 
 
 
 @functools.lru_cache(maxsize=8)
-def _group_layout(num_bins: int, num_quant_bins: int, start_bin: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _group_layout(num_bins: int, num_quant_bins: int, start_bin: int) -> tuple[np.ndarray, int]:
     """Where each candidate's groups lie; depends on the sizes only, so it is computed once per run.
 
-    `starts[i - start_bin, g]` is the first bin of group g for threshold i, ceil(g * i / num_quant_bins)
-    (group num_quant_bins starts at i). `table_index[i - start_bin, g]` is width * (num_bins + 1) + first
-    bin of group g: its place in a (width, first bin) table of per-group terms, widths up to the third value.
+    Group g of threshold i starts at bin ceil(g * i / num_quant_bins) (group num_quant_bins at i).
+    `table_index[i - start_bin, g]` is width * (num_bins + 1) + first bin of group g: its place in a
+    (width, first bin) table of per-group terms. The second value is the largest width.
     """
     cand = np.arange(start_bin, num_bins + 1, dtype=np.int64)
     groups = np.arange(num_quant_bins + 1, dtype=np.int64)
     starts = (groups[None, :] * cand[:, None] + num_quant_bins - 1) // num_quant_bins
     widths = np.diff(starts, axis=1)
     table_index = widths * (num_bins + 1) + starts[:, :-1]
-    starts.flags.writeable = False
     table_index.flags.writeable = False
-    return starts, table_index, int(widths.max(initial=0))
+    return table_index, int(widths.max(initial=0))
 
 
 def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:
