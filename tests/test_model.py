@@ -107,3 +107,35 @@ def test_check_structure_catches_a_dangling_input_without_copying_weights():
     with pytest.raises(onnx.checker.ValidationError, match="nowhere"):
         check_structure(model)
 
+
+
+def _constant_heavy_chain(n: int = 40) -> onnx.ModelProto:
+    """x -> [Constant c_i; Add(x_i, c_i) named /add_i/Add] x n -> y, as torch's legacy exporter writes.
+
+    Every second node is a Constant that normalisation folds into an initializer.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, previous = [], "x"
+    for i in range(n):
+        value = numpy_helper.from_array(np.full((1,), float(i), np.float32), f"c{i}")
+        nodes.append(helper.make_node("Constant", [], [f"c{i}"], name=f"/c{i}/Constant", value=value))
+        nodes.append(helper.make_node("Add", [previous, f"c{i}"], [f"x{i}"], name=f"/add{i}/Add"))
+        previous = f"x{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_normalized_node_names_match_the_normalized_model_on_constant_heavy_graphs():
+    # Regression: nodes were identified by id() of protobuf wrappers, which upb reuses once freed,
+    # so unrelated nodes collided with folded Constants and names went missing (KeyError '/fc/Gemm').
+    from trtq.model import normalized_node_names
+
+    model = _constant_heavy_chain()
+    names = normalized_node_names(model)
+    normalized = normalize_model(model)
+    assert list(names) == [node.name for node in normalized.graph.node]
+    assert list(names) == [f"/add{i}/Add" for i in range(40)]
+    assert all(names[name].name == name for name in names)

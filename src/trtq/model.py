@@ -270,11 +270,11 @@ def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = 
     graph = out.graph
     folded = _foldable_constants(graph)
     if folded:
-        for node in folded:
+        for index in folded:
+            node = graph.node[index]
             tensor = numpy_helper.to_array(node.attribute[0].t)
             graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-        folded_ids = {id(node) for node in folded}
-        kept = [node for node in graph.node if id(node) not in folded_ids]
+        kept = [node for index, node in enumerate(graph.node) if index not in folded]
         del graph.node[:]
         graph.node.extend(kept)
     for node, name in zip(graph.node, _node_names(graph.node)):
@@ -293,14 +293,19 @@ def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = 
     return out
 
 
-def _foldable_constants(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Constant nodes holding a tensor value that normalisation turns into initializers."""
+def _foldable_constants(graph: onnx.GraphProto) -> set[int]:
+    """Positions in `graph.node` of the Constant nodes holding a tensor value that normalisation
+    turns into initializers.
+
+    Positions, not the node messages: protobuf hands out a fresh Python wrapper on each access
+    and (upb backend) reuses a freed wrapper's address, so `id()` of a node is no identity.
+    """
     existing = {init.name for init in graph.initializer}
-    return [
-        node for node in graph.node
+    return {
+        index for index, node in enumerate(graph.node)
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1
         and node.attribute[0].name == "value" and node.output[0] not in existing
-    ]
+    }
 
 
 def _node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
@@ -320,8 +325,8 @@ def _node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
 
 def normalized_node_names(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """The names `normalize_model` gives the nodes of `model`, mapped to the original nodes."""
-    folded_ids = {id(node) for node in _foldable_constants(model.graph)}
-    nodes = [node for node in model.graph.node if id(node) not in folded_ids]
+    folded = _foldable_constants(model.graph)
+    nodes = [node for index, node in enumerate(model.graph.node) if index not in folded]
     return dict(zip(_node_names(nodes), nodes))
 
 

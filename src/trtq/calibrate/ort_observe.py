@@ -94,11 +94,13 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
     exposure is dropped and the blocked tensor observed (channels a multiple of MAX_BLOCK: no
     padding lanes; the op checks dim 1). Returns the sinks' outputs and the tensors read blocked.
     """
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    # Nodes are identified by position: id() of a protobuf wrapper is no identity (upb reuses addresses).
+    nodes_in = list(graph.node)
+    producers = {out: index for index, node in enumerate(nodes_in) for out in node.output}
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes_in):
         for name in node.input:
-            readers.setdefault(name, []).append(node)
+            readers.setdefault(name, []).append(index)
     dropped: set[int] = set()
     after: dict[int, list[onnx.NodeProto]] = {}
     sinks: list[str] = []
@@ -107,21 +109,21 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
         producer = producers.get(tensor)
         if producer is None:
             raise ValueError(f"tensor {tensor!r} has no producer in onnxruntime's optimised graph")
-        channels = whole_block_channels(producer)
+        channels = whole_block_channels(nodes_in[producer])
         target, check = tensor, 0
         if channels and not readers.get(tensor) and tensor not in keep_outputs:
-            dropped.add(id(producer))
-            target, check = producer.input[0], channels
+            dropped.add(producer)
+            target, check = nodes_in[producer].input[0], channels
             blocked.append(tensor)
             producer = producers[target]
         attributes = {"state": address, "bins": bins, "channels": check}
-        live = [reader for reader in readers.get(target, []) if id(reader) not in dropped]
+        live = [reader for reader in readers.get(target, []) if reader not in dropped]
         if live and target not in keep_outputs:
             observed = f"{target}/trtq_observed"
             for reader in live:
-                for i, name in enumerate(reader.input):
+                for i, name in enumerate(nodes_in[reader].input):
                     if name == target:
-                        reader.input[i] = observed
+                        nodes_in[reader].input[i] = observed
             node = helper.make_node("Observe", [target], [observed], name=f"trtq_observe/{tensor}", domain=DOMAIN,
                                     **attributes)
         else:
@@ -129,12 +131,12 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
             sinks.append(sink)
             node = helper.make_node("ObserveSink", [target], [sink], name=f"trtq_observe/{tensor}", domain=DOMAIN,
                                     **attributes)
-        after.setdefault(id(producer), []).append(node)
+        after.setdefault(producer, []).append(node)
     nodes = []
-    for node in graph.node:
-        if id(node) not in dropped:
+    for index, node in enumerate(nodes_in):
+        if index not in dropped:
             nodes.append(node)
-        nodes.extend(after.get(id(node), []))
+        nodes.extend(after.get(index, []))
     del graph.node[:]
     graph.node.extend(nodes)
     observed_set = set(tensors)
