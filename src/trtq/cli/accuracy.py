@@ -90,13 +90,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_ops": list(exclude_ops),
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
-                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers)})
-    text = _sensitivity_text(result, args.top, record)
+                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
+                                  "shape_notes": list(run.shape_notes)})
+    text = "\n".join([*run.shape_notes, _sensitivity_text(result, args.top, record)])
     if run.sensitive_layers:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
                  f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
-               "commands": run.commands}
+               "commands": run.commands, "shape_notes": list(run.shape_notes)}
     emit(args, payload, text)
     return 0
 

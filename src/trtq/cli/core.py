@@ -116,6 +116,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     record = _record_quantize(args, result)
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
+        *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
         f"  {result.qdq_pairs} Q/DQ pairs ({result.quantized_activations} activations, "
@@ -197,7 +198,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
         for o in report.outputs
     ]
-    lines = [f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})", header, *rows]
+    lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
+             header, *rows]
     if report.task is not None:
         lines.append(f"{report.notes[0]}:")  # the task's own description says what it is measured against
         for key, value in report.task.candidate.values.items():
