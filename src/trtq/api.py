@@ -80,13 +80,16 @@ class TaskOptions:
     task: str  # "classify" or "detect"
     labels: str | None = None
     coco: str | None = None
-    postprocess: str = "yolo"
+    postprocess: str | None = None
+    """Detection postprocess: a preset or a .py file; None picks yolo when the outputs have its layout."""
     output: str | None = None
+    ref_conf: float | None = None
+    """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
 
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
         return make_task(self.task, dataset, graph_outputs(model), labels=self.labels, output=self.output,
-                         coco=self.coco, postprocess=self.postprocess)
+                         coco=self.coco, postprocess=self.postprocess, ref_conf=self.ref_conf)
 
 
 @dataclass(frozen=True)

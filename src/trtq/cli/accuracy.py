@@ -119,6 +119,10 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")
     if len(result.layers) > top:
         lines.append(f"  ... {len(result.layers) - top} more (--top N or --json)")
+    if result.scored_against is not None:
+        lines.append(f"{result.task_metric} drops {result.scored_against.sentence()}")
+        if result.scored_against.warning:
+            lines.append(f"warning: {result.scored_against.warning}")
     lines.append(f"wrote {record}  (trtq report {record.parent})")
     return "\n".join(lines)
 
