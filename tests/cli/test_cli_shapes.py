@@ -52,14 +52,15 @@ def _tokens() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def exports(pytestconfig: pytest.Config) -> dict[str, Path]:
+def exports(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The two models from both exporters, every dim but the CNN's channels dynamic.
 
-    Exporting takes seconds, so the files are kept in pytest's cache, keyed by this file's text
-    and torch's version (a change to either exports again).
+    Exporting takes seconds, so the files are kept in pytest's cache (when it is on), keyed by
+    this file's text and torch's version (a change to either exports again).
     """
     key = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    root = pytestconfig.cache.mkdir(f"trtq-shape-exports-{key}")
+    cache = getattr(pytestconfig, "cache", None)
+    root = cache.mkdir(f"trtq-shape-exports-{key}") if cache is not None else tmp_path_factory.mktemp("exports")
     paths = {name: root / f"{name}.onnx" for name in ("cnn-legacy", "tokens-legacy", "cnn-dynamo", "tokens-dynamo")}
     if not (root / "complete").is_file():  # written last: an interrupted export is redone
         _export(root, paths)
