@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import onnx
 
-from trtq._io import check_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.ort_session import session_from_file
@@ -44,7 +44,8 @@ from trtq.model import (
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
-from trtq.quantize.precision import apply_high_precision
+from trtq.quantize.precision import high_precision
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
@@ -147,6 +148,8 @@ class QuantizeResult:
     """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data (one line per data source that gave some)."""
+    record_path: str | None = None
+    """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -300,17 +303,27 @@ def quantize(
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> QuantizeResult:
     """Calibrate (or reuse saved ranges) and write the Q/DQ ONNX, the TensorRT cache and the ranges JSON.
 
-    All three files appear together or not at all.
+    The files (and, with `record`, the run record `trtq-quantize.json` for `trtq report`) are one
+    set: they appear together or the previous ones stay as they were. With --high-precision fp16,
+    the --target search measures every candidate after the FP16 conversion, so its numbers
+    describe the model as written.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
-    check_writable_dir(onnx_path.parent)
+    destinations = [onnx_path, cache_path, ranges_path]
+    if options.external_data:
+        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    if record is not None:
+        destinations.append(record_path(onnx_path.parent, "quantize"))
+    inputs = (prepared.path, calib, ranges if not isinstance(ranges, RangesTable) else None)
+    check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
@@ -319,6 +332,10 @@ def quantize(
         table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+    converter = high_precision(
+        options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
+        batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
+    )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
         dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
@@ -331,14 +348,12 @@ def quantize(
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
+            finish=converter.finish if converter.mode != "fp32" else None,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
-    if options.high_precision != "fp32":
-        precision = apply_high_precision(
-            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
-            batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
-        )
+    if converter.mode != "fp32":
+        precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
     if table.model_sha256 != prepared.sha256:
         warnings.warn(
@@ -352,23 +367,16 @@ def quantize(
     external = options.external_data
     if external is None:
         external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
-    if data_path is not None:
+    data_path = onnx_path.with_name(onnx_path.name + ".data")
+    if external:
         model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
         model_files = {data_path: data_chunks, onnx_path: model_chunks}
     else:
         model_files = {onnx_path: serialized_chunks(quantized_model)}
-    write_files_atomically(
-        {
-            **model_files,
-            cache_path: format_cache(cache_amax, options.trt_version, table.method),
-            ranges_path: table.to_json().encode("utf-8"),
-        }
-    )
-    return QuantizeResult(
+    result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
-        data_path=str(data_path) if data_path else None,
+        data_path=str(data_path) if external else None,
         cache_path=str(cache_path),
         ranges_path=str(ranges_path),
         method=table.method,
@@ -389,8 +397,27 @@ def quantize(
                               for n in placement.excluded_nodes},
         ),
         notes=calibration.notes if calibration else (),
+        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
         calibration=calibration,
     )
+    files: dict[Path, bytes | Iterable[bytes]] = {
+        **model_files,
+        cache_path: format_cache(cache_amax, options.trt_version, table.method),
+        ranges_path: table.to_json().encode("utf-8"),
+    }
+    if record is not None:
+        histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
+            if calibration is not None else {}
+        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+            "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
+            command=record.command)
+    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
+    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    return result
+
+
+REPORT_HISTOGRAMS = 6
+"""Tensors whose calibration histograms go into the run record: those the chosen ranges clip most."""
 
 
 def build_commands(onnx_path: Path, cache_path: Path, model_path: Path, shapes: Mapping[str, tuple[int, ...]],
@@ -420,11 +447,11 @@ def compare(
     """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
     plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
-    load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
+    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
     return compare_models(
-        session_from_file(reference_path),
-        session_from_file(candidate_path),
+        session_from_file(reference_path, graph=reference),
+        session_from_file(candidate_path, graph=candidate),
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),

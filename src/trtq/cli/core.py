@@ -17,7 +17,9 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq.report import histogram_summary, write_record
+from trtq._format import fmt
+from trtq._io import check_destinations
+from trtq.report import RunRecord, record_path, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -112,8 +114,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         external_data=args.external_data,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
-                          options=options, progress=show_progress(args))
-    record = _record_quantize(args, result)
+                          options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
+    record = Path(result.record_path or "")
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         *result.shape_notes,
@@ -135,22 +137,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_HISTOGRAMS = 6
-"""Tensors whose calibration histograms go into the report: those the chosen ranges clip most."""
-
-
-def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Path:
-    """Save the run for `trtq report`, with histograms of the most clipped tensors."""
-    histograms = {}
-    if result.calibration is not None:
-        stats, amax = result.calibration.stats, result.calibration.ranges.amax
-        clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
-                         and stats[t].has_histogram)
-        histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
-    return write_record(Path(result.onnx_path).parent, "quantize", settings=run_settings(args), result=result.to_dict(),
-                        histograms=histograms)
-
-
 def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
@@ -160,8 +146,14 @@ def run_settings(args: argparse.Namespace) -> dict:
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
-             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')} -> "
+             f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
+             f"({mixed['evaluations']} evaluations)"]
+    if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        lines.append(f"    measured on {mixed['measured_on']}")
+    if mixed.get("all_excluded"):
+        lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
+                     "model runs nothing in INT8; relax the target to keep some INT8")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -182,26 +174,19 @@ def _precision_lines(precision: dict | None) -> list[str]:
                if kept else "")]
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
+    directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
-    directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
     rows = [
-        f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
-        f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
-        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
+        f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+        f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10} "
+        f"{fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
         for o in (*report.outputs, *parts)
     ]
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
@@ -216,7 +201,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             lines.append(f"  {scored.sentence()}")
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
-            lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+            lines.append(f"  {key:<6} FP32 {fmt(ref):>7}   quantized {fmt(value):>7}   drop {fmt(ref - value, signed=True)} "
+                         "points")
         if scored is not None and scored.warning:
             lines.append(f"warning: {scored.warning}")
     lines.append(f"wrote {record}")

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq._io import atomic_write_text
+from trtq._io import write_files_atomically
 from trtq.report.records import load_records
 
 SNR_CAP = 60.0
@@ -491,6 +491,6 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> tup
     report = build_report(directory)
     target = Path(output) if output else Path(directory)
     html_path, md_path = target / "trtq-report.html", target / "trtq-report.md"
-    atomic_write_text(html_path, render_html(report))
-    atomic_write_text(md_path, render_markdown(report))
+    write_files_atomically({html_path: render_html(report).encode("utf-8"),
+                            md_path: render_markdown(report).encode("utf-8")})
     return html_path, md_path
