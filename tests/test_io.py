@@ -109,7 +109,7 @@ def test_a_destination_that_cannot_be_replaced_fails_before_anything_is_written(
         old.pop("m.int8.json")
         match = "is a directory"
     else:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode:
             pytest.skip("chattr +i is not available here (needs root with CAP_LINUX_IMMUTABLE)")
         match = "immutable"
     try:
@@ -125,7 +125,7 @@ def test_an_immutable_file_found_only_at_rename_time_rolls_back(tmp_path, monkey
     """The kernel refuses the rename itself (chattr +i set after the up-front check): the set is restored."""
     old = _previous_set(tmp_path)
     target = tmp_path / "m.int8.json"
-    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode:
         pytest.skip("chattr +i is not available here (needs root with CAP_LINUX_IMMUTABLE)")
     monkeypatch.setattr(io, "_immutable", lambda path: False)  # as if it became immutable after the check
     try:
@@ -320,7 +320,7 @@ def test_two_writers_never_mix_their_sets(tmp_path):
 
 def test_staged_files_of_a_killed_writer_are_removed_later(tmp_path):
     """SIGKILL cannot be handled: the next writer to the folder removes what the dead process staged."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     pid = int(dead.stdout)
     stale = tmp_path / f".m.int8.onnx.{pid}-0123abcd.tmp"
     stale.write_bytes(b"half a model")

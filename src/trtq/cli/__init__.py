@@ -40,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script."""
     install_stop_handlers()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     already = len(_io.written)
     try:
+        parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except TrtqError as exc:
         print(f"trtq: error: {exc.message}", file=sys.stderr)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from trtq import api
+from trtq._format import fmt
+from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
@@ -17,8 +19,6 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq._format import fmt
-from trtq._io import check_destinations
 from trtq.report import RunRecord, record_path, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trtq._format import fmt
 from trtq._io import write_files_atomically
 from trtq.report.records import load_records
 
@@ -182,12 +183,8 @@ def _task_label(scores: Mapping) -> str:
 # formatting
 
 
-def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+def _fmt(value: object, digits: int = 2, percent: bool = False) -> str:
+    return fmt(value, digits, scale=100.0 if percent else 1.0, suffix="%" if percent else "")
 
 
 def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
@@ -383,8 +380,8 @@ def render_html(report: Report) -> str:
         for name, data in items:
             cells.append(
                 f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
-                f" threshold {float(data.get('threshold', 0)):.4g} (red), observed max "
-                f"{float(data.get('observed_max', 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>"
+                f" threshold {fmt(data.get('threshold', 0), 4, spec='g')} (red), observed max "
+                f"{fmt(data.get('observed_max', 0), 4, spec='g')} (dashed)</div>{histogram_svg(name, data)}</div>"
             )
         out.append('<h2>Histograms of the most sensitive tensors</h2><div class="hists">' + "".join(cells) + "</div>")
     if report.excluded:
@@ -459,8 +456,8 @@ def render_markdown(report: Report) -> str:
                     [
                         name,
                         str(d.get("method")),
-                        f"{float(d.get('threshold', 0)):.4g}",
-                        f"{float(d.get('observed_max', 0)):.4g}",
+                        fmt(d.get('threshold', 0), 4, spec='g'),
+                        fmt(d.get('observed_max', 0), 4, spec='g'),
                     ]
                     for name, d in items
                 ],
