@@ -102,6 +102,9 @@ on all-MiniLM-L6-v2, FP8 with max ranges reads 21.0 dB over real tokens, with en
 FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error is relative, so clipping costs "
                      "more than it saves there: consider --method max (the FP8 default) or mse (on the FP8 grid)")
 
+NO_FP8_LAYER_NOTE = ("no layer runs in FP8: FP8 Q/DQ goes on Conv, Gemm and MatMul only, and not on convolutions with "
+                     "16 or fewer input or output channels or more than 32 filter taps (no FP8 kernel pays off there)")
+
 NO_CACHE_NOTE = ("no calibration cache: TensorRT's implicit calibration (the cache) is INT8 only; build the FP8 "
                  "Q/DQ model strongly typed (TensorRT 10 --stronglyTyped, or TensorRT 11)")
 """Why `--precision fp8` writes no `.cache` file."""
@@ -402,18 +405,19 @@ def quantize(
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
-        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method)),
+        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         calibration=calibration,
     )
 
 
-def _precision_notes(options: QuantizeOptions, method: str) -> tuple[str, ...]:
-    """What the output says about FP8: no cache, and ranges from an INT8-minded algorithm."""
+def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
+    """What the output says about FP8: no cache, ranges from an INT8-minded algorithm, no FP8 layer at all."""
     if options.precision != "fp8":
         return ()
     clipping = (FP8_CLIPPING_NOTE.format(method=method),) if method in ("entropy", "percentile") else ()
-    return (NO_CACHE_NOTE, *clipping)
+    empty = (NO_FP8_LAYER_NOTE,) if not placement.targets else ()
+    return (NO_CACHE_NOTE, *clipping, *empty)
 
 
 def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, shapes: Mapping[str, tuple[int, ...]],
