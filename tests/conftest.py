@@ -26,6 +26,8 @@ def transformer_onnx(tmp_path_factory):
     made: dict = {}
 
     def get(kind: str, dynamo: bool) -> Path:
+        if dynamo:
+            pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
         if (kind, dynamo) not in made:
             build = transformer_models.tiny_bert if kind == "bert" else transformer_models.tiny_vit
             path = folder / f"{kind}_{'dynamo' if dynamo else 'legacy'}.onnx"
