@@ -41,7 +41,7 @@ from trtq.model import (
     load_model,
     normalize_model,
     normalized_node_names,
-    resolve_input_shapes,
+    requested_shapes,
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
@@ -82,13 +82,16 @@ class TaskOptions:
     task: str  # "classify" or "detect"
     labels: str | None = None
     coco: str | None = None
-    postprocess: str = "yolo"
+    postprocess: str | None = None
+    """Detection postprocess: a preset or a .py file; None picks yolo when the outputs have its layout."""
     output: str | None = None
+    ref_conf: float | None = None
+    """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
 
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
         return make_task(self.task, dataset, graph_outputs(model), labels=self.labels, output=self.output,
-                         coco=self.coco, postprocess=self.postprocess)
+                         coco=self.coco, postprocess=self.postprocess, ref_conf=self.ref_conf)
 
 
 PRECISIONS = ("int8", "fp8")
@@ -180,6 +183,10 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
+    shape_notes: tuple[str, ...] = ()
+    """Which input shapes were taken from the data (one line per data source that gave some)."""
     quant_type: str = "int8"
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
@@ -232,12 +239,38 @@ def prepare_model(
     )
 
 
-def open_data(model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions()) -> Dataset:
-    """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs."""
+def open_data(
+    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+) -> Dataset:
+    """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
+
+    Dynamic dims take their size from --shape (`options.shapes`), else from the data when it has
+    one (`Dataset.inferred`, `Dataset.shape_note`); a dynamic batch dim defaults to 1, as in
+    trtexec. `purpose` ("calibrate", "compare", ...) words the error for a shape nothing gives.
+    """
     inputs = graph_inputs(model)
-    shapes = resolve_input_shapes(inputs, options.shapes)
+    shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
-    return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit)
+    return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
+                        given=tuple(options.shapes), purpose=purpose)
+
+
+def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
+    """The distinct `shape_note`s of `datasets`, in order: what each took from its data."""
+    notes = [d.shape_note for d in datasets if d is not None and d.shape_note]
+    return tuple(dict.fromkeys(notes))  # type: ignore[arg-type]
+
+
+def data_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]], *datasets: Dataset | None
+                ) -> dict[str, tuple[int, ...]]:
+    """The shapes to build the engine at: --shape, plus those the data gave the model's dynamic dims."""
+    shapes = dict(given)
+    for dataset in datasets:
+        if dataset is not None:
+            for name, shape in dataset.inferred.items():
+                shapes.setdefault(name, shape)
+    order = [spec.name for spec in graph_inputs(model)]
+    return {name: shapes[name] for name in order if name in shapes}
 
 
 DEFAULT_EVAL_BATCH = 32
@@ -337,9 +370,10 @@ def quantize(
         table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
-    placement, mixed, precision = prepared.placement, None, None
+    placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data) if options.target_data else calib_data
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+            if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
                             "pass --target-data DATA.")
@@ -372,6 +406,7 @@ def quantize(
             stacklevel=2,
         )
     check_structure(quantized_model)
+    shapes = data_shapes(prepared.model, data.shapes, calib_data)
     cache_amax = {} if fp8 else {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
     external = options.external_data
     if external is None:
@@ -400,8 +435,10 @@ def quantize(
         calibration_seconds=seconds,
         mixed=mixed.to_dict() if mixed else None,
         precision=precision.to_dict() if precision else None,
+        shapes=shapes,
+        shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            onnx_path, None if fp8 else cache_path, prepared.path, data.shapes, fp16=options.high_precision == "fp16",
+            onnx_path, None if fp8 else cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
@@ -450,7 +487,7 @@ def compare(
     plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data)
+    dataset = open_data(reference, data_source, data, purpose="compare")
     return compare_models(
         session_from_file(reference_path),
         session_from_file(candidate_path),
@@ -477,6 +514,8 @@ class SensitivityRun:
     calibration: CalibrationResult | None
     sensitive_layers: tuple[str, ...]
     commands: dict[str, str]
+    shape_notes: tuple[str, ...] = ()
+    """Which input shapes were taken from the data."""
 
 
 def sensitivity(
@@ -504,7 +543,7 @@ def sensitivity(
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
-    dataset = open_data(prepared.model, data_source, data) if data_source else calib_data
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -519,8 +558,9 @@ def sensitivity(
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {})
+        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
-    commands = build_commands(onnx_path, cache_path, prepared.path, data.shapes,
+    commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
-    return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]})
+    return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
+                          shape_notes(calib_data, dataset))

@@ -94,8 +94,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
-                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers)})
-    text = _sensitivity_text(result, args.top, record)
+                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
+                                  "shape_notes": list(run.shape_notes)})
+    text = "\n".join([*run.shape_notes, _sensitivity_text(result, args.top, record)])
     if run.sensitive_layers and "tensorrt-10-implicit" in run.commands:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
                  f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
@@ -104,7 +105,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
                  f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
-               "commands": run.commands}
+               "commands": run.commands, "shape_notes": list(run.shape_notes)}
     emit(args, payload, text)
     return 0
 
@@ -126,6 +127,10 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")
     if len(result.layers) > top:
         lines.append(f"  ... {len(result.layers) - top} more (--top N or --json)")
+    if result.scored_against is not None:
+        lines.append(f"{result.task_metric} drops {result.scored_against.sentence()}")
+        if result.scored_against.warning:
+            lines.append(f"warning: {result.scored_against.warning}")
     lines.append(f"wrote {record}  (trtq report {record.parent})")
     return "\n".join(lines)
 

@@ -120,6 +120,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     record = _record_quantize(args, result)
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
+        *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
@@ -165,6 +166,11 @@ def _mixed_lines(mixed: dict | None) -> list[str]:
         return []
     lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
              f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    scored = (mixed.get("reference") or {}).get("scored_against")
+    if scored:
+        lines.append(f"    {scored['sentence']}")
+        if scored.get("warning"):
+            lines.append(f"    warning: {scored['warning']}")
     lines += [f"    kept out: {layer['node']}" for layer in mixed["excluded"]]
     if mixed["exclude_nodes"]:
         lines.append("    reuse: " + " ".join(f"--exclude-nodes '{p}'" for p in mixed["exclude_nodes"]))
@@ -195,18 +201,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
+    parts = report.task.candidate.parts if report.task is not None else ()
     rows = [
         f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
         f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
         f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
-        for o in report.outputs
+        for o in (*report.outputs, *parts)
     ]
-    lines = [f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})", header, *rows]
+    lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
+             header, *rows]
+    if parts:
+        lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
+                     "measured apart)")
     if report.task is not None:
         lines.append(f"{report.notes[0]}:")  # the task's own description says what it is measured against
+        scored = report.task.scored_against
+        if scored is not None:
+            lines.append(f"  {scored.sentence()}")
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
             lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+        if scored is not None and scored.warning:
+            lines.append(f"warning: {scored.warning}")
     lines.append(f"wrote {record}")
     emit(args, {**report.to_dict(), "record": str(record)}, "\n".join(lines))
     return 0

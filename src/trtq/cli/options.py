@@ -70,9 +70,13 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", metavar="DIR_OR_FILE", help="class labels: a folder with class sub-folders, a "
                    ".txt/.csv (index or name per line, or file,label), or a .npy (default: the data's class sub-folders)")
     g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
-    g.add_argument("--postprocess", metavar="PRESET_OR_PY", default="yolo",
+    g.add_argument("--postprocess", metavar="PRESET_OR_PY",
                    help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
-                   "postprocess(outputs, images) (default: yolo)")
+                   "postprocess(outputs, images) (default: yolo when the outputs have YOLO's layout, else an error "
+                   "that says what to pass)")
+    g.add_argument("--ref-conf", type=float, metavar="CONF",
+                   help="detection without --coco: FP32 detections with at least this confidence are the reference "
+                   "boxes (default 0.25; lower it when too few boxes are found)")
     g.add_argument("--task-output", metavar="NAME", help="the output holding class scores (default: the [N, C] one)")
 
 
@@ -81,7 +85,7 @@ def task_options(args: argparse.Namespace) -> api.TaskOptions | None:
     if not getattr(args, "task", None):
         return None
     return api.TaskOptions(task=args.task, labels=args.labels, coco=args.coco, postprocess=args.postprocess,
-                           output=args.task_output)
+                           output=args.task_output, ref_conf=args.ref_conf)
 
 
 def add_target_options(p: argparse.ArgumentParser) -> None:

@@ -218,7 +218,7 @@ def search_mixed_precision(
     `model` is the normalised FP32 model (`trtq.api.prepare_model(...).model`), `amax` its
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
-    from class folders when there are any, else FP32 agreement; YOLO postprocess for detect).
+    from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
     `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     """
     start = time.perf_counter()

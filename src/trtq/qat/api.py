@@ -239,9 +239,11 @@ def finetune(
     quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
                                            exclude_nodes=tuple(options.exclude_nodes),
                                            exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
-    monitor_ds = api.open_data(prepared.model, calib, data)
-    train_ds = api.open_data(prepared.model, train_data, data) if train_data is not None else monitor_ds
-    eval_ds = api.open_data(prepared.model, eval_data, data) if eval_data is not None else monitor_ds
+    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
+    train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
+        else monitor_ds
+    eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
+        else monitor_ds
     if ranges is None:
         table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
@@ -291,7 +293,7 @@ def finetune(
     exported = export_qdq(qmodel)
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
-    notes = []
+    notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
                      "steps on the same input: the export does not reproduce the fine-tuned model (please report).")

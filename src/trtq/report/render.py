@@ -44,6 +44,8 @@ class Report:
     settings: tuple[tuple[str, str], ...]
     task_label: str | None
     metrics: tuple[MetricsRow, ...]
+    notes: tuple[str, ...]
+    """What the task metrics were scored against, their warnings, and output parts measured apart."""
     sensitivity: dict | None
     histograms: dict
     excluded: tuple[dict, ...]
@@ -118,6 +120,9 @@ def build_report(directory: str | Path) -> Report:
                     f"mixed ({len(mixed['excluded'])} layers kept high precision)", mixed["final"], "quantize --target"
                 )
             )
+    notes: list[str] = []
+    if mixed and mixed.get("reference"):
+        notes += _task_notes("quantize --target", mixed["reference"], ())
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
@@ -126,6 +131,11 @@ def build_report(directory: str | Path) -> Report:
         evaluation = {"outputs": compare.result.get("outputs", []), "task": task["candidate"] if task else None}
         name = Path(str(compare.result.get("candidate", "candidate"))).name
         metrics.append(_evaluation_row(name, evaluation, "compare"))
+        if task:
+            notes += _task_notes("compare", task["candidate"], task["candidate"].get("parts", ()))
+    if sensitivity and sensitivity.result.get("scored_against"):
+        notes += _task_notes("sensitivity", {"task": sensitivity.result.get("task_metric"),
+                                             "scored_against": sensitivity.result["scored_against"]}, ())
     histograms = dict(sensitivity.histograms) if sensitivity else {}
     if quantize and quantize.histograms:
         histograms = {**quantize.histograms, **histograms}
@@ -138,6 +148,7 @@ def build_report(directory: str | Path) -> Report:
         settings=tuple(settings),
         task_label=task_label,
         metrics=tuple(metrics),
+        notes=tuple(dict.fromkeys(notes)),
         sensitivity=sensitivity.result if sensitivity else None,
         histograms=histograms,
         excluded=excluded,
@@ -145,6 +156,21 @@ def build_report(directory: str | Path) -> Report:
         commands=commands,
         records=tuple((r.kind, r.created, r.command) for r in records.values()),
     )
+
+
+def _task_notes(source: str, scores: Mapping, parts: Sequence[Mapping]) -> list[str]:
+    """Lines saying what a run's task metric was scored against (and its warning), and the SNR of
+    output parts measured apart."""
+    notes = []
+    scored = scores.get("scored_against")
+    if scored:
+        notes.append(f"{source}: {scores.get('task', 'task')} metrics {scored.get('sentence', '')}.")
+        if scored.get("warning"):
+            notes.append(f"warning ({source}): {scored['warning']}")
+    if parts:
+        notes.append(f"{source}: SNR of output parts measured apart: "
+                     + ", ".join(f"{p.get('name')} {_fmt(_num(p.get('snr_db')))} dB" for p in parts) + ".")
+    return notes
 
 
 def _task_label(scores: Mapping) -> str:
@@ -298,7 +324,7 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
 vertical-align:top}th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{font-family:'DejaVu Sans Mono',Menlo,monospace;font-size:12.5px}pre{background:#f6f8fa;padding:8px 10px;
-overflow-x:auto;white-space:pre-wrap;word-break:break-all}.muted{color:#666}
+overflow-x:auto;white-space:pre-wrap;word-break:break-all}.muted{color:#666}.warning{color:#a94442;font-weight:600}
 .grid{stroke:#e4e4e4}.tick{font-size:10px;fill:#666}.axis{font-size:11px;fill:#444}.label{font-size:11px;
 text-anchor:end;fill:#222}.value{font-size:10px;fill:#444}.frame{fill:none;stroke:#bbb}
 .threshold{stroke:#d9534f;stroke-width:2}.maxline{stroke:#555;stroke-dasharray:4 3}
@@ -337,7 +363,12 @@ def render_html(report: Report) -> str:
     if report.metrics:
         header, body = _metric_table(report.metrics)
         label = f'<p class="muted">Task metrics in percent: {e(report.task_label)}.</p>' if report.task_label else ""
-        out.append("<h2>Metrics: FP32 vs INT8 vs mixed</h2>" + label + _html_table(header, body))
+        notes = "".join(f'<p class="{"warning" if n.startswith("warning") else "muted"}">{e(n)}</p>'
+                        for n in report.notes)
+        out.append("<h2>Metrics: FP32 vs INT8 vs mixed</h2>" + label + _html_table(header, body) + notes)
+    elif report.notes:
+        out.append("<h2>Task metrics</h2>" + "".join(
+            f'<p class="{"warning" if n.startswith("warning") else "muted"}">{e(n)}</p>' for n in report.notes))
     layers = _layers(report)
     if layers:
         method = report.sensitivity.get("method", "") if report.sensitivity else ""
@@ -392,6 +423,10 @@ def render_markdown(report: Report) -> str:
         if report.task_label:
             out += [f"Task metrics in percent: {report.task_label}.", ""]
         out.append(_md_table(header, body))
+    if report.notes:
+        if not report.metrics:
+            out += ["", "## Task metrics"]
+        out += ["", *(f"- {'**' + n + '**' if n.startswith('warning') else n}" for n in report.notes)]
     layers = _layers(report)
     if layers:
         out += [
