@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from trtq._format import fmt
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
@@ -222,6 +223,7 @@ def search_mixed_precision(
     progress: bool = True,
     finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
     finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
+    grid: Grid = INT8,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -232,6 +234,7 @@ def search_mixed_precision(
     `finish` turns each candidate Q/DQ model into the model that will be written (the FP16
     conversion of `--high-precision fp16`): every evaluation then measures that model, so the
     target holds for what is written (`finished_as` says what it is).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -241,13 +244,14 @@ def search_mixed_precision(
         notes.append(f"task for the target: {task.describe()}")
     evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
     reference = evaluator.reference_scores
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
     evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
-            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
+            grid=grid,
         )
 
     def check(layers: Sequence[str], phase: str) -> tuple[Evaluation, float]:
