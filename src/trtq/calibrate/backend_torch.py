@@ -97,6 +97,11 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Make `device` current (CUDA graphs and the statistics kernels work in its context)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _fp32_math(tf32: bool) -> Iterator[None]:
     """cuDNN/cuBLAS in true FP32 unless `tf32`; cuDNN picks the fastest algorithm per shape."""
@@ -146,7 +151,7 @@ class TorchBackend:
 
     def observe(self, batch: Mapping[str, np.ndarray]) -> None:
         """Queue one batch: forward pass and statistics run on the device; returns before they finish."""
-        with torch.no_grad(), _fp32_math(self._tf32):
+        with torch.no_grad(), _fp32_math(self._tf32), _on_device(self.device):
             signature = tuple((name, tuple(np.shape(batch[name])), _torch_dtype(np.asarray(batch[name]).dtype))
                               for name in self._module.input_names if name in batch)
             captured = self._graphs.get(signature)
@@ -171,7 +176,8 @@ class TorchBackend:
 
     def notes(self) -> tuple[str, ...]:
         """Nodes that fell back to onnxruntime, the statistics engine, and why no CUDA graph, if not."""
-        notes = [f"statistics computed by {self.stats_engine} on {self.device}"]
+        origin = self._stats.kernel_origin
+        notes = [f"statistics computed by {self.stats_engine} on {self.device}" + (f" ({origin})" if origin else "")]
         if self.fallback_nodes:
             notes.append(f"{len(self.fallback_nodes)} nodes ran through onnxruntime: {', '.join(self.fallback_nodes)}")
         if self.graph_note:
