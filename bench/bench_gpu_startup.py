@@ -5,9 +5,10 @@ Two measurements, each run in fresh processes so imports and CUDA initialisation
 * phases: one calibration in-process, timed step by step (model preparation, torch import, CUDA
   context, executor set-up, statistics kernels, first eager batch, CUDA graph capture, the rest
   of the batches), with an empty kernel cache ("cold") and again with the cache it left ("warm");
-* crossover: the whole `python -m trtq quantize` command, wall clock, for `--device cuda` (cold
-  and warm kernel cache) and `--device cpu` at several sample counts. A straight line
-  (fixed cost + per-sample cost) is fitted to each device; the crossover is where they meet.
+* crossover: the whole `python -m trtq quantize` command, wall clock, for `--device cuda` (kernel
+  cache filled; one run with an empty cache is printed too) and `--device cpu` at several sample
+  counts. A straight line (fixed cost + per-sample cost) is fitted to each device; the crossover
+  is where they meet.
 
 Models build offline: ResNet-50 (bench/resnet50_onnx.py, random weights, dynamic batch) and
 PP-OCRv6 det (the rapidocr wheel's model, given with --ppocr PATH or fetched with pip).
@@ -20,12 +21,15 @@ PP-OCRv6 det (the rapidocr wheel's model, given with --ppocr PATH or fetched wit
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,22 +118,16 @@ def run_phases(model: Path, data: Path, batch: int, cudnn_benchmark: str) -> dic
     import trtq.calibrate.backend_torch as bt
 
     mark("import GPU backend")
-    if cudnn_benchmark != "default":
+    if cudnn_benchmark != "default":  # force autotuning on or off, whatever the backend would choose
         original = bt._fp32_math
 
-        def fixed(tf32: bool) -> object:
-            class Ctx:
-                def __enter__(self) -> None:
-                    self.inner = original(tf32)
-                    self.inner.__enter__()
-                    torch.backends.cudnn.benchmark = cudnn_benchmark == "on"
+        @contextlib.contextmanager
+        def forced(*a: object) -> Iterator[None]:
+            with original(*a):
+                torch.backends.cudnn.benchmark = cudnn_benchmark == "on"
+                yield
 
-                def __exit__(self, *exc: object) -> None:
-                    self.inner.__exit__(*exc)
-
-            return Ctx()
-
-        bt._fp32_math = fixed
+        bt._fp32_math = forced
     for cls_name, phase in (("OnnxModule", "executor set-up (weights to GPU)"), ("DeviceStats", "statistics kernels")):
         cls = getattr(bt, cls_name)
 
@@ -141,9 +139,10 @@ def run_phases(model: Path, data: Path, batch: int, cudnn_benchmark: str) -> dic
             return value
 
         setattr(bt, cls_name, timed)
-    backend = bt.TorchBackend(prepared.model, observed, histogram=True, device="cuda")
-    mark("backend set-up (other)")
     batches = [np.ascontiguousarray(x[i:i + batch]) for i in range(0, len(x), batch)]
+    told = {"expected_batches": len(batches)} if "expected_batches" in inspect.signature(bt.TorchBackend).parameters else {}
+    backend = bt.TorchBackend(prepared.model, observed, histogram=True, device="cuda", **told)  # as calibration makes it
+    mark("backend set-up (other)")
     for i, b in enumerate(batches):
         backend.observe({prepared.model.graph.input[0].name: b})
         torch.cuda.synchronize()
@@ -161,8 +160,9 @@ def phases_main(args: argparse.Namespace) -> None:
     src = Path(args.src).resolve()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, bench in (("cold", "default"), ("warm", "default"), *(("warm, cudnn.benchmark off", "off"),
-                                                                          ) * args.cudnn_off):
+        runs = [("cold", "default"), ("warm", "default")]
+        runs += [(f"warm, cudnn.benchmark {x}", x) for x in args.cudnn]
+        for label, bench in runs:
             command = [sys.executable, __file__, "_phases", str(model), str(data), str(args.batch), bench]
             start = time.perf_counter()
             out = subprocess.run(command, env=_env(src, Path(tmp)), capture_output=True, text=True, check=False)
@@ -212,34 +212,30 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 def crossover_main(args: argparse.Namespace) -> None:
     src = Path(args.src).resolve()
     counts = [int(c) for c in args.samples_list.split(",")]
-    rows: dict[str, list[tuple[int, float, float]]] = {"cuda, cold cache": [], "cuda, warm cache": [], "cpu": []}
-    with tempfile.TemporaryDirectory() as warm:
+    rows: dict[str, list[tuple[int, float, float]]] = {"cuda": [], "cpu": []}
+    with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as cold:
+        model, data, extra = prepare(args.model, counts[0], args.batch, args.ppocr)
+        empty = quantize_wall(src, Path(cold), model, data, "cuda", extra)  # compiles and fills `cold`
         for n in counts:
             model, data, extra = prepare(args.model, n, args.batch, args.ppocr)
-            with tempfile.TemporaryDirectory() as cold:
-                rows["cuda, cold cache"].append((n, *quantize_wall(src, Path(cold), model, data, "cuda", extra)))
-            if n == counts[0]:
-                quantize_wall(src, Path(warm), model, data, "cuda", extra)  # fills the warm cache
-            rows["cuda, warm cache"].append((n, *quantize_wall(src, Path(warm), model, data, "cuda", extra)))
+            rows["cuda"].append((n, *quantize_wall(src, Path(cold), model, data, "cuda", extra)))
             rows["cpu"].append((n, *quantize_wall(src, Path(warm), model, data, "cpu", extra)))
             print(f"{n:6d} samples: " + ", ".join(f"{k} {v[-1][1]:.2f} s" for k, v in rows.items()), flush=True)
     fits = {k: _fit([(n, wall) for n, wall, _ in v]) for k, v in rows.items()}
     print(f"\n{args.model}, batch {args.batch}, trtq from {src}: wall seconds of `python -m trtq quantize` "
-          "(calibration seconds in brackets)")
+          "(calibration seconds in brackets); --device cuda with the kernel cache filled")
     print(f"{'samples':>8s}" + "".join(f"{k:>24s}" for k in rows))
     for i, n in enumerate(counts):
         print(f"{n:8d}" + "".join(f"{v[i][1]:12.2f} ({v[i][2]:6.2f} s)" for v in rows.values()))
+    print(f"--device cuda with an empty kernel cache, {counts[0]} samples: {empty[0]:.2f} s ({empty[1]:.2f} s)")
     print("fit: " + "; ".join(f"{k}: {a:.2f} s + {1000 * b:.2f} ms/sample" for k, (a, b) in fits.items()))
-    cpu_a, cpu_b = fits["cpu"]
-    crossover = {}
-    for key in ("cuda, cold cache", "cuda, warm cache"):
-        a, b = fits[key]
-        crossover[key] = (a - cpu_a) / (cpu_b - b) if cpu_b > b else None
-        text = f"{crossover[key]:.0f} samples" if crossover[key] is not None else "never (CPU is faster per sample)"
-        print(f"GPU pays off ({key}) from about {text}")
+    (gpu_a, gpu_b), (cpu_a, cpu_b) = fits["cuda"], fits["cpu"]
+    crossover = (gpu_a - cpu_a) / (cpu_b - gpu_b) if cpu_b > gpu_b else None
+    print("GPU pays off from about " + (f"{crossover:.0f} samples" if crossover is not None
+                                        else "never (the CPU is as fast per sample)"))
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "batch": args.batch, "src": str(src), "rows": rows,
-                                              "fits": fits, "crossover": crossover}, indent=1))
+                                              "empty_cache": empty, "fits": fits, "crossover": crossover}, indent=1))
 
 
 def main() -> None:
@@ -254,7 +250,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--samples", type=int, default=8, help="phases: samples calibrated")
     parser.add_argument("--samples-list", default="8,32,128", help="crossover: sample counts, comma-separated")
-    parser.add_argument("--cudnn-off", type=int, default=0, help="phases: also run warm with cudnn.benchmark off")
+    parser.add_argument("--cudnn", nargs="*", default=[], choices=("on", "off"),
+                        help="phases: also run warm with cuDNN autotuning forced on / off")
     parser.add_argument("--src", default=str(ROOT / "src"), help="trtq source tree the runs import")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()

@@ -9,7 +9,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trtq.calibrate.cuda_kernels import CACHE_FORMAT, _read_cached, _write_cached, cache_dir, cache_file  # noqa: E402
+from trtq.calibrate.cuda_kernels import (  # noqa: E402
+    CACHE_FORMAT,
+    _read_cached,
+    _write_cached,
+    cache_dir,
+    cache_file,
+)
 
 
 def test_cache_dir_follows_trtq_cache_dir_then_xdg_then_home(monkeypatch, tmp_path):
