@@ -10,6 +10,7 @@ from trtq import api
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_precision_option,
     add_target_options,
     add_task_options,
     data_options,
@@ -30,14 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = subparsers.add_parser("quantize", help="calibrate and write <stem>.int8.onnx (Q/DQ), .int8.cache, .int8.json")
+    p = subparsers.add_parser("quantize", help="calibrate and write <stem>.int8.onnx (Q/DQ), .int8.cache, .int8.json "
+                              "(with --precision fp8: <stem>.fp8.onnx and .fp8.json)")
     p.add_argument("model", help="FP32 .onnx model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, default="entropy", help="range algorithm (default: entropy, "
-                   "TensorRT's EntropyCalibration2)")
+    p.add_argument("--method", choices=METHODS, help="range algorithm (default: entropy, TensorRT's "
+                   "EntropyCalibration2, for int8; max for fp8)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
@@ -110,6 +113,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         high_precision=args.high_precision,
         task=task_options(args),
         external_data=args.external_data,
+        precision=args.precision,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args))
@@ -119,13 +123,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
-        f"  {result.qdq_pairs} Q/DQ pairs ({result.quantized_activations} activations, "
-        f"{result.quantized_weights} weights per channel)"
+        f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
+        f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
-        f"wrote {result.cache_path}  ({result.cache_entries} tensors)",
+        *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
@@ -210,6 +211,7 @@ def search_mixed_precision(
     max_exclusions: int | None = None,
     prune: bool = True,
     progress: bool = True,
+    grid: Grid = INT8,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -217,6 +219,7 @@ def search_mixed_precision(
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
     from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -226,13 +229,14 @@ def search_mixed_precision(
         notes.append(f"task for the target: {task.describe()}")
     evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
     reference = evaluator.reference_scores
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
     evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
-            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
+            grid=grid,
         )
 
     def check(layers: Sequence[str], phase: str) -> tuple[Evaluation, float]:

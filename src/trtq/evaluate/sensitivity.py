@@ -137,7 +137,7 @@ def layer_placement(placement: Placement, nodes: Sequence[str] | set[str]) -> Pl
         consumers = tuple(c for c in target.consumers if c[0] in keep)
         if consumers:
             targets.append(QuantTarget(target.tensor, target.kind, consumers, target.axis))
-    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes)
+    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes, grid=placement.grid)
 
 
 def _with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
