@@ -515,7 +515,7 @@ class _Commit:
 
 
 def _describe(exc: OSError, target: Path | None) -> str:
-    return f"Cannot write {exc.filename if target is None else target} ({exc.strerror or exc})"
+    return f"Cannot write {target or exc.filename or 'the outputs'} ({exc.strerror or exc})"
 
 
 def _fix(exc: OSError) -> str:
