@@ -124,6 +124,11 @@ def build_report(directory: str | Path) -> Report:
     notes: list[str] = []
     if mixed and mixed.get("reference"):
         notes += _task_notes("quantize --target", mixed["reference"], ())
+    if mixed and mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        notes.append(f"quantize --target: its rows were measured on {mixed['measured_on']}.")
+    if mixed and mixed.get("all_excluded"):
+        notes.append("quantize --target: the target held only with every quantizable layer kept out of INT8, so the "
+                     "written model runs nothing in INT8.")
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
