@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -18,15 +19,17 @@ import onnx
 from trtq._io import check_writable_dir, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
-from trtq.formats.ranges import RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
     PROTOBUF_LIMIT,
     ModelInfo,
@@ -49,9 +52,9 @@ from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
     "DataOptions",
-    "TaskOptions",
     "QuantizeOptions",
     "QuantizeResult",
+    "TaskOptions",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -93,7 +96,9 @@ class TaskOptions:
 class QuantizeOptions:
     """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
 
-    method: str = "entropy"
+    method: str = "auto"
+    """Range algorithm: "auto" (per tensor, the candidate that does least harm; trtq.calibrate.auto),
+    "entropy" (TensorRT's EntropyCalibration2), "max", "percentile" or "mse"."""
     percentile: float = 99.99
     exclude_nodes: Sequence[str] = ()
     exclude_ops: Sequence[str] = ()
@@ -140,12 +145,22 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
+    choices: dict[str, RangeChoice] = field(default_factory=dict)
+    """Per quantized tensor, why it got its range (`--method auto`; also from a saved table)."""
+    range_table: str | None = None
+    """`--method auto`: the candidate table kept ("per-tensor", "mse" or "percentile")."""
+    table_scores: dict[str, float] = field(default_factory=dict)
+    """`--method auto`: each candidate table's mean per-sample output SNR (dB) on the judging samples."""
+    range_samples: int = 0
+    """`--method auto`: the calibration samples the tables were scored on."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
+        out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -249,7 +264,23 @@ def calibrate_prepared(
         device=options.device,
         drop_partial=_fixed_batch(prepared.model),
         progress=progress,
+        layers=judged_layers(prepared.placement) if options.method == "auto" else (),
+        score_tables=partial(score_tables, prepared.model, prepared.placement),
     )
+
+
+def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
+    """The nodes that read quantized activations, with their quantized inputs: what `--method auto` judges."""
+    activations: dict[str, list[tuple[int, str]]] = {}
+    weights: dict[str, list[tuple[int, str, int]]] = {}
+    for target in placement.targets:
+        for node, index in target.consumers:
+            if target.kind == "activation":
+                activations.setdefault(node, []).append((index, target.tensor))
+            else:
+                weights.setdefault(node, []).append((index, target.tensor, target.axis or 0))
+    return tuple(JudgedLayer(node, tuple(sorted(acts)), tuple(sorted(weights.get(node, ()))))
+                 for node, acts in activations.items())
 
 
 def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path]:
@@ -352,6 +383,10 @@ def quantize(
                               for n in placement.excluded_nodes},
         ),
         notes=calibration.notes if calibration else (),
+        choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
+        range_table=str(table.options["table"]) if "table" in table.options else None,
+        table_scores=dict(table.table_scores),
+        range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
 

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="entropy", help="range algorithm for --calib")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="auto", help="range algorithm for --calib "
+                   "(default: auto)")
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
