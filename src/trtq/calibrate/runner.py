@@ -101,14 +101,15 @@ def run_calibration(
     device: str = "cpu",
     drop_partial: bool = False,
     progress: bool = True,
-    layers: Sequence[JudgedLayer] = (),
     grid: Grid = INT8,
+    layers: Sequence[JudgedLayer] = (),
     score_tables: TableScorer | None = None,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
     The data hash covers every batch's bytes in order, so a ranges table names exactly the data
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
+    `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
     With method "auto", the tensors that `layers` quantize get the candidate range that harms those
     layers' outputs least on `grid`, checked end to end against whole-model tables by
     `score_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
@@ -116,7 +117,8 @@ def run_calibration(
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
+    backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
     digest = hashlib.sha256()
     keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)} if method == "auto" else None
     samples = 0
@@ -145,8 +147,8 @@ def run_calibration(
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
-        found = dict(zip(observed, pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)),
-                                            observed)))
+        found = dict(zip(observed, pool.map(
+            lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
     amax = {name: found[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
@@ -154,7 +156,7 @@ def run_calibration(
     table_scores: dict[str, float] = {}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "auto":
-        kept = [batch for batches in (keep or {}).values() for batch in batches]
+        kept = [batch for group in (keep or {}).values() for batch in group]
         auto = choose_ranges(model, layers, stats, kept, grid=grid, score_tables=score_tables, progress=progress)
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
@@ -162,6 +164,8 @@ def run_calibration(
         options.update({"table": auto.table, "judged_samples": auto.samples})
     if method == "percentile":
         options["percentile"] = percentile
+    if grid.name != INT8.name:
+        options["precision"] = grid.name
     ranges = RangesTable(
         amax=amax,
         method=method,

@@ -90,7 +90,7 @@ class Evaluator:
         for first, feed, ref in self._run_reference():
             samples += _count(feed)
             if scorer is not None:
-                scorer.update(ref, ref, first)
+                scorer.update(ref, ref, first, _count(feed))
             if self._cache is not None:
                 cached += sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in ref.values())
                 if cached <= cache_bytes:
@@ -149,7 +149,7 @@ class Evaluator:
                 for name in self.output_names:
                     accumulators[name].update(ref[name], values[name])
                 if scorer is not None:
-                    scorer.update(values, ref, first)
+                    scorer.update(values, ref, first, _count(feed))
                 bar.update(_count(feed))
         self.evaluations += 1
         return Evaluation(

@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
+from trtq._format import fmt
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
@@ -148,6 +150,10 @@ class MixedPrecisionResult:
     steps: tuple[SearchStep, ...]
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    measured_on: str = "the Q/DQ model"
+    """What every evaluation measured: the Q/DQ model, or it after a final transformation (FP16)."""
+    all_excluded: bool = False
+    """Whether the target holds only with every quantizable layer out of INT8 (nothing INT8 is left)."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -157,10 +163,13 @@ class MixedPrecisionResult:
     def require(self) -> MixedPrecisionResult:
         """Return self if the target holds, else raise a TrtqError saying how close it came."""
         if not self.holds:
+            fp16 = "FP16" in self.measured_on
             raise TrtqError(
-                f"Target {self.target} was not reached: best {self.target.metric} was {self.final_metric:.4g} "
-                f"with {len(self.excluded)} layers excluded.",
-                "relax the target, calibrate with another --method, or raise the exclusion limit.",
+                f"Target {self.target} was not reached: best {self.target.metric} was "
+                f"{fmt(self.final_metric, 4, spec='g')} with {len(self.excluded)} layers excluded, measured on "
+                f"{self.measured_on}.",
+                "relax the target, calibrate with another --method"
+                + (", or keep the rest in FP32 (--high-precision fp32)." if fp16 else ", or raise the exclusion limit."),
             )
         return self
 
@@ -188,6 +197,8 @@ class MixedPrecisionResult:
             ],
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
+            "measured_on": self.measured_on,
+            "all_excluded": self.all_excluded,
         }
 
 
@@ -210,13 +221,20 @@ def search_mixed_precision(
     max_exclusions: int | None = None,
     prune: bool = True,
     progress: bool = True,
+    finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
+    grid: Grid = INT8,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
     `model` is the normalised FP32 model (`trtq.api.prepare_model(...).model`), `amax` its
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
-    from class folders when there are any, else FP32 agreement; YOLO postprocess for detect).
+    from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
+    `finish` turns each candidate Q/DQ model into the model that will be written (the FP16
+    conversion of `--high-precision fp16`): every evaluation then measures that model, so the
+    target holds for what is written (`finished_as` says what it is).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -226,21 +244,23 @@ def search_mixed_precision(
         notes.append(f"task for the target: {task.describe()}")
     evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
     reference = evaluator.reference_scores
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
     evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
-            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
+            grid=grid,
         )
 
     def check(layers: Sequence[str], phase: str) -> tuple[Evaluation, float]:
         key = tuple(sorted(layers))
         if key not in evaluations:
-            evaluation = evaluator.evaluate(
-                insert_qdq(model, placement_without(layers), amax), label=f"{phase} {len(layers)}"
-            )
+            candidate = insert_qdq(model, placement_without(layers), amax)
+            if finish is not None:
+                candidate = finish(candidate)
+            evaluation = evaluator.evaluate(candidate, label=f"{phase} {len(layers)}")
             evaluations[key] = (evaluation, target.measure(evaluation, reference))
         evaluation, value = evaluations[key]
         steps.append(SearchStep(tuple(layers), value, target.holds(value), phase))
@@ -296,6 +316,7 @@ def search_mixed_precision(
         )
         for node in excluded
     )
+    all_excluded = bool(excluded) and not quantized_layers(placement_without(excluded))
     if sensitivity is not None:
         notes.append(
             f"ranking: {sensitivity.method} sensitivity over {sensitivity.samples} samples "
@@ -315,4 +336,6 @@ def search_mixed_precision(
         steps=tuple(steps),
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        measured_on=finished_as if finish is not None else "the Q/DQ model",
+        all_excluded=all_excluded,
     )
