@@ -24,6 +24,8 @@ from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
@@ -296,7 +298,8 @@ def quantize(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
-            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
+            runner=runner_factory(options.device), progress=progress,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
@@ -378,16 +381,25 @@ def compare(
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
+    """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+
+    `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data)
+    if device == "cpu":
+        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path)),
+                                          OrtRunner(session_from_file(candidate_path)))
+    else:
+        make = runner_factory(device)
+        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
     return compare_models(
-        session_from_file(reference_path),
-        session_from_file(candidate_path),
+        *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
@@ -448,6 +460,7 @@ def sensitivity(
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        runner=runner_factory(options.device),
         progress=progress,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
     p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
@@ -67,7 +70,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops)
+                                  exclude_ops=exclude_ops, device=args.device)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,

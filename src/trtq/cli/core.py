@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -63,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
@@ -187,7 +191,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"

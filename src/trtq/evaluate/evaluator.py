@@ -21,11 +21,12 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScorer, TaskScores
+from trtq.runtime import Runner, RunnerFactory, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 
 CACHE_BYTES = 512 << 20
 """Input batches plus FP32 outputs up to this size stay in memory between evaluations."""
@@ -140,25 +141,27 @@ class Evaluator:
 
     def __init__(
         self,
-        reference: onnx.ModelProto | ort.InferenceSession,
+        reference: onnx.ModelProto | ort.InferenceSession | Runner,
         dataset: Dataset,
         *,
         batch_size: int = 1,
         task: Task | None = None,
         cache_bytes: int = CACHE_BYTES,
         disk_bytes: int = DISK_CACHE_BYTES,
+        runner: RunnerFactory | None = None,
         progress: bool = False,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
-        if isinstance(reference, ort.InferenceSession):
-            self.output_names = [o.name for o in reference.get_outputs()]
-            self._session: ort.InferenceSession | None = reference
-        else:
+        self._make_runner = runner or runner_factory("cpu")
+        if isinstance(reference, onnx.ModelProto):
             self.output_names = [o.name for o in reference.graph.output]
-            self._session = None
+            self._session: Runner | None = None
+        else:
+            self._session = self._as_runner(reference)
+            self.output_names = list(self._session.output_names)
         self._reference = reference
         self._store = _BatchStore(cache_bytes, disk_bytes)
         weakref.finalize(self, self._store.close)
@@ -190,7 +193,8 @@ class Evaluator:
 
     def _run_reference(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         if self._session is None:
-            self._session = make_session(self._reference)
+            assert isinstance(self._reference, onnx.ModelProto)
+            self._session = self._make_runner(self._reference)
         first = 0
         for batch in self.dataset.batches(self.batch_size):
             feed = dict(batch)
@@ -230,7 +234,7 @@ class Evaluator:
 
     def evaluate(
         self,
-        candidate: onnx.ModelProto | ort.InferenceSession,
+        candidate: onnx.ModelProto | ort.InferenceSession | Runner,
         label: str = "candidate",
         decide: Callable[[Evaluation], bool] | None = None,
     ) -> Evaluation:
@@ -241,8 +245,8 @@ class Evaluator:
         True the evaluation stops there (`complete` is then False unless that was the last batch).
         """
         start = time.perf_counter()
-        session = candidate if isinstance(candidate, ort.InferenceSession) else make_session(candidate)
-        produced = [o.name for o in session.get_outputs()]
+        session = self._as_runner(candidate)
+        produced = session.output_names
         missing = [name for name in self.output_names if name not in produced]
         if missing:
             raise TrtqError(
@@ -281,6 +285,13 @@ class Evaluator:
                     break
         self.evaluations += 1
         return self._scores(accumulators, scorer, start, complete=done >= self.samples)
+
+    def _as_runner(self, model: onnx.ModelProto | ort.InferenceSession | Runner) -> Runner:
+        if isinstance(model, onnx.ModelProto):
+            return self._make_runner(model)
+        if isinstance(model, ort.InferenceSession):
+            return OrtRunner(model)
+        return model
 
     def _scores(
         self, accumulators: Mapping[str, OutputAccumulator], scorer: TaskScorer | None, start: float, complete: bool

@@ -44,6 +44,7 @@ from trtq.evaluate.sensitivity import (
 from trtq.evaluate.tasks import Task, TaskScores, make_task
 from trtq.model import graph_outputs
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.runtime import RunnerFactory
 
 TARGET_METRICS: dict[str, tuple[str, str | None, str | None]] = {
     # name: (comparison, task it needs, task metric)
@@ -261,6 +262,7 @@ def search_mixed_precision(
     prune: bool = True,
     early_stop: bool = True,
     finalize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    runner: RunnerFactory | None = None,
     progress: bool = True,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
@@ -271,7 +273,7 @@ def search_mixed_precision(
     from class folders when there are any, else FP32 agreement; YOLO postprocess for detect).
     `early_stop=False` evaluates every candidate on every sample. `finalize` turns a Q/DQ model
     into what will be written (e.g. the FP16 conversion), so that every decision is taken on
-    the model as written.
+    the model as written. `runner` runs the models (default: onnxruntime on the CPU).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -279,7 +281,7 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
+    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False)
     reference = evaluator.reference_scores
     total = evaluator.samples
     base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
@@ -328,7 +330,7 @@ def search_mixed_precision(
         subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
             model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
-            evaluator=evaluator if ranking == "exact" else None, progress=progress,
+            evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
         )
         return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
 
