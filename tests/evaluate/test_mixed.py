@@ -7,10 +7,16 @@ import pytest
 from accuracy_models import graded_chain, outlier_net
 from tiny_models import save
 
-import trtq.api as api
+from trtq import api
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator, spread_order
-from trtq.evaluate.mixed import Target, node_pattern, parse_target, proven_miss, search_mixed_precision
+from trtq.evaluate.mixed import (
+    Target,
+    node_pattern,
+    parse_target,
+    proven_miss,
+    search_mixed_precision,
+)
 from trtq.evaluate.sensitivity import quantized_layers
 from trtq.quantize import insert_qdq
 
@@ -115,7 +121,7 @@ def test_bisection_needs_about_log2_evaluations(graded):
     # 10 of 12 layers kept out: a greedy scan evaluates 11 models, bisection 1 + ceil(log2 12) + 1
     assert len(result.excluded) == 10
     assert len(result.steps) <= 6
-    assert [s.phase for s in result.steps][0] == "int8"
+    assert result.steps[0].phase == "int8"
 
 
 def test_proven_miss_is_a_bound_not_an_estimate(graded):

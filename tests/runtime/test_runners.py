@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tiny_models import residual_conv_net, save
 
-import trtq.api as api
+from trtq import api
 from trtq.cli import main
 from trtq.evaluate.compare import compare_models
 from trtq.quantize import insert_qdq
@@ -12,7 +12,7 @@ from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 
 torch = pytest.importorskip("torch", reason="the PyTorch runner needs torch (pip install 'trtq[gpu]')")
-from trtq.runtime.torch_runner import TorchRunner  # noqa: E402
+from trtq.runtime.torch_runner import TorchRunner
 
 
 @pytest.fixture(scope="module")

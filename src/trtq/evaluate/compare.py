@@ -11,9 +11,9 @@ import onnxruntime as ort
 
 from trtq.data import Dataset
 from trtq.evaluate.evaluator import Evaluator
-from trtq.runtime import Runner, RunnerFactory
 from trtq.evaluate.metrics import OutputMetrics
 from trtq.evaluate.tasks import Task, TaskComparison
+from trtq.runtime import Runner, RunnerFactory
 
 
 @dataclass(frozen=True)
