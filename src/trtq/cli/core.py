@@ -163,8 +163,12 @@ def run_settings(args: argparse.Namespace) -> dict:
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
-             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g}{seen} -> {mixed['final_metric']:.4g} "
+             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations, "
+             f"{mixed['full_evaluations']:g} passes over the data, {mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
     lines += [f"    kept out: {layer['node']}" for layer in mixed["excluded"]]
     if mixed["exclude_nodes"]:
         lines.append("    reuse: " + " ".join(f"--exclude-nodes '{p}'" for p in mixed["exclude_nodes"]))

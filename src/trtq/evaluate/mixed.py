@@ -166,6 +166,8 @@ class MixedPrecisionResult:
     steps: tuple[SearchStep, ...]
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    phase_seconds: tuple[tuple[str, float], ...] = ()
+    """Where the search's time went: reference, ranking, and each evaluation phase."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -207,6 +209,7 @@ class MixedPrecisionResult:
                 for s in self.steps
             ],
             "seconds": round(self.seconds, 3),
+            "phase_seconds": {phase: round(seconds, 3) for phase, seconds in self.phase_seconds},
             "notes": list(self.notes),
         }
 
@@ -216,9 +219,9 @@ def node_pattern(name: str) -> str:
     return f"^{re.escape(name)}$"
 
 
-RANKING_SAMPLES = 64
+RANKING_SAMPLES = 32
 """Local sensitivity ranks layers on at most this many samples (spread over the data set)."""
-PRUNE_PASSES = 3.0
+PRUNE_PASSES = 1.5
 """Pruning stops once its evaluations have cost this many passes over the data."""
 
 
@@ -282,6 +285,7 @@ def search_mixed_precision(
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
     evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False)
+    phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
     total = evaluator.samples
     base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
@@ -319,6 +323,7 @@ def search_mixed_precision(
             full[key] = (evaluation, value)
         steps.append(SearchStep(tuple(layers), value, target.holds(value), phase, evaluation.samples,
                                 time.perf_counter() - began))
+        phases[phase] = phases.get(phase, 0.0) + steps[-1].seconds
         bar.update(1)
         bar.set_postfix_str(f"{target.metric} {value:.4g}, {len(layers)} kept out ({phase})", refresh=True)
         return evaluation, value
@@ -327,11 +332,13 @@ def search_mixed_precision(
 
     def rank() -> list[str]:
         nonlocal sensitivity
+        began = time.perf_counter()
         subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
             model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
             evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
         )
+        phases["ranking"] = time.perf_counter() - began
         return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
 
     def cap(already: int, available: int) -> int:
@@ -404,6 +411,7 @@ def search_mixed_precision(
         steps=tuple(steps),
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        phase_seconds=tuple(phases.items()),
     )
 
 
