@@ -54,7 +54,7 @@ def test_dynamic_batch_defaults_to_one_other_dynamic_dims_need_shape(tmp_path):
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     from trtq.model import graph_inputs
 
-    with pytest.raises(TrtqError, match=r"dynamic dims \(1x3xHx16\) and no --shape"):
+    with pytest.raises(TrtqError, match=r"\(1x3xHx16\) has dynamic dims and no --shape was given"):
         resolve_input_shapes(graph_inputs(model))
 
 
@@ -139,3 +139,20 @@ def test_normalized_node_names_match_the_normalized_model_on_constant_heavy_grap
     assert list(names) == [node.name for node in normalized.graph.node]
     assert list(names) == [f"/add{i}/Add" for i in range(40)]
     assert all(names[name].name == name for name in names)
+
+
+def test_missing_shape_error_names_every_input_in_the_commands_words():
+    from trtq.model import TensorSpec, requested_shapes
+
+    tokens = [TensorSpec(n, ("batch", "seq"), "int64") for n in ("input_ids", "attention_mask", "token_type_ids")]
+    with pytest.raises(TrtqError) as info:
+        resolve_input_shapes(tokens, purpose="compare")
+    assert info.value.message == ("Inputs 'input_ids' (batchxseq), 'attention_mask' (batchxseq) and 'token_type_ids' "
+                                  "(batchxseq) have dynamic dims and no --shape was given.")
+    assert info.value.hint.startswith("pass --shape input_ids:1xseq --shape attention_mask:1xseq "
+                                      "--shape token_type_ids:1xseq, with seq replaced by the size to compare at")
+    with pytest.raises(TrtqError, match="--shape token_type_ids:1xseq, with seq replaced by the size to calibrate at"):
+        resolve_input_shapes(tokens, {"input_ids": (1, 8)})
+    # --shape on one input sets the batch of the others; their open dims stay open for the data
+    assert requested_shapes(tokens, {"input_ids": (4, 8)}) == {
+        "input_ids": (4, 8), "attention_mask": (4, None), "token_type_ids": (4, None)}

@@ -184,16 +184,21 @@ def parse_shapes(text: str | Sequence[str] | None) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def resolve_input_shapes(
+PartialShape = tuple[int | None, ...]
+"""An input shape before the data is read: None where the data (or --size) must say."""
+
+
+def requested_shapes(
     inputs: Sequence[TensorSpec],
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     default_batch: int | None = 1,
-) -> dict[str, tuple[int, ...]]:
-    """Fixed shapes for every input: the model's own dims, overridden by `shapes`.
+) -> dict[str, PartialShape]:
+    """What is known of every input's shape before the data is read: the model's fixed dims,
+    overridden by `shapes` (--shape), with None where a dynamic dim is still open.
 
-    A dynamic leading (batch) dim with no --shape becomes `default_batch`, as trtexec does;
-    any other dynamic dim needs an explicit shape. Raises TrtqError for an unknown name, a rank
-    mismatch, a fixed dim contradicted, or a dynamic dim left without a shape.
+    A dynamic leading (batch) dim with no --shape becomes `default_batch`, as in trtexec; when
+    --shape gives some inputs one batch size, the other inputs follow it. Raises TrtqError for an
+    unknown name, a rank mismatch or a fixed dim contradicted.
     """
     shapes = dict(shapes or {})
     known = {spec.name for spec in inputs}
@@ -203,10 +208,13 @@ def resolve_input_shapes(
             f"--shape names input {unknown[0]!r}, but the model's inputs are {sorted(known)}.",
             "use the input names that `trtq inspect` lists.",
         )
-    resolved: dict[str, tuple[int, ...]] = {}
+    given_batches = {shapes[s.name][0] for s in inputs if s.name in shapes and s.shape and len(shapes[s.name])
+                     and not _fixed(s.shape[0])}
+    batch = given_batches.pop() if len(given_batches) == 1 else default_batch
+    requested: dict[str, PartialShape] = {}
     for spec in inputs:
         if spec.name in shapes:
-            given = shapes[spec.name]
+            given = tuple(int(d) for d in shapes[spec.name])
             if len(given) != len(spec.shape):
                 raise TrtqError(
                     f"--shape for input {spec.name!r} has rank {len(given)}, expected rank "
@@ -214,41 +222,96 @@ def resolve_input_shapes(
                     "give one size per dimension.",
                 )
             for axis, (want, got) in enumerate(zip(spec.shape, given)):
-                if isinstance(want, int) and want > 0 and want != got:
+                if _fixed(want) and want != got:
                     raise TrtqError(
                         f"--shape for input {spec.name!r} sets dim {axis} to {got}, but the model "
                         f"fixes it at {want} ({spec.shape_str()}).",
                         "only dynamic dimensions can be overridden.",
                     )
-            resolved[spec.name] = tuple(given)
-        elif default_batch is not None and spec.shape and spec.is_dynamic and not any(
-            not isinstance(d, int) or d < 0 for d in spec.shape[1:]
-        ):
-            resolved[spec.name] = (default_batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
-        elif spec.is_dynamic:
-            raise TrtqError(
-                f"Input {spec.name!r} has dynamic dims ({spec.shape_str()}) and no --shape was given.",
-                f"pass --shape {spec.name}:"
-                + "x".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N")
-                           for i, d in enumerate(spec.shape))
-                + " with the size to calibrate at.",
-            )
-        else:
-            resolved[spec.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
-    return resolved
+            requested[spec.name] = given
+            continue
+        requested[spec.name] = tuple(
+            int(d) if _fixed(d) else (batch if axis == 0 else None)  # type: ignore[arg-type]
+            for axis, d in enumerate(spec.shape)
+        )
+    return requested
+
+
+def _fixed(dim: Dim) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def _placeholders(spec: TensorSpec, shape: PartialShape) -> list[str]:
+    """Each dim of `shape` as text, open ones by their symbolic name (or D<axis> when unnamed)."""
+    return [
+        str(d) if d is not None else (
+            str(spec.shape[axis]) if isinstance(spec.shape[axis], str) and spec.shape[axis] else f"D{axis}")
+        for axis, d in enumerate(shape)
+    ]
+
+
+def shape_placeholder(spec: TensorSpec, shape: PartialShape) -> str:
+    """`shape` in --shape spelling, open dims by their symbolic name: 1x3xHxW, 1xsequence."""
+    return "x".join(_placeholders(spec, shape))
+
+
+def missing_shapes_error(
+    missing: Sequence[tuple[TensorSpec, PartialShape]],
+    purpose: str = "calibrate",
+    reason: str = "no --shape was given",
+    alternatives: str = "or give .npy/.npz data whose arrays have that shape",
+) -> TrtqError:
+    """One error naming every input whose shape is still open, with the --shape options for all of them.
+
+    `purpose` is the verb of the command that needs the shape ("calibrate", "compare", ...).
+    """
+    described = [f"{spec.name!r} ({spec.shape_str()})" for spec, _ in missing]
+    if len(described) == 1:
+        subject = f"Input {described[0]} has dynamic dims"
+    else:
+        subject = f"Inputs {', '.join(described[:-1])} and {described[-1]} have dynamic dims"
+    options = " ".join(f"--shape {spec.name}:{shape_placeholder(spec, shape)}" for spec, shape in missing)
+    names = sorted({text for spec, shape in missing for d, text in zip(shape, _placeholders(spec, shape))
+                    if d is None})
+    which = f"{', '.join(names)} replaced by the size" + ("s" if len(names) > 1 else "")
+    return TrtqError(
+        f"{subject} and {reason}.",
+        f"pass {options}, with {which} to {purpose} at" + (f", {alternatives}." if alternatives else "."),
+    )
+
+
+def resolve_input_shapes(
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    default_batch: int | None = 1,
+    purpose: str = "calibrate",
+) -> dict[str, tuple[int, ...]]:
+    """Fixed shapes for every input: the model's own dims, overridden by `shapes`.
+
+    As `requested_shapes`, with every dim resolved; an error names every input left with a
+    dynamic dim (see `missing_shapes_error`).
+    """
+    requested = requested_shapes(inputs, shapes, default_batch)
+    missing = [(spec, requested[spec.name]) for spec in inputs if None in requested[spec.name]]
+    if missing:
+        raise missing_shapes_error(missing, purpose)
+    return {name: tuple(int(d) for d in shape) for name, shape in requested.items()}  # type: ignore[arg-type]
 
 
 MIN_QDQ_OPSET = 13
 """Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13."""
 
 
-def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = True) -> onnx.ModelProto:
+def normalize_model(
+    model: onnx.ModelProto, source: str = "model", copy: bool = True, min_opset: int = MIN_QDQ_OPSET
+) -> onnx.ModelProto:
     """Return a copy (or, with copy=False, `model` itself, changed) ready for analysis and Q/DQ insertion.
 
     - Constant nodes become initializers (exporters emit weights either way),
     - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
       excluded and reported by name,
-    - the default-domain opset is raised to >= 13 (per-channel Q/DQ), via onnx's version converter,
+    - the default-domain opset is raised to >= `min_opset` (13: per-channel Q/DQ; 19: FP8 Q/DQ),
+      via onnx's version converter,
     - shapes and types are inferred.
     """
     from onnx import numpy_helper, shape_inference, version_converter
@@ -258,14 +321,15 @@ def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = 
         out.CopyFrom(model)
     else:
         out = model
-    if default_opset(out) < MIN_QDQ_OPSET:
+    if default_opset(out) < min_opset:
+        need = "per-channel Q/DQ" if min_opset <= MIN_QDQ_OPSET else "FP8 Q/DQ (float8e4m3fn)"
         try:
-            out = version_converter.convert_version(out, MIN_QDQ_OPSET)
+            out = version_converter.convert_version(out, min_opset)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError subtypes
             raise TrtqError(
-                f"{source} uses opset {default_opset(model)}; per-channel Q/DQ needs opset >= "
-                f"{MIN_QDQ_OPSET} and onnx's version converter failed ({exc}).",
-                f"re-export the model with opset {MIN_QDQ_OPSET} or newer.",
+                f"{source} uses opset {default_opset(out)}; {need} needs opset >= "
+                f"{min_opset} and onnx's version converter failed ({exc}).",
+                f"re-export the model with opset {min_opset} or newer.",
             ) from exc
     graph = out.graph
     folded = _foldable_constants(graph)

@@ -83,3 +83,37 @@ def graded_chain(layers: int = 12, seed: int = 0) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def large_bias_net(seed: int = 0) -> onnx.ModelProto:
+    """Two convs with small weights and a bias of 0.5: in INT8, bias / (input scale x weight scale) is
+    about 80,000, beyond FP16's 65,504.
+
+        x [N,4,8,8] -> conv1 (4->8, 3x3, w ~ 0.01, b = 0.5) -> c1 -> relu -> r1
+        r1 -> conv2 (8->4, 1x1, w ~ 0.01, b = 0.5) -> y [N,4,8,8]
+
+    onnxruntime 1.32's WeightBiasQuantization folds each bias to int32 in the scales' dtype, so with
+    FP16 Q/DQ scales it overflows and the correct model reads about 38 dB instead of 43.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 4, 3, 3)) * 0.01).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.full(8, 0.5, np.float32), "b1"),
+        numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.01).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.full(4, 0.5, np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "large_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

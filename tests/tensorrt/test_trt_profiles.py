@@ -25,7 +25,7 @@ def test_range_with_defaults_from_opt():
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({}, "has dynamic dims (?x3x?x?)"),
+        ({}, "Input 'images' (?x3x?x?) has dynamic dims and no --shape"),
         ({"shapes": {"image": (1, 3, 8, 8)}}, "--shape names input 'image'"),
         ({"shapes": {"images": (1, 3, 8)}}, "has rank 3"),
         ({"shapes": {"images": (1, 4, 8, 8)}}, "sets dim 1 to 4, but the network fixes it at 3"),
@@ -42,3 +42,13 @@ def test_bad_profiles(kwargs, fragment):
 
 def test_format_shapes():
     assert format_shapes({"a": (1, 3), "b:0": (2,)}) == "a:1x3,b:0:2"
+
+
+def test_every_dynamic_input_is_named_in_one_error():
+    inputs = {"input_ids": (-1, -1), "attention_mask": (-1, -1), "scale": (1, 2)}
+    with pytest.raises(TrtqError) as info:
+        resolve_profile(inputs, shapes={"scale": (1, 2)})
+    assert info.value.message == ("Inputs 'input_ids' (?x?) and 'attention_mask' (?x?) have dynamic dims and no "
+                                  "--shape or --min/--opt/--max-shape was given.")
+    assert info.value.hint.startswith("pass --shape input_ids:1xD1 --shape attention_mask:1xD1, with D1 replaced by "
+                                      "the size to build at")

@@ -19,6 +19,7 @@ from trtq.calibrate.algorithms import compute_amax, needs_histogram
 from trtq.calibrate.aliases import value_roots
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
@@ -69,16 +70,19 @@ def run_calibration(
     device: str = "cpu",
     drop_partial: bool = False,
     progress: bool = True,
+    grid: Grid = INT8,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
     The data hash covers every batch's bytes in order, so a ranges table names exactly the data
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
+    `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
+    backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
     digest = hashlib.sha256()
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
@@ -106,14 +110,16 @@ def run_calibration(
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
-        found = dict(zip(observed, pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)),
-                                            observed)))
+        found = dict(zip(observed, pool.map(
+            lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
     amax = {name: found[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "percentile":
         options["percentile"] = percentile
+    if grid.name != INT8.name:
+        options["precision"] = grid.name
     ranges = RangesTable(
         amax=amax,
         method=method,

@@ -56,6 +56,13 @@ def data_options(args: argparse.Namespace) -> api.DataOptions:
     return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit)
 
 
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """--precision: what the quantized layers run in."""
+    p.add_argument("--precision", choices=api.PRECISIONS, default="int8",
+                   help="int8 (default), or fp8: FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) for Hopper, Ada and "
+                   "Blackwell GPUs; TensorRT builds it strongly typed, and it has no calibration cache")
+
+
 def add_task_options(p: argparse.ArgumentParser) -> None:
     """--task and its labels/annotations (for compare, sensitivity and quantize --target)."""
     g = p.add_argument_group("task metric")
@@ -63,9 +70,13 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", metavar="DIR_OR_FILE", help="class labels: a folder with class sub-folders, a "
                    ".txt/.csv (index or name per line, or file,label), or a .npy (default: the data's class sub-folders)")
     g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
-    g.add_argument("--postprocess", metavar="PRESET_OR_PY", default="yolo",
+    g.add_argument("--postprocess", metavar="PRESET_OR_PY",
                    help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
-                   "postprocess(outputs, images) (default: yolo)")
+                   "postprocess(outputs, images) (default: yolo when the outputs have YOLO's layout, else an error "
+                   "that says what to pass)")
+    g.add_argument("--ref-conf", type=float, metavar="CONF",
+                   help="detection without --coco: FP32 detections with at least this confidence are the reference "
+                   "boxes (default 0.25; lower it when too few boxes are found)")
     g.add_argument("--task-output", metavar="NAME", help="the output holding class scores (default: the [N, C] one)")
 
 
@@ -74,7 +85,7 @@ def task_options(args: argparse.Namespace) -> api.TaskOptions | None:
     if not getattr(args, "task", None):
         return None
     return api.TaskOptions(task=args.task, labels=args.labels, coco=args.coco, postprocess=args.postprocess,
-                           output=args.task_output)
+                           output=args.task_output, ref_conf=args.ref_conf)
 
 
 def add_target_options(p: argparse.ArgumentParser) -> None:

@@ -181,7 +181,7 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
     opt = {name: tuple(shape["opt"]) for name, shape in sidecar.profile.items()}
     shapes = {**opt, **dict(data.shapes)}
     dataset = api.open_data(model, args.data, api.DataOptions(preset=data.preset, preprocess=data.preprocess,
-                                                              shapes=shapes, limit=data.limit))
+                                                              shapes=shapes, limit=data.limit), purpose="run")
     batch = next(iter(shapes.values()))[0] if shapes else 1
     yield from dataset.batches(batch)
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -23,22 +23,30 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from trtq.data.preprocess import PRESETS, Preprocess, bind_preprocess, output_range, preprocess_image
+from trtq.data.preprocess import (
+    PRESETS,
+    Preprocess,
+    bind_preprocess,
+    infer_layout,
+    output_range,
+    preprocess_image,
+)
 from trtq.data.validate import (
     IMAGE_ERRORS,
     check_batch_size,
     check_cast,
     check_feed,
-    check_sample_shape,
+    check_named_dims,
     check_shapes,
     check_values,
     input_dtype,
+    match_sample_shape,
     require_source,
     verify_images,
     warn_if_unnormalised,
 )
 from trtq.errors import TrtqError
-from trtq.model import TensorSpec
+from trtq.model import PartialShape, TensorSpec, missing_shapes_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CHUNK_BYTES = 64 << 20
@@ -64,15 +72,29 @@ class Dataset:
         self,
         source: Path,
         inputs: Sequence[TensorSpec],
-        shapes: Mapping[str, tuple[int, ...]],
+        shapes: Mapping[str, PartialShape],
         num_samples: int | None,
         description: str,
     ) -> None:
         self.source = source
         self.inputs = tuple(inputs)
-        self.shapes = dict(shapes)
+        self.shapes: dict[str, tuple[int, ...]] = dict(shapes)  # type: ignore[arg-type]  # open dims: see ScriptDataset
         self.num_samples = num_samples
         self.description = description
+        self.inferred: dict[str, tuple[int, ...]] = {}
+        """Inputs whose shape was (partly) taken from the data rather than the model or --shape."""
+        self.inferred_from = "the data"
+
+    @property
+    def shape_note(self) -> str | None:
+        """One line saying which input shapes were taken from the data (None when none were)."""
+        if not self.inferred:
+            return None
+        shapes = {name: "x".join(map(str, shape)) for name, shape in self.inferred.items()}
+        if len(shapes) == 1:
+            name, dims = next(iter(shapes.items()))
+            return f"shape of {name!r} taken from {self.inferred_from}: {dims}"
+        return f"shapes taken from {self.inferred_from}: " + ", ".join(f"{n!r} {d}" for n, d in shapes.items())
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -170,15 +192,19 @@ class ScriptDataset(Dataset):
         self,
         source: Path,
         inputs: Sequence[TensorSpec],
-        shapes: Mapping[str, tuple[int, ...]],
+        shapes: Mapping[str, PartialShape],
         load_data: Callable[[], object],
         dtypes: Mapping[str, np.dtype],
         limit: int | None,
+        given: Collection[str] = (),
     ) -> None:
         super().__init__(source, inputs, shapes, None, "")
         self.load_data = load_data
         self.dtypes = dict(dtypes)
         self.limit = limit
+        self.given = frozenset(given)
+        self.open_inputs = {name for name, shape in shapes.items() if None in shape}
+        """Inputs whose shape the first item of load_data() decides."""
         self._cache: list[dict[str, np.ndarray]] | None = []
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}
@@ -223,7 +249,11 @@ class ScriptDataset(Dataset):
                         "fix the data script; run it on its own to see the traceback.",
                     ) from exc
                 where = f"item {number} of load_data() in {self.source}"
-                block, ranges = check_feed(item, self.inputs, self.shapes, self.dtypes, where, index)
+                block, ranges = check_feed(item, self.inputs, self.shapes, self.dtypes, where, index,
+                                           given=self.given, inferred=set(self.inferred))
+                for name in self.open_inputs - set(self.inferred):
+                    self.shapes[name] = (self.shapes[name][0], *block[name].shape[1:])
+                    self.inferred[name] = self.shapes[name]
                 if self.limit is not None:
                     block = {k: v[: self.limit - index] for k, v in block.items()}
                 index += len(next(iter(block.values())))
@@ -411,14 +441,15 @@ def _class_folders(root: Path, paths: Sequence[Path]) -> tuple[list[int] | None,
 def _open_images(
     root: Path,
     inputs: Sequence[TensorSpec],
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, PartialShape],
     dtypes: Mapping[str, np.dtype],
     preprocess: Preprocess | None,
     limit: int | None,
     workers: int,
+    purpose: str = "calibrate",
 ) -> ImageFolderDataset:
     if len(inputs) != 1 or len(shapes[inputs[0].name]) != 4:
-        described = ", ".join(f"{s.name} ({'x'.join(map(str, shapes[s.name]))})" for s in inputs)
+        described = ", ".join(f"{s.name} ({s.shape_str()})" for s in inputs)
         raise TrtqError(
             f"An image folder ({root}) can only feed a model with one 4-D image input; this model "
             f"has {described}.",
@@ -438,9 +469,10 @@ def _open_images(
         keep = [i * len(paths) // limit for i in range(limit)]
         paths = [paths[i] for i in keep]
         labels = None if labels is None else [labels[i] for i in keep]
-    verify_images(paths, root, workers)
     requested = preprocess or PRESETS["none"]
-    bound = bind_preprocess(requested, spec.name, shapes[spec.name])
+    shape = _image_shape(spec, shapes[spec.name], requested, purpose)
+    verify_images(paths, root, workers)
+    bound = bind_preprocess(requested, spec.name, shape)
     src, dst = np.dtype(bound.dtype), dtypes[spec.name]
     if not (src == dst or dst.kind == "f" or np.can_cast(src, dst)):
         raise TrtqError(
@@ -451,25 +483,55 @@ def _open_images(
     warn_if_unnormalised(low, high, dst, spec.name, f"images from {root}")
     classes = f" in {len(class_names)} classes" if class_names else ""
     description = f"{len(paths)} images from {root}{classes} ({requested.describe()})"
-    return ImageFolderDataset(
-        root, spec, shapes[spec.name], paths, labels, class_names, bound, dst, workers, description
-    )
+    dataset = ImageFolderDataset(root, spec, shape, paths, labels, class_names, bound, dst, workers, description)
+    if None in shapes[spec.name]:
+        dataset.inferred, dataset.inferred_from = {spec.name: shape}, "the preprocessing size (--size)"
+    return dataset
 
 
-def _as_samples(array: np.ndarray, input_name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """View `array` as (N, *shape[1:]): a batch of samples, or one sample given without batch dim."""
+def _image_shape(spec: TensorSpec, shape: PartialShape, preprocess: Preprocess, purpose: str) -> tuple[int, ...]:
+    """The 4-D shape of an image input: open H and W from the preprocessing size (--size or a
+    preset's); an image folder cannot say them otherwise, nor an open channel count."""
+    if None not in shape:
+        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    known = tuple(1 if d is None else int(d) for d in shape)
+    layout = preprocess.layout or (
+        "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else infer_layout(known))
+    channel_axis, hw_axes = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
+    if layout is None or shape[channel_axis] is None or preprocess.size is None:
+        raise missing_shapes_error(
+            [(spec, shape)], purpose,
+            reason="an image folder does not fix them" + ("" if preprocess.size else " (no --size was given)"),
+            alternatives=("or --size HxW for the image height and width" if shape[channel_axis] is not None else ""),
+        )
+    filled = list(shape)
+    for axis, size in zip(hw_axes, preprocess.size):
+        filled[axis] = size if filled[axis] is None else filled[axis]
+    if None in filled:
+        raise missing_shapes_error([(spec, shape)], purpose, reason="an image folder does not fix them", alternatives="")
+    return tuple(int(d) for d in filled)  # type: ignore[arg-type]
+
+
+def _as_samples(
+    array: np.ndarray, spec: TensorSpec, shape: PartialShape, where: str, given: bool = False
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """View `array` as (N, *sample dims): a batch of samples, or one sample given without batch dim.
+
+    Returns the view and the input's shape, its open dims (None in `shape`) taken from the array.
+    """
     if array.ndim == len(shape) - 1:
         array = array[None]
     elif array.ndim != len(shape):
+        expected = "x".join("?" if d is None else str(d) for d in shape[1:])
         raise TrtqError(
             f"{where} holds an array of shape {'x'.join(map(str, array.shape))}; input "
-            f"{input_name!r} needs Nx{'x'.join(map(str, shape[1:]))}.",
+            f"{spec.name!r} needs Nx{expected}.",
             "save samples stacked along a first (batch) axis.",
         )
-    check_sample_shape(array.shape[1:], shape[1:], input_name, where)
+    sample = match_sample_shape(array.shape[1:], shape, spec, where, given=given)
     if array.shape[0] == 0:
-        raise TrtqError(f"{where} holds no samples for input {input_name!r}.", "save at least one sample.")
-    return array
+        raise TrtqError(f"{where} holds no samples for input {spec.name!r}.", "save at least one sample.")
+    return array, (int(shape[0]), *sample)  # type: ignore[arg-type]
 
 
 def _scan(array: np.ndarray, dtype: np.dtype, input_name: str, where: str) -> None:
@@ -488,9 +550,10 @@ def _scan(array: np.ndarray, dtype: np.dtype, input_name: str, where: str) -> No
 def _open_npy(
     path: Path,
     inputs: Sequence[TensorSpec],
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, PartialShape],
     dtypes: Mapping[str, np.dtype],
     limit: int | None,
+    given: Collection[str] = (),
 ) -> ArrayDataset:
     if len(inputs) != 1:
         raise TrtqError(
@@ -505,19 +568,25 @@ def _open_npy(
         raise TrtqError(f"{path} is not a readable .npy file ({exc}).", "save it with np.save().") from exc
     if not isinstance(array, np.ndarray):
         raise TrtqError(f"{path} is an .npz archive, not a single .npy array.", "rename it to .npz.")
-    array = _as_samples(array, spec.name, shapes[spec.name], str(path))[:limit]
+    array, shape = _as_samples(array, spec, shapes[spec.name], str(path), spec.name in given)
+    array = array[:limit]
     _scan(array, dtypes[spec.name], spec.name, str(path))
-    return ArrayDataset(path, inputs, shapes, {spec.name: array}, dtypes, f"{len(array)} samples from {path}")
+    dataset = ArrayDataset(path, inputs, {spec.name: shape}, {spec.name: array}, dtypes,
+                           f"{len(array)} samples from {path}")
+    dataset.inferred = {spec.name: shape} if None in shapes[spec.name] else {}
+    return dataset
 
 
 def _open_npz(
     path: Path,
     inputs: Sequence[TensorSpec],
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, PartialShape],
     dtypes: Mapping[str, np.dtype],
     limit: int | None,
+    given: Collection[str] = (),
 ) -> ArrayDataset:
     arrays: dict[str, np.ndarray] = {}
+    resolved: dict[str, tuple[int, ...]] = {}
     try:
         with open(path, "rb") as handle:  # np.load leaks its own handle when the zip is corrupt
             archive = np.load(handle, allow_pickle=False)
@@ -533,7 +602,9 @@ def _open_npz(
                         f"save one array per model input: np.savez(path, "
                         f"{', '.join(f'{s.name}=...' for s in inputs)}).",
                     )
-                arrays[spec.name] = _as_samples(archive[key], spec.name, shapes[spec.name], str(path))[:limit]
+                array, resolved[spec.name] = _as_samples(archive[key], spec, shapes[spec.name], str(path),
+                                                         spec.name in given)
+                arrays[spec.name] = array[:limit]
     except _NUMPY_FILE_ERRORS as exc:
         raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
     counts = {name: len(a) for name, a in arrays.items()}
@@ -549,24 +620,32 @@ def _open_npz(
         _scan(array, dtypes[name], name, str(path))
     n = counts[inputs[0].name]
     names = ", ".join(arrays)
-    return ArrayDataset(path, inputs, shapes, arrays, dtypes, f"{n} samples of {names} from {path}")
+    dataset = ArrayDataset(path, inputs, resolved, arrays, dtypes, f"{n} samples of {names} from {path}")
+    dataset.inferred = {name: shape for name, shape in resolved.items() if None in shapes[name]}
+    return dataset
 
 
 def open_dataset(
     source: str | Path,
     inputs: Sequence[TensorSpec],
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, Sequence[int | None]],
     preprocess: Preprocess | None = None,
     limit: int | None = None,
     workers: int = 2,
+    *,
+    given: Collection[str] = (),
+    purpose: str = "calibrate",
 ) -> Dataset:
     """Open calibration data for a model and check it all before anything runs.
 
-    `shapes` are fully resolved input shapes (batch dim included), e.g. from
-    `trtq.model.resolve_input_shapes`. `preprocess` applies to image folders only (default:
-    preset "none"). `limit` keeps at most that many samples: the first ones of arrays and
-    load_data(), an evenly spaced subset of an image folder (sorted paths group classes).
-    `workers` threads decode images ahead of the model (0: decode inline).
+    `shapes` are the input shapes, batch dim included, e.g. from `trtq.model.requested_shapes`;
+    a None dim is taken from the data (arrays, load_data()) or the preprocessing size (image
+    folders), and `Dataset.inferred` says which were. `given` names the inputs whose shape came
+    from --shape (the data must agree with them), `purpose` the verb for a missing-shape error
+    ("calibrate", "compare", ...). `preprocess` applies to image folders only (default: preset
+    "none"). `limit` keeps at most that many samples: the first ones of arrays and load_data(),
+    an evenly spaced subset of an image folder (sorted paths group classes). `workers` threads
+    decode images ahead of the model (0: decode inline).
     """
     path = require_source(source)
     if not inputs:
@@ -575,24 +654,29 @@ def open_dataset(
         raise TrtqError(f"Sample limit {limit!r} is not a positive integer.", "give a limit >= 1.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise TrtqError(f"Worker count {workers!r} is not a non-negative integer.", "give workers >= 0.")
-    resolved = check_shapes(inputs, shapes)
+    requested = check_shapes(inputs, shapes)
     dtypes = {spec.name: input_dtype(spec) for spec in inputs}
+    dataset: Dataset
     if path.is_dir():
-        return _open_images(path, inputs, resolved, dtypes, preprocess, limit, workers)
-    if preprocess is not None and preprocess != PRESETS["none"]:
-        warnings.warn(
-            f"Preprocessing options apply to image folders only; {path} is used as it is.",
-            UserWarning,
-            stacklevel=2,
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _open_npy(path, inputs, resolved, dtypes, limit)
-    if suffix == ".npz":
-        return _open_npz(path, inputs, resolved, dtypes, limit)
-    if suffix == ".py":
-        return ScriptDataset(path, inputs, resolved, _import_load_data(path), dtypes, limit)
-    raise TrtqError(
-        f"Calibration data {path} is not a folder, .npy, .npz or .py file.",
-        "put single images in a folder, or convert the data to .npy/.npz.",
-    )
+        dataset = _open_images(path, inputs, requested, dtypes, preprocess, limit, workers, purpose)
+    else:
+        if preprocess is not None and preprocess != PRESETS["none"]:
+            warnings.warn(
+                f"Preprocessing options apply to image folders only; {path} is used as it is.",
+                UserWarning,
+                stacklevel=2,
+            )
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            dataset = _open_npy(path, inputs, requested, dtypes, limit, given)
+        elif suffix == ".npz":
+            dataset = _open_npz(path, inputs, requested, dtypes, limit, given)
+        elif suffix == ".py":
+            dataset = ScriptDataset(path, inputs, requested, _import_load_data(path), dtypes, limit, given)
+        else:
+            raise TrtqError(
+                f"Calibration data {path} is not a folder, .npy, .npz or .py file.",
+                "put single images in a folder, or convert the data to .npy/.npz.",
+            )
+    check_named_dims(dataset.inputs, dataset.shapes, str(path))
+    return dataset

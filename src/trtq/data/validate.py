@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from trtq.errors import TrtqError
-from trtq.model import TensorSpec
+from trtq.model import PartialShape, TensorSpec
 
 IMAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # includes PIL.UnidentifiedImageError and truncated-file errors
@@ -37,8 +37,8 @@ class DataRangeWarning(UserWarning):
     """Calibration data whose value range looks unnormalised (e.g. 0..255 for a float input)."""
 
 
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join(str(int(d)) for d in shape) if len(shape) else "scalar"
+def _dims(shape: Sequence[int | None]) -> str:
+    return "x".join("?" if d is None else str(int(d)) for d in shape) if len(shape) else "scalar"
 
 
 def require_source(path: str | Path) -> Path:
@@ -53,18 +53,20 @@ def require_source(path: str | Path) -> Path:
 
 
 def check_shapes(
-    inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]
-) -> dict[str, tuple[int, ...]]:
-    """Every input has a fixed, positive shape of the model's rank (dynamic dims resolved)."""
-    resolved: dict[str, tuple[int, ...]] = {}
+    inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int | None]]
+) -> dict[str, PartialShape]:
+    """Every input has a shape of the model's rank, with positive sizes or None where the data
+    must say (a dynamic dim no --shape fixed); the batch dim must be set."""
+    resolved: dict[str, PartialShape] = {}
     for spec in inputs:
         if spec.name not in shapes:
             raise TrtqError(
                 f"Input {spec.name!r} ({spec.shape_str()}) has no resolved shape for calibration.",
                 f"pass --shape {spec.name}:<dims> for its dynamic dimensions.",
             )
-        shape = tuple(int(d) for d in shapes[spec.name])
-        if len(shape) != len(spec.shape) or any(d <= 0 for d in shape):
+        shape = tuple(None if d is None else int(d) for d in shapes[spec.name])
+        if len(shape) != len(spec.shape) or any(d is not None and d <= 0 for d in shape) or (
+                shape and shape[0] is None):
             raise TrtqError(
                 f"Shape {_dims(shape)} for input {spec.name!r} does not fit the model's "
                 f"{spec.shape_str()}.",
@@ -72,6 +74,65 @@ def check_shapes(
             )
         resolved[spec.name] = shape
     return resolved
+
+
+def match_sample_shape(
+    actual: Sequence[int],
+    shape: Sequence[int | None],
+    spec: TensorSpec,
+    where: str,
+    given: bool = False,
+    inferred: bool = False,
+) -> tuple[int, ...]:
+    """The sample dims of input `spec` when `where` holds samples of shape `actual`.
+
+    `shape` is the input's shape, batch dim first, None where the data says. A mismatch raises
+    one sentence saying where the expected size came from: the model, --shape (`given`), or the
+    first samples of the same data (`inferred`).
+    """
+    actual = tuple(int(d) for d in actual)
+    expected = tuple(shape[1:])
+    if len(actual) != len(expected):
+        check_sample_shape(actual, tuple(1 if e is None else int(e) for e in expected), spec.name, where)
+    wanted = tuple(a if e is None else int(e) for a, e in zip(actual, expected))
+    if actual == wanted:
+        return actual
+    differing = [axis + 1 for axis, (a, e) in enumerate(zip(actual, wanted)) if a != e]
+    model_fixed = any(isinstance(dim, int) and dim > 0 for dim in (spec.shape[axis] for axis in differing))
+    if inferred and not model_fixed:
+        raise TrtqError(
+            f"Input {spec.name!r} in {where} has samples of shape {_dims(actual)}, but the first samples of "
+            f"the data had {_dims(wanted)} (the shape taken from the data, as the model leaves it dynamic).",
+            "give samples of one shape (pad them to a common size), or set --shape and pad to it.",
+        )
+    if given and not model_fixed:
+        raise TrtqError(
+            f"--shape {spec.name}:{_dims(shape)} asks for samples of {_dims(wanted)}, but "
+            f"{where} holds samples of {_dims(actual)} for input {spec.name!r}.",
+            "drop --shape to take the shape from the data, or give data of the shape --shape names.",
+        )
+    check_sample_shape(actual, wanted, spec.name, where)
+    return actual
+
+
+def check_named_dims(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], where: str) -> None:
+    """Dims the model names alike (e.g. every input's `sequence`) have one size across inputs.
+
+    The batch dim is left out: batches are cut alike for every input whatever its shape says.
+    """
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in inputs:
+        for axis, (dim, size) in enumerate(zip(spec.shape, shapes[spec.name])):
+            if axis == 0 or not isinstance(dim, str) or not dim:
+                continue
+            if dim in seen and seen[dim][1] != size:
+                other, other_size = seen[dim]
+                raise TrtqError(
+                    f"The model names dim {axis} of input {spec.name!r} and a dim of {other!r} alike ({dim!r}), "
+                    f"but {where} gives them {size} and {other_size}.",
+                    f"give every input the same {dim} (pad the data, or set --shape for each input alike).",
+                )
+            seen.setdefault(dim, (spec.name, int(size)))
 
 
 def input_dtype(spec: TensorSpec) -> np.dtype:
@@ -243,14 +304,18 @@ def verify_images(paths: Sequence[Path], root: Path, workers: int = 2) -> None:
 def check_feed(
     item: object,
     inputs: Sequence[TensorSpec],
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, PartialShape],
     dtypes: Mapping[str, np.dtype],
     where: str,
     first_sample: int,
+    given: Collection[str] = (),
+    inferred: Collection[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
     """Check one {input_name: array} item (with or without batch dim); cast it, batch dim first.
 
-    Returns the arrays and each input's (min, max) for the range warning.
+    Dims that `shapes` leaves open (None) take any size. `given` names the inputs whose shape
+    came from --shape and `inferred` those whose shape came from earlier items, for the wording
+    of a mismatch. Returns the arrays and each input's (min, max) for the range warning.
     """
     if not isinstance(item, Mapping):
         raise TrtqError(
@@ -289,7 +354,7 @@ def check_feed(
                 f"{_dims(expected[1:])} or a batch of them (Nx{_dims(expected[1:])}).",
                 "yield arrays of the model's input shape.",
             )
-        check_sample_shape(array.shape[1:], expected[1:], spec.name, where)
+        match_sample_shape(array.shape[1:], expected, spec, where, spec.name in given, spec.name in inferred)
         if rows is not None and array.shape[0] != rows:
             raise TrtqError(
                 f"{where} has {array.shape[0]} sample(s) for input {spec.name!r} but {rows} for "

@@ -28,6 +28,8 @@ class ComparisonReport:
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
     task: TaskComparison | None = None
+    shape_notes: tuple[str, ...] = ()
+    """Which input shapes were taken from the data."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -40,6 +42,7 @@ class ComparisonReport:
             "outputs": [o.to_dict() for o in self.outputs],
             "notes": list(self.notes),
             "task": self.task.to_dict() if self.task else None,
+            "shape_notes": list(self.shape_notes),
         }
 
 
@@ -69,4 +72,5 @@ def compare_models(
         seconds=time.perf_counter() - start,
         notes=(task.describe(),) if task is not None else (),
         task=evaluator.task_comparison(evaluation),
+        shape_notes=(dataset.shape_note,) if dataset.shape_note else (),
     )

@@ -1,11 +1,13 @@
 """Detection mAP: postprocess presets, class-aware NMS, and a maintained COCO evaluator.
 
 Postprocess turns a batch of raw model outputs into boxes in each source image's pixels:
-- `yolo` (auto), `yolov5`, `yolov8`: one output of rank 3, anchors x (4 box + [objectness] +
+- `yolo` (by layout), `yolov5`, `yolov8`: one output of rank 3, anchors x (4 box + [objectness] +
   classes). Ultralytics v8+ export it channels-first [N, 4+C, A] without objectness, v5/v7
   channels-last [N, A, 5+C] with it; `yolo` tells them apart by that layout. Boxes are cx, cy,
   w, h in input pixels; confidence >= 0.001, class-aware NMS (IoU 0.7 for v8, 0.6 for v5), at
-  most 300 per image, the best class per anchor.
+  most 300 per image, the best class per anchor. Without --postprocess, yolo is picked only when
+  the outputs have YOLO's layout (one such output whose anchor count is that of a YOLO head at
+  the input size); anything else is an error that says what to pass.
 - `torchvision` (alias `retinanet`): torchvision detection exports (RetinaNet, Faster R-CNN,
   FCOS, SSD) whose outputs are already final: boxes [K, 4] x1y1x2y2 in input pixels, scores
   [K], labels [K] (COCO category ids), optionally with a leading batch dim.
@@ -16,7 +18,9 @@ Postprocess turns a batch of raw model outputs into boxes in each source image's
 Input-frame boxes are mapped back through the preprocessing (letterbox, resize or centre
 crop) of the image folder. mAP is computed by faster-coco-eval when installed, else
 pycocotools (`pip install 'trtq[detect]'`). Without a COCO annotation file, the FP32 model's
-detections with score >= 0.25 are the ground truth (agreement, not accuracy).
+detections with score >= 0.25 (`--ref-conf`) are the ground truth (agreement, not accuracy).
+Every result says how many reference boxes in how many images it was scored against, and warns
+when they are too few for mAP to rank models.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from PIL import Image
 from trtq.data import Dataset, letterbox_geometry
 from trtq.data.preprocess import center_crop_geometry
 from trtq.errors import TrtqError
-from trtq.evaluate.tasks import AGAINST_FP32, AGAINST_LABELS, TaskScores
+from trtq.evaluate.metrics import OutputAccumulator
+from trtq.evaluate.tasks import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
 
 PRESETS = ("yolo", "yolov5", "yolov8", "torchvision", "retinanet")
 CONF_THRESHOLD = 0.001
@@ -43,6 +48,15 @@ MAX_DETECTIONS = 300
 MAX_NMS_CANDIDATES = 30000
 PSEUDO_GT_SCORE = 0.25
 """FP32 detections at or above this score are the ground truth when no annotation file is given."""
+MIN_REFERENCE_BOXES = 100
+"""Below this many reference boxes each box moves mAP by over a point (COCO averages precision over
+101 recall steps, per class), so two quantized models cannot be ranked by it."""
+MIN_IMAGE_SHARE = 0.5
+"""Reference boxes in fewer than this share of the images leave most images unscored."""
+REF_CONF_STEPS = (0.2, 0.15, 0.1, 0.05, 0.025, 0.01)
+"""FP32 confidence thresholds tried when suggesting a lower --ref-conf."""
+YOLO_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
+"""Strides of YOLO detection heads: P3-P5, and the P6 models'."""
 
 
 @dataclass(frozen=True)
@@ -121,38 +135,107 @@ def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
 
 
-def yolo_postprocess(variant: str = "auto") -> Postprocess:
+@dataclass(frozen=True)
+class YoloLayout:
+    """Where a YOLO head's values sit in its output."""
+
+    output: str
+    shape: tuple[int, ...]
+    channels_first: bool  # [N, values, anchors] (v8) rather than [N, anchors, values] (v5)
+    objectness: bool
+
+    @property
+    def anchors(self) -> int:
+        """Anchor (prediction) count."""
+        return self.shape[2] if self.channels_first else self.shape[1]
+
+    @property
+    def classes(self) -> int:
+        """Class scores per anchor."""
+        return (self.shape[1] if self.channels_first else self.shape[2]) - (5 if self.objectness else 4)
+
+    def describe(self) -> str:
+        """e.g. output 'out' [1x84x8400]: 4 box + 80 class scores x 8400 anchors."""
+        dims = "x".join(map(str, self.shape))
+        extra = " + objectness" if self.objectness else ""
+        return f"output {self.output!r} [{dims}]: 4 box{extra} + {self.classes} class scores x {self.anchors} anchors"
+
+    def split(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box values [N, A, 4] and the score values (objectness and classes) [N, A, S] of the output."""
+        raw = np.asarray(output)
+        if self.channels_first:
+            raw = raw.transpose(0, 2, 1)
+        return raw[:, :, :4], raw[:, :, 4:]
+
+
+def yolo_anchor_counts(input_hw: tuple[int, int]) -> set[int]:
+    """Prediction counts a YOLO head gives at this input size: one per grid cell of strides 8-32
+    (or 8-64; v8/v11/YOLOX), or three per cell (v5/v7)."""
+    h, w = input_hw
+    cells = [sum(-(-h // s) * -(-w // s) for s in strides) for strides in YOLO_STRIDES]
+    return {*cells, *(3 * c for c in cells)}
+
+
+def _rank3(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    return [name for name, a in outputs.items() if np.asarray(a).ndim == 3]
+
+
+def find_yolo_layout(outputs: Mapping[str, np.ndarray], input_hw: tuple[int, int]) -> YoloLayout | None:
+    """The YOLO layout of `outputs`, when they have one: a single rank-3 float output, channels-first
+    [N, 4+C, A] without objectness or channels-last [N, A, 5+C] with it, whose anchor count A is that
+    of a YOLO head at the input size. None otherwise (a DETR's 300 queries, final boxes, ...)."""
+    names = _rank3(outputs)
+    if len(names) != 1:
+        return None
+    array = np.asarray(outputs[names[0]])
+    if array.dtype.kind != "f":
+        return None
+    shape = tuple(int(d) for d in array.shape)
+    channels_first = shape[1] < shape[2]
+    layout = YoloLayout(names[0], shape, channels_first, objectness=not channels_first)
+    if layout.classes < 1 or layout.anchors not in yolo_anchor_counts(input_hw):
+        return None
+    return layout
+
+
+class YoloPostprocess:
     """YOLO head decoding + NMS; `variant` "v5" (objectness), "v8" (none) or "auto" (by layout)."""
 
-    def run(outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
-        candidates = [a for a in outputs.values() if np.asarray(a).ndim == 3]
-        if len(candidates) != 1:
+    def __init__(self, variant: str = "auto") -> None:
+        self.variant = variant
+
+    def layout(self, outputs: Mapping[str, np.ndarray]) -> YoloLayout:
+        """The head's layout in `outputs` as this variant reads it; TrtqError when there is no single rank-3 output."""
+        names = _rank3(outputs)
+        if len(names) != 1:
             raise TrtqError(
                 f"The yolo postprocess needs exactly one output of rank 3; the model gives shapes "
                 f"{[np.asarray(a).shape for a in outputs.values()]}.",
                 "write a postprocess(outputs, images) hook in a .py file and pass --postprocess FILE.",
             )
-        raw = np.asarray(candidates[0], dtype=np.float32)
-        channels_first = raw.shape[1] < raw.shape[2]
-        if channels_first:
-            raw = raw.transpose(0, 2, 1)
-        objectness = variant == "v5" or (variant == "auto" and not channels_first)
-        first = 5 if objectness else 4
-        if raw.shape[2] <= first:
+        shape = tuple(int(d) for d in np.asarray(outputs[names[0]]).shape)
+        channels_first = shape[1] < shape[2]
+        objectness = self.variant == "v5" or (self.variant == "auto" and not channels_first)
+        layout = YoloLayout(names[0], shape, channels_first, objectness)
+        if layout.classes < 1:
             raise TrtqError(
-                f"YOLO output has {raw.shape[2]} values per anchor; expected more than {first}.",
+                f"YOLO output has {layout.classes + (5 if objectness else 4)} values per anchor; expected more than "
+                f"{5 if objectness else 4}.",
                 "check --postprocess (yolov5 has objectness, yolov8 has none).",
             )
-        iou = 0.6 if objectness else 0.7
+        return layout
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
+        layout = self.layout(outputs)
+        boxes_all, scores_all = layout.split(np.asarray(outputs[layout.output], dtype=np.float32))
+        iou = 0.6 if layout.objectness else 0.7
         results = []
-        for sample, meta in zip(raw, images):
-            cls = sample[:, first:]
-            if objectness:
-                cls = cls * sample[:, 4:5]
+        for box_values, score_values, meta in zip(boxes_all, scores_all, images):
+            cls = score_values[:, 1:] * score_values[:, :1] if layout.objectness else score_values
             classes = cls.argmax(axis=1)
             scores = cls[np.arange(len(cls)), classes]
             mask = scores >= CONF_THRESHOLD
-            boxes, scores, classes = _xywh_to_xyxy(sample[mask, :4]), scores[mask], classes[mask]
+            boxes, scores, classes = _xywh_to_xyxy(box_values[mask]), scores[mask], classes[mask]
             if len(scores) > MAX_NMS_CANDIDATES:
                 top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
                 boxes, scores, classes = boxes[top], scores[top], classes[top]
@@ -160,7 +243,53 @@ def yolo_postprocess(variant: str = "auto") -> Postprocess:
             results.append(Detections(meta.to_source(boxes[keep]), scores[keep].astype(np.float64), classes[keep]))
         return results
 
-    return run
+
+def yolo_postprocess(variant: str = "auto") -> YoloPostprocess:
+    """YOLO head decoding + NMS; `variant` "v5" (objectness), "v8" (none) or "auto" (by layout)."""
+    return YoloPostprocess(variant)
+
+
+class AutoPostprocess:
+    """The postprocess when none was named: yolo when the outputs have its layout (decided on the
+    first batch, from the arrays), else a TrtqError that says what to pass."""
+
+    def __init__(self) -> None:
+        self.layout: YoloLayout | None = None
+        self.chosen: YoloPostprocess | None = None
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
+        if self.chosen is None:
+            input_hw = images[0].input_size if images else (0, 0)
+            layout = find_yolo_layout(outputs, input_hw)
+            if layout is None:
+                raise _not_yolo_error(outputs, input_hw)
+            self.layout, self.chosen = layout, YoloPostprocess("v5" if layout.objectness else "v8")
+        return self.chosen(outputs, images)
+
+
+def _looks_like_torchvision(outputs: Mapping[str, np.ndarray]) -> bool:
+    arrays = [np.asarray(a) for a in outputs.values()]
+    return (len(arrays) == 3 and sum(a.shape[-1:] == (4,) and a.dtype.kind == "f" for a in arrays) == 1
+            and sum(a.dtype.kind in "iu" for a in arrays) == 1)
+
+
+def _not_yolo_error(outputs: Mapping[str, np.ndarray], input_hw: tuple[int, int]) -> TrtqError:
+    shapes = ", ".join(f"{name} [{'x'.join(map(str, np.asarray(a).shape))}] {np.asarray(a).dtype}"
+                       for name, a in outputs.items())
+    counts = sorted(yolo_anchor_counts(input_hw))
+    if _looks_like_torchvision(outputs):
+        advice = ("they look like final boxes/scores/labels, so pass --postprocess torchvision (or --postprocess "
+                  "FILE.py defining postprocess(outputs, images))")
+    else:
+        advice = ("pass --postprocess torchvision for final boxes/scores/labels outputs, --postprocess yolo to "
+                  "decode the rank-3 output as a YOLO head anyway, or --postprocess FILE.py defining "
+                  "postprocess(outputs, images)")
+    return TrtqError(
+        f"--task detect needs to know how to decode this detector's outputs ({shapes}), and they do not have "
+        f"YOLO's layout (one output [N, 4+classes, anchors] or [N, anchors, 5+classes] with "
+        f"{' or '.join(map(str, counts))} anchors at the {input_hw[0]}x{input_hw[1]} input).",
+        advice + ".",
+    )
 
 
 def torchvision_postprocess(outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
@@ -186,8 +315,11 @@ def torchvision_postprocess(outputs: Mapping[str, np.ndarray], images: Sequence[
     ]
 
 
-def load_postprocess(spec: str) -> tuple[Postprocess, str]:
-    """A postprocess function and its class-id convention ("index" or "id") from a preset or .py file."""
+def load_postprocess(spec: str | None) -> tuple[Postprocess, str]:
+    """A postprocess function and its class-id convention ("index" or "id") from a preset or .py file
+    (None: yolo when the outputs have its layout, see AutoPostprocess)."""
+    if spec is None:
+        return AutoPostprocess(), "index"
     if spec in ("yolo", "yolov5", "yolov8"):
         return yolo_postprocess({"yolo": "auto", "yolov5": "v5", "yolov8": "v8"}[spec]), "index"
     if spec in ("torchvision", "retinanet"):
@@ -327,6 +459,8 @@ class DetectionTask:
         ground_truth: Mapping | None,
         class_ids: str = "index",
         source: str = "",
+        min_score: float = PSEUDO_GT_SCORE,
+        postprocess_name: str | None = None,
     ) -> None:
         self.postprocess = postprocess
         self.metas = tuple(metas)
@@ -334,6 +468,8 @@ class DetectionTask:
         self.ground_truth = ground_truth
         self.against = AGAINST_LABELS if ground_truth is not None else AGAINST_FP32
         self.source = source
+        self.min_score = float(min_score)
+        self.postprocess_name = postprocess_name
         self.reference: list[Detections] | None = None
         """FP32 detections, kept once a scorer has seen every sample (pseudo ground truth)."""
         if ground_truth is not None and class_ids == "index":
@@ -343,53 +479,143 @@ class DetectionTask:
             self.category = int
 
     @classmethod
-    def create(cls, dataset: Dataset, postprocess: str, coco: str | Path | None) -> DetectionTask:
-        """Bind to an image-folder data set (or array data in annotation order) and a preset or hook."""
+    def create(
+        cls, dataset: Dataset, postprocess: str | None, coco: str | Path | None, ref_conf: float | None = None
+    ) -> DetectionTask:
+        """Bind to an image-folder data set (or array data in annotation order) and a preset or hook
+        (None: yolo when the outputs have its layout). `ref_conf` is the FP32 confidence from which
+        detections serve as ground truth when there is no annotation file."""
+        if ref_conf is not None:
+            if coco is not None:
+                raise TrtqError(
+                    f"--ref-conf sets the confidence of FP32 pseudo-boxes, but --coco {coco} gives labels to score "
+                    "against.",
+                    "drop --ref-conf (or drop --coco to score against the FP32 detections).",
+                )
+            if not 0.0 < float(ref_conf) <= 1.0:
+                raise TrtqError(f"--ref-conf {ref_conf} is not a confidence in (0, 1].", "e.g. --ref-conf 0.1.")
         run, convention = load_postprocess(postprocess)
         ground_truth = _load_coco(Path(coco)) if coco is not None else None
         metas, ids = image_metas(dataset, ground_truth)
-        return cls(run, metas, ids, ground_truth, convention, str(coco) if coco else "")
+        return cls(run, metas, ids, ground_truth, convention, str(coco) if coco else "",
+                   PSEUDO_GT_SCORE if ref_conf is None else float(ref_conf), postprocess)
+
+    def yolo_layout(self, outputs: Mapping[str, np.ndarray]) -> YoloLayout | None:
+        """The YOLO head the postprocess decodes in `outputs` (None for other postprocesses)."""
+        if isinstance(self.postprocess, AutoPostprocess):
+            return self.postprocess.layout
+        if isinstance(self.postprocess, YoloPostprocess):
+            return self.postprocess.layout(outputs)
+        return None
+
+    def _postprocess_text(self) -> str:
+        if isinstance(self.postprocess, AutoPostprocess):
+            layout = self.postprocess.layout
+            return f"yolo postprocess, picked by the layout of {layout.describe()}" if layout else "postprocess"
+        return f"{self.postprocess_name} postprocess" if self.postprocess_name else "postprocess"
 
     def describe(self) -> str:
         """What is measured against what."""
         if self.ground_truth is None:
-            return f"detection mAP against the FP32 model's detections with score >= {PSEUDO_GT_SCORE} (no annotations)"
-        return f"detection mAP against COCO annotations {self.source}"
+            return (f"detection mAP against the FP32 model's detections with score >= {self.min_score:g} (no "
+                    f"annotations; {self._postprocess_text()})")
+        return f"detection mAP against COCO annotations {self.source} ({self._postprocess_text()})"
 
     def scorer(self) -> DetectionScorer:
         """A fresh scorer."""
         return DetectionScorer(self)
 
+    def scored_against(self, truth: Mapping, image_ids: Sequence[int], reference: Sequence[Detections]) -> ScoredAgainst:
+        """How many reference boxes in how many of the images, and a warning when mAP rests on too few.
+
+        `reference` (the FP32 detections, pseudo ground truth only) lets the warning say which lower
+        --ref-conf would give enough boxes.
+        """
+        wanted = set(image_ids)
+        annotations: list[Mapping] = [a for a in truth.get("annotations", [])
+                                      if a.get("image_id") in wanted and not a.get("iscrowd")]
+        boxes, images = len(annotations), len(image_ids)
+        with_boxes = len({a["image_id"] for a in annotations})
+        if self.ground_truth is None:
+            source = f"FP32 detections with score >= {self.min_score:g}"
+        else:
+            source = f"COCO annotations {self.source}"
+        warning = None
+        if images and (boxes < MIN_REFERENCE_BOXES or with_boxes < MIN_IMAGE_SHARE * images):
+            warning = (
+                f"mAP rests on {boxes} reference boxes in {with_boxes} of {images} images, too few to rank quantized "
+                f"models by it (trtq asks for at least {MIN_REFERENCE_BOXES} boxes, in at least "
+                f"{MIN_IMAGE_SHARE:.0%} of the images): {self._more_boxes(reference, images)}"
+            )
+        return ScoredAgainst(self.against, source, boxes, images, with_boxes, "boxes", warning)
+
+    def _more_boxes(self, reference: Sequence[Detections], images: int) -> str:
+        """How to get more reference boxes: a lower --ref-conf that gives enough (counted), labels, or more images."""
+        if self.ground_truth is not None:
+            return "compare on more annotated images."
+        lowest = None
+        for conf in (c for c in REF_CONF_STEPS if c < self.min_score):
+            counts = [int((d.scores >= conf).sum()) for d in reference]
+            boxes, with_boxes = sum(counts), sum(1 for c in counts if c)
+            lowest = (conf, boxes, with_boxes)
+            if boxes >= MIN_REFERENCE_BOXES and with_boxes >= MIN_IMAGE_SHARE * images:
+                return (f"--ref-conf {conf:g} gives {boxes} FP32 boxes in {with_boxes} images; or give labels with "
+                        "--coco FILE.")
+        if lowest is None:
+            return "give labels with --coco FILE, or compare on more images."
+        conf, boxes, with_boxes = lowest
+        return (f"even --ref-conf {conf:g} gives only {boxes} FP32 boxes in {with_boxes} images, so give labels with "
+                "--coco FILE, or compare on more images.")
+
 
 class DetectionScorer:
-    """Collects one model's detections (and FP32's, for pseudo ground truth) and runs COCO eval."""
+    """Collects one model's detections (and FP32's, for pseudo ground truth) and runs COCO eval; for
+    a YOLO head it also measures the agreement of the box values and of the class scores apart."""
 
     def __init__(self, task: DetectionTask) -> None:
         self.task = task
         self.detections: list[Detections] = []
         self.reference: list[Detections] = []
+        self.parts: dict[str, OutputAccumulator] = {}
 
-    def update(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int) -> None:
-        """Postprocess one batch."""
-        n = len(next(iter(outputs.values()))) if outputs else 0
+    def update(
+        self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int, count: int | None = None
+    ) -> None:
+        """Postprocess one batch of `count` samples (default: the first output's leading dim)."""
+        n = count if count is not None else (len(next(iter(outputs.values()))) if outputs else 0)
         metas = self.task.metas[start : start + max(n, 1)]
-        self.detections.extend(self.task.postprocess(outputs, metas))
-        if self.task.ground_truth is None and self.task.reference is None:
-            self.reference.extend(self.task.postprocess(reference, metas))
+        collect_reference = self.task.ground_truth is None and self.task.reference is None
+        reference_dets: Sequence[Detections] = ()
+        if collect_reference or outputs is reference:
+            reference_dets = self.task.postprocess(reference, metas)
+        if collect_reference:
+            self.reference.extend(reference_dets)
+        self.detections.extend(reference_dets if outputs is reference else self.task.postprocess(outputs, metas))
+        layout = self.task.yolo_layout(outputs) if outputs is not reference else None
+        if layout is not None:
+            ref_parts = layout.split(reference[layout.output])
+            out_parts = layout.split(outputs[layout.output])
+            for label, ref_part, out_part in zip(("boxes", "scores"), ref_parts, out_parts):
+                name = f"{layout.output} {label}"
+                self.parts.setdefault(name, OutputAccumulator(name)).update(ref_part, out_part)
 
     def result(self) -> TaskScores:
-        """mAP@0.5:0.95 and mAP@0.5 in percent."""
+        """mAP@0.5:0.95 and mAP@0.5 in percent, with what they were scored against."""
         ids = self.task.image_ids[: len(self.detections)]
+        reference: Sequence[Detections] = ()
         if self.task.ground_truth is None:
             if self.task.reference is None and len(self.reference) == len(self.task.metas):
                 self.task.reference = self.reference
-            truth = pseudo_ground_truth(self.task.reference or self.reference, ids, self.task.metas)
+            reference = self.task.reference or self.reference
+            truth = pseudo_ground_truth(reference, ids, self.task.metas, self.task.min_score)
             category: Callable[[int], int] = int
         else:
             truth, category = self.task.ground_truth, self.task.category  # type: ignore[assignment]
         dets = [d for dets, image_id in zip(self.detections, ids) for d in _to_coco(dets, image_id, category)]
         values = coco_map(truth, dets, ids) if truth.get("annotations") else {"map": 0.0, "map50": 0.0}
-        return TaskScores(self.task.name, self.task.against, values, len(self.detections))
+        return TaskScores(self.task.name, self.task.against, values, len(self.detections),
+                          self.task.scored_against(truth, ids, reference),
+                          tuple(acc.result() for acc in self.parts.values()))
 
 
 def _load_coco(path: Path) -> dict:

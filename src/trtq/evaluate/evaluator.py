@@ -173,7 +173,7 @@ class Evaluator:
         for first, feed, ref in self._run_reference():
             samples += _count(feed)
             if scorer is not None:
-                scorer.update(ref, ref, first)
+                scorer.update(ref, ref, first, _count(feed))
             for name in self.output_names:
                 signal[name].update(ref[name], ref[name])
             self._store.add(first, feed, ref)
@@ -276,7 +276,7 @@ class Evaluator:
                 if self._noise is not None:
                     self._noise[order[position] if order is not None else position] = noise
                 if scorer is not None:
-                    scorer.update(values, ref, first)
+                    scorer.update(values, ref, first, _count(feed))
                 done += _count(feed)
                 bar.update(_count(feed))
                 if decide is not None and done < self.samples and decide(

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import onnx
 from tqdm import tqdm
 
+from trtq._format import fmt
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
@@ -168,6 +170,10 @@ class MixedPrecisionResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     phase_seconds: tuple[tuple[str, float], ...] = ()
     """Where the search's time went: reference, ranking, and each evaluation phase."""
+    measured_on: str = "the Q/DQ model"
+    """What every evaluation measured: the Q/DQ model, or it after a final transformation (FP16)."""
+    all_excluded: bool = False
+    """Whether the target holds only with every quantizable layer out of INT8 (nothing INT8 is left)."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -177,10 +183,13 @@ class MixedPrecisionResult:
     def require(self) -> MixedPrecisionResult:
         """Return self if the target holds, else raise a TrtqError saying how close it came."""
         if not self.holds:
+            fp16 = "FP16" in self.measured_on
             raise TrtqError(
-                f"Target {self.target} was not reached: best {self.target.metric} was {self.final_metric:.4g} "
-                f"with {len(self.excluded)} layers excluded.",
-                "relax the target, calibrate with another --method, or raise the exclusion limit.",
+                f"Target {self.target} was not reached: best {self.target.metric} was "
+                f"{fmt(self.final_metric, 4, spec='g')} with {len(self.excluded)} layers excluded, measured on "
+                f"{self.measured_on}.",
+                "relax the target, calibrate with another --method"
+                + (", or keep the rest in FP32 (--high-precision fp32)." if fp16 else ", or raise the exclusion limit."),
             )
         return self
 
@@ -211,6 +220,8 @@ class MixedPrecisionResult:
             "seconds": round(self.seconds, 3),
             "phase_seconds": {phase: round(seconds, 3) for phase, seconds in self.phase_seconds},
             "notes": list(self.notes),
+            "measured_on": self.measured_on,
+            "all_excluded": self.all_excluded,
         }
 
 
@@ -264,19 +275,24 @@ def search_mixed_precision(
     max_exclusions: int | None = None,
     prune: bool = True,
     early_stop: bool = True,
-    finalize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
     runner: RunnerFactory | None = None,
     progress: bool = True,
+    finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
+    grid: Grid = INT8,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
     `model` is the normalised FP32 model (`trtq.api.prepare_model(...).model`), `amax` its
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
-    from class folders when there are any, else FP32 agreement; YOLO postprocess for detect).
-    `early_stop=False` evaluates every candidate on every sample. `finalize` turns a Q/DQ model
-    into what will be written (e.g. the FP16 conversion), so that every decision is taken on
-    the model as written. `runner` runs the models (default: onnxruntime on the CPU).
+    from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
+    `finish` turns each candidate Q/DQ model into the model that will be written (the FP16
+    conversion of `--high-precision fp16`): every evaluation then measures that model, so the
+    target holds for what is written (`finished_as` says what it is).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
+    `early_stop=False` evaluates every candidate on every sample. `runner` runs the models
+    (default: onnxruntime on the CPU).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -288,19 +304,20 @@ def search_mixed_precision(
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
     total = evaluator.samples
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
     full: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
     bar = tqdm(desc=f"--target {target}", unit="eval", disable=not progress, dynamic_ncols=True, leave=False)
 
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
-            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
+            grid=grid,
         )
 
     def candidate(layers: Sequence[str]) -> onnx.ModelProto:
         quantized = insert_qdq(model, placement_without(layers), amax)
-        return finalize(quantized) if finalize is not None else quantized
+        return finish(quantized) if finish is not None else quantized
 
     def stop(evaluation: Evaluation) -> bool:
         return proven_miss(target, evaluation, reference, evaluator.signal_power, total)
@@ -388,6 +405,7 @@ def search_mixed_precision(
         )
         for node in excluded
     )
+    all_excluded = bool(excluded) and not quantized_layers(placement_without(excluded))
     if sensitivity is not None:
         notes.append(
             f"ranking: {sensitivity.method} sensitivity over {sensitivity.samples} samples "
@@ -412,6 +430,8 @@ def search_mixed_precision(
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
         phase_seconds=tuple(phases.items()),
+        measured_on=finished_as if finish is not None else "the Q/DQ model",
+        all_excluded=all_excluded,
     )
 
 

@@ -33,7 +33,7 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator
 from trtq.evaluate.metrics import snr_db
-from trtq.evaluate.tasks import Task
+from trtq.evaluate.tasks import ScoredAgainst, Task
 from trtq.model import tensor_types
 from trtq.quantize import Placement, QuantTarget, insert_qdq
 from trtq.runtime import RunnerFactory, runner_factory
@@ -84,6 +84,8 @@ class SensitivityResult:
     seconds: float
     task_metric: str | None = None
     """Name of the task metric behind `task_drop` (e.g. "top1"), when a task was set."""
+    scored_against: ScoredAgainst | None = None
+    """What the task metric was scored against (detection: reference boxes, and a warning when too few)."""
 
     @property
     def ranking(self) -> tuple[str, ...]:
@@ -98,6 +100,7 @@ class SensitivityResult:
             "seconds": round(self.seconds, 3),
             "task_metric": self.task_metric,
             "layers": [layer.to_dict() for layer in self.layers],
+            "scored_against": self.scored_against.to_dict() if self.scored_against else None,
         }
 
     @classmethod
@@ -109,6 +112,7 @@ class SensitivityResult:
             int(data["samples"]),
             float(data["seconds"]),
             data.get("task_metric"),
+            ScoredAgainst.from_dict(data["scored_against"]) if data.get("scored_against") else None,
         )
 
 
@@ -134,7 +138,7 @@ def layer_placement(placement: Placement, nodes: Sequence[str] | set[str]) -> Pl
         consumers = tuple(c for c in target.consumers if c[0] in keep)
         if consumers:
             targets.append(QuantTarget(target.tensor, target.kind, consumers, target.axis))
-    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes)
+    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes, grid=placement.grid)
 
 
 def _with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
@@ -216,12 +220,12 @@ def analyze_sensitivity(
     macs = layer_macs(model, dataset.shapes)
     ops = {node.name: node.op_type for node in model.graph.node}
     if method == "exact":
-        scores, drops, samples, metric = _exact(
+        scores, drops, samples, metric, scored_against = _exact(
             model, placement, amax, dataset, layers, task, batch_size, evaluator, runner, progress
         )
     else:
         scores, samples = _local(model, placement, amax, dataset, layers, batch_size, runner, progress)
-        drops, metric = {}, None
+        drops, metric, scored_against = {}, None, None
     result = [
         LayerSensitivity(
             node, ops[node], tuple(t.tensor for t in targets), scores[node], drops.get(node), macs.get(node, 0)
@@ -231,7 +235,7 @@ def analyze_sensitivity(
     order = {node: i for i, node in enumerate(layers)}
     # SNR orders (continuous and stable); the task drop, coarse on small data sets, breaks ties
     result.sort(key=lambda s: (s.snr_db, -(s.task_drop or 0.0), order[s.node]))
-    return SensitivityResult(method, tuple(result), samples, time.perf_counter() - start, metric)
+    return SensitivityResult(method, tuple(result), samples, time.perf_counter() - start, metric, scored_against)
 
 
 def _exact(
@@ -245,7 +249,7 @@ def _exact(
     evaluator: Evaluator | None,
     runner: RunnerFactory | None,
     progress: bool,
-) -> tuple[dict[str, float], dict[str, float], int, str | None]:
+) -> tuple[dict[str, float], dict[str, float], int, str | None, ScoredAgainst | None]:
     if evaluator is None:
         evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner)
     metric = MAIN_TASK_METRIC.get(evaluator.task.name) if evaluator.task is not None else None
@@ -260,7 +264,8 @@ def _exact(
         comparison = evaluator.task_comparison(evaluation)
         if comparison is not None and metric is not None:
             drops[node] = comparison.drops.get(metric, 0.0)
-    return scores, drops, evaluator.samples, metric
+    reference = evaluator.reference_scores
+    return scores, drops, evaluator.samples, metric, reference.scored_against if reference else None
 
 
 def single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:

@@ -24,6 +24,7 @@ import numpy as np
 
 from trtq.data import Dataset
 from trtq.errors import TrtqError
+from trtq.evaluate.metrics import OutputMetrics
 from trtq.model import TensorSpec
 
 TASKS = ("classify", "detect")
@@ -33,26 +34,74 @@ AGAINST_FP32 = "fp32"
 
 
 @dataclass(frozen=True)
+class ScoredAgainst:
+    """What a task metric was scored against: how many reference objects (e.g. boxes) in how many
+    samples, from where, and a warning when they are too few for the metric to rank models."""
+
+    against: str
+    source: str
+    """e.g. "COCO annotations ann.json" or "FP32 detections with score >= 0.25"."""
+    objects: int
+    samples: int
+    samples_with_objects: int
+    unit: str = "boxes"
+    warning: str | None = None
+
+    def sentence(self) -> str:
+        """e.g. "scored against 9 boxes (FP32 detections with score >= 0.25) in 7 of 32 images"."""
+        return (f"scored against {self.objects} {self.unit} ({self.source}) in {self.samples_with_objects} of "
+                f"{self.samples} images")
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return {"against": self.against, "source": self.source, "objects": self.objects, "samples": self.samples,
+                "samples_with_objects": self.samples_with_objects, "unit": self.unit, "warning": self.warning,
+                "sentence": self.sentence()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ScoredAgainst:
+        """Inverse of `to_dict`."""
+        return cls(str(data["against"]), str(data["source"]), int(data["objects"]), int(data["samples"]),
+                   int(data["samples_with_objects"]), str(data.get("unit", "boxes")), data.get("warning"))
+
+
+@dataclass(frozen=True)
 class TaskScores:
-    """Task metrics of one model, in percent: e.g. {"top1": 98.3, "top5": 100.0} or {"map": .., "map50": ..}."""
+    """Task metrics of one model, in percent: e.g. {"top1": 98.3, "top5": 100.0} or {"map": .., "map50": ..}.
+
+    `scored_against` says what the metric was measured against (detection: reference boxes), and
+    `parts` holds the agreement of parts of an output measured apart (a YOLO head's box values and
+    its class scores), for a candidate model.
+    """
 
     task: str
     against: str
     values: dict[str, float]
     samples: int
+    scored_against: ScoredAgainst | None = None
+    parts: tuple[OutputMetrics, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {"task": self.task, "against": self.against, "values": dict(self.values), "samples": self.samples}
+        out = {"task": self.task, "against": self.against, "values": dict(self.values), "samples": self.samples}
+        if self.scored_against is not None:
+            out["scored_against"] = self.scored_against.to_dict()
+        if self.parts:
+            out["parts"] = [p.to_dict() for p in self.parts]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TaskScores:
         """Inverse of `to_dict`."""
+        against = data.get("scored_against")
         return cls(
             str(data["task"]),
             str(data["against"]),
             {k: float(v) for k, v in data["values"].items()},
             int(data["samples"]),
+            ScoredAgainst.from_dict(against) if against else None,
+            tuple(OutputMetrics(**{**p, **{k: float(v) for k, v in p.items() if v in ("inf", "-inf")}})
+                  for p in data.get("parts", ())),
         )
 
 
@@ -62,6 +111,11 @@ class TaskComparison:
 
     reference: TaskScores
     candidate: TaskScores
+
+    @property
+    def scored_against(self) -> ScoredAgainst | None:
+        """What both models were scored against (the same reference)."""
+        return self.candidate.scored_against or self.reference.scored_against
 
     @property
     def drops(self) -> dict[str, float]:
@@ -76,8 +130,11 @@ class TaskComparison:
 class TaskScorer(Protocol):
     """Accumulates one model's task metric over the data set, batch by batch."""
 
-    def update(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int) -> None:
-        """Add a batch: the model's outputs, the FP32 outputs of the same samples, and the index of its first sample."""
+    def update(
+        self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int, count: int | None = None
+    ) -> None:
+        """Add a batch: the model's outputs, the FP32 outputs of the same samples, the index of its first
+        sample and its sample count (outputs without a batch dim cannot tell it)."""
 
     def result(self) -> TaskScores:
         """The metrics over everything seen."""
@@ -311,7 +368,9 @@ class ClassificationScorer:
         self.samples = 0
         self.classes = 0
 
-    def update(self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int) -> None:
+    def update(
+        self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], start: int, count: int | None = None
+    ) -> None:
         """Add one batch."""
         scores = np.asarray(outputs[self.task.output], dtype=np.float64)
         scores = scores.reshape(scores.shape[0], -1)
@@ -358,14 +417,19 @@ def make_task(
     coco: str | Path | None = None,
     postprocess: str | None = None,
     use_labels: bool = True,
+    ref_conf: float | None = None,
 ) -> Task:
     """A task bound to `dataset` and the model's `outputs`, from CLI-style options.
 
     For `classify`, labels come from `labels`, else from the data's class folders when it has
     them (and `use_labels`), else the FP32 outputs serve as ground truth. For `detect`,
-    `coco` is a COCO annotation JSON (else FP32 detections are the ground truth) and
-    `postprocess` a preset name or a .py file (see `trtq.evaluate.detection`).
+    `coco` is a COCO annotation JSON (else FP32 detections with score >= `ref_conf` are the
+    ground truth) and `postprocess` a preset name or a .py file (None: yolo when the outputs have
+    its layout; see `trtq.evaluate.detection`).
     """
+    if task == "classify" and ref_conf is not None:
+        raise TrtqError("--ref-conf applies to --task detect (FP32 pseudo-boxes), not --task classify.",
+                        "drop --ref-conf.")
     if task == "classify":
         name = pick_scores_output(outputs, output)
         bound: Labels | None = None
@@ -377,5 +441,5 @@ def make_task(
     if task == "detect":
         from trtq.evaluate.detection import DetectionTask
 
-        return DetectionTask.create(dataset, postprocess or "yolo", coco)
+        return DetectionTask.create(dataset, postprocess, coco, ref_conf)
     raise TrtqError(f"--task {task!r} is not one of {', '.join(TASKS)}.", "pick one of those.")

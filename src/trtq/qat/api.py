@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from trtq import api
-from trtq._io import ensure_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
@@ -231,7 +231,8 @@ def finetune(
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    ensure_writable_dir(onnx_path.parent)
+    inputs = (prepared.path, calib, train_data, eval_data, ranges if not isinstance(ranges, RangesTable) else None)
+    check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
@@ -239,9 +240,11 @@ def finetune(
     quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
                                            exclude_nodes=tuple(options.exclude_nodes),
                                            exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
-    monitor_ds = api.open_data(prepared.model, calib, data)
-    train_ds = api.open_data(prepared.model, train_data, data) if train_data is not None else monitor_ds
-    eval_ds = api.open_data(prepared.model, eval_data, data) if eval_data is not None else monitor_ds
+    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
+    train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
+        else monitor_ds
+    eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
+        else monitor_ds
     if ranges is None:
         table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
@@ -291,7 +294,7 @@ def finetune(
     exported = export_qdq(qmodel)
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
-    notes = []
+    notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
                      "steps on the same input: the export does not reproduce the fine-tuned model (please report).")
@@ -313,7 +316,7 @@ def finetune(
         onnx_path: exported.model.SerializeToString(),
         cache_path: format_cache(cache_amax, options.trt_version, table.method),
         ranges_path: out_table.to_json().encode("utf-8"),
-    })
+    }, inputs=inputs)
     return FinetuneResult(
         model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
         ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),

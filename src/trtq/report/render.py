@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq._io import atomic_write_text
+from trtq._format import fmt
+from trtq._io import write_files_atomically
 from trtq.report.records import load_records
 
 SNR_CAP = 60.0
@@ -44,6 +45,8 @@ class Report:
     settings: tuple[tuple[str, str], ...]
     task_label: str | None
     metrics: tuple[MetricsRow, ...]
+    notes: tuple[str, ...]
+    """What the task metrics were scored against, their warnings, and output parts measured apart."""
     sensitivity: dict | None
     histograms: dict
     excluded: tuple[dict, ...]
@@ -118,6 +121,9 @@ def build_report(directory: str | Path) -> Report:
                     f"mixed ({len(mixed['excluded'])} layers kept high precision)", mixed["final"], "quantize --target"
                 )
             )
+    notes: list[str] = []
+    if mixed and mixed.get("reference"):
+        notes += _task_notes("quantize --target", mixed["reference"], ())
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
@@ -126,6 +132,11 @@ def build_report(directory: str | Path) -> Report:
         evaluation = {"outputs": compare.result.get("outputs", []), "task": task["candidate"] if task else None}
         name = Path(str(compare.result.get("candidate", "candidate"))).name
         metrics.append(_evaluation_row(name, evaluation, "compare"))
+        if task:
+            notes += _task_notes("compare", task["candidate"], task["candidate"].get("parts", ()))
+    if sensitivity and sensitivity.result.get("scored_against"):
+        notes += _task_notes("sensitivity", {"task": sensitivity.result.get("task_metric"),
+                                             "scored_against": sensitivity.result["scored_against"]}, ())
     histograms = dict(sensitivity.histograms) if sensitivity else {}
     if quantize and quantize.histograms:
         histograms = {**quantize.histograms, **histograms}
@@ -138,6 +149,7 @@ def build_report(directory: str | Path) -> Report:
         settings=tuple(settings),
         task_label=task_label,
         metrics=tuple(metrics),
+        notes=tuple(dict.fromkeys(notes)),
         sensitivity=sensitivity.result if sensitivity else None,
         histograms=histograms,
         excluded=excluded,
@@ -145,6 +157,21 @@ def build_report(directory: str | Path) -> Report:
         commands=commands,
         records=tuple((r.kind, r.created, r.command) for r in records.values()),
     )
+
+
+def _task_notes(source: str, scores: Mapping, parts: Sequence[Mapping]) -> list[str]:
+    """Lines saying what a run's task metric was scored against (and its warning), and the SNR of
+    output parts measured apart."""
+    notes = []
+    scored = scores.get("scored_against")
+    if scored:
+        notes.append(f"{source}: {scores.get('task', 'task')} metrics {scored.get('sentence', '')}.")
+        if scored.get("warning"):
+            notes.append(f"warning ({source}): {scored['warning']}")
+    if parts:
+        notes.append(f"{source}: SNR of output parts measured apart: "
+                     + ", ".join(f"{p.get('name')} {_fmt(_num(p.get('snr_db')))} dB" for p in parts) + ".")
+    return notes
 
 
 def _task_label(scores: Mapping) -> str:
@@ -156,12 +183,8 @@ def _task_label(scores: Mapping) -> str:
 # formatting
 
 
-def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+def _fmt(value: object, digits: int = 2, percent: bool = False) -> str:
+    return fmt(value, digits, scale=100.0 if percent else 1.0, suffix="%" if percent else "")
 
 
 def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
@@ -298,7 +321,7 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
 vertical-align:top}th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{font-family:'DejaVu Sans Mono',Menlo,monospace;font-size:12.5px}pre{background:#f6f8fa;padding:8px 10px;
-overflow-x:auto;white-space:pre-wrap;word-break:break-all}.muted{color:#666}
+overflow-x:auto;white-space:pre-wrap;word-break:break-all}.muted{color:#666}.warning{color:#a94442;font-weight:600}
 .grid{stroke:#e4e4e4}.tick{font-size:10px;fill:#666}.axis{font-size:11px;fill:#444}.label{font-size:11px;
 text-anchor:end;fill:#222}.value{font-size:10px;fill:#444}.frame{fill:none;stroke:#bbb}
 .threshold{stroke:#d9534f;stroke-width:2}.maxline{stroke:#555;stroke-dasharray:4 3}
@@ -337,7 +360,12 @@ def render_html(report: Report) -> str:
     if report.metrics:
         header, body = _metric_table(report.metrics)
         label = f'<p class="muted">Task metrics in percent: {e(report.task_label)}.</p>' if report.task_label else ""
-        out.append("<h2>Metrics: FP32 vs INT8 vs mixed</h2>" + label + _html_table(header, body))
+        notes = "".join(f'<p class="{"warning" if n.startswith("warning") else "muted"}">{e(n)}</p>'
+                        for n in report.notes)
+        out.append("<h2>Metrics: FP32 vs INT8 vs mixed</h2>" + label + _html_table(header, body) + notes)
+    elif report.notes:
+        out.append("<h2>Task metrics</h2>" + "".join(
+            f'<p class="{"warning" if n.startswith("warning") else "muted"}">{e(n)}</p>' for n in report.notes))
     layers = _layers(report)
     if layers:
         method = report.sensitivity.get("method", "") if report.sensitivity else ""
@@ -352,8 +380,8 @@ def render_html(report: Report) -> str:
         for name, data in items:
             cells.append(
                 f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
-                f" threshold {float(data.get('threshold', 0)):.4g} (red), observed max "
-                f"{float(data.get('observed_max', 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>"
+                f" threshold {fmt(data.get('threshold', 0), 4, spec='g')} (red), observed max "
+                f"{fmt(data.get('observed_max', 0), 4, spec='g')} (dashed)</div>{histogram_svg(name, data)}</div>"
             )
         out.append('<h2>Histograms of the most sensitive tensors</h2><div class="hists">' + "".join(cells) + "</div>")
     if report.excluded:
@@ -392,6 +420,10 @@ def render_markdown(report: Report) -> str:
         if report.task_label:
             out += [f"Task metrics in percent: {report.task_label}.", ""]
         out.append(_md_table(header, body))
+    if report.notes:
+        if not report.metrics:
+            out += ["", "## Task metrics"]
+        out += ["", *(f"- {'**' + n + '**' if n.startswith('warning') else n}" for n in report.notes)]
     layers = _layers(report)
     if layers:
         out += [
@@ -424,8 +456,8 @@ def render_markdown(report: Report) -> str:
                     [
                         name,
                         str(d.get("method")),
-                        f"{float(d.get('threshold', 0)):.4g}",
-                        f"{float(d.get('observed_max', 0)):.4g}",
+                        fmt(d.get('threshold', 0), 4, spec='g'),
+                        fmt(d.get('observed_max', 0), 4, spec='g'),
                     ]
                     for name, d in items
                 ],
@@ -456,6 +488,6 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> tup
     report = build_report(directory)
     target = Path(output) if output else Path(directory)
     html_path, md_path = target / "trtq-report.html", target / "trtq-report.md"
-    atomic_write_text(html_path, render_html(report))
-    atomic_write_text(md_path, render_markdown(report))
+    write_files_atomically({html_path: render_html(report).encode("utf-8"),
+                            md_path: render_markdown(report).encode("utf-8")})
     return html_path, md_path

@@ -76,6 +76,7 @@ def resolve_profile(
             "use --shape for one fixed size, or the three range options.",
         )
     profile: dict[str, ProfileShape] = {}
+    missing: list[tuple[str, Shape]] = []
     for name, dims in inputs.items():
         dims = tuple(int(d) for d in dims)
         if name in shapes:
@@ -96,12 +97,22 @@ def resolve_profile(
             profile[name] = ProfileShape(low, opt, high)
             continue
         if any(d < 0 for d in dims):
-            example = "x".join(str(d) if d >= 0 else "1" for d in dims)
-            raise TrtqError(
-                f"Input {name!r} has dynamic dims ({_fmt(dims)}) and no --shape or --min/--opt/--max-shape was given.",
-                f"pass e.g. --shape {name}:{example}.",
-            )
+            missing.append((name, dims))
+            continue
         profile[name] = ProfileShape(dims, dims, dims)
+    if missing:
+        named = [f"{name!r} ({_fmt(dims)})" for name, dims in missing]
+        subject = f"Input {named[0]} has" if len(named) == 1 else f"Inputs {', '.join(named[:-1])} and {named[-1]} have"
+        texts = [[str(d) if d >= 0 else ("1" if axis == 0 else f"D{axis}") for axis, d in enumerate(dims)]
+                 for _, dims in missing]
+        options = " ".join(f"--shape {name}:{'x'.join(text)}" for (name, _), text in zip(missing, texts))
+        open_dims = sorted({t for text in texts for t in text if t.startswith("D")})
+        which = f", with {', '.join(open_dims)} replaced by the size{'s' if len(open_dims) > 1 else ''} to build at" \
+            if open_dims else ""
+        raise TrtqError(
+            f"{subject} dynamic dims and no --shape or --min/--opt/--max-shape was given.",
+            f"pass {options}{which}, or --min-shape/--opt-shape/--max-shape for a range of sizes.",
+        )
     return profile
 
 
