@@ -375,7 +375,7 @@ def quantize(
         destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
     if record is not None:
         destinations.append(record_path(onnx_path.parent, "quantize"))
-    inputs = (prepared.path, calib, ranges if not isinstance(ranges, RangesTable) else None)
+    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
