@@ -280,6 +280,29 @@ def test_a_folder_held_by_another_writer_is_named_and_left_alone(tmp_path, monke
 
 
 @pytest.mark.skipif(io.fcntl is None, reason="advisory locks need fcntl (POSIX)")
+def test_a_writer_waits_for_a_short_hold_and_says_for_whom(tmp_path, capsys):
+    ready = tmp_path.parent / f"{tmp_path.name}.held"
+    holder = _python(f"""
+        import fcntl, os, time
+        fd = os.open({str(tmp_path)!r}, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        open({str(tmp_path / io.HOLDER_FILE)!r}, "w").write(f"{{os.getpid()}} trtq report out\\n")
+        open({str(ready)!r}, "w").close()
+        time.sleep(1.5)
+        os.unlink({str(tmp_path / io.HOLDER_FILE)!r})
+    """)
+    try:
+        _wait_for(ready)
+        start = time.monotonic()
+        io.write_files_atomically(_new_set(tmp_path))
+        assert time.monotonic() - start > 0.5  # it waited for the holder
+    finally:
+        holder.communicate(timeout=30)
+    assert f"trtq: waiting for process {holder.pid} (trtq report out) to finish writing to " in capsys.readouterr().err
+    assert _contents(tmp_path) == {p.name: d for p, d in _new_set(tmp_path).items()}
+
+
+@pytest.mark.skipif(io.fcntl is None, reason="advisory locks need fcntl (POSIX)")
 def test_two_writers_never_mix_their_sets(tmp_path):
     """Writer A renames slowly (0.4 s per file); writer B starts once A's first file is in place and writes fast.
 

@@ -234,7 +234,8 @@ def _check_writable_dir(directory: Path) -> None:
             raise _too_long(exc, directory) from exc
         what = "is not writable" if existing == directory else f"cannot be created in {existing}"
         raise TrtqError(f"Output directory {directory} {what} ({exc.strerror}).",
-                        "choose a writable --output-dir.") from exc
+                        _fix(exc) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a writable --output-dir."
+                        ) from exc
     os.close(fd)
     os.unlink(probe)
 
@@ -372,10 +373,13 @@ def _folder_lock(directory: Path) -> Iterator[None]:
     after WAIT_NOTICE_S; a TrtqError naming the holder after that. File systems without flock
     (some network mounts) are written unlocked.
     """
-    if fcntl is None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if fcntl is not None else None
+    except PermissionError:  # a folder one may write to but not list (mode -wx): it cannot be locked
+        fd = None
+    if fd is None:
         yield
         return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         start = time.monotonic()
         timeout, noticed, locked = lock_timeout(), False, True
@@ -511,7 +515,7 @@ class _Commit:
 
 
 def _describe(exc: OSError, target: Path | None) -> str:
-    return f"Cannot write {exc.filename if target is None else target} ({exc.strerror or exc})"
+    return f"Cannot write {target or exc.filename or 'the outputs'} ({exc.strerror or exc})"
 
 
 def _fix(exc: OSError) -> str:
@@ -523,11 +527,12 @@ def _fix(exc: OSError) -> str:
 
 
 def write_files_atomically(files: Mapping[Path, Content], *, remove: Iterable[Path] = (),
-                           inputs: Iterable[str | Path | None] = ()) -> None:
+                           inputs: Iterable[str | Path | None] = (), announce: bool = True) -> None:
     """Write several files as one set: all appear or none changes (see the module docstring).
 
     A file's content is bytes or an iterable of byte chunks (streamed). `remove` names files of
     the previous set that the new one no longer has (e.g. a `.data` file); they go with the set.
+    `announce=False` keeps the files out of `written` (caches, which a stop message need not name).
     """
     targets = [Path(t) for t in files]
     gone = [Path(p) for p in remove if Path(p) not in files and not (Path(p).is_dir() and not Path(p).is_symlink())]
@@ -569,7 +574,8 @@ def write_files_atomically(files: Mapping[Path, Content], *, remove: Iterable[Pa
                         ) from exc
                     raise
                 commit.finish()
-                written.extend(targets)
+                if announce:
+                    written.extend(targets)
                 done = True
     except OSError as exc:
         raise TrtqError(
@@ -596,9 +602,9 @@ def _make_dirs(directory: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write `data` to `target` atomically."""
-    write_files_atomically({Path(target): data})
+def atomic_write_bytes(target: Path, data: bytes, announce: bool = True) -> None:
+    """Write `data` to `target` atomically (`announce`: see write_files_atomically)."""
+    write_files_atomically({Path(target): data}, announce=announce)
 
 
 def atomic_write_text(target: Path, text: str) -> None:

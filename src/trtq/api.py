@@ -51,6 +51,8 @@ from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
@@ -403,7 +405,7 @@ def quantize(
         destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
     if record is not None:
         destinations.append(record_path(onnx_path.parent, "quantize"))
-    inputs = (prepared.path, calib, ranges if not isinstance(ranges, RangesTable) else None)
+    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
@@ -428,7 +430,8 @@ def quantize(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
-            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
+            runner=runner_factory(options.device), progress=progress,
             finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid,
         ).require()
         placement = mixed.placement
@@ -544,16 +547,25 @@ def compare(
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
+    """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+
+    `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
+    if device == "cpu":
+        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
+                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    else:
+        make = runner_factory(device)
+        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
     return compare_models(
-        session_from_file(reference_path, graph=reference),
-        session_from_file(candidate_path, graph=candidate),
+        *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
@@ -617,6 +629,7 @@ def sensitivity(
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        runner=runner_factory(options.device),
         progress=progress,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)

@@ -236,3 +236,14 @@ def test_record_and_report_destinations_are_checked_first(case, capsys, command,
     err = capsys.readouterr().err
     assert f"{blocked[command]} is a directory" in err and "Traceback" not in err
     assert _folder(out) == before
+
+
+def test_rewriting_outputs_from_their_own_ranges_table_is_allowed(case, capsys):
+    """--ranges out/net.int8.json into out/ rewrites the table it was read from: a reuse, not a clash."""
+    tmp, model = case
+    out = tmp / "out"
+    before = _previous(tmp, model, out)
+    assert main(["quantize", model, "--ranges", str(out / "net.int8.json"), "--output-dir", str(out),
+                 "--exclude-ops", "Sigmoid", "--quiet"]) == 0, capsys.readouterr().err
+    after = _folder(out)
+    assert after["net.int8.json"] == before["net.int8.json"] and sorted(after) == sorted(before)

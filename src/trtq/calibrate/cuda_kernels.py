@@ -153,7 +153,8 @@ def _read_cached(path: Path) -> bytes | None:
 def _write_cached(path: Path, cubin: bytes) -> str:
     """Store `cubin` at `path` atomically; '' on success, else why not (the run goes on without a cache)."""
     try:
-        atomic_write_bytes(path, CACHE_FORMAT + b"\n" + hashlib.sha256(cubin).hexdigest().encode() + b"\n" + cubin)
+        atomic_write_bytes(path, CACHE_FORMAT + b"\n" + hashlib.sha256(cubin).hexdigest().encode() + b"\n" + cubin,
+                           announce=False)
     except (TrtqError, OSError) as exc:
         reason = exc.message if isinstance(exc, TrtqError) else str(exc)
         return f"not cached ({reason.rstrip('.')}; set TRTQ_CACHE_DIR to a writable folder)"

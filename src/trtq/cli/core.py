@@ -58,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -70,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
@@ -175,9 +179,13 @@ def _choice_lines(result: api.QuantizeResult) -> list[str]:
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')} -> "
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
              f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
-             f"({mixed['evaluations']} evaluations)"]
+             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
+             f"{mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
     if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
         lines.append(f"    measured on {mixed['measured_on']}")
     if mixed.get("all_excluded"):
@@ -208,7 +216,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
