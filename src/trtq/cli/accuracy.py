@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
-                   help="range algorithm for --calib (default: entropy for int8, max for fp8)")
+                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
     p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
@@ -73,7 +76,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision)
+                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,

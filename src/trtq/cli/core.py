@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 from trtq import api
@@ -39,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, help="range algorithm (default: entropy, TensorRT's "
-                   "EntropyCalibration2, for int8; max for fp8)")
+    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
+                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
+                   "EntropyCalibration2; default for fp8: max)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
@@ -56,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -68,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
@@ -125,6 +131,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
+        *_choice_lines(result),
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
@@ -147,12 +154,38 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
 
 
+CLIPPED_SHOWN = 3
+"""Tensors named under "most clipped" in quantize's output (all are in --json and the ranges file)."""
+
+
+def _choice_lines(result: api.QuantizeResult) -> list[str]:
+    """How --method auto chose: the table kept and why, the count per winning candidate, the most clipped tensors."""
+    choices = result.choices
+    if not choices or result.range_table is None:
+        return []
+    scores = result.table_scores
+    ranked = ", ".join(f"{name} {fmt(scores[name], 2)}" for name in sorted(scores, key=lambda n: -scores[n]))
+    samples = result.range_samples
+    lines = [f"  ranges: {result.range_table} table kept; mean output SNR dB on {samples} calibration samples: {ranked}"]
+    counts = Counter(c.method for c in choices.values())
+    lines.append("    per tensor: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
+    clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)
+    for ratio, name in clipped[:CLIPPED_SHOWN]:
+        c = choices[name]
+        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}, {100 * c.clipped:.2g}% of values clipped)")
+    return lines
+
+
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')} -> "
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
              f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
-             f"({mixed['evaluations']} evaluations)"]
+             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
+             f"{mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
     if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
         lines.append(f"    measured on {mixed['measured_on']}")
     if mixed.get("all_excluded"):
@@ -183,7 +216,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
