@@ -415,7 +415,8 @@ def main() -> None:
                 row[f"modelopt {method}"] = held_out_snr(case, path, feeds) if path else None
         table[key] = row
     columns = list(dict.fromkeys(c for row in table.values() for c in row))
-    best_fixed = {k: max(v for m, v in row.items() if m in FIXED_METHODS and v is not None) for k, row in table.items()}
+    best_fixed = {k: max((v for m, v in row.items() if m in FIXED_METHODS and v is not None), default=float("nan"))
+                  for k, row in table.items()}
     print()
     print(f"{'model':<9}" + "".join(f"{c:>17}" for c in columns) + f"{'best fixed':>12}{'default - best':>16}")
     for key, row in table.items():
