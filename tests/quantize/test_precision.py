@@ -151,7 +151,7 @@ def test_raising_the_opset_without_the_converter_gives_the_converters_model(monk
     from onnx import version_converter
     from tiny_models import gemm_matmul_net
 
-    import trtq.quantize.precision as precision
+    from trtq.quantize import precision
 
     for net in (residual_conv_net(), large_bias_net()):
         model = normalize_model(net)
@@ -160,8 +160,9 @@ def test_raising_the_opset_without_the_converter_gives_the_converters_model(monk
         quantized = insert_qdq(model, placement, amax)
         assert precision._same_up_to(quantized, 19)
         fast = convert_to_fp16(quantized, amax)
+        note = fast.notes[0]
         with monkeypatch.context() as patched:
-            patched.setattr(precision, "_raise_opset", lambda m: (version_converter.convert_version(m, 19), fast.notes[0]))
+            patched.setattr(precision, "_raise_opset", lambda m, note=note: (version_converter.convert_version(m, 19), note))
             slow = convert_to_fp16(quantized, amax)
         assert fast.model.SerializeToString() == slow.model.SerializeToString()
     assert not precision._same_up_to(normalize_model(gemm_matmul_net()), 19)

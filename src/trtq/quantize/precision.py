@@ -30,7 +30,13 @@ from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
 
 from trtq.data import Dataset
 from trtq.errors import TrtqError
-from trtq.model import QUANTIZABLE_OPS, check_structure, default_opset, split_initializers, tensor_types
+from trtq.model import (
+    QUANTIZABLE_OPS,
+    check_structure,
+    default_opset,
+    split_initializers,
+    tensor_types,
+)
 from trtq.quantize.qdq import unique_name
 
 MODES = ("fp16", "fp32")
