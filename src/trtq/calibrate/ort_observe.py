@@ -64,9 +64,13 @@ class ObservingSession:
     blocked: tuple[str, ...]
     bins: int
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Run one batch: the ops fold its statistics into `state`."""
-        self.session.run(list(self.outputs), dict(feeds))
+    model_outputs: int = 0
+    """How many of `outputs` (the last ones) are the model's own outputs."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one batch: the ops fold its statistics into `state`; the model's outputs come back."""
+        found = self.session.run(list(self.outputs), dict(feeds))
+        return list(found[len(found) - self.model_outputs:]) if self.model_outputs else []
 
     def stats(self) -> dict[str, TensorStats]:
         """Every observed tensor's statistics so far (copies)."""
@@ -186,4 +190,5 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
     session._trtq_files = folder  # removed when the session is garbage-collected
     session._trtq_state = state  # the ops write into it for the session's lifetime
     outputs = tuple(sinks) + tuple(o.name for o in model.graph.output)
-    return ObservingSession(session, state, tuple(tensors), outputs, tuple(blocked), bins), ""
+    return ObservingSession(session, state, tuple(tensors), outputs, tuple(blocked), bins,
+                            model_outputs=len(model.graph.output)), ""

@@ -22,7 +22,7 @@ from trtq.calibrate.auto import (
     JUDGE_SAMPLES,
     JUDGE_SHARE,
     JudgedLayer,
-    TableScorer,
+    RunnerFactory,
     choose_ranges,
     explain,
 )
@@ -32,7 +32,7 @@ from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
-from trtq.formats.ranges import RangeChoice, RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 
 AMAX_THREADS = min(4, os.cpu_count() or 1)
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
@@ -52,14 +52,9 @@ class CalibrationResult:
 
 
 def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: hashlib._Hash,
-          dropped: list[int], keep: Mapping[int, list[Mapping[str, np.ndarray]]] | None = None
-          ) -> Iterator[Mapping[str, np.ndarray]]:
-    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread).
-
-    Batches whose index is a key of `keep` are also appended to that list (the judging samples of
-    `--method auto`).
-    """
-    for index, batch in enumerate(dataset.batches(batch_size)):
+          dropped: list[int]) -> Iterator[Mapping[str, np.ndarray]]:
+    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread)."""
+    for batch in dataset.batches(batch_size):
         n = len(next(iter(batch.values())))
         if drop_partial and n < batch_size:
             dropped.append(n)
@@ -67,8 +62,6 @@ def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: hashlib
         for name in sorted(batch):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(batch[name]).data)
-        if keep is not None and index in keep:
-            keep[index].append(batch)
         yield batch
 
 
@@ -103,7 +96,7 @@ def run_calibration(
     progress: bool = True,
     grid: Grid = INT8,
     layers: Sequence[JudgedLayer] = (),
-    score_tables: TableScorer | None = None,
+    check_tables: RunnerFactory | None = None,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
@@ -111,8 +104,8 @@ def run_calibration(
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
     `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
     With method "auto", the tensors that `layers` quantize get the candidate range that harms those
-    layers' outputs least on `grid`, checked end to end against whole-model tables by
-    `score_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
+    layers' outputs least on `grid`, checked end to end against whole-model tables run by
+    `check_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
@@ -120,13 +113,18 @@ def run_calibration(
     batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
     backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
     digest = hashlib.sha256()
-    keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)} if method == "auto" else None
+    judging = set(judging_batches(dataset.num_samples, batch_size)) if method == "auto" else set()
+    kept: list[Mapping[str, np.ndarray]] = []  # the judging batches of --method auto
+    references: list[list[np.ndarray] | None] = []  # their FP32 outputs, where the backend returns them
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
         dropped: list[int] = []
-        for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped, keep)):
-            backend.observe(batch)
+        for index, batch in enumerate(prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped))):
+            found = backend.observe(batch, outputs=index in judging)
+            if index in judging:
+                kept.append(batch)
+                references.append(found)
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)
@@ -153,14 +151,15 @@ def run_calibration(
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
     choices: dict[str, RangeChoice] = {}
-    table_scores: dict[str, float] = {}
+    table_checks: dict[str, TableCheck] = {}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "auto":
-        kept = [batch for group in (keep or {}).values() for batch in group]
-        auto = choose_ranges(model, layers, stats, kept, grid=grid, score_tables=score_tables, progress=progress)
+        complete = all(found is not None for found in references)
+        auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
+                             references=[list(found or ()) for found in references] if complete else None)
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
-        table_scores = auto.table_scores
+        table_checks = auto.checks
         options.update({"table": auto.table, "judged_samples": auto.samples})
     if method == "percentile":
         options["percentile"] = percentile
@@ -176,7 +175,8 @@ def run_calibration(
         model_name=model_name,
         trtq_version=__version__,
         choices=choices,
-        table_scores=table_scores,
+        table_scores={name: check.snr_db for name, check in table_checks.items()},
+        table_checks=table_checks,
     )
     return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name,
                              notes=backend.notes())
