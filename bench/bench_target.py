@@ -81,7 +81,7 @@ def job(model: str, data: str, out: str, extra: list[str]) -> dict:
 
 def run_job(*args: str) -> dict:
     """`job` in a fresh Python process."""
-    proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, __file__, "--job", "--", *args], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"job failed: {proc.stderr.strip()[-400:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,10 +92,11 @@ def main() -> None:
     parser.add_argument("--target", default="snr>=30")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--method", help="range method for both runs (default: trtq's default)")
-    parser.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
-        model, data, out, *extra = args.job
+        model, data, out, *extra = args.rest
         print(json.dumps(job(model, data, out, extra)))
         return
     model, data = prepare(args.samples)

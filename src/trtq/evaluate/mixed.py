@@ -211,7 +211,7 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
-            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.int8.samples, 1), 2),
+            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.final.samples, 1), 2),
             "steps": [
                 {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase,
                  "samples": s.samples, "seconds": round(s.seconds, 3)}
