@@ -111,9 +111,11 @@ def main() -> None:
     print(f"{'trtq quantize --target':<26} {target['wall_s']:>8.2f} {target['cpu_s']:>8.2f}")
     print(f"--target / plain: {target['cpu_s'] / plain['cpu_s']:.1f}x CPU time, "
           f"{target['wall_s'] / plain['wall_s']:.1f}x wall (target <= 10x)")
-    print(f"search: {mixed['evaluations']} evaluations, {mixed['full_evaluations']} passes over the data; "
-          f"INT8 {mixed['int8_metric']} -> final {mixed['final_metric']} with {len(mixed['excluded'])} of "
-          f"{target['result']['qdq_pairs']} Q/DQ pairs' layers kept out")
+    int8, final = mixed["int8"], mixed["final"]
+    print(f"search: {mixed['evaluations']} evaluations, {mixed['full_evaluations']} passes over the "
+          f"{final['samples']} samples; INT8 {mixed['int8_metric']:.2f} dB (on {int8['samples']} samples) -> "
+          f"{mixed['final_metric']:.2f} dB with {len(mixed['excluded'])} layers kept out of INT8 "
+          f"({sum(layer['macs_share'] for layer in mixed['excluded']):.0%} of the INT8 MACs)")
     for phase, seconds in mixed.get("phase_seconds", {}).items():
         print(f"  {phase:<10} {seconds:>7.2f} s")
 
