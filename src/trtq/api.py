@@ -24,6 +24,7 @@ from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
@@ -67,12 +68,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit, and
+    which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
     preprocess: Mapping[str, object] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
+    mask: MaskRequest = True
+    """The attention mask for scoring (compare, sensitivity, --target, fine-tuning): True detects it,
+    False scores every position (`--no-mask`), a name picks that input (`--mask-input`)."""
 
 
 @dataclass(frozen=True)
@@ -382,7 +387,7 @@ def quantize(
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
-            grid=options.grid,
+            grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
@@ -484,7 +489,8 @@ def compare(
     progress: bool = True,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
+    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an
+    attention mask covers are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`)."""
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
@@ -497,6 +503,8 @@ def compare(
         candidate_name=str(candidate_path),
         batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
+        graph=reference,
     )
 
 
@@ -555,6 +563,7 @@ def sensitivity(
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes

@@ -10,6 +10,7 @@ from trtq import api
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_mask_options,
     add_precision_option,
     add_target_options,
     add_task_options,
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -166,6 +169,8 @@ def _mixed_lines(mixed: dict | None) -> list[str]:
         return []
     lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
              f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    if mixed.get("mask"):
+        lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -200,16 +205,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
-    rows = [
-        f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
-        f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
-        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
-        for o in (*report.outputs, *parts)
-    ]
+    rows = (*report.outputs, *parts)
+    top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10}"
+    header += f" {'top-1 agree':>12}" if top1 else ""
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-             header, *rows]
+             *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
+    for o in rows:
+        line = (f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
+                f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10}")
+        if top1:
+            line += f" {(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
+        lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
                      "measured apart)")

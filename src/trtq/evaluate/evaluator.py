@@ -5,6 +5,9 @@ samples. The Evaluator runs the FP32 model once, keeps the input batches and ref
 in memory when they fit a byte budget (else re-reads the data and re-runs the reference on every
 evaluation), and scores each candidate on output agreement (`OutputMetrics`) and, when a task is
 given, on the task metric (`TaskScores`).
+
+Token models are scored over real tokens: the reference pass also detects the attention mask
+(`trtq.evaluate.scoring`), and outputs it covers are scored over the positions it marks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
+from trtq.evaluate.scoring import (
+    MaskDetector,
+    MaskRequest,
+    TokenMask,
+    class_score_outputs,
+)
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScores
 
 CACHE_BYTES = 512 << 20
@@ -35,6 +44,8 @@ class Evaluation:
     outputs: tuple[OutputMetrics, ...]
     task: TaskScores | None
     seconds: float
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the masked outputs were scored over."""
 
     @property
     def snr_db(self) -> float:
@@ -52,12 +63,18 @@ class Evaluation:
             "outputs": [o.to_dict() for o in self.outputs],
             "task": self.task.to_dict() if self.task else None,
             "seconds": round(self.seconds, 3),
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
 class Evaluator:
     """Scores candidates of one FP32 `reference` model (or a session running it) on `dataset`, with an
-    optional task metric."""
+    optional task metric.
+
+    `mask`: True detects the attention mask, False scores every position, a name or a TokenMask
+    (from an earlier detection) picks it. `graph`: the reference's graph when `reference` is a
+    session (which outputs are class scores is read from it; without one, [N, C] outputs are).
+    """
 
     def __init__(
         self,
@@ -68,6 +85,8 @@ class Evaluator:
         task: Task | None = None,
         cache_bytes: int = CACHE_BYTES,
         progress: bool = False,
+        mask: MaskRequest | TokenMask = True,
+        graph: onnx.ModelProto | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -80,6 +99,10 @@ class Evaluator:
             self.output_names = [o.name for o in reference.graph.output]
             self._session = None
         self._reference = reference
+        graph = reference if isinstance(reference, onnx.ModelProto) else graph
+        forced = (getattr(task, "output", None),) if task is not None and task.name == "classify" else ()
+        self.class_scores = class_score_outputs(graph, [f for f in forced if f]) if graph is not None else None
+        detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
         self._cache: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] | None = []
         self._cache_bytes = cache_bytes
         self.evaluations = 0
@@ -91,6 +114,8 @@ class Evaluator:
             samples += _count(feed)
             if scorer is not None:
                 scorer.update(ref, ref, first, _count(feed))
+            if detector.active:
+                detector.update(feed, ref)
             if self._cache is not None:
                 cached += sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in ref.values())
                 if cached <= cache_bytes:
@@ -100,6 +125,11 @@ class Evaluator:
         if samples == 0:
             raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
         self.samples = samples
+        if isinstance(mask, TokenMask):
+            self.mask: TokenMask | None = mask
+            self.mask_notes: tuple[str, ...] = ()
+        else:
+            self.mask, self.mask_notes = detector.result()
         self.reference_scores = scorer.result() if scorer is not None else None
         self.reference_seconds = time.perf_counter() - start
 
@@ -134,7 +164,9 @@ class Evaluator:
                 f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
                 "compare a quantized model with the FP32 model it was made from.",
             )
-        accumulators = {name: OutputAccumulator(name) for name in self.output_names}
+        accumulators = {name: OutputAccumulator(name, None if self.class_scores is None else name in self.class_scores)
+                        for name in self.output_names}
+        masked = set(self.mask.outputs) if self.mask is not None else set()
         scorer = self.task.scorer() if self.task else None
         with tqdm(
             total=self.samples,
@@ -147,7 +179,11 @@ class Evaluator:
             for first, feed, ref in self._batches():
                 values = dict(zip(self.output_names, session.run(self.output_names, feed)))
                 for name in self.output_names:
-                    accumulators[name].update(ref[name], values[name])
+                    if name in masked:
+                        mask = self.mask.input  # type: ignore[union-attr]
+                        accumulators[name].update(ref[name], values[name], feed[mask], mask)
+                    else:
+                        accumulators[name].update(ref[name], values[name])
                 if scorer is not None:
                     scorer.update(values, ref, first, _count(feed))
                 bar.update(_count(feed))
@@ -156,6 +192,7 @@ class Evaluator:
             outputs=tuple(acc.result() for acc in accumulators.values()),
             task=scorer.result() if scorer is not None else None,
             seconds=time.perf_counter() - start,
+            mask=self.mask,
         )
 
     def task_comparison(self, evaluation: Evaluation) -> TaskComparison | None:

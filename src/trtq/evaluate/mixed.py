@@ -26,6 +26,7 @@ from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
+from trtq.evaluate.scoring import MaskRequest, TokenMask
 from trtq.evaluate.sensitivity import analyze_sensitivity, layer_macs, quantized_layers
 from trtq.evaluate.tasks import Task, TaskScores, make_task
 from trtq.model import graph_outputs
@@ -149,6 +150,8 @@ class MixedPrecisionResult:
     steps: tuple[SearchStep, ...]
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the target was measured over."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -189,6 +192,7 @@ class MixedPrecisionResult:
             ],
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
@@ -212,6 +216,7 @@ def search_mixed_precision(
     prune: bool = True,
     progress: bool = True,
     grid: Grid = INT8,
+    mask: MaskRequest = True,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -219,7 +224,9 @@ def search_mixed_precision(
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
     from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
-    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`). `mask`:
+    True detects the attention mask (the target and the ranking are then measured over real
+    tokens), False scores every position, a name picks the input.
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -227,8 +234,9 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
+    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False, mask=mask)
     reference = evaluator.reference_scores
+    notes.extend(evaluator.mask_notes)
     base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
     evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
@@ -265,6 +273,7 @@ def search_mixed_precision(
             batch_size=batch_size,
             evaluator=evaluator if ranking == "exact" else None,
             progress=progress,
+            mask=evaluator.mask if evaluator.mask is not None else False,
         )
         candidates = [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
         limit = len(candidates) if max_exclusions is None else max_exclusions
@@ -319,4 +328,5 @@ def search_mixed_precision(
         steps=tuple(steps),
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        mask=evaluator.mask,
     )
