@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import onnx
 
-from trtq._io import check_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.grids import GRIDS, Grid
@@ -26,6 +26,8 @@ from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
@@ -46,8 +48,9 @@ from trtq.model import (
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
-from trtq.quantize.precision import apply_high_precision
+from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
@@ -194,6 +197,8 @@ class QuantizeResult:
     """Which input shapes were taken from the data (one line per data source that gave some)."""
     quant_type: str = "int8"
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
+    record_path: str | None = None
+    """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -354,10 +359,14 @@ def quantize(
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> QuantizeResult:
     """Calibrate (or reuse saved ranges) and write the Q/DQ ONNX, the TensorRT cache and the ranges JSON.
 
-    All three files appear together or not at all.
+    The files (and, with `record`, the run record `trtq-quantize.json` for `trtq report`) are one
+    set: they appear together or the previous ones stay as they were. With --high-precision fp16,
+    the --target search measures every candidate after the FP16 conversion, so its numbers
+    describe the model as written.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
@@ -366,7 +375,13 @@ def quantize(
                              options.precision)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
     fp8 = options.precision == "fp8"
-    check_writable_dir(onnx_path.parent)
+    destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path])]
+    if options.external_data:
+        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    if record is not None:
+        destinations.append(record_path(onnx_path.parent, "quantize"))
+    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+    check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
@@ -375,6 +390,10 @@ def quantize(
         table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+    converter = high_precision(
+        options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
+        batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
+    )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
         dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
@@ -386,16 +405,14 @@ def quantize(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
-            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
-            grid=options.grid, mask=data.mask,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
+            runner=runner_factory(options.device), progress=progress,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
-    if options.high_precision != "fp32":
-        precision = apply_high_precision(
-            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
-            batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
-        )
+    if converter.mode != "fp32":
+        precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
     if table.model_sha256 != prepared.sha256:
         warnings.warn(
@@ -416,18 +433,16 @@ def quantize(
     external = options.external_data
     if external is None:
         external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
-    if data_path is not None:
+    data_path = onnx_path.with_name(onnx_path.name + ".data")
+    if external:
         model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
         model_files = {data_path: data_chunks, onnx_path: model_chunks}
     else:
         model_files = {onnx_path: serialized_chunks(quantized_model)}
-    cache_file = {} if fp8 else {cache_path: format_cache(cache_amax, options.trt_version, table.method)}
-    write_files_atomically({**model_files, **cache_file, ranges_path: table.to_json().encode("utf-8")})
-    return QuantizeResult(
+    result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
-        data_path=str(data_path) if data_path else None,
+        data_path=str(data_path) if external else None,
         cache_path=None if fp8 else str(cache_path),
         ranges_path=str(ranges_path),
         method=table.method,
@@ -449,8 +464,25 @@ def quantize(
         ),
         notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
+        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
         calibration=calibration,
     )
+    files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}
+    if not fp8:
+        files[cache_path] = format_cache(cache_amax, options.trt_version, table.method)
+    if record is not None:
+        histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
+            if calibration is not None else {}
+        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+            "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
+            command=record.command)
+    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
+    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    return result
+
+
+REPORT_HISTOGRAMS = 6
+"""Tensors whose calibration histograms go into the run record: those the chosen ranges clip most."""
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
@@ -486,17 +518,26 @@ def compare(
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an
-    attention mask covers are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`)."""
+    """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
+    are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
+
+    `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
-    load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
+    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
+    if device == "cpu":
+        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
+                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    else:
+        make = runner_factory(device)
+        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
     return compare_models(
-        session_from_file(reference_path),
-        session_from_file(candidate_path),
+        *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
@@ -562,6 +603,7 @@ def sensitivity(
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        runner=runner_factory(options.device),
         progress=progress,
         mask=data.mask,
     )

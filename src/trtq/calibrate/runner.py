@@ -81,7 +81,8 @@ def run_calibration(
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
+    backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
     digest = hashlib.sha256()
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,

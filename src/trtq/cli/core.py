@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from trtq import api
+from trtq._format import fmt
+from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
@@ -19,7 +21,7 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq.report import histogram_summary, write_record
+from trtq.report import RunRecord, record_path, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -55,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -68,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
@@ -119,8 +125,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
-                          options=options, progress=show_progress(args))
-    record = _record_quantize(args, result)
+                          options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
+    record = Path(result.record_path or "")
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         *result.shape_notes,
@@ -142,22 +148,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_HISTOGRAMS = 6
-"""Tensors whose calibration histograms go into the report: those the chosen ranges clip most."""
-
-
-def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Path:
-    """Save the run for `trtq report`, with histograms of the most clipped tensors."""
-    histograms = {}
-    if result.calibration is not None:
-        stats, amax = result.calibration.stats, result.calibration.ranges.amax
-        clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
-                         and stats[t].has_histogram)
-        histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
-    return write_record(Path(result.onnx_path).parent, "quantize", settings=run_settings(args), result=result.to_dict(),
-                        histograms=histograms)
-
-
 def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
@@ -167,8 +157,18 @@ def run_settings(args: argparse.Namespace) -> dict:
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
-             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
+             f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
+             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
+             f"{mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
+    if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        lines.append(f"    measured on {mixed['measured_on']}")
+    if mixed.get("all_excluded"):
+        lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
+                     "model runs nothing in INT8; relax the target to keep some INT8")
     if mixed.get("mask"):
         lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
@@ -191,19 +191,13 @@ def _precision_lines(precision: dict | None) -> list[str]:
                if kept else "")]
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
+    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     parts = report.task.candidate.parts if report.task is not None else ()
     rows = (*report.outputs, *parts)
@@ -213,10 +207,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
              *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
     for o in rows:
-        line = (f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
-                f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10}")
+        line = (f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+                f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10}")
         if top1:
-            line += f" {(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
+            line += f" {fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
         lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
@@ -228,7 +222,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             lines.append(f"  {scored.sentence()}")
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
-            lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+            lines.append(f"  {key:<6} FP32 {fmt(ref):>7}   quantized {fmt(value):>7}   drop {fmt(ref - value, signed=True)} "
+                         "points")
         if scored is not None and scored.warning:
             lines.append(f"warning: {scored.warning}")
     lines.append(f"wrote {record}")

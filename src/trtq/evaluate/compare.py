@@ -14,6 +14,7 @@ from trtq.evaluate.evaluator import Evaluator
 from trtq.evaluate.metrics import OutputMetrics
 from trtq.evaluate.scoring import MaskRequest, TokenMask
 from trtq.evaluate.tasks import Task, TaskComparison
+from trtq.runtime import Runner, RunnerFactory
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,25 @@ class ComparisonReport:
 
 
 def compare_models(
-    reference: onnx.ModelProto | ort.InferenceSession,
-    candidate: onnx.ModelProto | ort.InferenceSession,
+    reference: onnx.ModelProto | ort.InferenceSession | Runner,
+    candidate: onnx.ModelProto | ort.InferenceSession | Runner,
     dataset: Dataset,
     *,
     task: Task | None = None,
     batch_size: int = 1,
     reference_name: str = "fp32",
     candidate_name: str = "quantized",
+    runner: RunnerFactory | None = None,
     progress: bool = True,
     mask: MaskRequest = True,
     graph: onnx.ModelProto | None = None,
 ) -> ComparisonReport:
-    """Run both models with onnxruntime (CPU) over `dataset`: per-output metrics and, with a task,
-    FP32-vs-candidate task scores. `mask` and `graph` as for `Evaluator`: outputs an attention mask
-    covers are scored over real tokens."""
+    """Run both models over `dataset` (onnxruntime on the CPU, or what `runner` makes): per-output
+    metrics and, with a task, FP32-vs-candidate task scores. `mask` and `graph` as for `Evaluator`:
+    outputs an attention mask covers are scored over real tokens."""
     start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress, mask=mask,
-                          graph=graph)
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, runner=runner, progress=progress,
+                          mask=mask, graph=graph)
     evaluation = evaluator.evaluate(candidate, label="comparing")
     return ComparisonReport(
         reference=reference_name,

@@ -133,6 +133,10 @@ class MaskDetector:
         """Whether any input is being watched (False: nothing to detect, no pass needed)."""
         return bool(self._candidates)
 
+    def viable(self) -> tuple[str, ...]:
+        """The watched inputs that could still be the mask (only 0 and 1 so far)."""
+        return tuple(name for name, c in self._candidates.items() if c.zero_one)
+
     def update(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None = None) -> None:
         """Fold one batch: its inputs, and the model's outputs for them when at hand."""
         for name, candidate in self._candidates.items():

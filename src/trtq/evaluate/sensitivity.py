@@ -30,11 +30,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
-from trtq.calibrate.ort_session import make_session
+from trtq.calibrate.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator
@@ -49,6 +48,7 @@ from trtq.evaluate.scoring import (
 from trtq.evaluate.tasks import ScoredAgainst, Task
 from trtq.model import tensor_types
 from trtq.quantize import Placement, QuantTarget, insert_qdq
+from trtq.runtime import Runner, RunnerFactory, runner_factory
 
 METHODS = ("local", "exact")
 MAIN_TASK_METRIC = {"classify": "top1", "detect": "map"}
@@ -218,6 +218,7 @@ def analyze_sensitivity(
     task: Task | None = None,
     batch_size: int = 1,
     evaluator: Evaluator | None = None,
+    runner: RunnerFactory | None = None,
     progress: bool = True,
     mask: MaskRequest | TokenMask = True,
 ) -> SensitivityResult:
@@ -226,6 +227,8 @@ def analyze_sensitivity(
     `model` is the normalised FP32 model (`trtq.api.prepare_model`), `amax` the calibrated
     ranges. `exact` may reuse an `evaluator` (and its cached data and mask) across calls. `mask`:
     True detects the attention mask, False scores every position, a name or TokenMask picks it.
+    `runner` runs the models (default: onnxruntime on the CPU; `trtq.runtime.runner_factory("cuda")`
+    for a GPU).
     """
     if method not in METHODS:
         raise TrtqError(f"Sensitivity method {method!r} is not one of {', '.join(METHODS)}.", "use local or exact.")
@@ -240,14 +243,14 @@ def analyze_sensitivity(
     ops = {node.name: node.op_type for node in model.graph.node}
     if method == "exact":
         if evaluator is None:
-            evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, mask=mask)
+            evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, mask=mask)
         scores, drops, samples, metric, scored_against = _exact(model, placement, amax, layers, evaluator, progress)
         token_mask, mask_notes = evaluator.mask, evaluator.mask_notes
     else:
         if evaluator is not None:
             mask = evaluator.mask if evaluator.mask is not None else False
-        scores, samples, token_mask, mask_notes = _local(model, placement, amax, dataset, layers, batch_size, progress,
-                                                         mask)
+        scores, samples, token_mask, mask_notes = _local(model, placement, amax, dataset, layers, batch_size, runner,
+                                                         progress, mask)
         drops, metric, scored_against = {}, None, None
     result = [
         LayerSensitivity(
@@ -262,7 +265,7 @@ def analyze_sensitivity(
                              token_mask, mask_notes)
 
 
-def detect_mask(session: ort.InferenceSession, outputs: Sequence[str], dataset: Dataset, batch_size: int,
+def detect_mask(session: Runner, outputs: Sequence[str], dataset: Dataset, batch_size: int,
                 request: MaskRequest) -> tuple[TokenMask | None, tuple[str, ...]]:
     """The attention mask of `dataset` (`trtq.evaluate.scoring`), from one pass over the inputs and
     the model `outputs` (which `session` runs) for the first batch; no pass when no input could be one."""
@@ -329,9 +332,11 @@ def _local(
     dataset: Dataset,
     layers: Mapping[str, tuple[QuantTarget, ...]],
     batch_size: int,
+    runner: RunnerFactory | None,
     progress: bool,
     request: MaskRequest | TokenMask = True,
 ) -> tuple[dict[str, float], int, TokenMask | None, tuple[str, ...]]:
+    make = runner or runner_factory("cpu")
     nodes = {node.name: node for node in model.graph.node}
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = {vi.name for vi in model.graph.input}
@@ -340,13 +345,13 @@ def _local(
     for name in layers:
         node = nodes[name]
         single = single_node_model(model, node)
-        sessions[name] = make_session(insert_qdq(single, layer_placement(placement, {name}), amax))
+        sessions[name] = make(insert_qdq(single, layer_placement(placement, {name}), amax))
         feeds_of[name] = [vi.name for vi in single.graph.input]
         outs_of[name] = [o for o in node.output if o]
         exposed.extend(t for t in (*feeds_of[name], *outs_of[name]) if t not in initializers)
     exposed = list(dict.fromkeys(exposed))
     fetch = [t for t in exposed if t not in graph_inputs]
-    session = make_session(model, outputs=fetch)
+    session = make(expose_tensors(model, fetch))
     mask: TokenMask | None
     mask_notes: tuple[str, ...]
     if isinstance(request, TokenMask):

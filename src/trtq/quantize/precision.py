@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -107,6 +107,64 @@ def observe_amax(
     return {name: float(stats.amax) for name, stats in backend.stats().items()}
 
 
+@dataclass(frozen=True)
+class HighPrecision:
+    """`--high-precision MODE` for the quantized variants of one FP32 model.
+
+    The ranges that guard against FP16 overflow are found once (`high_precision`); `apply` then
+    converts any quantized variant, so the mixed-precision search can measure each candidate as
+    it would be written, and the written model is the one it measured.
+    """
+
+    mode: str
+    ranges: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    keep_nodes: tuple[str, ...] = ()
+    headroom: float = DEFAULT_HEADROOM
+
+    def apply(self, quantized: onnx.ModelProto) -> PrecisionResult:
+        """`quantized` with what is not INT8 in this mode (unchanged for fp32)."""
+        if self.mode == "fp32":
+            return PrecisionResult(quantized, self.mode)
+        result = convert_to_fp16(quantized, self.ranges, keep_nodes=self.keep_nodes, headroom=self.headroom)
+        return replace(result, notes=(*result.notes, *self.notes))
+
+    def finish(self, quantized: onnx.ModelProto) -> onnx.ModelProto:
+        """Just the converted model (what the mixed-precision search measures)."""
+        return self.apply(quantized).model
+
+
+def high_precision(
+    mode: str,
+    *,
+    amax: Mapping[str, float] | None = None,
+    fp32_model: onnx.ModelProto | None = None,
+    dataset: Dataset | None = None,
+    batch_size: int = 1,
+    keep_nodes: Iterable[str] = (),
+    headroom: float = DEFAULT_HEADROOM,
+) -> HighPrecision:
+    """The conversion for `--high-precision MODE`, with its ranges.
+
+    Ranges come from `amax` (e.g. the calibration table); tensors it lacks are observed by
+    running `fp32_model` over `dataset` when both are given (one pass, max only).
+    """
+    if mode not in MODES:
+        raise TrtqError(f"--high-precision {mode!r} is not one of {', '.join(MODES)}.", "use fp16 or fp32.")
+    if mode == "fp32":
+        return HighPrecision(mode)
+    ranges = dict(amax or {})
+    notes: list[str] = []
+    if fp32_model is not None and dataset is not None:
+        types = tensor_types(fp32_model)
+        produced = {o for node in fp32_model.graph.node for o in node.output if o}
+        missing = [t for t in produced if types.get(t) == TensorProto.FLOAT and t not in ranges]
+        ranges.update(observe_amax(fp32_model, dataset, missing, batch_size))
+    else:
+        notes.append("ranges only from the calibration table; tensors it lacks were not checked for FP16 overflow")
+    return HighPrecision(mode, ranges, tuple(notes), tuple(keep_nodes), headroom)
+
+
 def apply_high_precision(
     quantized: onnx.ModelProto,
     mode: str,
@@ -118,34 +176,10 @@ def apply_high_precision(
     keep_nodes: Iterable[str] = (),
     headroom: float = DEFAULT_HEADROOM,
 ) -> PrecisionResult:
-    """`--high-precision MODE` on a quantized model: "fp32" leaves it as it is, "fp16" converts.
-
-    Ranges come from `amax` (e.g. the calibration table); tensors it lacks are observed by
-    running `fp32_model` over `dataset` when both are given (one pass, max only).
-    """
-    if mode not in MODES:
-        raise TrtqError(f"--high-precision {mode!r} is not one of {', '.join(MODES)}.", "use fp16 or fp32.")
-    if mode == "fp32":
-        return PrecisionResult(quantized, mode)
-    ranges = dict(amax or {})
-    notes: list[str] = []
-    if fp32_model is not None and dataset is not None:
-        types = tensor_types(fp32_model)
-        produced = {o for node in fp32_model.graph.node for o in node.output if o}
-        missing = [t for t in produced if types.get(t) == TensorProto.FLOAT and t not in ranges]
-        ranges.update(observe_amax(fp32_model, dataset, missing, batch_size))
-    elif fp32_model is None or dataset is None:
-        notes.append("ranges only from the calibration table; tensors it lacks were not checked for FP16 overflow")
-    result = convert_to_fp16(quantized, ranges, keep_nodes=keep_nodes, headroom=headroom)
-    return PrecisionResult(
-        result.model,
-        mode,
-        result.fp16_nodes,
-        result.kept_fp32,
-        result.casts,
-        result.fp16_qdq_pairs,
-        (*result.notes, *notes),
-    )
+    """`--high-precision MODE` on one quantized model: "fp32" leaves it as it is, "fp16" converts
+    (see `high_precision` for where the ranges come from)."""
+    return high_precision(mode, amax=amax, fp32_model=fp32_model, dataset=dataset, batch_size=batch_size,
+                          keep_nodes=keep_nodes, headroom=headroom).apply(quantized)
 
 
 def final_score_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

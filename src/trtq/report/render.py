@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq._io import atomic_write_text
+from trtq._format import fmt
+from trtq._io import write_files_atomically
 from trtq.report.records import load_records
 
 SNR_CAP = 60.0
@@ -186,12 +187,8 @@ def _task_label(scores: Mapping) -> str:
 # formatting
 
 
-def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+def _fmt(value: object, digits: int = 2, percent: bool = False) -> str:
+    return fmt(value, digits, scale=100.0 if percent else 1.0, suffix="%" if percent else "")
 
 
 def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
@@ -387,8 +384,8 @@ def render_html(report: Report) -> str:
         for name, data in items:
             cells.append(
                 f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
-                f" threshold {float(data.get('threshold', 0)):.4g} (red), observed max "
-                f"{float(data.get('observed_max', 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>"
+                f" threshold {fmt(data.get('threshold', 0), 4, spec='g')} (red), observed max "
+                f"{fmt(data.get('observed_max', 0), 4, spec='g')} (dashed)</div>{histogram_svg(name, data)}</div>"
             )
         out.append('<h2>Histograms of the most sensitive tensors</h2><div class="hists">' + "".join(cells) + "</div>")
     if report.excluded:
@@ -463,8 +460,8 @@ def render_markdown(report: Report) -> str:
                     [
                         name,
                         str(d.get("method")),
-                        f"{float(d.get('threshold', 0)):.4g}",
-                        f"{float(d.get('observed_max', 0)):.4g}",
+                        fmt(d.get('threshold', 0), 4, spec='g'),
+                        fmt(d.get('observed_max', 0), 4, spec='g'),
                     ]
                     for name, d in items
                 ],
@@ -495,6 +492,6 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> tup
     report = build_report(directory)
     target = Path(output) if output else Path(directory)
     html_path, md_path = target / "trtq-report.html", target / "trtq-report.md"
-    atomic_write_text(html_path, render_html(report))
-    atomic_write_text(md_path, render_markdown(report))
+    write_files_atomically({html_path: render_html(report).encode("utf-8"),
+                            md_path: render_markdown(report).encode("utf-8")})
     return html_path, md_path
