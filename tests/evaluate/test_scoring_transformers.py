@@ -18,6 +18,8 @@ from transformer_models import image_data, masked_snr_db, token_data
 
 from trtq import api
 from trtq.cli import main
+from trtq.evaluate.evaluator import Evaluator
+from trtq.model import load_model
 
 TOL_DB = 0.01
 
@@ -114,8 +116,13 @@ def test_sensitivity_and_target_score_over_real_tokens(bert_int8):
     moved = [abs(scores[layer.node] - layer.snr_db) for layer in unmasked.layers]
     assert max(moved) > 0.1  # local scores left the padding out
 
-    # --target measures the all-INT8 model as compare does: over real tokens, worst output
+    # --target measures the all-INT8 model as compare does: over real tokens, worst output; early
+    # stopping weighs the error seen against the FP32 power over the same positions
     ref, cand = _run(model, held), _run(candidate, held)
+    evaluator = Evaluator(load_model(model), api.open_data(load_model(model), held_path), batch_size=4)
+    keep = held["attention_mask"].astype(bool)
+    power = float((ref["last_hidden_state"].astype(np.float64)[keep] ** 2).sum())
+    assert evaluator.signal_power["last_hidden_state"] == pytest.approx(power, rel=1e-5)
     int8 = min(_snr(ref["last_hidden_state"], cand["last_hidden_state"], held["attention_mask"]),
                _snr(ref["pooler_output"], cand["pooler_output"]), _snr(ref["logits"], cand["logits"]))
     result = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
