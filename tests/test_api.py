@@ -235,7 +235,7 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
 
 
 def test_unknown_method_is_refused_when_options_are_made():
-    with pytest.raises(TrtqError, match="--method 'kl' is not one of entropy, max, percentile, mse"):
+    with pytest.raises(TrtqError, match="--method 'kl' is not one of auto, entropy, max, percentile, mse"):
         api.QuantizeOptions(method="kl")
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -18,6 +19,7 @@ import onnx
 from trtq._io import check_destinations, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, open_dataset, resolve_preprocess
@@ -26,11 +28,10 @@ from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
-from trtq.runtime import Runner, runner_factory
-from trtq.runtime.ort_runner import OrtRunner
+from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
-from trtq.formats.ranges import RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
     PROTOBUF_LIMIT,
     ModelInfo,
@@ -51,13 +52,15 @@ from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
     "DataOptions",
-    "TaskOptions",
     "QuantizeOptions",
     "QuantizeResult",
+    "TaskOptions",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -105,9 +108,10 @@ class TaskOptions:
 PRECISIONS = ("int8", "fp8")
 """What the quantized layers run in: INT8, or FP8 E4M3 (Hopper, Ada, Blackwell; TensorRT 10 strongly typed and 11)."""
 
-DEFAULT_METHODS = {"int8": "entropy", "fp8": "max"}
-"""Range algorithm per precision when none is given: TensorRT's own for INT8; max for FP8, as NVIDIA
-ModelOpt's FP8 recipe (FP8's error is relative, so clipping buys little and costs the clipped values:
+DEFAULT_METHODS = {"int8": "auto", "fp8": "max"}
+"""Range algorithm per precision when none is given. INT8: auto (per tensor, the candidate range that
+does least harm, checked end to end; trtq.calibrate.auto), `entropy` being TensorRT's own. FP8: max, as
+NVIDIA ModelOpt's FP8 recipe (FP8's error is relative, so clipping buys little and costs the clipped values:
 on all-MiniLM-L6-v2, FP8 with max ranges reads 21.0 dB over real tokens, with entropy 10.8 dB)."""
 
 FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error is relative, so clipping costs "
@@ -191,6 +195,14 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
+    choices: dict[str, RangeChoice] = field(default_factory=dict)
+    """Per quantized tensor, why it got its range (`--method auto`; also from a saved table)."""
+    range_table: str | None = None
+    """`--method auto`: the candidate table kept ("per-tensor", "mse" or "percentile")."""
+    table_scores: dict[str, float] = field(default_factory=dict)
+    """`--method auto`: each candidate table's mean per-sample output SNR (dB) on the judging samples."""
+    range_samples: int = 0
+    """`--method auto`: the calibration samples the tables were scored on."""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
     shape_notes: tuple[str, ...] = ()
@@ -204,7 +216,9 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
+        out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -339,8 +353,24 @@ def calibrate_prepared(
         device=options.device,
         drop_partial=_fixed_batch(prepared.model),
         progress=progress,
+        layers=judged_layers(prepared.placement) if options.method == "auto" else (),
+        score_tables=partial(score_tables, prepared.model, prepared.placement),
         grid=options.grid,
     )
+
+
+def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
+    """The nodes that read quantized activations, with their quantized inputs: what `--method auto` judges."""
+    activations: dict[str, list[tuple[int, str]]] = {}
+    weights: dict[str, list[tuple[int, str, int]]] = {}
+    for target in placement.targets:
+        for node, index in target.consumers:
+            if target.kind == "activation":
+                activations.setdefault(node, []).append((index, target.tensor))
+            else:
+                weights.setdefault(node, []).append((index, target.tensor, target.axis or 0))
+    return tuple(JudgedLayer(node, tuple(sorted(acts)), tuple(sorted(weights.get(node, ()))))
+                 for node, acts in activations.items())
 
 
 def output_paths(model_path: Path, output_dir: str | None, precision: str = "int8") -> tuple[Path, Path, Path]:
@@ -465,6 +495,10 @@ def quantize(
         notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
+        choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
+        range_table=str(table.options["table"]) if "table" in table.options else None,
+        table_scores=dict(table.table_scores),
+        range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
     files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}

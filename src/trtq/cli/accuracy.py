@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
-                   help="range algorithm for --calib (default: entropy for int8, max for fp8)")
+                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 from trtq import api
@@ -40,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, help="range algorithm (default: entropy, TensorRT's "
-                   "EntropyCalibration2, for int8; max for fp8)")
+    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
+                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
+                   "EntropyCalibration2; default for fp8: max)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
@@ -132,6 +134,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
+        *_choice_lines(result),
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
@@ -152,6 +155,28 @@ def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
+
+
+CLIPPED_SHOWN = 3
+"""Tensors named under "most clipped" in quantize's output (all are in --json and the ranges file)."""
+
+
+def _choice_lines(result: api.QuantizeResult) -> list[str]:
+    """How --method auto chose: the table kept and why, the count per winning candidate, the most clipped tensors."""
+    choices = result.choices
+    if not choices or result.range_table is None:
+        return []
+    scores = result.table_scores
+    ranked = ", ".join(f"{name} {fmt(scores[name], 2)}" for name in sorted(scores, key=lambda n: -scores[n]))
+    samples = result.range_samples
+    lines = [f"  ranges: {result.range_table} table kept; mean output SNR dB on {samples} calibration samples: {ranked}"]
+    counts = Counter(c.method for c in choices.values())
+    lines.append("    per tensor: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
+    clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)
+    for ratio, name in clipped[:CLIPPED_SHOWN]:
+        c = choices[name]
+        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}, {100 * c.clipped:.2g}% of values clipped)")
+    return lines
 
 
 def _mixed_lines(mixed: dict | None) -> list[str]:
