@@ -130,8 +130,8 @@ def signals_deferred() -> Iterator[None]:
     finally:
         _defer_depth -= 1
         if _defer_depth == 0:
-            for signum, handler in _saved_handlers.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
+            for signum, saved in _saved_handlers.items():
+                signal.signal(signum, saved)  # type: ignore[arg-type]
             _saved_handlers.clear()
             pending = list(_pending)
             _pending.clear()

@@ -167,6 +167,22 @@ def test_record_kinds_are_checked(tmp_path):
         load_records(tmp_path)
 
 
+def test_report_says_the_target_was_measured_on_the_written_fp16_model(tmp_path):
+    """A --target --high-precision fp16 run's metrics describe the converted model; an unreachable-but-met target
+    (every layer out of INT8, infinite SNR) is said too, and nothing crashes on "inf"."""
+    _records(tmp_path)
+    record = json.loads((tmp_path / "trtq-quantize.json").read_text())
+    mixed = record["result"]["mixed"]
+    mixed.update(measured_on="the Q/DQ model after the FP16 conversion, as written", all_excluded=True,
+                 final_metric="inf", final=_evaluation("inf", 90.0, 1.0))
+    write_record(tmp_path, "quantize", settings=record["settings"], result=record["result"],
+                 command=["trtq", "quantize", "m.onnx"])
+    report = build_report(tmp_path)
+    assert any("after the FP16 conversion, as written" in note for note in report.notes)
+    assert any("runs nothing in INT8" in note for note in report.notes)
+    assert "| mixed (1 layers kept high precision) | 90.00 | inf |" in render_markdown(report)
+
+
 def test_ranges_section_lists_the_most_clipped_first(tmp_path):
     choices = {
         "a": {"method": "max", "amax_over_max": 1.0, "clipped": 0.0, "snr_db": 30.0, "max_snr_db": 30.0},

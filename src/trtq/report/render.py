@@ -131,6 +131,11 @@ def build_report(directory: str | Path) -> Report:
     notes: list[str] = []
     if mixed and mixed.get("reference"):
         notes += _task_notes("quantize --target", mixed["reference"], ())
+    if mixed and mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        notes.append(f"quantize --target: its rows were measured on {mixed['measured_on']}.")
+    if mixed and mixed.get("all_excluded"):
+        notes.append("quantize --target: the target held only with every quantizable layer kept out of INT8, so the "
+                     "written model runs nothing in INT8.")
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
@@ -141,6 +146,10 @@ def build_report(directory: str | Path) -> Report:
         metrics.append(_evaluation_row(name, evaluation, "compare"))
         if task:
             notes += _task_notes("compare", task["candidate"], task["candidate"].get("parts", ()))
+    for source, result in (("quantize --target", mixed), ("compare", compare.result if compare else None),
+                           ("sensitivity", sensitivity.result if sensitivity else None)):
+        if result and result.get("mask"):
+            notes.append(f"{source}: {result['mask'].get('sentence', '')}.")
     if sensitivity and sensitivity.result.get("scored_against"):
         notes += _task_notes("sensitivity", {"task": sensitivity.result.get("task_metric"),
                                              "scored_against": sensitivity.result["scored_against"]}, ())
