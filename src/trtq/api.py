@@ -153,6 +153,12 @@ class QuantizeOptions:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        if self.cache_scope not in ("qdq", "all"):
+            raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
 
     @property
     def grid(self) -> Grid:
@@ -283,6 +289,8 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
     if isinstance(first, int) and first > 0:
         return first
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from trtq import __version__
 from trtq.errors import TrtqError
@@ -19,9 +20,22 @@ COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.c
 """Modules that each define `register(subparsers)`; their commands set `func(args) -> int`."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse in trtq's error style: one sentence and a fix, exit code 2, no usage block.
+
+    Subcommand parsers are of this class too (argparse makes them of their parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        from trtq.cli.options import FIX
+
+        text, _, hint = message.partition(FIX)
+        self.exit(2, f"trtq: error: {text}\n  fix: {hint or f'see `{self.prog} --help`.'}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trtq",
         description="Calibrate and quantize ONNX models for NVIDIA TensorRT (INT8 Q/DQ ONNX, "
         "calibration cache, accuracy report, engine build).",
@@ -34,14 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `trtq` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
     try:
-        return int(args.func(args) or 0)
+        from trtq.cli.output import warnings_as_lines
+
+        with warnings_as_lines():
+            parser = build_parser()  # imports numpy, onnx, onnxruntime: Ctrl-C may arrive here too
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            return int(args.func(args) or 0)
     except TrtqError as exc:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -13,7 +13,17 @@ import onnx
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
+from trtq.cli.options import (
+    add_data_options,
+    add_precision_option,
+    add_task_options,
+    data_options,
+    given,
+    non_negative_int,
+    positive_int,
+    refuse,
+    task_options,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
@@ -47,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int("--batch-size 32"),
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
-    p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--top", type=non_negative_int("--top 20"), default=20, help="layers to print (default 20; --json has all)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
@@ -68,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
+    if args.ranges:
+        refuse(given(args, "calib_method"), "with --calib (the ranges it computes); --ranges gives them already",
+               "drop --calib-method, or calibrate again with --calib DATA.")
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
                                   exclude_ops=exclude_ops, precision=args.precision)

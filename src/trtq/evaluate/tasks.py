@@ -430,6 +430,11 @@ def make_task(
     if task == "classify" and ref_conf is not None:
         raise TrtqError("--ref-conf applies to --task detect (FP32 pseudo-boxes), not --task classify.",
                         "drop --ref-conf.")
+    unused = {"classify": (("--coco", coco), ("--postprocess", postprocess)),
+              "detect": (("--labels", labels), ("--task-output", output))}.get(task, ())
+    for option, value in unused:
+        if value is not None:
+            raise TrtqError(f"{option} does not apply to --task {task}.", f"drop {option}, or use the other --task.")
     if task == "classify":
         name = pick_scores_output(outputs, output)
         bound: Labels | None = None
