@@ -216,8 +216,16 @@ class PreparedModel:
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
-    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
-    return inspect_model(model_path)
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model.
+
+    A model that onnx.checker rejects is still described, with a warning saying why it fails."""
+    model = load_model(model_path, load_external_data=False)
+    try:
+        check_structure(model)
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split("==>")[0].split())
+        warnings.warn(f"{model_path} fails onnx.checker ({reason}); other trtq commands may not run it.", stacklevel=2)
+    return inspect_model(model_path, model)
 
 
 def prepare_model(
@@ -233,6 +241,9 @@ def prepare_model(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
+        if not graph_inputs(original):
+            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                            "export the model with its inputs as graph inputs (not constants or initializers).")
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     return PreparedModel(

@@ -20,6 +20,7 @@ from trtq.calibrate.aliases import value_roots
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.grids import INT8, Grid
+from trtq.calibrate.ort_failures import ORT_ERRORS, explain_run_failure, explain_session_failure
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
@@ -29,6 +30,10 @@ from trtq.formats.ranges import RangesTable
 AMAX_THREADS = min(4, os.cpu_count() or 1)
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
 passes are short: on a 16-core machine 4 threads took 231 ms for 132 tensors, 16 threads 568 ms."""
+
+
+CALIBRATION_BATCH_FIX = "calibrate at batch size 1 (drop --shape, or give it a first dim of 1)"
+"""How to calibrate a model that fails at the batch size --shape asked for."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,27 @@ def run_calibration(
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    name = model_name or "the model"
+    try:
+        backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    except ORT_ERRORS as exc:
+        problem = explain_session_failure(model, name)
+        if problem is None:
+            raise
+        raise problem from exc
     digest = hashlib.sha256()
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
         dropped: list[int] = []
         for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped)):
-            backend.observe(batch)
+            try:
+                backend.observe(batch)
+            except ORT_ERRORS as exc:
+                problem = explain_run_failure(model, batch, samples, name, str(dataset.source), CALIBRATION_BATCH_FIX)
+                if problem is None:
+                    raise
+                raise problem from exc
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)

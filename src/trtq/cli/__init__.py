@@ -54,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with warnings_as_lines():
             parser = build_parser()  # imports numpy, onnx, onnxruntime: Ctrl-C may arrive here too
-            args = parser.parse_args(argv)
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as done:  # --help, --version, or a bad argument (Parser.error printed it)
+                return done.code if isinstance(done.code, int) else 2
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2

@@ -649,7 +649,8 @@ def open_dataset(
     """
     path = require_source(source)
     if not inputs:
-        raise TrtqError("The model has no inputs to calibrate.", "check the model file.")
+        raise TrtqError("The model has no graph inputs, so no samples can be fed to it.",
+                        "export the model with its inputs as graph inputs (not constants or initializers).")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TrtqError(f"Sample limit {limit!r} is not a positive integer.", "give a limit >= 1.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

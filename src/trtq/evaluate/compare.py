@@ -59,8 +59,8 @@ def compare_models(
     """Run both models with onnxruntime (CPU) over `dataset`: per-output metrics and, with a task,
     FP32-vs-candidate task scores."""
     start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress)
-    evaluation = evaluator.evaluate(candidate, label="comparing")
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress, name=reference_name)
+    evaluation = evaluator.evaluate(candidate, label="comparing", user_model=candidate_name)
     return ComparisonReport(
         reference=reference_name,
         candidate=candidate_name,

@@ -10,6 +10,7 @@ given, on the task metric (`TaskScores`).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -18,11 +19,12 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_failure, explain_session_failure
 from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
-from trtq.evaluate.tasks import Task, TaskComparison, TaskScores
+from trtq.evaluate.tasks import Task, TaskComparison, TaskScorer, TaskScores
 
 CACHE_BYTES = 512 << 20
 """Input batches plus FP32 outputs up to this size stay in memory between evaluations."""
@@ -68,8 +70,10 @@ class Evaluator:
         task: Task | None = None,
         cache_bytes: int = CACHE_BYTES,
         progress: bool = False,
+        name: str = "the FP32 model",
     ) -> None:
         self.dataset = dataset
+        self.name = name
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
@@ -84,7 +88,20 @@ class Evaluator:
         self._cache_bytes = cache_bytes
         self.evaluations = 0
         start = time.perf_counter()
-        scorer = task.scorer() if task else None
+        try:
+            scorer = self._first_pass()
+        except BatchSizeError as exc:  # the model runs one sample at a time only: evaluate it so
+            if self.batch_size == 1:
+                raise
+            warnings.warn(f"{exc.message} Evaluating one sample at a time instead.", stacklevel=2)
+            self.batch_size, self._cache = 1, []
+            scorer = self._first_pass()
+        self.reference_scores = scorer.result() if scorer is not None else None
+        self.reference_seconds = time.perf_counter() - start
+
+    def _first_pass(self) -> TaskScorer | None:
+        """Run the FP32 model over the data once: count the samples, keep what fits the cache, score the task."""
+        scorer = self.task.scorer() if self.task else None
         samples = 0
         cached = 0
         for first, feed, ref in self._run_reference():
@@ -93,15 +110,14 @@ class Evaluator:
                 scorer.update(ref, ref, first, _count(feed))
             if self._cache is not None:
                 cached += sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in ref.values())
-                if cached <= cache_bytes:
+                if cached <= self._cache_bytes:
                     self._cache.append((first, feed, ref))
                 else:
                     self._cache = None
         if samples == 0:
-            raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
+            raise TrtqError(f"Data {self.dataset.description} yielded no samples.", "pass a non-empty data source.")
         self.samples = samples
-        self.reference_scores = scorer.result() if scorer is not None else None
-        self.reference_seconds = time.perf_counter() - start
+        return scorer
 
     @property
     def cached(self) -> bool:
@@ -109,29 +125,59 @@ class Evaluator:
         return self._cache is not None
 
     def _run_reference(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The FP32 model over the data; it is the user's model, so its failures are the user's to fix."""
         if self._session is None:
-            self._session = make_session(self._reference)
+            try:
+                self._session = make_session(self._reference)  # type: ignore[arg-type]
+            except ORT_ERRORS as exc:
+                problem = explain_session_failure(self._reference, self.name)  # type: ignore[arg-type]
+                if problem is None:
+                    raise
+                raise problem from exc
         first = 0
         for batch in self.dataset.batches(self.batch_size):
             feed = dict(batch)
-            values = self._session.run(self.output_names, feed)
+            try:
+                values = self._session.run(self.output_names, feed)
+            except ORT_ERRORS as exc:
+                raise self._failure(self._session, feed, first, exc, self.name) from exc
             yield first, feed, dict(zip(self.output_names, values))
             first += _count(feed)
+
+    def _failure(self, session: ort.InferenceSession, feed: Mapping[str, np.ndarray], first: int,
+                 exc: BaseException, name: str) -> BaseException:
+        """What to raise when `session` (a user's model) failed on `feed`: a TrtqError naming the sample."""
+        problem = explain_run_failure(session, feed, first, name, str(self.dataset.source),
+                                      f"pass --batch-size 1 (it is {self.batch_size})")
+        return problem if problem is not None else exc
 
     def _batches(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         if self._cache is not None:
             return iter(self._cache)
         return self._run_reference()
 
-    def evaluate(self, candidate: onnx.ModelProto | ort.InferenceSession, label: str = "candidate") -> Evaluation:
-        """Run `candidate` over the data and score it against the FP32 outputs."""
+    def evaluate(self, candidate: onnx.ModelProto | ort.InferenceSession, label: str = "candidate",
+                 user_model: str | None = None) -> Evaluation:
+        """Run `candidate` over the data and score it against the FP32 outputs.
+
+        `user_model` names a candidate the user gave (`trtq compare`): where it fails on the data
+        that the FP32 model runs, the error is theirs (one sentence); a candidate trtq made keeps
+        the traceback of its failure, a bug in trtq.
+        """
         start = time.perf_counter()
         session = candidate if isinstance(candidate, ort.InferenceSession) else make_session(candidate)
         produced = [o.name for o in session.get_outputs()]
         missing = [name for name in self.output_names if name not in produced]
         if missing:
             raise TrtqError(
-                f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                f"{user_model or label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                "compare a quantized model with the FP32 model it was made from.",
+            )
+        unfed = [i.name for i in session.get_inputs() if i.name not in self.dataset.input_names]
+        if unfed:
+            raise TrtqError(
+                f"{user_model or label} takes input {unfed[0]!r}, which the FP32 model does not have (its inputs are "
+                f"{list(self.dataset.input_names)}).",
                 "compare a quantized model with the FP32 model it was made from.",
             )
         accumulators = {name: OutputAccumulator(name) for name in self.output_names}
@@ -145,7 +191,12 @@ class Evaluator:
             leave=False,
         ) as bar:
             for first, feed, ref in self._batches():
-                values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                try:
+                    values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                except ORT_ERRORS as exc:
+                    if user_model is None:
+                        raise
+                    raise self._failure(session, feed, first, exc, user_model) from exc
                 for name in self.output_names:
                     accumulators[name].update(ref[name], values[name])
                 if scorer is not None:

@@ -262,7 +262,7 @@ def search_mixed_precision(
             dataset,
             method=ranking,
             task=task,
-            batch_size=batch_size,
+            batch_size=evaluator.batch_size,  # 1 where the model runs at batch 1 only
             evaluator=evaluator if ranking == "exact" else None,
             progress=progress,
         )

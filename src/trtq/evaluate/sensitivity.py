@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import onnx
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
+from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_failure
 from trtq.calibrate.ort_session import make_session
 from trtq.data import Dataset
 from trtq.errors import TrtqError
@@ -310,26 +312,38 @@ def _local(
     exposed = list(dict.fromkeys(exposed))
     fetch = [t for t in exposed if t not in graph_inputs]
     session = make_session(model, outputs=fetch)
-    accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
-    samples = 0
-    with tqdm(
-        total=dataset.num_samples,
-        desc="sensitivity (local)",
-        unit="sample",
-        disable=not progress,
-        dynamic_ncols=True,
-        leave=False,
-    ) as bar:
-        for batch in dataset.batches(batch_size):
-            values = dict(batch)
-            values.update(zip(fetch, session.run(fetch, dict(batch))))
-            for name in layers:
-                quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
-                for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):
-                    acc.update(values[out_name], q)
-            n = len(next(iter(batch.values())))
-            samples += n
-            bar.update(n)
+
+    def one_pass(batch_size: int) -> tuple[dict[str, list[_SnrSums]], int]:
+        accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
+        samples = 0
+        with tqdm(total=dataset.num_samples, desc="sensitivity (local)", unit="sample", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for batch in dataset.batches(batch_size):
+                values = dict(batch)
+                try:
+                    values.update(zip(fetch, session.run(fetch, dict(batch))))
+                except ORT_ERRORS as exc:  # the FP32 model failing on the data is the user's to fix
+                    problem = explain_run_failure(model, batch, samples, "the FP32 model", str(dataset.source),
+                                                  f"pass --batch-size 1 (it is {batch_size})")
+                    if problem is None:
+                        raise
+                    raise problem from exc
+                for name in layers:
+                    quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
+                    for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):
+                        acc.update(values[out_name], q)
+                n = len(next(iter(batch.values())))
+                samples += n
+                bar.update(n)
+        return accumulators, samples
+
+    try:
+        accumulators, samples = one_pass(batch_size)
+    except BatchSizeError as exc:  # the model runs one sample at a time only: rank the layers so
+        if batch_size == 1:
+            raise
+        warnings.warn(f"{exc.message} Evaluating one sample at a time instead.", stacklevel=2)
+        accumulators, samples = one_pass(1)
     scores = {name: min(acc.snr_db() for acc in accs) for name, accs in accumulators.items()}
     return scores, samples
 
