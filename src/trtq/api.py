@@ -20,7 +20,7 @@ from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.data import DataSource, Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
@@ -257,7 +257,8 @@ def prepare_model(
 
 
 def open_data(
-    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+    model: onnx.ModelProto, source: DataSource, options: DataOptions = DataOptions(), purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
 
@@ -269,7 +270,7 @@ def open_data(
     shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
-                        given=tuple(options.shapes), purpose=purpose)
+                        given=tuple(options.shapes), purpose=purpose, progress=progress)
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -315,7 +316,7 @@ def _fixed_batch(model: onnx.ModelProto) -> bool:
 
 def calibrate(
     model_path: str | Path,
-    calib: str | Path,
+    calib: DataSource,
     *,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
@@ -324,7 +325,8 @@ def calibrate(
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
+    dataset = open_data(prepared.model, calib, data, progress=progress)
+    return calibrate_prepared(prepared, dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
@@ -362,7 +364,7 @@ def output_paths(model_path: Path, output_dir: str | None, precision: str = "int
 
 def quantize(
     model_path: str | Path,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     *,
     ranges: str | Path | RangesTable | None = None,
     data: DataOptions = DataOptions(),
@@ -383,7 +385,7 @@ def quantize(
     check_writable_dir(onnx_path.parent)
     seconds: float | None = None
     calibration: CalibrationResult | None = None
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
@@ -391,7 +393,8 @@ def quantize(
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target",
+                            progress=progress) \
             if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
@@ -495,7 +498,7 @@ def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, s
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_source: str | Path,
+    data_source: DataSource,
     *,
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
@@ -506,7 +509,7 @@ def compare(
     plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data, purpose="compare")
+    dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     return compare_models(
         session_from_file(reference_path),
         session_from_file(candidate_path),
@@ -540,9 +543,9 @@ class SensitivityRun:
 def sensitivity(
     model_path: str | Path,
     *,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     ranges: str | Path | None = None,
-    data_source: str | Path | None = None,
+    data_source: DataSource | None = None,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     method: str = "local",
@@ -559,10 +562,11 @@ def sensitivity(
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(

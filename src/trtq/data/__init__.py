@@ -16,6 +16,7 @@ from trtq.data.preprocess import (
 from trtq.data.sources import (
     IMAGE_EXTENSIONS,
     ArrayDataset,
+    DataSource,
     Dataset,
     ImageFolderDataset,
     ScriptDataset,
@@ -29,6 +30,7 @@ __all__ = [
     "PRESETS",
     "ArrayDataset",
     "DataRangeWarning",
+    "DataSource",
     "Dataset",
     "ImageFolderDataset",
     "Letterbox",
