@@ -11,7 +11,7 @@ exception keeps its traceback: the callers re-raise when these functions return 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -73,7 +73,7 @@ def explain_run_failure(
 
     The error names the first failing sample (`first_sample` is the batch's first index in `data`),
     or, when every sample runs alone but the batch does not, says the model fixes its batch size and
-    how to run at batch 1 (`batch_fix`, e.g. "pass --batch-size 1").
+    how to run at batch 1 (`batch_fix`, e.g. "pass --batch-size 1"; empty where there is no way).
     """
     session = reference if isinstance(reference, ort.InferenceSession) else _session(reference)
     if session is None:
@@ -119,8 +119,8 @@ def _blame(
             return BatchSizeError(
                 f"{model_name} fails in onnxruntime on a batch of {rows} samples ({inputs}, samples {first_sample} to "
                 f"{first_sample + rows - 1} of {data}) but runs each of them alone: {ort_reason(exc)}.",
-                f"the model fixes its batch size somewhere (e.g. a Reshape to a constant shape): {batch_fix}, or "
-                "export it again with a dynamic batch dim.",
+                "the model fixes its batch size somewhere (e.g. a Reshape to a constant shape): "
+                + (f"{batch_fix}, or " if batch_fix else "") + "export it again with a dynamic batch dim.",
             )
     where = f"sample {first_sample}" if rows == 1 or dynamic_batch else \
         f"the batch of samples {first_sample} to {first_sample + rows - 1}"
@@ -129,3 +129,25 @@ def _blame(
         "check those values against what the model takes (e.g. token ids below the vocabulary size, indices in "
         "range) and fix or drop that sample.",
     )
+
+
+def check_model_runs(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], model_name: str, data: str,
+                     batch_fix: str) -> None:
+    """Run the user's FP32 `model` over `batches` in onnxruntime: for work that runs it elsewhere (fine-tuning
+    runs it in PyTorch, whose errors cannot be told from trtq's), so that data the model fails on is named
+    up front, as `explain_run_failure` would."""
+    try:
+        session = make_session(model)
+    except ORT_ERRORS as exc:
+        problem = explain_session_failure(model, model_name)
+        if problem is None:
+            raise
+        raise problem from exc
+    first = 0
+    for batch in batches:
+        feed = {name: np.ascontiguousarray(value) for name, value in batch.items()}
+        try:
+            session.run(None, feed)
+        except ORT_ERRORS as exc:
+            raise _blame(session, feed, exc, first, model_name, data, batch_fix) from exc
+        first += len(next(iter(feed.values())))

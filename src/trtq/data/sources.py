@@ -177,8 +177,16 @@ class ImageFolderDataset(Dataset):
         self.workers = workers
 
     def decode(self, path: Path) -> np.ndarray:
-        """One preprocessed sample (no batch dim); a file that fails to decode is named."""
-        return preprocess_image(load_image(path), self.preprocess)
+        """One preprocessed sample (no batch dim); a file that fails to decode or convert is named."""
+        image = load_image(path)
+        try:
+            return preprocess_image(image, self.preprocess)
+        except IMAGE_ERRORS as exc:
+            raise TrtqError(
+                f"Image {path} (Pillow mode {image.mode}) cannot be converted to {self.preprocess.color} "
+                f"({type(exc).__name__}: {exc}).",
+                "save it as an 8-bit RGB or grayscale image.",
+            ) from exc
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         name = self.inputs[0].name
@@ -303,17 +311,36 @@ class ScriptDataset(Dataset):
         return _rebatch(self._blocks(), batch_size)
 
 
+HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+"""Pillow modes of pixels deeper than 8 bits (16-bit grayscale PNGs), and the value of full white."""
+
+
 def load_image(path: Path) -> Image.Image:
-    """Decode an image file fully, EXIF orientation applied; TrtqError naming the file on failure."""
+    """Decode an image file fully, EXIF orientation applied; TrtqError naming the file on failure.
+
+    Animated files give their first frame. Pixels deeper than 8 bits (16-bit grayscale PNG) come
+    back as a float image ("F") on the 8-bit scale, 0..255, so that 65535 is white and not clipped.
+    """
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image)
+            image = ImageOps.exif_transpose(image)
     except IMAGE_ERRORS as exc:
         raise TrtqError(
             f"Image {path} cannot be decoded ({type(exc).__name__}: {exc}).",
             "delete or replace the corrupt file in the calibration folder.",
         ) from exc
+    if image.mode in HIGH_DEPTH_MAX:
+        pixels = np.asarray(image, dtype=np.float64)
+        full = HIGH_DEPTH_MAX[image.mode]
+        if pixels.size and (pixels.min() < 0 or pixels.max() > full):
+            raise TrtqError(
+                f"Image {path} has {image.mode} pixels from {pixels.min():g} to {pixels.max():g}, outside the "
+                f"16-bit range 0..{full} that trtq scales to 0..255.",
+                "save the image with 8 or 16 bits per channel.",
+            )
+        return Image.fromarray((pixels * (255.0 / full)).astype(np.float32))
+    return image
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
@@ -473,6 +500,12 @@ def _open_images(
     verify_images(paths, root, workers)
     bound = bind_preprocess(requested, spec.name, shape)
     src, dst = np.dtype(bound.dtype), dtypes[spec.name]
+    if dst.kind == "f" and src.kind != "f":
+        raise TrtqError(
+            f"Input {spec.name!r} takes {dst}, but the preprocessing dtype {src} would round its values to "
+            f"integers (e.g. pixels scaled to 0..1 become 0 or 1) before they reach the model.",
+            f"drop --dtype (float inputs are fed {dst}), or give a float dtype such as float32.",
+        )
     if not (src == dst or dst.kind == "f" or np.can_cast(src, dst)):
         raise TrtqError(
             f"Input {spec.name!r} takes {dst}, but preprocessing produces {src}.",
