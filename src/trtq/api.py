@@ -25,7 +25,7 @@ from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
-from trtq.evaluate.tasks import Task, make_task
+from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
@@ -87,6 +87,10 @@ class TaskOptions:
     output: str | None = None
     ref_conf: float | None = None
     """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
+
+    def __post_init__(self) -> None:
+        check_task_options(self.task, labels=self.labels, output=self.output, coco=self.coco,
+                           postprocess=self.postprocess, ref_conf=self.ref_conf)
 
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
