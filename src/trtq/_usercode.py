@@ -16,7 +16,6 @@ from types import ModuleType
 
 from trtq.errors import TrtqError
 
-
 EXIT_FIX = "return (or stop yielding) instead of calling sys.exit()."
 
 

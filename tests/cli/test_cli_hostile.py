@@ -257,7 +257,7 @@ def test_warnings_are_one_line_without_their_source(files, capsys, tmp_path):
 
 
 def test_ctrl_c_while_importing_the_commands(monkeypatch, capsys):
-    import trtq.cli as cli
+    from trtq import cli
 
     def interrupted(name):
         raise KeyboardInterrupt

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from trtq import __version__
+from trtq import __version__, _io
+from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
 COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.cli.qat")
@@ -49,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
+    install_stop_handlers()
+    already = len(_io.written)
     try:
         from trtq.cli.output import warnings_as_lines
 
         with warnings_as_lines():
-            parser = build_parser()  # imports numpy, onnx, onnxruntime: Ctrl-C may arrive here too
+            parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
             try:
                 args = parser.parse_args(argv)
             except SystemExit as done:  # --help, --version, or a bad argument (Parser.error printed it)
@@ -68,8 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  fix: {exc.hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("trtq: interrupted; no output was written.", file=sys.stderr)
-        return 130
+        print(f"trtq: interrupted; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        print(f"trtq: stopped by {stop.name}; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
+        return 128 + stop.signum
+    except BrokenPipeError:  # `trtq ... | head`: the reader left; say nothing more, as `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
+        return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _stopped_outputs(written: Sequence[Path]) -> str:
+    """What a stopped run leaves: its completed output sets, or nothing at all."""
+    if not written:
+        return "no output was written, and earlier outputs are as they were."
+    return "it had written " + ", ".join(str(p) for p in written) + " (complete) before it stopped."
 
 
 if __name__ == "__main__":

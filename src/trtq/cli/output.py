@@ -12,6 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from trtq._format import json_safe
+
 WARNINGS: list[str] = []
 """The warnings of the command being run, each as the one line printed (for its --json output)."""
 
@@ -48,7 +50,7 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         if WARNINGS:
             earlier = [w for w in payload.get("warnings") or () if w not in WARNINGS]
             payload = {**payload, "warnings": [*earlier, *WARNINGS]}
-        json.dump(payload, sys.stdout, indent=2, sort_keys=True, default=str)
+        json.dump(json_safe(payload), sys.stdout, indent=2, sort_keys=True, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -25,6 +25,7 @@ from trtq.tensorrt.commands import DlaOptions, parse_size_mib
 from trtq.tensorrt.ioformats import parse_io_formats
 from trtq.tensorrt.layers import load_layer_precisions, parse_layer_precisions
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add build, run and bench."""
     p = subparsers.add_parser("build", help="build a TensorRT engine (<stem>.<precision>.engine + .json sidecar)")

@@ -16,8 +16,8 @@ from trtq.data.preprocess import (
 from trtq.data.sources import (
     IMAGE_EXTENSIONS,
     ArrayDataset,
-    DataSource,
     Dataset,
+    DataSource,
     ImageFolderDataset,
     ScriptDataset,
     load_image,

@@ -24,7 +24,6 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from trtq._usercode import import_script, user_code, user_error
-
 from trtq.data.preprocess import (
     PRESETS,
     Preprocess,
