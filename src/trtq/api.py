@@ -26,6 +26,7 @@ from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, make_task
@@ -73,12 +74,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit, and
+    which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
     preprocess: Mapping[str, object] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
+    mask: MaskRequest = True
+    """The attention mask for scoring (compare, sensitivity, --target, fine-tuning): True detects it,
+    False scores every position (`--no-mask`), a name picks that input (`--mask-input`)."""
 
 
 @dataclass(frozen=True)
@@ -432,7 +437,7 @@ def quantize(
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
-            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
@@ -551,7 +556,8 @@ def compare(
     progress: bool = True,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
-    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
+    are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     """
@@ -572,6 +578,8 @@ def compare(
         candidate_name=str(candidate_path),
         batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
+        graph=reference,
     )
 
 
@@ -631,6 +639,7 @@ def sensitivity(
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
         runner=runner_factory(options.device),
         progress=progress,
+        mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes

@@ -12,7 +12,14 @@ import onnx
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
+from trtq.cli.options import (
+    add_data_options,
+    add_mask_options,
+    add_precision_option,
+    add_task_options,
+    data_options,
+    task_options,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
@@ -60,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -122,6 +130,9 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
         f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer",
     ]
+    if result.mask is not None:
+        lines.insert(1, result.mask.sentence())
+    lines[1:1] = [f"note: {note}" for note in result.mask_notes]
     for i, layer in enumerate(result.layers[:top]):
         extra = f" {fmt(layer.task_drop):>10}" if result.task_metric else ""
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")

@@ -13,6 +13,7 @@ from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_mask_options,
     add_precision_option,
     add_target_options,
     add_task_options,
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -77,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -191,6 +194,8 @@ def _mixed_lines(mixed: dict | None) -> list[str]:
     if mixed.get("all_excluded"):
         lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
                      "model runs nothing in INT8; relax the target to keep some INT8")
+    if mixed.get("mask"):
+        lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -219,16 +224,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          task=task_options(args), batch_size=args.batch_size, device=args.device,
                          progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
-    rows = [
-        f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
-        f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10} "
-        f"{fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
-        for o in (*report.outputs, *parts)
-    ]
+    rows = (*report.outputs, *parts)
+    top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10}"
+    header += f" {'top-1 agree':>12}" if top1 else ""
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-             header, *rows]
+             *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
+    for o in rows:
+        line = (f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+                f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10}")
+        if top1:
+            line += f" {fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
+        lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
                      "measured apart)")

@@ -10,6 +10,7 @@ from trtq._format import fmt
 from trtq._io import Stopped
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.core import add_data_options, data_options
+from trtq.cli.options import add_mask_options
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.errors import TrtqError
 from trtq.formats.cache import DEFAULT_TRT_VERSION
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"TensorRT version the calibration cache header targets (default: {DEFAULT_TRT_VERSION})")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -105,6 +107,10 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
         "",
         f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
     ]
+    if result.monitor_mask is not None:
+        lines.insert(2, f"  progress {result.monitor_mask.sentence()}")
+    if comparison.mask is not None:
+        lines.append(f"  {comparison.mask.sentence()}")
     task_keys = sorted({k for row in comparison.rows if row.task for k in row.task})
     header = f"  {'model':<6} {'SNR dB':>8} {'cosine':>9} {'top-1 agr':>10}" + "".join(f" {k:>8}" for k in task_keys)
     lines.append(header)

@@ -5,6 +5,10 @@ samples. The Evaluator runs the FP32 model once, keeps the input batches and ref
 in memory when they fit a byte budget (else re-reads the data and re-runs the reference on every
 evaluation), and scores each candidate on output agreement (`OutputMetrics`) and, when a task is
 given, on the task metric (`TaskScores`).
+
+Token models are scored over real tokens: the reference pass also detects the attention mask
+(`trtq.evaluate.scoring`); outputs it covers are scored over the positions it marks, and their
+FP32 power (what early stopping measures noise against) is summed over those positions too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from tqdm import tqdm
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
+from trtq.evaluate.scoring import (
+    MaskDetector,
+    MaskRequest,
+    TokenMask,
+    class_score_outputs,
+    leading_mask,
+)
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScorer, TaskScores
 from trtq.runtime import Runner, RunnerFactory, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -46,6 +57,8 @@ class Evaluation:
     """False when an early-stopping evaluation stopped before the last sample (see `Evaluator.evaluate`)."""
     sample_sums: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
     """Per output: each sample's reference power and error power (what the SNR sums add up)."""
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the masked outputs were scored over."""
 
     @property
     def samples(self) -> int:
@@ -69,6 +82,7 @@ class Evaluation:
             "task": self.task.to_dict() if self.task else None,
             "seconds": round(self.seconds, 3),
             "samples": self.samples,
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
@@ -137,7 +151,12 @@ class _BatchStore:
 
 class Evaluator:
     """Scores candidates of one FP32 `reference` model (or a session running it) on `dataset`, with an
-    optional task metric."""
+    optional task metric.
+
+    `mask`: True detects the attention mask, False scores every position, a name or a TokenMask
+    (from an earlier detection) picks it. `graph`: the reference's graph when `reference` is a
+    session or runner (which outputs are class scores is read from it; without one, [N, C] outputs are).
+    """
 
     def __init__(
         self,
@@ -150,6 +169,8 @@ class Evaluator:
         disk_bytes: int = DISK_CACHE_BYTES,
         runner: RunnerFactory | None = None,
         progress: bool = False,
+        mask: MaskRequest | TokenMask = True,
+        graph: onnx.ModelProto | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -163,6 +184,11 @@ class Evaluator:
             self._session = self._as_runner(reference)
             self.output_names = list(self._session.output_names)
         self._reference = reference
+        graph = reference if isinstance(reference, onnx.ModelProto) else graph
+        forced = (getattr(task, "output", None),) if task is not None and task.name == "classify" else ()
+        self.class_scores = class_score_outputs(graph, [f for f in forced if f]) if graph is not None else None
+        detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
+        masked_power: dict[str, dict[str, float]] = {}
         self._store = _BatchStore(cache_bytes, disk_bytes)
         weakref.finalize(self, self._store.close)
         self.evaluations = 0
@@ -176,12 +202,25 @@ class Evaluator:
                 scorer.update(ref, ref, first, _count(feed))
             for name in self.output_names:
                 signal[name].update(ref[name], ref[name])
+            if detector.active:
+                detector.update(feed, ref)
+            watched = (mask.input,) if isinstance(mask, TokenMask) else detector.viable()
+            for candidate in watched:  # FP32 power over the positions each possible mask marks
+                _add_masked_power(masked_power.setdefault(candidate, {}), ref, np.asarray(feed[candidate]))
             self._store.add(first, feed, ref)
         if samples == 0:
             raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
         self.samples = samples
+        if isinstance(mask, TokenMask):
+            self.mask: TokenMask | None = mask
+            self.mask_notes: tuple[str, ...] = ()
+        else:
+            self.mask, self.mask_notes = detector.result()
         self.signal_power = {name: acc.ref_sq for name, acc in signal.items()}
-        """Per output, the FP32 outputs' summed power over every sample (the SNR's numerator)."""
+        """Per output, the FP32 outputs' summed power over every sample (the SNR's numerator), over the
+        positions the mask marks for masked outputs."""
+        if self.mask is not None:
+            self.signal_power.update({name: masked_power[self.mask.input][name] for name in self.mask.outputs})
         self._noise = np.zeros(len(self._store)) if self._store.complete else None
         self.reference_scores = scorer.result() if scorer is not None else None
         self.reference_seconds = time.perf_counter() - start
@@ -253,7 +292,9 @@ class Evaluator:
                 f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
                 "compare a quantized model with the FP32 model it was made from.",
             )
-        accumulators = {name: OutputAccumulator(name) for name in self.output_names}
+        accumulators = {name: OutputAccumulator(name, None if self.class_scores is None else name in self.class_scores)
+                        for name in self.output_names}
+        masked = set(self.mask.outputs) if self.mask is not None else set()
         scorer = self.task.scorer() if self.task else None
         with tqdm(
             total=self.samples,
@@ -270,7 +311,11 @@ class Evaluator:
                 noise = 0.0
                 for name in self.output_names:
                     before = accumulators[name].err_sq
-                    accumulators[name].update(ref[name], values[name])
+                    if name in masked:
+                        mask = self.mask.input  # type: ignore[union-attr]
+                        accumulators[name].update(ref[name], values[name], feed[mask], mask)
+                    else:
+                        accumulators[name].update(ref[name], values[name])
                     if self.signal_power[name] > 0:
                         noise = max(noise, (accumulators[name].err_sq - before) / self.signal_power[name])
                 if self._noise is not None:
@@ -302,6 +347,7 @@ class Evaluator:
             seconds=time.perf_counter() - start,
             complete=complete,
             sample_sums={name: acc.sample_sums() for name, acc in accumulators.items()},
+            mask=self.mask,
         )
 
     def task_comparison(self, evaluation: Evaluation) -> TaskComparison | None:
@@ -313,6 +359,18 @@ class Evaluator:
 
 def _count(feed: Mapping[str, np.ndarray]) -> int:
     return len(next(iter(feed.values())))
+
+
+def _add_masked_power(sums: dict[str, float], outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> None:
+    """Add each output's power over the positions `mask` marks, for outputs whose leading dims it covers."""
+    for name, value in outputs.items():
+        marked = leading_mask(np.shape(value), mask)
+        if marked is None:
+            continue
+        x = np.asarray(value)
+        x = x.astype(np.float32) if x.dtype != np.float64 else x
+        x = x.reshape(marked.size, -1)
+        sums[name] = sums.get(name, 0.0) + float(np.einsum("pe,pe,p->", x, x, marked.reshape(-1).astype(x.dtype)))
 
 
 def spread_order(n: int) -> list[int]:
