@@ -362,7 +362,8 @@ def search_mixed_precision(
         began = time.perf_counter()
         subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
-            model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
+            model, base, amax, subset, method=ranking, task=task,
+            batch_size=evaluator.batch_size,  # 1 where the model runs at batch 1 only
             evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
             mask=evaluator.mask if evaluator.mask is not None else False,
         )
