@@ -52,6 +52,7 @@ from trtq.qat.train import (
     train,
 )
 from trtq.quantize import insert_qdq
+from trtq.torch import OnnxModule
 
 DEFAULT_DATA = api.DataOptions()
 
@@ -279,12 +280,9 @@ def finetune(
                          str(train_ds.source), fix)
     data_train.to(device)
 
-    from trtq.torch import OnnxModule
-
     torch.manual_seed(options.seed)
-    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device)
+    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device, calibration=table)
     teacher = OnnxModule(prepared.model, device=device)
-    qmodel.calibration = table
     qmodel.check_supported(eval_batches[0])
     outputs = tuple(qmodel.output_names)
     if loss is not None:
