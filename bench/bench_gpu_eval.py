@@ -44,7 +44,7 @@ def timed(*args: str) -> tuple[float, dict]:
     """Wall seconds of one `trtq` command in a fresh process, and its --json result."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "trtq", *args, "--quiet", "--json"], capture_output=True, text=True,
-                          cwd=ROOT)
+                          cwd=ROOT, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"trtq {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
