@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from trtq import __version__
 from trtq.errors import TrtqError
 
-COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.cli.qat")
+COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.verify", "trtq.cli.accuracy", "trtq.cli.qat")
 """Modules that each define `register(subparsers)`; their commands set `func(args) -> int`."""
 
 
