@@ -129,3 +129,20 @@ def test_fp8_on_a_model_without_fp8_layers_says_so(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["qdq_pairs"] == 0 and len(out["excluded_nodes"]) == 4
     assert any(note.startswith("no layer runs in FP8") for note in out["notes"])
+
+
+def test_auto_explains_its_choice_in_text_json_and_report(case, capsys):
+    tmp, model = case
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "calibrated 6 samples with auto" in text and "table kept; mean output SNR dB on 4 calibration samples" in text
+    assert "    per tensor: " in text and " of max (" in text
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["range_table"] in out["table_scores"] and out["range_samples"] == 4
+    assert {"r1", "input"} <= set(out["choices"])  # the residual skip and the network input
+    assert {"method", "amax_over_max", "clipped", "snr_db", "max_snr_db"} <= set(out["choices"]["r1"])
+    assert main(["report", str(tmp)]) == 0
+    markdown = (tmp / "trtq-report.md").read_text()
+    assert "## Ranges" in markdown and f"--method auto kept the {out['range_table']} table" in markdown
+    assert "| r1 |" in markdown
