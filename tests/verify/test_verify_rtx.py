@@ -10,7 +10,7 @@ Models, each quantized by trtq here:
                                                    +-------------------------------^
         |
         (+) -> convtranspose 2x2 (s2) -> concat with the stem's output -> conv 1x1 head -> sigmoid
-        maxpool -> mean over H, W -> linear
+        maxpool -> global average pool -> linear
 
 - a tiny BERT (tests/support/transformer_models.py) from both exporters (INT8; INT8 + fp16; FP8);
 - PaddleOCR's PP-OCRv6 det and rec and its direction classifier from the rapidocr wheel, at small
@@ -96,7 +96,7 @@ def _cnn():
             r = d + self.b2(self.b1(d))
             p = self.pool(self.dw(r))
             up = torch.cat([self.up(r), s], 1)
-            return torch.sigmoid(self.head(up)), self.fc(p.mean((2, 3)))
+            return torch.sigmoid(self.head(up)), self.fc(torch.nn.functional.adaptive_avg_pool2d(p, 1).flatten(1))
 
     torch.manual_seed(0)
     model = Detector().eval()

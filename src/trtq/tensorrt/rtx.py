@@ -12,17 +12,25 @@ collects its messages from it under a lock.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from trtq.errors import TrtqError
+from trtq.tensorrt.device import DeviceBackend, open_backend
 from trtq.tensorrt.profiles import ProfileShape
-from trtq.tensorrt.version import supports
+from trtq.tensorrt.version import (
+    MODULES,
+    RTX_RUN_CAPABILITIES,
+    runs_rtx_engines,
+    supports,
+)
 
 if TYPE_CHECKING:
     import tensorrt_rtx_bindings as trt
@@ -86,7 +94,8 @@ def parse_compute_capabilities(text: str | Sequence[str] | None) -> tuple[str, .
 
 @supports("rtx")
 def capturing_logger(trt: ModuleType) -> Any:
-    """The process's one capturing logger for `trt` (created on first use)."""
+    """The process's one logger for TensorRT-RTX (created on first use): it keeps every message while a
+    build captures them, and otherwise prints warnings and errors to stderr, as trt.Logger(WARNING) does."""
     key = trt.__name__
     if key not in _LOGGERS:
         class CapturingLogger(trt.ILogger):
@@ -97,11 +106,58 @@ def capturing_logger(trt: ModuleType) -> Any:
                 self.messages: list[LogMessage] | None = None
 
             def log(self, severity: Any, msg: str) -> None:
+                level = str(getattr(severity, "name", severity)).split(".")[-1]
                 if self.messages is not None:
-                    self.messages.append(LogMessage(str(getattr(severity, "name", severity)).split(".")[-1], msg))
+                    self.messages.append(LogMessage(level, msg))
+                elif level in ("WARNING", "ERROR", "INTERNAL_ERROR"):
+                    print(f"[TensorRT-RTX] {level}: {msg}", file=sys.stderr)
 
         _LOGGERS[key] = CapturingLogger()
     return _LOGGERS[key]
+
+
+@supports("10", "11", "rtx")
+def engine_logger(trt: ModuleType) -> Any:
+    """The logger a runtime or builder gets: TensorRT's own at WARNING, or TensorRT-RTX's one capturing logger."""
+    if trt.__name__ == MODULES["tensorrt-rtx"]:
+        return capturing_logger(trt)
+    return trt.Logger(trt.Logger.WARNING)
+
+
+RUN_REQUIREMENT = ("TensorRT-RTX runs engines on GPUs of compute capability 8.0, 8.6, 8.9 and 12.x "
+                   "(7.5 for engines built for it)")
+
+
+def open_rtx_device(device_backend: str, action: str) -> DeviceBackend:
+    """The CUDA device to run a TensorRT-RTX engine on; a TrtqError naming the compute capability
+    requirement when there is none or TensorRT-RTX does not run on it (Hopper 9.0, datacenter Blackwell 10.x)."""
+    try:
+        device = open_backend(device_backend)
+    except TrtqError as exc:
+        raise TrtqError(f"{RUN_REQUIREMENT}, and here: {exc.message[0].lower()}{exc.message[1:]}", exc.hint) from exc
+    capability = device.compute_capability()
+    if not runs_rtx_engines(capability):
+        supported = ", ".join(f"{a}.{b}" for a, b in RTX_RUN_CAPABILITIES)
+        raise TrtqError(
+            f"{RUN_REQUIREMENT}, but this GPU ({device.device_name()}) is {capability[0]}.{capability[1]}, "
+            f"so trtq cannot {action} here.",
+            f"use a GPU of compute capability {supported} or 12.x (GeForce/RTX, Ampere, Ada, Blackwell), "
+            "or build for datacenter TensorRT with `trtq build --backend tensorrt`.",
+        )
+    return device
+
+
+@contextlib.contextmanager
+def capture(trt: ModuleType) -> Iterator[list[LogMessage]]:
+    """Collect every message TensorRT-RTX logs inside the block (one capture at a time)."""
+    logger = capturing_logger(trt)
+    with _LOCK:
+        messages: list[LogMessage] = []
+        logger.messages = messages
+        try:
+            yield messages
+        finally:
+            logger.messages = None
 
 
 @supports("rtx")
@@ -119,37 +175,26 @@ def build_capturing_log(
     """
     onnx_path = Path(onnx_path)
     logger = capturing_logger(trt)
-    with _LOCK:
-        messages: list[LogMessage] = []
-        logger.messages = messages
-        try:
-            start = time.perf_counter()
-            builder: trt.Builder = trt.Builder(logger)
-            network = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
-            parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-            if not parser.parse_from_file(str(onnx_path)):
-                raise _parse_error(parser, onnx_path, messages)
-            parse_seconds = time.perf_counter() - start
-            if progress:
-                progress(f"parsed {onnx_path.name} in {parse_seconds:.1f} s; building ...")
-            config: trt.IBuilderConfig = builder.create_builder_config()
-            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-            _set_compute_capabilities(trt, config, compute_capabilities)
-            _add_profile(builder, config, network, profile)
-            start = time.perf_counter()
-            serialized = builder.build_serialized_network(network, config)
-            build_seconds = time.perf_counter() - start
-            del parser
-        finally:
-            logger.messages = None
+    with capture(trt) as messages:
+        start = time.perf_counter()
+        builder: trt.Builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
+        parser: trt.OnnxParser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            raise parse_error(trt, parser, onnx_path, messages)
+        parse_seconds = time.perf_counter() - start
+        if progress:
+            progress(f"parsed {onnx_path.name} in {parse_seconds:.1f} s; building ...")
+        config: trt.IBuilderConfig = builder.create_builder_config()
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        set_compute_capabilities(trt, config, compute_capabilities)
+        _add_profile(builder, config, network, profile)
+        start = time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        build_seconds = time.perf_counter() - start
+        del parser
     if serialized is None:
-        errors = [m.text for m in messages if m.severity in ("ERROR", "INTERNAL_ERROR")]
-        raise TrtqError(
-            f"TensorRT-RTX {trt.__version__} parsed {onnx_path} but could not build it: "
-            f"{_sentence(errors[0]) if errors else 'the builder gave no error message'}.",
-            "this is a finding about the model (TensorRT would fail the same way): fix or re-export the named "
-            "layer, or report it with the model.",
-        )
+        raise build_error(trt, onnx_path, messages)
     return AotBuild(bytes(serialized), tuple(messages), parse_seconds, build_seconds, tuple(compute_capabilities))
 
 
@@ -159,7 +204,20 @@ def _sentence(text: str) -> str:
 
 
 @supports("rtx")
-def _parse_error(parser: trt.OnnxParser, onnx_path: Path, messages: Sequence[LogMessage]) -> TrtqError:
+def build_error(trt: ModuleType, onnx_path: Path, messages: Sequence[LogMessage]) -> TrtqError:
+    """The builder's first error about `onnx_path`, as one sentence."""
+    errors = [m.text for m in messages if m.severity in ("ERROR", "INTERNAL_ERROR")]
+    return TrtqError(
+        f"TensorRT-RTX {trt.__version__} parsed {onnx_path} but could not build it: "
+        f"{_sentence(errors[0]) if errors else 'the builder gave no error message'}.",
+        "this is a finding about the model (TensorRT would fail the same way): fix or re-export the named "
+        "layer, or report it with the model.",
+    )
+
+
+@supports("rtx")
+def parse_error(trt: ModuleType, parser: trt.OnnxParser, onnx_path: Path, messages: Sequence[LogMessage]) -> TrtqError:
+    """The parser's first error about `onnx_path`, as one sentence."""
     errors = []
     for index in range(parser.num_errors):
         error: trt.ParserError = parser.get_error(index)
@@ -178,7 +236,7 @@ def _parse_error(parser: trt.OnnxParser, onnx_path: Path, messages: Sequence[Log
 
 
 @supports("rtx")
-def _set_compute_capabilities(trt: ModuleType, config: trt.IBuilderConfig, targets: Sequence[str]) -> None:
+def set_compute_capabilities(trt: ModuleType, config: trt.IBuilderConfig, targets: Sequence[str]) -> None:
     """Build for the given compute capabilities; none given leaves TensorRT-RTX's portable default."""
     if not targets:
         return

@@ -26,7 +26,7 @@ TRACKS: dict[str, str] = {"10": "in_10.13.3.9", "11": "in_11.4.0.106", "rtx": "i
 """Release line -> the column of the API name tables (tensorrt-python-api-names.tsv for 10 and 11,
 tensorrt-rtx-python-api-names.tsv for rtx) whose bindings that line is checked against."""
 
-BACKENDS = ("tensorrt", "tensorrt-rtx")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
 """`--backend` values: datacenter TensorRT, or TensorRT for RTX."""
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
 """The Python module each backend's bindings are imported as."""
@@ -123,7 +123,7 @@ def capabilities(version: Sequence[int], backend: str = "tensorrt") -> TrtCapabi
             backend=backend, builds_without_gpu=True, compute_capability_targets=True,
         )
     if backend != "tensorrt":
-        raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+        raise ValueError(f"backend {backend!r} is not one of {ENGINE_BACKENDS}")
     if major < 10:
         raise TrtqError(
             f"TensorRT {major}.{minor}.{patch} is installed, but trtq builds and runs engines with TensorRT 10 or 11 only.",
@@ -144,7 +144,7 @@ def capabilities(version: Sequence[int], backend: str = "tensorrt") -> TrtCapabi
 
 def _check_backend(backend: str) -> None:
     if backend not in MODULES:
-        raise TrtqError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}.", "pick one of those.")
+        raise TrtqError(f"--backend {backend!r} is not one of {', '.join(ENGINE_BACKENDS)}.", "pick one of those.")
 
 
 def installed_version(backend: str = "tensorrt") -> tuple[int, int, int] | None:
