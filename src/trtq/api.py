@@ -22,14 +22,14 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
-from trtq.evaluate.tasks import Task, make_task
+from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
@@ -100,6 +100,10 @@ class TaskOptions:
     ref_conf: float | None = None
     """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
 
+    def __post_init__(self) -> None:
+        check_task_options(self.task, labels=self.labels, output=self.output, coco=self.coco,
+                           postprocess=self.postprocess, ref_conf=self.ref_conf)
+
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
         return make_task(self.task, dataset, graph_outputs(model), labels=self.labels, output=self.output,
@@ -169,6 +173,12 @@ class QuantizeOptions:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        if self.cache_scope not in ("qdq", "all"):
+            raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
 
     @property
     def grid(self) -> Grid:
@@ -267,8 +277,16 @@ class PreparedModel:
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
-    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
-    return inspect_model(model_path)
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model.
+
+    A model that onnx.checker rejects is still described, with a warning saying why it fails."""
+    model = load_model(model_path, load_external_data=False)
+    try:
+        check_structure(model)
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split("==>")[0].split())
+        warnings.warn(f"{model_path} fails onnx.checker ({reason}); other trtq commands may not run it.", stacklevel=2)
+    return inspect_model(model_path, model)
 
 
 def prepare_model(
@@ -286,6 +304,9 @@ def prepare_model(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
+        if not graph_inputs(original):
+            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                            "export the model with its inputs as graph inputs (not constants or initializers).")
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     return PreparedModel(
@@ -304,7 +325,8 @@ def prepare_model(
 
 
 def open_data(
-    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+    model: onnx.ModelProto, source: DataSource, options: DataOptions = DataOptions(), purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
 
@@ -316,7 +338,7 @@ def open_data(
     shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
-                        given=tuple(options.shapes), purpose=purpose)
+                        given=tuple(options.shapes), purpose=purpose, progress=progress)
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -347,6 +369,8 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
     if isinstance(first, int) and first > 0:
         return first
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
@@ -360,7 +384,7 @@ def _fixed_batch(model: onnx.ModelProto) -> bool:
 
 def calibrate(
     model_path: str | Path,
-    calib: str | Path,
+    calib: DataSource,
     *,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
@@ -369,7 +393,7 @@ def calibrate(
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision, options.residual_qdq)
-    dataset = open_data(prepared.model, calib, data)
+    dataset = open_data(prepared.model, calib, data, progress=progress)
     return calibrate_prepared(prepared.at_shapes(dataset.shapes), dataset, options=options, progress=progress)
 
 
@@ -424,7 +448,7 @@ def output_paths(model_path: Path, output_dir: str | None, precision: str = "int
 
 def quantize(
     model_path: str | Path,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     *,
     ranges: str | Path | RangesTable | None = None,
     data: DataOptions = DataOptions(),
@@ -455,7 +479,7 @@ def quantize(
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
                                   requested_shapes(graph_inputs(prepared.model), data.shapes))
     if calib_data is not None:
@@ -469,7 +493,8 @@ def quantize(
     )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target",
+                            progress=progress) \
             if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
@@ -591,7 +616,7 @@ def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, s
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_source: str | Path,
+    data_source: DataSource,
     *,
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
@@ -607,7 +632,7 @@ def compare(
     """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data, purpose="compare")
+    dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     if device == "cpu":
         runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
                                           OrtRunner(session_from_file(candidate_path, graph=candidate)))
@@ -650,9 +675,9 @@ class SensitivityRun:
 def sensitivity(
     model_path: str | Path,
     *,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     ranges: str | Path | None = None,
-    data_source: str | Path | None = None,
+    data_source: DataSource | None = None,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     method: str = "local",
@@ -669,8 +694,9 @@ def sensitivity(
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision, options.residual_qdq)
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
