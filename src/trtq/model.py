@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,12 +74,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_file(path: object) -> Path:
+    """`path` as a Path; a model is given by its file (an in-memory ModelProto is not taken)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TrtqError(f"A model is given by its .onnx file's path, not a {type(path).__name__}.",
+                        "save it with onnx.save(model, path) and pass the path.")
+    return Path(path)
+
+
 def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model, with external data, raising TrtqError with the file name on failure."""
-    if not isinstance(path, (str, Path)):
-        raise TrtqError(f"A model is given by its .onnx file's path, not a {type(path).__name__}.",
-                        "pass the path of the .onnx file.")
-    path = Path(path)
+    path = model_file(path)
     if path.is_dir():
         raise TrtqError(f"Model path {path} is a folder, not an .onnx file.", "pass the path of the .onnx file.")
     if not path.is_file():
@@ -193,7 +199,14 @@ def parse_shapes(text: str | Sequence[str] | None) -> dict[str, tuple[int, ...]]
                     f"Shape {part!r} is not of the form name:AxBxC.",
                     "write shapes as trtexec does, e.g. --shape images:1x3x640x640.",
                 )
-            shapes[match["name"]] = tuple(int(d) for d in match["dims"].split("x"))
+            shape = tuple(int(d) for d in match["dims"].split("x"))
+            name = match["name"]
+            if name in shapes and shapes[name] != shape:
+                raise TrtqError(
+                    f"Input {name!r} is given two shapes, {'x'.join(map(str, shapes[name]))} and {match['dims']}.",
+                    f"give one shape per input (--{'shape'} {name}:...).",
+                )
+            shapes[name] = shape
     return shapes
 
 

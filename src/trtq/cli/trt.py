@@ -120,6 +120,15 @@ def check_build_args(args: argparse.Namespace, cache: str | None) -> None:
         )
 
 
+def _ranges_sha256(path: str | None) -> str | None:
+    """The SHA-256 of --ranges FILE, recorded in the engine's sidecar (None without the option)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise TrtqError(f"Ranges file {path} does not exist.", "pass the .int8.json that `trtq quantize` wrote.")
+    return file_sha256(Path(path))
+
+
 def build_options(args: argparse.Namespace) -> BuildOptions:
     """BuildOptions from parsed `trtq build` arguments."""
     precisions = parse_layer_precisions(args.layer_precisions)
@@ -149,7 +158,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         output_formats=parse_io_formats(args.output_io_formats, "--output-io-formats"),
         layer_precisions=precisions,
         qat=args.qat,
-        ranges_sha256=file_sha256(Path(args.ranges)) if args.ranges else None,
+        ranges_sha256=_ranges_sha256(args.ranges),
         device_backend=args.device_backend,
     )
 
