@@ -6,7 +6,10 @@
   fuse the Add into the convolution;
 - MaxPool / AveragePool / GlobalAveragePool inputs are quantized (TensorRT runs them in INT8
   between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
-- excluded nodes (by name regex or op type) keep their inputs in high precision.
+- excluded nodes (by name regex or op type) keep their inputs in high precision;
+- convolutions that sum at most MIN_CONV_REDUCTION products per output (input channels per
+  group x filter taps, e.g. a 1x1 squeeze-excitation conv over 2 channels) stay in high precision:
+  INT8 saves nothing there, and TensorRT-RTX folds such a conv into a float pointwise kernel.
 
 `residual=True` (`--residual-qdq`) also puts Q/DQ on both inputs of the residual Adds of
 transformer blocks (an Add of a MatMul/Gemm branch and the residual stream, read by a LayerNorm or
@@ -45,8 +48,13 @@ from trtq.model import QUANTIZABLE_OPS, inferred_shapes, tensor_types
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+NONDETERMINISTIC_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli")
+"""Ops whose output is not a constant even when their inputs are."""
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 """Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
+MIN_CONV_REDUCTION = 4
+"""Convolutions summing this many products per output or fewer stay out of INT8/FP8 (see the module docstring)."""
 FP8_OPS = ("Conv", "Gemm", "MatMul")
 """Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode; TensorRT-RTX runs FP8 in GEMMs only)."""
 FP8_MIN_CONV_CHANNELS = 16
@@ -134,17 +142,30 @@ class _Graph:
         return self.types.get(name) in FLOAT_TYPES
 
     def is_constant(self, name: str) -> bool:
-        """An initializer, or one seen through Identity nodes (legacy exports share equal biases so)."""
-        for _ in range(8):
-            if name in self.initializers:
-                return True
-            node = self.producer.get(name)
-            if node is None or node.op_type not in ("Identity", "Constant"):
-                return False
-            if node.op_type == "Constant":
-                return True
-            name = node.input[0]
-        return False
+        """True for a value computed from initializers alone (e.g. paddle2onnx's bias: Reshape(weight, shape))."""
+        known: dict[str, bool] = self.__dict__.setdefault("_constant", {})
+        stack = [name]
+        while stack:
+            current = stack[-1]
+            if current in known:
+                stack.pop()
+                continue
+            if current in self.initializers:
+                known[current] = True
+                stack.pop()
+                continue
+            node = self.producer.get(current)
+            if node is None or node.op_type in NONDETERMINISTIC_OPS:
+                known[current] = False
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in known]
+            if pending:
+                stack.extend(pending)
+                continue
+            known[current] = all(known[i] for i in node.input if i)
+            stack.pop()
+        return known[name]
 
 
 def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
@@ -205,6 +226,7 @@ def plan_placement(
         if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
     }
     fp8 = grid.name != INT8.name
+    excluded |= {node.name for node in model.graph.node if _tiny_reduction(g, node)}
     if fp8:
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
@@ -258,6 +280,19 @@ def plan_placement(
     )
 
 
+def _tiny_reduction(g: _Graph, node: onnx.NodeProto) -> bool:
+    """True for a Conv whose outputs each sum at most MIN_CONV_REDUCTION products (known weights only)."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    weight = g.initializers.get(node.input[1])
+    if weight is None or len(weight.dims) < 3:
+        return False
+    products = weight.dims[1]
+    for size in weight.dims[2:]:
+        products *= size
+    return products <= MIN_CONV_REDUCTION
+
+
 def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:
     """False for compute nodes that stay out of FP8: ConvTranspose, and convolutions with few
     channels or large filters (see FP8_MIN_CONV_CHANNELS, FP8_MAX_CONV_TAPS); True for the rest."""
@@ -296,9 +331,13 @@ def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:
 
 
 def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> int | None:
-    """Index of the skip input of a residual Add fed by a convolution on its other input."""
+    """Index of the skip input of a residual Add fed by a convolution on its other input.
+
+    An input computed from initializers alone is a bias (paddle2onnx adds a convolution's bias as
+    Add(conv, Reshape(offset, shape))), never a residual: TensorRT folds it into the convolution.
+    """
     a, b = add.input
-    if g.is_weight(a) or g.is_weight(b) or not (g.is_float(a) and g.is_float(b)):
+    if g.is_constant(a) or g.is_constant(b) or not (g.is_float(a) and g.is_float(b)):
         return None
 
     def from_conv(name: str) -> bool:
