@@ -30,6 +30,11 @@ def module_files(root: Path) -> dict[str, Path]:
     return modules
 
 
+def _called(call: ast.Call) -> str | None:
+    """The name a call calls: `f` for f(...) and obj.f(...)."""
+    return getattr(call.func, "attr", getattr(call.func, "id", None))
+
+
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, str | None]]:
     """(module, name imported from it or None) for every import anywhere in `tree`, relative ones resolved."""
     package = module if is_package else module.rpartition(".")[0]
@@ -43,8 +48,8 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> list[tuple[
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
             found += [(base, alias.name) for alias in node.names]
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif isinstance(node, ast.Call) and _called(node) == "import_module" and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
             found.append((node.args[0].value, None))
     return found
 
@@ -55,7 +60,8 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = set()
-        for base, item in _imported_names(ast.parse(path.read_text(encoding="utf-8")), name, path.name == "__init__.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for base, item in _imported_names(tree, name, path.name == "__init__.py"):
             target = f"{base}.{item}" if item and f"{base}.{item}" in modules else base
             if target in modules and target != name:
                 edges.add(target)
