@@ -9,7 +9,7 @@ import collections
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -350,7 +350,7 @@ def normalize_model(
     if default_opset(out) < min_opset:
         need = "per-channel Q/DQ" if min_opset <= MIN_QDQ_OPSET else "FP8 Q/DQ (float8e4m3fn)"
         try:
-            out = version_converter.convert_version(out, min_opset)
+            out = _convert_version_weightless(out, min_opset, version_converter.convert_version)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError subtypes
             raise TrtqError(
                 f"{source} uses opset {default_opset(out)}; {need} needs opset >= "
@@ -381,6 +381,37 @@ def normalize_model(
     for mine, theirs in zip(out.graph.output, inferred.graph.output):
         mine.CopyFrom(theirs)
     return out
+
+
+def _convert_version_weightless(
+    model: onnx.ModelProto, opset: int, convert: Callable[[onnx.ModelProto, int], onnx.ModelProto]
+) -> onnx.ModelProto:
+    """`convert(model, opset)` run on a copy without the large weights, which then go back by name.
+
+    onnx's version converter serialises the whole model into C++ and back; its adapters rewrite
+    nodes and add small constants (Split/Squeeze axes as inputs) but never change an existing
+    weight, so converting the skeleton gives the same model (a test checks it) at a fraction of
+    the cost (PP-OCRv6 det, 9.9 MB: 0.6 s less).
+    """
+    skeleton, large = split_initializers(model)
+    for init in large:
+        add_stub(skeleton.graph, init)
+    converted = convert(skeleton, opset)
+    weights = {init.name: init for init in large}
+    inits = list(converted.graph.initializer)
+    for init in inits:
+        if init.name in weights and not init.raw_data:
+            init.CopyFrom(weights.pop(init.name))
+    if weights:  # a weight the converter dropped or rewrote: convert the whole model instead
+        return convert(model, opset)
+    position = {init.name: index for index, init in enumerate(model.graph.initializer)}
+    inits.sort(key=lambda init: position.get(init.name, len(position)))  # the original order, new ones last
+    ordered = [onnx.TensorProto() for _ in inits]
+    for copy, init in zip(ordered, inits):
+        copy.CopyFrom(init)
+    del converted.graph.initializer[:]
+    converted.graph.initializer.extend(ordered)
+    return converted
 
 
 def _foldable_constants(graph: onnx.GraphProto) -> set[int]:
