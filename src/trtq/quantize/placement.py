@@ -56,7 +56,7 @@ SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 MIN_CONV_REDUCTION = 4
 """Convolutions summing this many products per output or fewer stay out of INT8/FP8 (see the module docstring)."""
 FP8_OPS = ("Conv", "Gemm", "MatMul")
-"""Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode; TensorRT-RTX runs FP8 in GEMMs only)."""
+"""Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode)."""
 FP8_MIN_CONV_CHANNELS = 16
 """Convolutions with this many input or output channels or fewer stay out of FP8 (ModelOpt's rule:
 no FP8 kernel beats FP16 there)."""
