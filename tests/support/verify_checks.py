@@ -6,8 +6,9 @@ does differently from the datacenter TensorRT trtq's placement targets:
 - ConvTranspose runs in float whatever its Q/DQ (per-tensor or per-channel weight scales on either
   axis, every kernel size, stride, channel count and compute capability tried), so its Q/DQ pairs
   do not fuse either; TensorRT 10/11 have INT8 deconvolution, so trtq keeps quantizing it;
-- AveragePool/GlobalAveragePool average in float, so a Q/DQ pair on their input is a quantize and
-  a dequantize in float (MaxPool runs on Int8 data); datacenter TensorRT has INT8 pooling.
+- AveragePool/GlobalAveragePool average in float (in the default portable engine, built for 8.x
+  among others), so a Q/DQ pair on their input is a quantize and a dequantize in float (MaxPool
+  runs on Int8 data); datacenter TensorRT has INT8 pooling.
 """
 
 from __future__ import annotations
