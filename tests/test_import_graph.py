@@ -99,6 +99,19 @@ def test_trtq_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
 
 
+def test_the_executor_imports_nothing_above_it():
+    # trtq.torch runs ONNX graphs for calibration and QAT; it must not reach back into either
+    graph = import_graph(PACKAGE_ROOT)
+    allowed = {"trtq.errors", "trtq.model"}
+
+    def executor(name: str) -> bool:
+        return name == "trtq.torch" or name.startswith("trtq.torch.")
+
+    above = {(module, target) for module, targets in graph.items() if executor(module)
+             for target in targets if not executor(target) and target not in allowed}
+    assert not above, sorted(above)
+
+
 def test_lazy_and_relative_imports_close_cycles(tmp_path):
     # pkg/a.py imports pkg.b inside a function; pkg/b.py does `from . import a`: a -> b -> a
     package = tmp_path / "pkg"
