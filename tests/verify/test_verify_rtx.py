@@ -327,8 +327,8 @@ def test_shapes_come_from_the_quantize_run_that_wrote_the_model(tmp_path, capsys
     path = tmp_path / "out" / "m.int8.onnx"
     result = api.verify(path, progress=False)
     assert result.profile["x"]["opt"] == [1, 4, 8, 8] and result.summary == "1 of 1 quantized layers run in INT8"
-    assert result.shape_notes == ("shape of 'x' taken from the quantize run that wrote the model "
-                                  "(trtq-quantize.json): 1x4x8x8",)
+    note = "shape of 'x' taken from the quantize run that wrote the model (trtq-quantize.json): 1x4x8x8"
+    assert result.shape_notes == (note,)
     assert api.verify(path, api.VerifyOptions(shapes={"x": (2, 4, 6, 6)}), progress=False).shape_notes == ()
     moved = tmp_path / "moved" / path.name
     moved.parent.mkdir()
