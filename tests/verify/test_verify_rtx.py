@@ -335,3 +335,18 @@ def test_shapes_come_from_the_quantize_run_that_wrote_the_model(tmp_path, capsys
     moved.write_bytes(path.read_bytes())
     with pytest.raises(TrtqError, match=r"--shape x:1x4xD2xD3"):
         api.verify(moved, progress=False)
+
+
+def test_dims_of_one_name_must_agree_in_tensorrt(tmp_path):
+    """paddle2onnx names every dynamic dim '?': x [1, 3, ?, ?] -> Relu -> y, built at 4x6, is a finding
+    about the model whose hint says why (TensorRT takes dims of one name to be equal)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "?", "?"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "?", "?"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(TrtqError) as info:
+        api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
+    assert "could not build it" in info.value.message and "same name ('?')" in info.value.hint
+    assert api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 4)}), progress=False).layers == ()
