@@ -196,6 +196,8 @@ def _train_options(options: FinetuneOptions) -> TrainOptions:
                           eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target,
                           cuda_graph=options.cuda_graph)
     result.validate()
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+        raise TrtqError(f"--seed {options.seed!r} is not a whole number >= 0.", "give e.g. --seed 0.")
     return result
 
 
