@@ -419,10 +419,13 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
     inputs = graph_inputs(model)
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-    if isinstance(first, int) and first > 0:
-        return first
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
         raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
+    if isinstance(first, int) and first > 0:
+        if requested is not None and requested != first:
+            warnings.warn(f"--batch-size {requested} is not used: the model fixes its batch dim at {first}, so it is "
+                          f"evaluated {first} samples at a time.", stacklevel=2)
+        return first
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
