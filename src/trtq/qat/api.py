@@ -179,6 +179,8 @@ def _train_options(options: FinetuneOptions) -> TrainOptions:
                           eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target,
                           cuda_graph=options.cuda_graph)
     result.validate()
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+        raise TrtqError(f"--seed {options.seed!r} is not a whole number >= 0.", "give e.g. --seed 0.")
     return result
 
 
@@ -225,12 +227,12 @@ def finetune(
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
 
-    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
+    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune", progress=progress)
     prepared = prepared.at_shapes(monitor_ds.shapes)
-    train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
-        else monitor_ds
-    eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
-        else monitor_ds
+    train_ds = monitor_ds if train_data is None else \
+        api.open_data(prepared.model, train_data, data, purpose="fine-tune", progress=progress)
+    eval_ds = monitor_ds if eval_data is None else \
+        api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
     if ranges is None:
         # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
         table = api.calibrate_prepared(prepared, monitor_ds, options=replace(options, device="cpu"),
