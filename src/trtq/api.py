@@ -8,16 +8,18 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from trtq._io import check_writable_dir, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, open_dataset, resolve_preprocess
@@ -47,6 +49,16 @@ from trtq.model import (
 from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.precision import apply_high_precision
 from trtq.quantize.qdq import MIN_OPSETS
+from trtq.quantize.smooth import (
+    CHECK_SAMPLES,
+    JUDGE_ROWS,
+    SmoothResult,
+    check_alpha,
+    check_equivalent,
+    group_factors,
+    smooth_model,
+    smoothing_groups,
+)
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
@@ -146,6 +158,9 @@ class QuantizeOptions:
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
+    smooth: float | str | None = None
+    """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
+    [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
@@ -153,6 +168,15 @@ class QuantizeOptions:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if self.smooth is not None and self.smooth != "auto":
+            if isinstance(self.smooth, str):
+                raise TrtqError(f"--smooth {self.smooth!r} is not a number.", "pass e.g. --smooth 0.5, or --smooth alone.")
+            check_alpha(float(self.smooth))
+
+    @property
+    def smooth_alpha(self) -> float | None:
+        """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
+        return None if self.smooth in (None, "auto") else float(self.smooth)  # type: ignore[arg-type]
 
     @property
     def grid(self) -> Grid:
@@ -180,6 +204,8 @@ class QuantizeResult:
     commands: dict[str, str]
     mixed: dict | None = None
     precision: dict | None = None
+    smoothing: dict | None = None
+    """What --smooth did (`SmoothResult.to_dict`), or None."""
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
@@ -189,6 +215,8 @@ class QuantizeResult:
     """Which input shapes were taken from the data (one line per data source that gave some)."""
     quant_type: str = "int8"
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
+    smoothed_path: str | None = None
+    """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -333,6 +361,71 @@ def calibrate_prepared(
     )
 
 
+def smooth_prepared(
+    prepared: PreparedModel,
+    dataset: Dataset | None,
+    options: QuantizeOptions,
+    table: RangesTable | None = None,
+    progress: bool = True,
+) -> tuple[PreparedModel, SmoothResult]:
+    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth`), re-planned, and what was done.
+
+    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model), or from
+    `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is checked against
+    the original on the first calibration samples (when there is data) before anything else runs.
+    """
+    groups = smoothing_groups(prepared.model, prepared.placement)
+    channel_max = None
+    alpha = options.smooth_alpha
+    if table is not None and table.smoothing:
+        known = {group.tensor for group in groups}
+        unknown = sorted(set(table.smoothing) - known)
+        if unknown:
+            raise TrtqError(
+                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
+                f"{prepared.path} with these options.",
+                "use the same model, --precision and --exclude options as the run that wrote the table.",
+            )
+        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
+                   for name, entry in table.smoothing.items()}
+        alpha = table.options.get("smooth") if isinstance(table.options.get("smooth"), float) else None
+    elif dataset is not None:
+        stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
+                             device=options.device, drop_partial=_fixed_batch(prepared.model),
+                             rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
+        channel_max = stats.amax
+        factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
+    else:
+        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
+                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
+    result = smooth_model(prepared.model, groups, factors, alpha, channel_max)
+    if dataset is not None:
+        result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
+                                  source=str(prepared.path))
+    placement = plan_placement(result.model, exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
+                               cache_scope=options.cache_scope, grid=options.grid)
+    return replace(prepared, model=result.model, placement=placement), result
+
+
+def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
+    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
+    batches, seen = [], 0
+    for batch in dataset.batches(dataset.batch_size):
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= count:
+            break
+    return batches
+
+
+def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
+    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
+    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
+               for t in smoothing.tensors}
+    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
+    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
+
+
 def output_paths(model_path: Path, output_dir: str | None, precision: str = "int8") -> tuple[Path, Path, Path]:
     """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model);
     `.fp8.` for FP8 (whose cache path is never written)."""
@@ -364,12 +457,20 @@ def quantize(
     check_writable_dir(onnx_path.parent)
     seconds: float | None = None
     calibration: CalibrationResult | None = None
+    original = prepared
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    saved = None if calib_data is not None else (
+        ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
+        if smoothing is not None:
+            table = _record_smoothing(table, smoothing)
     else:
-        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+        table = saved  # type: ignore[assignment]
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
         dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
@@ -392,10 +493,10 @@ def quantize(
             batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
         )
         quantized_model = precision.model
-    if table.model_sha256 != prepared.sha256:
+    if table.model_sha256 != original.sha256:
         warnings.warn(
             f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
-            f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
+            f"this one is {original.sha256[:12]}…); using it because every tensor name matches.",
             stacklevel=2,
         )
     table_precision = table.options.get("precision", "int8")
@@ -412,13 +513,14 @@ def quantize(
     if external is None:
         external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
     data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
-    if data_path is not None:
-        model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
-        model_files = {data_path: data_chunks, onnx_path: model_chunks}
-    else:
-        model_files = {onnx_path: serialized_chunks(quantized_model)}
+    model_files = _model_files(quantized_model, onnx_path, external)
     cache_file = {} if fp8 else {cache_path: format_cache(cache_amax, options.trt_version, table.method)}
+    smoothed_path = None
+    if smoothing is not None and not fp8:  # the cache's tensors are the smoothed model's: the implicit build reads it
+        smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx")
+        model_files.update(_model_files(smoothing.model, smoothed_path, external))
     write_files_atomically({**model_files, **cache_file, ranges_path: table.to_json().encode("utf-8")})
+    layer_name = (lambda node: node) if smoothed_path else (lambda node: prepared.layer_names.get(node, node))
     return QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
@@ -438,14 +540,26 @@ def quantize(
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            onnx_path, None if fp8 else cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
-            layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
+            onnx_path, None if fp8 else cache_path, smoothed_path or prepared.path, shapes,
+            fp16=options.high_precision == "fp16",
+            layer_precisions={layer_name(n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
         notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
+        smoothing=smoothing.to_dict() if smoothing else None,
+        smoothed_path=str(smoothed_path) if smoothed_path else None,
         calibration=calibration,
     )
+
+
+def _model_files(model: onnx.ModelProto, path: Path, external: bool) -> dict[Path, Iterator[bytes]]:
+    """What writing `model` to `path` takes: its chunks, and with `external` its weights in `<path>.data` beside it."""
+    if not external:
+        return {path: serialized_chunks(model)}
+    data_path = path.with_name(path.name + ".data")
+    model_chunks, data_chunks = external_data_chunks(model, data_path.name)
+    return {data_path: data_chunks, path: model_chunks}
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
@@ -541,15 +655,21 @@ def sensitivity(
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
-    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
+    table = calibration.ranges if calibration else saved
+    if calibration is not None and smoothing is not None:
+        table = _record_smoothing(calibration.ranges, smoothing)
     dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
         prepared.model,
         prepared.placement,
-        table.amax,
+        table.amax,  # type: ignore[union-attr]
         dataset,
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
@@ -557,7 +677,7 @@ def sensitivity(
         progress=progress,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
-    if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
+    if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
         return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),

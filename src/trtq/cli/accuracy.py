@@ -13,7 +13,14 @@ import onnx
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
+from trtq.cli.options import (
+    add_data_options,
+    add_precision_option,
+    add_smooth_option,
+    add_task_options,
+    data_options,
+    task_options,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
@@ -43,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
                    help="range algorithm for --calib (default: entropy for int8, max for fp8)")
     add_precision_option(p)
+    add_smooth_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
@@ -70,7 +78,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision)
+                                  exclude_ops=exclude_ops, precision=args.precision, smooth=args.smooth)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -92,6 +100,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
         "precision": args.precision,
+        "smooth": args.smooth,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
                           result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
@@ -103,11 +112,19 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     elif run.sensitive_layers:
         patterns = " ".join(f"--exclude-nodes '{node_pattern(n)}'" for n in run.sensitive_layers)
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
-                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
+                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision}"
+                 f"{smooth_flag(args.smooth)} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
                "commands": run.commands, "shape_notes": list(run.shape_notes)}
     emit(args, payload, text)
     return 0
+
+
+def smooth_flag(smooth: float | str | None) -> str:
+    """The --smooth option that reproduces `smooth` on a command line (with a leading space), or ""."""
+    if smooth is None:
+        return ""
+    return " --smooth" if smooth == "auto" else f" --smooth {float(smooth):g}"
 
 
 def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 from trtq import api
@@ -11,6 +12,7 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
     add_precision_option,
+    add_smooth_option,
     add_target_options,
     add_task_options,
     data_options,
@@ -41,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "EntropyCalibration2, for int8; max for fp8)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     add_precision_option(p)
+    add_smooth_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
@@ -114,6 +117,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         task=task_options(args),
         external_data=args.external_data,
         precision=args.precision,
+        smooth=args.smooth,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args))
@@ -126,10 +130,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
+        *smoothing_lines(result.smoothing),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
         *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
+        *([f"wrote {result.smoothed_path}  (the smoothed FP32 model: the implicit TensorRT 10 build reads it with "
+           "the cache)"] if result.smoothed_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
@@ -159,6 +166,23 @@ def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
+
+
+def smoothing_lines(smoothing: dict | None) -> list[str]:
+    """What --smooth did, in two lines."""
+    if not smoothing:
+        return []
+    tensors = smoothing["tensors"]
+    alphas = Counter(t["alpha"] for t in tensors)
+    how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
+           if smoothing["alpha"] == "per layer" else f"alpha {smoothing['alpha']:g}")
+    left = f"; {len(smoothing['left_alone'])} left alone (better unsmoothed)" if smoothing["left_alone"] else ""
+    checked = (f"FP32 outputs within {smoothing['deviation']:.2g} of their range of the original on "
+               f"{smoothing['checked_samples']} samples (allowed {smoothing['tolerance']:g})"
+               if smoothing["checked_samples"] else "not re-checked against the original (no data)")
+    return [f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
+            f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}",
+            f"    {checked}"]
 
 
 def _mixed_lines(mixed: dict | None) -> list[str]:

@@ -29,6 +29,9 @@ class RangesTable:
     options: dict[str, float | int | str] = field(default_factory=dict)
     model_name: str = ""
     trtq_version: str = ""
+    smoothing: dict[str, dict] = field(default_factory=dict)
+    """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
+    ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -46,6 +49,10 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
+        if self.smoothing:
+            payload["smoothing"] = dict(sorted(self.smoothing.items()))
+        else:
+            del payload["smoothing"]  # tables without it stay as they were
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -84,6 +91,8 @@ class RangesTable:
                 options=dict(payload.get("options", {})),
                 model_name=str(payload.get("model_name", "")),
                 trtq_version=str(payload.get("trtq_version", "")),
+                smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
+                           for k, v in dict(payload.get("smoothing", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(
