@@ -135,8 +135,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
         *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
-        *([f"wrote {result.smoothed_path}  (the smoothed FP32 model: the implicit TensorRT 10 build reads it with "
-           "the cache)"] if result.smoothed_path else []),
+        *([(f"wrote {result.smoothed_path}  (the smoothed FP32 model: the implicit TensorRT 10 build reads it with "
+            "the cache)")] if result.smoothed_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
@@ -176,12 +176,13 @@ def smoothing_lines(smoothing: dict | None) -> list[str]:
     alphas = Counter(t["alpha"] for t in tensors)
     how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
            if smoothing["alpha"] == "per layer" else f"alpha {smoothing['alpha']:g}")
-    left = f"; {len(smoothing['left_alone'])} left alone (better unsmoothed)" if smoothing["left_alone"] else ""
+    left = (f"; {len(smoothing['left_alone'])} left alone (smoothing gained less than 1.25 dB there)"
+            if smoothing["left_alone"] else "")
     checked = (f"FP32 outputs within {smoothing['deviation']:.2g} of their range of the original on "
                f"{smoothing['checked_samples']} samples (allowed {smoothing['tolerance']:g})"
                if smoothing["checked_samples"] else "not re-checked against the original (no data)")
-    return [f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
-            f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}",
+    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
+             f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}"),
             f"    {checked}"]
 
 
