@@ -8,17 +8,19 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from trtq._io import check_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
@@ -26,10 +28,12 @@ from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
-from trtq.formats.ranges import RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
     PROTOBUF_LIMIT,
     ModelInfo,
@@ -47,7 +51,7 @@ from trtq.model import (
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
-from trtq.quantize.precision import apply_high_precision
+from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.quantize.smooth import (
     CHECK_SAMPLES,
@@ -59,13 +63,16 @@ from trtq.quantize.smooth import (
     smooth_model,
     smoothing_groups,
 )
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
     "DataOptions",
-    "TaskOptions",
     "QuantizeOptions",
     "QuantizeResult",
+    "TaskOptions",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -79,12 +86,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit, and
+    which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
     preprocess: Mapping[str, object] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
+    mask: MaskRequest = True
+    """The attention mask for scoring (compare, sensitivity, --target, fine-tuning): True detects it,
+    False scores every position (`--no-mask`), a name picks that input (`--mask-input`)."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,10 @@ class TaskOptions:
 PRECISIONS = ("int8", "fp8")
 """What the quantized layers run in: INT8, or FP8 E4M3 (Hopper, Ada, Blackwell; TensorRT 10 strongly typed and 11)."""
 
-DEFAULT_METHODS = {"int8": "entropy", "fp8": "max"}
-"""Range algorithm per precision when none is given: TensorRT's own for INT8; max for FP8, as NVIDIA
-ModelOpt's FP8 recipe (FP8's error is relative, so clipping buys little and costs the clipped values:
+DEFAULT_METHODS = {"int8": "auto", "fp8": "max"}
+"""Range algorithm per precision when none is given. INT8: auto (per tensor, the candidate range that
+does least harm, checked end to end; trtq.calibrate.auto), `entropy` being TensorRT's own. FP8: max, as
+NVIDIA ModelOpt's FP8 recipe (FP8's error is relative, so clipping buys little and costs the clipped values:
 on all-MiniLM-L6-v2, FP8 with max ranges reads 21.0 dB over real tokens, with entropy 10.8 dB)."""
 
 FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error is relative, so clipping costs "
@@ -209,12 +221,22 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
+    choices: dict[str, RangeChoice] = field(default_factory=dict)
+    """Per quantized tensor, why it got its range (`--method auto`; also from a saved table)."""
+    range_table: str | None = None
+    """`--method auto`: the candidate table kept ("per-tensor", "mse" or "percentile")."""
+    table_scores: dict[str, float] = field(default_factory=dict)
+    """`--method auto`: each candidate table's mean per-sample output SNR (dB) on the judging samples."""
+    range_samples: int = 0
+    """`--method auto`: the calibration samples the tables were scored on."""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data (one line per data source that gave some)."""
     quant_type: str = "int8"
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
+    record_path: str | None = None
+    """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
     smoothed_path: str | None = None
     """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
@@ -222,7 +244,9 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
+        out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -357,8 +381,24 @@ def calibrate_prepared(
         device=options.device,
         drop_partial=_fixed_batch(prepared.model),
         progress=progress,
+        layers=judged_layers(prepared.placement) if options.method == "auto" else (),
+        score_tables=partial(score_tables, prepared.model, prepared.placement),
         grid=options.grid,
     )
+
+
+def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
+    """The nodes that read quantized activations, with their quantized inputs: what `--method auto` judges."""
+    activations: dict[str, list[tuple[int, str]]] = {}
+    weights: dict[str, list[tuple[int, str, int]]] = {}
+    for target in placement.targets:
+        for node, index in target.consumers:
+            if target.kind == "activation":
+                activations.setdefault(node, []).append((index, target.tensor))
+            else:
+                weights.setdefault(node, []).append((index, target.tensor, target.axis or 0))
+    return tuple(JudgedLayer(node, tuple(sorted(acts)), tuple(sorted(weights.get(node, ()))))
+                 for node, acts in activations.items())
 
 
 def smooth_prepared(
@@ -442,10 +482,14 @@ def quantize(
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> QuantizeResult:
     """Calibrate (or reuse saved ranges) and write the Q/DQ ONNX, the TensorRT cache and the ranges JSON.
 
-    All three files appear together or not at all.
+    The files (and, with `record`, the run record `trtq-quantize.json` for `trtq report`) are one
+    set: they appear together or the previous ones stay as they were. With --high-precision fp16,
+    the --target search measures every candidate after the FP16 conversion, so its numbers
+    describe the model as written.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
@@ -454,7 +498,15 @@ def quantize(
                              options.precision)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
     fp8 = options.precision == "fp8"
-    check_writable_dir(onnx_path.parent)
+    # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
+    smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
+    destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path]), *([smoothed_path] if smoothed_path else [])]
+    if options.external_data:
+        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    if record is not None:
+        destinations.append(record_path(onnx_path.parent, "quantize"))
+    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+    check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     original = prepared
@@ -471,6 +523,15 @@ def quantize(
             table = _record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
+    if smoothing is None or fp8:
+        smoothed_path = None
+    elif smoothed_path is None:  # smoothing from a --ranges table
+        smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx")
+        check_destinations([smoothed_path], inputs)
+    converter = high_precision(
+        options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
+        batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
+    )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
         dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
@@ -482,16 +543,14 @@ def quantize(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
-            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
-            grid=options.grid,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
+            runner=runner_factory(options.device), progress=progress,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
-    if options.high_precision != "fp32":
-        precision = apply_high_precision(
-            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
-            batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
-        )
+    if converter.mode != "fp32":
+        precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
     if table.model_sha256 != original.sha256:
         warnings.warn(
@@ -512,19 +571,15 @@ def quantize(
     external = options.external_data
     if external is None:
         external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
+    data_path = onnx_path.with_name(onnx_path.name + ".data")
     model_files = _model_files(quantized_model, onnx_path, external)
-    cache_file = {} if fp8 else {cache_path: format_cache(cache_amax, options.trt_version, table.method)}
-    smoothed_path = None
-    if smoothing is not None and not fp8:  # the cache's tensors are the smoothed model's: the implicit build reads it
-        smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx")
+    if smoothed_path is not None and smoothing is not None:
         model_files.update(_model_files(smoothing.model, smoothed_path, external))
-    write_files_atomically({**model_files, **cache_file, ranges_path: table.to_json().encode("utf-8")})
     layer_name = (lambda node: node) if smoothed_path else (lambda node: prepared.layer_names.get(node, node))
-    return QuantizeResult(
+    result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
-        data_path=str(data_path) if data_path else None,
+        data_path=str(data_path) if external else None,
         cache_path=None if fp8 else str(cache_path),
         ranges_path=str(ranges_path),
         method=table.method,
@@ -547,10 +602,31 @@ def quantize(
         ),
         notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
+        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
         smoothing=smoothing.to_dict() if smoothing else None,
         smoothed_path=str(smoothed_path) if smoothed_path else None,
+        choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
+        range_table=str(table.options["table"]) if "table" in table.options else None,
+        table_scores=dict(table.table_scores),
+        range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
+    files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}
+    if not fp8:
+        files[cache_path] = format_cache(cache_amax, options.trt_version, table.method)
+    if record is not None:
+        histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
+            if calibration is not None else {}
+        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+            "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
+            command=record.command)
+    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
+    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    return result
+
+
+REPORT_HISTOGRAMS = 6
+"""Tensors whose calibration histograms go into the run record: those the chosen ranges clip most."""
 
 
 def _model_files(model: onnx.ModelProto, path: Path, external: bool) -> dict[Path, Iterator[bytes]]:
@@ -595,22 +671,34 @@ def compare(
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
+    """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
+    are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
+
+    `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
-    load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
+    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
+    if device == "cpu":
+        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
+                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    else:
+        make = runner_factory(device)
+        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
     return compare_models(
-        session_from_file(reference_path),
-        session_from_file(candidate_path),
+        *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
         candidate_name=str(candidate_path),
         batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
+        graph=reference,
     )
 
 
@@ -674,7 +762,9 @@ def sensitivity(
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        runner=runner_factory(options.device),
         progress=progress,
+        mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes

@@ -209,7 +209,8 @@ def test_dispatch_and_unknown_method() -> None:
         compute_amax(stats, "minmax")
     with pytest.raises(TrtqError):
         needs_histogram("kl")
-    assert [needs_histogram(m) for m in METHODS] == [True, False, True, True]
+    assert [needs_histogram(m) for m in METHODS] == [True, True, False, True, True]  # auto, entropy, max, ...
+    assert compute_amax(stats, "auto") == amax_mse(stats)  # the fallback of tensors auto does not judge
 
 
 def test_histogram_methods_need_a_histogram() -> None:

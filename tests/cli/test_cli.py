@@ -146,3 +146,20 @@ def test_quantize_smooth_text_and_errors(transformer_onnx, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*common, "--smooth", "lots"])
     assert exc.value.code == 2
+
+
+def test_auto_explains_its_choice_in_text_json_and_report(case, capsys):
+    tmp, model = case
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "calibrated 6 samples with auto" in text and "table kept; mean output SNR dB on 4 calibration samples" in text
+    assert "    per tensor: " in text and " of max (" in text
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["range_table"] in out["table_scores"] and out["range_samples"] == 4
+    assert {"r1", "input"} <= set(out["choices"])  # the residual skip and the network input
+    assert {"method", "amax_over_max", "clipped", "snr_db", "max_snr_db"} <= set(out["choices"]["r1"])
+    assert main(["report", str(tmp)]) == 0
+    markdown = (tmp / "trtq-report.md").read_text()
+    assert "## Ranges" in markdown and f"--method auto kept the {out['range_table']} table" in markdown
+    assert "| r1 |" in markdown

@@ -18,7 +18,8 @@ from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.grids import INT8, Grid
 from trtq.errors import TrtqError
 
-METHODS = ("entropy", "max", "percentile", "mse")
+METHODS = ("auto", "entropy", "max", "percentile", "mse")
+"""`auto` picks one of the others per tensor (trtq.calibrate.auto); alone, it stands for its fallback, mse."""
 
 ENTROPY_START_BIN = 128
 """First candidate threshold (in histogram bins) for entropy and mse, as in ModelOpt."""
@@ -196,14 +197,14 @@ def compute_amax(stats: TensorStats, method: str, percentile: float = 99.99, gri
         return amax_entropy(stats)
     if method == "percentile":
         return amax_percentile(stats, percentile)
-    return amax_mse(stats, grid)
+    return amax_mse(stats, grid)  # mse, and auto for tensors it does not judge
 
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise TrtqError(
             f"Unknown calibration method {method!r}; expected one of {', '.join(METHODS)}.",
-            "pass --method entropy (TensorRT's default), max, percentile or mse.",
+            "pass --method auto (trtq's default), entropy (TensorRT's), max, percentile or mse.",
         )
 
 

@@ -6,7 +6,6 @@ Argument parsing and printing only: the work is in trtq.evaluate and trtq.report
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import onnx
@@ -15,6 +14,7 @@ from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_mask_options,
     add_precision_option,
     add_smooth_option,
     add_task_options,
@@ -25,7 +25,9 @@ from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
 from trtq.evaluate.sensitivity import SensitivityResult
-from trtq.report import histogram_summary, write_record, write_report
+from trtq._format import fmt
+from trtq._io import check_destinations
+from trtq.report import histogram_summary, record_path, write_record, write_report
 
 HISTOGRAM_TENSORS = 6
 """Most sensitive tensors whose calibration histograms go into the report."""
@@ -48,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
     p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
-                   help="range algorithm for --calib (default: entropy for int8, max for fp8)")
+                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
     add_precision_option(p)
     add_smooth_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
@@ -59,11 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
     p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -77,8 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
+    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
+    check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision, smooth=args.smooth)
+                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device,
+                                  smooth=args.smooth)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -90,7 +99,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     for tensor in (t for layer in result.layers for t in layer.tensors):
         if tensor in stats and tensor in table.amax and stats[tensor].has_histogram and len(histograms) < HISTOGRAM_TENSORS:
             histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)
-    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     settings = {
         "model": str(args.model),
         "method": args.method,
@@ -128,17 +136,15 @@ def smooth_flag(smooth: float | str | None) -> str:
 
 
 def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
-    def fmt(v: float | None, digits: int = 2) -> str:
-        if v is None:
-            return "-"
-        return ("inf" if v > 0 else "-inf") if math.isinf(v) else f"{v:.{digits}f}"
-
     drop = f" {result.task_metric + ' drop':>10}" if result.task_metric else ""
     lines = [
         f"{result.method} sensitivity of {len(result.layers)} layers on {result.samples} samples "
         f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
         f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer",
     ]
+    if result.mask is not None:
+        lines.insert(1, result.mask.sentence())
+    lines[1:1] = [f"note: {note}" for note in result.mask_notes]
     for i, layer in enumerate(result.layers[:top]):
         extra = f" {fmt(layer.task_drop):>10}" if result.task_metric else ""
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")

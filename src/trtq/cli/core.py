@@ -8,9 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from trtq import api
+from trtq._format import fmt
+from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_mask_options,
     add_precision_option,
     add_smooth_option,
     add_target_options,
@@ -20,7 +23,7 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq.report import histogram_summary, write_record
+from trtq.report import RunRecord, record_path, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -39,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, help="range algorithm (default: entropy, TensorRT's "
-                   "EntropyCalibration2, for int8; max for fp8)")
+    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
+                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
+                   "EntropyCalibration2; default for fp8: max)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
     add_precision_option(p)
     add_smooth_option(p)
@@ -57,10 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -69,9 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -120,13 +130,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         smooth=args.smooth,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
-                          options=options, progress=show_progress(args))
-    record = _record_quantize(args, result)
+                          options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
+    record = Path(result.record_path or "")
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
+        *_choice_lines(result),
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
@@ -144,22 +155,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     ]
     emit(args, {**result.to_dict(), "record": str(record)}, "\n".join(lines))
     return 0
-
-
-REPORT_HISTOGRAMS = 6
-"""Tensors whose calibration histograms go into the report: those the chosen ranges clip most."""
-
-
-def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Path:
-    """Save the run for `trtq report`, with histograms of the most clipped tensors."""
-    histograms = {}
-    if result.calibration is not None:
-        stats, amax = result.calibration.stats, result.calibration.ranges.amax
-        clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
-                         and stats[t].has_histogram)
-        histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
-    return write_record(Path(result.onnx_path).parent, "quantize", settings=run_settings(args), result=result.to_dict(),
-                        histograms=histograms)
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -186,11 +181,45 @@ def smoothing_lines(smoothing: dict | None) -> list[str]:
             f"    {checked}"]
 
 
+CLIPPED_SHOWN = 3
+"""Tensors named under "most clipped" in quantize's output (all are in --json and the ranges file)."""
+
+
+def _choice_lines(result: api.QuantizeResult) -> list[str]:
+    """How --method auto chose: the table kept and why, the count per winning candidate, the most clipped tensors."""
+    choices = result.choices
+    if not choices or result.range_table is None:
+        return []
+    scores = result.table_scores
+    ranked = ", ".join(f"{name} {fmt(scores[name], 2)}" for name in sorted(scores, key=lambda n: -scores[n]))
+    samples = result.range_samples
+    lines = [f"  ranges: {result.range_table} table kept; mean output SNR dB on {samples} calibration samples: {ranked}"]
+    counts = Counter(c.method for c in choices.values())
+    lines.append("    per tensor: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
+    clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)
+    for ratio, name in clipped[:CLIPPED_SHOWN]:
+        c = choices[name]
+        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}, {100 * c.clipped:.2g}% of values clipped)")
+    return lines
+
+
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
-             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
+             f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
+             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
+             f"{mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
+    if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        lines.append(f"    measured on {mixed['measured_on']}")
+    if mixed.get("all_excluded"):
+        lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
+                     "model runs nothing in INT8; relax the target to keep some INT8")
+    if mixed.get("mask"):
+        lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -211,30 +240,27 @@ def _precision_lines(precision: dict | None) -> list[str]:
                if kept else "")]
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
+    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
-    rows = [
-        f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
-        f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
-        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
-        for o in (*report.outputs, *parts)
-    ]
+    rows = (*report.outputs, *parts)
+    top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10}"
+    header += f" {'top-1 agree':>12}" if top1 else ""
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-             header, *rows]
+             *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
+    for o in rows:
+        line = (f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+                f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10}")
+        if top1:
+            line += f" {fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
+        lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
                      "measured apart)")
@@ -245,7 +271,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             lines.append(f"  {scored.sentence()}")
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
-            lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+            lines.append(f"  {key:<6} FP32 {fmt(ref):>7}   quantized {fmt(value):>7}   drop {fmt(ref - value, signed=True)} "
+                         "points")
         if scored is not None and scored.warning:
             lines.append(f"warning: {scored.warning}")
     lines.append(f"wrote {record}")

@@ -53,7 +53,25 @@ def data_options(args: argparse.Namespace) -> api.DataOptions:
         overrides["mean"] = _floats(args.mean, "--mean")
     if args.std:
         overrides["std"] = _floats(args.std, "--std")
-    return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit)
+    return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit,
+                           mask=mask_request(args))
+
+
+def add_mask_options(p: argparse.ArgumentParser) -> None:
+    """--mask-input / --no-mask: which input marks the real tokens that accuracy is scored over."""
+    g = p.add_argument_group("scoring over real tokens")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--mask-input", metavar="NAME", help="the input that marks real tokens (1) and padding (0); "
+                   "outputs whose leading dims are its shape are scored over real tokens only (default: detect an "
+                   "integer 0/1 input shaped like the outputs' leading dims, e.g. attention_mask)")
+    m.add_argument("--no-mask", action="store_true", help="score every position, padding included")
+
+
+def mask_request(args: argparse.Namespace) -> bool | str:
+    """The mask the options ask for: a name, False (--no-mask) or True (detect)."""
+    if getattr(args, "mask_input", None):
+        return str(args.mask_input)
+    return not getattr(args, "no_mask", False)
 
 
 def add_precision_option(p: argparse.ArgumentParser) -> None:

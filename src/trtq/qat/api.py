@@ -28,10 +28,11 @@ import onnx
 import torch
 
 from trtq import api
-from trtq._io import ensure_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
+from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
@@ -115,10 +116,13 @@ class Comparison:
     samples: int
     task: str | None
     rows: tuple[StageScores, ...]
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions were scored."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows]}
+        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows],
+                "mask": self.mask.to_dict() if self.mask else None}
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ class FinetuneResult:
     comparison: Comparison
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    monitor_mask: TokenMask | None = None
+    """The attention mask whose marked positions progress (and --target) was measured over."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -145,7 +151,8 @@ class FinetuneResult:
                 "ranges_path": self.ranges_path, "checkpoint_path": self.checkpoint_path, "device": self.device,
                 "device_name": self.device_name, "ranges_from": self.ranges_from,
                 "training": self.training.to_dict(), "parity": self.parity.to_dict(),
-                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes),
+                "monitor_mask": self.monitor_mask.to_dict() if self.monitor_mask else None}
 
 
 def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path, Path]:
@@ -231,7 +238,8 @@ def finetune(
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    ensure_writable_dir(onnx_path.parent)
+    inputs = (prepared.path, calib, train_data, eval_data)
+    check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
@@ -285,7 +293,8 @@ def finetune(
         "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": data_digest,
         "batch": data_train.batch_size, "seed": options.seed,
     })
-    monitor = Monitor(teacher, eval_batches, outputs)
+    monitor = Monitor(teacher, eval_batches, outputs, monitor_ds.inputs, data.mask,
+                      class_score_outputs(prepared.model))
     training = train(qmodel, teacher, data_train, loss_fn, tensors, monitor, train_options,
                      checkpoint_path=ckpt_path, fingerprint=identity, resume=options.resume,
                      progress=progress, on_step=on_step)
@@ -294,6 +303,7 @@ def finetune(
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
     notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
+    notes += [f"progress: {note}" for note in monitor.mask_notes]
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
                      "steps on the same input: the export does not reproduce the fine-tuned model (please report).")
@@ -304,7 +314,7 @@ def finetune(
                      "that later layers amplify.")
     ptq = insert_qdq(prepared.model, prepared.placement, table.amax)
     comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or min(32, eval_ds.num_samples or 32),
-                          options.task, progress)
+                          options.task, progress, data.mask)
 
     learned = dict(table.amax)
     learned.update(exported.activation_amax)
@@ -315,12 +325,12 @@ def finetune(
         onnx_path: exported.model.SerializeToString(),
         cache_path: format_cache(cache_amax, options.trt_version, table.method),
         ranges_path: out_table.to_json().encode("utf-8"),
-    })
+    }, inputs=inputs)
     return FinetuneResult(
         model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
         ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),
         device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
-        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes),
+        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes), monitor_mask=monitor.mask,
     )
 
 
@@ -348,19 +358,14 @@ def _batches_for(batches: Sequence[dict[str, np.ndarray]], samples: int) -> int:
 
 
 def _compare(fp32: onnx.ModelProto, ptq: onnx.ModelProto, qat: onnx.ModelProto, dataset, batch_size: int,
-             task_name: str | None, progress: bool) -> Comparison:
+             task_name: str | None, progress: bool, mask: MaskRequest = True) -> Comparison:
     task = make_task(task_name, dataset, graph_outputs(fp32)) if task_name else None
-    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress)
-    rows = [StageScores("fp32", math.inf, 1.0, 1.0 if _has_scores(fp32) else None,
-                        dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)]
-    for stage, model in (("ptq", ptq), ("qat", qat)):
-        rows.append(_scores(stage, evaluator.evaluate(model, label=stage)))
+    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress, mask=mask)
+    stages = [_scores(stage, evaluator.evaluate(model, label=stage)) for stage, model in (("ptq", ptq), ("qat", qat))]
+    fp32_row = StageScores("fp32", math.inf, 1.0, 1.0 if stages[0].top1_agreement is not None else None,
+                           dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)
     return Comparison(data=dataset.description, samples=evaluator.samples,
-                      task=task.describe() if task else None, rows=tuple(rows))
-
-
-def _has_scores(model: onnx.ModelProto) -> bool:
-    return any(len(o.shape) == 2 for o in graph_outputs(model))
+                      task=task.describe() if task else None, rows=(fp32_row, *stages), mask=evaluator.mask)
 
 
 def _scores(stage: str, evaluation: Evaluation) -> StageScores:
