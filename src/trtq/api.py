@@ -375,7 +375,7 @@ def calibrate_prepared(
         dataset,
         model_sha256=prepared.sha256,
         model_name=prepared.path.name,
-        method=options.method,
+        method=str(options.method),
         percentile=options.percentile,
         batch_size=dataset.batch_size,
         device=options.device,
@@ -428,7 +428,8 @@ def smooth_prepared(
             )
         factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
                    for name, entry in table.smoothing.items()}
-        alpha = table.options.get("smooth") if isinstance(table.options.get("smooth"), float) else None
+        setting = table.options.get("smooth")
+        alpha = float(setting) if isinstance(setting, (int, float)) else None
     elif dataset is not None:
         stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
                              device=options.device, drop_partial=_fixed_batch(prepared.model),
@@ -449,7 +450,8 @@ def smooth_prepared(
 
 def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
     """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
-    batches, seen = [], 0
+    batches: list[Mapping[str, np.ndarray]] = []
+    seen = 0
     for batch in dataset.batches(dataset.batch_size):
         batches.append(batch)
         seen += len(next(iter(batch.values())))
@@ -575,7 +577,7 @@ def quantize(
     model_files = _model_files(quantized_model, onnx_path, external)
     if smoothed_path is not None and smoothing is not None:
         model_files.update(_model_files(smoothing.model, smoothed_path, external))
-    layer_name = (lambda node: node) if smoothed_path else (lambda node: prepared.layer_names.get(node, node))
+    layer_names = {} if smoothed_path else prepared.layer_names  # the smoothed file names its layers after its nodes
     result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
@@ -597,7 +599,7 @@ def quantize(
         commands=build_commands(
             onnx_path, None if fp8 else cache_path, smoothed_path or prepared.path, shapes,
             fp16=options.high_precision == "fp16",
-            layer_precisions={layer_name(n): ("fp16" if options.high_precision == "fp16" else "fp32")
+            layer_precisions={layer_names.get(n, n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
         notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
@@ -751,13 +753,14 @@ def sensitivity(
     table = calibration.ranges if calibration else saved
     if calibration is not None and smoothing is not None:
         table = _record_smoothing(calibration.ranges, smoothing)
+    assert table is not None  # exactly one of calib and ranges was given
     dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
         prepared.model,
         prepared.placement,
-        table.amax,  # type: ignore[union-attr]
+        table.amax,
         dataset,
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
