@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,14 +26,14 @@ from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
-from trtq.evaluate.tasks import Task, make_task
+from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
@@ -45,6 +47,7 @@ from trtq.model import (
     initializer_bytes,
     inspect_model,
     load_model,
+    model_file,
     normalize_model,
     normalized_node_names,
     requested_shapes,
@@ -111,6 +114,10 @@ class TaskOptions:
     ref_conf: float | None = None
     """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
 
+    def __post_init__(self) -> None:
+        check_task_options(self.task, labels=self.labels, output=self.output, coco=self.coco,
+                           postprocess=self.postprocess, ref_conf=self.ref_conf)
+
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
         return make_task(self.task, dataset, graph_outputs(model), labels=self.labels, output=self.output,
@@ -131,6 +138,12 @@ FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error
 
 NO_FP8_LAYER_NOTE = ("no layer runs in FP8: FP8 Q/DQ goes on Conv, Gemm and MatMul only, and not on convolutions with "
                      "16 or fewer input or output channels or more than 32 filter taps (no FP8 kernel pays off there)")
+
+NO_INT8_LAYER_NOTE = ("no layer runs in INT8: the exclusions (--exclude-nodes/--exclude-ops, or --target) keep every "
+                      "Conv, Gemm and MatMul in high precision, so the written model computes as the FP32 one")
+
+NO_QUANTIZABLE_LAYER_NOTE = ("no layer runs in INT8: the model has no Conv, ConvTranspose, Gemm or MatMul, so the "
+                             "written model computes as the FP32 one")
 
 NO_CACHE_NOTE = ("no calibration cache: TensorRT's implicit calibration (the cache) is INT8 only; build the FP8 "
                  "Q/DQ model strongly typed (TensorRT 10 --stronglyTyped, or TensorRT 11)")
@@ -180,6 +193,12 @@ class QuantizeOptions:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        if self.cache_scope not in ("qdq", "all"):
+            raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
         if self.smooth is not None and self.smooth != "auto":
             if isinstance(self.smooth, str):
                 raise TrtqError(f"--smooth {self.smooth!r} is not a number.", "pass e.g. --smooth 0.5, or --smooth alone.")
@@ -262,8 +281,16 @@ class PreparedModel:
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
-    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
-    return inspect_model(model_path)
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model.
+
+    A model that onnx.checker rejects is still described, with a warning saying why it fails."""
+    model = load_model(model_path, load_external_data=False)
+    try:
+        check_structure(model)
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split("==>")[0].split())
+        warnings.warn(f"{model_path} fails onnx.checker ({reason}); other trtq commands may not run it.", stacklevel=2)
+    return inspect_model(model_path, model)
 
 
 def prepare_model(
@@ -275,24 +302,39 @@ def prepare_model(
 ) -> PreparedModel:
     """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
     grid = precision_grid(precision)
-    path = Path(model_path)
+    path = model_file(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
+        if not graph_inputs(original):
+            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                            "export the model with its inputs as graph inputs (not constants or initializers).")
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
-    return PreparedModel(
-        path=path,
-        sha256=sha256.result(),
-        model=model,
-        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
-                                 grid=grid),
-        layer_names=layer_names,
-    )
+    placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
+                               grid=grid)
+    _warn_unmatched(model, path, exclude_nodes, exclude_ops)
+    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names)
+
+
+def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
+    """Warn about --exclude-nodes patterns and --exclude-ops types that match no node of the model (a typo
+    would otherwise keep nothing out of INT8 without a word)."""
+    names = [node.name for node in model.graph.node]
+    ops = {node.op_type for node in model.graph.node}
+    for pattern in exclude_nodes:
+        if not any(re.search(pattern, name) for name in names):
+            warnings.warn(f"--exclude-nodes {pattern!r} matches no node of {path}; `trtq inspect {path} --json` "
+                          "lists the node names.", stacklevel=3)
+    for op in (op.strip() for op in exclude_ops):
+        if op and op not in ops:
+            warnings.warn(f"--exclude-ops {op} matches no node of {path} (its op types are {', '.join(sorted(ops))}).",
+                          stacklevel=3)
 
 
 def open_data(
-    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+    model: onnx.ModelProto, source: DataSource, options: DataOptions = DataOptions(), purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
 
@@ -304,7 +346,12 @@ def open_data(
     shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
-                        given=tuple(options.shapes), purpose=purpose)
+                        given=tuple(options.shapes), purpose=purpose, progress=progress)
+
+
+def file_sources(*sources: object) -> tuple[Path, ...]:
+    """The sources given as files or folders (not in-memory arrays): what outputs must not overwrite."""
+    return tuple(Path(s) for s in sources if isinstance(s, (str, os.PathLike)))
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -335,6 +382,8 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
     if isinstance(first, int) and first > 0:
         return first
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
@@ -348,7 +397,7 @@ def _fixed_batch(model: onnx.ModelProto) -> bool:
 
 def calibrate(
     model_path: str | Path,
-    calib: str | Path,
+    calib: DataSource,
     *,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
@@ -357,7 +406,8 @@ def calibrate(
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
+    dataset = open_data(prepared.model, calib, data, progress=progress)
+    return calibrate_prepared(prepared, dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
@@ -478,7 +528,7 @@ def output_paths(model_path: Path, output_dir: str | None, precision: str = "int
 
 def quantize(
     model_path: str | Path,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     *,
     ranges: str | Path | RangesTable | None = None,
     data: DataOptions = DataOptions(),
@@ -507,12 +557,12 @@ def quantize(
         destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
     if record is not None:
         destinations.append(record_path(onnx_path.parent, "quantize"))
-    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+    inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     original = prepared
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     saved = None if calib_data is not None else (
         ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
     smoothing = None
@@ -536,7 +586,8 @@ def quantize(
     )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target",
+                            progress=progress) \
             if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
@@ -641,9 +692,12 @@ def _model_files(model: onnx.ModelProto, path: Path, external: bool) -> dict[Pat
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
-    """What the output says about FP8: no cache, ranges from an INT8-minded algorithm, no FP8 layer at all."""
+    """What the output says about FP8 (no cache, ranges from an INT8-minded algorithm, no FP8 layer at all),
+    and about an INT8 placement that quantizes nothing (the exclusions cover every layer)."""
     if options.precision != "fp8":
-        return ()
+        if placement.targets:
+            return ()
+        return (NO_INT8_LAYER_NOTE if placement.excluded_nodes else NO_QUANTIZABLE_LAYER_NOTE,)
     clipping = (FP8_CLIPPING_NOTE.format(method=method),) if method in ("entropy", "percentile") else ()
     empty = (NO_FP8_LAYER_NOTE,) if not placement.targets else ()
     return (NO_CACHE_NOTE, *clipping, *empty)
@@ -668,7 +722,7 @@ def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, s
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_source: str | Path,
+    data_source: DataSource,
     *,
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
@@ -684,7 +738,7 @@ def compare(
     """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data, purpose="compare")
+    dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     if device == "cpu":
         runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
                                           OrtRunner(session_from_file(candidate_path, graph=candidate)))
@@ -725,9 +779,9 @@ class SensitivityRun:
 def sensitivity(
     model_path: str | Path,
     *,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     ranges: str | Path | None = None,
-    data_source: str | Path | None = None,
+    data_source: DataSource | None = None,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     method: str = "local",
@@ -744,7 +798,7 @@ def sensitivity(
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
     smoothing = None
     if options.smooth is not None or (saved is not None and saved.smoothing):
@@ -754,7 +808,8 @@ def sensitivity(
     if calibration is not None and smoothing is not None:
         table = _record_smoothing(calibration.ranges, smoothing)
     assert table is not None  # exactly one of calib and ranges was given
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(

@@ -19,6 +19,10 @@ from trtq.cli.options import (
     add_smooth_option,
     add_task_options,
     data_options,
+    given,
+    non_negative_int,
+    positive_int,
+    refuse,
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
@@ -57,10 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int("--batch-size 32"),
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
-    p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--top", type=non_negative_int("--top 20"), default=20,
+                   help="layers to print (default 20; --json has all)")
     p.add_argument("--device", default="cpu",
                    help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
                    "(the PyTorch executor; default: cpu)")
@@ -82,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
+    if args.ranges:
+        refuse(given(args, "calib_method"), "with --calib (the ranges it computes); --ranges gives them already",
+               "drop --calib-method, or calibrate again with --calib DATA.")
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))

@@ -72,8 +72,8 @@ def compare_models(
     outputs an attention mask covers are scored over real tokens."""
     start = time.perf_counter()
     evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, runner=runner, progress=progress,
-                          mask=mask, graph=graph)
-    evaluation = evaluator.evaluate(candidate, label="comparing")
+                          mask=mask, graph=graph, name=reference_name)
+    evaluation = evaluator.evaluate(candidate, label="comparing", user_model=candidate_name)
     return ComparisonReport(
         reference=reference_name,
         candidate=candidate_name,

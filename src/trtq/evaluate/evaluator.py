@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from trtq.calibrate.ort_failures import (
+    ORT_ERRORS,
+    BatchSizeError,
+    explain_run_failure,
+    explain_session_failure,
+)
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
@@ -171,8 +178,10 @@ class Evaluator:
         progress: bool = False,
         mask: MaskRequest | TokenMask = True,
         graph: onnx.ModelProto | None = None,
+        name: str = "the FP32 model",
     ) -> None:
         self.dataset = dataset
+        self.name = name
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
@@ -187,27 +196,42 @@ class Evaluator:
         graph = reference if isinstance(reference, onnx.ModelProto) else graph
         forced = (getattr(task, "output", None),) if task is not None and task.name == "classify" else ()
         self.class_scores = class_score_outputs(graph, [f for f in forced if f]) if graph is not None else None
-        detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
-        masked_power: dict[str, dict[str, float]] = {}
-        self._store = _BatchStore(cache_bytes, disk_bytes)
-        weakref.finalize(self, self._store.close)
         self.evaluations = 0
         start = time.perf_counter()
-        scorer = task.scorer() if task else None
-        signal = {name: OutputAccumulator(name) for name in self.output_names}
-        samples = 0
-        for first, feed, ref in self._run_reference():
-            samples += _count(feed)
-            if scorer is not None:
-                scorer.update(ref, ref, first, _count(feed))
-            for name in self.output_names:
-                signal[name].update(ref[name], ref[name])
-            if detector.active:
-                detector.update(feed, ref)
-            watched = (mask.input,) if isinstance(mask, TokenMask) else detector.viable()
-            for candidate in watched:  # FP32 power over the positions each possible mask marks
-                _add_masked_power(masked_power.setdefault(candidate, {}), ref, np.asarray(feed[candidate]))
-            self._store.add(first, feed, ref)
+
+        def first_pass() -> tuple[MaskDetector, dict[str, dict[str, float]], TaskScorer | None,
+                                  dict[str, OutputAccumulator], int]:
+            """Run the FP32 model over the data once: keep what fits, score the task, look for the mask."""
+            self._store = _BatchStore(cache_bytes, disk_bytes)
+            weakref.finalize(self, self._store.close)
+            detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
+            masked_power: dict[str, dict[str, float]] = {}
+            scorer = task.scorer() if task else None
+            signal = {name: OutputAccumulator(name) for name in self.output_names}
+            samples = 0
+            for first, feed, ref in self._run_reference():
+                samples += _count(feed)
+                if scorer is not None:
+                    scorer.update(ref, ref, first, _count(feed))
+                for output in self.output_names:
+                    signal[output].update(ref[output], ref[output])
+                if detector.active:
+                    detector.update(feed, ref)
+                watched = (mask.input,) if isinstance(mask, TokenMask) else detector.viable()
+                for candidate in watched:  # FP32 power over the positions each possible mask marks
+                    _add_masked_power(masked_power.setdefault(candidate, {}), ref, np.asarray(feed[candidate]))
+                self._store.add(first, feed, ref)
+            return detector, masked_power, scorer, signal, samples
+
+        try:
+            detector, masked_power, scorer, signal, samples = first_pass()
+        except BatchSizeError as exc:  # the model runs one sample at a time only: evaluate it so
+            if self.batch_size == 1:
+                raise
+            warnings.warn(f"{exc.message} Evaluating one sample at a time instead.", stacklevel=2)
+            self._store.close()
+            self.batch_size = 1
+            detector, masked_power, scorer, signal, samples = first_pass()
         if samples == 0:
             raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
         self.samples = samples
@@ -231,15 +255,37 @@ class Evaluator:
         return self._store.complete
 
     def _run_reference(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The FP32 model over the data; it is the user's model, so its failures are the user's to fix."""
         if self._session is None:
             assert isinstance(self._reference, onnx.ModelProto)
-            self._session = self._make_runner(self._reference)
+            try:
+                self._session = self._make_runner(self._reference)
+            except ORT_ERRORS as exc:
+                problem = explain_session_failure(self._reference, self.name)
+                if problem is None:
+                    raise
+                raise problem from exc
         first = 0
         for batch in self.dataset.batches(self.batch_size):
             feed = dict(batch)
-            values = self._session.run(self.output_names, feed)
+            try:
+                values = self._session.run(self.output_names, feed)
+            except ORT_ERRORS as exc:
+                raise self._failure(self._session, self._reference, feed, first, exc, self.name) from exc
             yield first, feed, dict(zip(self.output_names, values))
             first += _count(feed)
+
+    def _failure(self, runner: Runner, model: object, feed: Mapping[str, np.ndarray], first: int, exc: BaseException,
+                 name: str) -> BaseException:
+        """What to raise when a user's model (`runner`, from `model`) failed on `feed`: a TrtqError naming the
+        sample where onnxruntime fails on it (see `explain_run_failure`), else `exc` itself."""
+        session = getattr(runner, "session", None)
+        reference = session if isinstance(session, ort.InferenceSession) else model
+        if not isinstance(reference, (ort.InferenceSession, onnx.ModelProto)):
+            return exc
+        problem = explain_run_failure(reference, feed, first, name, str(self.dataset.source),
+                                      f"pass --batch-size 1 (it is {self.batch_size})")
+        return problem if problem is not None else exc
 
     def _batches(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         if self._store.complete:
@@ -276,8 +322,13 @@ class Evaluator:
         candidate: onnx.ModelProto | ort.InferenceSession | Runner,
         label: str = "candidate",
         decide: Callable[[Evaluation], bool] | None = None,
+        user_model: str | None = None,
     ) -> Evaluation:
         """Run `candidate` over the data and score it against the FP32 outputs.
+
+        `user_model` names a candidate the user gave (`trtq compare`): where it fails on data the FP32
+        model runs, that is theirs to fix (one sentence); a candidate trtq made keeps the traceback of
+        its failure, a bug in trtq.
 
         With `decide`, cached batches come noisiest first (by earlier evaluations; else spread
         over the data set) and `decide` sees the scores so far after each batch; when it returns
@@ -289,7 +340,16 @@ class Evaluator:
         missing = [name for name in self.output_names if name not in produced]
         if missing:
             raise TrtqError(
-                f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                f"{user_model or label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                "compare a quantized model with the FP32 model it was made from.",
+            )
+        inner = getattr(session, "session", None)
+        unfed = [i.name for i in inner.get_inputs() if i.name not in self.dataset.input_names] \
+            if isinstance(inner, ort.InferenceSession) else []
+        if unfed:
+            raise TrtqError(
+                f"{user_model or label} takes input {unfed[0]!r}, which the FP32 model does not have (its inputs are "
+                f"{list(self.dataset.input_names)}).",
                 "compare a quantized model with the FP32 model it was made from.",
             )
         accumulators = {name: OutputAccumulator(name, None if self.class_scores is None else name in self.class_scores)
@@ -307,7 +367,12 @@ class Evaluator:
             done = 0
             order = self._noisiest_first() if decide is not None and self._store.complete else None
             for position, (first, feed, ref) in enumerate(self._batches(order)):
-                values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                try:
+                    values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                except ORT_ERRORS as exc:
+                    if user_model is None:
+                        raise
+                    raise self._failure(session, candidate, feed, first, exc, user_model) from exc
                 noise = 0.0
                 for name in self.output_names:
                     before = accumulators[name].err_sq

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ import onnx
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
+from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_failure
 from trtq.calibrate.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
@@ -351,39 +353,70 @@ def _local(
         exposed.extend(t for t in (*feeds_of[name], *outs_of[name]) if t not in initializers)
     exposed = list(dict.fromkeys(exposed))
     fetch = [t for t in exposed if t not in graph_inputs]
-    session = make(expose_tensors(model, fetch))
-    mask: TokenMask | None
-    mask_notes: tuple[str, ...]
-    if isinstance(request, TokenMask):
-        mask, mask_notes = request, ()
-    else:
-        mask, mask_notes = detect_mask(session, [o.name for o in model.graph.output], dataset, batch_size, request)
-    attention = attention_score_tensors(model) if mask is not None else set()
-    accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
-    samples = 0
-    with tqdm(
-        total=dataset.num_samples,
-        desc="sensitivity (local)",
-        unit="sample",
-        disable=not progress,
-        dynamic_ncols=True,
-        leave=False,
-    ) as bar:
-        for batch in dataset.batches(batch_size):
-            values = dict(batch)
-            values.update(zip(fetch, session.run(fetch, dict(batch))))
-            marks = np.asarray(batch[mask.input]) if mask is not None else None
-            for name in layers:
-                quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
-                for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):
-                    ref = values[out_name]
-                    where = None if marks is None else layer_positions(ref.shape, marks, out_name in attention)
-                    acc.update(ref, q, where)
-            n = len(next(iter(batch.values())))
-            samples += n
-            bar.update(n)
+    session = _UserModelRuns(make(expose_tensors(model, fetch)), model, dataset)
+
+    def one_pass(batch_size: int) -> tuple[dict[str, list[_SnrSums]], int, TokenMask | None, tuple[str, ...]]:
+        session.batch_size, session.first = batch_size, 0
+        mask: TokenMask | None
+        mask_notes: tuple[str, ...]
+        if isinstance(request, TokenMask):
+            mask, mask_notes = request, ()
+        else:
+            mask, mask_notes = detect_mask(session, [o.name for o in model.graph.output], dataset, batch_size, request)
+        attention = attention_score_tensors(model) if mask is not None else set()
+        accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
+        samples = 0
+        with tqdm(total=dataset.num_samples, desc="sensitivity (local)", unit="sample", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for batch in dataset.batches(batch_size):
+                values = dict(batch)
+                session.first = samples
+                values.update(zip(fetch, session.run(fetch, dict(batch))))
+                marks = np.asarray(batch[mask.input]) if mask is not None else None
+                for name in layers:
+                    quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
+                    for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):
+                        ref = values[out_name]
+                        where = None if marks is None else layer_positions(ref.shape, marks, out_name in attention)
+                        acc.update(ref, q, where)
+                n = len(next(iter(batch.values())))
+                samples += n
+                bar.update(n)
+        return accumulators, samples, mask, mask_notes
+
+    try:
+        accumulators, samples, mask, mask_notes = one_pass(batch_size)
+    except BatchSizeError as exc:  # the model runs one sample at a time only: rank the layers so
+        if batch_size == 1:
+            raise
+        warnings.warn(f"{exc.message} Evaluating one sample at a time instead.", stacklevel=2)
+        accumulators, samples, mask, mask_notes = one_pass(1)
     scores = {name: min(acc.snr_db() for acc in accs) for name, accs in accumulators.items()}
     return scores, samples, mask, mask_notes
+
+
+class _UserModelRuns:
+    """The user's FP32 model (exposing inner tensors) as a Runner whose onnxruntime failures on the data
+    are the user's to fix: one sentence naming the sample (`first` is the batch's first index), or the
+    batch size the model cannot take (`batch_size`)."""
+
+    def __init__(self, runner: Runner, model: onnx.ModelProto, dataset: Dataset) -> None:
+        self.runner, self.model, self.dataset = runner, model, dataset
+        self.first, self.batch_size = 0, 1
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.runner.output_names
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.runner.run(output_names, feeds)
+        except ORT_ERRORS as exc:
+            problem = explain_run_failure(self.model, feeds, self.first, "the FP32 model", str(self.dataset.source),
+                                          f"pass --batch-size 1 (it is {self.batch_size})")
+            if problem is None:
+                raise
+            raise problem from exc
 
 
 class _SnrSums:

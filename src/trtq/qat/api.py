@@ -19,7 +19,7 @@ import hashlib
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import torch
 
 from trtq import api
 from trtq._io import check_destinations, write_files_atomically
+from trtq.calibrate.ort_failures import check_model_runs
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
@@ -238,7 +239,7 @@ def finetune(
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    inputs = (prepared.path, calib, train_data, eval_data)
+    inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
     check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
@@ -268,8 +269,15 @@ def finetune(
         labels = load_labels(None if options.labels is True else options.labels, train_ds).values
     data_train = TrainingData.from_dataset(train_ds, batch_size, labels, seed=options.seed)
     data_digest = _data_hash(data_train)
-    data_train.to(device)
     eval_batches = _head(monitor_ds, options.monitor_samples, fixed or min(64, options.monitor_samples))
+    # PyTorch runs the model from here on, and its errors cannot be told from trtq's: data the model itself
+    # fails on (an index out of range, a batch size it cannot take) is found in onnxruntime first
+    fix = ""  # fine-tuning trains on batches: there is no batch-1 way round
+    check_model_runs(prepared.model, eval_batches, str(prepared.path), str(monitor_ds.source), fix)
+    if train_ds is not monitor_ds or ranges is not None:  # else calibration ran the model on these samples already
+        check_model_runs(prepared.model, _chunks(data_train.arrays, data_train.batch_size), str(prepared.path),
+                         str(train_ds.source), fix)
+    data_train.to(device)
 
     from trtq.torch import OnnxModule
 
@@ -332,6 +340,13 @@ def finetune(
         device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
         comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes), monitor_mask=monitor.mask,
     )
+
+
+def _chunks(arrays: Mapping[str, torch.Tensor], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive batches of `size` samples of host-held training arrays, as numpy."""
+    count = len(next(iter(arrays.values())))
+    for start in range(0, count, size):
+        yield {name: value[start:start + size].numpy() for name, value in arrays.items()}
 
 
 def _head(dataset, samples: int, batch_size: int) -> list[dict[str, np.ndarray]]:
