@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ from trtq.report.records import RunRecord, clipped_histograms, record_bytes, rec
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
+from trtq.verify import VerifyOptions, VerifyResult, verify_model
 
 __all__ = [
     "DataOptions",
@@ -84,6 +86,9 @@ __all__ = [
     "prepare_model",
     "quantize",
     "sensitivity",
+    "verify",
+    "VerifyOptions",
+    "VerifyResult",
 ]
 
 
@@ -832,3 +837,20 @@ def sensitivity(
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
                           shape_notes(calib_data, dataset))
+
+
+def verify(
+    model_path: str | Path,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    progress: bool = True,
+) -> VerifyResult:
+    """Build a Q/DQ model with TensorRT-RTX (ahead of time: no GPU needed) and report, per quantized
+    Conv/ConvTranspose/Gemm/MatMul, whether the engine runs it in INT8/FP8, and which Q/DQ pairs did not fuse.
+
+    Progress lines go to stderr unless `progress` is False.
+    """
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    return verify_model(model_path, options, progress=say if progress else None)
