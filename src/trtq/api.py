@@ -30,7 +30,7 @@ from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.mixed import node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
@@ -55,6 +55,7 @@ from trtq.model import (
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.quantize.smooth import (
@@ -188,6 +189,9 @@ class QuantizeOptions:
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
+    residual_qdq: bool = False
+    """Q/DQ on both inputs of transformer residual Adds too, as NVIDIA ModelOpt places them (TensorRT can
+    then carry the residual stream in INT8; it costs accuracy: see the README)."""
     smooth: float | str | None = None
     """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
     [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
@@ -283,6 +287,35 @@ class PreparedModel:
     placement: Placement
     layer_names: dict[str, str] = field(default_factory=dict)
     """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
+    exclude_nodes: tuple[str, ...] = ()
+    """The --exclude-nodes patterns the placement was planned with (plus those `at_shapes` added)."""
+    exclude_ops: tuple[str, ...] = ()
+    cache_scope: str = "qdq"
+    precision: str = "int8"
+    residual_qdq: bool = False
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (attention longer than TensorRT's INT8 fused kernels take)."""
+
+    def at_shapes(self, shapes: Mapping[str, Sequence[int | None]] | None) -> PreparedModel:
+        """The model planned for inputs of `shapes` (the data's): in INT8, attention MatMuls whose key
+        sequence is longer than TensorRT's INT8 fused attention takes (MHA_INT8_MAX_SEQ tokens) stay in
+        high precision, as NVIDIA ModelOpt leaves them. Unchanged when no attention is that long."""
+        if self.precision != "int8" or not shapes:
+            return self
+        known = {name: tuple(shape) for name, shape in shapes.items()
+                 if all(isinstance(d, int) and d > 0 for d in shape)}
+        long = {node: keys for node, keys in long_attention(self.model, known).items()  # type: ignore[arg-type]
+                if node not in self.placement.excluded_nodes}
+        if not long:
+            return self
+        patterns = (*self.exclude_nodes, *(node_pattern(node) for node in long))
+        note = (f"{len(long)} attention MatMuls (Q.K^T and softmax.V) stay out of INT8: their key sequence is "
+                f"{max(long.values())} tokens, longer than the {MHA_INT8_MAX_SEQ} TensorRT's INT8 fused attention "
+                "kernels take (NVIDIA ModelOpt leaves them out too); FP16 fused attention runs them faster")
+        placement = plan_placement(self.model, exclude_nodes=patterns, exclude_ops=self.exclude_ops,
+                                   cache_scope=self.cache_scope, grid=precision_grid(self.precision),
+                                   residual=self.residual_qdq)
+        return replace(self, placement=placement, exclude_nodes=patterns, notes=(*self.notes, note))
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
@@ -304,8 +337,10 @@ def prepare_model(
     exclude_ops: Sequence[str] = (),
     cache_scope: str = "qdq",
     precision: str = "int8",
+    residual_qdq: bool = False,
 ) -> PreparedModel:
-    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
+    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement
+    (`residual_qdq`: on transformer residual Adds too). `PreparedModel.at_shapes` re-plans for the data."""
     grid = precision_grid(precision)
     path = model_file(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
@@ -317,9 +352,11 @@ def prepare_model(
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
-                               grid=grid)
+                               grid=grid, residual=residual_qdq)
     _warn_unmatched(model, path, exclude_nodes, exclude_ops)
-    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names)
+    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names,
+                         exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops), cache_scope=cache_scope,
+                         precision=precision, residual_qdq=residual_qdq)
 
 
 def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
@@ -410,9 +447,9 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     dataset = open_data(prepared.model, calib, data, progress=progress)
-    return calibrate_prepared(prepared, dataset, options=options, progress=progress)
+    return calibrate_prepared(prepared.at_shapes(dataset.shapes), dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
@@ -498,8 +535,9 @@ def smooth_prepared(
     if dataset is not None:
         result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
                                   source=str(prepared.path))
-    placement = plan_placement(result.model, exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
-                               cache_scope=options.cache_scope, grid=options.grid)
+    placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
+                               cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
+                               residual=prepared.residual_qdq)
     return replace(prepared, model=result.model, placement=placement), result
 
 
@@ -552,7 +590,7 @@ def quantize(
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
     fp8 = options.precision == "fp8"
     # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
@@ -568,6 +606,8 @@ def quantize(
     calibration: CalibrationResult | None = None
     original = prepared
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
+                                  requested_shapes(graph_inputs(prepared.model), data.shapes))
     saved = None if calib_data is not None else (
         ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
     smoothing = None
@@ -599,7 +639,7 @@ def quantize(
                             "pass --target-data DATA.")
         mixed = search_mixed_precision(
             prepared.model, table.amax, dataset, options.target,
-            exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
+            exclude_nodes=prepared.exclude_nodes, exclude_ops=options.exclude_ops, residual=options.residual_qdq,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
@@ -658,7 +698,8 @@ def quantize(
             layer_precisions={layer_names.get(n, n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
-        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
+        notes=(*prepared.notes, *(calibration.notes if calibration else ()),
+               *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
         smoothing=smoothing.to_dict() if smoothing else None,
@@ -779,6 +820,8 @@ class SensitivityRun:
     commands: dict[str, str]
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data."""
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (`PreparedModel.notes`)."""
 
 
 def sensitivity(
@@ -802,8 +845,11 @@ def sensitivity(
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
     saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
     smoothing = None
     if options.smooth is not None or (saved is not None and saved.smoothing):
@@ -813,8 +859,6 @@ def sensitivity(
     if calibration is not None and smoothing is not None:
         table = _record_smoothing(calibration.ranges, smoothing)
     assert table is not None  # exactly one of calib and ranges was given
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
-        if data_source is not None else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -831,12 +875,13 @@ def sensitivity(
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
+        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
+                              prepared.notes)
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
-                          shape_notes(calib_data, dataset))
+                          shape_notes(calib_data, dataset), prepared.notes)
 
 
 def verify(

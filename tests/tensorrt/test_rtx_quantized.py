@@ -5,58 +5,22 @@ tests see which GEMMs run in FP8/INT8 and whether --smooth's Mul costs a kernel 
 Skipped where `tensorrt_rtx_bindings` is not installed.
 """
 
-import re
-
 import numpy as np
 import pytest
 
 trt = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX (tensorrt-rtx-cu13-bindings) is not installed")
 
+from rtx_layers import engine_layers
 from transformer_models import SEQ, token_data
 
 from trtq import api
 
-
-class _Log(trt.ILogger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def log(self, severity, message) -> None:
-        self.messages.append(message)
-
-
-def engine_layers(onnx_path: str, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str, tuple[str, ...]]]:
-    """Build `onnx_path` for an Ada GPU (SM 8.9, the first with FP8): (name, layer type, input datatypes) per layer."""
-    log = _Log()
-    builder = trt.Builder(log)
-    network = builder.create_network(0)  # always strongly typed in TensorRT-RTX
-    parser = trt.OnnxParser(network, log)
-    assert parser.parse_from_file(onnx_path), [parser.get_error(i).desc() for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
-    profile = builder.create_optimization_profile()
-    for name, shape in shapes.items():
-        profile.set_shape(name, shape, shape, shape)
-    config.add_optimization_profile(profile)
-    assert builder.build_serialized_network(network, config) is not None
-    layers = next(m for m in log.messages if m.startswith("Layers:"))
-    found = []
-    for entry in layers.split("\nName: ")[1:]:
-        kind = re.search(r"LayerType: (\w+)", entry)
-        inputs = entry.split("Outputs:")[0]
-        found.append((entry.split(",")[0], kind.group(1) if kind else "", tuple(re.findall(r"Datatype: (\w+)", inputs))))
-    return found
+SHAPES = {n: (1, SEQ) for n in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def gemm_input_types(onnx_path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, ...]]:
-    """Each gemm layer's input datatypes (see `engine_layers`)."""
-    return {name: types for name, kind, types in engine_layers(onnx_path, shapes) if kind == "gemm"}
-
-
-SHAPES = {n: (1, SEQ) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    """Each gemm layer's input datatypes, built for an Ada GPU (SM 8.9, the first with FP8)."""
+    return {layer.name: layer.inputs for layer in engine_layers(onnx_path, shapes) if layer.kind == "gemm"}
 
 
 @pytest.mark.parametrize("high_precision", ["fp32", "fp16"])
@@ -82,5 +46,5 @@ def test_smoothing_muls_fuse_into_the_kernels_before_them(transformer_onnx, tmp_
     assert smooth.smoothing["mul_nodes"] == 8
     before, after = engine_layers(plain.onnx_path, SHAPES), engine_layers(smooth.onnx_path, SHAPES)
     assert len(after) == len(before)  # the 8 Muls add no kernel: each joins its producer and the quantize after it
-    gemms = [types for _, kind, types in after if kind == "gemm"]
+    gemms = [layer.inputs for layer in after if layer.kind == "gemm"]
     assert len(gemms) == 12 and all(types[:2] == ("Int8", "Int8") for types in gemms)
