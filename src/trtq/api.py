@@ -53,6 +53,7 @@ from trtq.model import (
     normalized_node_names,
     requested_shapes,
     serialized_chunks,
+    tensor_types,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
@@ -346,17 +347,41 @@ def prepare_model(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
-        if not graph_inputs(original):
-            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
-                            "export the model with its inputs as graph inputs (not constants or initializers).")
+        check_runnable(original, path)
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
                                grid=grid, residual=residual_qdq)
+    _refuse_half_precision(model, placement, path)
     _warn_unmatched(model, path, exclude_nodes, exclude_ops)
     return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names,
                          exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops), cache_scope=cache_scope,
                          precision=precision, residual_qdq=residual_qdq)
+
+
+def check_runnable(model: onnx.ModelProto, path: str | Path) -> None:
+    """What every command that runs a model needs of it: graph inputs to feed samples through, and
+    outputs to read (a model without either cannot be calibrated, compared or evaluated)."""
+    if not graph_inputs(model):
+        raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                        "export the model with its inputs as graph inputs (not constants or initializers).")
+    if not model.graph.output:
+        raise TrtqError(f"Model {path} has no graph outputs, so nothing it computes can be read.",
+                        "export the model with its outputs as graph outputs.")
+
+
+def _refuse_half_precision(model: onnx.ModelProto, placement: Placement, path: Path) -> None:
+    """trtq quantizes FP32 models: Q/DQ on a float16/bfloat16 tensor is not what TensorRT builds from
+    an FP32 export, and QuantizeLinear below opset 19 takes float32 only."""
+    types = tensor_types(model)
+    low = [t.tensor for t in placement.targets if types.get(t.tensor, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT]
+    if low:
+        kind = onnx.TensorProto.DataType.Name(types[low[0]]).lower()
+        raise TrtqError(
+            f"Model {path} computes in {kind} (tensor {low[0]!r} and {len(low) - 1} more that would be quantized); "
+            "trtq quantizes FP32 models.",
+            "export the model in FP32 (no .half()), then quantize it, with --high-precision fp16 for the rest.",
+        )
 
 
 def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
@@ -783,6 +808,7 @@ def compare(
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
+    check_runnable(reference, reference_path)
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     if device == "cpu":
