@@ -197,7 +197,7 @@ def verify_model(
         )
     layers = parse_layer_block(block)
     problems = build.problems()
-    verdicts, pairs = check_layers(graph, layers, [m.text for m in problems], caps.track)
+    verdicts, pairs = check_layers(graph, layers, [m.text for m in problems], caps.track, build.compute_capabilities)
     compute, low = engine_counts(layers)
     if progress:
         progress(f"built in {build.build_seconds:.1f} s: {len(layers)} engine layers")
