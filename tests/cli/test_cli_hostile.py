@@ -224,6 +224,10 @@ CASES = [
     ("model without outputs", ["compare", "{root}/no_outputs.onnx", "{root}/no_outputs.onnx", "--data", "{root}/x3.npy"], "has no graph outputs"),
     ("float16 model", ["quantize", "{root}/half.onnx", "--calib", "{root}/x3.npy"], "computes in float16 .* trtq quantizes FP32 models"),
     ("input without dims", ["quantize", "{root}/shapeless.onnx", "--calib", "{root}/x3.npy"], "Input 'x' has no dims in the model"),
+    ("verify an empty model", ["verify", "{root}/empty.onnx"], r"is empty \(0 bytes\)"),
+    ("verify a folder", ["verify", "{root}/folder.onnx"], "is a folder, not an .onnx file"),
+    ("verify a text file", ["verify", "{root}/text.onnx"], "is not a readable ONNX model"),
+    ("verify min above max", ["verify", "{root}/net.onnx", "--min-shape", "input:4x3x16x16", "--max-shape", "input:1x3x16x16"], "needs min <= opt <= max"),
     # data the model fails on
     ("gather index out of range", ["quantize", "{root}/gather.onnx", "--calib", "{root}/ids_bad.npy"], r"fails in onnxruntime on sample 3 of .*ids_bad.npy \(input 'ids'\): Gather node 'gather': indices element out of data bounds"),
     ("gather in compare", ["compare", "{root}/gather.onnx", "{root}/gather.onnx", "--data", "{root}/ids_bad.npy"], "on sample 3 of"),

@@ -308,3 +308,45 @@ def test_missing_shape_names_the_input(tmp_path):
     onnx.save(m, model)
     with pytest.raises(TrtqError, match="--shape x:1xD1"):
         api.verify(model, progress=False)
+
+
+def test_shapes_come_from_the_quantize_run_that_wrote_the_model(tmp_path, capsys):
+    """x [N, 4, H, W] -> conv 3x3 (4 -> 8) -> relu -> y: quantized on 8x8 samples, verified without --shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).standard_normal((4, 4, 8, 8)).astype(np.float32))
+    assert main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--output-dir",
+                 str(tmp_path / "out"), "--quiet"]) == 0  # the command writes trtq-quantize.json beside the model
+    path = tmp_path / "out" / "m.int8.onnx"
+    result = api.verify(path, progress=False)
+    assert result.profile["x"]["opt"] == [1, 4, 8, 8] and result.summary == "1 of 1 quantized layers run in INT8"
+    note = "shape of 'x' taken from the quantize run that wrote the model (trtq-quantize.json): 1x4x8x8"
+    assert result.shape_notes == (note,)
+    assert api.verify(path, api.VerifyOptions(shapes={"x": (2, 4, 6, 6)}), progress=False).shape_notes == ()
+    moved = tmp_path / "moved" / path.name
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    with pytest.raises(TrtqError, match=r"--shape x:1x4xD2xD3"):
+        api.verify(moved, progress=False)
+
+
+def test_dims_of_one_name_must_agree_in_tensorrt(tmp_path):
+    """paddle2onnx names every dynamic dim '?': x [1, 3, ?, ?] -> Relu -> y, built at 4x6, is a finding
+    about the model whose hint says why (TensorRT takes dims of one name to be equal)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "?", "?"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "?", "?"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(TrtqError) as info:
+        api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
+    assert "could not build it" in info.value.message and "same name ('?')" in info.value.hint
+    assert api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 4)}), progress=False).layers == ()

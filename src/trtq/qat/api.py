@@ -196,6 +196,8 @@ def _train_options(options: FinetuneOptions) -> TrainOptions:
                           eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target,
                           cuda_graph=options.cuda_graph)
     result.validate()
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+        raise TrtqError(f"--seed {options.seed!r} is not a whole number >= 0.", "give e.g. --seed 0.")
     return result
 
 
@@ -251,12 +253,12 @@ def finetune(
     quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
                                            exclude_nodes=tuple(options.exclude_nodes),
                                            exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
-    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
+    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune", progress=progress)
     prepared = prepared.at_shapes(monitor_ds.shapes)
-    train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
-        else monitor_ds
-    eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
-        else monitor_ds
+    train_ds = monitor_ds if train_data is None else \
+        api.open_data(prepared.model, train_data, data, purpose="fine-tune", progress=progress)
+    eval_ds = monitor_ds if eval_data is None else \
+        api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
     if ranges is None:
         table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
