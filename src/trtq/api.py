@@ -447,10 +447,13 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
     inputs = graph_inputs(model)
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-    if isinstance(first, int) and first > 0:
-        return first
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
         raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
+    if isinstance(first, int) and first > 0:
+        if requested is not None and requested != first:
+            warnings.warn(f"--batch-size {requested} is not used: the model fixes its batch dim at {first}, so it is "
+                          f"evaluated {first} samples at a time.", stacklevel=2)
+        return first
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
@@ -806,17 +809,28 @@ def compare(
     are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    A candidate that is a TensorRT engine (.engine/.plan/.trt) runs in TensorRT where it is installed,
+    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them.
     """
+    from trtq.tensorrt.runner import ENGINE_SUFFIXES
+
+    engine = Path(candidate_path).suffix.lower() in ENGINE_SUFFIXES
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     check_runnable(reference, reference_path)
-    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
+    candidate = None if engine else load_model(candidate_path, load_external_data=False)  # fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
-    if device == "cpu":
-        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
-                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    make = runner_factory(device)
+    first: Runner = OrtRunner(session_from_file(reference_path, graph=reference)) if device == "cpu" \
+        else make(load_model(reference_path))
+    if engine:
+        from trtq.tensorrt.runner import EngineRunner
+
+        second: Runner = EngineRunner(candidate_path)
+    elif device == "cpu":
+        second = OrtRunner(session_from_file(candidate_path, graph=candidate))
     else:
-        make = runner_factory(device)
-        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
+        second = make(load_model(candidate_path))
+    runners = (first, second)
     return compare_models(
         *runners,
         dataset,

@@ -330,3 +330,12 @@ def test_what_a_data_script_prints_goes_to_stderr(files, capsys, tmp_path):
                  "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["samples"] == 2 and "importing" in captured.err and "loading" in captured.err
+
+
+def test_a_batch_size_a_fixed_batch_model_cannot_take_is_said_to_be_unused(tmp_path, capsys, files):
+    model = save(residual_conv_net(batch=2), tmp_path / "fixed.onnx")
+    assert main(["compare", model, model, "--data", str(files / "calib.npy"), "--batch-size", "4",
+                 "--output-dir", str(tmp_path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("trtq: warning: --batch-size 4 is not used: the model fixes its batch dim at 2, so it is evaluated "
+                   "2 samples at a time.\n")

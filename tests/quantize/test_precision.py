@@ -166,3 +166,20 @@ def test_raising_the_opset_without_the_converter_gives_the_converters_model(monk
             slow = convert_to_fp16(quantized, amax)
         assert fast.model.SerializeToString() == slow.model.SerializeToString()
     assert not precision._same_up_to(normalize_model(gemm_matmul_net()), 19)
+
+
+def test_an_fp32_pair_before_an_fp16_conv_gets_a_cast():
+    """A pair whose scale is below FP16's smallest normal stays FP32 while the conv reading it runs FP16:
+    the dequantized value needs a Cast to FP16, though trtq's Q/DQ outputs carry no value_info (the
+    missing Cast made TensorRT reject a dynamo-exported YOLO: conv input Float, kernel Half). Opset 19,
+    so no opset upgrade re-infers the types on the way."""
+    model = normalize_model(residual_conv_net(opset=19))
+    placement = plan_placement(model)
+    amax = {t: 4.0 for t in placement.activation_tensors}
+    amax["r2"] = 1e-6  # scale 8e-9 < 2**-14: this pair keeps FP32 scales
+    quantized = insert_qdq(model, placement, amax)
+    converted = apply_high_precision(quantized, "fp16", amax={}).model
+    onnx.checker.check_model(converted, full_check=True)  # Conv's X and W share one type
+    conv3 = next(n for n in converted.graph.node if n.name == "conv3")
+    types = tensor_types(onnx.shape_inference.infer_shapes(converted))
+    assert types[conv3.input[0]] == types[conv3.input[1]] == TensorProto.FLOAT16

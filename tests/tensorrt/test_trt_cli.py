@@ -80,6 +80,17 @@ def test_run_bench_inspect(capsys, tmp_path):
     assert_not_installed(err, f"trtexec --loadEngine={engine} --skipInference --dumpLayerInfo")
 
 
+def test_compare_with_an_engine_needs_tensorrt(model, capsys, tmp_path):
+    # the engine runs where TensorRT is installed; here it is not: one sentence, before any data is read twice
+    import numpy as np
+
+    np.save(tmp_path / "d.npy", np.zeros((2, 3, 16, 16), np.float32))
+    engine = str(tmp_path / "m.int8.engine")
+    code, _, err = run(["compare", model, engine, "--data", str(tmp_path / "d.npy"), "--quiet"], capsys)
+    assert code == 2
+    assert_not_installed(err, f"trtexec --loadEngine={engine} --iterations=1")
+
+
 def test_print_trtexec_needs_no_tensorrt(model, capsys):
     code, out, err = run(["build", model, "--print-trtexec", "--min-shape", "input:1x3x16x16", "--opt-shape",
                           "input:4x3x16x16", "--max-shape", "input:8x3x16x16"], capsys)

@@ -30,8 +30,8 @@ from trtq.cli.options import (
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
 from trtq.report import RunRecord, record_path, write_record
+from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -325,6 +325,9 @@ def convert_to_fp16(
         )
     types = tensor_types(out)
     initializers = {init.name: init for init in graph.initializer}
+    for node in graph.node:  # inserted DQs carry no value_info: a DQ writes its scale's type
+        if node.op_type == "DequantizeLinear" and node.output[0] not in types and node.input[1] in initializers:
+            types[node.output[0]] = initializers[node.input[1]].data_type
     ranges = _ranges(out, amax, initializers)
     plan = _plan(out, types, ranges, set(keep_nodes), FP16_MAX / max(headroom, 1.0))
     casts = _rewrite(out, types, initializers, plan)
