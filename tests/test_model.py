@@ -1,7 +1,9 @@
 """Model loading, inspection, shapes and normalisation."""
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from tiny_models import residual_conv_net, save
 
 from trtq.errors import TrtqError
@@ -114,9 +116,6 @@ def _constant_heavy_chain(n: int = 40) -> onnx.ModelProto:
 
     Every second node is a Constant that normalisation folds into an initializer.
     """
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
     nodes, previous = [], "x"
     for i in range(n):
         value = numpy_helper.from_array(np.full((1,), float(i), np.float32), f"c{i}")
@@ -156,3 +155,55 @@ def test_missing_shape_error_names_every_input_in_the_commands_words():
     # --shape on one input sets the batch of the others; their open dims stay open for the data
     assert requested_shapes(tokens, {"input_ids": (4, 8)}) == {
         "input_ids": (4, 8), "attention_mask": (4, None), "token_type_ids": (4, None)}
+
+
+def _opset11_unnamed_softmax() -> onnx.ModelProto:
+    """An opset-11 graph of unnamed nodes whose upgrade to opset 13 inserts nodes (Softmax's adapter):
+
+        x [1,2,3,4] -> Conv 1x1 (2->2, weight in a Constant node) -> Softmax (axis 1, opset-11 semantics) -> y
+    """
+    weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=weight),
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Softmax", ["c"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "softmax11", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    return model
+
+
+def test_normalized_node_names_survive_the_opset_upgrade():
+    # Regression: normalize_model named unnamed nodes after onnx's version converter had inserted its own
+    # (Flatten/Reshape around an opset-11 Softmax), so the names shifted away from normalized_node_names
+    # and `quantize --exclude-nodes` died with KeyError 'Flatten_257' on PaddleOCR's classifier.
+    from trtq.model import normalized_node_names
+
+    model = _opset11_unnamed_softmax()
+    names = normalized_node_names(model)
+    assert list(names) == ["Conv_0", "Softmax_1"]
+    normalized = normalize_model(model)
+    ops = {node.name: node.op_type for node in normalized.graph.node}
+    assert {name: ops.get(name) for name in names} == {"Conv_0": "Conv", "Softmax_1": "Softmax"}
+    assert len(ops) == len(normalized.graph.node) > 2  # the converter's nodes have unique names of their own
+    assert all(ops)
+
+
+def test_inspect_counts_parameters_in_constant_nodes(tmp_path):
+    # paddle2onnx keeps weights in Constant nodes: inspect printed "0 parameters" for them
+    path = tmp_path / "constants.onnx"
+    onnx.save(_opset11_unnamed_softmax(), str(path))
+    info = inspect_model(path)
+    assert (info.num_parameters, info.constant_parameters) == (4, 4)
+    assert info.quantizable_nodes == ("Conv_0",)  # the names --exclude-nodes matches
+
+
+def test_question_mark_dims_are_unknown_not_a_shared_name():
+    # paddle2onnx writes dim_param "?" for every dynamic dim; read as a name, H and W had to be equal
+    from trtq.model import tensor_spec
+
+    vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["?", 3, "?", "?"])
+    assert tensor_spec(vi).shape == (None, 3, None, None)
+    assert tensor_spec(vi).shape_str() == "?x3x?x?"

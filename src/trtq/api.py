@@ -164,7 +164,8 @@ class PreparedModel:
     model: onnx.ModelProto
     placement: Placement
     layer_names: dict[str, str] = field(default_factory=dict)
-    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
+    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file
+    (nodes that normalisation added, which that file lacks, have none)."""
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
@@ -386,7 +387,7 @@ def quantize(
         commands=build_commands(
             onnx_path, cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
-                              for n in placement.excluded_nodes},
+                              for n in placement.excluded_nodes if n in prepared.layer_names},
         ),
         notes=calibration.notes if calibration else (),
         calibration=calibration,
@@ -492,6 +493,7 @@ def sensitivity(
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
+                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
                           shape_notes(calib_data, dataset))
