@@ -72,6 +72,8 @@ class ZooEntry:
     export: Callable[[Path], None] = field(repr=False)
     data: Callable[[np.random.Generator, int], dict[str, np.ndarray]] = field(repr=False)
     task: str | None = None
+    limit: int | None = None
+    """Samples the tests give the costly models (`--limit`), where all of SAMPLES would take too long."""
 
     def shape_args(self) -> list[str]:
         """`--shape NAME:AxBxC` options for every input, at the data's shape."""
@@ -366,12 +368,12 @@ ZOO: tuple[ZooEntry, ...] = (
              _torch_export(_bert, False, "transformer"), _tokens),
     ZooEntry("bert-dynamo", "torch-dynamo", "transformer", _BERT_DYNAMO, {n: (1, BERT_SEQ) for n in TOKEN_INPUTS},
              _torch_export(_bert, True, "transformer", opset=18), _tokens),
-    ZooEntry("ppocr-det", "paddle2onnx", "ocr-detector", (), {"x": (1, 3, 64, 64)},
-             _rapidocr_model("det"), _images((1, 3, 64, 64))),
-    ZooEntry("ppocr-rec", "paddle2onnx", "ocr-recognizer", (), {"x": (1, 3, 48, 64)},
-             _rapidocr_model("rec"), _images((1, 3, 48, 64))),
-    ZooEntry("ppocr-cls", "paddle2onnx", "ocr-classifier", (), {"x": (1, 3, 48, 96)},
-             _rapidocr_model("cls"), _images((1, 3, 48, 96)), task="classify"),
+    ZooEntry("ppocr-det", "paddle2onnx", "ocr-detector", (), {"x": (1, 3, 32, 32)},
+             _rapidocr_model("det"), _images((1, 3, 32, 32)), limit=2),
+    ZooEntry("ppocr-rec", "paddle2onnx", "ocr-recognizer", (), {"x": (1, 3, 48, 32)},
+             _rapidocr_model("rec"), _images((1, 3, 48, 32)), limit=2),
+    ZooEntry("ppocr-cls", "paddle2onnx", "ocr-classifier", (), {"x": (1, 3, 48, 64)},
+             _rapidocr_model("cls"), _images((1, 3, 48, 64)), task="classify", limit=2),
     ZooEntry("keras-cnn", "tf2onnx", "cnn", ("tensorflow", "tf2onnx"), {"x": (1, 32, 32, 3)},
              _keras_export, _images((1, 32, 32, 3), layout="NHWC"), task="classify"),
 )
