@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50", choices=("resnet50", "ppocr-det"))
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--method", default="entropy", choices=("entropy", "max", "percentile"))
+    parser.add_argument("--method", default="entropy", choices=("auto", "entropy", "max", "percentile", "mse"))
     parser.add_argument("--skip-ort", action="store_true", help="skip onnxruntime quantize_static (it can need >20 GiB "
                         "with entropy on 640x640 detectors)")
     parser.add_argument("--repeat", type=int, default=3, help="floor/trtq pairs to run; the median ratio is reported")
@@ -226,6 +226,9 @@ def main() -> None:
         print(f"(a) trtq quantize, whole command / FP32 floor: {statistics.median(whole):.2f}x "
               f"(target <= 1.5; runs {', '.join(f'{r:.2f}' for r in whole)}); peak memory / floor: "
               f"{t['peak_mib'] / f['peak_mib']:.2f}x")
+        cpu = [t["cpu_s"] / f["cpu_s"] for f, t in ok]
+        print(f"    CPU time (user+sys), whole command / FP32 floor: {statistics.median(cpu):.2f}x "
+              f"(runs {', '.join(f'{r:.2f}' for r in cpu)}; robust to other load on a shared machine)")
         print(f"    calibration stage alone (session, passes, ranges; no model load or output writing): "
               f"{statistics.median(stage):.2f}x")
     o = results.get("onnxruntime", {})

@@ -235,7 +235,7 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
 
 
 def test_unknown_method_is_refused_when_options_are_made():
-    with pytest.raises(TrtqError, match="--method 'kl' is not one of entropy, max, percentile, mse"):
+    with pytest.raises(TrtqError, match="--method 'kl' is not one of auto, entropy, max, percentile, mse"):
         api.QuantizeOptions(method="kl")
 
 
@@ -290,3 +290,43 @@ def test_compare_names_a_model_whose_weights_file_is_missing(wide_case):
     with pytest.raises(TrtqError, match=r"cannot load .*wide\.int8\.onnx") as info:
         api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
     assert ".data file" in info.value.hint
+
+
+@pytest.fixture()
+def bias_case(tmp_path):
+    from accuracy_models import large_bias_net
+
+    model = save(large_bias_net(), tmp_path / "bias.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((32, 4, 8, 8)).astype(np.float32))
+    return tmp_path, model
+
+
+def test_target_with_fp16_is_measured_on_the_model_as_written(bias_case):
+    """--target --high-precision fp16: the reported final metric is the written model's, as compare measures it.
+
+    Before, the search measured the model before its FP16 conversion (42.8 dB) and onnxruntime's bias
+    folding made the written one read 37.7 dB in `compare`, under the 40 dB target.
+    """
+    tmp, model = bias_case
+    result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
+        target="snr>=40", high_precision="fp16", output_dir=str(tmp / "out")), progress=False)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(result.onnx_path).graph.initializer)
+    written = api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
+    assert written.outputs[0].snr_db >= 40
+    assert written.outputs[0].snr_db == pytest.approx(result.mixed["final_metric"], abs=1e-3)
+    assert result.mixed["measured_on"].endswith("after the FP16 conversion, as written")
+
+
+def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
+    """snr>=200 holds with every layer out of INT8 in FP32 (inf dB), never in FP16: after the conversion the
+    target is re-checked and reported as missed, measured on what would have been written."""
+    tmp, model = bias_case
+    with pytest.raises(TrtqError, match=r"snr>=200 was not reached.*after the FP16 conversion") as caught:
+        api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
+            target="snr>=200", high_precision="fp16", output_dir=str(tmp / "out")), progress=False)
+    assert "--high-precision fp32" in caught.value.hint
+    assert not (tmp / "out").exists()
+    fp32 = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
+        target="snr>=200", output_dir=str(tmp / "out")), progress=False)
+    assert fp32.mixed["final_metric"] == "inf" and fp32.mixed["all_excluded"] and fp32.qdq_pairs == 0

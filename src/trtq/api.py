@@ -8,25 +8,29 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import onnx
 
-from trtq._io import check_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
+from trtq.calibrate.auto import JudgedLayer
+from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
+from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
-from trtq.formats.ranges import RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
     PROTOBUF_LIMIT,
     ModelInfo,
@@ -44,14 +48,18 @@ from trtq.model import (
     serialized_chunks,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
-from trtq.quantize.precision import apply_high_precision
+from trtq.quantize.precision import high_precision
+from trtq.quantize.qdq import MIN_OPSETS
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.runtime import Runner, runner_factory
+from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
 
 __all__ = [
     "DataOptions",
-    "TaskOptions",
     "QuantizeOptions",
     "QuantizeResult",
+    "TaskOptions",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -92,11 +100,39 @@ class TaskOptions:
                          coco=self.coco, postprocess=self.postprocess, ref_conf=self.ref_conf)
 
 
+PRECISIONS = ("int8", "fp8")
+"""What the quantized layers run in: INT8, or FP8 E4M3 (Hopper, Ada, Blackwell; TensorRT 10 strongly typed and 11)."""
+
+DEFAULT_METHODS = {"int8": "auto", "fp8": "max"}
+"""Range algorithm per precision when none is given. INT8: auto (per tensor, the candidate range that
+does least harm, checked end to end; trtq.calibrate.auto), `entropy` being TensorRT's own. FP8: max, as
+NVIDIA ModelOpt's FP8 recipe (FP8's error is relative, so clipping buys little and costs the clipped values:
+on all-MiniLM-L6-v2, FP8 with max ranges reads 21.0 dB over real tokens, with entropy 10.8 dB)."""
+
+FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error is relative, so clipping costs "
+                     "more than it saves there: consider --method max (the FP8 default) or mse (on the FP8 grid)")
+
+NO_FP8_LAYER_NOTE = ("no layer runs in FP8: FP8 Q/DQ goes on Conv, Gemm and MatMul only, and not on convolutions with "
+                     "16 or fewer input or output channels or more than 32 filter taps (no FP8 kernel pays off there)")
+
+NO_CACHE_NOTE = ("no calibration cache: TensorRT's implicit calibration (the cache) is INT8 only; build the FP8 "
+                 "Q/DQ model strongly typed (TensorRT 10 --stronglyTyped, or TensorRT 11)")
+"""Why `--precision fp8` writes no `.cache` file."""
+
+
+def precision_grid(precision: str) -> Grid:
+    """The quantization grid of a `--precision` value."""
+    if precision not in PRECISIONS:
+        raise TrtqError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.", "use int8 or fp8.")
+    return GRIDS[precision]
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
 
-    method: str = "entropy"
+    method: str | None = None
+    """Range algorithm; None: the precision's default (DEFAULT_METHODS)."""
     percentile: float = 99.99
     exclude_nodes: Sequence[str] = ()
     exclude_ops: Sequence[str] = ()
@@ -115,10 +151,20 @@ class QuantizeOptions:
     external_data: bool | None = None
     """Write the weights to `<stem>.int8.onnx.data` beside the model: True, False, or None (only when
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
+    precision: str = "int8"
+    """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
 
     def __post_init__(self) -> None:
+        precision_grid(self.precision)
+        if self.method is None:
+            object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+
+    @property
+    def grid(self) -> Grid:
+        """The grid the quantized layers run on (INT8 or FP8 E4M3)."""
+        return precision_grid(self.precision)
 
 
 @dataclass(frozen=True)
@@ -127,7 +173,8 @@ class QuantizeResult:
 
     model: str
     onnx_path: str
-    cache_path: str
+    cache_path: str | None
+    """The TensorRT calibration cache; None for FP8, which has none (see `notes`)."""
     ranges_path: str
     method: str
     samples: int
@@ -143,16 +190,30 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
+    choices: dict[str, RangeChoice] = field(default_factory=dict)
+    """Per quantized tensor, why it got its range (`--method auto`; also from a saved table)."""
+    range_table: str | None = None
+    """`--method auto`: the candidate table kept ("per-tensor", "mse" or "percentile")."""
+    table_scores: dict[str, float] = field(default_factory=dict)
+    """`--method auto`: each candidate table's mean per-sample output SNR (dB) on the judging samples."""
+    range_samples: int = 0
+    """`--method auto`: the calibration samples the tables were scored on."""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data (one line per data source that gave some)."""
+    quant_type: str = "int8"
+    """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
+    record_path: str | None = None
+    """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
+        out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -178,19 +239,22 @@ def prepare_model(
     exclude_nodes: Sequence[str] = (),
     exclude_ops: Sequence[str] = (),
     cache_scope: str = "qdq",
+    precision: str = "int8",
 ) -> PreparedModel:
-    """Load, normalise (opset >= 13, named nodes, Constant -> initializer) and plan placement."""
+    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
+    grid = precision_grid(precision)
     path = Path(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
-        model = normalize_model(original, source=str(path), copy=False)
+        model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     return PreparedModel(
         path=path,
         sha256=sha256.result(),
         model=model,
-        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope),
+        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
+                                 grid=grid),
         layer_names=layer_names,
     )
 
@@ -259,7 +323,8 @@ def calibrate(
     progress: bool = True,
 ) -> CalibrationResult:
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
-    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
+                             options.precision)
     return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
 
 
@@ -269,7 +334,8 @@ def calibrate_prepared(
     """Calibrate an already prepared model on already opened (and checked) data.
 
     For callers that use the model and the data again afterwards (quantize with --target,
-    sensitivity, fine-tuning), so neither is loaded or checked twice.
+    sensitivity, fine-tuning), so neither is loaded or checked twice. A table calibrated for
+    FP8 says so in its options ("precision": "fp8").
     """
     return run_calibration(
         prepared.model,
@@ -283,14 +349,32 @@ def calibrate_prepared(
         device=options.device,
         drop_partial=_fixed_batch(prepared.model),
         progress=progress,
+        layers=judged_layers(prepared.placement) if options.method == "auto" else (),
+        score_tables=partial(score_tables, prepared.model, prepared.placement),
+        grid=options.grid,
     )
 
 
-def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path]:
-    """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model)."""
+def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
+    """The nodes that read quantized activations, with their quantized inputs: what `--method auto` judges."""
+    activations: dict[str, list[tuple[int, str]]] = {}
+    weights: dict[str, list[tuple[int, str, int]]] = {}
+    for target in placement.targets:
+        for node, index in target.consumers:
+            if target.kind == "activation":
+                activations.setdefault(node, []).append((index, target.tensor))
+            else:
+                weights.setdefault(node, []).append((index, target.tensor, target.axis or 0))
+    return tuple(JudgedLayer(node, tuple(sorted(acts)), tuple(sorted(weights.get(node, ()))))
+                 for node, acts in activations.items())
+
+
+def output_paths(model_path: Path, output_dir: str | None, precision: str = "int8") -> tuple[Path, Path, Path]:
+    """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model);
+    `.fp8.` for FP8 (whose cache path is never written)."""
     directory = Path(output_dir) if output_dir else model_path.parent
-    stem = model_path.stem
-    return directory / f"{stem}.int8.onnx", directory / f"{stem}.int8.cache", directory / f"{stem}.int8.json"
+    stem, tag = model_path.stem, precision_grid(precision).name
+    return directory / f"{stem}.{tag}.onnx", directory / f"{stem}.{tag}.cache", directory / f"{stem}.{tag}.json"
 
 
 def quantize(
@@ -301,17 +385,29 @@ def quantize(
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> QuantizeResult:
     """Calibrate (or reuse saved ranges) and write the Q/DQ ONNX, the TensorRT cache and the ranges JSON.
 
-    All three files appear together or not at all.
+    The files (and, with `record`, the run record `trtq-quantize.json` for `trtq report`) are one
+    set: they appear together or the previous ones stay as they were. With --high-precision fp16,
+    the --target search measures every candidate after the FP16 conversion, so its numbers
+    describe the model as written.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
-    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
-    onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir)
-    check_writable_dir(onnx_path.parent)
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
+                             options.precision)
+    onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
+    fp8 = options.precision == "fp8"
+    destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path])]
+    if options.external_data:
+        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    if record is not None:
+        destinations.append(record_path(onnx_path.parent, "quantize"))
+    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+    check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
@@ -320,6 +416,10 @@ def quantize(
         table, seconds = calibration.ranges, calibration.seconds
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+    converter = high_precision(
+        options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
+        batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
+    )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
         dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
@@ -331,15 +431,14 @@ def quantize(
             prepared.model, table.amax, dataset, options.target,
             exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
-            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset), progress=progress,
+            ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
+            runner=runner_factory(options.device), progress=progress,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
-    if options.high_precision != "fp32":
-        precision = apply_high_precision(
-            quantized_model, options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
-            batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
-        )
+    if converter.mode != "fp32":
+        precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
     if table.model_sha256 != prepared.sha256:
         warnings.warn(
@@ -347,30 +446,30 @@ def quantize(
             f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
             stacklevel=2,
         )
+    table_precision = table.options.get("precision", "int8")
+    if table_precision != options.precision:
+        warnings.warn(
+            f"Ranges table {ranges} was calibrated for --precision {table_precision}, this run quantizes to "
+            f"{options.precision}; its ranges are used as they are (re-calibrate for ranges chosen for {options.precision}).",
+            stacklevel=2,
+        )
     check_structure(quantized_model)
     shapes = data_shapes(prepared.model, data.shapes, calib_data)
-    cache_amax = {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
+    cache_amax = {} if fp8 else {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
     external = options.external_data
     if external is None:
         external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
-    if data_path is not None:
+    data_path = onnx_path.with_name(onnx_path.name + ".data")
+    if external:
         model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
         model_files = {data_path: data_chunks, onnx_path: model_chunks}
     else:
         model_files = {onnx_path: serialized_chunks(quantized_model)}
-    write_files_atomically(
-        {
-            **model_files,
-            cache_path: format_cache(cache_amax, options.trt_version, table.method),
-            ranges_path: table.to_json().encode("utf-8"),
-        }
-    )
-    return QuantizeResult(
+    result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(onnx_path),
-        data_path=str(data_path) if data_path else None,
-        cache_path=str(cache_path),
+        data_path=str(data_path) if external else None,
+        cache_path=None if fp8 else str(cache_path),
         ranges_path=str(ranges_path),
         method=table.method,
         samples=table.num_samples,
@@ -385,27 +484,60 @@ def quantize(
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            onnx_path, cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
+            onnx_path, None if fp8 else cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes if n in prepared.layer_names},
         ),
-        notes=calibration.notes if calibration else (),
+        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
+        quant_type=options.precision,
+        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
+        choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
+        range_table=str(table.options["table"]) if "table" in table.options else None,
+        table_scores=dict(table.table_scores),
+        range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
+    files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}
+    if not fp8:
+        files[cache_path] = format_cache(cache_amax, options.trt_version, table.method)
+    if record is not None:
+        histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
+            if calibration is not None else {}
+        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+            "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
+            command=record.command)
+    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
+    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    return result
 
 
-def build_commands(onnx_path: Path, cache_path: Path, model_path: Path, shapes: Mapping[str, tuple[int, ...]],
+REPORT_HISTOGRAMS = 6
+"""Tensors whose calibration histograms go into the run record: those the chosen ranges clip most."""
+
+
+def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
+    """What the output says about FP8: no cache, ranges from an INT8-minded algorithm, no FP8 layer at all."""
+    if options.precision != "fp8":
+        return ()
+    clipping = (FP8_CLIPPING_NOTE.format(method=method),) if method in ("entropy", "percentile") else ()
+    empty = (NO_FP8_LAYER_NOTE,) if not placement.targets else ()
+    return (NO_CACHE_NOTE, *clipping, *empty)
+
+
+def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, shapes: Mapping[str, tuple[int, ...]],
                    fp16: bool = False, layer_precisions: Mapping[str, str] | None = None) -> dict[str, str]:
     """The trtexec command lines that build an engine from what `quantize` wrote, per TensorRT version.
 
     The implicit TensorRT 10 line builds the original FP32 file with the cache; layers kept out of
     INT8 are pinned there with obeyed layer precisions (parser layer names of the original file).
+    Without a cache (FP8) there is no implicit line: only strongly typed builds read FP8 Q/DQ.
     """
     from trtq.tensorrt.commands import trtexec_build_commands
 
     engine_path = onnx_path.with_suffix(".engine")
-    return trtexec_build_commands(str(onnx_path), str(cache_path), str(engine_path), dict(shapes) or None,
-                                  original_onnx=str(model_path), implicit_fp16=fp16, layer_precisions=layer_precisions)
+    return trtexec_build_commands(str(onnx_path), str(cache_path or ""), str(engine_path), dict(shapes) or None,
+                                  original_onnx=str(model_path) if cache_path else None, implicit_fp16=fp16,
+                                  layer_precisions=layer_precisions)
 
 
 def compare(
@@ -416,16 +548,25 @@ def compare(
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run FP32 and quantized models on the same samples under onnxruntime and report agreement,
-    plus task metrics (FP32 vs quantized top-1/top-5 or mAP) when `task` is given."""
+    """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+
+    `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
-    load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
+    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare")
+    if device == "cpu":
+        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
+                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    else:
+        make = runner_factory(device)
+        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
     return compare_models(
-        session_from_file(reference_path),
-        session_from_file(candidate_path),
+        *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
         reference_name=str(reference_path),
@@ -442,7 +583,7 @@ SENSITIVE_DB = 30.0
 @dataclass(frozen=True)
 class SensitivityRun:
     """A sensitivity analysis, the ranges it used, and the TensorRT 10 line that keeps the sensitive
-    layers (below SENSITIVE_DB) out of INT8."""
+    layers (below SENSITIVE_DB) out of INT8 (none for FP8, which no implicit build reads)."""
 
     result: SensitivityResult
     ranges: RangesTable
@@ -473,7 +614,8 @@ def sensitivity(
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
-    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope)
+    prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
+                             options.precision)
     calib_data = open_data(prepared.model, calib, data) if calib is not None else None
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
@@ -488,9 +630,12 @@ def sensitivity(
         method=method,
         task=task.bind(dataset, prepared.model) if task else None,
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
+        runner=runner_factory(options.device),
         progress=progress,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
+    if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
+        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive

@@ -328,13 +328,16 @@ MIN_QDQ_OPSET = 13
 """Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13."""
 
 
-def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = True) -> onnx.ModelProto:
+def normalize_model(
+    model: onnx.ModelProto, source: str = "model", copy: bool = True, min_opset: int = MIN_QDQ_OPSET
+) -> onnx.ModelProto:
     """Return a copy (or, with copy=False, `model` itself, changed) ready for analysis and Q/DQ insertion.
 
     - Constant nodes become initializers (exporters emit weights either way),
     - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
       excluded and reported by name,
-    - the default-domain opset is raised to >= 13 (per-channel Q/DQ), via onnx's version converter,
+    - the default-domain opset is raised to >= `min_opset` (13: per-channel Q/DQ; 19: FP8 Q/DQ),
+      via onnx's version converter,
     - shapes and types are inferred.
     """
     from onnx import numpy_helper, shape_inference, version_converter
@@ -350,14 +353,15 @@ def normalize_model(model: onnx.ModelProto, source: str = "model", copy: bool = 
     kept_nodes = [node for index, node in enumerate(out.graph.node) if index not in folded]
     for node, name in zip(kept_nodes, _node_names(kept_nodes)):
         node.name = name
-    if default_opset(out) < MIN_QDQ_OPSET:
+    if default_opset(out) < min_opset:
+        need = "per-channel Q/DQ" if min_opset <= MIN_QDQ_OPSET else "FP8 Q/DQ (float8e4m3fn)"
         try:
-            out = version_converter.convert_version(out, MIN_QDQ_OPSET)
+            out = version_converter.convert_version(out, min_opset)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError subtypes
             raise TrtqError(
-                f"{source} uses opset {default_opset(model)}; per-channel Q/DQ needs opset >= "
-                f"{MIN_QDQ_OPSET} and onnx's version converter failed ({exc}).",
-                f"re-export the model with opset {MIN_QDQ_OPSET} or newer.",
+                f"{source} uses opset {default_opset(out)}; {need} needs opset >= "
+                f"{min_opset} and onnx's version converter failed ({exc}).",
+                f"re-export the model with opset {min_opset} or newer.",
             ) from exc
     graph = out.graph
     folded = _foldable_constants(graph)

@@ -20,6 +20,7 @@ from trtq.calibrate.algorithms import (
     needs_histogram,
 )
 from trtq.calibrate.collector import StatsCollector, TensorStats
+from trtq.calibrate.grids import FP8_E4M3, INT8
 from trtq.errors import TrtqError
 
 
@@ -137,6 +138,19 @@ def test_mse_finds_known_optimal_clipping() -> None:
     assert amax_mse(laplace) < amax_entropy(laplace) <= laplace.amax
 
 
+def test_mse_on_the_fp8_grid_keeps_what_int8_clips() -> None:
+    # E4M3's error is relative to each value, so a larger range costs the bulk almost nothing: mse on
+    # the FP8 grid keeps the four outliers (60x the Laplacian's scale) that mse on INT8 clips.
+    rng = np.random.default_rng(3)
+    values = rng.laplace(size=1 << 18).astype(np.float32)
+    values[:4] = [60.0, -55.0, 58.0, -50.0]
+    stats = _stats_of(values)
+    assert amax_mse(stats) < 0.75 * stats.amax
+    assert amax_mse(stats, FP8_E4M3) > 0.95 * stats.amax
+    assert compute_amax(stats, "mse", grid=FP8_E4M3) == amax_mse(stats, FP8_E4M3)
+    assert compute_amax(stats, "mse") == amax_mse(stats, INT8)
+
+
 def test_percentile_of_uniform_sample() -> None:
     values = np.random.default_rng(3).uniform(-2.0, 2.0, 1 << 20).astype(np.float32)
     stats = _stats_of(values)
@@ -195,7 +209,8 @@ def test_dispatch_and_unknown_method() -> None:
         compute_amax(stats, "minmax")
     with pytest.raises(TrtqError):
         needs_histogram("kl")
-    assert [needs_histogram(m) for m in METHODS] == [True, False, True, True]
+    assert [needs_histogram(m) for m in METHODS] == [True, True, False, True, True]  # auto, entropy, max, ...
+    assert compute_amax(stats, "auto") == amax_mse(stats)  # the fallback of tensors auto does not judge
 
 
 def test_histogram_methods_need_a_histogram() -> None:

@@ -8,10 +8,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tiny_models import residual_conv_net  # noqa: E402
+
 from trtq.calibrate.algorithms import compute_amax  # noqa: E402
 from trtq.calibrate.backend import make_backend  # noqa: E402
 from trtq.calibrate.backend_ort import OrtBackend  # noqa: E402
-from trtq.calibrate.backend_torch import TorchBackend, resolve_device  # noqa: E402
+from trtq.calibrate.backend_torch import (  # noqa: E402
+    CUDNN_BENCHMARK_MIN_BATCHES,
+    TorchBackend,
+    resolve_device,
+)
 from trtq.errors import TrtqError  # noqa: E402
 from trtq.model import normalize_model  # noqa: E402
 
@@ -68,3 +73,37 @@ def test_cuda_without_gpu_is_one_clear_sentence():
 def test_bad_device_names():
     with pytest.raises(TrtqError, match="not a device name"):
         resolve_device("gpu0")
+
+
+def test_cudnn_autotuning_only_for_long_or_open_ended_runs(monkeypatch):
+    model = normalize_model(residual_conv_net(batch="N"))
+    short = TorchBackend(model, ["r1"], device="cpu", expected_batches=8)
+    assert not short.cudnn_benchmark
+    assert TorchBackend(model, ["r1"], device="cpu", expected_batches=CUDNN_BENCHMARK_MIN_BATCHES).cudnn_benchmark
+    assert TorchBackend(model, ["r1"], device="cpu").cudnn_benchmark  # unknown length: the old behaviour
+    assert TorchBackend(model, ["r1"], device="cpu", expected_batches=8, cudnn_benchmark=True).cudnn_benchmark
+    seen = []
+    step = short._step
+    monkeypatch.setattr(short, "_step", lambda feeds: (seen.append(torch.backends.cudnn.benchmark), step(feeds)))
+    before = torch.backends.cudnn.benchmark
+    short.observe(batches(1)[0])
+    assert seen == [False] and torch.backends.cudnn.benchmark == before  # applied inside the step, then restored
+
+
+def test_calibration_tells_the_backend_how_many_batches_come(monkeypatch, tmp_path):
+    from trtq.calibrate import runner
+    from trtq.data.sources import open_dataset
+    from trtq.model import graph_inputs
+
+    model = normalize_model(residual_conv_net(batch="N"))
+    np.save(tmp_path / "x.npy", np.concatenate([b["input"] for b in batches(4)])[:10])  # 10 samples
+    dataset = open_dataset(tmp_path / "x.npy", graph_inputs(model), {"input": (4, 3, 16, 16)})
+    told = []
+
+    def recording(device, model, tensors, histogram, batches=None):
+        told.append(batches)
+        return make_backend("cpu", model, tensors, histogram)
+
+    monkeypatch.setattr(runner, "make_backend", recording)
+    runner.run_calibration(model, ["r1"], dataset, model_sha256="0" * 64, batch_size=4, device="cuda", progress=False)
+    assert told == [3]  # 4 + 4 + 2

@@ -95,3 +95,54 @@ def test_interrupted_run_leaves_no_output(case, capsys, monkeypatch):
     assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--output-dir", str(out), "--quiet"]) == 130
     assert "interrupted; no output was written" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_quantize_fp8_json_and_text(transformer_onnx, tmp_path, capsys):
+    from transformer_models import token_data
+
+    model = str(transformer_onnx("bert", False))
+    np.savez(tmp_path / "calib.npz", **token_data(8))
+    common = ["quantize", model, "--calib", str(tmp_path / "calib.npz"), "--precision", "fp8",
+              "--output-dir", str(tmp_path)]
+    assert main([*common, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quant_type"] == "fp8" and out["method"] == "max" and out["cache_path"] is None
+    assert out["onnx_path"].endswith("bert_legacy.fp8.onnx") and not list(tmp_path.glob("*.cache"))
+    assert set(out["commands"]) == {"tensorrt-11", "tensorrt-10-strongly-typed"}
+    assert any("no calibration cache" in note for note in out["notes"]) and out["qdq_pairs"] == 28
+    assert main([*common, "--method", "entropy", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "28 FP8 E4M3 Q/DQ pairs" in text and ".cache" not in text and "--int8" not in text
+    assert "entropy clips ranges for INT8's uniform grid" in text and "--stronglyTyped" in text
+    assert main(["sensitivity", model, "--calib", str(tmp_path / "calib.npz"), "--precision", "fp8",
+                 "--output-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"trtq quantize {model} --precision fp8 --exclude-nodes" in text and "implicit" not in text
+
+
+def test_fp8_on_a_model_without_fp8_layers_says_so(tmp_path, capsys):
+    from tiny_models import wide_conv_net
+
+    model = save(wide_conv_net(), tmp_path / "wide.onnx")  # every conv has <= 16 channels on one side
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    assert main(["quantize", model, "--calib", str(tmp_path / "calib.npy"), "--precision", "fp8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["qdq_pairs"] == 0 and len(out["excluded_nodes"]) == 4
+    assert any(note.startswith("no layer runs in FP8") for note in out["notes"])
+
+
+def test_auto_explains_its_choice_in_text_json_and_report(case, capsys):
+    tmp, model = case
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "calibrated 6 samples with auto" in text and "table kept; mean output SNR dB on 4 calibration samples" in text
+    assert "    per tensor: " in text and " of max (" in text
+    assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["range_table"] in out["table_scores"] and out["range_samples"] == 4
+    assert {"r1", "input"} <= set(out["choices"])  # the residual skip and the network input
+    assert {"method", "amax_over_max", "clipped", "snr_db", "max_snr_db"} <= set(out["choices"]["r1"])
+    assert main(["report", str(tmp)]) == 0
+    markdown = (tmp / "trtq-report.md").read_text()
+    assert "## Ranges" in markdown and f"--method auto kept the {out['range_table']} table" in markdown
+    assert "| r1 |" in markdown

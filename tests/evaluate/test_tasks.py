@@ -163,10 +163,11 @@ def test_evaluator_caches_or_streams_with_equal_results(tmp_path):
     model = _linear_classifier()
     dataset = _open(model, _image_folder(tmp_path / "val", {"a": 3, "b": 3}))
     cached = Evaluator(model, dataset, batch_size=4)
-    streamed = Evaluator(model, dataset, batch_size=4, cache_bytes=0)
-    assert cached.cached and not streamed.cached
-    a, b = cached.evaluate(model), streamed.evaluate(model)
-    assert math.isinf(a.snr_db) and math.isinf(b.snr_db) and a.cosine == b.cosine == 1.0
+    on_disk = Evaluator(model, dataset, batch_size=4, cache_bytes=0)
+    streamed = Evaluator(model, dataset, batch_size=4, cache_bytes=0, disk_bytes=0)
+    assert cached.cached and on_disk.cached and not streamed.cached
+    a, b, c = cached.evaluate(model), on_disk.evaluate(model), streamed.evaluate(model)
+    assert all(math.isinf(e.snr_db) and e.cosine == 1.0 and e.samples == 6 for e in (a, b, c))
 
 
 # ---- detection -------------------------------------------------------------------------------

@@ -101,3 +101,16 @@ def test_without_pytorch_the_command_says_how_to_get_it(case, capsys, monkeypatc
     assert cli.main(_args(tmp, model, "--quiet")) == 2
     err = capsys.readouterr().err
     assert "needs PyTorch" in err and "pip install" in err
+
+
+def test_an_output_that_is_a_directory_stops_before_training(case, capsys, monkeypatch):
+    """The .qat.int8.json name is taken by a folder: one sentence before any calibration or training."""
+    tmp, model = case
+    (tmp / "out" / "net.qat.int8.json").mkdir(parents=True)
+    from trtq.qat import api as qat_api
+
+    monkeypatch.setattr(qat_api, "train", lambda *a, **k: pytest.fail("training must not start"))
+    assert cli.main(_args(tmp, model, "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert "net.qat.int8.json is a directory" in err and "Traceback" not in err
+    assert _artifacts(tmp / "out") == ["net.qat.int8.json"]  # the folder, nothing else

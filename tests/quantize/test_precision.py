@@ -180,3 +180,28 @@ def test_fp32_mode_is_a_no_op_and_unknown_modes_fail():
     onnx.checker.check_model(convert_to_fp16(model, {}, keep_nodes={"relu"}).model)
     kept = convert_to_fp16(model, {}, keep_nodes={"relu"}).kept_fp32
     assert [(k.node, k.reason) for k in kept] == [("relu", "kept by the caller")]
+
+
+def test_raising_the_opset_without_the_converter_gives_the_converters_model(monkeypatch):
+    """When no op of the model changed by opset 19 (Q/DQ and Cast changed for float8 only), the opset is raised
+    by declaring it, and the weights never go through onnx's C++: the FP16 model is byte for byte the one the
+    version converter's route gives. A model with an op that did change (Reshape, 19) still takes the converter."""
+    from accuracy_models import large_bias_net
+    from onnx import version_converter
+    from tiny_models import gemm_matmul_net
+
+    from trtq.quantize import precision
+
+    for net in (residual_conv_net(), large_bias_net()):
+        model = normalize_model(net)
+        placement = plan_placement(model)
+        amax = {t: 4.0 for t in placement.calibrated_tensors}
+        quantized = insert_qdq(model, placement, amax)
+        assert precision._same_up_to(quantized, 19)
+        fast = convert_to_fp16(quantized, amax)
+        note = fast.notes[0]
+        with monkeypatch.context() as patched:
+            patched.setattr(precision, "_raise_opset", lambda m, note=note: (version_converter.convert_version(m, 19), note))
+            slow = convert_to_fp16(quantized, amax)
+        assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    assert not precision._same_up_to(normalize_model(gemm_matmul_net()), 19)

@@ -10,7 +10,7 @@ import pytest
 from trtq.calibrate.collector import StatsCollector
 from trtq.errors import TrtqError
 from trtq.report import build_report, histogram_summary, load_records, render_markdown, write_record, write_report
-from trtq.report.render import histogram_svg, sensitivity_svg
+from trtq.report.render import histogram_svg, render_html, sensitivity_svg
 
 LAYERS = [
     {"node": "conv2", "op_type": "Conv", "tensors": ["big", "w2"], "snr_db": 8.5, "task_drop": 3.0, "macs": 4096},
@@ -165,3 +165,38 @@ def test_record_kinds_are_checked(tmp_path):
     (tmp_path / "trtq-compare.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(TrtqError, match="is not a trtq run record"):
         load_records(tmp_path)
+
+
+def test_report_says_the_target_was_measured_on_the_written_fp16_model(tmp_path):
+    """A --target --high-precision fp16 run's metrics describe the converted model; an unreachable-but-met target
+    (every layer out of INT8, infinite SNR) is said too, and nothing crashes on "inf"."""
+    _records(tmp_path)
+    record = json.loads((tmp_path / "trtq-quantize.json").read_text())
+    mixed = record["result"]["mixed"]
+    mixed.update(measured_on="the Q/DQ model after the FP16 conversion, as written", all_excluded=True,
+                 final_metric="inf", final=_evaluation("inf", 90.0, 1.0))
+    write_record(tmp_path, "quantize", settings=record["settings"], result=record["result"],
+                 command=["trtq", "quantize", "m.onnx"])
+    report = build_report(tmp_path)
+    assert any("after the FP16 conversion, as written" in note for note in report.notes)
+    assert any("runs nothing in INT8" in note for note in report.notes)
+    assert "| mixed (1 layers kept high precision) | 90.00 | inf |" in render_markdown(report)
+
+
+def test_ranges_section_lists_the_most_clipped_first(tmp_path):
+    choices = {
+        "a": {"method": "max", "amax_over_max": 1.0, "clipped": 0.0, "snr_db": 30.0, "max_snr_db": 30.0},
+        "b": {"method": "percentile 99.9", "amax_over_max": 0.42, "clipped": 0.001, "snr_db": "inf",
+              "max_snr_db": 20.5},
+        "c": {"method": "mse", "amax_over_max": 0.8, "clipped": 0.0001, "snr_db": 33.0, "max_snr_db": 31.0},
+    }
+    write_record(tmp_path, "quantize", settings={"model": "m.onnx"},
+                 result={"choices": choices, "range_table": "per-tensor",
+                         "table_scores": {"mse": 20.0, "per-tensor": 21.5}})
+    report = build_report(tmp_path)
+    assert [name for name, _ in report.ranges] == ["b", "c", "a"]
+    assert report.table_scores == (("per-tensor", 21.5), ("mse", 20.0))
+    markdown = render_markdown(report)
+    assert "kept the per-tensor table" in markdown and "per-tensor 21.50 dB, mse 20.00 dB" in markdown
+    assert "| b | percentile 99.9 | 0.420 | 0.1000% | inf | 20.5 |" in markdown
+    assert "<h2>Ranges</h2>" in render_html(report)

@@ -15,9 +15,11 @@ import functools
 import numpy as np
 
 from trtq.calibrate.collector import TensorStats
+from trtq.calibrate.grids import INT8, Grid
 from trtq.errors import TrtqError
 
-METHODS = ("entropy", "max", "percentile", "mse")
+METHODS = ("auto", "entropy", "max", "percentile", "mse")
+"""`auto` picks one of the others per tensor (trtq.calibrate.auto); alone, it stands for its fallback, mse."""
 
 ENTROPY_START_BIN = 128
 """First candidate threshold (in histogram bins) for entropy and mse, as in ModelOpt."""
@@ -148,12 +150,13 @@ def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:
     return _clamp(stats, (idx + 1) * stats.hist_max / hist.size)
 
 
-def amax_mse(stats: TensorStats) -> float:
-    """The threshold minimising the expected squared error of symmetric INT8 fake-quantization.
+def amax_mse(stats: TensorStats, grid: Grid = INT8) -> float:
+    """The threshold minimising the expected squared error of symmetric fake-quantization on `grid`.
 
     As in ModelOpt's `_compute_amax_mse`: candidates are the centres of bins 128..num_bins-1,
     each bin's count sits at its centre, and values are quantized to round(x * 127 / amax)
-    clamped to 127 (round half to even); the first minimiser wins.
+    clamped to 127 (round half to even); the first minimiser wins. On another grid (FP8 E4M3)
+    the values go through that grid's quantizer instead (`Grid.fake_quantize`).
     """
     hist = _histogram(stats, "mse")
     if _is_empty(stats, hist):
@@ -168,8 +171,12 @@ def amax_mse(stats: TensorStats) -> float:
     errors = np.empty(thresholds.size, dtype=np.float64)
     for start in range(0, thresholds.size, _MSE_CHUNK):
         amax = thresholds[start : start + _MSE_CHUNK, None]
-        levels = np.minimum(np.round(centres[None, :] * (INT8_LEVELS / amax)), INT8_LEVELS)
-        diff = levels * (amax / INT8_LEVELS) - centres[None, :]
+        if grid.name == INT8.name:
+            levels = np.minimum(np.round(centres[None, :] * (INT8_LEVELS / amax)), INT8_LEVELS)
+            diff = levels * (amax / INT8_LEVELS) - centres[None, :]
+        else:
+            values = np.broadcast_to(centres.astype(np.float32), (amax.shape[0], centres.size))
+            diff = grid.fake_quantize(values, amax[:, 0], axis=0).astype(np.float64) - centres[None, :]
         errors[start : start + _MSE_CHUNK] = (diff * diff) @ counts
     best = float(thresholds[int(np.argmin(errors))])
     return _clamp(stats, best * stats.hist_max / n)
@@ -181,8 +188,8 @@ def needs_histogram(method: str) -> bool:
     return method != "max"
 
 
-def compute_amax(stats: TensorStats, method: str, percentile: float = 99.99) -> float:
-    """The amax of one tensor by `method` (one of METHODS)."""
+def compute_amax(stats: TensorStats, method: str, percentile: float = 99.99, grid: Grid = INT8) -> float:
+    """The amax of one tensor by `method` (one of METHODS); `mse` minimises the error on `grid`."""
     _check_method(method)
     if method == "max":
         return amax_max(stats)
@@ -190,14 +197,14 @@ def compute_amax(stats: TensorStats, method: str, percentile: float = 99.99) -> 
         return amax_entropy(stats)
     if method == "percentile":
         return amax_percentile(stats, percentile)
-    return amax_mse(stats)
+    return amax_mse(stats, grid)  # mse, and auto for tensors it does not judge
 
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise TrtqError(
             f"Unknown calibration method {method!r}; expected one of {', '.join(METHODS)}.",
-            "pass --method entropy (TensorRT's default), max, percentile or mse.",
+            "pass --method auto (trtq's default), entropy (TensorRT's), max, percentile or mse.",
         )
 
 

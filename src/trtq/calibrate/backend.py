@@ -28,9 +28,13 @@ class CalibrationBackend(Protocol):
 
 
 def make_backend(
-    device: str, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool
+    device: str, model: onnx.ModelProto, tensors: Sequence[str], histogram: bool, batches: int | None = None
 ) -> CalibrationBackend:
-    """A backend for `device` ("cpu" or "cuda[:N]") observing `tensors` of `model`."""
+    """A backend for `device` ("cpu" or "cuda[:N]") observing `tensors` of `model`.
+
+    `batches` (how many the run will observe, when known) lets the GPU backend skip set-up work
+    that only long runs repay (cuDNN autotuning).
+    """
     if device == "cpu":
         from trtq.calibrate.backend_ort import OrtBackend
 
@@ -43,5 +47,5 @@ def make_backend(
                 f"--device {device} needs PyTorch with CUDA, which is not installed ({exc}).",
                 "pip install 'trtq[gpu]' on a machine with an NVIDIA GPU, or use --device cpu.",
             ) from exc
-        return TorchBackend(model, tensors, histogram=histogram, device=device)
+        return TorchBackend(model, tensors, histogram=histogram, device=device, expected_batches=batches)
     raise TrtqError(f"--device {device!r} is not a device trtq knows.", "use --device cpu or --device cuda[:N].")

@@ -13,8 +13,9 @@ torch device so activations are never copied to the host:
 
 Nothing reads the device from the host until `stats()`, so a whole calibration step can be
 captured in a CUDA graph. Three engines run the passes: CUDA C kernels compiled at run time with
-NVRTC through torch (`nvrtc`) or CuPy (`cupy`), and plain torch ops (`torch`: any device, slower
-on CUDA; the reference the kernels are tested against).
+NVRTC (`nvrtc`: one compile, then loaded from trtq's disk cache, see `cuda_kernels`) or CuPy
+(`cupy`), and plain torch ops (`torch`: any device, slower on CUDA; the reference the kernels are
+tested against).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from trtq.calibrate.collector import MIN_HIST_MAX, NUM_BINS, TensorStats
+from trtq.calibrate.cuda_kernels import load_kernels
 
 ENGINES = ("nvrtc", "cupy", "torch")
 
@@ -258,6 +260,11 @@ class DeviceStats:
         """Which engine computes the statistics: "nvrtc", "cupy" or "torch"."""
         return self._engine.name
 
+    @property
+    def kernel_origin(self) -> str:
+        """Where the CUDA kernels came from (cache file or compiled in this run); '' for the torch engine."""
+        return self._engine.origin
+
     def update(self, index: int, x: torch.Tensor) -> None:
         """Queue one batch of tensor `index` (any shape and float dtype, on this device)."""
         flat = x.detach().reshape(-1)
@@ -289,6 +296,7 @@ class _TorchEngine:
     """The statistics with torch ops; no host synchronisation, any device."""
 
     name = "torch"
+    origin = ""
 
     def update(self, s: DeviceStats, t: int, x: torch.Tensor) -> None:
         a = x.abs()
@@ -348,12 +356,18 @@ def _bin_scale(top: torch.Tensor) -> torch.Tensor:
     return scale
 
 
+_SIGNATURES = {"trtq_amax": "piiipp", "trtq_hist": "piiippp", "trtq_finalize": "ipppppppp"}
+"""Parameters of the kernels in CUDA_SOURCE (p pointer, i int32)."""
+
+
 class _KernelEngine:
     """The CUDA C kernels of CUDA_SOURCE, launched on the current torch stream."""
 
-    def __init__(self, name: str, device: torch.device, compile_kernels: Callable[[str, list[str]], dict[str, Launch]]) -> None:
+    def __init__(self, name: str, device: torch.device, kernels: dict[str, Launch], origin: str) -> None:
         self.name = name
-        self._kernels = compile_kernels(CUDA_SOURCE, ["trtq_amax", "trtq_hist", "trtq_finalize"])
+        self.origin = origin
+        """Where the kernels came from (a cache file, or compiled in this run)."""
+        self._kernels = kernels
         self._sms = torch.cuda.get_device_properties(device).multi_processor_count
         self._dummy = torch.zeros(1, dtype=torch.int64, device=device)
 
@@ -381,20 +395,23 @@ class _KernelEngine:
                                         s.batch_amax, s.batch_counts, batch_hist])
 
 
-def _nvrtc_kernels(source: str, names: list[str]) -> dict[str, Launch]:
-    """Kernels compiled by NVRTC through torch (torch >= 2.8, private API)."""
-    compile_kernel = getattr(torch.cuda, "compile_kernel", None) or torch.cuda._compile_kernel  # type: ignore[attr-defined]
-    kernels = {name: compile_kernel(source, name) for name in names}
-    return {name: (lambda k: lambda grid, block, args: k(grid=grid, block=block, args=list(args)))(k)
-            for name, k in kernels.items()}
+def _nvrtc_kernels(device: torch.device) -> tuple[dict[str, Launch], str]:
+    """The kernels built by NVRTC (one compile for all three), from trtq's disk cache when it has them."""
+    loaded = load_kernels(CUDA_SOURCE, _SIGNATURES, device, "trtq-stats")
+    if loaded.cached:
+        origin = f"kernels from the cache in {loaded.path.parent if loaded.path else '?'}"
+    else:
+        where = f"cached in {loaded.path.parent}" if loaded.path else loaded.note
+        origin = f"kernels compiled in {loaded.compile_seconds:.2f} s, {where}"
+    return dict(loaded.kernels), origin
 
 
-def _cupy_kernels(source: str, names: list[str]) -> dict[str, Launch]:
-    """Kernels compiled by CuPy's NVRTC, launched on torch's current stream."""
+def _cupy_kernels(device: torch.device) -> tuple[dict[str, Launch], str]:
+    """Kernels compiled by CuPy's NVRTC (CuPy keeps its own disk cache), launched on torch's current stream."""
     import cupy
 
-    module = cupy.RawModule(code=source)
-    functions = {name: module.get_function(name) for name in names}
+    module = cupy.RawModule(code=CUDA_SOURCE)
+    functions = {name: module.get_function(name) for name in _SIGNATURES}
 
     def launcher(fn: object) -> Launch:
         def launch(grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence[object]) -> None:
@@ -407,7 +424,7 @@ def _cupy_kernels(source: str, names: list[str]) -> dict[str, Launch]:
 
         return launch
 
-    return {name: launcher(fn) for name, fn in functions.items()}
+    return {name: launcher(fn) for name, fn in functions.items()}, "kernels from CuPy's cache or compiler"
 
 
 def _make_engine(device: torch.device, engine: str | None) -> tuple[_TorchEngine | _KernelEngine, str]:
@@ -421,7 +438,8 @@ def _make_engine(device: torch.device, engine: str | None) -> tuple[_TorchEngine
     for name in order:
         try:
             with torch.cuda.device(device):
-                return _KernelEngine(name, device, _nvrtc_kernels if name == "nvrtc" else _cupy_kernels), "; ".join(errors)
+                kernels, origin = (_nvrtc_kernels if name == "nvrtc" else _cupy_kernels)(device)
+                return _KernelEngine(name, device, kernels, origin), "; ".join(errors)
         except (ImportError, AttributeError, RuntimeError, OSError) as exc:  # no compiler: try the next engine
             errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     if engine:

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper
 
 from trtq.errors import TrtqError
-from trtq.model import add_stub, split_initializers, tensor_types
+from trtq.model import add_stub, load_model, split_initializers, tensor_types
 
 _ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
@@ -45,6 +45,41 @@ _EXTERNAL_TYPES = frozenset(
         "FLOAT", "FLOAT16", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")
 )
 """Initializer types that numpy (and so an onnxruntime OrtValue) represents natively."""
+
+
+BIAS_OVERFLOW_OPTIMIZERS = ("WeightBiasQuantization",)
+"""onnxruntime graph transformers that must not run on models with FP16 (or BF16) Q/DQ scales.
+
+onnxruntime 1.32's WeightBiasQuantization rewrites each Conv/Gemm whose input and weight are
+dequantized so that its float bias becomes int32 (bias / (input scale x weight scale)), computed
+in the scales' dtype: with FP16 scales that quotient overflows FP16 (a bias of 0.5 over scales of
+0.03 and 0.0002 is 80,000), so the bias turns into garbage and a correct model reads 9 dB instead
+of 41 (issue 15). The graph as ONNX defines it adds the float bias; TensorRT does the same.
+Disabling the transformer for FP32-scale models would change their results slightly (it rounds the
+bias to int32), so it is disabled only where the scales are not float32.
+"""
+
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+def _scale_types(model: onnx.ModelProto) -> list[int | None]:
+    """The element type of every QuantizeLinear/DequantizeLinear scale (None where the graph does not say)."""
+    types: dict[str, int] = tensor_types(model)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                types[node.output[0]] = value.data_type
+    return [types.get(node.input[1]) for node in model.graph.node
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1]
+
+
+def disabled_optimizers(model: onnx.ModelProto) -> list[str]:
+    """onnxruntime optimizers to disable for `model`: BIAS_OVERFLOW_OPTIMIZERS when any Q/DQ scale is not
+    float32 (or of a type the graph does not declare), else none."""
+    if any(t != _FLOAT for t in _scale_types(model)):
+        return list(BIAS_OVERFLOW_OPTIMIZERS)
+    return []
 
 
 def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
@@ -112,7 +147,7 @@ def make_session(
         options.add_external_initializers(names, values)
     try:
         session = ort.InferenceSession(expose_tensors(skeleton, outputs).SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+                                       providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers(model))
     except _ORT_ERRORS as exc:
         if "IR version" not in str(exc) and "opset" not in str(exc).lower():
             raise
@@ -125,11 +160,19 @@ def make_session(
     return session
 
 
-def session_from_file(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+def session_from_file(path: str | Path, threads: int | None = None, graph: onnx.ModelProto | None = None
+                      ) -> ort.InferenceSession:
     """A CPU session that onnxruntime loads from the file itself (external data included), so the
-    model is never held as a Python protobuf as well: half the memory for comparing large models."""
+    model is never held as a Python protobuf as well: half the memory for comparing large models.
+
+    `graph` is the file's graph without its weights (loaded here when not given): it tells which
+    optimizers to disable (`disabled_optimizers`).
+    """
+    if graph is None:
+        graph = load_model(path, load_external_data=False)
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers(graph))
     except _LOAD_ERRORS as exc:
         raise TrtqError(
             f"onnxruntime cannot load {path} ({type(exc).__name__}: {exc}).",

@@ -17,13 +17,22 @@ from tqdm import tqdm
 from trtq import __version__
 from trtq.calibrate.algorithms import compute_amax, needs_histogram
 from trtq.calibrate.aliases import value_roots
+from trtq.calibrate.auto import (
+    JUDGE_MAX_SAMPLES,
+    JUDGE_SAMPLES,
+    JUDGE_SHARE,
+    JudgedLayer,
+    TableScorer,
+    choose_ranges,
+    explain,
+)
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
-from trtq.formats.ranges import RangesTable
-
+from trtq.formats.ranges import RangeChoice, RangesTable
 
 AMAX_THREADS = min(4, os.cpu_count() or 1)
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
@@ -42,10 +51,15 @@ class CalibrationResult:
     """What the backend reports about how it ran (e.g. nodes that fell back to onnxruntime)."""
 
 
-def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: "hashlib._Hash",
-          dropped: list[int]) -> Iterator[Mapping[str, np.ndarray]]:
-    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread)."""
-    for batch in dataset.batches(batch_size):
+def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: hashlib._Hash,
+          dropped: list[int], keep: Mapping[int, list[Mapping[str, np.ndarray]]] | None = None
+          ) -> Iterator[Mapping[str, np.ndarray]]:
+    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread).
+
+    Batches whose index is a key of `keep` are also appended to that list (the judging samples of
+    `--method auto`).
+    """
+    for index, batch in enumerate(dataset.batches(batch_size)):
         n = len(next(iter(batch.values())))
         if drop_partial and n < batch_size:
             dropped.append(n)
@@ -53,7 +67,25 @@ def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: "hashli
         for name in sorted(batch):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(batch[name]).data)
+        if keep is not None and index in keep:
+            keep[index].append(batch)
         yield batch
+
+
+def judging_batches(num_samples: int | None, batch_size: int, samples: int | None = None) -> list[int]:
+    """Indices of the batches `--method auto` judges on, spread over the data set (its first ones when
+    the count is unknown), so that sorted folders do not judge on one class.
+
+    By default one sample in JUDGE_SHARE, at least JUDGE_SAMPLES and at most JUDGE_MAX_SAMPLES: the
+    judging costs a fixed share of the calibration pass.
+    """
+    if samples is None:
+        samples = max(JUDGE_SAMPLES, min(JUDGE_MAX_SAMPLES, (num_samples or 0) // JUDGE_SHARE))
+    wanted = max(1, -(-samples // batch_size))
+    if not num_samples:
+        return list(range(wanted))
+    count = max(1, num_samples // batch_size)
+    return sorted({min(count - 1, int((j + 0.5) * count / wanted)) for j in range(wanted)})
 
 
 def run_calibration(
@@ -69,22 +101,31 @@ def run_calibration(
     device: str = "cpu",
     drop_partial: bool = False,
     progress: bool = True,
+    grid: Grid = INT8,
+    layers: Sequence[JudgedLayer] = (),
+    score_tables: TableScorer | None = None,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
     The data hash covers every batch's bytes in order, so a ranges table names exactly the data
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
+    `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
+    With method "auto", the tensors that `layers` quantize get the candidate range that harms those
+    layers' outputs least on `grid`, checked end to end against whole-model tables by
+    `score_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method))
+    batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
+    backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
     digest = hashlib.sha256()
+    keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)} if method == "auto" else None
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
         dropped: list[int] = []
-        for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped)):
+        for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped, keep)):
             backend.observe(batch)
             n = len(next(iter(batch.values())))
             samples += n
@@ -106,14 +147,25 @@ def run_calibration(
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
-        found = dict(zip(observed, pool.map(lambda name: float(compute_amax(stats[name], method, percentile=percentile)),
-                                            observed)))
+        found = dict(zip(observed, pool.map(
+            lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
     amax = {name: found[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
+    choices: dict[str, RangeChoice] = {}
+    table_scores: dict[str, float] = {}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
+    if method == "auto":
+        kept = [batch for group in (keep or {}).values() for batch in group]
+        auto = choose_ranges(model, layers, stats, kept, grid=grid, score_tables=score_tables, progress=progress)
+        amax.update(auto.amax)
+        choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
+        table_scores = auto.table_scores
+        options.update({"table": auto.table, "judged_samples": auto.samples})
     if method == "percentile":
         options["percentile"] = percentile
+    if grid.name != INT8.name:
+        options["precision"] = grid.name
     ranges = RangesTable(
         amax=amax,
         method=method,
@@ -123,6 +175,8 @@ def run_calibration(
         options=options,
         model_name=model_name,
         trtq_version=__version__,
+        choices=choices,
+        table_scores=table_scores,
     )
     return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name,
                              notes=backend.notes())

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from trtq import __version__
+from trtq import __version__, _io
+from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
 COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.cli.qat")
@@ -35,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    install_stop_handlers()
+    already = len(_io.written)
     try:
+        parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except TrtqError as exc:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
@@ -48,8 +54,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  fix: {exc.hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("trtq: interrupted; no output was written.", file=sys.stderr)
-        return 130
+        print(f"trtq: interrupted; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        print(f"trtq: stopped by {stop.name}; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
+        return 128 + stop.signum
+    except BrokenPipeError:  # `trtq ... | head`: the reader left; say nothing more, as `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
+        return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _stopped_outputs(written: Sequence[Path]) -> str:
+    """What a stopped run leaves: its completed output sets, or nothing at all."""
+    if not written:
+        return "no output was written, and earlier outputs are as they were."
+    return "it had written " + ", ".join(str(p) for p in written) + " (complete) before it stopped."
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@ Argument parsing and printing only: the work is in trtq.evaluate and trtq.report
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import onnx
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_task_options, data_options, task_options
+from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
+from trtq.evaluate.mixed import node_pattern
 from trtq.evaluate.sensitivity import SensitivityResult
-from trtq.report import histogram_summary, write_record, write_report
+from trtq._format import fmt
+from trtq._io import check_destinations
+from trtq.report import histogram_summary, record_path, write_record, write_report
 
 HISTOGRAM_TENSORS = 6
 """Most sensitive tensors whose calibration histograms go into the report."""
@@ -39,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="entropy", help="range algorithm for --calib")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
+                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
+    add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
@@ -48,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
     p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
@@ -66,8 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
+    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
+    check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops)
+                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -79,23 +88,27 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     for tensor in (t for layer in result.layers for t in layer.tensors):
         if tensor in stats and tensor in table.amax and stats[tensor].has_histogram and len(histograms) < HISTOGRAM_TENSORS:
             histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)
-    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     settings = {
         "model": str(args.model),
         "method": args.method,
         "data": str(args.data or args.calib),
-        "ranges": args.ranges or f"calibrated with {args.calib_method} on {args.calib}",
+        "ranges": args.ranges or f"calibrated with {options.method} on {args.calib}",
         "task": args.task,
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
+        "precision": args.precision,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
                           result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
                                   "shape_notes": list(run.shape_notes)})
     text = "\n".join([*run.shape_notes, _sensitivity_text(result, args.top, record)])
-    if run.sensitive_layers:
+    if run.sensitive_layers and "tensorrt-10-implicit" in run.commands:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
                  f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
+    elif run.sensitive_layers:
+        patterns = " ".join(f"--exclude-nodes '{node_pattern(n)}'" for n in run.sensitive_layers)
+        text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
+                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
                "commands": run.commands, "shape_notes": list(run.shape_notes)}
     emit(args, payload, text)
@@ -103,11 +116,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
-    def fmt(v: float | None, digits: int = 2) -> str:
-        if v is None:
-            return "-"
-        return ("inf" if v > 0 else "-inf") if math.isinf(v) else f"{v:.{digits}f}"
-
     drop = f" {result.task_metric + ' drop':>10}" if result.task_metric else ""
     lines = [
         f"{result.method} sensitivity of {len(result.layers)} layers on {result.samples} samples "

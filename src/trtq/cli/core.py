@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 from trtq import api
+from trtq._format import fmt
+from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_precision_option,
     add_target_options,
     add_task_options,
     data_options,
@@ -17,7 +21,7 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.formats.cache import DEFAULT_TRT_VERSION
-from trtq.report import histogram_summary, write_record
+from trtq.report import RunRecord, record_path, write_record
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -30,14 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = subparsers.add_parser("quantize", help="calibrate and write <stem>.int8.onnx (Q/DQ), .int8.cache, .int8.json")
+    p = subparsers.add_parser("quantize", help="calibrate and write <stem>.int8.onnx (Q/DQ), .int8.cache, .int8.json "
+                              "(with --precision fp8: <stem>.fp8.onnx and .fp8.json)")
     p.add_argument("model", help="FP32 .onnx model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, default="entropy", help="range algorithm (default: entropy, "
-                   "TensorRT's EntropyCalibration2)")
+    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
+                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
+                   "EntropyCalibration2; default for fp8: max)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
@@ -51,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu", help="calibration device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -63,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
     p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
@@ -111,22 +122,24 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         high_precision=args.high_precision,
         task=task_options(args),
         external_data=args.external_data,
+        precision=args.precision,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
-                          options=options, progress=show_progress(args))
-    record = _record_quantize(args, result)
+                          options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
+    record = Path(result.record_path or "")
     timing = f" in {result.calibration_seconds:.1f} s" if result.calibration_seconds is not None else " (from saved ranges)"
     lines = [
         *result.shape_notes,
         f"calibrated {result.samples} samples with {result.method}{timing}",
         *(f"  note: {note}" for note in result.notes),
-        f"  {result.qdq_pairs} Q/DQ pairs ({result.quantized_activations} activations, "
-        f"{result.quantized_weights} weights per channel)"
+        *_choice_lines(result),
+        f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
+        f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
-        f"wrote {result.cache_path}  ({result.cache_entries} tensors)",
+        *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
@@ -136,33 +149,49 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_HISTOGRAMS = 6
-"""Tensors whose calibration histograms go into the report: those the chosen ranges clip most."""
-
-
-def _record_quantize(args: argparse.Namespace, result: api.QuantizeResult) -> Path:
-    """Save the run for `trtq report`, with histograms of the most clipped tensors."""
-    histograms = {}
-    if result.calibration is not None:
-        stats, amax = result.calibration.stats, result.calibration.ranges.amax
-        clipped = sorted((amax[t] / stats[t].amax, t) for t in amax if t in stats and stats[t].amax > 0
-                         and stats[t].has_histogram)
-        histograms = {t: histogram_summary(stats[t], amax[t], result.method) for _, t in clipped[:REPORT_HISTOGRAMS]}
-    return write_record(Path(result.onnx_path).parent, "quantize", settings=run_settings(args), result=result.to_dict(),
-                        histograms=histograms)
-
-
 def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
 
 
+CLIPPED_SHOWN = 3
+"""Tensors named under "most clipped" in quantize's output (all are in --json and the ranges file)."""
+
+
+def _choice_lines(result: api.QuantizeResult) -> list[str]:
+    """How --method auto chose: the table kept and why, the count per winning candidate, the most clipped tensors."""
+    choices = result.choices
+    if not choices or result.range_table is None:
+        return []
+    scores = result.table_scores
+    ranked = ", ".join(f"{name} {fmt(scores[name], 2)}" for name in sorted(scores, key=lambda n: -scores[n]))
+    samples = result.range_samples
+    lines = [f"  ranges: {result.range_table} table kept; mean output SNR dB on {samples} calibration samples: {ranked}"]
+    counts = Counter(c.method for c in choices.values())
+    lines.append("    per tensor: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
+    clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)
+    for ratio, name in clipped[:CLIPPED_SHOWN]:
+        c = choices[name]
+        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}, {100 * c.clipped:.2g}% of values clipped)")
+    return lines
+
+
 def _mixed_lines(mixed: dict | None) -> list[str]:
     if not mixed:
         return []
-    lines = [f"  target {mixed['target']}: INT8 {mixed['int8_metric']:.4g} -> {mixed['final_metric']:.4g} "
-             f"with {len(mixed['excluded'])} layers kept out of INT8 ({mixed['evaluations']} evaluations)"]
+    int8 = mixed["int8"]
+    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
+    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
+             f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
+             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
+             f"{mixed['seconds']:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
+    if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        lines.append(f"    measured on {mixed['measured_on']}")
+    if mixed.get("all_excluded"):
+        lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
+                     "model runs nothing in INT8; relax the target to keep some INT8")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -183,26 +212,20 @@ def _precision_lines(precision: dict | None) -> list[str]:
                if kept else "")]
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
-                         task=task_options(args), batch_size=args.batch_size, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
+    report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
+                         task=task_options(args), batch_size=args.batch_size, device=args.device,
+                         progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
     header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
     rows = [
-        f"{o.name:<24} {_fmt(o.snr_db):>8} {_fmt(o.worst_sample_snr_db):>9} {_fmt(o.cosine, 5):>8} "
-        f"{_fmt(o.max_abs_error, 4):>10} {_fmt(o.mean_abs_error, 5):>10} "
-        f"{(_fmt(100 * o.top1_agreement, 1) + '%') if o.top1_agreement is not None else '-':>12}"
+        f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+        f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10} "
+        f"{fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
         for o in (*report.outputs, *parts)
     ]
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
@@ -217,7 +240,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             lines.append(f"  {scored.sentence()}")
         for key, value in report.task.candidate.values.items():
             ref = report.task.reference.values.get(key, math.nan)
-            lines.append(f"  {key:<6} FP32 {ref:7.2f}   quantized {value:7.2f}   drop {ref - value:+.2f} points")
+            lines.append(f"  {key:<6} FP32 {fmt(ref):>7}   quantized {fmt(value):>7}   drop {fmt(ref - value, signed=True)} "
+                         "points")
         if scored is not None and scored.warning:
             lines.append(f"warning: {scored.warning}")
     lines.append(f"wrote {record}")

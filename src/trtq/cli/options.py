@@ -56,6 +56,13 @@ def data_options(args: argparse.Namespace) -> api.DataOptions:
     return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit)
 
 
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """--precision: what the quantized layers run in."""
+    p.add_argument("--precision", choices=api.PRECISIONS, default="int8",
+                   help="int8 (default), or fp8: FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) for Hopper, Ada and "
+                   "Blackwell GPUs; TensorRT builds it strongly typed, and it has no calibration cache")
+
+
 def add_task_options(p: argparse.ArgumentParser) -> None:
     """--task and its labels/annotations (for compare, sensitivity and quantize --target)."""
     g = p.add_argument_group("task metric")

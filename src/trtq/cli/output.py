@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from trtq._format import json_safe
+
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """Add --json and --quiet to a subcommand."""
@@ -17,7 +19,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     """Print `payload` as JSON when --json was given, otherwise the human-readable `text`."""
     if getattr(args, "json", False):
-        json.dump(payload, sys.stdout, indent=2, sort_keys=True, default=str)
+        json.dump(json_safe(payload), sys.stdout, indent=2, sort_keys=True, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

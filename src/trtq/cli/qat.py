@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+from trtq._format import fmt
+from trtq._io import Stopped
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.core import add_data_options, data_options
 from trtq.cli.output import add_output_options, emit, show_progress
@@ -58,14 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
-def _fmt(value: float | None, digits: int = 2, scale: float = 1.0, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value * scale:.{digits}f}{suffix}"
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, export and compare."""
     try:
@@ -85,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,
                           data=data_options(args), options=options, progress=show_progress(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         checkpoint = output_paths(Path(args.model), args.output_dir)[3]
         if checkpoint.exists():
             print(f"trtq: the last checkpoint is kept at {checkpoint}; run the same command with --resume to "
@@ -104,11 +97,11 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
          f"({stop}); {training.samples_per_second:.0f} samples/s, {training.train_seconds:.1f} s training, "
          f"steps {training.step_mode}"),
         (f"  PTQ ranges: {result.ranges_from}; exported the state of step {training.best_step} "
-         f"(best SNR against FP32 on the calibration data: {_fmt(max(h.snr_db for h in training.history))} dB; "
-         f"last evaluation {_fmt(last.snr_db)} dB)"),
+         f"(best SNR against FP32 on the calibration data: {fmt(max(h.snr_db for h in training.history))} dB; "
+         f"last evaluation {fmt(last.snr_db)} dB)"),
         (f"  parity (onnxruntime vs PyTorch, {parity.samples} samples): max {parity.max_steps} quantization "
          f"step(s) end to end, {parity.mismatched} of {parity.elements} codes differ; each quantizer on the same "
-         f"input: max {parity.local_max_steps}; outputs within {parity.output_max_abs_diff:.3g}"),
+         f"input: max {parity.local_max_steps}; outputs within {fmt(parity.output_max_abs_diff, 3, spec='g')}"),
         "",
         f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
     ]
@@ -116,9 +109,9 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
     header = f"  {'model':<6} {'SNR dB':>8} {'cosine':>9} {'top-1 agr':>10}" + "".join(f" {k:>8}" for k in task_keys)
     lines.append(header)
     for row in comparison.rows:
-        task = "".join(f" {_fmt(row.task.get(k) if row.task else None, 2):>8}" for k in task_keys)
-        lines.append(f"  {row.stage:<6} {_fmt(row.snr_db):>8} {_fmt(row.cosine, 5):>9} "
-                     f"{_fmt(row.top1_agreement, 1, 100.0, '%'):>10}{task}")
+        task = "".join(f" {fmt(row.task.get(k) if row.task else None, 2):>8}" for k in task_keys)
+        lines.append(f"  {row.stage:<6} {fmt(row.snr_db):>8} {fmt(row.cosine, 5):>9} "
+                     f"{fmt(row.top1_agreement, 1, scale=100.0, suffix='%'):>10}{task}")
     if comparison.task:
         lines.append(f"  ({comparison.task})")
     lines += [f"note: {note}" for note in result.notes]

@@ -13,6 +13,7 @@ from trtq.data import Dataset
 from trtq.evaluate.evaluator import Evaluator
 from trtq.evaluate.metrics import OutputMetrics
 from trtq.evaluate.tasks import Task, TaskComparison
+from trtq.runtime import Runner, RunnerFactory
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,21 @@ class ComparisonReport:
 
 
 def compare_models(
-    reference: onnx.ModelProto | ort.InferenceSession,
-    candidate: onnx.ModelProto | ort.InferenceSession,
+    reference: onnx.ModelProto | ort.InferenceSession | Runner,
+    candidate: onnx.ModelProto | ort.InferenceSession | Runner,
     dataset: Dataset,
     *,
     task: Task | None = None,
     batch_size: int = 1,
     reference_name: str = "fp32",
     candidate_name: str = "quantized",
+    runner: RunnerFactory | None = None,
     progress: bool = True,
 ) -> ComparisonReport:
-    """Run both models with onnxruntime (CPU) over `dataset`: per-output metrics and, with a task,
-    FP32-vs-candidate task scores."""
+    """Run both models over `dataset` (onnxruntime on the CPU, or what `runner` makes): per-output
+    metrics and, with a task, FP32-vs-candidate task scores."""
     start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, progress=progress)
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, runner=runner, progress=progress)
     evaluation = evaluator.evaluate(candidate, label="comparing")
     return ComparisonReport(
         reference=reference_name,

@@ -61,33 +61,48 @@ class OutputAccumulator:
         self.worst = math.inf
         self.top1_matches = 0
         self.scores = True
+        self._per_sample: list[tuple[np.ndarray, np.ndarray]] = []
 
     def update(self, ref: np.ndarray, quant: np.ndarray) -> None:
-        """Add one batch (leading dim = samples) of reference and quantized outputs."""
-        ref64 = np.asarray(ref, dtype=np.float64)
-        q64 = np.asarray(quant, dtype=np.float64)
-        if ref64.shape != q64.shape:
-            raise ValueError(f"output {self.name}: shapes differ, {ref64.shape} vs {q64.shape}")
-        n = ref64.shape[0] if ref64.ndim else 1
-        err = ref64 - q64
-        r = ref64.reshape(n, -1)
-        e = err.reshape(n, -1)
-        per_ref = np.einsum("ij,ij->i", r, r)
-        per_err = np.einsum("ij,ij->i", e, e)
+        """Add one batch (leading dim = samples) of reference and quantized outputs.
+
+        Elementwise work runs in the outputs' own precision (float32 unless they are float64);
+        per-sample sums are added in float64. Large outputs (a recogniser's [N, 40, 18710]
+        scores) made float64 copies cost as much as the forward pass.
+        """
+        ref = np.asarray(ref)
+        quant = np.asarray(quant)
+        if ref.shape != quant.shape:
+            raise ValueError(f"output {self.name}: shapes differ, {ref.shape} vs {quant.shape}")
+        dtype = np.float64 if np.float64 in (ref.dtype, quant.dtype) else np.float32
+        n = ref.shape[0] if ref.ndim else 1
+        r = np.asarray(ref, dtype=dtype).reshape(n, -1)
+        e = np.asarray(quant, dtype=dtype).reshape(n, -1) - r
+        per_ref = np.einsum("ij,ij->i", r, r).astype(np.float64)
+        per_err = np.einsum("ij,ij->i", e, e).astype(np.float64)
+        ref_err = float(np.einsum("ij,ij->i", r, e).astype(np.float64).sum())
+        self._per_sample.append((per_ref, per_err))
         self.ref_sq += float(per_ref.sum())
         self.err_sq += float(per_err.sum())
-        self.q_sq += float(np.vdot(q64, q64))
-        self.dot += float(np.vdot(ref64, q64))
-        self.abs_err += float(np.abs(err).sum())
-        self.max_abs = max(self.max_abs, float(np.abs(err).max(initial=0.0)))
-        self.elements += err.size
+        self.q_sq += float(per_ref.sum()) + 2.0 * ref_err + float(per_err.sum())
+        self.dot += float(per_ref.sum()) + ref_err
+        np.abs(e, out=e)
+        self.abs_err += float(e.sum(dtype=np.float64))
+        self.max_abs = max(self.max_abs, float(e.max(initial=0.0)))
+        self.elements += e.size
         for s_ref, s_err in zip(per_ref, per_err):
             self.worst = min(self.worst, snr_db(float(s_ref), float(s_err)))
-        if looks_like_scores(ref64.shape):
-            self.top1_matches += int((ref64.argmax(axis=1) == q64.argmax(axis=1)).sum())
+        if looks_like_scores(ref.shape):
+            self.top1_matches += int((ref.argmax(axis=1) == quant.argmax(axis=1)).sum())
         else:
             self.scores = False
         self.samples += n
+
+    def sample_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample reference power and error power, in update order (what the SNR sums add up)."""
+        if not self._per_sample:
+            return np.zeros(0), np.zeros(0)
+        return (np.concatenate([r for r, _ in self._per_sample]), np.concatenate([e for _, e in self._per_sample]))
 
     def result(self) -> OutputMetrics:
         """The metrics over everything seen."""

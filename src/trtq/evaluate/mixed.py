@@ -1,12 +1,20 @@
 """Automatic mixed precision: keep the fewest, most sensitive layers out of INT8 until a target holds.
 
 1. Evaluate the all-INT8 model; if the target holds, exclude nothing.
-2. Rank layers by sensitivity (`local` by default: about one pass over the data).
-3. Greedily exclude the next most sensitive layer, re-checking the *real* metric each time,
-   until the target holds.
+2. Rank layers by sensitivity (`local` by default: one pass over a spread subset of the data).
+3. Find how many of the most sensitive layers to keep out by bisection over the ranked list
+   (about log2(layers) evaluations, where a greedy scan needs one per excluded layer), checking
+   the *real* metric each time.
 4. Prune: put each excluded layer back into INT8 (least sensitive first) and keep it there
-   if the target still holds. What remains is reported with what each layer buys (the metric
-   with that layer back in INT8) and what it costs (its share of the model's INT8 MACs).
+   if the target still holds.
+5. Confirm the result on every sample; if it misses there, resume the bisection on every sample.
+
+Every evaluation but the final one stops as soon as the samples seen decide the target (the
+metric is further from it than `DECISION_Z` standard errors, with a finite-population
+correction, so an evaluation of every sample is exact), seeing the batches in an order spread
+over the data set. The FP32 reference runs once and its outputs are cached. What remains is
+reported with what each layer buys (the metric with that layer back in INT8) and what it costs
+(its share of the model's INT8 MACs).
 
 The excluded layers are returned as anchored `--exclude-nodes` patterns, so a later
 `trtq quantize --exclude-nodes ...` reproduces the result without searching again.
@@ -17,18 +25,28 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
+from tqdm import tqdm
 
+from trtq._format import fmt
+from trtq.calibrate.grids import INT8, Grid
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
-from trtq.evaluate.sensitivity import analyze_sensitivity, layer_macs, quantized_layers
+from trtq.evaluate.metrics import snr_db
+from trtq.evaluate.sensitivity import (
+    SensitivityResult,
+    analyze_sensitivity,
+    layer_macs,
+    quantized_layers,
+)
 from trtq.evaluate.tasks import Task, TaskScores, make_task
 from trtq.model import graph_outputs
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.runtime import RunnerFactory
 
 TARGET_METRICS: dict[str, tuple[str, str | None, str | None]] = {
     # name: (comparison, task it needs, task metric)
@@ -123,12 +141,14 @@ class ExcludedLayer:
 
 @dataclass(frozen=True)
 class SearchStep:
-    """One evaluation of the search: which layers were excluded and the metric it gave."""
+    """One evaluation of the search: which layers were excluded, the metric it gave, on how many samples."""
 
     excluded: tuple[str, ...]
     metric: float
     holds: bool
-    phase: str  # "int8", "greedy" or "prune"
+    phase: str  # "int8", "bisect", "prune" or "final"
+    samples: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +168,12 @@ class MixedPrecisionResult:
     steps: tuple[SearchStep, ...]
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    phase_seconds: tuple[tuple[str, float], ...] = ()
+    """Where the search's time went: reference, ranking, and each evaluation phase."""
+    measured_on: str = "the Q/DQ model"
+    """What every evaluation measured: the Q/DQ model, or it after a final transformation (FP16)."""
+    all_excluded: bool = False
+    """Whether the target holds only with every quantizable layer out of INT8 (nothing INT8 is left)."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -157,10 +183,13 @@ class MixedPrecisionResult:
     def require(self) -> MixedPrecisionResult:
         """Return self if the target holds, else raise a TrtqError saying how close it came."""
         if not self.holds:
+            fp16 = "FP16" in self.measured_on
             raise TrtqError(
-                f"Target {self.target} was not reached: best {self.target.metric} was {self.final_metric:.4g} "
-                f"with {len(self.excluded)} layers excluded.",
-                "relax the target, calibrate with another --method, or raise the exclusion limit.",
+                f"Target {self.target} was not reached: best {self.target.metric} was "
+                f"{fmt(self.final_metric, 4, spec='g')} with {len(self.excluded)} layers excluded, measured on "
+                f"{self.measured_on}.",
+                "relax the target, calibrate with another --method"
+                + (", or keep the rest in FP32 (--high-precision fp32)." if fp16 else ", or raise the exclusion limit."),
             )
         return self
 
@@ -182,18 +211,54 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
+            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.int8.samples, 1), 2),
             "steps": [
-                {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase}
+                {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase,
+                 "samples": s.samples, "seconds": round(s.seconds, 3)}
                 for s in self.steps
             ],
             "seconds": round(self.seconds, 3),
+            "phase_seconds": {phase: round(seconds, 3) for phase, seconds in self.phase_seconds},
             "notes": list(self.notes),
+            "measured_on": self.measured_on,
+            "all_excluded": self.all_excluded,
         }
 
 
 def node_pattern(name: str) -> str:
     """An `--exclude-nodes` regex matching exactly this node name."""
     return f"^{re.escape(name)}$"
+
+
+RANKING_SAMPLES = 32
+"""Local sensitivity ranks layers on at most this many samples (spread over the data set)."""
+PRUNE_PASSES = 1.5
+"""Pruning stops once its evaluations have cost this many passes over the data."""
+
+
+def proven_miss(target: Target, evaluation: Evaluation, reference: TaskScores | None,
+                signal_power: Mapping[str, float], total: int) -> bool:
+    """Whether the samples seen so far already prove that `target` misses on all `total` samples,
+    whatever the others give (a bound, not an estimate: the search decides as it would on every sample).
+
+    SNR: the error power seen only grows, and the FP32 outputs' power over every sample is known.
+    Top-k drops: the remaining samples can at best all be right.
+    """
+    if target.metric == "snr":
+        return any(
+            not target.holds(snr_db(signal_power[o.name], sums[1].sum()))
+            for o in evaluation.outputs
+            if (sums := evaluation.sample_sums.get(o.name)) is not None and o.name in signal_power
+        )
+    key = TARGET_METRICS[target.metric][2]
+    if target.metric in ("top1-drop", "top5-drop") and reference is not None and evaluation.task is not None:
+        if key not in evaluation.task.values or key not in reference.values:
+            return False
+        seen = evaluation.task.samples
+        correct = evaluation.task.values[key] / 100.0 * seen
+        best = 100.0 * (correct + (total - seen)) / total
+        return not target.holds(reference.values[key] - best)
+    return False
 
 
 def search_mixed_precision(
@@ -209,7 +274,12 @@ def search_mixed_precision(
     batch_size: int = 1,
     max_exclusions: int | None = None,
     prune: bool = True,
+    early_stop: bool = True,
+    runner: RunnerFactory | None = None,
     progress: bool = True,
+    finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
+    grid: Grid = INT8,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -217,6 +287,12 @@ def search_mixed_precision(
     calibrated ranges; `exclude_nodes`/`exclude_ops` are the user's own exclusions, kept as
     they are. A task-based target without `task` gets the default task for the data (labels
     from class folders when there are any, else FP32 agreement; for detect, yolo when the outputs have its layout).
+    `finish` turns each candidate Q/DQ model into the model that will be written (the FP16
+    conversion of `--high-precision fp16`): every evaluation then measures that model, so the
+    target holds for what is written (`finished_as` says what it is).
+    `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
+    `early_stop=False` evaluates every candidate on every sample. `runner` runs the models
+    (default: onnxruntime on the CPU).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -224,62 +300,95 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, progress=False)
+    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False)
+    phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
+    total = evaluator.samples
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
     steps: list[SearchStep] = []
-    evaluations: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
+    full: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
+    bar = tqdm(desc=f"--target {target}", unit="eval", disable=not progress, dynamic_ncols=True, leave=False)
 
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
-            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops
+            model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
+            grid=grid,
         )
 
-    def check(layers: Sequence[str], phase: str) -> tuple[Evaluation, float]:
+    def candidate(layers: Sequence[str]) -> onnx.ModelProto:
+        quantized = insert_qdq(model, placement_without(layers), amax)
+        return finish(quantized) if finish is not None else quantized
+
+    def stop(evaluation: Evaluation) -> bool:
+        return proven_miss(target, evaluation, reference, evaluator.signal_power, total)
+
+    decided: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
+
+    def check(layers: Sequence[str], phase: str, exact: bool = False) -> tuple[Evaluation, float]:
+        """Evaluate with `layers` excluded: on every sample when `exact`, else until the target is decided."""
         key = tuple(sorted(layers))
-        if key not in evaluations:
-            evaluation = evaluator.evaluate(
-                insert_qdq(model, placement_without(layers), amax), label=f"{phase} {len(layers)}"
-            )
-            evaluations[key] = (evaluation, target.measure(evaluation, reference))
-        evaluation, value = evaluations[key]
-        steps.append(SearchStep(tuple(layers), value, target.holds(value), phase))
+        known = full.get(key) or (None if exact else decided.get(key))
+        if known is not None:
+            return known
+        began = time.perf_counter()
+        evaluation = evaluator.evaluate(
+            candidate(layers), label=f"{phase} {len(layers)}", decide=None if exact or not early_stop else stop
+        )
+        value = target.measure(evaluation, reference)
+        decided[key] = (evaluation, value)
+        if evaluation.complete:
+            full[key] = (evaluation, value)
+        steps.append(SearchStep(tuple(layers), value, target.holds(value), phase, evaluation.samples,
+                                time.perf_counter() - began))
+        phases[phase] = phases.get(phase, 0.0) + steps[-1].seconds
+        bar.update(1)
+        bar.set_postfix_str(f"{target.metric} {value:.4g}, {len(layers)} kept out ({phase})", refresh=True)
         return evaluation, value
 
-    int8_eval, int8_value = check([], "int8")
-    excluded: list[str] = []
-    final_eval, final_value = int8_eval, int8_value
-    sensitivity = None
-    if not target.holds(int8_value):
+    sensitivity: SensitivityResult | None = None
+
+    def rank() -> list[str]:
+        nonlocal sensitivity
+        began = time.perf_counter()
+        subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
-            model,
-            base,
-            amax,
-            dataset,
-            method=ranking,
-            task=task,
-            batch_size=batch_size,
-            evaluator=evaluator if ranking == "exact" else None,
-            progress=progress,
+            model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
+            evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
         )
-        candidates = [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
-        limit = len(candidates) if max_exclusions is None else max_exclusions
-        for node in candidates[:limit]:
-            excluded.append(node)
-            final_eval, final_value = check(excluded, "greedy")
-            if target.holds(final_value):
-                break
-    with_layer: dict[str, float] = {}
-    if prune and target.holds(final_value) and len(excluded) > 1:
-        for node in list(reversed(excluded)):
-            trial = [n for n in excluded if n != node]
-            trial_eval, trial_value = check(trial, "prune")
-            with_layer[node] = trial_value
-            if target.holds(trial_value):
-                excluded = trial
-                final_eval, final_value = trial_eval, trial_value
-    elif len(excluded) == 1 and target.holds(final_value):
-        with_layer[excluded[0]] = int8_value
+        phases["ranking"] = time.perf_counter() - began
+        return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
+
+    def cap(already: int, available: int) -> int:
+        return available if max_exclusions is None else max(0, min(max_exclusions - already, available))
+
+    try:
+        int8_eval, int8_value = check([], "int8")
+        excluded: list[str] = []
+        with_layer: dict[str, float] = {}
+        if not target.holds(int8_value):
+            ranked = rank()
+            high = cap(0, len(ranked))
+            excluded = _bisect(ranked, high, lambda k: target.holds(check(ranked[:k], "bisect")[1]))
+            if len(excluded) > 1 and target.holds(check(excluded, "bisect")[1]):
+                previous = decided.get(tuple(sorted(excluded[:-1])))
+                if previous is not None:  # the last layer in is needed: without it the prefix missed
+                    with_layer[excluded[-1]] = previous[1]
+                spent = 0
+                for node in list(reversed(excluded[:-1])) if prune else []:
+                    if spent >= PRUNE_PASSES * total:
+                        notes.append(f"pruning stopped after {PRUNE_PASSES:g} passes over the data; "
+                                     "some kept-out layers may not be needed")
+                        break
+                    trial = [n for n in excluded if n != node]
+                    evaluation, with_layer[node] = check(trial, "prune")
+                    spent += evaluation.samples
+                    if target.holds(with_layer[node]):
+                        excluded = trial
+        final_eval, final_value = check(excluded, "final", exact=True)
+        if len(excluded) == 1:
+            with_layer[excluded[0]] = int8_value
+    finally:
+        bar.close()
     macs = layer_macs(model, dataset.shapes)
     quantizable_macs = sum(macs.get(n, 0) for n in quantized_layers(base)) or 1
     ops = {node.name: node.op_type for node in model.graph.node}
@@ -296,11 +405,16 @@ def search_mixed_precision(
         )
         for node in excluded
     )
+    all_excluded = bool(excluded) and not quantized_layers(placement_without(excluded))
     if sensitivity is not None:
         notes.append(
             f"ranking: {sensitivity.method} sensitivity over {sensitivity.samples} samples "
             f"in {sensitivity.seconds:.1f} s"
         )
+    notes.append(
+        f"{len(steps)} evaluations, {sum(s.samples for s in steps) / max(total, 1):.1f} passes over the "
+        f"{total} samples (an evaluation stops once its samples prove a miss)"
+    )
     return MixedPrecisionResult(
         target=target,
         holds=target.holds(final_value),
@@ -315,4 +429,22 @@ def search_mixed_precision(
         steps=tuple(steps),
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        phase_seconds=tuple(phases.items()),
+        measured_on=finished_as if finish is not None else "the Q/DQ model",
+        all_excluded=all_excluded,
     )
+
+
+def _bisect(ranked: Sequence[str], high: int, holds: Callable[[int], bool]) -> list[str]:
+    """The shortest non-empty prefix of `ranked` (at most `high` layers) for which `holds` is true,
+    assuming that keeping more layers out never hurts (the empty prefix is known to miss). All
+    `high` layers are taken to hold without a check (it is the caller's to check that prefix,
+    which is returned when no shorter one holds)."""
+    low = 0
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
+        else:
+            low = middle
+    return list(ranked[:high])

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, shape_inference
 from tqdm import tqdm
 
-from trtq.calibrate.ort_session import make_session
+from trtq.calibrate.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluator
@@ -36,6 +36,7 @@ from trtq.evaluate.metrics import snr_db
 from trtq.evaluate.tasks import ScoredAgainst, Task
 from trtq.model import tensor_types
 from trtq.quantize import Placement, QuantTarget, insert_qdq
+from trtq.runtime import RunnerFactory, runner_factory
 
 METHODS = ("local", "exact")
 MAIN_TASK_METRIC = {"classify": "top1", "detect": "map"}
@@ -137,7 +138,7 @@ def layer_placement(placement: Placement, nodes: Sequence[str] | set[str]) -> Pl
         consumers = tuple(c for c in target.consumers if c[0] in keep)
         if consumers:
             targets.append(QuantTarget(target.tensor, target.kind, consumers, target.axis))
-    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes)
+    return Placement(targets=tuple(targets), excluded_nodes=placement.excluded_nodes, grid=placement.grid)
 
 
 def _with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
@@ -198,12 +199,14 @@ def analyze_sensitivity(
     task: Task | None = None,
     batch_size: int = 1,
     evaluator: Evaluator | None = None,
+    runner: RunnerFactory | None = None,
     progress: bool = True,
 ) -> SensitivityResult:
     """Rank the layers of `placement` by how much INT8 hurts when only that layer is quantized.
 
     `model` is the normalised FP32 model (`trtq.api.prepare_model`), `amax` the calibrated
-    ranges. `exact` may reuse an `evaluator` (and its cached data) across calls.
+    ranges. `exact` may reuse an `evaluator` (and its cached data) across calls. `runner` runs
+    the models (default: onnxruntime on the CPU; `trtq.runtime.runner_factory("cuda")` for a GPU).
     """
     if method not in METHODS:
         raise TrtqError(f"Sensitivity method {method!r} is not one of {', '.join(METHODS)}.", "use local or exact.")
@@ -218,10 +221,10 @@ def analyze_sensitivity(
     ops = {node.name: node.op_type for node in model.graph.node}
     if method == "exact":
         scores, drops, samples, metric, scored_against = _exact(
-            model, placement, amax, dataset, layers, task, batch_size, evaluator, progress
+            model, placement, amax, dataset, layers, task, batch_size, evaluator, runner, progress
         )
     else:
-        scores, samples = _local(model, placement, amax, dataset, layers, batch_size, progress)
+        scores, samples = _local(model, placement, amax, dataset, layers, batch_size, runner, progress)
         drops, metric, scored_against = {}, None, None
     result = [
         LayerSensitivity(
@@ -244,10 +247,11 @@ def _exact(
     task: Task | None,
     batch_size: int,
     evaluator: Evaluator | None,
+    runner: RunnerFactory | None,
     progress: bool,
 ) -> tuple[dict[str, float], dict[str, float], int, str | None, ScoredAgainst | None]:
     if evaluator is None:
-        evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task)
+        evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner)
     metric = MAIN_TASK_METRIC.get(evaluator.task.name) if evaluator.task is not None else None
     scores: dict[str, float] = {}
     drops: dict[str, float] = {}
@@ -293,8 +297,10 @@ def _local(
     dataset: Dataset,
     layers: Mapping[str, tuple[QuantTarget, ...]],
     batch_size: int,
+    runner: RunnerFactory | None,
     progress: bool,
 ) -> tuple[dict[str, float], int]:
+    make = runner or runner_factory("cpu")
     nodes = {node.name: node for node in model.graph.node}
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = {vi.name for vi in model.graph.input}
@@ -303,13 +309,13 @@ def _local(
     for name in layers:
         node = nodes[name]
         single = single_node_model(model, node)
-        sessions[name] = make_session(insert_qdq(single, layer_placement(placement, {name}), amax))
+        sessions[name] = make(insert_qdq(single, layer_placement(placement, {name}), amax))
         feeds_of[name] = [vi.name for vi in single.graph.input]
         outs_of[name] = [o for o in node.output if o]
         exposed.extend(t for t in (*feeds_of[name], *outs_of[name]) if t not in initializers)
     exposed = list(dict.fromkeys(exposed))
     fetch = [t for t in exposed if t not in graph_inputs]
-    session = make_session(model, outputs=fetch)
+    session = make(expose_tensors(model, fetch))
     accumulators = {name: [_SnrSums() for _ in outs_of[name]] for name in layers}
     samples = 0
     with tqdm(

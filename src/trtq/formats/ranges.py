@@ -2,6 +2,9 @@
 
 This is the object that passes from calibration to every later stage (Q/DQ insertion, cache,
 evaluation), saved as JSON so calibration runs once (`trtq quantize --ranges FILE`).
+
+`--method auto` adds a `choices` object (tensor -> why it got its range). Readers that predate it
+ignore the key, so the format version stays 1 and tables load both ways.
 """
 
 from __future__ import annotations
@@ -18,6 +21,53 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class RangeChoice:
+    """Why a tensor got its range under `--method auto`."""
+
+    method: str
+    """The winning candidate: "max", "entropy", "mse" or "percentile P"."""
+    amax_over_max: float
+    """Its amax divided by the largest |x| seen in calibration (1.0: nothing clipped)."""
+    clipped: float
+    """Share of the calibration values beyond it (from the histogram)."""
+    snr_db: float | None = None
+    """Output SNR of the layers reading the tensor with this range, on the judging samples (None: not judged)."""
+    max_snr_db: float | None = None
+    """The same with the full range (max), for comparison."""
+    candidates: dict[str, float] = field(default_factory=dict)
+    """Every candidate's output SNR (dB), by name."""
+    judged_samples: int = 0
+    """Calibration samples the candidates were judged on (0: not judged, the fallback range)."""
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (infinite SNRs as strings)."""
+        out = asdict(self)
+        out["snr_db"], out["max_snr_db"] = _number(self.snr_db), _number(self.max_snr_db)
+        out["candidates"] = {k: _number(v) for k, v in self.candidates.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RangeChoice:
+        """Inverse of `to_dict`."""
+        def optional(value: object) -> float | None:
+            return None if value is None else float(value)  # type: ignore[arg-type]
+
+        return cls(
+            method=str(data["method"]),
+            amax_over_max=float(data["amax_over_max"]),
+            clipped=float(data["clipped"]),
+            snr_db=optional(data.get("snr_db")),
+            max_snr_db=optional(data.get("max_snr_db")),
+            candidates={str(k): float(v) for k, v in dict(data.get("candidates", {})).items()},
+            judged_samples=int(data.get("judged_samples", 0)),
+        )
+
+
+def _number(value: float | None) -> float | str | None:
+    return str(value) if value is not None and not math.isfinite(value) else value
+
+
+@dataclass(frozen=True)
 class RangesTable:
     """Per-tensor absolute maxima (amax) for symmetric INT8 quantization."""
 
@@ -29,6 +79,10 @@ class RangesTable:
     options: dict[str, float | int | str] = field(default_factory=dict)
     model_name: str = ""
     trtq_version: str = ""
+    choices: dict[str, RangeChoice] = field(default_factory=dict)
+    """Per tensor, why it got its range (`--method auto` only)."""
+    table_scores: dict[str, float] = field(default_factory=dict)
+    """`--method auto`: end-to-end output SNR (dB) of each candidate table on the judging samples."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -46,6 +100,13 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
+        for key in ("choices", "table_scores"):  # written only when present, as older tables had neither
+            if not getattr(self, key):
+                del payload[key]
+        if self.choices:
+            payload["choices"] = {name: choice.to_dict() for name, choice in sorted(self.choices.items())}
+        if self.table_scores:
+            payload["table_scores"] = {name: _number(v) for name, v in self.table_scores.items()}
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -84,6 +145,8 @@ class RangesTable:
                 options=dict(payload.get("options", {})),
                 model_name=str(payload.get("model_name", "")),
                 trtq_version=str(payload.get("trtq_version", "")),
+                choices={str(k): RangeChoice.from_dict(v) for k, v in dict(payload.get("choices", {})).items()},
+                table_scores={str(k): float(v) for k, v in dict(payload.get("table_scores", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(

@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from trtq import api
-from trtq._io import ensure_writable_dir, write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
@@ -231,7 +231,8 @@ def finetune(
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    ensure_writable_dir(onnx_path.parent)
+    inputs = (prepared.path, calib, train_data, eval_data)
+    check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
@@ -315,7 +316,7 @@ def finetune(
         onnx_path: exported.model.SerializeToString(),
         cache_path: format_cache(cache_amax, options.trt_version, table.method),
         ranges_path: out_table.to_json().encode("utf-8"),
-    })
+    }, inputs=inputs)
     return FinetuneResult(
         model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
         ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),

@@ -8,7 +8,12 @@
   between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
 - excluded nodes (by name regex or op type) keep their inputs in high precision.
 
-The result is a plan (which tensor, which consumers, which axis); nothing is edited here.
+FP8 (E4M3, `grid=FP8_E4M3`) follows NVIDIA ModelOpt's FP8 mode: only Conv, Gemm, MatMul and the
+residual Add get Q/DQ (no ConvTranspose, no pooling), and convolutions without FP8 kernels that
+pay off stay in high precision (<= 16 input or output channels, or more than 32 filter taps).
+FP8 has no calibration cache (implicit TensorRT builds are INT8 only), so it has no cache tensors.
+
+The result is a plan (which tensor, which consumers, which axis, which grid); nothing is edited here.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto
 
+from trtq.calibrate.grids import INT8, Grid
 from trtq.errors import TrtqError
 from trtq.model import QUANTIZABLE_OPS, tensor_types
 
@@ -29,6 +35,13 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 """Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
+FP8_OPS = ("Conv", "Gemm", "MatMul")
+"""Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode; TensorRT-RTX runs FP8 in GEMMs only)."""
+FP8_MIN_CONV_CHANNELS = 16
+"""Convolutions with this many input or output channels or fewer stay out of FP8 (ModelOpt's rule:
+no FP8 kernel beats FP16 there)."""
+FP8_MAX_CONV_TAPS = 32
+"""Convolutions whose filter has more taps than this (e.g. 7x7) stay out of FP8 (ModelOpt's rule)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class Placement:
     excluded_nodes: tuple[str, ...] = ()
     cache_tensors: tuple[str, ...] = ()
     """Float activations that get a line in the TensorRT calibration cache (implicit builds)."""
+    grid: Grid = INT8
+    """What the Q/DQ pairs quantize to: INT8 (scale = amax / 127) or FP8 E4M3 (scale = amax / 448)."""
 
     @property
     def activation_tensors(self) -> tuple[str, ...]:
@@ -133,8 +148,9 @@ def plan_placement(
     exclude_nodes: Sequence[str] = (),
     exclude_ops: Iterable[str] = (),
     cache_scope: str = "qdq",
+    grid: Grid = INT8,
 ) -> Placement:
-    """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`)."""
+    """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`) for `grid`."""
     if cache_scope not in CACHE_SCOPES:
         raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
@@ -151,6 +167,9 @@ def plan_placement(
         for node in model.graph.node
         if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
     }
+    fp8 = grid.name != INT8.name
+    if fp8:
+        excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
     wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
     kinds: dict[str, str] = {}
@@ -178,7 +197,7 @@ def plan_placement(
             for index in data_inputs:
                 if index < len(node.input):
                     want(node.input[index], node, index)
-        elif node.op_type in POOLING_OPS:
+        elif node.op_type in POOLING_OPS and not fp8:
             if _feeds_quantized(g, node.output[0], excluded):
                 want(node.input[0], node, 0)
         elif node.op_type == "Add" and len(node.input) == 2:
@@ -193,8 +212,27 @@ def plan_placement(
     return Placement(
         targets=targets,
         excluded_nodes=tuple(sorted(excluded)),
-        cache_tensors=_cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
+        cache_tensors=() if fp8 else _cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
+        grid=grid,
     )
+
+
+def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:
+    """False for compute nodes that stay out of FP8: ConvTranspose, and convolutions with few
+    channels or large filters (see FP8_MIN_CONV_CHANNELS, FP8_MAX_CONV_TAPS); True for the rest."""
+    if node.op_type not in QUANTIZABLE_OPS:
+        return True
+    if node.op_type not in FP8_OPS:
+        return False
+    if node.op_type != "Conv":
+        return True
+    weight = g.initializers.get(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or len(weight.dims) < 3:
+        return False
+    out_channels, in_channels, taps = weight.dims[0], weight.dims[1], 1
+    for size in weight.dims[2:]:
+        taps *= size
+    return out_channels > FP8_MIN_CONV_CHANNELS and in_channels > FP8_MIN_CONV_CHANNELS and taps <= FP8_MAX_CONV_TAPS
 
 
 def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:

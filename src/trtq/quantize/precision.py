@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -30,7 +30,14 @@ from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
 
 from trtq.data import Dataset
 from trtq.errors import TrtqError
-from trtq.model import QUANTIZABLE_OPS, default_opset, name_unnamed_nodes, tensor_types
+from trtq.model import (
+    QUANTIZABLE_OPS,
+    check_structure,
+    default_opset,
+    name_unnamed_nodes,
+    split_initializers,
+    tensor_types,
+)
 from trtq.quantize.qdq import unique_name
 
 MODES = ("fp16", "fp32")
@@ -107,6 +114,64 @@ def observe_amax(
     return {name: float(stats.amax) for name, stats in backend.stats().items()}
 
 
+@dataclass(frozen=True)
+class HighPrecision:
+    """`--high-precision MODE` for the quantized variants of one FP32 model.
+
+    The ranges that guard against FP16 overflow are found once (`high_precision`); `apply` then
+    converts any quantized variant, so the mixed-precision search can measure each candidate as
+    it would be written, and the written model is the one it measured.
+    """
+
+    mode: str
+    ranges: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    keep_nodes: tuple[str, ...] = ()
+    headroom: float = DEFAULT_HEADROOM
+
+    def apply(self, quantized: onnx.ModelProto) -> PrecisionResult:
+        """`quantized` with what is not INT8 in this mode (unchanged for fp32)."""
+        if self.mode == "fp32":
+            return PrecisionResult(quantized, self.mode)
+        result = convert_to_fp16(quantized, self.ranges, keep_nodes=self.keep_nodes, headroom=self.headroom)
+        return replace(result, notes=(*result.notes, *self.notes))
+
+    def finish(self, quantized: onnx.ModelProto) -> onnx.ModelProto:
+        """Just the converted model (what the mixed-precision search measures)."""
+        return self.apply(quantized).model
+
+
+def high_precision(
+    mode: str,
+    *,
+    amax: Mapping[str, float] | None = None,
+    fp32_model: onnx.ModelProto | None = None,
+    dataset: Dataset | None = None,
+    batch_size: int = 1,
+    keep_nodes: Iterable[str] = (),
+    headroom: float = DEFAULT_HEADROOM,
+) -> HighPrecision:
+    """The conversion for `--high-precision MODE`, with its ranges.
+
+    Ranges come from `amax` (e.g. the calibration table); tensors it lacks are observed by
+    running `fp32_model` over `dataset` when both are given (one pass, max only).
+    """
+    if mode not in MODES:
+        raise TrtqError(f"--high-precision {mode!r} is not one of {', '.join(MODES)}.", "use fp16 or fp32.")
+    if mode == "fp32":
+        return HighPrecision(mode)
+    ranges = dict(amax or {})
+    notes: list[str] = []
+    if fp32_model is not None and dataset is not None:
+        types = tensor_types(fp32_model)
+        produced = {o for node in fp32_model.graph.node for o in node.output if o}
+        missing = [t for t in produced if types.get(t) == TensorProto.FLOAT and t not in ranges]
+        ranges.update(observe_amax(fp32_model, dataset, missing, batch_size))
+    else:
+        notes.append("ranges only from the calibration table; tensors it lacks were not checked for FP16 overflow")
+    return HighPrecision(mode, ranges, tuple(notes), tuple(keep_nodes), headroom)
+
+
 def apply_high_precision(
     quantized: onnx.ModelProto,
     mode: str,
@@ -118,34 +183,10 @@ def apply_high_precision(
     keep_nodes: Iterable[str] = (),
     headroom: float = DEFAULT_HEADROOM,
 ) -> PrecisionResult:
-    """`--high-precision MODE` on a quantized model: "fp32" leaves it as it is, "fp16" converts.
-
-    Ranges come from `amax` (e.g. the calibration table); tensors it lacks are observed by
-    running `fp32_model` over `dataset` when both are given (one pass, max only).
-    """
-    if mode not in MODES:
-        raise TrtqError(f"--high-precision {mode!r} is not one of {', '.join(MODES)}.", "use fp16 or fp32.")
-    if mode == "fp32":
-        return PrecisionResult(quantized, mode)
-    ranges = dict(amax or {})
-    notes: list[str] = []
-    if fp32_model is not None and dataset is not None:
-        types = tensor_types(fp32_model)
-        produced = {o for node in fp32_model.graph.node for o in node.output if o}
-        missing = [t for t in produced if types.get(t) == TensorProto.FLOAT and t not in ranges]
-        ranges.update(observe_amax(fp32_model, dataset, missing, batch_size))
-    elif fp32_model is None or dataset is None:
-        notes.append("ranges only from the calibration table; tensors it lacks were not checked for FP16 overflow")
-    result = convert_to_fp16(quantized, ranges, keep_nodes=keep_nodes, headroom=headroom)
-    return PrecisionResult(
-        result.model,
-        mode,
-        result.fp16_nodes,
-        result.kept_fp32,
-        result.casts,
-        result.fp16_qdq_pairs,
-        (*result.notes, *notes),
-    )
+    """`--high-precision MODE` on one quantized model: "fp32" leaves it as it is, "fp16" converts
+    (see `high_precision` for where the ranges come from)."""
+    return high_precision(mode, amax=amax, fp32_model=fp32_model, dataset=dataset, batch_size=batch_size,
+                          keep_nodes=keep_nodes, headroom=headroom).apply(quantized)
 
 
 def final_score_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -198,9 +239,57 @@ def _fp16_ok(type_str: str, allowed: Mapping[str, list[str]]) -> bool:
     return _FLOAT16_TYPE in allowed.get(type_str, [type_str])
 
 
+_FLOAT8_ONLY_CHANGES = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "CastLike"})
+"""Ops whose schemas changed by opset 19 only for float8 types (a `saturate` attribute that applies to
+them alone) and, for Q/DQ, to allow float16 scales: for what trtq writes, opset 19 means the same."""
+
+
+def _same_up_to(model: onnx.ModelProto, opset: int) -> bool:
+    """Whether declaring `opset` changes no node of `model` (no schema changed between its opset and
+    that one, subgraphs and other domains aside): then raising the opset needs no conversion."""
+    current = default_opset(model)
+    for node in model.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return False
+        if node.domain not in ("", "ai.onnx") or node.op_type in _FLOAT8_ONLY_CHANGES:
+            continue
+        try:
+            if defs.get_schema(node.op_type, current).since_version != defs.get_schema(node.op_type, opset).since_version:
+                return False
+        except defs.SchemaError:
+            return False
+    return True
+
+
+def _infer_in_place(model: onnx.ModelProto, strict: bool = False) -> None:
+    """Set `model`'s value_info and output types to what shape inference gives.
+
+    Inferred on the graph with its large weights declared as typed inputs instead of carried: the
+    same types, without handing the weights' bytes to onnx's C++ and back (0.7 s a pass on
+    ResNet-50, which the --target search would pay for every candidate).
+    """
+    skeleton, large = split_initializers(model)
+    for init in large:
+        skeleton.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    inferred = shape_inference.infer_shapes(skeleton, strict_mode=strict)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+
+
 def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if default_opset(model) >= FP16_QDQ_OPSET:
         return model, None
+    note = f"opset raised from {default_opset(model)} to {FP16_QDQ_OPSET} for FP16 Q/DQ scales"
+    if _same_up_to(model, FP16_QDQ_OPSET):  # what the version converter would do, without its cost (1.4 s on ResNet-50)
+        raised = onnx.ModelProto()
+        raised.CopyFrom(model)
+        for entry in raised.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = FP16_QDQ_OPSET
+        _infer_in_place(raised)  # the converter leaves the types inferred, and the conversion reads them
+        return raised, note
     from onnx import version_converter
 
     try:
@@ -208,7 +297,7 @@ def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises bare RuntimeError/ValueError subtypes per op
         return model, f"Q/DQ pairs kept in FP32: raising opset {default_opset(model)} to 19 failed ({exc})"
-    return converted, f"opset raised from {default_opset(model)} to {FP16_QDQ_OPSET} for FP16 Q/DQ scales"
+    return converted, note
 
 
 @dataclass
@@ -244,8 +333,8 @@ def convert_to_fp16(
     casts = _rewrite(out, types, initializers, plan)
     del graph.value_info[:]
     try:
-        out = shape_inference.infer_shapes(out, strict_mode=True)
-        onnx.checker.check_model(out)
+        _infer_in_place(out, strict=True)
+        check_structure(out)
     except Exception as exc:  # InferenceError / ValidationError: a bug in this pass, with the node named
         raise AssertionError(f"FP16 conversion produced an invalid model: {exc}") from exc
     kept = tuple(KeptNode(name, nodes[name], reason) for name, reason in plan.kept.items())

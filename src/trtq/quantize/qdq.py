@@ -1,22 +1,33 @@
 """Insert QuantizeLinear/DequantizeLinear pairs into an ONNX graph from a placement plan.
 
-Symmetric INT8 as TensorRT requires: zero point 0 (int8), scale = amax / 127 (strictly
-positive constants); weights per output channel (`axis`), activations per tensor. One pair per
-quantized tensor, shared by every consumer the plan names; other consumers keep the original.
+Symmetric, as TensorRT requires, on the placement's grid: INT8 (zero point 0 of type int8,
+scale = amax / 127) or FP8 E4M3 (zero point 0 of type float8e4m3fn, scale = amax / 448, opset
+>= 19); scales are strictly positive constants; weights per output channel (`axis`), activations
+per tensor. One pair per quantized tensor, shared by every consumer the plan names; other
+consumers keep the original.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trtq.calibrate.grids import INT8, Grid
 from trtq.errors import TrtqError
-from trtq.formats.ranges import MIN_AMAX, scale_from_amax
-from trtq.model import tensor_types
+from trtq.formats.ranges import MIN_AMAX
+from trtq.model import MIN_QDQ_OPSET, default_opset, tensor_types
 from trtq.quantize.placement import Placement, QuantTarget
+
+FP8_QDQ_OPSET = 19
+"""QuantizeLinear/DequantizeLinear take float8e4m3fn from opset 19."""
+ZERO_POINT_TYPES = {"int8": np.int8, "fp8": ml_dtypes.float8_e4m3fn}
+"""The zero point's element type, which sets the quantized type in ONNX, per grid."""
+MIN_OPSETS = {"int8": MIN_QDQ_OPSET, "fp8": FP8_QDQ_OPSET}
+"""The lowest default-domain opset that has each grid's Q/DQ (with per-channel axes)."""
 
 
 def weight_amax(values: np.ndarray, axis: int) -> np.ndarray:
@@ -38,11 +49,15 @@ def unique_name(name: str, used: set[str]) -> str:
 def insert_qdq(
     model: onnx.ModelProto, placement: Placement, activation_amax: Mapping[str, float]
 ) -> onnx.ModelProto:
-    """Return a copy of `model` with a Q/DQ pair on every target of `placement`.
+    """Return a copy of `model` with a Q/DQ pair on every target of `placement`, on its grid.
 
     `activation_amax` must hold an amax for every activation target; weight amax is computed
     from the weights themselves (per channel).
     """
+    opset = default_opset(model)
+    if opset < MIN_OPSETS[placement.grid.name]:
+        raise ValueError(f"{placement.grid.name} Q/DQ needs opset >= {MIN_OPSETS[placement.grid.name]}, the model has "
+                         f"{opset}: normalise it with trtq.model.normalize_model(min_opset=...) first")
     missing = [t.tensor for t in placement.targets if t.kind == "activation" and t.tensor not in activation_amax]
     if missing:
         raise TrtqError(
@@ -70,7 +85,7 @@ def insert_qdq(
                 f"exclude its consumer with --exclude-nodes '{target.consumers[0][0]}'.",
             )
         np_dtype = np.float16 if elem_type == TensorProto.FLOAT16 else np.float32
-        scale, zero_point = scale_and_zero_point(target, initializers, activation_amax, np_dtype)
+        scale, zero_point = scale_and_zero_point(target, initializers, activation_amax, np_dtype, placement.grid)
         base = target.tensor
         scale_name = unique_name(f"{base}_scale", used)
         zp_name = unique_name(f"{base}_zero_point", used)
@@ -115,17 +130,19 @@ def scale_and_zero_point(
     initializers: Mapping[str, onnx.TensorProto],
     activation_amax: Mapping[str, float],
     np_dtype: type,
+    grid: Grid = INT8,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The Q/DQ scale (per channel for weights) and zero point (0, int8) of one placement target."""
+    """The Q/DQ scale (per channel for weights) and zero point (0, of the grid's type) of one placement target."""
+    zero_type = ZERO_POINT_TYPES[grid.name]
     if target.kind == "weight":
         values = numpy_helper.to_array(initializers[target.tensor])
         amax = weight_amax(values, target.axis if target.axis is not None else 0)
-        scale = np.maximum(amax, MIN_AMAX) / 127.0
-        return scale.astype(np_dtype), np.zeros(scale.shape, dtype=np.int8)
-    scale = np.array(scale_from_amax(activation_amax[target.tensor]), dtype=np_dtype)
+        scale = np.maximum(amax, MIN_AMAX) / grid.top
+        return scale.astype(np_dtype), np.zeros(scale.shape, dtype=zero_type)
+    scale = np.array(max(float(activation_amax[target.tensor]), MIN_AMAX) / grid.top, dtype=np_dtype)
     if np_dtype is np.float16 and not np.isfinite(scale):
         raise TrtqError(
             f"Range of tensor {target.tensor!r} ({activation_amax[target.tensor]}) overflows float16.",
             "keep that layer in FP32 with --exclude-nodes.",
         )
-    return scale, np.array(0, dtype=np.int8)
+    return scale, np.array(0, dtype=zero_type)

@@ -8,7 +8,6 @@ report reads whichever records a folder holds; a newer run of the same kind repl
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,13 +17,23 @@ from pathlib import Path
 
 import numpy as np
 
-from trtq._io import atomic_write_text
+from trtq._format import json_safe
+from trtq._io import write_files_atomically
 from trtq.calibrate.collector import TensorStats
 from trtq.errors import TrtqError
 
 KINDS = ("quantize", "compare", "sensitivity")
 RECORD_FORMAT = "trtq-record"
 HISTOGRAM_BINS = 128
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a command asks the API to save with its outputs, as one set: its options and command line."""
+
+    settings: Mapping[str, object]
+    command: Sequence[str] | None = None
+    """The command line (default: this process's)."""
 
 
 @dataclass(frozen=True)
@@ -60,19 +69,28 @@ def histogram_summary(stats: TensorStats, amax: float, method: str, bins: int = 
     }
 
 
-def _clean(value: object) -> object:
-    """JSON-safe: infinities and NaN as strings, tuples as lists, dataclass-like objects via to_dict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "to_dict"):
-        return _clean(value.to_dict())
-    if isinstance(value, (np.floating, np.integer)):
-        return _clean(value.item())
-    return value
+def record_bytes(
+    kind: str,
+    *,
+    settings: Mapping[str, object],
+    result: Mapping[str, object],
+    histograms: Mapping[str, Mapping] | None = None,
+    command: Sequence[str] | None = None,
+) -> bytes:
+    """A record's file content (JSON; infinities and NaN as strings); `command` defaults to this process's."""
+    if kind not in KINDS:
+        raise ValueError(f"record kind {kind!r} is not one of {KINDS}")
+    argv = list(command) if command is not None else ["trtq", *sys.argv[1:]]
+    payload = {
+        "format": RECORD_FORMAT,
+        "kind": kind,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": shlex.join(argv),
+        "settings": json_safe(dict(settings)),
+        "result": json_safe(dict(result)),
+        "histograms": json_safe(dict(histograms or {})),
+    }
+    return (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
 def write_record(
@@ -84,22 +102,19 @@ def write_record(
     histograms: Mapping[str, Mapping] | None = None,
     command: Sequence[str] | None = None,
 ) -> Path:
-    """Save a record for `trtq report`; `command` defaults to this process's command line."""
-    if kind not in KINDS:
-        raise ValueError(f"record kind {kind!r} is not one of {KINDS}")
-    argv = list(command) if command is not None else ["trtq", *sys.argv[1:]]
-    payload = {
-        "format": RECORD_FORMAT,
-        "kind": kind,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "command": shlex.join(argv),
-        "settings": _clean(dict(settings)),
-        "result": _clean(dict(result)),
-        "histograms": _clean(dict(histograms or {})),
-    }
+    """Save a record for `trtq report` (atomically); `command` defaults to this process's command line."""
     path = record_path(directory, kind)
-    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    write_files_atomically({path: record_bytes(kind, settings=settings, result=result, histograms=histograms,
+                                               command=command)})
     return path
+
+
+def clipped_histograms(stats: Mapping[str, TensorStats], amax: Mapping[str, float], method: str,
+                       count: int) -> dict[str, dict]:
+    """Histogram summaries of the `count` tensors whose chosen range clips most of what was observed."""
+    clipped = sorted((amax[t] / stats[t].amax, t) for t in amax
+                     if t in stats and stats[t].amax > 0 and stats[t].has_histogram)
+    return {t: histogram_summary(stats[t], amax[t], method) for _, t in clipped[:count]}
 
 
 def load_records(directory: str | Path) -> dict[str, Record]:

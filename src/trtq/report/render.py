@@ -1,8 +1,9 @@
 """`trtq report DIR`: one self-contained HTML file (inline CSS and SVG, no scripts) and a Markdown twin.
 
 Sections, each present when a record supplies it: run settings; metrics FP32 vs INT8 vs mixed;
-per-layer sensitivity bar chart; histograms of the most sensitive tensors with the chosen
-thresholds; excluded layers; exact build commands.
+how `--method auto` chose the ranges (tables scored, per-tensor winner, share clipped); per-layer
+sensitivity bar chart; histograms of the most sensitive tensors with the chosen thresholds;
+excluded layers; exact build commands.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq._io import atomic_write_text
+from trtq._format import fmt
+from trtq._io import write_files_atomically
 from trtq.report.records import load_records
 
 SNR_CAP = 60.0
@@ -21,6 +23,8 @@ SNR_CAP = 60.0
 MAX_HISTOGRAMS = 6
 MAX_CHART_LAYERS = 40
 """The bar chart shows at most this many layers; the Markdown table lists all."""
+MAX_RANGE_ROWS = 40
+"""The HTML ranges table shows this many tensors (the most clipped first); the Markdown table lists all."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class Report:
     exclude_nodes: tuple[str, ...]
     commands: tuple[tuple[str, str], ...]
     records: tuple[tuple[str, str, str], ...]  # kind, created, command
+    ranges: tuple[tuple[str, dict], ...] = ()
+    """(tensor, choice) of `--method auto`, the most clipped first."""
+    range_table: str | None = None
+    table_scores: tuple[tuple[str, float], ...] = ()
 
 
 def _num(value: object) -> float | None:
@@ -123,6 +131,11 @@ def build_report(directory: str | Path) -> Report:
     notes: list[str] = []
     if mixed and mixed.get("reference"):
         notes += _task_notes("quantize --target", mixed["reference"], ())
+    if mixed and mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
+        notes.append(f"quantize --target: its rows were measured on {mixed['measured_on']}.")
+    if mixed and mixed.get("all_excluded"):
+        notes.append("quantize --target: the target held only with every quantizable layer kept out of INT8, so the "
+                     "written model runs nothing in INT8.")
     if compare:
         task = compare.result.get("task")
         if task and not any(row.variant == "FP32" for row in metrics):
@@ -142,7 +155,14 @@ def build_report(directory: str | Path) -> Report:
     commands = tuple((str(k), str(v)) for k, v in (quantize.result.get("commands", {}) if quantize else {}).items())
     excluded = tuple(mixed.get("excluded", [])) if mixed else ()
     exclude_nodes = tuple(mixed.get("exclude_nodes", [])) if mixed else ()
+    result = quantize.result if quantize else {}
+    choices = dict(result.get("choices") or {})
+    ranges = tuple(sorted(choices.items(), key=lambda item: (_num(item[1].get("amax_over_max")) or 1.0, item[0])))
+    scores = dict(result.get("table_scores") or {})
     return Report(
+        ranges=ranges,
+        range_table=result.get("range_table"),
+        table_scores=tuple(sorted(((k, float(v)) for k, v in scores.items()), key=lambda kv: -kv[1])),
         directory=str(directory),
         title=f"trtq report: {Path(model).name or Path(directory).name}",
         settings=tuple(settings),
@@ -182,12 +202,8 @@ def _task_label(scores: Mapping) -> str:
 # formatting
 
 
-def _fmt(value: float | None, digits: int = 2, percent: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+def _fmt(value: object, digits: int = 2, percent: bool = False) -> str:
+    return fmt(value, digits, scale=100.0 if percent else 1.0, suffix="%" if percent else "")
 
 
 def _metric_columns(rows: Sequence[MetricsRow]) -> list[str]:
@@ -209,6 +225,30 @@ def _metric_table(rows: Sequence[MetricsRow]) -> tuple[list[str], list[list[str]
         for row in rows
     ]
     return header, body
+
+
+def _ranges_table(report: Report, limit: int | None = None) -> tuple[list[str], list[list[str]]]:
+    header = ["tensor", "range from", "amax / max", "values clipped", "layer SNR dB", "layer SNR dB with max"]
+    body = [
+        [
+            name,
+            str(c.get("method")),
+            _fmt(_num(c.get("amax_over_max")), 3),
+            _fmt(_num(c.get("clipped")), 4, percent=True),
+            _fmt(_num(c.get("snr_db")), 1),
+            _fmt(_num(c.get("max_snr_db")), 1),
+        ]
+        for name, c in report.ranges[:limit]
+    ]
+    return header, body
+
+
+def _ranges_intro(report: Report) -> str:
+    scores = ", ".join(f"{name} {value:.2f} dB" for name, value in report.table_scores)
+    return (f"--method auto kept the {report.range_table} table. Mean output SNR of each candidate table on the "
+            f"judging samples: {scores}. Per tensor: where its range came from, its range against the largest "
+            "value seen, the share of calibration values beyond it, and the output SNR of the layers reading it "
+            "with that range and with the full range (on the judging samples).")
 
 
 def _layers(report: Report) -> list[dict]:
@@ -369,6 +409,10 @@ def render_html(report: Report) -> str:
     elif report.notes:
         out.append("<h2>Task metrics</h2>" + "".join(
             f'<p class="{"warning" if n.startswith("warning") else "muted"}">{e(n)}</p>' for n in report.notes))
+    if report.ranges:
+        header, body = _ranges_table(report, MAX_RANGE_ROWS)
+        shown = f" (the {MAX_RANGE_ROWS} most clipped of {len(report.ranges)})" if len(report.ranges) > MAX_RANGE_ROWS else ""
+        out.append(f"<h2>Ranges{shown}</h2><p>{e(_ranges_intro(report))}</p>" + _html_table(header, body))
     layers = _layers(report)
     if layers:
         method = report.sensitivity.get("method", "") if report.sensitivity else ""
@@ -383,8 +427,8 @@ def render_html(report: Report) -> str:
         for name, data in items:
             cells.append(
                 f'<div class="hist"><div><code>{e(name)}</code></div><div class="muted">{e(str(data.get("method")))}'
-                f" threshold {float(data.get('threshold', 0)):.4g} (red), observed max "
-                f"{float(data.get('observed_max', 0)):.4g} (dashed)</div>{histogram_svg(name, data)}</div>"
+                f" threshold {fmt(data.get('threshold', 0), 4, spec='g')} (red), observed max "
+                f"{fmt(data.get('observed_max', 0), 4, spec='g')} (dashed)</div>{histogram_svg(name, data)}</div>"
             )
         out.append('<h2>Histograms of the most sensitive tensors</h2><div class="hists">' + "".join(cells) + "</div>")
     if report.excluded:
@@ -427,6 +471,9 @@ def render_markdown(report: Report) -> str:
         if not report.metrics:
             out += ["", "## Task metrics"]
         out += ["", *(f"- {'**' + n + '**' if n.startswith('warning') else n}" for n in report.notes)]
+    if report.ranges:
+        header, body = _ranges_table(report)
+        out += ["", "## Ranges", "", _ranges_intro(report), "", _md_table(header, body)]
     layers = _layers(report)
     if layers:
         out += [
@@ -459,8 +506,8 @@ def render_markdown(report: Report) -> str:
                     [
                         name,
                         str(d.get("method")),
-                        f"{float(d.get('threshold', 0)):.4g}",
-                        f"{float(d.get('observed_max', 0)):.4g}",
+                        fmt(d.get('threshold', 0), 4, spec='g'),
+                        fmt(d.get('observed_max', 0), 4, spec='g'),
                     ]
                     for name, d in items
                 ],
@@ -491,6 +538,6 @@ def write_report(directory: str | Path, output: str | Path | None = None) -> tup
     report = build_report(directory)
     target = Path(output) if output else Path(directory)
     html_path, md_path = target / "trtq-report.html", target / "trtq-report.md"
-    atomic_write_text(html_path, render_html(report))
-    atomic_write_text(md_path, render_markdown(report))
+    write_files_atomically({html_path: render_html(report).encode("utf-8"),
+                            md_path: render_markdown(report).encode("utf-8")})
     return html_path, md_path

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from trtq import __version__
-from trtq._io import write_files_atomically
+from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
 from trtq.model import file_sha256, graph_inputs, load_model
 from trtq.formats.cache import read_cache, trt_version_code
@@ -275,6 +275,8 @@ def build_engine(
     commands = equivalent_commands(onnx_path, model, options, engine_path, planned_modes(options))
     trt, caps = require_tensorrt(f"build {engine_path.name}", [f"{mode}: {c}" for mode, c in commands.items()])
     validate_options(caps, options, precision)
+    check_destinations([engine_path, sidecar_path(engine_path), *([options.timing_cache] if options.timing_cache else [])],
+                       inputs=(onnx_path, options.calibration_cache))  # before the build, not after
     mode = build_mode(caps, options.implicit)
     if options.implicit and calibration_batches is None and not options.calibration_cache:
         raise TrtqError("An implicit INT8 build needs calibration data or a calibration cache (--calib).",

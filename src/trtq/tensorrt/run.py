@@ -10,7 +10,7 @@ from types import ModuleType
 
 import numpy as np
 
-from trtq._io import atomic_write_bytes
+from trtq._io import atomic_write_bytes, check_destinations
 from trtq.errors import TrtqError
 from trtq.model import file_sha256
 from trtq.tensorrt.commands import format_command, trtexec_run_argv
@@ -61,6 +61,7 @@ def run_engine(
     engine_path = Path(engine_path)
     trt, caps = require_tensorrt(f"run {engine_path.name}", [run_command(engine_path, None)])
     output_path = Path(output_path) if output_path else default_output_path(engine_path)
+    check_destinations([output_path], inputs=(engine_path,))  # before running, not after
     device = open_backend(backend)
     found = mismatches(read_sidecar(engine_path), version_string(trt), device.device_name(), file_sha256(engine_path))
     outputs, count = _run(trt, engine_path, batches, device)

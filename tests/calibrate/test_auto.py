@@ -1,0 +1,228 @@
+"""`--method auto`: candidates from the histogram, judging by the consuming layers, the end-to-end check,
+the explanation in the ranges table, and `--method entropy` left exactly as it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tiny_models import gemm_matmul_net, residual_conv_net, save
+
+from trtq import api
+from trtq.calibrate.auto import (
+    PER_TENSOR,
+    TABLE_METHODS,
+    JudgedLayer,
+    candidate_ranges,
+    choose_ranges,
+    clipped_share,
+)
+from trtq.calibrate.collector import StatsCollector, TensorStats
+from trtq.calibrate.runner import judging_batches
+from trtq.evaluate.tables import score_tables
+from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable
+from trtq.model import normalize_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stats_of(name: str, batches: list[np.ndarray]) -> TensorStats:
+    collector = StatsCollector([name])
+    for batch in batches:
+        collector.update(name, batch)
+    return collector.stats()[name]
+
+
+def linear_model(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """One 1x1 convolution, the layer that judges its input's range.
+
+        x [N,C,H,W] -> conv (C->C, 1x1, bias) -> y [N,C,H,W]
+    """
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(channels, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+CONV = JudgedLayer("conv", activations=((0, "x"),), weights=((1, "w", 0),))
+
+
+def judge(batches: list[np.ndarray]):
+    stats = {"x": stats_of("x", batches)}
+    return choose_ranges(linear_model(), [CONV], stats, [{"x": b} for b in batches], progress=False), stats
+
+
+def test_candidates_are_distinct_largest_first_and_within_the_observed_range():
+    rng = np.random.default_rng(0)
+    stats = stats_of("t", [rng.laplace(size=(4, 1000)).astype(np.float32) for _ in range(3)])
+    found = candidate_ranges(stats)
+    values = list(found.values())
+    assert next(iter(found)) == "max" and values[0] == stats.amax
+    assert values == sorted(values, reverse=True) and len(set(values)) == len(values)
+    assert set(found) <= {"max", "entropy", "mse", "percentile 99.9", "percentile 99.99", "percentile 99.999"}
+    assert {"entropy", "mse"} <= set(found)  # a Laplacian's tail is clipped by both, to different points
+    assert all(0 < v <= stats.amax for v in values)
+
+
+def test_clipped_share_reads_the_histogram():
+    x = np.linspace(-1, 1, 20001, dtype=np.float32)  # |x| uniform on [0, 1]
+    stats = stats_of("t", [x])
+    assert clipped_share(stats, stats.amax) == 0.0
+    assert clipped_share(stats, 0.5) == pytest.approx(0.5, abs=1e-3)
+    assert clipped_share(stats, 0.9) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_full_range_wins_where_rare_large_values_carry_the_signal():
+    # 0.02% of the values are +-1, the rest tiny: clipping at the 99.9th percentile or where entropy puts it
+    # destroys those values, which the conv passes on; the judge must keep (about) the full range.
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(4):
+        x = (rng.standard_normal((2, 16, 32, 32)) * 0.01).astype(np.float32)
+        x.reshape(-1)[rng.choice(x.size, 7, replace=False)] = [1, -1, 1, -1, 1, -1, 1]
+        batches.append(x)
+    result, stats = judge(batches)
+    choice = result.choices["x"]
+    clipping = {n: v for n, v in candidate_ranges(stats["x"]).items() if v < 0.5 * stats["x"].amax}
+    assert clipping, "the data must offer clipping candidates for the test to mean anything"
+    assert choice.amax_over_max > 0.9, choice
+    assert result.amax["x"] == pytest.approx(choice.amax_over_max * stats["x"].amax)
+    assert all(choice.snr_db > choice.candidates[n] + 3 for n in clipping)  # by a wide margin
+    assert choice.judged_samples == 4  # the first two batches of two samples
+
+
+def test_clipping_wins_where_one_rare_outlier_stretches_the_range():
+    # Gaussian activations with one value of 50 among half a million: the full range rounds every value
+    # with a step of 0.39 (error power 524288 * 0.39^2 / 12 = 6.8e3), clipping the one outlier to about
+    # 4.5 costs 46^2 = 2.1e3, so clipping does 5 dB less harm.
+    rng = np.random.default_rng(2)
+    batches = [rng.standard_normal((2, 16, 64, 64)).astype(np.float32) for _ in range(4)]
+    batches[1][0, 3, 4, 4] = 50.0
+    choice = judge(batches)[0].choices["x"]
+    assert choice.method != "max" and choice.amax_over_max < 0.2
+    assert choice.clipped > 0 and choice.snr_db > choice.max_snr_db + 2
+    assert choice.max_snr_db == pytest.approx(choice.candidates["max"])
+    assert choice.snr_db == max(choice.candidates.values())
+
+
+def test_two_activation_matmul_judges_both_inputs():
+    # gemm_matmul_net: x -> reshape -> MatMul(r, transpose(r)) reads two quantized activations.
+    model = normalize_model(gemm_matmul_net())
+    placement = api.plan_placement(model)
+    layers = api.judged_layers(placement)
+    pair = [layer for layer in layers if len(layer.activations) == 2]
+    assert len(pair) == 1 and not pair[0].weights
+    rng = np.random.default_rng(3)
+    batches = [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(4)]
+    from trtq.calibrate.backend_ort import OrtBackend
+
+    backend = OrtBackend(model, placement.calibrated_tensors)
+    for batch in batches:
+        backend.observe(batch)
+    result = choose_ranges(model, layers, backend.stats(), batches, progress=False)
+    for _, tensor in pair[0].activations:
+        assert result.choices[tensor].judged_samples == 2
+        assert np.isfinite(result.choices[tensor].snr_db)
+    assert set(result.amax) == set(placement.activation_tensors)
+
+
+@pytest.fixture()
+def conv_case(tmp_path):
+    model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((24, 3, 16, 16)).astype(np.float32))
+    return tmp_path, model
+
+
+def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case):
+    tmp_path, model = conv_case
+    result = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    table = RangesTable.load(result.ranges_path)
+    placement = api.prepare_model(model).placement
+    assert set(result.choices) == set(placement.activation_tensors)
+    assert set(table.table_scores) == {PER_TENSOR, *TABLE_METHODS}
+    assert table.options["table"] in table.table_scores and table.options["judged_samples"] == 4
+    for name, choice in result.choices.items():
+        assert choice.judged_samples == 2  # the residual skip r1 (read by conv2 and the Add) included
+        assert 0 < choice.amax_over_max <= 1 and 0 <= choice.clipped < 0.5
+        assert table.amax[name] == pytest.approx(choice.amax_over_max * result.calibration.stats[name].amax)
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert set(as_json["choices"]) == set(result.choices)
+    assert {"method", "amax_over_max", "clipped", "snr_db", "max_snr_db"} <= set(as_json["choices"]["r1"])
+
+
+def test_saved_auto_table_is_reused_and_keeps_the_old_format(conv_case):
+    tmp_path, model = conv_case
+    first = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    payload = json.loads(Path(first.ranges_path).read_text())
+    assert payload["format"] == "trtq-ranges" and payload["format_version"] == FORMAT_VERSION == 1
+    old_keys = {"amax", "method", "model_sha256", "num_samples", "data_sha256", "options", "model_name",
+                "trtq_version"}
+    assert old_keys <= set(payload) and all(isinstance(v, float) for v in payload["amax"].values())
+    old_style = {k: v for k, v in payload.items() if k not in ("choices", "table_scores")}
+    assert RangesTable.from_json(json.dumps(old_style)).choices == {}  # a table from before loads too
+    reused = api.quantize(model, ranges=first.ranges_path,
+                          options=api.QuantizeOptions(output_dir=str(tmp_path / "again")), progress=False)
+    assert RangesTable.load(reused.ranges_path).amax == RangesTable.load(first.ranges_path).amax
+    assert reused.choices == first.choices and reused.method == "auto"
+    assert Path(reused.onnx_path).read_bytes() == Path(first.onnx_path).read_bytes()
+
+
+def test_range_choice_round_trips_with_infinite_snr():
+    choice = RangeChoice("max", 1.0, 0.0, float("inf"), float("inf"), {"max": float("inf"), "mse": 40.0}, 4)
+    text = json.dumps(choice.to_dict())
+    assert RangeChoice.from_dict(json.loads(text)) == choice
+
+
+def test_table_scores_rank_a_crushed_table_last(conv_case):
+    _, model = conv_case
+    prepared = api.prepare_model(model)
+    rng = np.random.default_rng(4)
+    batches = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+    tensors = prepared.placement.activation_tensors
+    scores = score_tables(prepared.model, prepared.placement,
+                          {"wide": {t: 20.0 for t in tensors}, "crushed": {t: 1e-3 for t in tensors}}, batches)
+    assert scores["crushed"] < scores["wide"] - 10
+
+
+def test_judging_samples_spread_over_the_data():
+    assert judging_batches(64, 1) == [4, 12, 20, 28, 36, 44, 52, 60]  # 64 // 8 samples, not the first 8
+    assert judging_batches(24, 1) == [3, 9, 15, 21]  # at least 4
+    assert judging_batches(64, 8) == [4]  # one batch of 8 holds the 8 samples
+    assert judging_batches(None, 1) == [0, 1, 2, 3]  # unknown length: the first ones
+    assert len(judging_batches(10_000, 1)) == 16
+
+
+ENTROPY_DIGITS = {  # amax of `--method entropy` on the bundled example before --method auto existed
+    "/Flatten_output_0": "0x1.210a020000000p+2",
+    "/features/features.1/Relu_output_0": "0x1.11943b1200000p+1",
+    "/features/features.2/MaxPool_output_0": "0x1.6cc5a41800000p+1",
+    "/features/features.3/relu/Relu_output_0": "0x1.2b4fbf4c00000p+2",
+    "/features/features.3/relu_1/Relu_output_0": "0x1.8241628e00000p+2",
+    "/features/features.5/Relu_output_0": "0x1.8589faf400000p+2",
+    "/features/features.7/Relu_output_0": "0x1.8eb59ad400000p+2",
+    "/features/features.8/relu/Relu_output_0": "0x1.0d00fe0000000p+2",
+    "/features/features.8/relu_1/Relu_output_0": "0x1.7fe1680000000p+3",
+    "/features/features.9/GlobalAveragePool_output_0": "0x1.210a020000000p+2",
+    "image": "0x1.0000000000000p+0",
+    "logits": "0x1.3c48320000000p+3",
+}
+
+
+def test_entropy_is_unchanged_bit_for_bit():
+    digits = ROOT / "examples" / "digits"
+    result = api.calibrate(digits / "digits_cnn.onnx", digits / "calib", data=api.DataOptions(preset="none"),
+                           options=api.QuantizeOptions(method="entropy"), progress=False)
+    assert {k: float(v).hex() for k, v in result.ranges.amax.items()} == ENTROPY_DIGITS
+    assert result.ranges.choices == {} and result.ranges.table_scores == {}
+    assert "table" not in result.ranges.options

@@ -1,0 +1,34 @@
+"""`--method auto` with the GPU backend: statistics on the device, the judging from the same samples.
+
+Run on the GPU machine: python -m pytest tests/calibrate/test_auto_gpu.py -q
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU machine, not on CI)"),
+]
+
+from tiny_models import residual_conv_net, save  # noqa: E402
+from trtq import api  # noqa: E402
+
+
+def test_auto_on_cuda_explains_every_tensor_and_agrees_with_cpu(tmp_path):
+    model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    results = {
+        device: api.quantize(model, tmp_path / "calib.npy", progress=False,
+                             options=api.QuantizeOptions(method="auto", device=device, output_dir=str(tmp_path / device)))
+        for device in ("cpu", "cuda")
+    }
+    cpu, gpu = results["cpu"], results["cuda"]
+    assert set(gpu.choices) == set(cpu.choices) and gpu.range_samples == cpu.range_samples == 4
+    assert all(c.judged_samples == 2 for c in gpu.choices.values())
+    for name, choice in gpu.choices.items():  # ranges match within a histogram bin, so choices agree closely
+        assert choice.amax_over_max == pytest.approx(cpu.choices[name].amax_over_max, rel=0.02, abs=1e-3), name
