@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 from zoo import BY_NAME, ZOO, ZooEntry, ZooFiles, build, missing
 
+from trtq.calibrate.algorithms import METHODS
 from trtq.cli import main
 
 
@@ -105,11 +106,21 @@ def test_quantize_places_qdq_and_the_model_runs(zoo: Zoo) -> None:
     assert all(np.isfinite(o).all() for o in run_model(result["onnx_path"], zoo.files.held_out))
 
 
-@pytest.mark.parametrize("method", ["max", "percentile", "mse"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "auto"])  # auto, the default, made `zoo.quantized`
 def test_quantize_with_each_method(zoo: Zoo, method: str) -> None:
     result = trtq("quantize", str(zoo.files.onnx), "--calib", *zoo.args(), "--method", method,
                   "--output-dir", str(zoo.out / method))
     assert result["method"] == method and result["qdq_pairs"] == zoo.quantized["qdq_pairs"]
+    assert all(np.isfinite(o).all() for o in run_model(result["onnx_path"], zoo.files.held_out))
+
+
+def test_quantize_fp8_runs_in_onnxruntime(zoo: Zoo) -> None:
+    result = trtq("quantize", str(zoo.files.onnx), "--calib", *zoo.args(), "--precision", "fp8",
+                  "--output-dir", str(zoo.out / "fp8"))
+    model = onnx.load(result["onnx_path"])
+    zero_points = {n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    types = {init.data_type for init in model.graph.initializer if init.name in zero_points}
+    assert result["qdq_pairs"] > 0 and types == {onnx.TensorProto.FLOAT8E4M3FN}
     assert all(np.isfinite(o).all() for o in run_model(result["onnx_path"], zoo.files.held_out))
 
 
