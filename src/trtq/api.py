@@ -22,13 +22,14 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
-from trtq.evaluate.tasks import Task, make_task
+from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
@@ -73,12 +74,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit, and
+    which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
     preprocess: Mapping[str, object] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
+    mask: MaskRequest = True
+    """The attention mask for scoring (compare, sensitivity, --target, fine-tuning): True detects it,
+    False scores every position (`--no-mask`), a name picks that input (`--mask-input`)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,10 @@ class TaskOptions:
     output: str | None = None
     ref_conf: float | None = None
     """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
+
+    def __post_init__(self) -> None:
+        check_task_options(self.task, labels=self.labels, output=self.output, coco=self.coco,
+                           postprocess=self.postprocess, ref_conf=self.ref_conf)
 
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
@@ -160,6 +169,12 @@ class QuantizeOptions:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
         if self.method not in METHODS:
             raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        if self.cache_scope not in ("qdq", "all"):
+            raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
 
     @property
     def grid(self) -> Grid:
@@ -230,8 +245,16 @@ class PreparedModel:
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
-    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
-    return inspect_model(model_path)
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model.
+
+    A model that onnx.checker rejects is still described, with a warning saying why it fails."""
+    model = load_model(model_path, load_external_data=False)
+    try:
+        check_structure(model)
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split("==>")[0].split())
+        warnings.warn(f"{model_path} fails onnx.checker ({reason}); other trtq commands may not run it.", stacklevel=2)
+    return inspect_model(model_path, model)
 
 
 def prepare_model(
@@ -247,6 +270,9 @@ def prepare_model(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
+        if not graph_inputs(original):
+            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                            "export the model with its inputs as graph inputs (not constants or initializers).")
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     return PreparedModel(
@@ -260,7 +286,8 @@ def prepare_model(
 
 
 def open_data(
-    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+    model: onnx.ModelProto, source: DataSource, options: DataOptions = DataOptions(), purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
 
@@ -272,7 +299,7 @@ def open_data(
     shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
-                        given=tuple(options.shapes), purpose=purpose)
+                        given=tuple(options.shapes), purpose=purpose, progress=progress)
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -303,6 +330,8 @@ def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: 
     first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
     if isinstance(first, int) and first > 0:
         return first
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
@@ -316,7 +345,7 @@ def _fixed_batch(model: onnx.ModelProto) -> bool:
 
 def calibrate(
     model_path: str | Path,
-    calib: str | Path,
+    calib: DataSource,
     *,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
@@ -325,7 +354,8 @@ def calibrate(
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
+    dataset = open_data(prepared.model, calib, data, progress=progress)
+    return calibrate_prepared(prepared, dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
@@ -379,7 +409,7 @@ def output_paths(model_path: Path, output_dir: str | None, precision: str = "int
 
 def quantize(
     model_path: str | Path,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     *,
     ranges: str | Path | RangesTable | None = None,
     data: DataOptions = DataOptions(),
@@ -410,7 +440,7 @@ def quantize(
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
@@ -422,7 +452,8 @@ def quantize(
     )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target",
+                            progress=progress) \
             if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
@@ -433,7 +464,7 @@ def quantize(
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
-            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
@@ -543,7 +574,7 @@ def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, s
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_source: str | Path,
+    data_source: DataSource,
     *,
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
@@ -552,13 +583,14 @@ def compare(
     progress: bool = True,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
-    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
+    are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data, purpose="compare")
+    dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     if device == "cpu":
         runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
                                           OrtRunner(session_from_file(candidate_path, graph=candidate)))
@@ -573,6 +605,8 @@ def compare(
         candidate_name=str(candidate_path),
         batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
+        graph=reference,
     )
 
 
@@ -597,9 +631,9 @@ class SensitivityRun:
 def sensitivity(
     model_path: str | Path,
     *,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     ranges: str | Path | None = None,
-    data_source: str | Path | None = None,
+    data_source: DataSource | None = None,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     method: str = "local",
@@ -616,10 +650,11 @@ def sensitivity(
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision)
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -632,6 +667,7 @@ def sensitivity(
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
         runner=runner_factory(options.device),
         progress=progress,
+        mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes

@@ -79,16 +79,29 @@ def file_sha256(path: Path) -> str:
 
 def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model, with external data, raising TrtqError with the file name on failure."""
+    if not isinstance(path, (str, Path)):
+        raise TrtqError(f"A model is given by its .onnx file's path, not a {type(path).__name__}.",
+                        "pass the path of the .onnx file.")
     path = Path(path)
+    if path.is_dir():
+        raise TrtqError(f"Model path {path} is a folder, not an .onnx file.", "pass the path of the .onnx file.")
     if not path.is_file():
         raise TrtqError(f"Model file {path} does not exist.", "check the path to the .onnx file.")
+    if path.stat().st_size == 0:
+        raise TrtqError(f"Model file {path} is empty (0 bytes).",
+                        "export the model again or check that the file was copied completely.")
     try:
-        return onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # onnx raises DecodeError, ValueError or OSError for bad files
         raise TrtqError(
             f"Model file {path} is not a readable ONNX model ({type(exc).__name__}: {exc}).",
             "export the model again or check that the file was copied completely.",
         ) from exc
+    if not model.HasField("graph") or not model.opset_import:
+        what = "no graph" if not model.HasField("graph") else "no opset imports"
+        raise TrtqError(f"Model file {path} is not an ONNX model: it parses, but has {what}.",
+                        "export the model again or check that the file was copied completely.")
+    return model
 
 
 def default_opset(model: onnx.ModelProto) -> int:

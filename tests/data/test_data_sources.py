@@ -353,7 +353,7 @@ def test_load_data_blocks_with_batch_dim_are_regrouped(tmp_path: Path, monkeypat
         ("def load_data():\n    pass\n", "returned NoneType"),
         ("def load_data():\n    yield [1, 2]\n", "item 0 of load_data.* is a list"),
         ("def load_data():\n    raise RuntimeError('disk gone')\n", "raised RuntimeError: disk gone"),
-        ("raise ImportError('no module foo')\n", "failed to run: ImportError"),
+        ("raise ImportError('no module foo')\n", "while it was imported, raised ImportError"),
         ("def load_data():\n    return []\n", "yielded no samples"),
     ],
 )

@@ -81,7 +81,7 @@ def test_resume_continues_to_more_steps(case, capsys):
     (["--calib", "missing.npy"], "does not exist"),
     (["--resume"], "there is no checkpoint"),
     (["--target", "map-drop<=1"], "not one fine-tuning can check"),
-    (["--steps", "-3"], "is not a non-negative integer"),
+    (["--steps", "-3"], "is not a whole number >= 1"),
 ])
 def test_bad_input_is_one_sentence_and_writes_nothing(case, capsys, extra, message):
     tmp, model = case

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from tiny_models import residual_conv_net, save
@@ -48,6 +49,7 @@ def test_build_strongly_typed(model, capsys, tmp_path):
 
 
 def test_build_implicit_for_jetson(model, capsys, tmp_path):
+    (tmp_path / "calib").mkdir()
     code, _, err = run(["build", model, "--implicit", "--calib", str(tmp_path / "calib"), "--shape", "input:1x3x16x16",
                         "--layer-precisions", "conv_head:fp16", "--dla-core", "0", "--gpu-fallback",
                         "--input-io-formats", "fp16:chw16"], capsys)
@@ -55,7 +57,7 @@ def test_build_implicit_for_jetson(model, capsys, tmp_path):
     assert_not_installed(
         err,
         f"tensorrt-10-implicit: trtexec --onnx={model} --saveEngine={tmp_path}/m.int8.fp16chw16in.engine --int8 "
-        f"--fp16 --calib={tmp_path}/m.int8.cache --precisionConstraints=obey --layerPrecisions=conv_head:fp16 "
+        f"--fp16 --calib={tmp_path}/m.int8.fp16chw16in.calib.cache --precisionConstraints=obey --layerPrecisions=conv_head:fp16 "
         "--shapes=input:1x3x16x16 --inputIOFormats=fp16:chw16 --useDLACore=0 --allowGPUFallback",
     )
     assert "tensorrt-11" not in err
@@ -90,6 +92,7 @@ def test_user_errors_come_before_the_tensorrt_check(model, capsys):
     assert code == 2 and "need --dla-core" in err
     code, _, err = run(["build", model, "--calib", "data/"], capsys)
     assert code == 2 and "add --implicit" in err
-    code, _, err = run(["build", model, "--implicit", "--calib", "d", "--shape", "input:1x3x16x16",
+    folder = str(Path(model).parent)  # data that exists: the error is about the layer precisions
+    code, _, err = run(["build", model, "--implicit", "--calib", folder, "--shape", "input:1x3x16x16",
                         "--layer-precisions", "nope:fp16"], capsys)
     assert code == 2 and "names node 'nope', which is not a node" in err

@@ -101,7 +101,7 @@ def session_options(threads: int | None = None, spin: bool = True,
     from spinning, leaving the CPU to other work in this process (the calibration statistics thread)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failed run raises, and trtq says why in one sentence
     if threads:
         options.intra_op_num_threads = threads
     if not spin:

@@ -12,7 +12,18 @@ import onnx
 
 from trtq import api
 from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
+from trtq.cli.options import (
+    add_data_options,
+    add_mask_options,
+    add_precision_option,
+    add_task_options,
+    data_options,
+    given,
+    non_negative_int,
+    positive_int,
+    refuse,
+    task_options,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
@@ -48,10 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int("--batch-size 32"),
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
-    p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
+    p.add_argument("--top", type=non_negative_int("--top 20"), default=20,
+                   help="layers to print (default 20; --json has all)")
     p.add_argument("--device", default="cpu",
                    help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
                    "(the PyTorch executor; default: cpu)")
@@ -60,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -72,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
+    if args.ranges:
+        refuse(given(args, "calib_method"), "with --calib (the ranges it computes); --ranges gives them already",
+               "drop --calib-method, or calibrate again with --calib DATA.")
     exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
@@ -122,6 +138,9 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
         f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer",
     ]
+    if result.mask is not None:
+        lines.insert(1, result.mask.sentence())
+    lines[1:1] = [f"note: {note}" for note in result.mask_notes]
     for i, layer in enumerate(result.layers[:top]):
         extra = f" {fmt(layer.task_drop):>10}" if result.task_metric else ""
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")

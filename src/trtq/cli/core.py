@@ -13,10 +13,16 @@ from trtq._io import check_destinations
 from trtq.calibrate.algorithms import METHODS
 from trtq.cli.options import (
     add_data_options,
+    add_mask_options,
     add_precision_option,
     add_target_options,
     add_task_options,
     data_options,
+    given,
+    percentile,
+    positive_int,
+    refuse,
+    require_method_for_percentile,
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
@@ -43,13 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
                    "candidate range that does least harm, checked end to end; entropy is TensorRT's "
                    "EntropyCalibration2; default for fp8: max)")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    p.add_argument("--percentile", type=percentile, help="for --method percentile: the share of values the range "
+                   "keeps, in (0, 100] (default: 99.99)")
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
                    "precision, e.g. Sigmoid,Softmax")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, help=f"TensorRT version the calibration cache "
+    p.add_argument("--trt-version", help=f"TensorRT version the calibration cache "
                    f"header targets (default: {DEFAULT_TRT_VERSION})")
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
@@ -64,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -71,12 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("reference", help="FP32 .onnx model")
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size 32"),
+                   help="evaluation batch for a dynamic batch dim (default 32)")
     p.add_argument("--device", default="cpu",
                    help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -107,18 +117,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Calibrate (or load ranges) and write the INT8 artifacts."""
+    check_quantize_args(args)
     options = api.QuantizeOptions(
         method=args.method,
-        percentile=args.percentile,
+        percentile=args.percentile if args.percentile is not None else api.QuantizeOptions.percentile,
         exclude_nodes=tuple(args.exclude_nodes),
         exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=args.trt_version,
+        trt_version=args.trt_version or DEFAULT_TRT_VERSION,
         output_dir=args.output_dir,
         device=args.device,
         cache_scope=args.cache_scope,
         target=args.target,
         target_data=args.target_data,
-        ranking=args.ranking,
+        ranking=args.ranking or "local",
         high_precision=args.high_precision,
         task=task_options(args),
         external_data=args.external_data,
@@ -147,6 +158,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     ]
     emit(args, {**result.to_dict(), "record": str(record)}, "\n".join(lines))
     return 0
+
+
+def check_quantize_args(args: argparse.Namespace) -> None:
+    """Refuse options this quantize run would accept and then ignore."""
+    require_method_for_percentile(args)
+    if not args.target:
+        extra = given(args, "target_data", "ranking", "task")
+        refuse(extra, "with --target (the accuracy target they check)",
+               f"add --target, e.g. --target \"snr>=30\", or drop {' '.join(extra)}.")
+    if args.precision == "fp8":
+        extra = given(args, "trt_version") + (["--cache-scope all"] if args.cache_scope == "all" else [])
+        refuse(extra, "to the calibration cache, which --precision fp8 does not write (TensorRT calibrates INT8 only)",
+               f"drop {' '.join(extra)}.")
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -192,6 +216,8 @@ def _mixed_lines(mixed: dict | None) -> list[str]:
     if mixed.get("all_excluded"):
         lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
                      "model runs nothing in INT8; relax the target to keep some INT8")
+    if mixed.get("mask"):
+        lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -220,16 +246,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          task=task_options(args), batch_size=args.batch_size, device=args.device,
                          progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
-    rows = [
-        f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
-        f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10} "
-        f"{fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
-        for o in (*report.outputs, *parts)
-    ]
+    rows = (*report.outputs, *parts)
+    top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10}"
+    header += f" {'top-1 agree':>12}" if top1 else ""
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-             header, *rows]
+             *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
+    for o in rows:
+        line = (f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+                f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10}")
+        if top1:
+            line += f" {fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
+        lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
                      "measured apart)")

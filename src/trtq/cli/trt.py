@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trtq.cli.options import add_data_options, data_options
+from trtq.cli.options import (
+    add_data_options,
+    data_options,
+    given,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    refuse,
+)
 from trtq.cli.output import add_output_options, emit
 from trtq.errors import TrtqError
 from trtq.model import file_sha256, parse_shapes
@@ -16,8 +24,6 @@ from trtq.tensorrt.build import BuildOptions, build_engine, trtexec_equivalents
 from trtq.tensorrt.commands import DlaOptions, parse_size_mib
 from trtq.tensorrt.ioformats import parse_io_formats
 from trtq.tensorrt.layers import load_layer_precisions, parse_layer_precisions
-
-CACHE_MAGIC = b"TRT-"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,14 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "calibrator (--calib DATA) or a calibration cache (--calib FILE.cache)")
     p.add_argument("--calib", metavar="DATA", help="implicit builds: calibration samples (image folder, .npy/.npz, "
                    "load_data() script) or a TensorRT calibration cache")
-    p.add_argument("--calib-algorithm", choices=("entropy", "minmax"), default="entropy",
+    p.add_argument("--calib-algorithm", choices=("entropy", "minmax"),
                    help="implicit builds from data: EntropyCalibration2 or MinMaxCalibration (default: entropy)")
     p.add_argument("--fp16", action="store_true", help="implicit builds: also allow FP16 layers")
     p.add_argument("--layer-precisions", metavar="SPEC", help="implicit builds: obeyed per-node precisions, "
                    "\"node_a:fp16,node_b:fp32\" (ONNX node names)")
     p.add_argument("--layer-precisions-from", metavar="JSON", help="implicit builds: node precisions from a JSON "
                    "file (e.g. the nodes sensitivity analysis kept out of INT8)")
-    p.add_argument("--dla-core", type=int, metavar="N", help="TensorRT 10: run on DLA core N")
+    p.add_argument("--dla-core", type=non_negative_int("--dla-core 0"), metavar="N", help="TensorRT 10: run on DLA core N")
     p.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: unsupported layers run on the GPU")
     p.add_argument("--dla-standalone", action="store_true", help="with --dla-core: build a standalone DLA loadable")
     p.add_argument("--input-io-formats", metavar="SPEC", help="trtexec type:format per input, e.g. fp16:chw16")
@@ -71,19 +77,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("engine", help="a TensorRT .engine")
     p.add_argument("--shape", action="append", default=[], metavar="NAME:AxBxC",
                    help="input shapes for dynamic engines (default: the profile's OPT shapes)")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds of timed queries (default: 3)")
-    p.add_argument("--warmup", type=float, default=200.0, help="warm-up in milliseconds (default: 200)")
+    p.add_argument("--duration", type=positive_float("--duration 3"), default=3.0, help="seconds of timed queries (default: 3)")
+    p.add_argument("--warmup", type=non_negative_float("--warmup 200"), default=200.0, help="warm-up in milliseconds (default: 200)")
     p.add_argument("--cuda-graph", action="store_true", help="launch a CUDA graph captured from the enqueue")
     p.add_argument("--device-backend", choices=("auto", "torch", "cuda-python"), default="auto")
     add_output_options(p)
     p.set_defaults(func=cmd_bench)
 
 
-def _is_cache(path: str | None) -> bool:
-    if not path or not Path(path).is_file():
-        return False
-    with open(path, "rb") as handle:
-        return handle.read(len(CACHE_MAGIC)) == CACHE_MAGIC
+DATA_SUFFIXES = (".npy", ".npz", ".py")
+"""--calib files that are calibration data; any other file is a calibration cache (a folder is images)."""
+
+IMAGE_OPTIONS = ("preset", "limit", "size", "resize", "pad_value", "color", "scale", "mean", "std", "layout", "dtype")
+"""Data options (add_data_options) that say how --calib DATA is read; --shape is the build's own."""
+
+
+def _calibration_cache(args: argparse.Namespace) -> str | None:
+    """--calib when it names a calibration cache rather than data (None for data or no --calib)."""
+    if not args.calib:
+        return None
+    path = Path(args.calib)
+    if not path.exists():
+        raise TrtqError(f"--calib {args.calib} does not exist.",
+                        "pass calibration data (image folder, .npy/.npz, load_data() .py) or a calibration cache.")
+    return None if path.is_dir() or path.suffix.lower() in DATA_SUFFIXES else args.calib
+
+
+def check_build_args(args: argparse.Namespace, cache: str | None) -> None:
+    """Refuse options this build would accept and then ignore."""
+    if args.calib_algorithm and (not args.implicit or cache):
+        raise TrtqError("--calib-algorithm applies only to implicit builds that calibrate from --calib DATA"
+                        + (f"; {cache} is a cache, whose header names its algorithm." if cache else "."),
+                        "drop --calib-algorithm.")
+    if not args.calib or cache:
+        extra = given(args, *IMAGE_OPTIONS)
+        refuse(extra, "to calibration data (--calib DATA with --implicit)", f"drop {' '.join(extra)}.")
+    if args.print_trtexec and args.implicit and args.calib and not cache:
+        raise TrtqError(
+            f"trtexec cannot calibrate from samples, so no trtexec line builds from --calib {args.calib}.",
+            f"run `trtq quantize {args.model} --calib {args.calib}` for a calibration cache and pass that with "
+            "--calib, or build with trtq (drop --print-trtexec).",
+        )
 
 
 def build_options(args: argparse.Namespace) -> BuildOptions:
@@ -96,6 +130,8 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
     if args.calib and not args.implicit:
         raise TrtqError("--calib builds implicitly (TensorRT 10); a strongly typed build takes its INT8 ranges "
                         "from the model's Q/DQ nodes.", "add --implicit, or build the Q/DQ ONNX from `trtq quantize`.")
+    cache = _calibration_cache(args)
+    check_build_args(args, cache)
     return BuildOptions(
         output=args.output,
         shapes=parse_shapes(args.shape),
@@ -105,8 +141,8 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         workspace_mib=parse_size_mib(args.workspace) if args.workspace else None,
         timing_cache=args.timing_cache,
         implicit=args.implicit,
-        calibration_cache=args.calib if _is_cache(args.calib) else None,
-        calibration_algorithm=args.calib_algorithm,
+        calibration_cache=cache,
+        calibration_algorithm=args.calib_algorithm or "entropy",
         fp16=args.fp16,
         dla=DlaOptions(args.dla_core, args.gpu_fallback, args.dla_standalone) if args.dla_core is not None else None,
         input_formats=parse_io_formats(args.input_io_formats, "--input-io-formats"),

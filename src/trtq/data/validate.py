@@ -339,7 +339,13 @@ def check_feed(
     ranges: dict[str, tuple[float, float]] = {}
     rows: int | None = None
     for spec in inputs:
-        array = np.asarray(item[spec.name])
+        try:
+            array = np.asarray(item[spec.name])
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot read
+            raise TrtqError(
+                f"Input {spec.name!r} in {where} cannot be read as an array ({' '.join(str(exc).split())}).",
+                "yield numpy arrays (all samples of one input the same shape).",
+            ) from exc
         if array.dtype.kind not in "fiub":
             raise TrtqError(
                 f"Input {spec.name!r} in {where} is a {array.dtype} array, not numbers.",

@@ -37,6 +37,7 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.metrics import snr_db
+from trtq.evaluate.scoring import MaskRequest, TokenMask
 from trtq.evaluate.sensitivity import (
     SensitivityResult,
     analyze_sensitivity,
@@ -174,6 +175,8 @@ class MixedPrecisionResult:
     """What every evaluation measured: the Q/DQ model, or it after a final transformation (FP16)."""
     all_excluded: bool = False
     """Whether the target holds only with every quantizable layer out of INT8 (nothing INT8 is left)."""
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the target (and the ranking) was measured over."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -222,6 +225,7 @@ class MixedPrecisionResult:
             "notes": list(self.notes),
             "measured_on": self.measured_on,
             "all_excluded": self.all_excluded,
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
@@ -280,6 +284,7 @@ def search_mixed_precision(
     finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
     finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
     grid: Grid = INT8,
+    mask: MaskRequest = True,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -292,7 +297,8 @@ def search_mixed_precision(
     target holds for what is written (`finished_as` says what it is).
     `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     `early_stop=False` evaluates every candidate on every sample. `runner` runs the models
-    (default: onnxruntime on the CPU).
+    (default: onnxruntime on the CPU). `mask`: True detects the attention mask (the target and the
+    ranking are then measured over real tokens), False scores every position, a name picks the input.
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -300,7 +306,9 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False)
+    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False,
+                          mask=mask)
+    notes.extend(evaluator.mask_notes)
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
     total = evaluator.samples
@@ -352,8 +360,10 @@ def search_mixed_precision(
         began = time.perf_counter()
         subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
-            model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
+            model, base, amax, subset, method=ranking, task=task,
+            batch_size=evaluator.batch_size,  # 1 where the model runs at batch 1 only
             evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
+            mask=evaluator.mask if evaluator.mask is not None else False,
         )
         phases["ranking"] = time.perf_counter() - began
         return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
@@ -432,6 +442,7 @@ def search_mixed_precision(
         phase_seconds=tuple(phases.items()),
         measured_on=finished_as if finish is not None else "the Q/DQ model",
         all_excluded=all_excluded,
+        mask=evaluator.mask,
     )
 
 

@@ -407,6 +407,21 @@ class ClassificationScorer:
         return TaskScores(self.task.name, self.task.against, values, self.samples)
 
 
+def check_task_options(task: str, *, labels: object = None, output: object = None, coco: object = None,
+                       postprocess: object = None, ref_conf: object = None) -> None:
+    """Refuse a task's detail options that the other task would use and this one would ignore."""
+    if task not in TASKS:
+        raise TrtqError(f"--task {task!r} is not one of {', '.join(TASKS)}.", "pick one of those.")
+    if task == "classify" and ref_conf is not None:
+        raise TrtqError("--ref-conf applies to --task detect (FP32 pseudo-boxes), not --task classify.",
+                        "drop --ref-conf.")
+    unused = {"classify": (("--coco", coco), ("--postprocess", postprocess)),
+              "detect": (("--labels", labels), ("--task-output", output))}[task]
+    for option, value in unused:
+        if value is not None:
+            raise TrtqError(f"{option} does not apply to --task {task}.", f"drop {option}, or use the other --task.")
+
+
 def make_task(
     task: str,
     dataset: Dataset,
@@ -427,9 +442,7 @@ def make_task(
     ground truth) and `postprocess` a preset name or a .py file (None: yolo when the outputs have
     its layout; see `trtq.evaluate.detection`).
     """
-    if task == "classify" and ref_conf is not None:
-        raise TrtqError("--ref-conf applies to --task detect (FP32 pseudo-boxes), not --task classify.",
-                        "drop --ref-conf.")
+    check_task_options(task, labels=labels, output=output, coco=coco, postprocess=postprocess, ref_conf=ref_conf)
     if task == "classify":
         name = pick_scores_output(outputs, output)
         bound: Labels | None = None

@@ -19,7 +19,7 @@ import hashlib
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,9 +29,11 @@ import torch
 
 from trtq import api
 from trtq._io import check_destinations, write_files_atomically
+from trtq.calibrate.ort_failures import check_model_runs
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
+from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
@@ -115,10 +117,13 @@ class Comparison:
     samples: int
     task: str | None
     rows: tuple[StageScores, ...]
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions were scored."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows]}
+        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows],
+                "mask": self.mask.to_dict() if self.mask else None}
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class FinetuneResult:
     comparison: Comparison
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    monitor_mask: TokenMask | None = None
+    """The attention mask whose marked positions progress (and --target) was measured over."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -145,7 +152,8 @@ class FinetuneResult:
                 "ranges_path": self.ranges_path, "checkpoint_path": self.checkpoint_path, "device": self.device,
                 "device_name": self.device_name, "ranges_from": self.ranges_from,
                 "training": self.training.to_dict(), "parity": self.parity.to_dict(),
-                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes),
+                "monitor_mask": self.monitor_mask.to_dict() if self.monitor_mask else None}
 
 
 def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path, Path]:
@@ -261,8 +269,15 @@ def finetune(
         labels = load_labels(None if options.labels is True else options.labels, train_ds).values
     data_train = TrainingData.from_dataset(train_ds, batch_size, labels, seed=options.seed)
     data_digest = _data_hash(data_train)
-    data_train.to(device)
     eval_batches = _head(monitor_ds, options.monitor_samples, fixed or min(64, options.monitor_samples))
+    # PyTorch runs the model from here on, and its errors cannot be told from trtq's: data the model itself
+    # fails on (an index out of range, a batch size it cannot take) is found in onnxruntime first
+    fix = ""  # fine-tuning trains on batches: there is no batch-1 way round
+    check_model_runs(prepared.model, eval_batches, str(prepared.path), str(monitor_ds.source), fix)
+    if train_ds is not monitor_ds or ranges is not None:  # else calibration ran the model on these samples already
+        check_model_runs(prepared.model, _chunks(data_train.arrays, data_train.batch_size), str(prepared.path),
+                         str(train_ds.source), fix)
+    data_train.to(device)
 
     from trtq.torch import OnnxModule
 
@@ -286,7 +301,8 @@ def finetune(
         "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": data_digest,
         "batch": data_train.batch_size, "seed": options.seed,
     })
-    monitor = Monitor(teacher, eval_batches, outputs)
+    monitor = Monitor(teacher, eval_batches, outputs, monitor_ds.inputs, data.mask,
+                      class_score_outputs(prepared.model))
     training = train(qmodel, teacher, data_train, loss_fn, tensors, monitor, train_options,
                      checkpoint_path=ckpt_path, fingerprint=identity, resume=options.resume,
                      progress=progress, on_step=on_step)
@@ -295,6 +311,7 @@ def finetune(
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
     notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
+    notes += [f"progress: {note}" for note in monitor.mask_notes]
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
                      "steps on the same input: the export does not reproduce the fine-tuned model (please report).")
@@ -305,7 +322,7 @@ def finetune(
                      "that later layers amplify.")
     ptq = insert_qdq(prepared.model, prepared.placement, table.amax)
     comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or min(32, eval_ds.num_samples or 32),
-                          options.task, progress)
+                          options.task, progress, data.mask)
 
     learned = dict(table.amax)
     learned.update(exported.activation_amax)
@@ -321,8 +338,15 @@ def finetune(
         model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
         ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),
         device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
-        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes),
+        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes), monitor_mask=monitor.mask,
     )
+
+
+def _chunks(arrays: Mapping[str, torch.Tensor], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive batches of `size` samples of host-held training arrays, as numpy."""
+    count = len(next(iter(arrays.values())))
+    for start in range(0, count, size):
+        yield {name: value[start:start + size].numpy() for name, value in arrays.items()}
 
 
 def _head(dataset, samples: int, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -349,19 +373,14 @@ def _batches_for(batches: Sequence[dict[str, np.ndarray]], samples: int) -> int:
 
 
 def _compare(fp32: onnx.ModelProto, ptq: onnx.ModelProto, qat: onnx.ModelProto, dataset, batch_size: int,
-             task_name: str | None, progress: bool) -> Comparison:
+             task_name: str | None, progress: bool, mask: MaskRequest = True) -> Comparison:
     task = make_task(task_name, dataset, graph_outputs(fp32)) if task_name else None
-    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress)
-    rows = [StageScores("fp32", math.inf, 1.0, 1.0 if _has_scores(fp32) else None,
-                        dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)]
-    for stage, model in (("ptq", ptq), ("qat", qat)):
-        rows.append(_scores(stage, evaluator.evaluate(model, label=stage)))
+    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress, mask=mask)
+    stages = [_scores(stage, evaluator.evaluate(model, label=stage)) for stage, model in (("ptq", ptq), ("qat", qat))]
+    fp32_row = StageScores("fp32", math.inf, 1.0, 1.0 if stages[0].top1_agreement is not None else None,
+                           dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)
     return Comparison(data=dataset.description, samples=evaluator.samples,
-                      task=task.describe() if task else None, rows=tuple(rows))
-
-
-def _has_scores(model: onnx.ModelProto) -> bool:
-    return any(len(o.shape) == 2 for o in graph_outputs(model))
+                      task=task.describe() if task else None, rows=(fp32_row, *stages), mask=evaluator.mask)
 
 
 def _scores(stage: str, evaluation: Evaluation) -> StageScores:

@@ -146,6 +146,10 @@ def build_report(directory: str | Path) -> Report:
         metrics.append(_evaluation_row(name, evaluation, "compare"))
         if task:
             notes += _task_notes("compare", task["candidate"], task["candidate"].get("parts", ()))
+    for source, result in (("quantize --target", mixed), ("compare", compare.result if compare else None),
+                           ("sensitivity", sensitivity.result if sensitivity else None)):
+        if result and result.get("mask"):
+            notes.append(f"{source}: {result['mask'].get('sentence', '')}.")
     if sensitivity and sensitivity.result.get("scored_against"):
         notes += _task_notes("sensitivity", {"task": sensitivity.result.get("task_metric"),
                                              "scored_against": sensitivity.result["scored_against"]}, ())

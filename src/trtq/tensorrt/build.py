@@ -15,7 +15,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -108,10 +108,9 @@ def build_mode(caps: TrtCapabilities, implicit: bool) -> str:
     return "tensorrt-10-implicit" if implicit else "tensorrt-10-strongly-typed"
 
 
-def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: str) -> None:
-    """Reject what the installed TensorRT (or the model) cannot do, each with one clear sentence."""
-    if options.implicit and not caps.implicit_int8:
-        raise TrtqError(IMPLICIT_REMOVED, "run `trtq quantize MODEL --calib DATA`, then `trtq build <stem>.int8.onnx`.")
+def check_options(options: BuildOptions) -> None:
+    """Reject what no TensorRT build accepts (each with one clear sentence): implicit-build flags on a
+    strongly typed build. Needs no TensorRT, so `--print-trtexec` checks the same."""
     if not options.implicit:
         if options.fp16:
             raise TrtqError(
@@ -127,6 +126,58 @@ def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: st
             )
         if options.calibration_cache:
             raise TrtqError("A calibration cache applies only to implicit TensorRT 10 builds.", "add --implicit.")
+    if options.calibration_algorithm not in ("entropy", "minmax"):
+        raise TrtqError(f"Calibration algorithm {options.calibration_algorithm!r} is not entropy or minmax.",
+                        "pick one of those.")
+
+
+INTERNAL_TENSOR = "(Unnamed Layer"
+"""How TensorRT's own calibrator names the tensors of layers the ONNX parser added (no ONNX name)."""
+
+
+def check_calibration_cache(model: onnx.ModelProto, options: BuildOptions, model_path: str | Path) -> None:
+    """The calibration cache an implicit build reads: well formed (see `parse_cache`), written for this
+    model (most of its tensor names are the model's), and covering the inputs of its INT8 layers
+    (a warning names those it lacks: TensorRT runs those layers in higher precision)."""
+    if not options.calibration_cache:
+        return
+    cache = read_cache(options.calibration_cache)
+    graph = model.graph
+    tensors = {vi.name for vi in graph.input} | {init.name for init in graph.initializer} | {
+        name for node in graph.node for name in node.output}
+    named = [name for name in cache.scales if not name.startswith(INTERNAL_TENSOR)]
+    unknown = [name for name in named if name not in tensors]
+    if named and 2 * len(unknown) > len(named):
+        raise TrtqError(
+            f"Calibration cache {options.calibration_cache} names {len(unknown)} of its {len(named)} tensors that "
+            f"{model_path} does not have (e.g. {unknown[0]!r}): it was written for another model.",
+            "pass the cache made for this model (`trtq quantize MODEL` writes <stem>.int8.cache), or --calib DATA.",
+        )
+    if unknown:
+        warnings.warn(f"Calibration cache {options.calibration_cache} has scales for {len(unknown)} tensors that "
+                      f"{model_path} does not have (e.g. {unknown[0]!r}); TensorRT ignores them.", stacklevel=2)
+    weights = {init.name for init in graph.initializer}
+    inputs = dict.fromkeys(node.input[0] for node in graph.node
+                           if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.input
+                           and node.input[0] not in weights)
+    missing = [name for name in inputs if name not in cache.scales]
+    if inputs and len(missing) == len(inputs):
+        raise TrtqError(
+            f"Calibration cache {options.calibration_cache} has no scale for any input of {model_path}'s "
+            f"{len(inputs)} convolution and matrix-multiply layers (e.g. {missing[0]!r}), so no layer would run in INT8.",
+            "pass the cache made for this model (`trtq quantize MODEL` writes <stem>.int8.cache), or --calib DATA.",
+        )
+    if missing:
+        warnings.warn(f"Calibration cache {options.calibration_cache} has no scale for {len(missing)} of the "
+                      f"{len(inputs)} inputs of {model_path}'s convolution and matrix-multiply layers "
+                      f"(e.g. {missing[0]!r}); TensorRT runs those layers in FP16/FP32.", stacklevel=2)
+
+
+def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: str) -> None:
+    """Reject what the installed TensorRT (or the model) cannot do, each with one clear sentence."""
+    if options.implicit and not caps.implicit_int8:
+        raise TrtqError(IMPLICIT_REMOVED, "run `trtq quantize MODEL --calib DATA`, then `trtq build <stem>.int8.onnx`.")
+    check_options(options)
     if options.dla is not None:
         if not caps.dla:
             raise TrtqError(
@@ -142,9 +193,6 @@ def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: st
             )
         if options.dla.standalone:
             check_dla_standalone_formats(options.input_formats, options.output_formats)
-    if options.calibration_algorithm not in ("entropy", "minmax"):
-        raise TrtqError(f"Calibration algorithm {options.calibration_algorithm!r} is not entropy or minmax.",
-                        "pick one of those.")
 
 
 def model_profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, ProfileShape]:
@@ -171,12 +219,18 @@ def equivalent_commands(
     onnx_path: str | Path, model: onnx.ModelProto, options: BuildOptions, engine_path: Path,
     modes: Iterable[str],
 ) -> dict[str, str]:
-    """The trtexec build line for each mode in `modes`, with what of `options` trtexec can express."""
+    """The trtexec build line for each mode in `modes`, with what of `options` trtexec can express.
+
+    Without any shape option a dynamic model's line carries no shapes (trtexec's defaults); any
+    shape option given must be valid for the model."""
+    shaped = any((options.shapes, options.min_shapes, options.opt_shapes, options.max_shapes))
     try:
         profile: dict[str, ProfileShape] | None = model_profile(model, options)
         if profile and all(p.is_static for p in profile.values()) and not (options.shapes or options.opt_shapes):
             profile = None
     except TrtqError:
+        if shaped:  # an unknown input, a wrong rank, min above max, a dynamic input left out
+            raise
         profile = None
     layers = node_layer_names(model, options.layer_precisions) if options.layer_precisions else {}
     commands = {}
@@ -187,7 +241,7 @@ def equivalent_commands(
             profile=profile,
             workspace_mib=options.workspace_mib,
             timing_cache=options.timing_cache,
-            calib_cache=(options.calibration_cache or str(quantize_cache_path(onnx_path))) if implicit else None,
+            calib_cache=(options.calibration_cache or str(calibration_cache_path(engine_path))) if implicit else None,
             fp16=options.fp16 and implicit,
             dla=options.dla if mode != "tensorrt-11" else None,
             input_formats=options.input_formats,
@@ -206,6 +260,17 @@ def planned_modes(options: BuildOptions) -> list[str]:
 def trtexec_equivalents(onnx_path: str | Path, options: BuildOptions = BuildOptions()) -> dict[str, str]:
     """The trtexec build line(s) equivalent to `build_engine(onnx_path, options)`, without TensorRT."""
     model = load_model(onnx_path, load_external_data=False)
+    check_options(options)
+    if options.implicit and not options.calibration_cache:
+        default = quantize_cache_path(onnx_path)
+        if not default.is_file():
+            raise TrtqError(
+                f"The implicit build line reads a calibration cache, and there is none: {default} does not exist and "
+                "no --calib FILE.cache was given.",
+                f"run `trtq quantize {onnx_path} --calib DATA` first, or pass --calib with a TensorRT calibration cache.",
+            )
+        options = replace(options, calibration_cache=str(default))
+    check_calibration_cache(model, options, onnx_path)
     engine_path = engine_output_path(onnx_path, build_precision(model, options), options)
     return equivalent_commands(onnx_path, model, options, engine_path, planned_modes(options))
 
@@ -272,6 +337,8 @@ def build_engine(
     model = load_model(onnx_path, load_external_data=False)
     precision = build_precision(model, options)
     engine_path = engine_output_path(onnx_path, precision, options)
+    check_options(options)
+    check_calibration_cache(model, options, onnx_path)
     commands = equivalent_commands(onnx_path, model, options, engine_path, planned_modes(options))
     trt, caps = require_tensorrt(f"build {engine_path.name}", [f"{mode}: {c}" for mode, c in commands.items()])
     validate_options(caps, options, precision)
