@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +46,7 @@ from trtq.model import (
     initializer_bytes,
     inspect_model,
     load_model,
+    model_file,
     normalize_model,
     normalized_node_names,
     requested_shapes,
@@ -55,6 +59,7 @@ from trtq.report.records import RunRecord, clipped_histograms, record_bytes, rec
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
+from trtq.verify import VerifyOptions, VerifyResult, verify_model
 
 __all__ = [
     "DataOptions",
@@ -69,6 +74,9 @@ __all__ = [
     "prepare_model",
     "quantize",
     "sensitivity",
+    "verify",
+    "VerifyOptions",
+    "VerifyResult",
 ]
 
 
@@ -123,6 +131,12 @@ FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error
 
 NO_FP8_LAYER_NOTE = ("no layer runs in FP8: FP8 Q/DQ goes on Conv, Gemm and MatMul only, and not on convolutions with "
                      "16 or fewer input or output channels or more than 32 filter taps (no FP8 kernel pays off there)")
+
+NO_INT8_LAYER_NOTE = ("no layer runs in INT8: the exclusions (--exclude-nodes/--exclude-ops, or --target) keep every "
+                      "Conv, Gemm and MatMul in high precision, so the written model computes as the FP32 one")
+
+NO_QUANTIZABLE_LAYER_NOTE = ("no layer runs in INT8: the model has no Conv, ConvTranspose, Gemm or MatMul, so the "
+                             "written model computes as the FP32 one")
 
 NO_CACHE_NOTE = ("no calibration cache: TensorRT's implicit calibration (the cache) is INT8 only; build the FP8 "
                  "Q/DQ model strongly typed (TensorRT 10 --stronglyTyped, or TensorRT 11)")
@@ -266,7 +280,7 @@ def prepare_model(
 ) -> PreparedModel:
     """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
     grid = precision_grid(precision)
-    path = Path(model_path)
+    path = model_file(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
@@ -275,14 +289,25 @@ def prepare_model(
                             "export the model with its inputs as graph inputs (not constants or initializers).")
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
-    return PreparedModel(
-        path=path,
-        sha256=sha256.result(),
-        model=model,
-        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
-                                 grid=grid),
-        layer_names=layer_names,
-    )
+    placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
+                               grid=grid)
+    _warn_unmatched(model, path, exclude_nodes, exclude_ops)
+    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names)
+
+
+def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
+    """Warn about --exclude-nodes patterns and --exclude-ops types that match no node of the model (a typo
+    would otherwise keep nothing out of INT8 without a word)."""
+    names = [node.name for node in model.graph.node]
+    ops = {node.op_type for node in model.graph.node}
+    for pattern in exclude_nodes:
+        if not any(re.search(pattern, name) for name in names):
+            warnings.warn(f"--exclude-nodes {pattern!r} matches no node of {path}; `trtq inspect {path} --json` "
+                          "lists the node names.", stacklevel=3)
+    for op in (op.strip() for op in exclude_ops):
+        if op and op not in ops:
+            warnings.warn(f"--exclude-ops {op} matches no node of {path} (its op types are {', '.join(sorted(ops))}).",
+                          stacklevel=3)
 
 
 def open_data(
@@ -300,6 +325,11 @@ def open_data(
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
                         given=tuple(options.shapes), purpose=purpose, progress=progress)
+
+
+def file_sources(*sources: object) -> tuple[Path, ...]:
+    """The sources given as files or folders (not in-memory arrays): what outputs must not overwrite."""
+    return tuple(Path(s) for s in sources if isinstance(s, (str, os.PathLike)))
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -436,7 +466,7 @@ def quantize(
         destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
     if record is not None:
         destinations.append(record_path(onnx_path.parent, "quantize"))
-    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+    inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
@@ -547,9 +577,12 @@ REPORT_HISTOGRAMS = 6
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
-    """What the output says about FP8: no cache, ranges from an INT8-minded algorithm, no FP8 layer at all."""
+    """What the output says about FP8 (no cache, ranges from an INT8-minded algorithm, no FP8 layer at all),
+    and about an INT8 placement that quantizes nothing (the exclusions cover every layer)."""
     if options.precision != "fp8":
-        return ()
+        if placement.targets:
+            return ()
+        return (NO_INT8_LAYER_NOTE if placement.excluded_nodes else NO_QUANTIZABLE_LAYER_NOTE,)
     clipping = (FP8_CLIPPING_NOTE.format(method=method),) if method in ("entropy", "percentile") else ()
     empty = (NO_FP8_LAYER_NOTE,) if not placement.targets else ()
     return (NO_CACHE_NOTE, *clipping, *empty)
@@ -678,3 +711,20 @@ def sensitivity(
                                                 if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
                           shape_notes(calib_data, dataset))
+
+
+def verify(
+    model_path: str | Path,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    progress: bool = True,
+) -> VerifyResult:
+    """Build a Q/DQ model with TensorRT-RTX (ahead of time: no GPU needed) and report, per quantized
+    Conv/ConvTranspose/Gemm/MatMul, whether the engine runs it in INT8/FP8, and which Q/DQ pairs did not fuse.
+
+    Progress lines go to stderr unless `progress` is False.
+    """
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    return verify_model(model_path, options, progress=say if progress else None)

@@ -175,6 +175,9 @@ CASES = [
     ("bench nan duration", ["bench", "{root}/m.engine", "--duration", "nan"], "is not a finite number > 0"),
     ("bench negative warm-up", ["bench", "{root}/m.engine", "--warmup", "-5"], "--warmup: '-5' is not a finite number >= 0"),
     ("unknown method", _q("--method", "best"), "invalid choice: 'best'"),
+    ("two shapes for one input", _q("--shape", "input:1x3x16x16", "--shape", "input:2x3x16x16"), "is given two shapes"),
+    ("empty cache version", _q("--trt-version", ""), "TensorRT version '' is not of the form MAJOR.MINOR.PATCH"),
+    ("ranges file of a build that does not exist", _build("--ranges", "{root}/none.json"), "Ranges file .* does not exist"),
     # build --print-trtexec validates what it prints
     ("dla core -1", _build("--dla-core", "-1"), "--dla-core: '-1' is not a whole number >= 0"),
     ("fp16 strongly typed", _build("--fp16"), "--fp16 applies only to implicit TensorRT 10 builds"),

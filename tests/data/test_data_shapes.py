@@ -66,6 +66,13 @@ def test_dims_the_model_names_alike_must_agree_in_the_data(tmp_path: Path) -> No
         open_for(tmp_path / "t.npz", TOKENS)
 
 
+def test_placeholder_dim_names_are_not_names(tmp_path: Path) -> None:
+    # paddle2onnx writes "?" for every unknown dim (the PP-OCR classifier's H and W alike)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 48, 192), np.float32))
+    ds = open_for(tmp_path / "x.npy", [TensorSpec("x", ("?", 3, "?", "?"), "float32")])
+    assert ds.shapes == {"x": (1, 3, 48, 192)}
+
+
 def script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "data.py"
     path.write_text(textwrap.dedent(body))

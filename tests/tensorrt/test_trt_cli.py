@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -96,3 +97,23 @@ def test_user_errors_come_before_the_tensorrt_check(model, capsys):
     code, _, err = run(["build", model, "--implicit", "--calib", folder, "--shape", "input:1x3x16x16",
                         "--layer-precisions", "nope:fp16"], capsys)
     assert code == 2 and "names node 'nope', which is not a node" in err
+
+
+def test_print_trtexec_reads_the_cache_it_names(model, capsys, tmp_path):
+    """A cache TensorRT's calibrator wrote (internal layer names too) passes; one that lacks the inputs of
+    some INT8 layers gets a warning naming them; --ranges and an implicit line's default cache must exist."""
+    from trtq.formats.cache import format_cache
+
+    full = tmp_path / "trt.cache"
+    full.write_bytes(format_cache({"input": 1.0, "r1": 1.0, "r2": 1.0, "pool": 1.0, "(Unnamed Layer* 3) [Shuffle]_output": 1.0}))
+    code, out, err = run(["build", model, "--print-trtexec", "--implicit", "--calib", str(full)], capsys)
+    assert code == 0 and f"--calib={full}" in out and err == ""
+    partial = tmp_path / "partial.cache"
+    partial.write_bytes(format_cache({"input": 1.0, "pool": 1.0}))
+    code, out, err = run(["build", model, "--print-trtexec", "--implicit", "--calib", str(partial), "--json"], capsys)
+    assert code == 0 and "has no scale for 2 of the 4 inputs" in err and err.startswith("trtq: warning: ")
+    assert "has no scale for 2 of the 4 inputs" in json.loads(out)["warnings"][0]
+    code, _, err = run(["build", model, "--print-trtexec", "--implicit"], capsys)
+    assert code == 2 and "m.int8.cache does not exist and no --calib FILE.cache was given" in err
+    code, _, err = run(["build", model, "--print-trtexec", "--ranges", str(tmp_path / "none.json")], capsys)
+    assert code == 2 and "Ranges file" in err and "does not exist" in err and "Traceback" not in err

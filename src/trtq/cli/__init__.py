@@ -20,7 +20,7 @@ from trtq import __version__, _io
 from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
-COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.cli.qat")
+COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.verify", "trtq.cli.accuracy", "trtq.cli.qat")
 """Modules that each define `register(subparsers)`; their commands set `func(args) -> int`."""
 
 

@@ -123,7 +123,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         percentile=args.percentile if args.percentile is not None else api.QuantizeOptions.percentile,
         exclude_nodes=tuple(args.exclude_nodes),
         exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=args.trt_version or DEFAULT_TRT_VERSION,
+        trt_version=DEFAULT_TRT_VERSION if args.trt_version is None else args.trt_version,
         output_dir=args.output_dir,
         device=args.device,
         cache_scope=args.cache_scope,

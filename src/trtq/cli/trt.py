@@ -1,4 +1,8 @@
-"""`trtq build`, `trtq run`, `trtq bench`: argument parsing and printing only (logic in trtq.tensorrt)."""
+"""`trtq build`, `trtq run`, `trtq bench`: argument parsing and printing only (logic in trtq.tensorrt).
+
+`--backend` picks the engine library: datacenter TensorRT (10/11) or TensorRT-RTX, which builds
+ahead of time without a GPU and runs on GPUs of compute capability 8.0, 8.6, 8.9 and 12.x.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from trtq.tensorrt.build import BuildOptions, build_engine, trtexec_equivalents
 from trtq.tensorrt.commands import DlaOptions, parse_size_mib
 from trtq.tensorrt.ioformats import parse_io_formats
 from trtq.tensorrt.layers import load_layer_precisions, parse_layer_precisions
+from trtq.tensorrt.rtx import COMPUTE_CAPABILITIES, parse_compute_capabilities
+from trtq.tensorrt.version import ENGINE_BACKENDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("build", help="build a TensorRT engine (<stem>.<precision>.engine + .json sidecar)")
     p.add_argument("model", help="ONNX model: the Q/DQ <stem>.int8.onnx (strongly typed), or FP32 with --implicit")
     p.add_argument("--output", help="engine path (default: <stem>.<precision>[.<io formats>].engine beside the model)")
+    p.add_argument("--backend", choices=ENGINE_BACKENDS, default="tensorrt",
+                   help="tensorrt (datacenter TensorRT 10/11, default) or tensorrt-rtx (TensorRT for RTX: strongly "
+                   "typed, built ahead of time without a GPU)")
+    p.add_argument("--compute-capability", metavar="CC[,CC]",
+                   help=f"--backend tensorrt-rtx: GPUs to build for, of {', '.join(COMPUTE_CAPABILITIES)} (default: "
+                   "its portable engine for 8.0, 8.6, 8.9 and 12.x)")
     p.add_argument("--min-shape", action="append", default=[], metavar="NAME:AxBxC", help="profile min shape")
     p.add_argument("--opt-shape", action="append", default=[], metavar="NAME:AxBxC", help="profile opt shape "
                    "(implicit INT8 calibrates at it)")
@@ -68,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DATA", help="samples: .npz of input arrays, or any --calib "
                    "form when the engine's sidecar names its ONNX model")
     p.add_argument("--output", metavar="FILE", help="where to save outputs (default: <engine stem>.outputs.npz)")
+    _add_engine_backend(p)
     p.add_argument("--device-backend", choices=("auto", "torch", "cuda-python"), default="auto")
     add_data_options(p)
     add_output_options(p)
@@ -80,9 +93,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=positive_float("--duration 3"), default=3.0, help="seconds of timed queries (default: 3)")
     p.add_argument("--warmup", type=non_negative_float("--warmup 200"), default=200.0, help="warm-up in milliseconds (default: 200)")
     p.add_argument("--cuda-graph", action="store_true", help="launch a CUDA graph captured from the enqueue")
+    _add_engine_backend(p)
     p.add_argument("--device-backend", choices=("auto", "torch", "cuda-python"), default="auto")
     add_output_options(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _add_engine_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", *ENGINE_BACKENDS), default="auto",
+                   help="the library the engine was built with (default: what its .engine.json sidecar says, "
+                   "else tensorrt); tensorrt-rtx engines run on compute capability 8.0, 8.6, 8.9 and 12.x")
 
 
 DATA_SUFFIXES = (".npy", ".npz", ".py")
@@ -120,6 +140,15 @@ def check_build_args(args: argparse.Namespace, cache: str | None) -> None:
         )
 
 
+def _ranges_sha256(path: str | None) -> str | None:
+    """The SHA-256 of --ranges FILE, recorded in the engine's sidecar (None without the option)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise TrtqError(f"Ranges file {path} does not exist.", "pass the .int8.json that `trtq quantize` wrote.")
+    return file_sha256(Path(path))
+
+
 def build_options(args: argparse.Namespace) -> BuildOptions:
     """BuildOptions from parsed `trtq build` arguments."""
     precisions = parse_layer_precisions(args.layer_precisions)
@@ -149,8 +178,10 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         output_formats=parse_io_formats(args.output_io_formats, "--output-io-formats"),
         layer_precisions=precisions,
         qat=args.qat,
-        ranges_sha256=file_sha256(Path(args.ranges)) if args.ranges else None,
+        ranges_sha256=_ranges_sha256(args.ranges),
         device_backend=args.device_backend,
+        backend=args.backend,
+        compute_capabilities=parse_compute_capabilities(args.compute_capability),
     )
 
 
@@ -181,8 +212,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         else None
     result = build_engine(args.model, options, batches)
     lines = [
-        f"built {result.engine_path} ({result.precision}, {result.mode}, TensorRT {result.tensorrt_version}, "
-        f"{result.gpu_name}) in {result.seconds:.1f} s",
+        (f"built {result.engine_path} ({result.precision}, {result.mode}, {result.builder}, "
+         f"{result.gpu_name}) in {result.seconds:.1f} s"),
         f"wrote {result.sidecar_path}",
     ]
     if result.calibration_batches:
@@ -190,7 +221,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if result.constrained_layers:
         lines.append(f"precision constraints on {sum(map(len, result.constrained_layers.values()))} layers "
                      f"of {len(result.constrained_layers)} nodes")
-    lines.append(f"trtexec equivalent: {result.trtexec_command}")
+    tool = "tensorrt_rtx" if result.mode == "tensorrt-rtx" else "trtexec"
+    lines.append(f"{tool} equivalent: {result.trtexec_command}")
     emit(args, result.to_dict(), "\n".join(lines))
     return 0
 
@@ -226,7 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run an engine over samples."""
     from trtq.tensorrt.run import run_engine
 
-    result = run_engine(args.engine, _run_batches(args), args.output, backend=args.device_backend)
+    result = run_engine(args.engine, _run_batches(args), args.output, backend=args.device_backend,
+                        engine_library=args.backend)
     lines = [f"ran {result.batches} batches through {result.engine}; wrote {result.output_path}",
              *(f"  {name}: {shape}" for name, shape in result.outputs.items()),
              *(f"warning: {w}" for w in result.warnings)]
@@ -242,6 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise TrtqError(f"--duration must be > 0 and --warmup >= 0 (got {args.duration} and {args.warmup}).",
                         "use e.g. --duration 3 --warmup 200.")
     report = bench_engine(args.engine, shapes=parse_shapes(args.shape) or None, duration_s=args.duration,
-                          warmup_ms=args.warmup, cuda_graph=args.cuda_graph, backend=args.device_backend)
+                          warmup_ms=args.warmup, cuda_graph=args.cuda_graph, backend=args.device_backend,
+                          engine_library=args.backend)
     emit(args, report.to_dict(), report.to_text())
     return 0

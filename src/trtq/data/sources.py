@@ -636,6 +636,10 @@ def _open_npz(
                 array, resolved[spec.name] = _as_samples(archive[key], spec, shapes[spec.name], str(path),
                                                          spec.name in given)
                 arrays[spec.name] = array[:limit]
+            unused = [key for key in keys if key not in {s.name for s in inputs} and not single]
+            if unused:
+                warnings.warn(f"{path} also holds {', '.join(map(repr, unused))}, which no model input takes "
+                              f"(the inputs are {[s.name for s in inputs]}); those arrays are not used.", stacklevel=3)
     except _NUMPY_FILE_ERRORS as exc:
         raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
     counts = {name: len(a) for name, a in arrays.items()}

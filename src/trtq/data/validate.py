@@ -118,12 +118,13 @@ def match_sample_shape(
 def check_named_dims(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], where: str) -> None:
     """Dims the model names alike (e.g. every input's `sequence`) have one size across inputs.
 
-    The batch dim is left out: batches are cut alike for every input whatever its shape says.
+    The batch dim is left out: batches are cut alike for every input whatever its shape says. So
+    are placeholders that name nothing (paddle2onnx writes "?" for every unknown dim, H and W alike).
     """
     seen: dict[str, tuple[str, int]] = {}
     for spec in inputs:
         for axis, (dim, size) in enumerate(zip(spec.shape, shapes[spec.name])):
-            if axis == 0 or not isinstance(dim, str) or not dim:
+            if axis == 0 or not isinstance(dim, str) or not _names_a_dim(dim):
                 continue
             if dim in seen and seen[dim][1] != size:
                 other, other_size = seen[dim]
@@ -133,6 +134,11 @@ def check_named_dims(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence
                     f"give every input the same {dim} (pad the data, or set --shape for each input alike).",
                 )
             seen.setdefault(dim, (spec.name, int(size)))
+
+
+def _names_a_dim(dim: str) -> bool:
+    """Whether a symbolic dim is a name (`seq`, `batch_size`) rather than a placeholder (`?`, `-1`, `None`)."""
+    return any(c.isalpha() for c in dim) and dim.lower() not in ("none", "null", "unk", "unknown", "dynamic")
 
 
 def input_dtype(spec: TensorSpec) -> np.dtype:

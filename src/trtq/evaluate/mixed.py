@@ -214,7 +214,7 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
-            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.int8.samples, 1), 2),
+            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.final.samples, 1), 2),
             "steps": [
                 {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase,
                  "samples": s.samples, "seconds": round(s.seconds, 3)}
@@ -236,8 +236,10 @@ def node_pattern(name: str) -> str:
 
 RANKING_SAMPLES = 32
 """Local sensitivity ranks layers on at most this many samples (spread over the data set)."""
+SEARCH_PASSES = 6.0
+"""Pruning goes on while the whole search has cost fewer passes over the data than this ..."""
 PRUNE_PASSES = 1.5
-"""Pruning stops once its evaluations have cost this many passes over the data."""
+"""... and in any case until pruning alone has cost this many."""
 
 
 def proven_miss(target: Target, evaluation: Evaluation, reference: TaskScores | None,
@@ -368,6 +370,27 @@ def search_mixed_precision(
         phases["ranking"] = time.perf_counter() - began
         return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
 
+    def prune_layers(excluded: list[str]) -> list[str]:
+        """Put layers back into INT8, least sensitive first, while the target holds; sweep again after a
+        sweep that put one back (keeping a layer out can stop mattering once another is out), within
+        the budget of passes."""
+        budget = max(PRUNE_PASSES, SEARCH_PASSES - sum(s.samples for s in steps) / total) * total
+        spent, removed = 0, True
+        while removed and len(excluded) > 1:
+            removed = False
+            for node in list(reversed(excluded)):
+                if spent >= budget:
+                    notes.append("pruning stopped at its budget of passes over the data; "
+                                 "some kept-out layers may not be needed")
+                    return excluded
+                trial = [n for n in excluded if n != node]
+                known = tuple(sorted(trial)) in decided
+                evaluation, with_layer[node] = check(trial, "prune")
+                spent += 0 if known else evaluation.samples
+                if target.holds(with_layer[node]):
+                    excluded, removed = trial, True
+        return excluded
+
     def cap(already: int, available: int) -> int:
         return available if max_exclusions is None else max(0, min(max_exclusions - already, available))
 
@@ -379,21 +402,8 @@ def search_mixed_precision(
             ranked = rank()
             high = cap(0, len(ranked))
             excluded = _bisect(ranked, high, lambda k: target.holds(check(ranked[:k], "bisect")[1]))
-            if len(excluded) > 1 and target.holds(check(excluded, "bisect")[1]):
-                previous = decided.get(tuple(sorted(excluded[:-1])))
-                if previous is not None:  # the last layer in is needed: without it the prefix missed
-                    with_layer[excluded[-1]] = previous[1]
-                spent = 0
-                for node in list(reversed(excluded[:-1])) if prune else []:
-                    if spent >= PRUNE_PASSES * total:
-                        notes.append(f"pruning stopped after {PRUNE_PASSES:g} passes over the data; "
-                                     "some kept-out layers may not be needed")
-                        break
-                    trial = [n for n in excluded if n != node]
-                    evaluation, with_layer[node] = check(trial, "prune")
-                    spent += evaluation.samples
-                    if target.holds(with_layer[node]):
-                        excluded = trial
+            if len(excluded) > 1 and target.holds(check(excluded, "bisect")[1]) and prune:
+                excluded = prune_layers(excluded)
         final_eval, final_value = check(excluded, "final", exact=True)
         if len(excluded) == 1:
             with_layer[excluded[0]] = int8_value

@@ -239,7 +239,7 @@ def finetune(
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    inputs = (prepared.path, calib, train_data, eval_data)
+    inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
     check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "

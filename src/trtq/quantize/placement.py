@@ -6,7 +6,10 @@
   fuse the Add into the convolution;
 - MaxPool / AveragePool / GlobalAveragePool inputs are quantized (TensorRT runs them in INT8
   between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
-- excluded nodes (by name regex or op type) keep their inputs in high precision.
+- excluded nodes (by name regex or op type) keep their inputs in high precision;
+- convolutions that sum at most MIN_CONV_REDUCTION products per output (input channels per
+  group x filter taps, e.g. a 1x1 squeeze-excitation conv over 2 channels) stay in high precision:
+  INT8 saves nothing there, and TensorRT-RTX folds such a conv into a float pointwise kernel.
 
 FP8 (E4M3, `grid=FP8_E4M3`) follows NVIDIA ModelOpt's FP8 mode: only Conv, Gemm, MatMul and the
 residual Add get Q/DQ (no ConvTranspose, no pooling), and convolutions without FP8 kernels that
@@ -33,8 +36,13 @@ from trtq.model import QUANTIZABLE_OPS, tensor_types
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+NONDETERMINISTIC_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli")
+"""Ops whose output is not a constant even when their inputs are."""
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 """Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
+MIN_CONV_REDUCTION = 4
+"""Convolutions summing this many products per output or fewer stay out of INT8/FP8 (see the module docstring)."""
 FP8_OPS = ("Conv", "Gemm", "MatMul")
 """Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode; TensorRT-RTX runs FP8 in GEMMs only)."""
 FP8_MIN_CONV_CHANNELS = 16
@@ -111,6 +119,32 @@ class _Graph:
     def is_float(self, name: str) -> bool:
         return self.types.get(name) in FLOAT_TYPES
 
+    def is_constant(self, name: str) -> bool:
+        """True for a value computed from initializers alone (e.g. paddle2onnx's bias: Reshape(weight, shape))."""
+        known: dict[str, bool] = self.__dict__.setdefault("_constant", {})
+        stack = [name]
+        while stack:
+            current = stack[-1]
+            if current in known:
+                stack.pop()
+                continue
+            if current in self.initializers:
+                known[current] = True
+                stack.pop()
+                continue
+            node = self.producer.get(current)
+            if node is None or node.op_type in NONDETERMINISTIC_OPS:
+                known[current] = False
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in known]
+            if pending:
+                stack.extend(pending)
+                continue
+            known[current] = all(known[i] for i in node.input if i)
+            stack.pop()
+        return known[name]
+
 
 def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     """Output-channel axis of a weight as laid out for this node."""
@@ -168,6 +202,7 @@ def plan_placement(
         if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
     }
     fp8 = grid.name != INT8.name
+    excluded |= {node.name for node in model.graph.node if _tiny_reduction(g, node)}
     if fp8:
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
@@ -217,6 +252,19 @@ def plan_placement(
     )
 
 
+def _tiny_reduction(g: _Graph, node: onnx.NodeProto) -> bool:
+    """True for a Conv whose outputs each sum at most MIN_CONV_REDUCTION products (known weights only)."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    weight = g.initializers.get(node.input[1])
+    if weight is None or len(weight.dims) < 3:
+        return False
+    products = weight.dims[1]
+    for size in weight.dims[2:]:
+        products *= size
+    return products <= MIN_CONV_REDUCTION
+
+
 def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:
     """False for compute nodes that stay out of FP8: ConvTranspose, and convolutions with few
     channels or large filters (see FP8_MIN_CONV_CHANNELS, FP8_MAX_CONV_TAPS); True for the rest."""
@@ -255,9 +303,13 @@ def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:
 
 
 def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> int | None:
-    """Index of the skip input of a residual Add fed by a convolution on its other input."""
+    """Index of the skip input of a residual Add fed by a convolution on its other input.
+
+    An input computed from initializers alone is a bias (paddle2onnx adds a convolution's bias as
+    Add(conv, Reshape(offset, shape))), never a residual: TensorRT folds it into the convolution.
+    """
     a, b = add.input
-    if g.is_weight(a) or g.is_weight(b) or not (g.is_float(a) and g.is_float(b)):
+    if g.is_constant(a) or g.is_constant(b) or not (g.is_float(a) and g.is_float(b)):
         return None
 
     def from_conv(name: str) -> bool:
