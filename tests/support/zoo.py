@@ -10,6 +10,7 @@ zoo exports real architectures with each of them, at small shapes, and writes sa
     for entry in ZOO:
         files = build(entry)          # ZooFiles: the .onnx, calibration and held-out data
         ...                           # trtq quantize files.onnx --calib files.calib
+        result = quantize(entry, tmp_path / entry.name)   # or its Q/DQ model through the API
 
 Exports are cached under ~/.cache/trtq-zoo (or $TRTQ_ZOO_CACHE), in a folder keyed by this file's
 text and the exporters' package versions, so a session exports each model once and later sessions
@@ -85,8 +86,9 @@ def missing(entry: ZooEntry) -> list[str]:
     return [module for module in entry.needs if importlib.util.find_spec(module) is None]
 
 
+@functools.cache
 def cache_root() -> Path:
-    """The zoo's cache folder for this zoo definition and these exporter versions."""
+    """The zoo's cache folder for this zoo definition and these exporter versions (fixed per process)."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
     for package in VERSIONED_PACKAGES:
         try:
@@ -131,6 +133,17 @@ def _build(name: str) -> ZooFiles:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return files
+
+
+def quantize(entry: ZooEntry, output_dir: Path, **options: object):  # type: ignore[no-untyped-def]
+    """The Q/DQ model of `entry` (trtq.api.quantize on its calibration data, `entry.limit` samples):
+    the QuantizeResult, whose `onnx_path` is the Q/DQ ONNX. `options` are QuantizeOptions fields,
+    e.g. precision="fp8" or high_precision="fp16"."""
+    from trtq import api
+
+    files = build(entry)
+    return api.quantize(files.onnx, str(files.calib), data=api.DataOptions(limit=entry.limit),
+                        options=api.QuantizeOptions(output_dir=str(output_dir), **options), progress=False)
 
 
 def _suffix(entry: ZooEntry) -> str:
