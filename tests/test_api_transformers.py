@@ -113,3 +113,61 @@ def test_fp8_with_fp16_and_the_accuracy_tools(transformer_onnx, tmp_path):
     assert mixed.mixed["holds"] and mixed.mixed["excluded"]  # FP8 alone misses the bar by 1 dB
     kept = onnx.load(mixed.onnx_path)
     assert {i.data_type for i in kept.graph.initializer if i.name.endswith("_zero_point")} == {TensorProto.FLOAT8E4M3FN}
+
+
+def _qdq_inputs(model, node):
+    """Which inputs of `node` read a DequantizeLinear output."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [i for i, name in enumerate(node.input) if name in producer and producer[name].op_type == "DequantizeLinear"]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_residual_qdq_on_both_exports(transformer_onnx, tmp_path, kind, dynamo):
+    from trtq.model import normalize_model
+    from trtq.quantize.placement import attention_matmuls
+
+    model = transformer_onnx(kind, dynamo)
+    calib, _, _ = _data(tmp_path, kind)
+    blocks = attention_matmuls(normalize_model(onnx.load(model)))
+    assert len(blocks) == 2 and all(probs is not None for _, probs in blocks)  # Q.K^T and softmax.V per layer
+    plain = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
+        method="max", output_dir=str(tmp_path / "plain")))
+    both = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
+        method="max", output_dir=str(tmp_path / "residual"), residual_qdq=True))
+    # BERT (post-norm) reads the LayerNorm output feeding Q/K/V through the same DQ, so one pair per
+    # residual Add is new; ViT (pre-norm) quantizes the stream too: two per Add
+    assert both.qdq_pairs == plain.qdq_pairs + (4 if kind == "bert" else 8)
+    q, p = onnx.load(both.onnx_path), onnx.load(plain.onnx_path)
+    residual = [n for n in q.graph.node if n.op_type == "Add" and _qdq_inputs(q, n) == [0, 1]]
+    assert len(residual) == 4  # two residual Adds per layer
+    assert not [n for n in p.graph.node if n.op_type == "Add" and _qdq_inputs(p, n) == [0, 1]]
+    assert not [n for n in q.graph.node if n.op_type in ("LayerNormalization", "Softmax") and _qdq_inputs(q, n)]
+
+
+def test_int8_attention_beyond_512_tokens_stays_in_high_precision(tmp_path):
+    from tiny_models import attention_block, save
+
+    model = save(attention_block(), tmp_path / "block.onnx")
+    rng = np.random.default_rng(0)
+    for seq in (64, 600):
+        np.save(tmp_path / f"x{seq}.npy", rng.standard_normal((4, seq, 8)).astype(np.float32))
+    short = api.quantize(model, tmp_path / "x64.npy", progress=False,
+                         options=api.QuantizeOptions(method="max", output_dir=str(tmp_path / "short")))
+    long = api.quantize(model, tmp_path / "x600.npy", progress=False,
+                        options=api.QuantizeOptions(method="max", output_dir=str(tmp_path / "long")))
+    nodes = {n.name: n for n in onnx.load(short.onnx_path).graph.node}
+    assert _qdq_inputs(onnx.load(short.onnx_path), nodes["scores"]) == [0, 1] and not short.excluded_nodes
+    q = onnx.load(long.onnx_path)
+    nodes = {n.name: n for n in q.graph.node}
+    assert _qdq_inputs(q, nodes["scores"]) == [] and _qdq_inputs(q, nodes["context"]) == []
+    assert _qdq_inputs(q, nodes["q"]) == [0, 1]  # the projections stay INT8
+    assert set(long.excluded_nodes) == {"scores", "context"}
+    assert any("600 tokens, longer than the 512" in note for note in long.notes)
+    assert "--layerPrecisions=context:fp32,scores:fp32" in long.commands["tensorrt-10-implicit"]
+    fp8 = api.quantize(model, tmp_path / "x600.npy", progress=False,  # the 512 limit is INT8's
+                       options=api.QuantizeOptions(precision="fp8", output_dir=str(tmp_path / "fp8")))
+    assert not fp8.excluded_nodes
+    run = api.sensitivity(model, calib=tmp_path / "x600.npy", options=api.QuantizeOptions(method="max"),
+                          progress=False)
+    assert {layer.node for layer in run.result.layers} == {"q", "k", "v", "o", "fc"} and run.notes

@@ -31,12 +31,18 @@ def user_error(exc: BaseException, doing: str, fix: str, exit_fix: str = EXIT_FI
     return TrtqError(f"{doing} raised {type(exc).__name__}" + (f": {reason}." if reason else "."), fix)
 
 
+def printing_to_stderr() -> contextlib.AbstractContextManager:
+    """What the user's code prints goes to stderr, so that trtq's stdout (its --json result) stays clean."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 @contextlib.contextmanager
 def user_code(doing: str, fix: str, exit_fix: str = EXIT_FIX) -> Iterator[None]:
-    """Run the block as the user's code (see `user_error`). Not for blocks where StopIteration is an
-    answer (next() on their iterator): catch around those with `user_error` directly."""
+    """Run the block as the user's code (see `user_error`), its prints on stderr. Not for blocks where
+    StopIteration is an answer (next() on their iterator): catch around those with `user_error`."""
     try:
-        yield
+        with printing_to_stderr():
+            yield
     except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
         error = user_error(exc, doing, fix, exit_fix)
         if error is exc:

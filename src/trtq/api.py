@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.mixed import node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
@@ -51,8 +51,10 @@ from trtq.model import (
     normalized_node_names,
     requested_shapes,
     serialized_chunks,
+    tensor_types,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
@@ -176,6 +178,9 @@ class QuantizeOptions:
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
+    residual_qdq: bool = False
+    """Q/DQ on both inputs of transformer residual Adds too, as NVIDIA ModelOpt places them (TensorRT can
+    then carry the residual stream in INT8; it costs accuracy: see the README)."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
@@ -256,6 +261,35 @@ class PreparedModel:
     layer_names: dict[str, str] = field(default_factory=dict)
     """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file
     (nodes that normalisation added, which that file lacks, have none)."""
+    exclude_nodes: tuple[str, ...] = ()
+    """The --exclude-nodes patterns the placement was planned with (plus those `at_shapes` added)."""
+    exclude_ops: tuple[str, ...] = ()
+    cache_scope: str = "qdq"
+    precision: str = "int8"
+    residual_qdq: bool = False
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (attention longer than TensorRT's INT8 fused kernels take)."""
+
+    def at_shapes(self, shapes: Mapping[str, Sequence[int | None]] | None) -> PreparedModel:
+        """The model planned for inputs of `shapes` (the data's): in INT8, attention MatMuls whose key
+        sequence is longer than TensorRT's INT8 fused attention takes (MHA_INT8_MAX_SEQ tokens) stay in
+        high precision, as NVIDIA ModelOpt leaves them. Unchanged when no attention is that long."""
+        if self.precision != "int8" or not shapes:
+            return self
+        known = {name: tuple(shape) for name, shape in shapes.items()
+                 if all(isinstance(d, int) and d > 0 for d in shape)}
+        long = {node: keys for node, keys in long_attention(self.model, known).items()  # type: ignore[arg-type]
+                if node not in self.placement.excluded_nodes}
+        if not long:
+            return self
+        patterns = (*self.exclude_nodes, *(node_pattern(node) for node in long))
+        note = (f"{len(long)} attention MatMuls (Q.K^T and softmax.V) stay out of INT8: their key sequence is "
+                f"{max(long.values())} tokens, longer than the {MHA_INT8_MAX_SEQ} TensorRT's INT8 fused attention "
+                "kernels take (NVIDIA ModelOpt leaves them out too); FP16 fused attention runs them faster")
+        placement = plan_placement(self.model, exclude_nodes=patterns, exclude_ops=self.exclude_ops,
+                                   cache_scope=self.cache_scope, grid=precision_grid(self.precision),
+                                   residual=self.residual_qdq)
+        return replace(self, placement=placement, exclude_nodes=patterns, notes=(*self.notes, note))
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
@@ -277,22 +311,50 @@ def prepare_model(
     exclude_ops: Sequence[str] = (),
     cache_scope: str = "qdq",
     precision: str = "int8",
+    residual_qdq: bool = False,
 ) -> PreparedModel:
-    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
+    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement
+    (`residual_qdq`: on transformer residual Adds too). `PreparedModel.at_shapes` re-plans for the data."""
     grid = precision_grid(precision)
     path = model_file(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
-        if not graph_inputs(original):
-            raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
-                            "export the model with its inputs as graph inputs (not constants or initializers).")
+        check_runnable(original, path)
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
     placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
-                               grid=grid)
+                               grid=grid, residual=residual_qdq)
+    _refuse_half_precision(model, placement, path)
     _warn_unmatched(model, path, exclude_nodes, exclude_ops)
-    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names)
+    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names,
+                         exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops), cache_scope=cache_scope,
+                         precision=precision, residual_qdq=residual_qdq)
+
+
+def check_runnable(model: onnx.ModelProto, path: str | Path) -> None:
+    """What every command that runs a model needs of it: graph inputs to feed samples through, and
+    outputs to read (a model without either cannot be calibrated, compared or evaluated)."""
+    if not graph_inputs(model):
+        raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                        "export the model with its inputs as graph inputs (not constants or initializers).")
+    if not model.graph.output:
+        raise TrtqError(f"Model {path} has no graph outputs, so nothing it computes can be read.",
+                        "export the model with its outputs as graph outputs.")
+
+
+def _refuse_half_precision(model: onnx.ModelProto, placement: Placement, path: Path) -> None:
+    """trtq quantizes FP32 models: Q/DQ on a float16/bfloat16 tensor is not what TensorRT builds from
+    an FP32 export, and QuantizeLinear below opset 19 takes float32 only."""
+    types = tensor_types(model)
+    low = [t.tensor for t in placement.targets if types.get(t.tensor, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT]
+    if low:
+        kind = onnx.TensorProto.DataType.Name(types[low[0]]).lower()
+        raise TrtqError(
+            f"Model {path} computes in {kind} (tensor {low[0]!r} and {len(low) - 1} more that would be quantized); "
+            "trtq quantizes FP32 models.",
+            "export the model in FP32 (no .half()), then quantize it, with --high-precision fp16 for the rest.",
+        )
 
 
 def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
@@ -383,9 +445,9 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     dataset = open_data(prepared.model, calib, data, progress=progress)
-    return calibrate_prepared(prepared, dataset, options=options, progress=progress)
+    return calibrate_prepared(prepared.at_shapes(dataset.shapes), dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
@@ -458,7 +520,7 @@ def quantize(
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
     fp8 = options.precision == "fp8"
     destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path])]
@@ -471,6 +533,8 @@ def quantize(
     seconds: float | None = None
     calibration: CalibrationResult | None = None
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
+                                  requested_shapes(graph_inputs(prepared.model), data.shapes))
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
@@ -490,7 +554,7 @@ def quantize(
                             "pass --target-data DATA.")
         mixed = search_mixed_precision(
             prepared.model, table.amax, dataset, options.target,
-            exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
+            exclude_nodes=prepared.exclude_nodes, exclude_ops=options.exclude_ops, residual=options.residual_qdq,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
@@ -549,7 +613,8 @@ def quantize(
             layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes if n in prepared.layer_names},
         ),
-        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
+        notes=(*prepared.notes, *(calibration.notes if calibration else ()),
+               *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
@@ -622,6 +687,7 @@ def compare(
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     """
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
+    check_runnable(reference, reference_path)
     candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
     dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
     if device == "cpu":
@@ -659,6 +725,8 @@ class SensitivityRun:
     commands: dict[str, str]
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data."""
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (`PreparedModel.notes`)."""
 
 
 def sensitivity(
@@ -682,12 +750,13 @@ def sensitivity(
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
+                             options.precision, options.residual_qdq)
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
-    calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
-    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
     dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
         if data_source is not None else calib_data
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
+    calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
+    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -704,13 +773,14 @@ def sensitivity(
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
     if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
+        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
+                              prepared.notes)
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
                                                 if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
-                          shape_notes(calib_data, dataset))
+                          shape_notes(calib_data, dataset), prepared.notes)
 
 
 def verify(

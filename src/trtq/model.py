@@ -561,6 +561,29 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+def inferred_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape with the graph inputs at `input_shapes` (ONNX shape inference with data
+    propagation, on a weightless copy); unknown dims read 0, tensors it cannot size are left out."""
+    from onnx import shape_inference
+
+    fixed = _weightless(model)
+    for vi in fixed.graph.input:
+        if vi.name in input_shapes:
+            for dim, size in zip(vi.type.tensor_type.shape.dim, input_shapes[vi.name], strict=False):
+                dim.Clear()
+                dim.dim_value = int(size)
+    del fixed.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+    except shape_inference.InferenceError:  # inputs at sizes the graph refuses: sizes stay unknown
+        return {}
+    shapes = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim)
+    return shapes
+
+
 def serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     """`model`'s protobuf encoding in pieces, large weights one by one, for streaming to a file.
 

@@ -70,7 +70,17 @@ def broken_models(root: Path) -> None:
     unknown = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="odd")], "g",
                                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
-    for name, graph in (("no_inputs", no_inputs), ("dangling", dangling), ("unknown_op", unknown)):
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float16), "w")
+    half = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 3])], initializer=[weight])
+    no_outputs = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])], [])
+    shapeless = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    for name, graph in (("no_inputs", no_inputs), ("dangling", dangling), ("unknown_op", unknown), ("half", half),
+                        ("no_outputs", no_outputs), ("shapeless", shapeless)):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.save(model, str(root / f"{name}.onnx"))
@@ -109,6 +119,7 @@ def files(tmp_path_factory) -> Path:
     save(batch_one_model(), root / "batch_one.onnx")
     rng = np.random.default_rng(0)
     np.save(root / "calib.npy", rng.standard_normal((6, 3, 16, 16)).astype(np.float32))
+    np.savez(root / "arrays.npz", input=np.zeros((1, 3, 16, 16), np.float32))
     np.save(root / "ids_bad.npy", np.concatenate([np.full((3, 8), 5), np.full((1, 8), 50)]).astype(np.int64))
     broken_models(root)
     for name, body in SCRIPTS.items():
@@ -200,6 +211,8 @@ CASES = [
         ("no_layer_input", "so no layer would run in INT8"),
         ("twice", "names tensor 'input' twice"),
     )],
+    ("run with data that does not exist", ["run", "{root}/m.engine", "--data", "{root}/none.npz"], "--data .* does not exist"),
+    ("run an .npz with preprocessing", ["run", "{root}/m.engine", "--data", "{root}/arrays.npz", "--preset", "yolo"], "--preset applies only to data read through"),
     # models that are not (runnable) ONNX
     ("empty model", ["inspect", "{root}/empty.onnx"], r"is empty \(0 bytes\)"),
     ("folder as model", ["inspect", "{root}/folder.onnx"], "is a folder, not an .onnx file"),
@@ -208,6 +221,9 @@ CASES = [
     ("model without inputs", ["quantize", "{root}/no_inputs.onnx", "--calib", "{root}/x3.npy"], "has no graph inputs"),
     ("dangling node input", ["quantize", "{root}/dangling.onnx", "--calib", "{root}/x3.npy"], "onnxruntime .* cannot load .*dangling.onnx: .*'nowhere'"),
     ("unknown op", ["sensitivity", "{root}/unknown_op.onnx", "--calib", "{root}/x3.npy"], "cannot load .*No Op registered for NoSuchOp"),
+    ("model without outputs", ["compare", "{root}/no_outputs.onnx", "{root}/no_outputs.onnx", "--data", "{root}/x3.npy"], "has no graph outputs"),
+    ("float16 model", ["quantize", "{root}/half.onnx", "--calib", "{root}/x3.npy"], "computes in float16 .* trtq quantizes FP32 models"),
+    ("input without dims", ["quantize", "{root}/shapeless.onnx", "--calib", "{root}/x3.npy"], "Input 'x' has no dims in the model"),
     # data the model fails on
     ("gather index out of range", ["quantize", "{root}/gather.onnx", "--calib", "{root}/ids_bad.npy"], r"fails in onnxruntime on sample 3 of .*ids_bad.npy \(input 'ids'\): Gather node 'gather': indices element out of data bounds"),
     ("gather in compare", ["compare", "{root}/gather.onnx", "{root}/gather.onnx", "--data", "{root}/ids_bad.npy"], "on sample 3 of"),
@@ -299,3 +315,14 @@ def test_an_image_folder_with_an_int_dtype_for_int_inputs_still_works(files, tmp
     shutil.copytree(files / "images", tmp_path / "images")
     assert main(["quantize", path, "--calib", str(tmp_path / "images"), "--dtype", "uint8", "--scale", "1",
                  "--output-dir", str(tmp_path), "--quiet"]) == 0
+
+
+def test_what_a_data_script_prints_goes_to_stderr(files, capsys, tmp_path):
+    """A load_data() that prints its progress must not break the --json result on stdout."""
+    script = tmp_path / "chatty.py"
+    script.write_text("import numpy as np\nprint('importing')\ndef load_data():\n    print('loading')\n"
+                      "    yield {'input': np.zeros((2, 3, 16, 16), np.float32)}\n")
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(script), "--output-dir", str(tmp_path),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["samples"] == 2 and "importing" in captured.err and "loading" in captured.err

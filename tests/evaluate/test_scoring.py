@@ -163,8 +163,11 @@ def test_class_scores_come_from_a_classifier_head():
 
 def test_attention_scores_are_the_matmuls_before_a_softmax():
     #   x -> MatMul(x, xT) -> Div -> Add(mask) -> Softmax -> MatMul(., x) -> out
-    nodes = [helper.make_node("Transpose", ["x"], ["xt"]), helper.make_node("MatMul", ["x", "xt"], ["qk"]),
-             helper.make_node("Div", ["qk", "c"], ["scaled"]), helper.make_node("Add", ["scaled", "c"], ["masked"]),
-             helper.make_node("Softmax", ["masked"], ["p"]), helper.make_node("MatMul", ["p", "x"], ["out"])]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="t"),
+             helper.make_node("MatMul", ["x", "xt"], ["qk"], name="bmm1"),
+             helper.make_node("Div", ["qk", "c"], ["scaled"], name="div"),
+             helper.make_node("Add", ["scaled", "c"], ["masked"], name="mask"),
+             helper.make_node("Softmax", ["masked"], ["p"], name="softmax"),
+             helper.make_node("MatMul", ["p", "x"], ["out"], name="bmm2")]
     c = helper.make_tensor("c", TensorProto.FLOAT, [], [2.0])
     assert attention_score_tensors(_graph(nodes, ["out"], [c])) == {"qk"}

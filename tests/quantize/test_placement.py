@@ -1,11 +1,12 @@
 """Q/DQ placement follows TensorRT's rules on tiny models (see tests/support/tiny_models.py for the graphs)."""
 
 import pytest
-from tiny_models import gemm_matmul_net, residual_conv_net
+from tiny_models import attention_block, gemm_matmul_net, residual_conv_net
 
 from trtq.errors import TrtqError
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
+from trtq.quantize.placement import MHA_INT8_MAX_SEQ, attention_matmuls, long_attention
 
 
 def _targets(model, **kwargs):
@@ -172,3 +173,30 @@ def test_a_conv_summing_two_products_stays_in_high_precision(bias_as_add):
     placement, targets = _targets(_squeeze_excitation(bias_as_add))
     assert "se2" in placement.excluded_nodes and "w2" not in targets and "s" not in targets
     assert {"w0", "w1", "x", "p"} <= set(targets) and "se1" not in placement.excluded_nodes
+
+
+def test_residual_qdq_quantizes_both_inputs_of_transformer_residual_adds():
+    default, plain = _targets(attention_block())
+    placement, targets = _targets(attention_block(), residual=True)
+    for add in ("residual1", "residual2"):  # stream + branch: both read a DQ
+        assert sum(add in [c[0] for c in t.consumers] for t in targets.values()) == 2, add
+        assert not any(add in [c[0] for c in t.consumers] for t in plain.values())
+    assert ("residual1", 0) in targets["x"].consumers and ("residual1", 1) in targets["ob"].consumers
+    assert ("residual2", 0) in targets["r1"].consumers and ("residual2", 1) in targets["fb"].consumers
+    # bias Adds, the softmax input and LayerNorm inputs stay as they were
+    assert not any(c[0] in ("o_bias", "fc_bias", "softmax", "ln1", "ln2", "ln3") for t in targets.values() for c in t.consumers)
+    assert set(placement.targets) >= set(default.targets) and len(placement.targets) == len(default.targets) + 4
+
+
+def test_residual_qdq_leaves_convolution_residuals_fusible():
+    default, _ = _targets(residual_conv_net())
+    residual, _ = _targets(residual_conv_net(), residual=True)
+    assert residual.targets == default.targets  # the conv branch of the Add stays unquantized (TensorRT fuses it)
+
+
+def test_attention_matmuls_and_their_key_length():
+    model = normalize_model(attention_block())
+    assert attention_matmuls(model) == (("scores", "context"),)
+    assert long_attention(model, {"x": (1, MHA_INT8_MAX_SEQ, 8)}) == {}
+    assert long_attention(model, {"x": (2, 600, 8)}) == {"scores": 600, "context": 600}
+    assert long_attention(normalize_model(residual_conv_net()), {"input": (1, 3, 16, 16)}) == {}

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_models import residual_conv_net, save
 
@@ -66,6 +67,7 @@ def test_build_implicit_for_jetson(model, capsys, tmp_path):
 
 def test_run_bench_inspect(capsys, tmp_path):
     engine = str(tmp_path / "m.int8.engine")
+    np.savez(tmp_path / "d.npz", input=np.zeros((1, 3, 16, 16), np.float32))
     code, _, err = run(["run", engine, "--data", str(tmp_path / "d.npz")], capsys)
     assert code == 2
     assert_not_installed(err, f"trtexec --loadEngine={engine} --iterations=1")

@@ -4,7 +4,7 @@ of time, no GPU) and every layer trtq quantized runs in INT8 (FP8 for --precisio
 Models, each quantized by trtq here:
 
 - the bundled digits CNN (INT8, INT8 + --high-precision fp16);
-- a small detector-style CNN exported by torch's legacy and dynamo exporters (INT8, and INT8 + fp16):
+- a small detector-style CNN exported by torch's legacy and dynamo exporters (INT8, INT8 + fp16, FP8):
 
       x -> conv-bn-silu (s2) -> conv-bn-silu (s2) -+-> conv 1x1 -> conv 3x3 -> (+) -> depthwise 3x3 -> maxpool
                                                    +-------------------------------^
@@ -177,6 +177,18 @@ def test_torch_cnn_exports_run_int8(cnn_onnx, tmp_path, dynamo, high_precision):
     assert_quantized_layers_run_quantized(result, types, "int8")
     assert sorted(v.op_type for v in result.layers) == ["Conv"] * 6 + ["ConvTranspose", "Gemm"]
     assert [v.op_type for v in result.float_layers] == ["ConvTranspose"]  # TensorRT-RTX: deconv in float
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_torch_cnn_runs_fp8_convolutions(cnn_onnx, tmp_path, dynamo):
+    """FP8 placement keeps convs with <= 16 channels, the ConvTranspose and pooling out; the two 32-channel
+    convs and the Gemm it quantizes run in FP8 (TensorRT-RTX has FP8 convolutions, not only GEMMs)."""
+    model, calib = cnn_onnx(dynamo)
+    path = quantize(model, calib, tmp_path, precision="fp8")
+    result = api.verify(path, progress=False)
+    assert_quantized_layers_run_quantized(result, op_types(path), "fp8")
+    assert sorted(v.op_type for v in result.layers) == ["Conv", "Conv", "Gemm"]
+    assert result.summary == "3 of 3 quantized layers run in FP8"
 
 
 @pytest.mark.parametrize(("dynamo", "high_precision", "precision"),

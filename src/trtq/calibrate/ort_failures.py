@@ -10,40 +10,21 @@ exception keeps its traceback: the callers re-raise when these functions return 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from trtq.calibrate.ort_session import _ORT_ERRORS, make_session
+from trtq.calibrate.ort_session import _ORT_ERRORS, make_session, ort_reason
 from trtq.errors import TrtqError
 
 ORT_ERRORS = _ORT_ERRORS
 """onnxruntime's exception types."""
 
-_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
-_SOURCE = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ [^(]*\([^)]*\) ")  # onnxruntime's file:line and C++ signature
-_ASSERT = re.compile(r"[^.:']* was false\.")  # the failed C++ condition, before its explanation
-_NODE = re.compile(r"(\w+) node\. Name:'([^']*)' Status Message: ")
-
-MAX_REASON = 300
-
 
 class BatchSizeError(TrtqError):
     """The user's model runs each sample of a batch alone, but not the batch: it fixes its batch size."""
-
-
-def ort_reason(exc: BaseException) -> str:
-    """onnxruntime's message without its error code, C++ source location and function signature, on
-    one line: "Gather node 'gather': indices element out of data bounds, idx=50 must be within ..."."""
-    text = _PREFIX.sub("", str(exc).strip())
-    text = text.replace("Non-zero status code returned while running ", "")
-    text = _NODE.sub(lambda m: f"{m[1]} node '{m[2]}': ", text)
-    text = _ASSERT.sub(" ", _SOURCE.sub("", text))
-    text = " ".join(text.split()).rstrip(".")
-    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 
 def explain_session_failure(model: onnx.ModelProto, model_name: str) -> TrtqError | None:

@@ -15,6 +15,7 @@ from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
 from trtq.cli.options import (
     add_data_options,
     add_mask_options,
+    add_residual_option,
     add_precision_option,
     add_task_options,
     data_options,
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_precision_option(p)
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
+    add_residual_option(p)
     p.add_argument(
         "--batch-size",
         type=positive_int("--batch-size 32"),
@@ -92,7 +94,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
     options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device)
+                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device,
+                                  residual_qdq=args.residual_qdq)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -113,11 +116,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
         "precision": args.precision,
+        "residual_qdq": args.residual_qdq,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
                           result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
-                                  "shape_notes": list(run.shape_notes)})
-    text = "\n".join([*run.shape_notes, _sensitivity_text(result, args.top, record)])
+                                  "shape_notes": list(run.shape_notes), "notes": list(run.notes)})
+    text = "\n".join([*run.shape_notes, *(f"note: {note}" for note in run.notes),
+                      _sensitivity_text(result, args.top, record)])
     if run.sensitive_layers and "tensorrt-10-implicit" in run.commands:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
                  f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
@@ -126,7 +131,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
                  f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
-               "commands": run.commands, "shape_notes": list(run.shape_notes)}
+               "commands": run.commands, "shape_notes": list(run.shape_notes), "notes": list(run.notes)}
     emit(args, payload, text)
     return 0
 

@@ -15,6 +15,7 @@ from trtq.cli.options import (
     add_data_options,
     add_mask_options,
     add_precision_option,
+    add_residual_option,
     add_target_options,
     add_task_options,
     data_options,
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
                    "precision, e.g. Sigmoid,Softmax")
+    add_residual_option(p)
     p.add_argument("--trt-version", help=f"TensorRT version the calibration cache "
                    f"header targets (default: {DEFAULT_TRT_VERSION})")
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
@@ -134,6 +136,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         task=task_options(args),
         external_data=args.external_data,
         precision=args.precision,
+        residual_qdq=args.residual_qdq,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
@@ -164,7 +167,7 @@ def check_quantize_args(args: argparse.Namespace) -> None:
     """Refuse options this quantize run would accept and then ignore."""
     require_method_for_percentile(args)
     if not args.target:
-        extra = given(args, "target_data", "ranking", "task")
+        extra = given(args, "target_data", "ranking", "task", "mask_input", "no_mask")
         refuse(extra, "with --target (the accuracy target they check)",
                f"add --target, e.g. --target \"snr>=30\", or drop {' '.join(extra)}.")
     if args.precision == "fp8":

@@ -126,6 +126,14 @@ def data_options(args: argparse.Namespace) -> api.DataOptions:
                            mask=mask_request(args))
 
 
+def add_residual_option(p: argparse.ArgumentParser) -> None:
+    """--residual-qdq: Q/DQ on transformer residual Adds too (ModelOpt's INT8 placement)."""
+    p.add_argument("--residual-qdq", action="store_true",
+                   help="also put Q/DQ on both inputs of transformer residual Adds, as NVIDIA ModelOpt does, so "
+                   "TensorRT can carry the residual stream in INT8; it costs accuracy (on all-MiniLM-L6-v2, see "
+                   "the README), so it is off by default")
+
+
 def add_mask_options(p: argparse.ArgumentParser) -> None:
     """--mask-input / --no-mask: which input marks the real tokens that accuracy is scored over."""
     g = p.add_argument_group("scoring over real tokens")

@@ -12,6 +12,7 @@ from trtq.calibrate.algorithms import METHODS
 from trtq.cli.core import add_data_options, data_options
 from trtq.cli.options import (
     add_mask_options,
+    add_residual_option,
     given,
     non_negative_int,
     percentile,
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high precision")
+    add_residual_option(p)
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version the calibration cache header targets (default: {DEFAULT_TRT_VERSION})")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
@@ -89,7 +91,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         exclude_nodes=tuple(args.exclude_nodes), exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
         trt_version=args.trt_version, output_dir=args.output_dir, resume=args.resume, seed=args.seed,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
-        cuda_graph=not args.no_cuda_graph,
+        cuda_graph=not args.no_cuda_graph, residual_qdq=args.residual_qdq,
     )
     try:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,

@@ -7,6 +7,7 @@ ahead of time without a GPU and runs on GPUs of compute capability 8.0, 8.6, 8.9
 from __future__ import annotations
 
 import argparse
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -234,8 +235,15 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
     from trtq.tensorrt.sidecar import read_sidecar
 
     if args.data.lower().endswith(".npz"):
-        with np.load(args.data) as arrays:
-            yield {name: arrays[name] for name in arrays.files}
+        try:
+            with np.load(args.data, allow_pickle=False) as arrays:
+                batch = {name: arrays[name][:args.limit] for name in arrays.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise TrtqError(f"--data {args.data} is not a readable .npz file ({exc}).",
+                            "save the engine's inputs with np.savez(path, **{name: array}).") from exc
+        if not batch:
+            raise TrtqError(f"--data {args.data} holds no arrays.", "save one array per engine input.")
+        yield batch
         return
     sidecar = read_sidecar(args.engine)
     if sidecar is None or not Path(sidecar.onnx_file).is_file():
@@ -254,10 +262,22 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
     yield from dataset.batches(batch)
 
 
+def check_run_args(args: argparse.Namespace) -> None:
+    """Refuse what `run` cannot use, before TensorRT is looked for: missing data, and options an .npz
+    (fed to the engine as it is) would ignore."""
+    if not Path(args.data).exists():
+        raise TrtqError(f"--data {args.data} does not exist.", "pass an .npz of the engine's inputs, or other data.")
+    if args.data.lower().endswith(".npz"):
+        extra = given(args, *(o for o in IMAGE_OPTIONS if o != "limit"), "shape")
+        refuse(extra, "to data read through the engine's ONNX model; an .npz is fed to the engine as it is",
+               f"drop {' '.join(extra)} (--limit applies).")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an engine over samples."""
     from trtq.tensorrt.run import run_engine
 
+    check_run_args(args)
     result = run_engine(args.engine, _run_batches(args), args.output, backend=args.device_backend,
                         engine_library=args.backend)
     lines = [f"ran {result.batches} batches through {result.engine}; wrote {result.output_path}",

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from trtq._usercode import import_script, user_code, user_error
+from trtq._usercode import import_script, printing_to_stderr, user_code, user_error
 from trtq.data.preprocess import (
     PRESETS,
     Preprocess,
@@ -266,7 +266,8 @@ class ScriptDataset(Dataset):
                 if self.limit is not None and index >= self.limit:
                     return
                 try:
-                    item = next(iterator)
+                    with printing_to_stderr():
+                        item = next(iterator)
                 except StopIteration:
                     return
                 except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error

@@ -59,6 +59,12 @@ def check_shapes(
     must say (a dynamic dim no --shape fixed); the batch dim must be set."""
     resolved: dict[str, PartialShape] = {}
     for spec in inputs:
+        if not spec.shape:
+            raise TrtqError(
+                f"Input {spec.name!r} has no dims in the model (a scalar, or a shape the export left out), and trtq "
+                "feeds samples stacked along a first (batch) dim.",
+                "export the model with the input's shape, batch dim first (onnx.tools.update_model_dims can set it).",
+            )
         if spec.name not in shapes:
             raise TrtqError(
                 f"Input {spec.name!r} ({spec.shape_str()}) has no resolved shape for calibration.",

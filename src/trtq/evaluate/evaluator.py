@@ -185,7 +185,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
-        self._make_runner = runner or runner_factory("cpu")
+        self.make_runner = runner or runner_factory("cpu")
         if isinstance(reference, onnx.ModelProto):
             self.output_names = [o.name for o in reference.graph.output]
             self._session: Runner | None = None
@@ -259,7 +259,7 @@ class Evaluator:
         if self._session is None:
             assert isinstance(self._reference, onnx.ModelProto)
             try:
-                self._session = self._make_runner(self._reference)
+                self._session = self.make_runner(self._reference)
             except ORT_ERRORS as exc:
                 problem = explain_session_failure(self._reference, self.name)
                 if problem is None:
@@ -396,9 +396,43 @@ class Evaluator:
         self.evaluations += 1
         return self._scores(accumulators, scorer, start, complete=done >= self.samples)
 
+    def evaluate_each(
+        self,
+        produce: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]],
+                          Iterator[tuple[str, Mapping[str, np.ndarray]]]],
+        keys: Sequence[str],
+        label: str = "candidates",
+    ) -> dict[str, Evaluation]:
+        """Score many candidates in one pass over the batches: `produce(feed, fp32_outputs)` yields, per
+        key, that candidate's outputs for the batch (one candidate's at a time, so only one is held).
+        For candidates that share work per batch (exact sensitivity runs FP32 once per batch and each
+        layer's model only from the layer on)."""
+        start = time.perf_counter()
+        masked = set(self.mask.outputs) if self.mask is not None else set()
+        accumulators = {key: {name: OutputAccumulator(name, None if self.class_scores is None else
+                                                      name in self.class_scores) for name in self.output_names}
+                        for key in keys}
+        scorers = {key: self.task.scorer() if self.task else None for key in keys}
+        with tqdm(total=self.samples, desc=label[:40], unit="sample", disable=not self.progress, dynamic_ncols=True,
+                  leave=False) as bar:
+            for first, feed, ref in self._batches():
+                for key, values in produce(feed, ref):
+                    for name in self.output_names:
+                        if name in masked:
+                            mask = self.mask.input  # type: ignore[union-attr]
+                            accumulators[key][name].update(ref[name], values[name], feed[mask], mask)
+                        else:
+                            accumulators[key][name].update(ref[name], values[name])
+                    scorer = scorers[key]
+                    if scorer is not None:
+                        scorer.update(values, ref, first, _count(feed))
+                bar.update(_count(feed))
+        self.evaluations += len(keys)
+        return {key: self._scores(accumulators[key], scorers[key], start, complete=True) for key in keys}
+
     def _as_runner(self, model: onnx.ModelProto | ort.InferenceSession | Runner) -> Runner:
         if isinstance(model, onnx.ModelProto):
-            return self._make_runner(model)
+            return self.make_runner(model)
         if isinstance(model, ort.InferenceSession):
             return OrtRunner(model)
         return model

@@ -287,6 +287,7 @@ def search_mixed_precision(
     finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
     grid: Grid = INT8,
     mask: MaskRequest = True,
+    residual: bool = False,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -301,6 +302,7 @@ def search_mixed_precision(
     `early_stop=False` evaluates every candidate on every sample. `runner` runs the models
     (default: onnxruntime on the CPU). `mask`: True detects the attention mask (the target and the
     ranking are then measured over real tokens), False scores every position, a name picks the input.
+    `residual`: the placement puts Q/DQ on transformer residual Adds too (`--residual-qdq`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -314,7 +316,7 @@ def search_mixed_precision(
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
     total = evaluator.samples
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid, residual=residual)
     steps: list[SearchStep] = []
     full: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
     bar = tqdm(desc=f"--target {target}", unit="eval", disable=not progress, dynamic_ncols=True, leave=False)
@@ -322,7 +324,7 @@ def search_mixed_precision(
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
             model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
-            grid=grid,
+            grid=grid, residual=residual,
         )
 
     def candidate(layers: Sequence[str]) -> onnx.ModelProto:

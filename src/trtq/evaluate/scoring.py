@@ -42,6 +42,7 @@ import onnx
 
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec
+from trtq.quantize.placement import attention_matmuls
 
 MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 NOT_A_MASK = re.compile(r"type|segment|position", re.IGNORECASE)
@@ -52,8 +53,6 @@ HEAD_OPS = ("Gemm", "MatMul", "Conv")
 LOOK_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Split", "Softmax", "LogSoftmax",
                 "Sigmoid", "Relu", "GlobalAveragePool", "AveragePool", "ReduceMean", "Dropout")
 CONSTANT_ARITHMETIC = ("Add", "Sub", "Mul", "Div")
-ATTENTION_PATH = ("Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity")
-"""Ops between an attention-score MatMul (Q.K^T) and its Softmax: scaling and the additive mask."""
 
 
 @dataclass(frozen=True)
@@ -234,21 +233,9 @@ def layer_positions(value_shape: Sequence[int], mask: np.ndarray, attention_scor
 
 
 def attention_score_tensors(model: onnx.ModelProto) -> set[str]:
-    """MatMul outputs that reach a Softmax through scaling and masking only (Q.K^T products)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def reaches_softmax(tensor: str, depth: int = 0) -> bool:
-        for node in readers.get(tensor, []):
-            if node.op_type == "Softmax":
-                return True
-            if node.op_type in ATTENTION_PATH and depth < 6 and any(reaches_softmax(o, depth + 1) for o in node.output):
-                return True
-        return False
-
-    return {node.output[0] for node in model.graph.node if node.op_type == "MatMul" and reaches_softmax(node.output[0])}
+    """Outputs of the Q.K^T MatMuls (`trtq.quantize.placement.attention_matmuls`)."""
+    outputs = {node.name: node.output[0] for node in model.graph.node if node.output}
+    return {outputs[scores] for scores, _ in attention_matmuls(model)}
 
 
 def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> frozenset[str]:

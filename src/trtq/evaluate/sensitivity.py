@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,7 +38,7 @@ from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_
 from trtq.calibrate.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
-from trtq.evaluate.evaluator import Evaluator
+from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.metrics import snr_db
 from trtq.evaluate.scoring import (
     MaskDetector,
@@ -246,7 +246,9 @@ def analyze_sensitivity(
     if method == "exact":
         if evaluator is None:
             evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, mask=mask)
-        scores, drops, samples, metric, scored_against = _exact(model, placement, amax, layers, evaluator, progress)
+        scores, drops, samples, metric, scored_against = _exact(
+            model, placement, amax, layers, evaluator, sum(macs.values()) >= SHARED_MIN_MACS, progress
+        )
         token_mask, mask_notes = evaluator.mask, evaluator.mask_notes
     else:
         if evaluator is not None:
@@ -287,22 +289,137 @@ def _exact(
     amax: Mapping[str, float],
     layers: Mapping[str, tuple[QuantTarget, ...]],
     evaluator: Evaluator,
+    share: bool,
     progress: bool,
 ) -> tuple[dict[str, float], dict[str, float], int, str | None, ScoredAgainst | None]:
     metric = MAIN_TASK_METRIC.get(evaluator.task.name) if evaluator.task is not None else None
     scores: dict[str, float] = {}
     drops: dict[str, float] = {}
-    for node in tqdm(
-        layers, desc="sensitivity (exact)", unit="layer", disable=not progress, dynamic_ncols=True, leave=False
-    ):
-        candidate = insert_qdq(model, layer_placement(placement, {node}), amax)
-        evaluation = evaluator.evaluate(candidate, label=node)
+
+    def record(node: str, evaluation: Evaluation) -> None:
         scores[node] = evaluation.snr_db
         comparison = evaluator.task_comparison(evaluation)
         if comparison is not None and metric is not None:
             drops[node] = comparison.drops.get(metric, 0.0)
+
+    shared = [node for node in layers if downstream_of(model, node) is not None] if share and evaluator.cached else []
+    alone = [node for node in layers if node not in set(shared)]
+    with tqdm(total=len(layers), desc="sensitivity (exact)", unit="layer", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        for group in _groups(model, shared):
+            prefix = SharedPrefix(model, placement, amax, group, evaluator.make_runner)
+            for node, evaluation in evaluator.evaluate_each(prefix.produce, group, label="sensitivity (exact)").items():
+                record(node, evaluation)
+            bar.update(len(group))
+        for node in alone:  # subgraphs downstream, or data that is not kept: the whole model per layer
+            record(node, evaluator.evaluate(insert_qdq(model, layer_placement(placement, {node}), amax), label=node))
+            bar.update(1)
     reference = evaluator.reference_scores
     return scores, drops, evaluator.samples, metric, reference.scored_against if reference else None
+
+
+SHARED_MIN_MACS = 500_000_000
+"""Exact sensitivity runs each candidate from its layer on (`SharedPrefix`) for models of at least
+this many multiply-accumulates a sample: ResNet-50 (4 G) 1.3x less CPU time, 1.9x less wall time;
+on a 30 M MobileNet per-run overheads dominate and running each candidate whole is cheaper."""
+GROUP_WEIGHT_BYTES = 1 << 30
+"""Exact sensitivity keeps the models of a group of layers open at once, up to this many bytes of
+weights in all; each group costs one more FP32 pass."""
+
+
+def downstream_of(model: onnx.ModelProto, layer: str) -> tuple[list[int], list[str]] | None:
+    """Positions of the nodes that `layer`'s output reaches (itself included, graph order) and the
+    tensors they read from outside that set (the frontier: FP32 values, the same in the candidate).
+
+    None when one of those nodes holds a subgraph (whose outer-scope reads are not node inputs).
+    """
+    nodes = model.graph.node
+    start = next(i for i, node in enumerate(nodes) if node.name == layer)
+    reached, produced = {start}, set(nodes[start].output)
+    for index in range(start + 1, len(nodes)):
+        if any(name in produced for name in nodes[index].input):
+            reached.add(index)
+            produced.update(nodes[index].output)
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for index in reached for attr in nodes[index].attribute):
+        return None
+    initializers = {init.name for init in model.graph.initializer}
+    frontier = dict.fromkeys(name for index in sorted(reached) for name in nodes[index].input
+                             if name and name not in produced and name not in initializers)
+    return sorted(reached), list(frontier)
+
+
+def _groups(model: onnx.ModelProto, layers: Sequence[str]) -> Iterator[list[str]]:
+    """`layers` in groups whose downstream models hold at most GROUP_WEIGHT_BYTES of weights together."""
+    sizes = {init.name: len(init.raw_data) or 4 * int(np.prod(init.dims)) for init in model.graph.initializer}
+    group: list[str] = []
+    total = 0
+    for layer in layers:
+        found = downstream_of(model, layer)
+        assert found is not None
+        used = {name for index in found[0] for name in model.graph.node[index].input if name in sizes}
+        weight = sum(sizes[name] for name in used)
+        if group and total + weight > GROUP_WEIGHT_BYTES:
+            yield group
+            group, total = [], 0
+        group.append(layer)
+        total += weight
+    if group:
+        yield group
+
+
+class SharedPrefix:
+    """Exact sensitivity of several layers from one FP32 pass per batch.
+
+    With only layer L quantized, everything before L computes exactly what FP32 computes. So each
+    layer's candidate is cut to the nodes from L on (its Q/DQ pairs included), fed the FP32 values
+    of the tensors it reads from before L; outputs L does not reach are FP32's. Per batch, one FP32
+    run exposes every such frontier tensor, then each layer's cut model runs: about half the
+    compute of running every candidate whole, and models a fraction of the size.
+    """
+
+    def __init__(self, model: onnx.ModelProto, placement: Placement, amax: Mapping[str, float],
+                 layers: Sequence[str], make_runner: RunnerFactory) -> None:
+        self.cuts: dict[str, tuple[Runner, list[str], list[str]]] = {}
+        exposed: list[str] = []
+        graph_inputs = {vi.name for vi in model.graph.input}
+        for layer in layers:
+            found = downstream_of(model, layer)
+            assert found is not None
+            positions, frontier = found
+            cut = _cut_model(model, positions, frontier)
+            quantized = insert_qdq(cut, layer_placement(placement, {layer}), amax)
+            outputs = [vi.name for vi in cut.graph.output]
+            self.cuts[layer] = (make_runner(quantized), frontier, outputs)
+            exposed.extend(name for name in frontier if name not in graph_inputs)
+        self._fetch = list(dict.fromkeys(exposed))
+        self._fp32 = make_runner(expose_tensors(model, self._fetch)) if self._fetch else None
+
+    def produce(self, feed: dict[str, np.ndarray],
+                ref: dict[str, np.ndarray]) -> Iterator[tuple[str, Mapping[str, np.ndarray]]]:
+        """Each layer's candidate outputs for one batch."""
+        values = dict(feed)
+        if self._fp32 is not None:
+            values.update(zip(self._fetch, self._fp32.run(self._fetch, feed)))
+        for layer, (runner, frontier, outputs) in self.cuts.items():
+            produced = dict(zip(outputs, runner.run(outputs, {name: values[name] for name in frontier})))
+            yield layer, {**ref, **produced}
+
+
+def _cut_model(model: onnx.ModelProto, positions: Sequence[int], frontier: Sequence[str]) -> onnx.ModelProto:
+    """The nodes at `positions`, reading `frontier` as graph inputs, producing the graph outputs they make."""
+    types = tensor_types(model)
+    nodes = [model.graph.node[index] for index in positions]
+    used = {name for node in nodes for name in node.input}
+    produced = {name for node in nodes for name in node.output}
+    inputs = [helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None) for name in frontier]
+    outputs = [vi for vi in model.graph.output if vi.name in produced]
+    inits = [init for init in model.graph.initializer if init.name in used]
+    graph = helper.make_graph(nodes, f"{model.graph.name}_cut", inputs, outputs, initializer=inits,
+                              value_info=[vi for vi in model.graph.value_info if vi.name in used | produced])
+    cut = helper.make_model(graph, opset_imports=list(model.opset_import))
+    cut.ir_version = model.ir_version
+    return cut
 
 
 def single_node_model(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:

@@ -92,6 +92,8 @@ class FinetuneOptions:
     """Task metric of the final comparison ("classify" or "detect"; labels from the data's folders)."""
     cuda_graph: bool = True
     """On CUDA, replay each training step from a captured CUDA graph (much less launch overhead)."""
+    residual_qdq: bool = False
+    """Fake-quantize both inputs of transformer residual Adds too (`trtq quantize --residual-qdq`)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,8 @@ def finetune(
     trt_version_code(options.trt_version)
     if options.batch_size < 1 or isinstance(options.batch_size, bool):
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
-    prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
+    prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops,
+                                 residual_qdq=options.residual_qdq)
     onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
     inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
     check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
@@ -249,6 +252,7 @@ def finetune(
                                            exclude_nodes=tuple(options.exclude_nodes),
                                            exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
     monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
+    prepared = prepared.at_shapes(monitor_ds.shapes)
     train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
         else monitor_ds
     eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
@@ -310,7 +314,7 @@ def finetune(
     exported = export_qdq(qmodel)
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
-    notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
+    notes = [*prepared.notes, *api.shape_notes(monitor_ds, train_ds, eval_ds)]
     notes += [f"progress: {note}" for note in monitor.mask_notes]
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
