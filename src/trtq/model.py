@@ -362,6 +362,7 @@ def normalize_model(
     - Constant nodes become initializers (exporters emit weights either way),
     - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
       excluded and reported by name,
+    - local functions are inlined (a new model then, even with copy=False),
     - the default-domain opset is raised to >= `min_opset` (13: per-channel Q/DQ; 19: FP8 Q/DQ),
       via onnx's version converter,
     - shapes and types are inferred.
@@ -373,6 +374,7 @@ def normalize_model(
         out.CopyFrom(model)
     else:
         out = model
+    out = inline_functions(out, source)
     # Name the nodes before the version converter runs: it keeps names but inserts unnamed nodes, which
     # would shift the `<OpType>_<index>` names away from those `normalized_node_names` gives the original.
     folded = _foldable_constants(out.graph)
@@ -484,11 +486,29 @@ def name_unnamed_nodes(graph: onnx.GraphProto) -> None:
         node.name = name
 
 
+def inline_functions(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """`model` with its local functions inlined, or `model` itself when it has none.
+
+    A Conv or MatMul inside a function is a layer like any other (onnx-tensorrt inlines functions
+    too), and onnx's version converter drops functions, leaving calls onnxruntime cannot resolve.
+    """
+    if not model.functions:
+        return model
+    try:
+        from onnx import inliner
+    except ImportError as exc:  # onnx < 1.16
+        raise TrtqError(f"{source} has local functions, which trtq inlines with onnx >= 1.16 "
+                        f"(onnx {onnx.__version__} is installed).", "pip install 'onnx>=1.16'.") from exc
+    return inliner.inline_local_functions(model)
+
+
 def normalized_node_names(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """The names `normalize_model` gives the nodes of `model`, mapped to the original nodes.
 
-    Nodes that normalisation adds (the version converter's, for an opset below 13) are not among them.
+    Nodes that normalisation adds (the version converter's, for an opset below 13) are not among them;
+    the nodes of a model with local functions are those of its inlined copy.
     """
+    model = inline_functions(model)
     folded = _foldable_constants(model.graph)
     nodes = [node for index, node in enumerate(model.graph.node) if index not in folded]
     return dict(zip(_node_names(nodes), nodes))
