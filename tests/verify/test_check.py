@@ -90,3 +90,11 @@ def test_pairs_fuse_when_their_readers_read_quantized_data():
     assert not pairs["u"].fused and "runs in fp32" in pairs["u"].reason and pairs["u"].float_readers == ("up",)
     assert pairs["p"].float_readers == ("pool",) and pairs["a"].float_readers == ()
     assert pairs["u"].engine_layers == ("__myl_MinMaxRounCastCastMul_4",)
+
+
+def test_a_turing_build_says_why_nothing_runs_in_int8():
+    graph = QdqGraph((node("conv"),), (), {"conv": "Conv"})
+    layers = [layer("conv_myl0_0", "correlation", ("Half",), ("conv",))]
+    verdict = check_layers(graph, layers, compute_capabilities=("7.5",))[0][0]
+    assert not verdict.ok and "compute capability 7.5 (Turing)" in verdict.reason and verdict.reason_source == "trtq"
+    assert check_layers(graph, layers, compute_capabilities=("8.9",))[0][0].reason == "the build log gives no reason"

@@ -18,7 +18,7 @@ def _qdq(tensor: str, scale: str, zero: str, prefix: str, axis: int | None = Non
 def mixed_model() -> onnx.ModelProto:
     """x -Q/DQ-> conv (W -Q/DQ, per channel) -> relu -> r
     r -Q/DQ-> Transpose -> mm1 <- DQ(int8 constant B)              (DQ through a shape op; a pre-quantized weight)
-    r -----------------> mm2 <- Q/DQ(W2)                            (weight only: input 0 stays float)
+    r -----------------> mm2 <- Q/DQ(W2) -> Cast(fp16)              (weight only: input 0 stays float)
     r -Q/DQ(fp8)-------> (unnamed Gemm) <- Q/DQ(fp8, W3)            (FP8, no node name)
     """
     rng = np.random.default_rng(0)
@@ -41,7 +41,8 @@ def mixed_model() -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["B", "s", "z"], ["B_dq"], name="B_DQ"),
         helper.make_node("MatMul", ["rt", "B_dq"], ["m1"], name="mm1"),
         *_qdq("W2", "s", "z", "W2"),
-        helper.make_node("MatMul", ["r", "W2_dq"], ["m2"], name="mm2"),
+        helper.make_node("Cast", ["W2_dq"], ["W2_h"], name="W2_cast", to=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["r", "W2_h"], ["m2"], name="mm2"),
         helper.make_node("QuantizeLinear", ["r", "s", "z8"], ["r8_q"], name="r8_Q"),
         helper.make_node("DequantizeLinear", ["r8_q", "s", "z8"], ["r8_dq"], name="r8_DQ"),
         *_qdq("W3", "s", "z8", "W3"),
@@ -71,6 +72,7 @@ def test_pairs_with_kind_precision_and_readers():
     assert pairs["W_Q"].kind == "weight" and pairs["x_Q"].kind == "activation"
     assert pairs["B_DQ"].quantize is None and pairs["B_DQ"].tensor == "B" and pairs["B_DQ"].kind == "weight"
     assert pairs["r_Q"].tensor == "r" and pairs["r_Q"].consumers == ("mm1",)  # read through the Transpose
+    assert pairs["W2_Q"].consumers == ("mm2",)  # read through the Cast to FP16
     assert pairs["W3_Q"].precision == "fp8" and pairs["W3_Q"].consumers == ("node_of_g",)
     assert pairs["r8_Q"].precision == "fp8" and pairs["r8_Q"].consumers == ("node_of_g",)
     assert pairs["x_Q"].precision == "int8" and pairs["x_Q"].dequantize == ("x_DQ",)

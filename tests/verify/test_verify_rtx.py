@@ -16,13 +16,8 @@ Models, each quantized by trtq here:
 - PaddleOCR's PP-OCRv6 det and rec and its direction classifier from the rapidocr wheel, at small
   shapes (paddle2onnx exports: opset 11, Identity chains).
 
-The exceptions, each named where it is asserted:
-
-- ConvTranspose runs in float in TensorRT-RTX 1.7 whatever its Q/DQ (no INT8 deconvolution
-  there; trtq keeps quantizing it because datacenter TensorRT runs it in INT8), so its two Q/DQ
-  pairs do not fuse either;
-- a Q/DQ pair on the input of AveragePool/GlobalAveragePool does not fuse: TensorRT-RTX averages
-  in float (only MaxPool runs on Int8 data), where datacenter TensorRT has INT8 pooling.
+The exceptions (ConvTranspose in float, pairs before average pooling unfused) and why they are
+right are in tests/support/verify_checks.py, which asserts them.
 
 Skipped with the reason where TensorRT-RTX (`pip install -e '.[verify]'`) is not installed.
 """
@@ -39,37 +34,14 @@ import pytest
 
 trt = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install -e '.[verify]')")
 
+from verify_checks import assert_quantized_layers_run_quantized, op_types
+
 from trtq import api
 from trtq.cli import main
 from trtq.errors import TrtqError
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "examples" / "digits"
-KNOWN_FLOAT_OPS = {"ConvTranspose"}
-"""Quantized ops TensorRT-RTX 1.7 runs in float whatever their Q/DQ (see the module docstring)."""
-KNOWN_FLOAT_READERS = {"ConvTranspose", "AveragePool", "GlobalAveragePool"}
-"""Readers before which a Q/DQ pair cannot fuse in TensorRT-RTX 1.7."""
-
-
-def assert_quantized_layers_run_quantized(result: api.VerifyResult, op_types: dict[str, str], precision: str) -> None:
-    """Every quantized Conv/Gemm/MatMul runs in `precision`; only the named exceptions stay float or unfused."""
-    assert result.layers, "trtq quantized no layer"
-    for verdict in result.layers:
-        if verdict.op_type in KNOWN_FLOAT_OPS:
-            assert not verdict.ok and "ConvTranspose" in (verdict.reason or ""), verdict
-            continue
-        assert verdict.ok and verdict.runs_in == precision, verdict
-    for pair in result.unfused_pairs:
-        readers = {op_types[c] for c in pair.float_readers}
-        assert readers and readers <= KNOWN_FLOAT_READERS, pair
-
-
-def op_types(path: str | Path) -> dict[str, str]:
-    from trtq.tensorrt.layers import onnx_layer_name
-
-    return {onnx_layer_name(n): n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-
-
 # ---------------------------------------------------------------------------------------------
 # models
 
@@ -161,7 +133,7 @@ def test_digits_example_runs_int8(tmp_path, high_precision):
     result = api.verify(path, progress=False)
     assert result.summary.startswith("8 of 8 quantized layers run in INT8")
     assert {v.op_type for v in result.layers} == {"Conv", "Gemm"}
-    assert_quantized_layers_run_quantized(result, op_types(path), "int8")
+    assert_quantized_layers_run_quantized(result, "int8")
     # the one pair that cannot fuse: the input of the final global average pool
     assert [op_types(path)[c] for p in result.unfused_pairs for c in p.float_readers] == ["GlobalAveragePool"]
     assert result.engine_compute_layers == result.engine_low_precision_compute_layers == 8
@@ -173,8 +145,7 @@ def test_torch_cnn_exports_run_int8(cnn_onnx, tmp_path, dynamo, high_precision):
     model, calib = cnn_onnx(dynamo)
     path = quantize(model, calib, tmp_path, high_precision=high_precision)
     result = api.verify(path, progress=False)
-    types = op_types(path)
-    assert_quantized_layers_run_quantized(result, types, "int8")
+    assert_quantized_layers_run_quantized(result, "int8")
     assert sorted(v.op_type for v in result.layers) == ["Conv"] * 6 + ["ConvTranspose", "Gemm"]
     assert [v.op_type for v in result.float_layers] == ["ConvTranspose"]  # TensorRT-RTX: deconv in float
 
@@ -186,7 +157,7 @@ def test_torch_cnn_runs_fp8_convolutions(cnn_onnx, tmp_path, dynamo):
     model, calib = cnn_onnx(dynamo)
     path = quantize(model, calib, tmp_path, precision="fp8")
     result = api.verify(path, progress=False)
-    assert_quantized_layers_run_quantized(result, op_types(path), "fp8")
+    assert_quantized_layers_run_quantized(result, "fp8")
     assert sorted(v.op_type for v in result.layers) == ["Conv", "Conv", "Gemm"]
     assert result.summary == "3 of 3 quantized layers run in FP8"
 
@@ -202,7 +173,7 @@ def test_tiny_bert_runs_int8_and_fp8(transformer_onnx, tmp_path, dynamo, high_pr
                     precision=precision)
     shapes = {name: (1, SEQ) for name in ("input_ids", "attention_mask", "token_type_ids")}
     result = api.verify(path, api.VerifyOptions(shapes=shapes), progress=False)
-    assert_quantized_layers_run_quantized(result, op_types(path), precision)
+    assert_quantized_layers_run_quantized(result, precision)
     assert result.summary.startswith(f"16 of 16 quantized layers run in {precision.upper()}")
     assert result.unfused_pairs == ()
     # TensorRT fuses each encoder layer's Q, K and V projections into one GEMM: 2 x (1 + 5) GEMM layers
@@ -222,7 +193,7 @@ def test_paddleocr_models_run_int8(tmp_path, name, shape):
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).random((4, *shape[1:])).astype(np.float32))
     path = quantize(model, tmp_path / "calib.npy", tmp_path / "out")
     result = api.verify(path, api.VerifyOptions(shapes={"x": shape}), progress=False)
-    assert_quantized_layers_run_quantized(result, op_types(path), "int8")
+    assert_quantized_layers_run_quantized(result, "int8")
     assert result.low_precision >= 50
 
 
@@ -337,3 +308,45 @@ def test_missing_shape_names_the_input(tmp_path):
     onnx.save(m, model)
     with pytest.raises(TrtqError, match="--shape x:1xD1"):
         api.verify(model, progress=False)
+
+
+def test_shapes_come_from_the_quantize_run_that_wrote_the_model(tmp_path, capsys):
+    """x [N, 4, H, W] -> conv 3x3 (4 -> 8) -> relu -> y: quantized on 8x8 samples, verified without --shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).standard_normal((4, 4, 8, 8)).astype(np.float32))
+    assert main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--output-dir",
+                 str(tmp_path / "out"), "--quiet"]) == 0  # the command writes trtq-quantize.json beside the model
+    path = tmp_path / "out" / "m.int8.onnx"
+    result = api.verify(path, progress=False)
+    assert result.profile["x"]["opt"] == [1, 4, 8, 8] and result.summary == "1 of 1 quantized layers run in INT8"
+    note = "shape of 'x' taken from the quantize run that wrote the model (trtq-quantize.json): 1x4x8x8"
+    assert result.shape_notes == (note,)
+    assert api.verify(path, api.VerifyOptions(shapes={"x": (2, 4, 6, 6)}), progress=False).shape_notes == ()
+    moved = tmp_path / "moved" / path.name
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    with pytest.raises(TrtqError, match=r"--shape x:1x4xD2xD3"):
+        api.verify(moved, progress=False)
+
+
+def test_dims_of_one_name_must_agree_in_tensorrt(tmp_path):
+    """paddle2onnx names every dynamic dim '?': x [1, 3, ?, ?] -> Relu -> y, built at 4x6, is a finding
+    about the model whose hint says why (TensorRT takes dims of one name to be equal)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "?", "?"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "?", "?"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(TrtqError) as info:
+        api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
+    assert "could not build it" in info.value.message and "same name ('?')" in info.value.hint
+    assert api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 4)}), progress=False).layers == ()

@@ -13,6 +13,7 @@ collects its messages from it under a lock.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import threading
 import time
@@ -207,12 +208,15 @@ def _sentence(text: str) -> str:
 def build_error(trt: ModuleType, onnx_path: Path, messages: Sequence[LogMessage]) -> TrtqError:
     """The builder's first error about `onnx_path`, as one sentence."""
     errors = [m.text for m in messages if m.severity in ("ERROR", "INTERNAL_ERROR")]
-    return TrtqError(
-        f"TensorRT-RTX {trt.__version__} parsed {onnx_path} but could not build it: "
-        f"{_sentence(errors[0]) if errors else 'the builder gave no error message'}.",
-        "this is a finding about the model (TensorRT would fail the same way): fix or re-export the named "
-        "layer, or report it with the model.",
-    )
+    first = _sentence(errors[0]) if errors else "the builder gave no error message"
+    hint = ("this is a finding about the model (TensorRT would fail the same way): fix or re-export the named "
+            "layer, or report it with the model.")
+    named = re.search(r"\((\S+): Input dimensions with this name have different constant values", first)
+    if named:
+        hint = (f"the model gives several dynamic input dims the same name ({named[1]!r}) and TensorRT takes dims "
+                "of one name to be equal: build at shapes where they are (--shape), or re-export the model with "
+                "distinct names (paddle2onnx writes '?' for every dynamic dim).")
+    return TrtqError(f"TensorRT-RTX {trt.__version__} parsed {onnx_path} but could not build it: {first}.", hint)
 
 
 @supports("rtx")

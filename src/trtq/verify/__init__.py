@@ -10,12 +10,14 @@ sentence is the builder's own error: a finding about the model, not about trtq.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trtq.errors import TrtqError
 from trtq.model import graph_inputs, load_model
+from trtq.report.records import record_path
 from trtq.tensorrt.enginelog import EngineLayer, find_layer_block, parse_layer_block
 from trtq.tensorrt.profiles import ProfileShape, resolve_profile
 from trtq.tensorrt.rtx import build_capturing_log
@@ -147,17 +149,42 @@ class VerifyResult:
         return "\n".join(lines)
 
 
+def recorded_shapes(model_path: Path) -> dict[str, tuple[int, ...]]:
+    """The input shapes of the `trtq quantize` run that wrote `model_path` (its trtq-quantize.json, beside
+    the model, names this file), or {} when there is no such record."""
+    path = record_path(model_path.parent, "quantize")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8")).get("result", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}
+    if not isinstance(result, dict) or Path(str(result.get("onnx_path", ""))).name != model_path.name:
+        return {}
+    shapes = result.get("shapes") or {}
+    return {str(name): tuple(int(d) for d in shape) for name, shape in shapes.items()
+            if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)}
+
+
 def default_shapes(model_path: str | Path, options: VerifyOptions) -> tuple[dict[str, ProfileShape], tuple[str, ...]]:
-    """The build profile: the options' shapes, and batch 1 for inputs whose only dynamic dim is the first
-    (as trtexec does), said in a note; other dynamic dims need --shape (one TrtqError naming them all)."""
+    """The build profile: the options' shapes; else the shapes the `trtq quantize` run that wrote the model
+    used (from the data or --shape, in its trtq-quantize.json); else batch 1 for inputs whose only dynamic
+    dim is the first (as trtexec does). Each default is said in a note; other dynamic dims need --shape
+    (one TrtqError naming them all)."""
+    model_path = Path(model_path)
     model = load_model(model_path, load_external_data=False)
     dims = {spec.name: tuple(d if isinstance(d, int) and d > 0 else -1 for d in spec.shape)
             for spec in graph_inputs(model)}
     given = set(options.shapes) | set(options.min_shapes) | set(options.opt_shapes) | set(options.max_shapes)
     shapes = dict(options.shapes)
     notes = []
+    recorded = recorded_shapes(model_path)
     for name, shape in dims.items():
-        if name not in given and shape and shape[0] < 0 and all(d > 0 for d in shape[1:]):
+        fits = name in recorded and len(recorded[name]) == len(shape) and all(
+            d < 0 or d == r for d, r in zip(shape, recorded[name]))
+        if name not in given and any(d < 0 for d in shape) and fits:
+            shapes[name] = recorded[name]
+            notes.append(f"shape of {name!r} taken from the quantize run that wrote the model "
+                         f"({record_path(model_path.parent, 'quantize').name}): {'x'.join(map(str, shapes[name]))}")
+        elif name not in given and shape and shape[0] < 0 and all(d > 0 for d in shape[1:]):
             shapes[name] = (1, *shape[1:])
             notes.append(f"shape of {name!r} defaulted to {'x'.join(map(str, shapes[name]))} (dynamic batch 1, "
                          "as trtexec); pass --shape to build at another")
@@ -197,7 +224,7 @@ def verify_model(
         )
     layers = parse_layer_block(block)
     problems = build.problems()
-    verdicts, pairs = check_layers(graph, layers, [m.text for m in problems], caps.track)
+    verdicts, pairs = check_layers(graph, layers, [m.text for m in problems], caps.track, build.compute_capabilities)
     compute, low = engine_counts(layers)
     if progress:
         progress(f"built in {build.build_seconds:.1f} s: {len(layers)} engine layers")

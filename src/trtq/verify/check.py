@@ -36,8 +36,9 @@ KNOWN_FLOAT = {
 }
 """(backend track, op type) -> why such a quantized layer runs in float, where the builder's log does not say."""
 KNOWN_FLOAT_READERS = {
-    ("rtx", op): "TensorRT-RTX 1.7 averages in float, so the pair is quantized and dequantized in float before it; "
-                 "of the pooling ops only MaxPool runs on Int8 data"
+    ("rtx", op): "TensorRT-RTX 1.7 averages in float when it builds for compute capability 8.x (the default "
+                 "portable engine included), so the pair is quantized and dequantized in float before it; of "
+                 "the pooling ops only MaxPool runs on Int8 data there (a 12.0-only build fuses GlobalAveragePool)"
     for op in ("AveragePool", "GlobalAveragePool")
 }
 """(backend track, op type) -> why a Q/DQ pair on such a reader's input does not fuse, where the log does not say."""
@@ -135,17 +136,24 @@ def _log_reason(names: Sequence[str], problems: Sequence[str]) -> str | None:
     return None
 
 
+TURING = "TensorRT-RTX has no INT8 or FP8 kernels for compute capability 7.5 (Turing): every layer runs in FP16/FP32"
+
+
 def check_layers(
-    graph: QdqGraph, layers: Sequence[EngineLayer], problems: Sequence[str] = (), track: str = "rtx"
+    graph: QdqGraph, layers: Sequence[EngineLayer], problems: Sequence[str] = (), track: str = "rtx",
+    compute_capabilities: Sequence[str] = (),
 ) -> tuple[tuple[LayerVerdict, ...], tuple[PairVerdict, ...]]:
     """Verdicts for every quantized node and every Q/DQ pair of `graph` against the engine's `layers`.
 
-    `problems` are the build's WARNING/ERROR messages (quoted as the reason where one names the node).
+    `problems` are the build's WARNING/ERROR messages (quoted as the reason where one names the node);
+    `compute_capabilities` are the targets of a TensorRT-RTX build (7.5 alone: no INT8/FP8 at all).
     """
+    turing = track == "rtx" and tuple(compute_capabilities) == ("7.5",)
     engine = _Engine(layers)
     quantize_of = {dq: pair.quantize for pair in graph.pairs if pair.quantize for dq in pair.dequantize}
     quantized_ops = {name for name, op in graph.op_types.items() if op in ("Conv", "ConvTranspose", "Gemm", "MatMul")}
-    verdicts = tuple(_node_verdict(node, engine, problems, track, quantized_ops, quantize_of) for node in graph.nodes)
+    verdicts = tuple(_node_verdict(node, engine, problems, track, quantized_ops, quantize_of, turing)
+                     for node in graph.nodes)
     by_node = {v.node: v for v in verdicts}
     pairs = tuple(_pair_verdict(pair, engine, by_node, problems, graph.op_types, track) for pair in graph.pairs)
     return verdicts, pairs
@@ -153,7 +161,7 @@ def check_layers(
 
 def _node_verdict(
     node: QuantizedNode, engine: _Engine, problems: Sequence[str], track: str, quantized_ops: set[str],
-    quantize_of: Mapping[str, str],
+    quantize_of: Mapping[str, str], turing: bool = False,
 ) -> LayerVerdict:
     layer = engine.compute_layer(node.layer)
     if layer is None:
@@ -169,7 +177,9 @@ def _node_verdict(
     reason = source = None
     if not ok:
         logged = _log_reason([node.layer, *node.dequantize], problems)
-        if logged:
+        if turing:
+            reason, source = TURING, "trtq"
+        elif logged:
             reason, source = logged, "log"
         elif node.unquantized_inputs:
             inputs = ", ".join(str(i) for i in node.unquantized_inputs)

@@ -3,8 +3,9 @@
 Works on any Q/DQ model (trtq's, ModelOpt's, a QAT export's), not only on trtq's own output:
 
 - a *quantized layer* is a Conv, ConvTranspose, Gemm or MatMul with a DequantizeLinear on at
-  least one of its data inputs (bias excluded), found through the shape-only ops TensorRT moves
-  Q/DQ across (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Identity);
+  least one of its data inputs (bias excluded), found through the ops TensorRT moves Q/DQ across
+  or folds into the DequantizeLinear (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Identity,
+  and the Cast to FP16 that `--high-precision fp16` puts after a DQ with FP32 scales);
 - a *Q/DQ pair* is a QuantizeLinear and the DequantizeLinear(s) reading it, or a DequantizeLinear
   of a quantized constant (weights stored as int8/fp8 initializers, as QAT exports write them).
 
@@ -23,8 +24,8 @@ from onnx import TensorProto
 from trtq.model import QUANTIZABLE_OPS, tensor_types
 from trtq.tensorrt.layers import onnx_layer_name
 
-TRANSPARENT_OPS = ("Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
-"""Ops between a DequantizeLinear and a compute layer that TensorRT moves the DQ across."""
+TRANSPARENT_OPS = ("Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Cast")
+"""Ops between a DequantizeLinear and a compute layer that TensorRT moves the DQ across (or folds into it)."""
 DATA_INPUTS = {"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)}
 """Inputs of each quantized op that carry data (the bias, input 2, is never quantized)."""
 PRECISIONS = {
