@@ -287,7 +287,8 @@ class PreparedModel:
     model: onnx.ModelProto
     placement: Placement
     layer_names: dict[str, str] = field(default_factory=dict)
-    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
+    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file
+    (nodes that normalisation added, which that file lacks, have none)."""
     exclude_nodes: tuple[str, ...] = ()
     """The --exclude-nodes patterns the placement was planned with (plus those `at_shapes` added)."""
     exclude_ops: tuple[str, ...] = ()
@@ -919,7 +920,8 @@ def sensitivity(
                               prepared.notes)
     onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
     commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
+                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
                           shape_notes(calib_data, dataset), prepared.notes)
 

@@ -106,7 +106,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = api.inspect(args.model)
     lines = [
         f"{info.path}  (opset {info.opset}, IR {info.ir_version}, {info.producer or 'unknown producer'})",
-        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters",
+        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters"
+        + (f" ({info.constant_parameters:,} in Constant nodes)" if info.constant_parameters else ""),
         "  inputs:",
         *(f"    {t.name}: {t.dtype} [{t.shape_str()}]{'  (dynamic)' if t.is_dynamic else ''}" for t in info.inputs),
         "  outputs:",
