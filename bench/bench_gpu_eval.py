@@ -46,6 +46,7 @@ def timed(*args: str) -> tuple[float, dict]:
     proc = subprocess.run([sys.executable, "-m", "trtq", *args, "--quiet", "--json"], capture_output=True, text=True,
                           cwd=ROOT, check=False)
     seconds = time.perf_counter() - start
+    print(f"  trtq {args[0]} {' '.join(a for a in args[1:] if a.startswith('--'))}: {seconds:.1f} s", flush=True)
     if proc.returncode:
         raise SystemExit(f"trtq {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
     return seconds, json.loads(proc.stdout)
@@ -53,7 +54,7 @@ def timed(*args: str) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--target", default="snr>=30")
     args = parser.parse_args()
     model, data = prepare(args.samples)
@@ -61,7 +62,9 @@ def main() -> None:
     shape = ["--shape", "input:32x3x224x224"]
     _, plain = timed("quantize", str(model), "--calib", str(data), "--method", "max", "--output-dir", str(out), *shape)
     rows = []
-    for device in ("cpu", "cuda"):
+    print(f"ResNet-50 224, {args.samples} samples, batch 32, {os.cpu_count()} CPU cores; wall s per command "
+          "(fresh process, start-up included)", flush=True)
+    for device in ("cuda", "cpu"):
         dev = ["--device", device]
         compare_s, report = timed("compare", str(model), plain["onnx_path"], "--data", str(data), "--batch-size", "32",
                                   "--output-dir", str(out), *dev)
@@ -73,13 +76,12 @@ def main() -> None:
                                 "--output-dir", str(out / device), *shape, *dev)
         rows.append((device, compare_s, report["outputs"][0]["snr_db"], local_s, exact_s, target_s,
                      mixed["mixed"]["final_metric"], len(mixed["mixed"]["excluded"])))
-    print(f"ResNet-50 224, {args.samples} samples, batch 32, {os.cpu_count()} CPU cores; wall s per command "
-          "(fresh process, start-up included)")
+        print(rows[-1], flush=True)
     print(f"{'device':<6} {'compare':>8} {'SNR dB':>7} {'sens local':>11} {'sens exact':>11} {'--target':>9} "
           f"{'final':>7} {'kept out':>9}")
     for device, c, snr, loc, ex, tg, final, kept in rows:
         print(f"{device:<6} {c:>8.1f} {snr:>7.2f} {loc:>11.1f} {ex:>11.1f} {tg:>9.1f} {final:>7.2f} {kept:>9}")
-    cpu, gpu = rows
+    gpu, cpu = rows
     print(f"cuda / cpu speed-up: compare {cpu[1] / gpu[1]:.1f}x, sensitivity local {cpu[3] / gpu[3]:.1f}x, "
           f"exact {cpu[4] / gpu[4]:.1f}x, --target {cpu[5] / gpu[5]:.1f}x")
 

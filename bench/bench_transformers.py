@@ -144,11 +144,12 @@ def trtq_rows(model: Path, calib: Path, out: Path, seq: int, smooth: bool, only:
     shapes = {k: (1, seq) for k in INPUTS}
     configs: list[tuple[str, dict]] = [(f"int8 {m}", {"method": m}) for m in METHODS]
     if smooth:
-        configs += [(f"int8 {m} --smooth", {"method": m, "smooth": 0.5}) for m in METHODS]
+        configs += [(f"int8 {m} --smooth", {"method": m, "smooth": "auto"}) for m in METHODS]
+        configs += [(f"int8 max --smooth {a:g}", {"method": "max", "smooth": a}) for a in (0.5, 0.75, 0.9)]
     configs += [(f"fp8 {m}", {"method": m, "precision": "fp8"}) for m in METHODS]
     configs += [("fp8 max --high-precision fp16", {"method": "max", "precision": "fp8", "high_precision": "fp16"})]
     if smooth:
-        configs += [("fp8 max --smooth", {"method": "max", "precision": "fp8", "smooth": 0.5})]
+        configs += [("fp8 max --smooth", {"method": "max", "precision": "fp8", "smooth": "auto"})]
     configs += [(f"int8 {m} --residual-qdq", {"method": m, "residual_qdq": True}) for m in METHODS]
     configs += [("fp8 max --residual-qdq", {"method": "max", "precision": "fp8", "residual_qdq": True})]
     rows = []

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from trtq._io import Content, check_destinations
-from trtq.artifacts import artifact_paths, artifacts, cache_amax
+from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
+from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
@@ -55,6 +57,16 @@ from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
+from trtq.quantize.smooth import (
+    CHECK_SAMPLES,
+    JUDGE_ROWS,
+    SmoothResult,
+    check_alpha,
+    check_equivalent,
+    group_factors,
+    smooth_model,
+    smoothing_groups,
+)
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -213,12 +225,24 @@ class QuantizeOptions(CalibrationOptions):
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
+    smooth: float | str | None = None
+    """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
+    [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
         super().__post_init__()
         if self.cache_scope not in ("qdq", "all"):
             raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
+        if self.smooth is not None and self.smooth != "auto":
+            if isinstance(self.smooth, str):
+                raise TrtqError(f"--smooth {self.smooth!r} is not a number.", "pass e.g. --smooth 0.5, or --smooth alone.")
+            check_alpha(float(self.smooth))
+
+    @property
+    def smooth_alpha(self) -> float | None:
+        """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
+        return None if self.smooth in (None, "auto") else float(self.smooth)  # type: ignore[arg-type]
 
     def default_method(self) -> str:
         """The precision's range algorithm (DEFAULT_METHODS)."""
@@ -250,6 +274,8 @@ class QuantizeResult:
     commands: dict[str, str]
     mixed: dict | None = None
     precision: dict | None = None
+    smoothing: dict | None = None
+    """What --smooth did (`SmoothResult.to_dict`), or None."""
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
@@ -269,6 +295,8 @@ class QuantizeResult:
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
     record_path: str | None = None
     """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
+    smoothed_path: str | None = None
+    """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -288,7 +316,8 @@ class PreparedModel:
     model: onnx.ModelProto
     placement: Placement
     layer_names: dict[str, str] = field(default_factory=dict)
-    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
+    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file
+    (nodes that normalisation added, which that file lacks, have none)."""
     exclude_nodes: tuple[str, ...] = ()
     """The --exclude-nodes patterns the placement was planned with (plus those `at_shapes` added)."""
     exclude_ops: tuple[str, ...] = ()
@@ -499,7 +528,7 @@ def calibrate_prepared(
         dataset,
         model_sha256=prepared.sha256,
         model_name=prepared.path.name,
-        method=options.method,
+        method=str(options.method),
         percentile=options.percentile,
         batch_size=dataset.batch_size,
         device=options.device,
@@ -523,6 +552,74 @@ def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
                 weights.setdefault(node, []).append((index, target.tensor, target.axis or 0))
     return tuple(JudgedLayer(node, tuple(sorted(acts)), tuple(sorted(weights.get(node, ()))))
                  for node, acts in activations.items())
+
+
+def smooth_prepared(
+    prepared: PreparedModel,
+    dataset: Dataset | None,
+    options: QuantizeOptions,
+    table: RangesTable | None = None,
+    progress: bool = True,
+) -> tuple[PreparedModel, SmoothResult]:
+    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth`), re-planned, and what was done.
+
+    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model), or from
+    `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is checked against
+    the original on the first calibration samples (when there is data) before anything else runs.
+    """
+    groups = smoothing_groups(prepared.model, prepared.placement)
+    channel_max = None
+    alpha = options.smooth_alpha
+    if table is not None and table.smoothing:
+        known = {group.tensor for group in groups}
+        unknown = sorted(set(table.smoothing) - known)
+        if unknown:
+            raise TrtqError(
+                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
+                f"{prepared.path} with these options.",
+                "use the same model, --precision and --exclude options as the run that wrote the table.",
+            )
+        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
+                   for name, entry in table.smoothing.items()}
+        setting = table.options.get("smooth")
+        alpha = float(setting) if isinstance(setting, (int, float)) else None
+    elif dataset is not None:
+        stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
+                             device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
+                             rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
+        channel_max = stats.amax
+        factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
+    else:
+        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
+                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
+    result = smooth_model(prepared.model, groups, factors, alpha, channel_max)
+    if dataset is not None:
+        result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
+                                  source=str(prepared.path))
+    placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
+                               cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
+                               residual=prepared.residual_qdq)
+    return replace(prepared, model=result.model, placement=placement), result
+
+
+def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
+    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
+    batches: list[Mapping[str, np.ndarray]] = []
+    seen = 0
+    for batch in dataset.batches(dataset.batch_size):
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= count:
+            break
+    return batches
+
+
+def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
+    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
+    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
+               for t in smoothing.tensors}
+    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
+    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
 
 
 def quantize(
@@ -549,20 +646,37 @@ def quantize(
     paths = artifact_paths(prepared.path, options.output_dir, options.grid.name)
     fp8 = options.precision == "fp8"
     destinations = paths.destinations(cache=not fp8, external=options.external_data)
+    # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
+    smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
+    if smoothed_path is not None:
+        destinations.append(smoothed_path)
     if record is not None:
         destinations.append(record_path(paths.directory, "quantize"))
     inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
+    original = prepared
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
                                   requested_shapes(graph_inputs(prepared.model), data.shapes))
+    saved = None if calib_data is not None else (
+        ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
+        if smoothing is not None:
+            table = _record_smoothing(table, smoothing)
     else:
-        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+        table = saved  # type: ignore[assignment]
+    if smoothing is None or fp8:
+        smoothed_path = None
+    elif smoothed_path is None:  # smoothing from a --ranges table
+        smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx")
+        check_destinations([smoothed_path], inputs)
     converter = high_precision(
         options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
         batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
@@ -588,10 +702,10 @@ def quantize(
     if converter.mode != "fp32":
         precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
-    if table.model_sha256 != prepared.sha256:
+    if table.model_sha256 != original.sha256:
         warnings.warn(
             f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
-            f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
+            f"this one is {original.sha256[:12]}…); using it because every tensor name matches.",
             stacklevel=2,
         )
     table_precision = table.options.get("precision", "int8")
@@ -605,6 +719,9 @@ def quantize(
     shapes = data_shapes(prepared.model, data.shapes, calib_data)
     cache = None if fp8 else cache_amax(table.amax, placement.calibrated_tensors)
     outputs = artifacts(paths, quantized_model, table, cache, options.trt_version, options.external_data)
+    smoothed_files = model_files(smoothing.model, smoothed_path, outputs.external) \
+        if smoothed_path is not None and smoothing is not None else {}
+    layer_names = {} if smoothed_path else prepared.layer_names  # the smoothed file names its layers after its nodes
     result = QuantizeResult(
         model=str(prepared.path),
         onnx_path=str(paths.onnx),
@@ -624,21 +741,24 @@ def quantize(
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            paths.onnx, None if fp8 else paths.cache, prepared.path, shapes, fp16=options.high_precision == "fp16",
-            layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
+            paths.onnx, None if fp8 else paths.cache, smoothed_path or prepared.path, shapes,
+            fp16=options.high_precision == "fp16",
+            layer_precisions={layer_names.get(n, n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
         notes=(*prepared.notes, *(calibration.notes if calibration else ()),
                *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
+        smoothing=smoothing.to_dict() if smoothing else None,
+        smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,
         table_scores=dict(table.table_scores),
         range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
-    extra: dict[Path, Content] = {}
+    extra: dict[Path, Content] = dict(smoothed_files)
     if record is not None:
         histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
             if calibration is not None else {}
@@ -778,8 +898,15 @@ def sensitivity(
     dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
         if data_source is not None else calib_data
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
+    saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
-    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
+    table = calibration.ranges if calibration else saved
+    if calibration is not None and smoothing is not None:
+        table = _record_smoothing(calibration.ranges, smoothing)
+    assert table is not None  # exactly one of calib and ranges was given
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -795,12 +922,13 @@ def sensitivity(
         mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
-    if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
+    if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
         return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
                               prepared.notes)
     paths = artifact_paths(prepared.path, options.output_dir, "int8")
     commands = build_commands(paths.onnx, paths.cache, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
+                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
                           shape_notes(calib_data, dataset), prepared.notes)
 

@@ -45,6 +45,10 @@ class ArtifactPaths:
         """The external weights file beside `onnx` (written only when the weights are stored apart)."""
         return self.onnx.with_name(self.onnx.name + ".data")
 
+    def beside(self, name: str) -> Path:
+        """Another output of the run, `name` in the output folder (e.g. --smooth's smoothed FP32 model)."""
+        return self.directory / name
+
     def destinations(self, cache: bool = True, external: bool | None = None) -> list[Path]:
         """The files a run will write, for `trtq._io.check_destinations` before its work: the model, the
         ranges, the cache (unless `cache` is False) and, when the weights are sure to go apart, their file."""
@@ -86,6 +90,16 @@ class Artifacts:
                                inputs=inputs)
 
 
+def model_files(model: onnx.ModelProto, path: Path, external: bool) -> dict[Path, Content]:
+    """What writing `model` to `path` takes: its chunks, and with `external` its weights in `<path>.data`
+    beside it (streamed weight by weight, never serialised whole in memory)."""
+    if not external:
+        return {path: serialized_chunks(model)}
+    data_path = path.with_name(path.name + ".data")
+    model_chunks, data_chunks = external_data_chunks(model, data_path.name)
+    return {data_path: data_chunks, path: model_chunks}
+
+
 def artifacts(paths: ArtifactPaths, model: onnx.ModelProto, table: RangesTable, cache: Mapping[str, float] | None,
               trt_version: str, external: bool | None = None) -> Artifacts:
     """The output set of the quantized `model`, its ranges `table` and, unless `cache` is None, a
@@ -97,12 +111,7 @@ def artifacts(paths: ArtifactPaths, model: onnx.ModelProto, table: RangesTable, 
     """
     if external is None:
         external = initializer_bytes(model) > PROTOBUF_LIMIT
-    files: dict[Path, Content]
-    if external:
-        model_chunks, data_chunks = external_data_chunks(model, paths.data.name)
-        files = {paths.data: data_chunks, paths.onnx: model_chunks}
-    else:
-        files = {paths.onnx: serialized_chunks(model)}
+    files = model_files(model, paths.onnx, external)
     files[paths.ranges] = table.to_json().encode("utf-8")
     if cache is not None:
         files[paths.cache] = format_cache(cache, trt_version, table.method)

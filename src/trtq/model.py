@@ -59,6 +59,10 @@ class ModelInfo:
     quantizable_nodes: tuple[str, ...] = ()
     num_nodes: int = 0
     num_parameters: int = 0
+    """Values held by initializers and by Constant nodes (paddle2onnx and torch's legacy exporter put
+    weights in Constant nodes)."""
+    constant_parameters: int = 0
+    """The part of `num_parameters` held by Constant nodes."""
 
     def to_dict(self) -> dict:
         """A JSON-serialisable view."""
@@ -114,12 +118,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise TrtqError("The model declares no default-domain opset.", "re-export the model with an opset.")
 
 
+UNNAMED_DIMS = frozenset({"?", "-1", "*"})
+"""dim_param values that mean "unknown", not a name (paddle2onnx writes "?" for every dynamic dim):
+two dims so marked need not be equal."""
+
+
 def _dims(value_info: onnx.ValueInfoProto) -> tuple[Dim, ...]:
     dims: list[Dim] = []
     for d in value_info.type.tensor_type.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
+        elif d.HasField("dim_param") and d.dim_param and d.dim_param not in UNNAMED_DIMS:
             dims.append(d.dim_param)
         else:
             dims.append(None)
@@ -153,17 +162,18 @@ def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
 
 
 def inspect_model(path: str | Path, model: onnx.ModelProto | None = None) -> ModelInfo:
-    """Summarise a model: IO specs, opset, op counts and the nodes trtq would quantize."""
+    """Summarise a model: IO specs, opset, op counts and the nodes trtq would quantize.
+
+    Nodes are named as `quantize --exclude-nodes` and `sensitivity` name them (`normalized_node_names`).
+    """
     path = Path(path)
     if model is None:
         model = load_model(path)
     counts = collections.Counter(node.op_type for node in model.graph.node)
-    quantizable = tuple(
-        node.name or f"{node.op_type}_{i}"
-        for i, node in enumerate(model.graph.node)
-        if node.op_type in QUANTIZABLE_OPS
-    )
-    params = sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+    quantizable = tuple(name for name, node in normalized_node_names(model).items() if node.op_type in QUANTIZABLE_OPS)
+    constants = sum(_constant_size(node) for node in model.graph.node
+                    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"))
+    params = sum(int(np.prod(init.dims)) for init in model.graph.initializer) + constants
     return ModelInfo(
         path=str(path),
         sha256=file_sha256(path),
@@ -176,7 +186,23 @@ def inspect_model(path: str | Path, model: onnx.ModelProto | None = None) -> Mod
         quantizable_nodes=quantizable,
         num_nodes=len(model.graph.node),
         num_parameters=params,
+        constant_parameters=constants,
     )
+
+
+def _constant_size(node: onnx.NodeProto) -> int:
+    """Number of values a Constant node holds (whichever of its value attributes it has)."""
+    size = 0
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR:
+            size += int(np.prod(attr.t.dims))
+        elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+            size += int(np.prod(attr.sparse_tensor.dims))
+        elif attr.type in (onnx.AttributeProto.FLOATS, onnx.AttributeProto.INTS, onnx.AttributeProto.STRINGS):
+            size += len(attr.floats) + len(attr.ints) + len(attr.strings)
+        elif attr.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT, onnx.AttributeProto.STRING):
+            size += 1
+    return size
 
 
 _SHAPE_ITEM = re.compile(r"^(?P<name>.+):(?P<dims>\d+(?:x\d+)*)$")
@@ -336,6 +362,7 @@ def normalize_model(
     - Constant nodes become initializers (exporters emit weights either way),
     - every node gets a unique name (`<OpType>_<index>` where it had none), so nodes can be
       excluded and reported by name,
+    - local functions are inlined (a new model then, even with copy=False),
     - the default-domain opset is raised to >= `min_opset` (13: per-channel Q/DQ; 19: FP8 Q/DQ),
       via onnx's version converter,
     - shapes and types are inferred.
@@ -347,6 +374,13 @@ def normalize_model(
         out.CopyFrom(model)
     else:
         out = model
+    out = inline_functions(out, source)
+    # Name the nodes before the version converter runs: it keeps names but inserts unnamed nodes, which
+    # would shift the `<OpType>_<index>` names away from those `normalized_node_names` gives the original.
+    folded = _foldable_constants(out.graph)
+    kept_nodes = [node for index, node in enumerate(out.graph.node) if index not in folded]
+    for node, name in zip(kept_nodes, _node_names(kept_nodes)):
+        node.name = name
     if default_opset(out) < min_opset:
         need = "per-channel Q/DQ" if min_opset <= MIN_QDQ_OPSET else "FP8 Q/DQ (float8e4m3fn)"
         try:
@@ -367,8 +401,7 @@ def normalize_model(
         kept = [node for index, node in enumerate(graph.node) if index not in folded]
         del graph.node[:]
         graph.node.extend(kept)
-    for node, name in zip(graph.node, _node_names(graph.node)):
-        node.name = name
+    name_unnamed_nodes(graph)  # the nodes the version converter added
     try:
         inferred = shape_inference.infer_shapes(_weightless(out), data_prop=True)
     except Exception as exc:  # onnx raises InferenceError for inconsistent graphs
@@ -444,8 +477,38 @@ def _node_names(nodes: Sequence[onnx.NodeProto]) -> list[str]:
     return names
 
 
+def name_unnamed_nodes(graph: onnx.GraphProto) -> None:
+    """Give every node of `graph` that has no name `<OpType>_<index>` (made unique), in place.
+
+    Nodes are identified by name downstream; onnx's version converter, for one, adds unnamed ones.
+    """
+    for node, name in zip(graph.node, _node_names(graph.node)):
+        node.name = name
+
+
+def inline_functions(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """`model` with its local functions inlined, or `model` itself when it has none.
+
+    A Conv or MatMul inside a function is a layer like any other (onnx-tensorrt inlines functions
+    too), and onnx's version converter drops functions, leaving calls onnxruntime cannot resolve.
+    """
+    if not model.functions:
+        return model
+    try:
+        from onnx import inliner
+    except ImportError as exc:  # onnx < 1.16
+        raise TrtqError(f"{source} has local functions, which trtq inlines with onnx >= 1.16 "
+                        f"(onnx {onnx.__version__} is installed).", "pip install 'onnx>=1.16'.") from exc
+    return inliner.inline_local_functions(model)
+
+
 def normalized_node_names(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    """The names `normalize_model` gives the nodes of `model`, mapped to the original nodes."""
+    """The names `normalize_model` gives the nodes of `model`, mapped to the original nodes.
+
+    Nodes that normalisation adds (the version converter's, for an opset below 13) are not among them;
+    the nodes of a model with local functions are those of its inlined copy.
+    """
+    model = inline_functions(model)
     folded = _foldable_constants(model.graph)
     nodes = [node for index, node in enumerate(model.graph.node) if index not in folded]
     return dict(zip(_node_names(nodes), nodes))

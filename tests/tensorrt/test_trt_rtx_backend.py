@@ -97,7 +97,7 @@ def test_run_and_bench_need_a_gpu_tensorrt_rtx_runs_on(qdq_digits, capsys, monke
         raise TrtqError("No CUDA device is reachable from Python here.", "install torch with CUDA.")
 
     for device, expected in ((lambda name: _FakeGpu("NVIDIA H200", (9, 0)), "but this GPU (NVIDIA H200) is 9.0"),
-                             (no_gpu, "and here: no CUDA device is reachable")):
+                             (no_gpu, "and no CUDA device is reachable from Python here, so trtq cannot ")):
         monkeypatch.setattr(rtx, "open_backend", device)
         for argv in (["run", str(engine), "--data", str(DIGITS / "val"), "--preset", "none"], ["bench", str(engine)]):
             assert main(argv) == 2

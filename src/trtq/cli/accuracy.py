@@ -17,6 +17,7 @@ from trtq.cli.options import (
     add_data_options,
     add_mask_options,
     add_precision_option,
+    add_smooth_option,
     add_task_options,
     calibration_options,
     data_options,
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             device_help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
                             "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
+    add_smooth_option(p)
     p.add_argument(
         "--batch-size",
         type=positive_int("--batch-size 32"),
@@ -90,7 +92,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     exclude_ops = calibration["exclude_ops"]
     directory = output_directory(args.model, args.output_dir)
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
-    options = api.QuantizeOptions(**calibration, precision=args.precision)
+    options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -112,6 +114,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_ops": list(exclude_ops),
         "precision": args.precision,
         "residual_qdq": args.residual_qdq,
+        "smooth": args.smooth,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
                           result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
@@ -124,11 +127,19 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     elif run.sensitive_layers:
         patterns = " ".join(f"--exclude-nodes '{node_pattern(n)}'" for n in run.sensitive_layers)
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
-                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
+                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision}"
+                 f"{smooth_flag(args.smooth)}{' --residual-qdq' if args.residual_qdq else ''} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
                "commands": run.commands, "shape_notes": list(run.shape_notes), "notes": list(run.notes)}
     emit(args, payload, text)
     return 0
+
+
+def smooth_flag(smooth: float | str | None) -> str:
+    """The --smooth option that reproduces `smooth` on a command line (with a leading space), or ""."""
+    if smooth is None:
+        return ""
+    return " --smooth" if smooth == "auto" else f" --smooth {float(smooth):g}"
 
 
 def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:

@@ -16,6 +16,7 @@ from trtq.cli.options import (
     add_data_options,
     add_mask_options,
     add_precision_option,
+    add_smooth_option,
     add_target_options,
     add_task_options,
     calibration_options,
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         device_help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
         "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
+    add_smooth_option(p)
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
@@ -92,7 +94,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = api.inspect(args.model)
     lines = [
         f"{info.path}  (opset {info.opset}, IR {info.ir_version}, {info.producer or 'unknown producer'})",
-        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters",
+        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters"
+        + (f" ({info.constant_parameters:,} in Constant nodes)" if info.constant_parameters else ""),
         "  inputs:",
         *(f"    {t.name}: {t.dtype} [{t.shape_str()}]{'  (dynamic)' if t.is_dynamic else ''}" for t in info.inputs),
         "  outputs:",
@@ -119,6 +122,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         task=task_options(args),
         external_data=args.external_data,
         precision=args.precision,
+        smooth=args.smooth,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
@@ -132,10 +136,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
+        *smoothing_lines(result.smoothing),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
         *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
+        *([(f"wrote {result.smoothed_path}  (the smoothed FP32 model: the implicit TensorRT 10 build reads it with "
+            "the cache)")] if result.smoothed_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
@@ -161,6 +168,24 @@ def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
+
+
+def smoothing_lines(smoothing: dict | None) -> list[str]:
+    """What --smooth did, in two lines."""
+    if not smoothing:
+        return []
+    tensors = smoothing["tensors"]
+    alphas = Counter(t["alpha"] for t in tensors)
+    how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
+           if smoothing["alpha"] == "per layer" else f"alpha {smoothing['alpha']:g}")
+    left = (f"; {len(smoothing['left_alone'])} left alone (smoothing gained less than 1.25 dB there)"
+            if smoothing["left_alone"] else "")
+    checked = (f"FP32 outputs within {smoothing['deviation']:.2g} of their range of the original on "
+               f"{smoothing['checked_samples']} samples (allowed {smoothing['tolerance']:g})"
+               if smoothing["checked_samples"] else "not re-checked against the original (no data)")
+    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
+             f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}"),
+            f"    {checked}"]
 
 
 CLIPPED_SHOWN = 3

@@ -193,6 +193,24 @@ def add_precision_option(p: argparse.ArgumentParser) -> None:
                    "Blackwell GPUs; TensorRT builds it strongly typed, and it has no calibration cache")
 
 
+def _smooth_value(text: str) -> float | str:
+    """ALPHA of --smooth as a number ("auto", the value of a bare --smooth, stays as it is)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass e.g. --smooth 0.5, or --smooth alone") from exc
+
+
+def add_smooth_option(p: argparse.ArgumentParser) -> None:
+    """--smooth [ALPHA]: SmoothQuant-style outlier migration before quantizing."""
+    p.add_argument("--smooth", nargs="?", const="auto", type=_smooth_value, metavar="ALPHA",
+                   help="move activation outliers into the weights before quantizing (SmoothQuant): with ALPHA in "
+                   "[0, 1] everywhere (0.5 is SmoothQuant's default), alone: alpha chosen per MatMul input by the "
+                   "quantization error it leaves; the smoothed FP32 model is checked to equal the original")
+
+
 def add_task_options(p: argparse.ArgumentParser) -> None:
     """--task and its labels/annotations (for compare, sensitivity and quantize --target)."""
     g = p.add_argument_group("task metric")

@@ -83,6 +83,9 @@ class RangesTable:
     """Per tensor, why it got its range (`--method auto` only)."""
     table_scores: dict[str, float] = field(default_factory=dict)
     """`--method auto`: end-to-end output SNR (dB) of each candidate table on the judging samples."""
+    smoothing: dict[str, dict] = field(default_factory=dict)
+    """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
+    ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -100,13 +103,15 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
-        for key in ("choices", "table_scores"):  # written only when present, as older tables had neither
+        for key in ("choices", "table_scores", "smoothing"):  # written only when present, as older tables had none
             if not getattr(self, key):
                 del payload[key]
         if self.choices:
             payload["choices"] = {name: choice.to_dict() for name, choice in sorted(self.choices.items())}
         if self.table_scores:
             payload["table_scores"] = {name: _number(v) for name, v in self.table_scores.items()}
+        if self.smoothing:
+            payload["smoothing"] = dict(sorted(self.smoothing.items()))
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -147,6 +152,8 @@ class RangesTable:
                 trtq_version=str(payload.get("trtq_version", "")),
                 choices={str(k): RangeChoice.from_dict(v) for k, v in dict(payload.get("choices", {})).items()},
                 table_scores={str(k): float(v) for k, v in dict(payload.get("table_scores", {})).items()},
+                smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
+                           for k, v in dict(payload.get("smoothing", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(

@@ -135,7 +135,9 @@ def open_rtx_device(device_backend: str, action: str) -> DeviceBackend:
     try:
         device = open_backend(device_backend)
     except TrtqError as exc:
-        raise TrtqError(f"{RUN_REQUIREMENT}, and here: {exc.message[0].lower()}{exc.message[1:]}", exc.hint) from exc
+        reason = exc.message.rstrip(".")
+        raise TrtqError(f"{RUN_REQUIREMENT}, and {reason[0].lower()}{reason[1:]}, so trtq cannot {action}.",
+                        exc.hint) from exc
     capability = device.compute_capability()
     if not runs_rtx_engines(capability):
         supported = ", ".join(f"{a}.{b}" for a, b in RTX_RUN_CAPABILITIES)
