@@ -81,7 +81,7 @@ def job(model: str, data: str, out: str, extra: list[str]) -> dict:
 
 def run_job(*args: str) -> dict:
     """`job` in a fresh Python process."""
-    proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, __file__, "--job", "--", *args], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"job failed: {proc.stderr.strip()[-400:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,10 +92,11 @@ def main() -> None:
     parser.add_argument("--target", default="snr>=30")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--method", help="range method for both runs (default: trtq's default)")
-    parser.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
-        model, data, out, *extra = args.job
+        model, data, out, *extra = args.rest
         print(json.dumps(job(model, data, out, extra)))
         return
     model, data = prepare(args.samples)
@@ -110,9 +111,11 @@ def main() -> None:
     print(f"{'trtq quantize --target':<26} {target['wall_s']:>8.2f} {target['cpu_s']:>8.2f}")
     print(f"--target / plain: {target['cpu_s'] / plain['cpu_s']:.1f}x CPU time, "
           f"{target['wall_s'] / plain['wall_s']:.1f}x wall (target <= 10x)")
-    print(f"search: {mixed['evaluations']} evaluations, {mixed['full_evaluations']} passes over the data; "
-          f"INT8 {mixed['int8_metric']} -> final {mixed['final_metric']} with {len(mixed['excluded'])} of "
-          f"{target['result']['qdq_pairs']} Q/DQ pairs' layers kept out")
+    int8, final = mixed["int8"], mixed["final"]
+    print(f"search: {mixed['evaluations']} evaluations, {mixed['full_evaluations']} passes over the "
+          f"{final['samples']} samples; INT8 {mixed['int8_metric']:.2f} dB (on {int8['samples']} samples) -> "
+          f"{mixed['final_metric']:.2f} dB with {len(mixed['excluded'])} layers kept out of INT8 "
+          f"({sum(layer['macs_share'] for layer in mixed['excluded']):.0%} of the INT8 MACs)")
     for phase, seconds in mixed.get("phase_seconds", {}).items():
         print(f"  {phase:<10} {seconds:>7.2f} s")
 

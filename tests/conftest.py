@@ -16,8 +16,9 @@ import pytest
 @pytest.fixture(scope="session")
 def transformer_onnx(tmp_path_factory):
     """`get(kind, dynamo)`: the path of a tiny BERT ("bert") or ViT ("vit") with planted activation
-    outliers (tests/support/transformer_models.py), exported by torch's legacy or dynamo exporter;
-    each export is made once per test session."""
+    outliers, or the tiny BERT with its pooler and a classifier head ("bert-heads")
+    (tests/support/transformer_models.py), exported by torch's legacy or dynamo exporter; each
+    export is made once per test session."""
     pytest.importorskip("torch", reason="the transformer tests export with torch")
     pytest.importorskip("transformers", reason="the transformer tests build models from transformers configs")
     import transformer_models
@@ -29,9 +30,10 @@ def transformer_onnx(tmp_path_factory):
         if dynamo:
             pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
         if (kind, dynamo) not in made:
-            build = transformer_models.tiny_bert if kind == "bert" else transformer_models.tiny_vit
+            module = (transformer_models.tiny_bert_heads() if kind == "bert-heads" else
+                      (transformer_models.tiny_bert if kind == "bert" else transformer_models.tiny_vit)(outliers=True))
             path = folder / f"{kind}_{'dynamo' if dynamo else 'legacy'}.onnx"
-            made[kind, dynamo] = transformer_models.export(build(outliers=True), path, dynamo)
+            made[kind, dynamo] = transformer_models.export(module, path, dynamo)
         return made[kind, dynamo]
 
     return get

@@ -6,6 +6,7 @@ Tolerances: a tiny conv net quantized with max ranges keeps its output within 25
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,9 +14,10 @@ import onnxruntime as ort
 import pytest
 
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
-from trtq import api
+from trtq import api, artifacts
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
+from trtq.model import parse_shapes
 
 
 @pytest.fixture()
@@ -274,7 +276,7 @@ def test_external_data_gives_the_same_model_in_two_files(wide_case):
 
 def test_weights_over_the_protobuf_limit_go_apart_by_themselves(wide_case, monkeypatch):
     tmp, model = wide_case
-    monkeypatch.setattr(api, "PROTOBUF_LIMIT", 10_000)  # as if the model were over 2 GB
+    monkeypatch.setattr(artifacts, "PROTOBUF_LIMIT", 10_000)  # as if the model were over 2 GB
     result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "o")),
                           progress=False)
     assert result.data_path is not None and os.path.exists(result.data_path)
@@ -330,3 +332,50 @@ def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
     fp32 = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         target="snr>=200", output_dir=str(tmp / "out")), progress=False)
     assert fp32.mixed["final_metric"] == "inf" and fp32.mixed["all_excluded"] and fp32.qdq_pairs == 0
+
+
+def test_arrays_and_dicts_of_arrays_are_data(conv_case):
+    tmp, model = conv_case
+    calib = tmp / "calib.npy"
+    samples = np.load(calib)
+    from_file = api.quantize(model, calib, options=api.QuantizeOptions(method="max"), progress=False)
+    cache = Path(from_file.cache_path).read_bytes()
+    in_memory = api.quantize(model, samples, options=api.QuantizeOptions(method="max"), progress=False)
+    assert in_memory.samples == len(samples) and Path(in_memory.cache_path).read_bytes() == cache
+    report = api.compare(model, in_memory.onnx_path, {"input": samples[:3]}, progress=False)
+    assert report.samples == 3 and report.data == "3 samples from arrays"
+    for bad, message in ((5, "not a int"), ([samples], "not a list"), ({"image": samples}, r"keys \['image'\]"),
+                         (samples[0, 0], "holds an array of shape 16x16")):
+        with pytest.raises(TrtqError, match=message):
+            api.quantize(model, bad, progress=False)
+
+
+def test_exclusions_that_match_nothing_are_warned_about(conv_case):
+    tmp, model = conv_case
+    calib = tmp / "calib.npy"
+    with pytest.warns(UserWarning) as caught:
+        result = api.quantize(model, calib, options=api.QuantizeOptions(exclude_nodes=("conv9",), exclude_ops=("Gemm",)),
+                              progress=False)
+    texts = [str(w.message) for w in caught]
+    assert any("--exclude-nodes 'conv9' matches no node" in t for t in texts)
+    assert any("--exclude-ops Gemm matches no node" in t and "Conv, MaxPool" in t for t in texts)
+    assert result.qdq_pairs > 0 and not result.notes
+    everything = api.quantize(model, calib, options=api.QuantizeOptions(exclude_ops=("Conv",)), progress=False)
+    assert everything.qdq_pairs == 0 and everything.notes[0].startswith("no layer runs in INT8: the exclusions")
+
+
+def test_options_out_of_range_are_refused_when_made():
+    with pytest.raises(TrtqError, match=r"--percentile 150 is not a percentile in \(0, 100\]"):
+        api.QuantizeOptions(method="percentile", percentile=150)
+    with pytest.raises(TrtqError, match="--coco does not apply to --task classify"):
+        api.TaskOptions(task="classify", coco="ann.json")
+    with pytest.raises(TrtqError, match="Batch size 0 is not a whole number"):
+        api.eval_batch_size(residual_conv_net(batch="N"), None, 0)
+    with pytest.raises(TrtqError, match=r"Input 'input' is given two shapes, 1x3x16x16 and 2x3x16x16"):
+        parse_shapes(["input:1x3x16x16", "input:2x3x16x16"])
+
+
+def test_a_model_given_as_something_else_than_a_path(conv_case):
+    calib = conv_case[0] / "calib.npy"
+    with pytest.raises(TrtqError, match="not a ModelProto"):
+        api.quantize(residual_conv_net(), calib, progress=False)

@@ -195,6 +195,12 @@ def test_output_paths_that_cannot_work_are_one_sentence_errors(tmp_path):
     model.write_bytes(b"model")
     with pytest.raises(TrtqError, match="is the input"):
         io.check_destinations([model], inputs=[model])
+    with pytest.raises(TrtqError, match="/dev/null is a character device, not a file"):
+        io.check_destinations([Path("/dev/null")])  # renaming over it (as root) would replace the device
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(TrtqError, match="is a named pipe"):
+        io.check_destinations([tmp_path / "pipe"])
+    (tmp_path / "pipe").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file", "m.onnx"]  # no probe left
 
 

@@ -1,11 +1,15 @@
 """Model loading, inspection, shapes and normalisation."""
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from tiny_models import residual_conv_net, save
 
 from trtq.errors import TrtqError
 from trtq.model import (
+    default_opset,
     inspect_model,
     load_model,
     normalize_model,
@@ -114,9 +118,6 @@ def _constant_heavy_chain(n: int = 40) -> onnx.ModelProto:
 
     Every second node is a Constant that normalisation folds into an initializer.
     """
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
     nodes, previous = [], "x"
     for i in range(n):
         value = numpy_helper.from_array(np.full((1,), float(i), np.float32), f"c{i}")
@@ -156,3 +157,137 @@ def test_missing_shape_error_names_every_input_in_the_commands_words():
     # --shape on one input sets the batch of the others; their open dims stay open for the data
     assert requested_shapes(tokens, {"input_ids": (4, 8)}) == {
         "input_ids": (4, 8), "attention_mask": (4, None), "token_type_ids": (4, None)}
+
+
+def _opset11_unnamed_softmax() -> onnx.ModelProto:
+    """An opset-11 graph of unnamed nodes whose upgrade to opset 13 inserts nodes (Softmax's adapter):
+
+        x [1,2,3,4] -> Conv 1x1 (2->2, weight in a Constant node) -> Softmax (axis 1, opset-11 semantics) -> y
+    """
+    weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=weight),
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Softmax", ["c"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "softmax11", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    return model
+
+
+def test_normalized_node_names_survive_the_opset_upgrade():
+    # Regression: normalize_model named unnamed nodes after onnx's version converter had inserted its own
+    # (Flatten/Reshape around an opset-11 Softmax), so the names shifted away from normalized_node_names
+    # and `quantize --exclude-nodes` died with KeyError 'Flatten_257' on PaddleOCR's classifier.
+    from trtq.model import normalized_node_names
+
+    model = _opset11_unnamed_softmax()
+    names = normalized_node_names(model)
+    assert list(names) == ["Conv_0", "Softmax_1"]
+    normalized = normalize_model(model)
+    ops = {node.name: node.op_type for node in normalized.graph.node}
+    assert {name: ops.get(name) for name in names} == {"Conv_0": "Conv", "Softmax_1": "Softmax"}
+    assert len(ops) == len(normalized.graph.node) > 2  # the converter's nodes have unique names of their own
+    assert all(ops)
+
+
+def test_inspect_counts_parameters_in_constant_nodes(tmp_path):
+    # paddle2onnx keeps weights in Constant nodes: inspect printed "0 parameters" for them
+    path = tmp_path / "constants.onnx"
+    onnx.save(_opset11_unnamed_softmax(), str(path))
+    info = inspect_model(path)
+    assert (info.num_parameters, info.constant_parameters) == (4, 4)
+    assert info.quantizable_nodes == ("Conv_0",)  # the names --exclude-nodes matches
+
+
+def test_question_mark_dims_are_unknown_not_a_shared_name():
+    # paddle2onnx writes dim_param "?" for every dynamic dim; read as a name, H and W had to be equal
+    from trtq.model import tensor_spec
+
+    vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["?", 3, "?", "?"])
+    assert tensor_spec(vi).shape == (None, 3, None, None)
+    assert tensor_spec(vi).shape_str() == "?x3x?x?"
+
+
+def test_version_conversion_without_the_weights_gives_the_same_model():
+    # opset 11: x -> Conv(w: 64x64x3x3, 147 KB) -> Split(axis 1, split attr) -> Squeeze(axes attr) ...
+    # the 11 -> 13 adapters turn Split's and Squeeze's attributes into inputs; the weight must come back
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    from trtq.model import _convert_version_weightless
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["c"], ["a", "b"], axis=1, split=[32, 32]),
+        helper.make_node("ReduceSum", ["a"], ["s"], axes=[2, 3], keepdims=1),
+        helper.make_node("Squeeze", ["s"], ["y"], axes=[2, 3]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 32, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    whole = version_converter.convert_version(model, 13)
+    light = _convert_version_weightless(model, 13, version_converter.convert_version)
+    assert light.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
+    split = next(n for n in light.graph.node if n.op_type == "Split")
+    assert len(split.input) == 2 and [a.name for a in split.attribute] == ["axis"]  # sizes are an input now
+    assert numpy_helper.to_array(next(i for i in light.graph.initializer if i.name == "w")).shape == (64, 64, 3, 3)
+
+
+def _function_model() -> onnx.ModelProto:
+    """Two calls of a local function, as onnxscript and torch's `export_modules_as_functions` write them:
+
+        x [N,3,8,8] -> block1 = local.ConvRelu(Conv 3x3 3->4, Relu) -> block2 = local.ConvRelu(4->4)
+          -> ReduceMean (H,W) -> fc (MatMul 4->2) -> y [N,2]
+    """
+    body = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    function = helper.make_function("local", "ConvRelu", ["x", "w", "b"], ["y"], body,
+                                    opset_imports=[helper.make_opsetid("", 18)])
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (4, 3, 3, 3)), ("b1", (4,)), ("w2", (4, 4, 3, 3)), ("b2", (4,)), ("fc", (4, 2)))]
+    inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes"))
+    nodes = [
+        helper.make_node("ConvRelu", ["x", "w1", "b1"], ["h1"], domain="local", name="block1"),
+        helper.make_node("ConvRelu", ["h1", "w2", "b2"], ["h2"], domain="local", name="block2"),
+        helper.make_node("ReduceMean", ["h2", "axes"], ["m"], name="mean", keepdims=0),
+        helper.make_node("MatMul", ["m", "fc"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "functions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                              functions=[function])
+    model.ir_version = 9
+    return model
+
+
+def test_local_functions_are_inlined_so_their_layers_are_quantizable(tmp_path):
+    # The Convs inside the function were invisible to the placement, and raising the opset (FP8 needs 19)
+    # dropped the functions, so onnxruntime could not load the model ("local:ConvRelu is not a registered op").
+    from trtq import api
+    from trtq.model import normalized_node_names
+
+    model = _function_model()
+    normalized = normalize_model(model, min_opset=19)
+    assert not normalized.functions and default_opset(normalized) == 19
+    assert [n.op_type for n in normalized.graph.node] == ["Conv", "Relu", "Conv", "Relu", "ReduceMean", "MatMul"]
+    assert list(normalized_node_names(model)) == [node.name for node in normalized.graph.node]
+    path = tmp_path / "functions.onnx"
+    onnx.save(model, str(path))
+    assert inspect_model(path).quantizable_nodes == ("Conv_0", "Conv_2", "fc")
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    for precision in ("int8", "fp8"):
+        result = api.quantize(path, str(data), options=api.QuantizeOptions(output_dir=str(tmp_path), precision=precision,
+                                                                           method="max"), progress=False)
+        written = onnx.load(result.onnx_path)
+        dq = {o for n in written.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        int8_convs = {n.name for n in written.graph.node if n.op_type == "Conv" and n.input[0] in dq}
+        assert int8_convs == ({"Conv_0", "Conv_2"} if precision == "int8" else set())  # FP8 leaves convs this small out
+        session = ort.InferenceSession(result.onnx_path, providers=["CPUExecutionProvider"])
+        assert np.isfinite(session.run(None, {"x": np.load(data)})[0]).all()

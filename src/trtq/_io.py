@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -261,6 +262,20 @@ def _immutable(path: Path) -> bool:
     return bool(int.from_bytes(flags[:4], sys.byteorder) & (_IMMUTABLE_FL | _APPEND_FL))
 
 
+def _special_kind(path: Path) -> str:
+    """'character device', 'block device', 'named pipe' or 'socket' for such a file (not followed through a
+    symlink: renaming over a link replaces only the link); '' otherwise."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return ""
+    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return ""
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -291,6 +306,10 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
         if target.is_dir() and not target.is_symlink():
             raise TrtqError(f"Output {target} is a directory, so trtq cannot write its file there.",
                             "remove or rename that directory, or choose another --output-dir.")
+        special = _special_kind(target)
+        if special:  # renaming a file over /dev/null (say) would replace the device itself
+            raise TrtqError(f"Output {target} is a {special}, not a file: trtq writes its outputs as files renamed into "
+                            "place, which would replace it.", "choose a file path (or another --output-dir).")
         if _immutable(target):
             raise TrtqError(f"Output {target} is marked immutable or append-only (chattr), so trtq cannot replace it.",
                             f"run `chattr -i -a {target}`, or choose another --output-dir.")

@@ -7,55 +7,74 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from trtq._io import check_destinations, write_files_atomically
+from trtq._io import Content, check_destinations
+from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
+from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, open_dataset, resolve_preprocess
+from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
+from trtq.devices import check_device
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.evaluate.mixed import search_mixed_precision
+from trtq.evaluate.mixed import node_pattern, search_mixed_precision
+from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import TableRunner
-from trtq.evaluate.tasks import Task, make_task
-from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
+from trtq.evaluate.tasks import Task, check_task_options, make_task
+from trtq.formats.cache import DEFAULT_TRT_VERSION, trt_version_code
 from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 from trtq.model import (
-    PROTOBUF_LIMIT,
     ModelInfo,
     check_structure,
-    external_data_chunks,
     file_sha256,
     graph_inputs,
     graph_outputs,
-    initializer_bytes,
     inspect_model,
     load_model,
+    model_file,
     normalize_model,
     normalized_node_names,
     requested_shapes,
-    serialized_chunks,
+    tensor_types,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
+from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.precision import high_precision
 from trtq.quantize.qdq import MIN_OPSETS
+from trtq.quantize.smooth import (
+    CHECK_SAMPLES,
+    JUDGE_ROWS,
+    SmoothResult,
+    check_alpha,
+    check_equivalent,
+    group_factors,
+    smooth_model,
+    smoothing_groups,
+)
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
+from trtq.verify import VerifyOptions, VerifyResult, verify_model
 
 __all__ = [
+    "CalibrationOptions",
     "DataOptions",
     "QuantizeOptions",
     "QuantizeResult",
@@ -68,17 +87,24 @@ __all__ = [
     "prepare_model",
     "quantize",
     "sensitivity",
+    "verify",
+    "VerifyOptions",
+    "VerifyResult",
 ]
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit."""
+    """How sample data is read: source, preprocessing preset and overrides, input shapes, limit, and
+    which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
     preprocess: Mapping[str, object] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
+    mask: MaskRequest = True
+    """The attention mask for scoring (compare, sensitivity, --target, fine-tuning): True detects it,
+    False scores every position (`--no-mask`), a name picks that input (`--mask-input`)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,10 @@ class TaskOptions:
     output: str | None = None
     ref_conf: float | None = None
     """Detection without --coco: FP32 detections at or above this confidence are the reference (default 0.25)."""
+
+    def __post_init__(self) -> None:
+        check_task_options(self.task, labels=self.labels, output=self.output, coco=self.coco,
+                           postprocess=self.postprocess, ref_conf=self.ref_conf)
 
     def bind(self, dataset: Dataset, model: onnx.ModelProto) -> Task:
         """The task for `dataset` and `model`'s outputs."""
@@ -115,6 +145,12 @@ FP8_CLIPPING_NOTE = ("{method} clips ranges for INT8's uniform grid; FP8's error
 NO_FP8_LAYER_NOTE = ("no layer runs in FP8: FP8 Q/DQ goes on Conv, Gemm and MatMul only, and not on convolutions with "
                      "16 or fewer input or output channels or more than 32 filter taps (no FP8 kernel pays off there)")
 
+NO_INT8_LAYER_NOTE = ("no layer runs in INT8: the exclusions (--exclude-nodes/--exclude-ops, or --target) keep every "
+                      "Conv, Gemm and MatMul in high precision, so the written model computes as the FP32 one")
+
+NO_QUANTIZABLE_LAYER_NOTE = ("no layer runs in INT8: the model has no Conv, ConvTranspose, Gemm or MatMul, so the "
+                             "written model computes as the FP32 one")
+
 NO_CACHE_NOTE = ("no calibration cache: TensorRT's implicit calibration (the cache) is INT8 only; build the FP8 "
                  "Q/DQ model strongly typed (TensorRT 10 --stronglyTyped, or TensorRT 11)")
 """Why `--precision fp8` writes no `.cache` file."""
@@ -128,17 +164,53 @@ def precision_grid(precision: str) -> Grid:
 
 
 @dataclass(frozen=True)
-class QuantizeOptions:
-    """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
+class CalibrationOptions:
+    """What PTQ (`QuantizeOptions`) and QAT (`trtq.qat.FinetuneOptions`) share: how ranges are
+    computed, which layers stay out, the cache header, where outputs go and where models run.
+
+    A new calibration option goes here, with its flag in `trtq.cli.options.add_calibration_options`;
+    `calibrate_prepared` reads it, for `trtq quantize`, `sensitivity` and `finetune` alike.
+    """
 
     method: str | None = None
-    """Range algorithm; None: the precision's default (DEFAULT_METHODS)."""
+    """Range algorithm; None: `default_method()` (for quantize, the precision's default: DEFAULT_METHODS)."""
     percentile: float = 99.99
     exclude_nodes: Sequence[str] = ()
     exclude_ops: Sequence[str] = ()
+    residual_qdq: bool = False
+    """Q/DQ on both inputs of transformer residual Adds too, as NVIDIA ModelOpt places them (TensorRT can
+    then carry the residual stream in INT8; it costs accuracy: see the README)."""
     trt_version: str = DEFAULT_TRT_VERSION
     output_dir: str | None = None
     device: str = "cpu"
+    """Where calibration (and evaluation) runs: cpu (onnxruntime) or cuda[:N] (PyTorch); see trtq.devices."""
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", self.default_method())
+        if self.method not in METHODS:
+            raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        trt_version_code(self.trt_version)  # a bad --trt-version fails before calibration, not after
+        check_device(self.device)
+
+    def default_method(self) -> str:
+        """The range algorithm when none is given."""
+        return DEFAULT_METHODS["int8"]
+
+    @property
+    def grid(self) -> Grid:
+        """The grid the quantized layers run on."""
+        return GRIDS["int8"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions(CalibrationOptions):
+    """Options of `quantize` beyond the data: the calibration options, then targets, precision, outputs."""
+
     cache_scope: str = "qdq"
     target: str | None = None
     """e.g. "top1-drop<=0.5" or "snr>=30": keep the most sensitive layers out of INT8 until it holds."""
@@ -153,13 +225,28 @@ class QuantizeOptions:
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
+    smooth: float | str | None = None
+    """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
+    [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
-        if self.method is None:
-            object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
-        if self.method not in METHODS:
-            raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        super().__post_init__()
+        if self.cache_scope not in ("qdq", "all"):
+            raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
+        if self.smooth is not None and self.smooth != "auto":
+            if isinstance(self.smooth, str):
+                raise TrtqError(f"--smooth {self.smooth!r} is not a number.", "pass e.g. --smooth 0.5, or --smooth alone.")
+            check_alpha(float(self.smooth))
+
+    @property
+    def smooth_alpha(self) -> float | None:
+        """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
+        return None if self.smooth in (None, "auto") else float(self.smooth)  # type: ignore[arg-type]
+
+    def default_method(self) -> str:
+        """The precision's range algorithm (DEFAULT_METHODS)."""
+        return DEFAULT_METHODS[self.precision]
 
     @property
     def grid(self) -> Grid:
@@ -187,6 +274,8 @@ class QuantizeResult:
     commands: dict[str, str]
     mixed: dict | None = None
     precision: dict | None = None
+    smoothing: dict | None = None
+    """What --smooth did (`SmoothResult.to_dict`), or None."""
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
@@ -208,6 +297,8 @@ class QuantizeResult:
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
     record_path: str | None = None
     """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
+    smoothed_path: str | None = None
+    """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
     """The statistics behind the ranges (None with --ranges); not part of the JSON view."""
 
@@ -229,12 +320,50 @@ class PreparedModel:
     model: onnx.ModelProto
     placement: Placement
     layer_names: dict[str, str] = field(default_factory=dict)
-    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file."""
+    """Normalised node name -> the TensorRT layer name the ONNX parser gives it in the original file
+    (nodes that normalisation added, which that file lacks, have none)."""
+    exclude_nodes: tuple[str, ...] = ()
+    """The --exclude-nodes patterns the placement was planned with (plus those `at_shapes` added)."""
+    exclude_ops: tuple[str, ...] = ()
+    cache_scope: str = "qdq"
+    precision: str = "int8"
+    residual_qdq: bool = False
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (attention longer than TensorRT's INT8 fused kernels take)."""
+
+    def at_shapes(self, shapes: Mapping[str, Sequence[int | None]] | None) -> PreparedModel:
+        """The model planned for inputs of `shapes` (the data's): in INT8, attention MatMuls whose key
+        sequence is longer than TensorRT's INT8 fused attention takes (MHA_INT8_MAX_SEQ tokens) stay in
+        high precision, as NVIDIA ModelOpt leaves them. Unchanged when no attention is that long."""
+        if self.precision != "int8" or not shapes:
+            return self
+        known = {name: tuple(shape) for name, shape in shapes.items()
+                 if all(isinstance(d, int) and d > 0 for d in shape)}
+        long = {node: keys for node, keys in long_attention(self.model, known).items()  # type: ignore[arg-type]
+                if node not in self.placement.excluded_nodes}
+        if not long:
+            return self
+        patterns = (*self.exclude_nodes, *(node_pattern(node) for node in long))
+        note = (f"{len(long)} attention MatMuls (Q.K^T and softmax.V) stay out of INT8: their key sequence is "
+                f"{max(long.values())} tokens, longer than the {MHA_INT8_MAX_SEQ} TensorRT's INT8 fused attention "
+                "kernels take (NVIDIA ModelOpt leaves them out too); FP16 fused attention runs them faster")
+        placement = plan_placement(self.model, exclude_nodes=patterns, exclude_ops=self.exclude_ops,
+                                   cache_scope=self.cache_scope, grid=precision_grid(self.precision),
+                                   residual=self.residual_qdq)
+        return replace(self, placement=placement, exclude_nodes=patterns, notes=(*self.notes, note))
 
 
 def inspect(model_path: str | Path) -> ModelInfo:
-    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model."""
-    return inspect_model(model_path)
+    """Inputs/outputs, dynamic dims, opset, op counts and quantizable layers of a model.
+
+    A model that onnx.checker rejects is still described, with a warning saying why it fails."""
+    model = load_model(model_path, load_external_data=False)
+    try:
+        check_structure(model)
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split("==>")[0].split())
+        warnings.warn(f"{model_path} fails onnx.checker ({reason}); other trtq commands may not run it.", stacklevel=2)
+    return inspect_model(model_path, model)
 
 
 def prepare_model(
@@ -243,27 +372,70 @@ def prepare_model(
     exclude_ops: Sequence[str] = (),
     cache_scope: str = "qdq",
     precision: str = "int8",
+    residual_qdq: bool = False,
 ) -> PreparedModel:
-    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement."""
+    """Load, normalise (opset >= 13, or 19 for FP8; named nodes, Constant -> initializer) and plan placement
+    (`residual_qdq`: on transformer residual Adds too). `PreparedModel.at_shapes` re-plans for the data."""
     grid = precision_grid(precision)
-    path = Path(model_path)
+    path = model_file(model_path)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-sha256") as pool:
         sha256 = pool.submit(file_sha256, path)  # hashing releases the GIL: it overlaps loading
         original = load_model(path)
+        check_runnable(original, path)
         layer_names = {name: onnx_layer_name(node) for name, node in normalized_node_names(original).items()}
         model = normalize_model(original, source=str(path), copy=False, min_opset=MIN_OPSETS[grid.name])
-    return PreparedModel(
-        path=path,
-        sha256=sha256.result(),
-        model=model,
-        placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
-                                 grid=grid),
-        layer_names=layer_names,
-    )
+    placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, cache_scope=cache_scope,
+                               grid=grid, residual=residual_qdq)
+    _refuse_half_precision(model, placement, path)
+    _warn_unmatched(model, path, exclude_nodes, exclude_ops)
+    return PreparedModel(path=path, sha256=sha256.result(), model=model, placement=placement, layer_names=layer_names,
+                         exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops), cache_scope=cache_scope,
+                         precision=precision, residual_qdq=residual_qdq)
+
+
+def check_runnable(model: onnx.ModelProto, path: str | Path) -> None:
+    """What every command that runs a model needs of it: graph inputs to feed samples through, and
+    outputs to read (a model without either cannot be calibrated, compared or evaluated)."""
+    if not graph_inputs(model):
+        raise TrtqError(f"Model {path} has no graph inputs, so no samples can be fed to it.",
+                        "export the model with its inputs as graph inputs (not constants or initializers).")
+    if not model.graph.output:
+        raise TrtqError(f"Model {path} has no graph outputs, so nothing it computes can be read.",
+                        "export the model with its outputs as graph outputs.")
+
+
+def _refuse_half_precision(model: onnx.ModelProto, placement: Placement, path: Path) -> None:
+    """trtq quantizes FP32 models: Q/DQ on a float16/bfloat16 tensor is not what TensorRT builds from
+    an FP32 export, and QuantizeLinear below opset 19 takes float32 only."""
+    types = tensor_types(model)
+    low = [t.tensor for t in placement.targets if types.get(t.tensor, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT]
+    if low:
+        kind = onnx.TensorProto.DataType.Name(types[low[0]]).lower()
+        raise TrtqError(
+            f"Model {path} computes in {kind} (tensor {low[0]!r} and {len(low) - 1} more that would be quantized); "
+            "trtq quantizes FP32 models.",
+            "export the model in FP32 (no .half()), then quantize it, with --high-precision fp16 for the rest.",
+        )
+
+
+def _warn_unmatched(model: onnx.ModelProto, path: Path, exclude_nodes: Sequence[str], exclude_ops: Sequence[str]) -> None:
+    """Warn about --exclude-nodes patterns and --exclude-ops types that match no node of the model (a typo
+    would otherwise keep nothing out of INT8 without a word)."""
+    names = [node.name for node in model.graph.node]
+    ops = {node.op_type for node in model.graph.node}
+    for pattern in exclude_nodes:
+        if not any(re.search(pattern, name) for name in names):
+            warnings.warn(f"--exclude-nodes {pattern!r} matches no node of {path}; `trtq inspect {path} --json` "
+                          "lists the node names.", stacklevel=3)
+    for op in (op.strip() for op in exclude_ops):
+        if op and op not in ops:
+            warnings.warn(f"--exclude-ops {op} matches no node of {path} (its op types are {', '.join(sorted(ops))}).",
+                          stacklevel=3)
 
 
 def open_data(
-    model: onnx.ModelProto, source: str | Path, options: DataOptions = DataOptions(), purpose: str = "calibrate"
+    model: onnx.ModelProto, source: DataSource, options: DataOptions = DataOptions(), purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open a data source (image folder, .npy/.npz, load_data() script) for `model`'s inputs.
 
@@ -275,7 +447,12 @@ def open_data(
     shapes = requested_shapes(inputs, options.shapes)
     preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
-                        given=tuple(options.shapes), purpose=purpose)
+                        given=tuple(options.shapes), purpose=purpose, progress=progress)
+
+
+def file_sources(*sources: object) -> tuple[Path, ...]:
+    """The sources given as files or folders (not in-memory arrays): what outputs must not overwrite."""
+    return tuple(Path(s) for s in sources if isinstance(s, (str, os.PathLike)))
 
 
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
@@ -300,26 +477,34 @@ DEFAULT_EVAL_BATCH = 32
 """Evaluation batch for models with a dynamic batch dim (results do not depend on it)."""
 
 
-def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
-    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The first input's leading dim when it is a fixed number (every batch must have exactly that many
+    samples: calibration drops a partial last batch, training and evaluation use that size), else None."""
     inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-    if isinstance(first, int) and first > 0:
-        return first
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
+    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples
+    (1 for a model whose first input has no dims to batch along)."""
+    inputs = graph_inputs(model)
+    fixed = fixed_batch(model) if inputs and inputs[0].shape else 1
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
+    if fixed is not None:
+        if requested is not None and requested != fixed:
+            warnings.warn(f"--batch-size {requested} is not used: the model fixes its batch dim at {fixed}, so it is "
+                          f"evaluated {fixed} samples at a time.", stacklevel=2)
+        return fixed
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
 
 
-def _fixed_batch(model: onnx.ModelProto) -> bool:
-    """True when the first input's leading dim is a fixed number (batches must be full)."""
-    inputs = graph_inputs(model)
-    return bool(inputs and inputs[0].shape and isinstance(inputs[0].shape[0], int))
-
-
 def calibrate(
     model_path: str | Path,
-    calib: str | Path,
+    calib: DataSource,
     *,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
@@ -327,12 +512,13 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate a model: ranges for every tensor its Q/DQ placement and cache need."""
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
-    return calibrate_prepared(prepared, open_data(prepared.model, calib, data), options=options, progress=progress)
+                             options.precision, options.residual_qdq)
+    dataset = open_data(prepared.model, calib, data, progress=progress)
+    return calibrate_prepared(prepared.at_shapes(dataset.shapes), dataset, options=options, progress=progress)
 
 
 def calibrate_prepared(
-    prepared: PreparedModel, dataset: Dataset, *, options: QuantizeOptions = QuantizeOptions(), progress: bool = True
+    prepared: PreparedModel, dataset: Dataset, *, options: CalibrationOptions = QuantizeOptions(), progress: bool = True
 ) -> CalibrationResult:
     """Calibrate an already prepared model on already opened (and checked) data.
 
@@ -346,11 +532,11 @@ def calibrate_prepared(
         dataset,
         model_sha256=prepared.sha256,
         model_name=prepared.path.name,
-        method=options.method,
+        method=str(options.method),
         percentile=options.percentile,
         batch_size=dataset.batch_size,
         device=options.device,
-        drop_partial=_fixed_batch(prepared.model),
+        drop_partial=fixed_batch(prepared.model) is not None,
         progress=progress,
         layers=judged_layers(prepared.placement) if options.method == "auto" else (),
         check_tables=partial(TableRunner, prepared.model, prepared.placement),
@@ -372,17 +558,77 @@ def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:
                  for node, acts in activations.items())
 
 
-def output_paths(model_path: Path, output_dir: str | None, precision: str = "int8") -> tuple[Path, Path, Path]:
-    """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model);
-    `.fp8.` for FP8 (whose cache path is never written)."""
-    directory = Path(output_dir) if output_dir else model_path.parent
-    stem, tag = model_path.stem, precision_grid(precision).name
-    return directory / f"{stem}.{tag}.onnx", directory / f"{stem}.{tag}.cache", directory / f"{stem}.{tag}.json"
+def smooth_prepared(
+    prepared: PreparedModel,
+    dataset: Dataset | None,
+    options: QuantizeOptions,
+    table: RangesTable | None = None,
+    progress: bool = True,
+) -> tuple[PreparedModel, SmoothResult]:
+    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth`), re-planned, and what was done.
+
+    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model), or from
+    `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is checked against
+    the original on the first calibration samples (when there is data) before anything else runs.
+    """
+    groups = smoothing_groups(prepared.model, prepared.placement)
+    channel_max = None
+    alpha = options.smooth_alpha
+    if table is not None and table.smoothing:
+        known = {group.tensor for group in groups}
+        unknown = sorted(set(table.smoothing) - known)
+        if unknown:
+            raise TrtqError(
+                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
+                f"{prepared.path} with these options.",
+                "use the same model, --precision and --exclude options as the run that wrote the table.",
+            )
+        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
+                   for name, entry in table.smoothing.items()}
+        setting = table.options.get("smooth")
+        alpha = float(setting) if isinstance(setting, (int, float)) else None
+    elif dataset is not None:
+        stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
+                             device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
+                             rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
+        channel_max = stats.amax
+        factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
+    else:
+        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
+                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
+    result = smooth_model(prepared.model, groups, factors, alpha, channel_max)
+    if dataset is not None:
+        result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
+                                  source=str(prepared.path))
+    placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
+                               cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
+                               residual=prepared.residual_qdq)
+    return replace(prepared, model=result.model, placement=placement), result
+
+
+def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
+    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
+    batches: list[Mapping[str, np.ndarray]] = []
+    seen = 0
+    for batch in dataset.batches(dataset.batch_size):
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= count:
+            break
+    return batches
+
+
+def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
+    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
+    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
+               for t in smoothing.tensors}
+    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
+    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
 
 
 def quantize(
     model_path: str | Path,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     *,
     ranges: str | Path | RangesTable | None = None,
     data: DataOptions = DataOptions(),
@@ -399,54 +645,71 @@ def quantize(
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
-    trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
-    onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
+                             options.precision, options.residual_qdq)
+    paths = artifact_paths(prepared.path, options.output_dir, options.grid.name)
     fp8 = options.precision == "fp8"
-    destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path])]
-    if options.external_data:
-        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    destinations = paths.destinations(cache=not fp8, external=options.external_data)
+    # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
+    smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
+    if smoothed_path is not None:
+        destinations.append(smoothed_path)
     if record is not None:
-        destinations.append(record_path(onnx_path.parent, "quantize"))
-    inputs = (prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
+        destinations.append(record_path(paths.directory, "quantize"))
+    inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
     calibration: CalibrationResult | None = None
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+    original = prepared
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
+                                  requested_shapes(graph_inputs(prepared.model), data.shapes))
+    saved = None if calib_data is not None else (
+        ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
+        if smoothing is not None:
+            table = _record_smoothing(table, smoothing)
     else:
-        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)  # type: ignore[arg-type]
+        table = saved  # type: ignore[assignment]
+    if smoothing is None or fp8:
+        smoothed_path = None
+    elif smoothed_path is None:  # smoothing from a --ranges table
+        smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx")
+        check_destinations([smoothed_path], inputs)
     converter = high_precision(
         options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
         batch_size=eval_batch_size(prepared.model, calib_data) if calib_data else 1,
     )
     placement, mixed, precision, dataset = prepared.placement, None, None, None
     if options.target:
-        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target") \
+        dataset = open_data(prepared.model, options.target_data, data, purpose="check the target",
+                            progress=progress) \
             if options.target_data else calib_data
         if dataset is None:
             raise TrtqError("--target with --ranges needs --target-data DATA to check the target on.",
                             "pass --target-data DATA.")
         mixed = search_mixed_precision(
             prepared.model, table.amax, dataset, options.target,
-            exclude_nodes=options.exclude_nodes, exclude_ops=options.exclude_ops,
+            exclude_nodes=prepared.exclude_nodes, exclude_ops=options.exclude_ops, residual=options.residual_qdq,
             task=options.task.bind(dataset, prepared.model) if options.task else None,
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
-            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid,
+            finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
     if converter.mode != "fp32":
         precision = converter.apply(quantized_model)  # the same conversion the search measured
         quantized_model = precision.model
-    if table.model_sha256 != prepared.sha256:
+    if table.model_sha256 != original.sha256:
         warnings.warn(
             f"Ranges table {ranges} was computed for another model file (sha256 {table.model_sha256[:12]}…, "
-            f"this one is {prepared.sha256[:12]}…); using it because every tensor name matches.",
+            f"this one is {original.sha256[:12]}…); using it because every tensor name matches.",
             stacklevel=2,
         )
     table_precision = table.options.get("precision", "int8")
@@ -458,28 +721,23 @@ def quantize(
         )
     check_structure(quantized_model)
     shapes = data_shapes(prepared.model, data.shapes, calib_data)
-    cache_amax = {} if fp8 else {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
-    external = options.external_data
-    if external is None:
-        external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data")
-    if external:
-        model_chunks, data_chunks = external_data_chunks(quantized_model, data_path.name)
-        model_files = {data_path: data_chunks, onnx_path: model_chunks}
-    else:
-        model_files = {onnx_path: serialized_chunks(quantized_model)}
+    cache = None if fp8 else cache_amax(table.amax, placement.calibrated_tensors)
+    outputs = artifacts(paths, quantized_model, table, cache, options.trt_version, options.external_data)
+    smoothed_files = model_files(smoothing.model, smoothed_path, outputs.external) \
+        if smoothed_path is not None and smoothing is not None else {}
+    layer_names = {} if smoothed_path else prepared.layer_names  # the smoothed file names its layers after its nodes
     result = QuantizeResult(
         model=str(prepared.path),
-        onnx_path=str(onnx_path),
-        data_path=str(data_path) if external else None,
-        cache_path=None if fp8 else str(cache_path),
-        ranges_path=str(ranges_path),
+        onnx_path=str(paths.onnx),
+        data_path=str(outputs.data_path) if outputs.data_path else None,
+        cache_path=None if fp8 else str(paths.cache),
+        ranges_path=str(paths.ranges),
         method=table.method,
         samples=table.num_samples,
         qdq_pairs=len(placement.targets),
         quantized_activations=len(placement.activation_tensors),
         quantized_weights=len(placement.weight_tensors),
-        cache_entries=len(cache_amax),
+        cache_entries=len(cache or {}),
         excluded_nodes=placement.excluded_nodes,
         calibration_seconds=seconds,
         mixed=mixed.to_dict() if mixed else None,
@@ -487,13 +745,17 @@ def quantize(
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            onnx_path, None if fp8 else cache_path, prepared.path, shapes, fp16=options.high_precision == "fp16",
-            layer_precisions={prepared.layer_names[n]: ("fp16" if options.high_precision == "fp16" else "fp32")
+            paths.onnx, None if fp8 else paths.cache, smoothed_path or prepared.path, shapes,
+            fp16=options.high_precision == "fp16",
+            layer_precisions={layer_names.get(n, n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
         ),
-        notes=(*(calibration.notes if calibration else ()), *_precision_notes(options, table.method, placement)),
+        notes=(*prepared.notes, *(calibration.notes if calibration else ()),
+               *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
-        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
+        record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
+        smoothing=smoothing.to_dict() if smoothing else None,
+        smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,
         table_scores=dict(table.table_scores),
@@ -501,17 +763,14 @@ def quantize(
         range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
-    files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}
-    if not fp8:
-        files[cache_path] = format_cache(cache_amax, options.trt_version, table.method)
+    extra: dict[Path, Content] = dict(smoothed_files)
     if record is not None:
         histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
             if calibration is not None else {}
-        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+        extra[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
             "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
             command=record.command)
-    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
-    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    outputs.write(extra, inputs=inputs)
     return result
 
 
@@ -520,9 +779,12 @@ REPORT_HISTOGRAMS = 6
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
-    """What the output says about FP8: no cache, ranges from an INT8-minded algorithm, no FP8 layer at all."""
+    """What the output says about FP8 (no cache, ranges from an INT8-minded algorithm, no FP8 layer at all),
+    and about an INT8 placement that quantizes nothing (the exclusions cover every layer)."""
     if options.precision != "fp8":
-        return ()
+        if placement.targets:
+            return ()
+        return (NO_INT8_LAYER_NOTE if placement.excluded_nodes else NO_QUANTIZABLE_LAYER_NOTE,)
     clipping = (FP8_CLIPPING_NOTE.format(method=method),) if method in ("entropy", "percentile") else ()
     empty = (NO_FP8_LAYER_NOTE,) if not placement.targets else ()
     return (NO_CACHE_NOTE, *clipping, *empty)
@@ -547,7 +809,7 @@ def build_commands(onnx_path: Path, cache_path: Path | None, model_path: Path, s
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_source: str | Path,
+    data_source: DataSource,
     *,
     data: DataOptions = DataOptions(),
     task: TaskOptions | None = None,
@@ -556,19 +818,32 @@ def compare(
     progress: bool = True,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
-    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given.
+    (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
+    are scored over real tokens (`data.mask`; see `trtq.evaluate.scoring`).
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
+    A candidate that is a TensorRT engine (.engine/.plan/.trt) runs in TensorRT where it is installed,
+    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them.
     """
+    from trtq.tensorrt.runner import ENGINE_SUFFIXES
+
+    engine = Path(candidate_path).suffix.lower() in ENGINE_SUFFIXES
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
-    candidate = load_model(candidate_path, load_external_data=False)  # a missing or corrupt file fails here, by name
-    dataset = open_data(reference, data_source, data, purpose="compare")
-    if device == "cpu":
-        runners: tuple[Runner, Runner] = (OrtRunner(session_from_file(reference_path, graph=reference)),
-                                          OrtRunner(session_from_file(candidate_path, graph=candidate)))
+    check_runnable(reference, reference_path)
+    candidate = None if engine else load_model(candidate_path, load_external_data=False)  # fails here, by name
+    dataset = open_data(reference, data_source, data, purpose="compare", progress=progress)
+    make = runner_factory(device)
+    first: Runner = OrtRunner(session_from_file(reference_path, graph=reference)) if device == "cpu" \
+        else make(load_model(reference_path))
+    if engine:
+        from trtq.tensorrt.runner import EngineRunner
+
+        second: Runner = EngineRunner(candidate_path)
+    elif device == "cpu":
+        second = OrtRunner(session_from_file(candidate_path, graph=candidate))
     else:
-        make = runner_factory(device)
-        runners = (make(load_model(reference_path)), make(load_model(candidate_path)))
+        second = make(load_model(candidate_path))
+    runners = (first, second)
     return compare_models(
         *runners,
         dataset,
@@ -577,6 +852,8 @@ def compare(
         candidate_name=str(candidate_path),
         batch_size=eval_batch_size(reference, dataset, batch_size),
         progress=progress,
+        mask=data.mask,
+        graph=reference,
     )
 
 
@@ -596,14 +873,16 @@ class SensitivityRun:
     commands: dict[str, str]
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data."""
+    notes: tuple[str, ...] = ()
+    """What the placement left out on its own (`PreparedModel.notes`)."""
 
 
 def sensitivity(
     model_path: str | Path,
     *,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     ranges: str | Path | None = None,
-    data_source: str | Path | None = None,
+    data_source: DataSource | None = None,
     data: DataOptions = DataOptions(),
     options: QuantizeOptions = QuantizeOptions(),
     method: str = "local",
@@ -619,11 +898,20 @@ def sensitivity(
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
-                             options.precision)
-    calib_data = open_data(prepared.model, calib, data) if calib is not None else None
+                             options.precision, options.residual_qdq)
+    calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
+    dataset = open_data(prepared.model, data_source, data, purpose="evaluate", progress=progress) \
+        if data_source is not None else calib_data
+    prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
+    saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
+    smoothing = None
+    if options.smooth is not None or (saved is not None and saved.smoothing):
+        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
-    table = calibration.ranges if calibration else RangesTable.load(ranges)  # type: ignore[arg-type]
-    dataset = open_data(prepared.model, data_source, data, purpose="evaluate") if data_source else calib_data
+    table = calibration.ranges if calibration else saved
+    if calibration is not None and smoothing is not None:
+        table = _record_smoothing(calibration.ranges, smoothing)
+    assert table is not None  # exactly one of calib and ranges was given
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
     result = analyze_sensitivity(
@@ -636,12 +924,32 @@ def sensitivity(
         batch_size=eval_batch_size(prepared.model, dataset, batch_size),
         runner=runner_factory(options.device),
         progress=progress,
+        mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
-    if options.precision != "int8":  # no implicit build reads FP8: the way out is --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset))
-    onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
-    commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive})
+    if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
+        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
+                              prepared.notes)
+    paths = artifact_paths(prepared.path, options.output_dir, "int8")
+    commands = build_commands(paths.onnx, paths.cache, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
+                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
-                          shape_notes(calib_data, dataset))
+                          shape_notes(calib_data, dataset), prepared.notes)
+
+
+def verify(
+    model_path: str | Path,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    progress: bool = True,
+) -> VerifyResult:
+    """Build a Q/DQ model with TensorRT-RTX (ahead of time: no GPU needed) and report, per quantized
+    Conv/ConvTranspose/Gemm/MatMul, whether the engine runs it in INT8/FP8, and which Q/DQ pairs did not fuse.
+
+    Progress lines go to stderr unless `progress` is False.
+    """
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    return verify_model(model_path, options, progress=say if progress else None)

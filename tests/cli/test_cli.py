@@ -131,6 +131,22 @@ def test_fp8_on_a_model_without_fp8_layers_says_so(tmp_path, capsys):
     assert any(note.startswith("no layer runs in FP8") for note in out["notes"])
 
 
+def test_quantize_smooth_text_and_errors(transformer_onnx, tmp_path, capsys):
+    from transformer_models import token_data
+
+    model = str(transformer_onnx("bert", False))
+    np.savez(tmp_path / "calib.npz", **token_data(8))
+    common = ["quantize", model, "--calib", str(tmp_path / "calib.npz"), "--output-dir", str(tmp_path)]
+    assert main([*common, "--smooth", "0.5", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "smoothed 8 MatMul inputs (alpha 0.5; 0 folded into LayerNorms, 8 by a Mul)" in text
+    assert "FP32 outputs within" in text and "bert_legacy.smoothed.onnx" in text
+    assert main([*common, "--smooth", "1.5"]) == 2
+    assert "alpha must be in [0, 1]" in capsys.readouterr().err
+    assert main([*common, "--smooth", "lots"]) == 2
+    assert "'lots' is not a number" in capsys.readouterr().err
+
+
 def test_auto_explains_its_choice_in_text_json_and_report(case, capsys):
     tmp, model = case
     assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--quiet"]) == 0

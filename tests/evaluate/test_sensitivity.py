@@ -8,7 +8,7 @@ from accuracy_models import outlier_net
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import residual_conv_net, save
 
-import trtq.api as api
+from trtq import api
 from trtq.errors import TrtqError
 from trtq.evaluate.sensitivity import (
     SensitivityResult,
@@ -136,3 +136,31 @@ def test_sensitivity_command_prints_ranking_and_writes_a_record(tmp_path, capsys
     assert lines[2].split()[-1] == "conv2"  # rank 1
     record = json.loads((tmp_path / "run" / "trtq-sensitivity.json").read_text())
     assert record["result"]["layers"][0]["node"] == "conv2" and record["settings"]["method"] == "local"
+
+
+def test_exact_from_the_layer_on_equals_running_each_candidate_whole(tmp_path, monkeypatch):
+    # residual_conv_net (tiny_models.py): conv1 -> relu -> conv2 -> relu -> conv3 -> add(skip) -> ... ->
+    # conv_head -> sigmoid. Each layer's candidate is run from the layer on, fed FP32 values of what
+    # it reads from before (the add's skip input among them); the whole candidate must give the same.
+    from trtq.evaluate import sensitivity
+    from trtq.evaluate.evaluator import Evaluator
+    from trtq.evaluate.sensitivity import SharedPrefix, downstream_of
+    from trtq.quantize import insert_qdq
+
+    prepared, amax, dataset = _setup(tmp_path, residual_conv_net(batch="N"), (3, 16, 16))
+    monkeypatch.setattr(sensitivity, "SHARED_MIN_MACS", 0)  # the tiny model shares too
+    shared = analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method="exact", batch_size=4,
+                                 progress=False)
+    evaluator = Evaluator(prepared.model, dataset, batch_size=4)
+    for layer in shared.layers:
+        whole = evaluator.evaluate(insert_qdq(prepared.model, layer_placement(prepared.placement, {layer.node}), amax))
+        assert layer.snr_db == pytest.approx(whole.snr_db, abs=1e-3), layer.node
+    positions, frontier = downstream_of(prepared.model, "conv3")
+    nodes = prepared.model.graph.node
+    assert [nodes[i].op_type for i in positions][:3] == ["Conv", "Add", "Relu"]
+    assert len(frontier) == 2  # conv3's input and the add's skip input, both FP32 values from before conv3
+    used = []
+    monkeypatch.setattr(SharedPrefix, "produce", lambda self, feed, ref, original=SharedPrefix.produce:
+                        used.append(1) or original(self, feed, ref))
+    analyze_sensitivity(prepared.model, prepared.placement, amax, dataset, method="exact", batch_size=4, progress=False)
+    assert used  # the shared route ran

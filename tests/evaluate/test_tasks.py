@@ -11,10 +11,23 @@ from PIL import Image
 
 from trtq.data import open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
-from trtq.evaluate.detection import Detections, DetectionTask, ImageMeta, coco_map, nms, yolo_postprocess
 from trtq.evaluate.compare import compare_models
+from trtq.evaluate.detection import (
+    Detections,
+    DetectionTask,
+    ImageMeta,
+    coco_map,
+    nms,
+    yolo_postprocess,
+)
 from trtq.evaluate.evaluator import Evaluator
-from trtq.evaluate.tasks import ClassificationTask, Labels, load_labels, make_task, pick_scores_output
+from trtq.evaluate.tasks import (
+    ClassificationTask,
+    Labels,
+    load_labels,
+    make_task,
+    pick_scores_output,
+)
 from trtq.model import TensorSpec, graph_inputs, graph_outputs
 
 

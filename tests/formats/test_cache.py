@@ -53,3 +53,42 @@ def test_parse_rejects_garbage():
         parse_cache(b"hello\n", "x.cache")
     with pytest.raises(TrtqError, match="Line 2 of calibration cache x.cache"):
         parse_cache(b"TRT-8601-EntropyCalibration2\ninput: zz\n", "x.cache")
+
+
+GOOD = format_cache({"a": 1.27, "b": 2.54})  # scales 0.01 (3c23d70a) and 0.02 (3ca3d70a)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        (b"\n\n", r"is empty \(2 bytes\)"),
+        (GOOD.splitlines(keepends=True)[0], "has a header but no tensor scales"),
+        (GOOD.replace(b"TRT-101303", b"TRT-99"), "which no TensorRT writes"),
+        (GOOD.replace(b"TRT-101303", b"TRT-111303"), "which no TensorRT writes"),  # 11.x has no cache
+        (GOOD.replace(b"EntropyCalibration2", b"MyCalibrator"), "which no TensorRT writes"),
+        (GOOD.replace(b"3c23d70a", b"7fc00000"), "gives tensor 'a' the scale nan"),
+        (GOOD.replace(b"3c23d70a", b"7f800000"), "gives tensor 'a' the scale inf"),
+        (GOOD.replace(b"3c23d70a", b"bc23d70a"), r"gives tensor 'a' the scale -0.00999"),
+        (GOOD[:-4], r"Line 3 .* is 'b: 3ca3d', expected"),
+        (GOOD.replace(b"a: ", b": "), r"Line 2 .* expected '<tensor>: <8 hex digits>'"),
+        (GOOD + b"a: 3c23d70a\n", "names tensor 'a' twice"),
+        (b"\xff\xfe garbage", "is not text"),
+    ],
+)
+def test_a_cache_that_no_tensorrt_wrote_is_refused(data, message):
+    with pytest.raises(TrtqError, match=message):
+        parse_cache(data, "m.cache")
+
+
+def test_version_codes_of_the_tensorrt_releases_with_a_cache():
+    from trtq.formats.cache import version_of_code
+
+    assert version_of_code(101303) == (10, 13, 3) and version_of_code(8601) == (8, 6, 1)
+    assert version_of_code(7103) == (7, 1, 3)
+    assert [version_of_code(c) for c in (10500, 111303, 6000, 70000, 1)] == [None] * 5
+
+
+def test_a_zero_scale_is_kept():
+    """TensorRT writes 0 for a tensor that is zero on every calibration sample."""
+    assert parse_cache(b"TRT-8601-EntropyCalibration2\ndead: 00000000\n").scales == {"dead": 0.0}

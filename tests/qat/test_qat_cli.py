@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +83,7 @@ def test_resume_continues_to_more_steps(case, capsys):
     (["--calib", "missing.npy"], "does not exist"),
     (["--resume"], "there is no checkpoint"),
     (["--target", "map-drop<=1"], "not one fine-tuning can check"),
-    (["--steps", "-3"], "is not a non-negative integer"),
+    (["--steps", "-3"], "is not a whole number >= 1"),
 ])
 def test_bad_input_is_one_sentence_and_writes_nothing(case, capsys, extra, message):
     tmp, model = case
@@ -114,3 +116,66 @@ def test_an_output_that_is_a_directory_stops_before_training(case, capsys, monke
     err = capsys.readouterr().err
     assert "net.qat.int8.json is a directory" in err and "Traceback" not in err
     assert _artifacts(tmp / "out") == ["net.qat.int8.json"]  # the folder, nothing else
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"garbage\n", r"not a readable fine-tuning checkpoint \(it is not a file torch.save wrote\)"),
+    (b"", r"not a readable fine-tuning checkpoint \(it is empty or cut short\)"),
+    (b"PK\x03\x04" + bytes(64), "not a readable fine-tuning checkpoint"),
+    ("missing-fields", "belongs to another run"),
+    ("wrong-types", "lacks part of a fine-tuning checkpoint"),
+])
+def test_a_corrupt_checkpoint_with_resume_is_one_sentence(case, capsys, content, message):
+    import torch
+
+    tmp, model = case
+    (tmp / "out").mkdir()
+    checkpoint = tmp / "out" / "net.qat.ckpt"
+    if content == "missing-fields":
+        torch.save({"format": "trtq-qat-checkpoint", "format_version": 1}, checkpoint)
+    elif content == "wrong-types":  # what the run writes, less its tensors
+        from trtq.qat import api as qat_api
+
+        real = {}
+        original = qat_api.fingerprint
+
+        def spy(parts):
+            real["fingerprint"] = original(parts)
+            return real["fingerprint"]
+
+        import unittest.mock
+
+        with unittest.mock.patch.object(qat_api, "fingerprint", spy):
+            assert cli.main(_args(tmp, model, "--quiet", "--resume")) == 2  # learns the fingerprint: no checkpoint yet
+        torch.save({"format": "trtq-qat-checkpoint", "format_version": 1, "fingerprint": real["fingerprint"],
+                    "step": "three", "trained": [], "optimizer": {}, "history": [], "best_step": 0,
+                    "best_score": 0.0, "best_trained": {}}, checkpoint)
+        capsys.readouterr()
+    else:
+        checkpoint.write_bytes(content)
+    assert cli.main(_args(tmp, model, "--quiet", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trtq: error: ") and re.search(message, err), err
+    assert "Traceback" not in err and _artifacts(tmp / "out") == []
+
+
+def test_data_the_model_fails_on_is_named_before_pytorch_runs_it(tmp_path, capsys, monkeypatch):
+    """Fine-tuning runs the model in PyTorch, whose errors are not told from trtq's: onnxruntime checks first."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "cli"))
+    from test_cli_hostile import batch_one_model, gather_model
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.full((4, 8), 5, np.int64))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.concatenate([np.full((2, 8), 5), np.full((1, 8), 99)]).astype(np.int64))
+    model = save(gather_model(), tmp_path / "gather.onnx")
+    assert cli.main(["finetune", model, "--calib", str(ids), "--train", str(bad), "--steps", "2", "--quiet",
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "gather.onnx fails in onnxruntime on sample 2 of" in err and "bad.npy" in err and "Traceback" not in err
+    model = save(batch_one_model(), tmp_path / "one.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 16, 16), np.float32))
+    assert cli.main(["finetune", model, "--calib", str(tmp_path / "x.npy"), "--steps", "2", "--quiet",
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "on a batch of 4 samples" in err and "export it again with a dynamic batch dim" in err

@@ -1,11 +1,12 @@
 """Q/DQ placement follows TensorRT's rules on tiny models (see tests/support/tiny_models.py for the graphs)."""
 
 import pytest
-from tiny_models import gemm_matmul_net, residual_conv_net
+from tiny_models import attention_block, gemm_matmul_net, residual_conv_net
 
 from trtq.errors import TrtqError
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
+from trtq.quantize.placement import MHA_INT8_MAX_SEQ, attention_matmuls, long_attention
 
 
 def _targets(model, **kwargs):
@@ -80,7 +81,7 @@ def test_cache_scope_qdq_covers_int8_layers_only_all_covers_everything():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), n) for n in ("w1", "w2")]
+    inits = [numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), n) for n in ("w1", "w2")]
     inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
@@ -108,7 +109,7 @@ def test_identity_nodes_do_not_hide_fusions():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), n) for n in ("w1", "w2")]
+    inits = [numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), n) for n in ("w1", "w2")]
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
         helper.make_node("Add", ["c1", "x"], ["a"], name="add"),
@@ -117,9 +118,85 @@ def test_identity_nodes_do_not_hide_fusions():
         helper.make_node("Identity", ["r"], ["ri"], name="id2"),
         helper.make_node("Conv", ["ri", "w2"], ["out"], name="conv2"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])], initializer=inits)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])], initializer=inits)
     placement, targets = _targets(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert {"x", "ri"} <= set(targets)
     assert "c1" not in placement.cache_tensors and "a" not in placement.cache_tensors
     assert "r" in placement.cache_tensors
+
+
+def _squeeze_excitation(bias_as_add: bool):
+    """A PaddleOCR-style squeeze-excitation block (MobileNetV3; paddle2onnx writes each conv's bias as an
+    Add of a reshaped constant):
+
+        x -> conv (8 -> 8, 3x3) -> c -> GlobalAveragePool -> p -> se1 (1x1, 8 -> 2) -> [+ Reshape(b1)] -> Relu -> s
+          s -> se2 (1x1, 2 -> 8) -> [+ Reshape(b2)] -> HardSigmoid -> g;  c * g -> out
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w0", (8, 8, 3, 3)), ("w1", (2, 8, 1, 1)), ("w2", (8, 2, 1, 1)),
+                                 ("b1", (2,)), ("b2", (8,)))]
+    inits += [numpy_helper.from_array(np.array([1, n, 1, 1], np.int64), f"shape{n}") for n in (2, 8)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap")]
+    for index, (src, weight, bias, channels, act, out) in enumerate(
+            (("p", "w1", "b1", 2, "Relu", "s"), ("s", "w2", "b2", 8, "HardSigmoid", "g")), start=1):
+        if bias_as_add:
+            nodes += [helper.make_node("Conv", [src, weight], [f"se{index}_c"], name=f"se{index}"),
+                      helper.make_node("Reshape", [bias, f"shape{channels}"], [f"{bias}_r"], name=f"{bias}_reshape"),
+                      helper.make_node("Add", [f"se{index}_c", f"{bias}_r"], [f"se{index}_a"], name=f"se{index}_add")]
+        else:
+            nodes.append(helper.make_node("Conv", [src, weight, bias], [f"se{index}_a"], name=f"se{index}"))
+        nodes.append(helper.make_node(act, [f"se{index}_a"], [out], name=f"act{index}"))
+    nodes.append(helper.make_node("Mul", ["c", "g"], ["out"], name="scale"))
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 6, 6])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_bias_added_as_a_reshaped_constant_is_no_residual():
+    """paddle2onnx's Add(conv, Reshape(bias)) is a bias add: quantizing its constant input as a residual skip
+    put Q/DQ pairs on biases (TensorRT-RTX then ran the Add in float; found by `trtq verify` on PP-OCR's classifier)."""
+    placement, targets = _targets(_squeeze_excitation(bias_as_add=True))
+    assert not {"b1_r", "b2_r", "b1", "b2"} & set(targets)
+    assert all(consumer[0] not in ("se1_add", "se2_add") for t in placement.targets for consumer in t.consumers)
+
+
+@pytest.mark.parametrize("bias_as_add", [False, True])
+def test_a_conv_summing_two_products_stays_in_high_precision(bias_as_add):
+    """se2 sums 2 products per output (2 input channels, 1x1): INT8 saves nothing, and TensorRT-RTX folds it
+    into a float pointwise kernel; se1 sums 8 and is quantized."""
+    placement, targets = _targets(_squeeze_excitation(bias_as_add))
+    assert "se2" in placement.excluded_nodes and "w2" not in targets and "s" not in targets
+    assert {"w0", "w1", "x", "p"} <= set(targets) and "se1" not in placement.excluded_nodes
+
+
+def test_residual_qdq_quantizes_both_inputs_of_transformer_residual_adds():
+    default, plain = _targets(attention_block())
+    placement, targets = _targets(attention_block(), residual=True)
+    for add in ("residual1", "residual2"):  # stream + branch: both read a DQ
+        assert sum(add in [c[0] for c in t.consumers] for t in targets.values()) == 2, add
+        assert not any(add in [c[0] for c in t.consumers] for t in plain.values())
+    assert ("residual1", 0) in targets["x"].consumers and ("residual1", 1) in targets["ob"].consumers
+    assert ("residual2", 0) in targets["r1"].consumers and ("residual2", 1) in targets["fb"].consumers
+    # bias Adds, the softmax input and LayerNorm inputs stay as they were
+    assert not any(c[0] in ("o_bias", "fc_bias", "softmax", "ln1", "ln2", "ln3") for t in targets.values() for c in t.consumers)
+    assert set(placement.targets) >= set(default.targets) and len(placement.targets) == len(default.targets) + 4
+
+
+def test_residual_qdq_leaves_convolution_residuals_fusible():
+    default, _ = _targets(residual_conv_net())
+    residual, _ = _targets(residual_conv_net(), residual=True)
+    assert residual.targets == default.targets  # the conv branch of the Add stays unquantized (TensorRT fuses it)
+
+
+def test_attention_matmuls_and_their_key_length():
+    model = normalize_model(attention_block())
+    assert attention_matmuls(model) == (("scores", "context"),)
+    assert long_attention(model, {"x": (1, MHA_INT8_MAX_SEQ, 8)}) == {}
+    assert long_attention(model, {"x": (2, 600, 8)}) == {"scores": 600, "context": 600}
+    assert long_attention(normalize_model(residual_conv_net()), {"input": (1, 3, 16, 16)}) == {}

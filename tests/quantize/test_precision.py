@@ -109,6 +109,45 @@ def test_qdq_model_gets_fp16_scales_at_opset_19_and_still_runs():
     assert _snr(int8, int8_fp16) > 30  # FP16 changes rounding at a few Q/DQ boundaries, no more
 
 
+def mean_head_net():
+    """A legacy-export-style head: ReduceMean with an `axes` attribute, which becomes an input at opset 18.
+
+    input [1,4,6,6] -> conv (4->4, 3x3) -> relu -> ReduceMean (axes 2,3) -> gemm (4->3) -> logits [1,3]
+    """
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (4, 4, 3, 3)), ("fc_w", (3, 4)), ("fc_b", (3,)))]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="/relu/Relu"),
+        helper.make_node("ReduceMean", ["r"], ["m"], name="/ReduceMean", axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["m", "fc_w", "fc_b"], ["logits"], name="/fc/Gemm", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "mean_head", [helper.make_tensor_value_info("input", F32, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("logits", F32, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return normalize_model(model)
+
+
+def test_nodes_the_opset_upgrade_adds_unnamed_get_names_and_the_graph_stays_ssa():
+    # Regression: raising opset 17 to 19 turns ReduceMean's axes into an unnamed Constant node; Casts meant
+    # for the graph's start were keyed by the empty name and spliced after every unnamed node, so the
+    # input's Cast was written twice ("'input_fp16' has been used as output names multiple times").
+    model = mean_head_net()
+    placement = plan_placement(model)
+    quantized = insert_qdq(model, placement, {t: 4.0 for t in placement.activation_tensors})
+    result = apply_high_precision(quantized, "fp16", amax={})
+    names = [node.name for node in result.model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert {k.node for k in result.kept_fp32} <= set(names)
+    assert "/ReduceMean" in result.fp16_nodes
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    (int8,) = _run(quantized, {"input": x})
+    (int8_fp16,) = _run(result.model, {"input": x})
+    assert _snr(int8, int8_fp16) > 30
+
+
 def test_schema_fixed_float_inputs_stay_float32():
     """Resize's `scales` input is tensor(float) in every opset: it must not become FP16."""
     inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
@@ -166,3 +205,20 @@ def test_raising_the_opset_without_the_converter_gives_the_converters_model(monk
             slow = convert_to_fp16(quantized, amax)
         assert fast.model.SerializeToString() == slow.model.SerializeToString()
     assert not precision._same_up_to(normalize_model(gemm_matmul_net()), 19)
+
+
+def test_an_fp32_pair_before_an_fp16_conv_gets_a_cast():
+    """A pair whose scale is below FP16's smallest normal stays FP32 while the conv reading it runs FP16:
+    the dequantized value needs a Cast to FP16, though trtq's Q/DQ outputs carry no value_info (the
+    missing Cast made TensorRT reject a dynamo-exported YOLO: conv input Float, kernel Half). Opset 19,
+    so no opset upgrade re-infers the types on the way."""
+    model = normalize_model(residual_conv_net(opset=19))
+    placement = plan_placement(model)
+    amax = {t: 4.0 for t in placement.activation_tensors}
+    amax["r2"] = 1e-6  # scale 8e-9 < 2**-14: this pair keeps FP32 scales
+    quantized = insert_qdq(model, placement, amax)
+    converted = apply_high_precision(quantized, "fp16", amax={}).model
+    onnx.checker.check_model(converted, full_check=True)  # Conv's X and W share one type
+    conv3 = next(n for n in converted.graph.node if n.name == "conv3")
+    types = tensor_types(onnx.shape_inference.infer_shapes(converted))
+    assert types[conv3.input[0]] == types[conv3.input[1]] == TensorProto.FLOAT16

@@ -143,3 +143,49 @@ def wide_conv_net(seed: int = 5) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16, 16, 16])]
     return _model(nodes, inputs, outputs, inits)
+
+
+def attention_block(seed: int = 6, seq: int | str = "S", width: int = 8) -> onnx.ModelProto:
+    """One pre-norm transformer block, single head, a dynamic sequence dim:
+
+        x [B,S,W] --> LayerNorm(ln1) --> MatMul(q) ---------------> MatMul(scores) --> Mul(scale)
+           |                     +----> MatMul(k) --> Transpose -----^                      |
+           |                     +----> MatMul(v) --------+                              Softmax
+           |                                              +-----> MatMul(context) <---------+
+           |                                                          |
+           |                                               MatMul(o) --> Add(o_bias)
+           +--------------------------------------------------------> Add(residual1) --> LayerNorm(ln2)
+                                                                           |                 |
+                                                                           |     MatMul(fc) --> Add(fc_bias)
+                                                                           +--> Add(residual2) <----+
+                                                                                      |
+                                                                           LayerNorm(ln3) --> y [B,S,W]
+    """
+    rng = np.random.default_rng(seed)
+    ones, zeros = np.ones(width, np.float32), np.zeros(width, np.float32)
+    inits = [_w(rng, name, width, width) for name in ("wq", "wk", "wv", "wo", "wf")]
+    inits += [numpy_helper.from_array(ones, "gamma"), numpy_helper.from_array(zeros, "beta"),
+              _w(rng, "bo", width, scale=0.1), _w(rng, "bf", width, scale=0.1),
+              numpy_helper.from_array(np.array(width ** -0.5, np.float32), "scale")]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln1", axis=-1),
+        helper.make_node("MatMul", ["h", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["h", "wk"], ["k"], name="k"),
+        helper.make_node("MatMul", ["h", "wv"], ["v"], name="v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"], name="scores"),
+        helper.make_node("Mul", ["qk", "scale"], ["scaled"], name="scale_mul"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="context"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o"], name="o"),
+        helper.make_node("Add", ["o", "bo"], ["ob"], name="o_bias"),
+        helper.make_node("Add", ["x", "ob"], ["r1"], name="residual1"),
+        helper.make_node("LayerNormalization", ["r1", "gamma", "beta"], ["h2"], name="ln2", axis=-1),
+        helper.make_node("MatMul", ["h2", "wf"], ["f"], name="fc"),
+        helper.make_node("Add", ["bf", "f"], ["fb"], name="fc_bias"),
+        helper.make_node("Add", ["r1", "fb"], ["r2"], name="residual2"),
+        helper.make_node("LayerNormalization", ["r2", "gamma", "beta"], ["y"], name="ln3", axis=-1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, width])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, width])]
+    return _model(nodes, inputs, outputs, inits)

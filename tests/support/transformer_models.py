@@ -85,6 +85,40 @@ def tiny_bert(outliers: bool = False, seed: int = 0):
     return LastHidden().eval()
 
 
+def tiny_bert_heads(seed: int = 0, labels: int = 3):
+    """The tiny BERT with its pooler and a sequence-classification head: three outputs,
+
+        input_ids, attention_mask, token_type_ids --> encoder --> last_hidden_state [B, S, 32]   (LayerNorm)
+                                                         +--> first token --> Gemm --> Tanh --> pooler_output [B, 32]
+                                                                                          +--> Gemm --> logits [B, labels]
+
+    one each of what `trtq compare` scores over real tokens (the hidden states), over every sample
+    (the pooler's embedding: no position axis) and with top-1 agreement (the class scores).
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=SEQ, type_vocab_size=2,
+                                     initializer_range=0.2, num_labels=labels)
+    model = transformers.BertForSequenceClassification(config).eval()
+
+    class Heads(torch.nn.Module):
+        output_names = ("last_hidden_state", "pooler_output", "logits")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model.bert
+            self.classifier = model.classifier
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state, out.pooler_output, self.classifier(out.pooler_output)
+
+    return Heads().eval()
+
+
 def tiny_vit(outliers: bool = False, seed: int = 0):
     """A 2-layer ViT (16x16 images, 4x4 patches, hidden 32, 2 heads, FFN 64), returning last_hidden_state."""
     import torch
@@ -146,24 +180,24 @@ def export(module, path: Path, dynamo: bool) -> Path:
     else:
         args = (torch.from_numpy(image_data(2, seed=1)),)
         names = ["pixel_values"]
+    outputs = list(getattr(module, "output_names", ("last_hidden_state",)))
     with warnings.catch_warnings():  # the exporters' tracer and deprecation warnings are not the tests' concern
         warnings.simplefilter("ignore")
-        _export(module, args, names, path, dynamo)
+        _export(module, args, names, outputs, path, dynamo)
     return path
 
 
-def _export(module, args: tuple, names: list[str], path: Path, dynamo: bool) -> None:
+def _export(module, args: tuple, names: list[str], outputs: list[str], path: Path, dynamo: bool) -> None:
     import torch
 
     if dynamo:
         batch = torch.export.Dim("batch")
-        torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, output_names=["last_hidden_state"],
+        torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, output_names=outputs,
                           dynamic_shapes={name: {0: batch} for name in names}, external_data=False,
                           verbose=False)
     else:
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["last_hidden_state"],
-                          dynamic_axes={name: {0: "batch"} for name in [*names, "last_hidden_state"]})
+                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]})
 
 
 def masked_snr_db(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray | None = None) -> float:

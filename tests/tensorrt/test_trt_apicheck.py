@@ -1,12 +1,16 @@
 """Every tensorrt name trtq uses exists in the bindings of each release its code path claims.
 
-The table is a copy of ../shared/tensorrt-python-api-names.tsv (kept beside the tests so they
-also run where shared/ is absent; a test checks the copy is identical when both exist).
+Two tables: tensorrt-python-api-names.tsv (TensorRT 10.13.3.9 and 11.4.0.106), a copy of
+../shared/tensorrt-python-api-names.tsv kept beside the tests so they also run where shared/ is
+absent (a test checks the copy is identical when both exist); and tensorrt-rtx-python-api-names.tsv
+(TensorRT-RTX 1.7.1.116), written by tools/rtx_api_names.py from the installed bindings (a test
+checks it is what the script writes when that release is installed).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -19,6 +23,7 @@ from trtq.tensorrt import apicheck, ioformats
 
 HERE = Path(__file__).parent
 TABLE_PATH = HERE / "data" / "tensorrt-python-api-names.tsv"
+RTX_TABLE_PATH = HERE / "data" / "tensorrt-rtx-python-api-names.tsv"
 SHARED_TABLE = HERE.parents[2] / "shared" / "tensorrt-python-api-names.tsv"
 PACKAGE = Path(trtq.tensorrt.__file__).parent
 SRC = PACKAGE.parents[1]
@@ -26,7 +31,7 @@ SRC = PACKAGE.parents[1]
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, dict[str, bool]]:
-    return apicheck.load_api_table(TABLE_PATH)
+    return apicheck.load_api_table(TABLE_PATH, RTX_TABLE_PATH)
 
 
 def check(source: str, table) -> list[str]:
@@ -39,10 +44,48 @@ def test_vendored_table_matches_shared_copy():
     assert TABLE_PATH.read_bytes() == SHARED_TABLE.read_bytes()
 
 
-def test_table_reads_both_release_columns(table):
-    assert table["BuilderFlag.INT8"] == {"10": True, "11": False}
-    assert table["IAttention"] == {"10": False, "11": True}
-    assert table["Builder.build_serialized_network"] == {"10": True, "11": True}
+def test_table_reads_every_release_column(table):
+    assert table["BuilderFlag.INT8"] == {"10": True, "11": False, "rtx": False}
+    assert table["IAttention"] == {"10": False, "11": True, "rtx": True}
+    assert table["Builder.build_serialized_network"] == {"10": True, "11": True, "rtx": True}
+    assert table["ComputeCapability.SM89"] == {"10": False, "11": False, "rtx": True}
+    assert table["Builder.platform_has_fast_int8"] == {"10": True, "11": False, "rtx": False}
+
+
+def _rtx_tool():
+    spec = importlib.util.spec_from_file_location("rtx_api_names", SRC.parent / "tools" / "rtx_api_names.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rtx_table_is_what_the_installed_bindings_give():
+    rtx = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install -e '.[verify]')")
+    header = RTX_TABLE_PATH.read_text().splitlines()[1]
+    if header != f"# name\tin_rtx_{rtx.__version__}":
+        pytest.skip(f"TensorRT-RTX {rtx.__version__} is installed; the table is of another release ({header})")
+    assert RTX_TABLE_PATH.read_text() == _rtx_tool().table_text(rtx)
+
+
+def test_rtx_paths_use_only_names_of_tensorrt_rtx():
+    table = apicheck.load_api_table(TABLE_PATH, RTX_TABLE_PATH)
+    uses, _ = apicheck.check_package(PACKAGE, table)
+    rtx = [u for u in uses if "rtx" in u.tracks]
+    assert {"Builder", "OnnxParser.parse_from_file", "IBuilderConfig.set_compute_capability",
+            "ComputeCapability.SM89", "ProfilingVerbosity.DETAILED", "ILogger"} <= {u.name for u in rtx}
+    assert all(table[u.name]["rtx"] for u in rtx)
+
+
+def test_int8_flag_on_an_rtx_path_fails(table):
+    source = """
+        @supports("rtx")
+        def configure(trt, config: trt.IBuilderConfig):
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    """
+    problems = check(source, table)
+    assert len(problems) == 1 and "BuilderFlag.INT8" in problems[0] and "in_rtx_1.7.1.116" in problems[0]
+    assert "claiming TensorRT-RTX" in problems[0]
 
 
 def test_package_uses_only_names_its_paths_claim(table):
@@ -57,7 +100,7 @@ def test_package_uses_only_names_its_paths_claim(table):
 
 def test_removed_names_are_used_only_on_tensorrt10_paths(table):
     uses, _ = apicheck.check_package(PACKAGE, table)
-    removed = [u for u in uses if not table[u.name]["11"]]
+    removed = [u for u in uses if not table[u.name]["11"] and table[u.name]["10"]]
     assert {u.name for u in removed} >= {"BuilderFlag.INT8", "BuilderFlag.FP16", "IBuilderConfig.int8_calibrator",
                                          "IInt8EntropyCalibrator2", "ILayer.precision",
                                          "IBuilderConfig.set_calibration_profile"}
@@ -107,6 +150,8 @@ def test_nested_code_inherits_the_claim(table):
     ("source", "fragment"),
     [
         ("import tensorrt as trt\n", "module level"),
+        ("import tensorrt_rtx_bindings as trt\n", "module level"),
+        ("def f():\n    import tensorrt_rtx_bindings as rtx\n", "import tensorrt_rtx_bindings as trt"),
         ("def f():\n    import tensorrt\n", "import tensorrt as trt"),
         ("def f():\n    from tensorrt import Builder\n", "hides names"),
         ("def f(trt):\n    return trt.Builder\n", "without @supports"),
@@ -130,9 +175,9 @@ def test_type_checking_import_is_allowed(table):
 
 def test_io_format_tables_name_existing_enum_members(table):
     for member in ioformats.IO_TYPES.values():
-        assert table[f"DataType.{member}"] == {"10": True, "11": True}, member
+        assert table[f"DataType.{member}"]["10"] and table[f"DataType.{member}"]["11"], member
     for member in ioformats.IO_FORMATS.values():
-        assert table[f"TensorFormat.{member}"] == {"10": True, "11": True}, member
+        assert table[f"TensorFormat.{member}"]["10"] and table[f"TensorFormat.{member}"]["11"], member
 
 
 def _dict_literal(function: str, variable: str) -> dict[str, str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_models import residual_conv_net, save
 
@@ -48,6 +51,7 @@ def test_build_strongly_typed(model, capsys, tmp_path):
 
 
 def test_build_implicit_for_jetson(model, capsys, tmp_path):
+    (tmp_path / "calib").mkdir()
     code, _, err = run(["build", model, "--implicit", "--calib", str(tmp_path / "calib"), "--shape", "input:1x3x16x16",
                         "--layer-precisions", "conv_head:fp16", "--dla-core", "0", "--gpu-fallback",
                         "--input-io-formats", "fp16:chw16"], capsys)
@@ -55,7 +59,7 @@ def test_build_implicit_for_jetson(model, capsys, tmp_path):
     assert_not_installed(
         err,
         f"tensorrt-10-implicit: trtexec --onnx={model} --saveEngine={tmp_path}/m.int8.fp16chw16in.engine --int8 "
-        f"--fp16 --calib={tmp_path}/m.int8.cache --precisionConstraints=obey --layerPrecisions=conv_head:fp16 "
+        f"--fp16 --calib={tmp_path}/m.int8.fp16chw16in.calib.cache --precisionConstraints=obey --layerPrecisions=conv_head:fp16 "
         "--shapes=input:1x3x16x16 --inputIOFormats=fp16:chw16 --useDLACore=0 --allowGPUFallback",
     )
     assert "tensorrt-11" not in err
@@ -63,6 +67,7 @@ def test_build_implicit_for_jetson(model, capsys, tmp_path):
 
 def test_run_bench_inspect(capsys, tmp_path):
     engine = str(tmp_path / "m.int8.engine")
+    np.savez(tmp_path / "d.npz", input=np.zeros((1, 3, 16, 16), np.float32))
     code, _, err = run(["run", engine, "--data", str(tmp_path / "d.npz")], capsys)
     assert code == 2
     assert_not_installed(err, f"trtexec --loadEngine={engine} --iterations=1")
@@ -73,6 +78,17 @@ def test_run_bench_inspect(capsys, tmp_path):
     code, _, err = run(["inspect", engine], capsys)
     assert code == 2
     assert_not_installed(err, f"trtexec --loadEngine={engine} --skipInference --dumpLayerInfo")
+
+
+def test_compare_with_an_engine_needs_tensorrt(model, capsys, tmp_path):
+    # the engine runs where TensorRT is installed; here it is not: one sentence, before any data is read twice
+    import numpy as np
+
+    np.save(tmp_path / "d.npy", np.zeros((2, 3, 16, 16), np.float32))
+    engine = str(tmp_path / "m.int8.engine")
+    code, _, err = run(["compare", model, engine, "--data", str(tmp_path / "d.npy"), "--quiet"], capsys)
+    assert code == 2
+    assert_not_installed(err, f"trtexec --loadEngine={engine} --iterations=1")
 
 
 def test_print_trtexec_needs_no_tensorrt(model, capsys):
@@ -90,6 +106,27 @@ def test_user_errors_come_before_the_tensorrt_check(model, capsys):
     assert code == 2 and "need --dla-core" in err
     code, _, err = run(["build", model, "--calib", "data/"], capsys)
     assert code == 2 and "add --implicit" in err
-    code, _, err = run(["build", model, "--implicit", "--calib", "d", "--shape", "input:1x3x16x16",
+    folder = str(Path(model).parent)  # data that exists: the error is about the layer precisions
+    code, _, err = run(["build", model, "--implicit", "--calib", folder, "--shape", "input:1x3x16x16",
                         "--layer-precisions", "nope:fp16"], capsys)
     assert code == 2 and "names node 'nope', which is not a node" in err
+
+
+def test_print_trtexec_reads_the_cache_it_names(model, capsys, tmp_path):
+    """A cache TensorRT's calibrator wrote (internal layer names too) passes; one that lacks the inputs of
+    some INT8 layers gets a warning naming them; --ranges and an implicit line's default cache must exist."""
+    from trtq.formats.cache import format_cache
+
+    full = tmp_path / "trt.cache"
+    full.write_bytes(format_cache({"input": 1.0, "r1": 1.0, "r2": 1.0, "pool": 1.0, "(Unnamed Layer* 3) [Shuffle]_output": 1.0}))
+    code, out, err = run(["build", model, "--print-trtexec", "--implicit", "--calib", str(full)], capsys)
+    assert code == 0 and f"--calib={full}" in out and err == ""
+    partial = tmp_path / "partial.cache"
+    partial.write_bytes(format_cache({"input": 1.0, "pool": 1.0}))
+    code, out, err = run(["build", model, "--print-trtexec", "--implicit", "--calib", str(partial), "--json"], capsys)
+    assert code == 0 and "has no scale for 2 of the 4 inputs" in err and err.startswith("trtq: warning: ")
+    assert "has no scale for 2 of the 4 inputs" in json.loads(out)["warnings"][0]
+    code, _, err = run(["build", model, "--print-trtexec", "--implicit"], capsys)
+    assert code == 2 and "m.int8.cache does not exist and no --calib FILE.cache was given" in err
+    code, _, err = run(["build", model, "--print-trtexec", "--ranges", str(tmp_path / "none.json")], capsys)
+    assert code == 2 and "Ranges file" in err and "does not exist" in err and "Traceback" not in err

@@ -9,14 +9,21 @@ import pytest
 
 from trtq.errors import TrtqError
 from trtq.formats.cache import format_cache
-from trtq.tensorrt.build import BuildOptions, build_mode, calibration_algorithm, validate_options
+from trtq.tensorrt.build import (
+    BuildOptions,
+    build_mode,
+    calibration_algorithm,
+    validate_options,
+)
 from trtq.tensorrt.commands import DlaOptions
 from trtq.tensorrt.ioformats import parse_io_formats
 from trtq.tensorrt.version import (
+    RTX_PIP,
     capabilities,
     installed_version,
     parse_version,
     require_tensorrt,
+    runs_rtx_engines,
     supports,
 )
 
@@ -138,3 +145,31 @@ def test_cache_header_picks_the_calibrator_and_warns_on_version(tmp_path):
         assert calibration_algorithm(options, capabilities((10, 3, 0))) == "minmax"
     cache.write_bytes(format_cache({"x": 1.0}, "10.13.3", "entropy"))
     assert calibration_algorithm(options, TEN) == "entropy"
+
+
+def test_tensorrt_rtx_capabilities():
+    rtx = capabilities((1, 7, 1), backend="tensorrt-rtx")
+    assert rtx.track == "rtx" and rtx.backend == "tensorrt-rtx" and rtx.product == "TensorRT-RTX 1.7.1"
+    assert rtx.builds_without_gpu and rtx.compute_capability_targets
+    assert not (rtx.implicit_int8 or rtx.weak_typing_flags or rtx.strongly_typed_flag or rtx.precision_constraints
+                or rtx.calibration_profile or rtx.dla)
+    assert capabilities((10, 13, 3)).product == "TensorRT 10.13.3" and not capabilities((11, 4, 0)).builds_without_gpu
+    with pytest.raises(ValueError):
+        capabilities((1, 7, 1), backend="tensorrt-lite")
+
+
+def test_compute_capabilities_tensorrt_rtx_runs_on():
+    assert all(runs_rtx_engines(cc) for cc in ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0), (12, 1)))
+    assert not any(runs_rtx_engines(cc) for cc in ((9, 0), (10, 0), (7, 0), (8, 7)))
+
+
+def test_without_tensorrt_rtx_the_error_gives_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+    assert installed_version("tensorrt-rtx") is None
+    with pytest.raises(TrtqError) as info:
+        require_tensorrt("verify m.onnx", [], backend="tensorrt-rtx")
+    assert info.value.message == (
+        "TensorRT-RTX is not installed in this Python environment, so trtq cannot verify m.onnx; install it with "
+        f"`{RTX_PIP}` (or `pip install 'trtq[verify]'`).")
+    with pytest.raises(TrtqError, match="--backend 'tensorrt-lite' is not one of tensorrt, tensorrt-rtx"):
+        installed_version("tensorrt-lite")

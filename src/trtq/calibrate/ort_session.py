@@ -17,6 +17,7 @@ loaded with optimisations off (they are already applied).
 from __future__ import annotations
 
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -39,6 +40,25 @@ _ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
 """onnxruntime's exception types (they derive from Exception directly)."""
 
 _LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, *_ORT_ERRORS)
+
+_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ [^(]*\([^)]*\) ")  # onnxruntime's file:line and C++ signature
+_ASSERT = re.compile(r"[^.:']* was false\.")  # the failed C++ condition, before its explanation
+_NODE = re.compile(r"(\w+) node\. Name:'([^']*)' Status Message: ")
+
+MAX_REASON = 300
+
+
+def ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message without its error code, C++ source location and function signature, on
+    one line: "Gather node 'gather': indices element out of data bounds, idx=50 must be within ..."."""
+    text = _PREFIX.sub("", str(exc).strip())
+    text = text.replace("Non-zero status code returned while running ", "")
+    text = _NODE.sub(lambda m: f"{m[1]} node '{m[2]}': ", text)
+    text = _ASSERT.sub(" ", _SOURCE.sub("", text))
+    text = " ".join(text.split()).rstrip(".")
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
 
 _EXTERNAL_TYPES = frozenset(
     getattr(onnx.TensorProto, t) for t in (
@@ -101,7 +121,7 @@ def session_options(threads: int | None = None, spin: bool = True,
     from spinning, leaving the CPU to other work in this process (the calibration statistics thread)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failed run raises, and trtq says why in one sentence
     if threads:
         options.intra_op_num_threads = threads
     if not spin:
@@ -152,7 +172,7 @@ def make_session(
         if "IR version" not in str(exc) and "opset" not in str(exc).lower():
             raise
         raise TrtqError(
-            f"onnxruntime {ort.__version__} cannot run this model (IR version {model.ir_version}): {exc}",
+            f"onnxruntime {ort.__version__} cannot run this model (IR version {model.ir_version}): {ort_reason(exc)}.",
             "upgrade onnxruntime, or re-export the model for an older IR version/opset "
             "(newer onnx packages write IR versions that older onnxruntime releases refuse).",
         ) from exc
@@ -175,7 +195,7 @@ def session_from_file(path: str | Path, threads: int | None = None, graph: onnx.
                                     disabled_optimizers=disabled_optimizers(graph))
     except _LOAD_ERRORS as exc:
         raise TrtqError(
-            f"onnxruntime cannot load {path} ({type(exc).__name__}: {exc}).",
+            f"onnxruntime cannot load {path} ({ort_reason(exc)}).",
             "check that the model (and its .data file, if it has external weights) was copied completely.",
         ) from exc
 

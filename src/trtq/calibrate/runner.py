@@ -29,6 +29,11 @@ from trtq.calibrate.auto import (
 from trtq.calibrate.backend import make_backend
 from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.grids import INT8, Grid
+from trtq.calibrate.ort_failures import (
+    ORT_ERRORS,
+    explain_run_failure,
+    explain_session_failure,
+)
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.errors import TrtqError
@@ -37,6 +42,10 @@ from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 AMAX_THREADS = min(4, os.cpu_count() or 1)
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
 passes are short: on a 16-core machine 4 threads took 231 ms for 132 tensors, 16 threads 568 ms."""
+
+
+CALIBRATION_BATCH_FIX = "calibrate at batch size 1 (drop --shape, or give it a first dim of 1)"
+"""How to calibrate a model that fails at the batch size --shape asked for."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,14 @@ def run_calibration(
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
     observed = list(dict.fromkeys(roots.values()))
     batches = None if dataset.num_samples is None else -(-dataset.num_samples // batch_size)
-    backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
+    name = model_name or "the model"
+    try:
+        backend = make_backend(device, model, observed, histogram=needs_histogram(method), batches=batches)
+    except ORT_ERRORS as exc:
+        problem = explain_session_failure(model, name)
+        if problem is None:
+            raise
+        raise problem from exc
     digest = hashlib.sha256()
     judging = set(judging_batches(dataset.num_samples, batch_size)) if method == "auto" else set()
     kept: list[Mapping[str, np.ndarray]] = []  # the judging batches of --method auto
@@ -121,7 +137,13 @@ def run_calibration(
               dynamic_ncols=True, leave=False) as bar:
         dropped: list[int] = []
         for index, batch in enumerate(prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped))):
-            found = backend.observe(batch, outputs=index in judging)
+            try:
+                found = backend.observe(batch, outputs=index in judging)
+            except ORT_ERRORS as exc:
+                problem = explain_run_failure(model, batch, samples, name, str(dataset.source), CALIBRATION_BATCH_FIX)
+                if problem is None:
+                    raise
+                raise problem from exc
             if index in judging:
                 kept.append(batch)
                 references.append(found)

@@ -14,18 +14,32 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from trtq import __version__, _io
 from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
-COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.accuracy", "trtq.cli.qat")
+COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.verify", "trtq.cli.accuracy", "trtq.cli.qat")
 """Modules that each define `register(subparsers)`; their commands set `func(args) -> int`."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse in trtq's error style: one sentence and a fix, exit code 2, no usage block.
+
+    Subcommand parsers are of this class too (argparse makes them of their parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        from trtq.cli.options import FIX
+
+        text, _, hint = message.partition(FIX)
+        self.exit(2, f"trtq: error: {text}\n  fix: {hint or f'see `{self.prog} --help`.'}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trtq",
         description="Calibrate and quantize ONNX models for NVIDIA TensorRT (INT8 Q/DQ ONNX, "
         "calibration cache, accuracy report, engine build).",
@@ -38,16 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `trtq` console script."""
+    """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
     install_stop_handlers()
     already = len(_io.written)
     try:
-        parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return 2
-        return int(args.func(args) or 0)
+        from trtq.cli.output import warnings_as_lines
+
+        with warnings_as_lines():
+            parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as done:  # --help, --version, or a bad argument (Parser.error printed it)
+                return done.code if isinstance(done.code, int) else 2
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            return int(args.func(args) or 0)
     except TrtqError as exc:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
         if exc.hint:

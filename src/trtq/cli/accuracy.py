@@ -8,17 +8,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import onnx
-
 from trtq import api
-from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
-from trtq.cli.options import add_data_options, add_precision_option, add_task_options, data_options, task_options
-from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
-from trtq.evaluate.mixed import node_pattern
-from trtq.evaluate.sensitivity import SensitivityResult
 from trtq._format import fmt
 from trtq._io import check_destinations
+from trtq.artifacts import output_directory
+from trtq.cli.options import (
+    add_calibration_options,
+    add_data_options,
+    add_mask_options,
+    add_precision_option,
+    add_smooth_option,
+    add_task_options,
+    calibration_options,
+    data_options,
+    given,
+    non_negative_int,
+    positive_int,
+    refuse,
+    task_options,
+)
+from trtq.cli.output import add_output_options, emit, show_progress
+from trtq.evaluate.mixed import node_pattern
+from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
+from trtq.evaluate.sensitivity import SensitivityResult
 from trtq.report import histogram_summary, record_path, write_record, write_report
 
 HISTOGRAM_TENSORS = 6
@@ -41,25 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
-                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
+    add_calibration_options(p, method_option="--calib-method", cache=False,
+                            method_help="range algorithm for --calib (default: auto for int8, max for fp8)",
+                            device_help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                            "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
+    add_smooth_option(p)
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int("--batch-size 32"),
         help=f"evaluation batch (default: the model's, or {api.DEFAULT_EVAL_BATCH} for a dynamic batch dim)",
     )
-    p.add_argument("--top", type=int, default=20, help="layers to print (default 20; --json has all)")
-    p.add_argument("--device", default="cpu",
-                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
-                   "(the PyTorch executor; default: cpu)")
+    p.add_argument("--top", type=non_negative_int("--top 20"), default=20,
+                   help="layers to print (default 20; --json has all)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -72,11 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
-    exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
-    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
+    if args.ranges:
+        extra = given(args, "calib_method", "percentile")
+        refuse(extra, "with --calib (the ranges it computes); --ranges gives them already",
+               f"drop {' '.join(extra)}, or calibrate again with --calib DATA.")
+    calibration = calibration_options(args, method_option="--calib-method")
+    exclude_ops = calibration["exclude_ops"]
+    directory = output_directory(args.model, args.output_dir)
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
-    options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device)
+    options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
@@ -97,22 +113,33 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "exclude_nodes": list(args.exclude_nodes),
         "exclude_ops": list(exclude_ops),
         "precision": args.precision,
+        "residual_qdq": args.residual_qdq,
+        "smooth": args.smooth,
     }
     record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
                           result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
-                                  "shape_notes": list(run.shape_notes)})
-    text = "\n".join([*run.shape_notes, _sensitivity_text(result, args.top, record)])
+                                  "shape_notes": list(run.shape_notes), "notes": list(run.notes)})
+    text = "\n".join([*run.shape_notes, *(f"note: {note}" for note in run.notes),
+                      _sensitivity_text(result, args.top, record)])
     if run.sensitive_layers and "tensorrt-10-implicit" in run.commands:
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; on TensorRT 10 (implicit INT8, "
                  f"after `trtq quantize` wrote the cache) keep them in FP16 with:\n  {run.commands['tensorrt-10-implicit']}")
     elif run.sensitive_layers:
         patterns = " ".join(f"--exclude-nodes '{node_pattern(n)}'" for n in run.sensitive_layers)
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
-                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision} {patterns}")
+                 f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision}"
+                 f"{smooth_flag(args.smooth)}{' --residual-qdq' if args.residual_qdq else ''} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
-               "commands": run.commands, "shape_notes": list(run.shape_notes)}
+               "commands": run.commands, "shape_notes": list(run.shape_notes), "notes": list(run.notes)}
     emit(args, payload, text)
     return 0
+
+
+def smooth_flag(smooth: float | str | None) -> str:
+    """The --smooth option that reproduces `smooth` on a command line (with a leading space), or ""."""
+    if smooth is None:
+        return ""
+    return " --smooth" if smooth == "auto" else f" --smooth {float(smooth):g}"
 
 
 def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
@@ -122,6 +149,9 @@ def _sensitivity_text(result: SensitivityResult, top: int, record: Path) -> str:
         f"in {result.seconds:.1f} s (lower SNR = more sensitive)",
         f"{'rank':>4} {'SNR dB':>8}{drop}  {'op':<18} layer",
     ]
+    if result.mask is not None:
+        lines.insert(1, result.mask.sentence())
+    lines[1:1] = [f"note: {note}" for note in result.mask_notes]
     for i, layer in enumerate(result.layers[:top]):
         extra = f" {fmt(layer.task_drop):>10}" if result.task_metric else ""
         lines.append(f"{i + 1:>4} {fmt(layer.snr_db):>8}{extra}  {layer.op_type:<18} {layer.node}")

@@ -10,20 +10,26 @@ from pathlib import Path
 from trtq import api
 from trtq._format import fmt
 from trtq._io import check_destinations
-from trtq.calibrate.algorithms import METHODS
+from trtq.artifacts import output_directory
 from trtq.cli.options import (
+    add_calibration_options,
     add_data_options,
+    add_mask_options,
     add_precision_option,
+    add_smooth_option,
     add_target_options,
     add_task_options,
+    calibration_options,
     data_options,
+    given,
+    positive_int,
+    refuse,
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.formats.cache import DEFAULT_TRT_VERSION
 from trtq.report import RunRecord, record_path, write_record
+from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,17 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
-                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
-                   "EntropyCalibration2; default for fp8: max)")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    add_calibration_options(
+        p, method_help="range algorithm (default for int8: auto, per tensor the candidate range that does least harm, "
+        "checked end to end; entropy is TensorRT's EntropyCalibration2; default for fp8: max)",
+        device_help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+        "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
-                   help="keep nodes whose name matches in high precision (repeatable)")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
-                   "precision, e.g. Sigmoid,Softmax")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, help=f"TensorRT version the calibration cache "
-                   f"header targets (default: {DEFAULT_TRT_VERSION})")
+    add_smooth_option(p)
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
@@ -58,12 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu",
-                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
-                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -71,12 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("reference", help="FP32 .onnx model")
     p.add_argument("candidate", help="quantized .onnx model (e.g. <stem>.int8.onnx)")
     p.add_argument("--data", required=True, metavar="DATA", help="held-out samples (same forms as --calib)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch for a dynamic batch dim (default 32)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size 32"),
+                   help="evaluation batch for a dynamic batch dim (default 32)")
     p.add_argument("--device", default="cpu",
                    help="where both models run: cpu (onnxruntime) or cuda[:N] (the PyTorch executor; default: cpu)")
     p.add_argument("--output-dir", help="where the run record for `trtq report` goes (default: beside the candidate)")
     add_task_options(p)
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -92,7 +94,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = api.inspect(args.model)
     lines = [
         f"{info.path}  (opset {info.opset}, IR {info.ir_version}, {info.producer or 'unknown producer'})",
-        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters",
+        f"  {info.num_nodes} nodes, {info.num_parameters:,} parameters"
+        + (f" ({info.constant_parameters:,} in Constant nodes)" if info.constant_parameters else ""),
         "  inputs:",
         *(f"    {t.name}: {t.dtype} [{t.shape_str()}]{'  (dynamic)' if t.is_dynamic else ''}" for t in info.inputs),
         "  outputs:",
@@ -106,22 +109,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Calibrate (or load ranges) and write the INT8 artifacts."""
+    calibration = calibration_options(args)
+    check_quantize_args(args)
     options = api.QuantizeOptions(
-        method=args.method,
-        percentile=args.percentile,
-        exclude_nodes=tuple(args.exclude_nodes),
-        exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=args.trt_version,
+        **calibration,
         output_dir=args.output_dir,
-        device=args.device,
         cache_scope=args.cache_scope,
         target=args.target,
         target_data=args.target_data,
-        ranking=args.ranking,
+        ranking=args.ranking or "local",
         high_precision=args.high_precision,
         task=task_options(args),
         external_data=args.external_data,
         precision=args.precision,
+        smooth=args.smooth,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
@@ -135,10 +136,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"  {result.qdq_pairs} {'FP8 E4M3 ' if result.quant_type == 'fp8' else ''}Q/DQ pairs "
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
+        *smoothing_lines(result.smoothing),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
         *([f"wrote {result.cache_path}  ({result.cache_entries} tensors)"] if result.cache_path else []),
+        *([(f"wrote {result.smoothed_path}  (the smoothed FP32 model: the implicit TensorRT 10 build reads it with "
+            "the cache)")] if result.smoothed_path else []),
         f"wrote {result.ranges_path}",
         f"wrote {record}  (trtq report {record.parent})",
         "build the engine on the target:",
@@ -148,10 +152,40 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_quantize_args(args: argparse.Namespace) -> None:
+    """Refuse options this quantize run would accept and then ignore."""
+    if not args.target:
+        extra = given(args, "target_data", "ranking", "task", "mask_input", "no_mask")
+        refuse(extra, "with --target (the accuracy target they check)",
+               f"add --target, e.g. --target \"snr>=30\", or drop {' '.join(extra)}.")
+    if args.precision == "fp8":
+        extra = given(args, "trt_version") + (["--cache-scope all"] if args.cache_scope == "all" else [])
+        refuse(extra, "to the calibration cache, which --precision fp8 does not write (TensorRT calibrates INT8 only)",
+               f"drop {' '.join(extra)}.")
+
+
 def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
+
+
+def smoothing_lines(smoothing: dict | None) -> list[str]:
+    """What --smooth did, in two lines."""
+    if not smoothing:
+        return []
+    tensors = smoothing["tensors"]
+    alphas = Counter(t["alpha"] for t in tensors)
+    how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
+           if smoothing["alpha"] == "per layer" else f"alpha {smoothing['alpha']:g}")
+    left = (f"; {len(smoothing['left_alone'])} left alone (smoothing gained less than 1.25 dB there)"
+            if smoothing["left_alone"] else "")
+    checked = (f"FP32 outputs within {smoothing['deviation']:.2g} of their range of the original on "
+               f"{smoothing['checked_samples']} samples (allowed {smoothing['tolerance']:g})"
+               if smoothing["checked_samples"] else "not re-checked against the original (no data)")
+    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
+             f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}"),
+            f"    {checked}"]
 
 
 CLIPPED_SHOWN = 3
@@ -191,6 +225,8 @@ def _mixed_lines(mixed: dict | None) -> list[str]:
     if mixed.get("all_excluded"):
         lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
                      "model runs nothing in INT8; relax the target to keep some INT8")
+    if mixed.get("mask"):
+        lines.append(f"    {mixed['mask']['sentence']}")
     scored = (mixed.get("reference") or {}).get("scored_against")
     if scored:
         lines.append(f"    {scored['sentence']}")
@@ -213,22 +249,25 @@ def _precision_lines(precision: dict | None) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    directory = output_directory(args.candidate, args.output_dir)
     check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, device=args.device,
                          progress=show_progress(args))
     record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
-    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10} {'top-1 agree':>12}"
     parts = report.task.candidate.parts if report.task is not None else ()
-    rows = [
-        f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
-        f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10} "
-        f"{fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
-        for o in (*report.outputs, *parts)
-    ]
+    rows = (*report.outputs, *parts)
+    top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
+    header = f"{'output':<24} {'SNR dB':>8} {'worst dB':>9} {'cosine':>8} {'max abs':>10} {'mean abs':>10}"
+    header += f" {'top-1 agree':>12}" if top1 else ""
     lines = [*report.shape_notes, f"{report.candidate} vs {report.reference} on {report.samples} samples ({report.data})",
-             header, *rows]
+             *([report.mask.sentence()] if report.mask else []), *(f"note: {note}" for note in report.mask_notes), header]
+    for o in rows:
+        line = (f"{o.name:<24} {fmt(o.snr_db):>8} {fmt(o.worst_sample_snr_db):>9} {fmt(o.cosine, 5):>8} "
+                f"{fmt(o.max_abs_error, 4):>10} {fmt(o.mean_abs_error, 5):>10}")
+        if top1:
+            line += f" {fmt(o.top1_agreement, 1, scale=100.0, suffix='%'):>12}"
+        lines.append(line)
     if parts:
         lines.append("  (" + " and ".join(p.name for p in parts) + ": the YOLO head's box values and its scores, "
                      "measured apart)")

@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
+from tqdm import tqdm
+
 from trtq._format import json_safe
+
+WARNINGS: list[str] = []
+"""The warnings of the command being run, each as the one line printed (for its --json output)."""
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print every warning raised inside as one line, `trtq: warning: ...` on stderr (no source
+    line), and keep it in WARNINGS so that `emit` can put it into the --json result."""
+    start = len(WARNINGS)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        text = " ".join(str(message).split())
+        WARNINGS.append(text)
+        tqdm.write(f"trtq: warning: {text}", file=sys.stderr)  # above any progress bar, not through it
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            del WARNINGS[start:]
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +47,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     """Print `payload` as JSON when --json was given, otherwise the human-readable `text`."""
     if getattr(args, "json", False):
+        if WARNINGS:
+            earlier = [w for w in payload.get("warnings") or () if w not in WARNINGS]
+            payload = {**payload, "warnings": [*earlier, *WARNINGS]}
         json.dump(json_safe(payload), sys.stdout, indent=2, sort_keys=True, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:

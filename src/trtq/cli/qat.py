@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from trtq._format import fmt
 from trtq._io import Stopped
-from trtq.calibrate.algorithms import METHODS
 from trtq.cli.core import add_data_options, data_options
+from trtq.cli.options import (
+    add_calibration_options,
+    add_mask_options,
+    calibration_options,
+    given,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    refuse,
+)
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.errors import TrtqError
-from trtq.formats.cache import DEFAULT_TRT_VERSION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,30 +38,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="VAL", help="held-out data for the final FP32/PTQ/QAT comparison (default: --calib)")
     p.add_argument("--task", choices=("classify", "detect"),
                    help="also report a task metric in the comparison (labels from --data's class folders)")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps in all (default: 2000)")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of weights and biases (default: 1e-5)")
-    p.add_argument("--scale-lr", type=float, default=1e-3,
+    p.add_argument("--steps", type=positive_int("--steps 2000"), default=2000, help="optimizer steps in all (default: 2000)")
+    p.add_argument("--lr", type=positive_float("--lr 1e-5"), default=1e-5, help="learning rate of weights and biases (default: 1e-5)")
+    p.add_argument("--scale-lr", type=positive_float("--scale-lr 1e-3"), default=1e-3,
                    help="learning rate of the log step sizes (default: 1e-3)")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch (default: 32; a fixed batch dim wins)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size 32"), default=32, help="training batch (default: 32; a fixed batch dim wins)")
     p.add_argument("--target", metavar="METRIC>=X",
                    help='stop as soon as this holds against FP32, e.g. "snr>=35" (dB, every output) or "cosine>=0.999"')
-    p.add_argument("--eval-every", type=int, default=100, help="steps between progress evaluations (default: 100)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--eval-every", type=positive_int("--eval-every 100"), default=100, help="steps between progress evaluations (default: 100)")
+    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every 100"), default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--seed", type=non_negative_int("--seed 0"), default=0, help="seed of the batch order (default: 0)")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, run every step eagerly instead of replaying a captured CUDA graph")
     p.add_argument("--resume", action="store_true",
                    help="continue from <stem>.qat.ckpt in the output directory (same model, data and options)")
-    p.add_argument("--method", choices=METHODS, default="entropy", help="PTQ range algorithm (default: entropy)")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
-                   help="keep nodes whose name matches in high precision (repeatable)")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high precision")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version the calibration cache header targets (default: {DEFAULT_TRT_VERSION})")
+    add_calibration_options(p, method_help="PTQ range algorithm (default: entropy)",
+                            device_help="where training runs: cpu or cuda[:N] (default: cpu)")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     add_data_options(p)
+    add_mask_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -63,15 +65,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, export and compare."""
     try:
         from trtq.qat import FinetuneOptions, finetune
-        from trtq.qat.api import output_paths
+        from trtq.qat.api import checkpoint_path
     except ImportError as exc:
         raise TrtqError(f"trtq finetune needs PyTorch, which is not installed ({exc}).",
                         "pip install 'trtq[gpu]' (or pip install torch).") from exc
+    if args.ranges:
+        extra = given(args, "method", "percentile")
+        refuse(extra, "to the PTQ calibration, which --ranges replaces", f"drop {' '.join(extra)}, or drop --ranges.")
     options = FinetuneOptions(
+        **calibration_options(args),
         steps=args.steps, lr=args.lr, scale_lr=args.scale_lr, batch_size=args.batch_size, target=args.target,
-        device=args.device, method=args.method, percentile=args.percentile,
-        exclude_nodes=tuple(args.exclude_nodes), exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=args.trt_version, output_dir=args.output_dir, resume=args.resume, seed=args.seed,
+        output_dir=args.output_dir, resume=args.resume, seed=args.seed,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
         cuda_graph=not args.no_cuda_graph,
     )
@@ -79,7 +83,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,
                           data=data_options(args), options=options, progress=show_progress(args))
     except (KeyboardInterrupt, Stopped):
-        checkpoint = output_paths(Path(args.model), args.output_dir)[3]
+        checkpoint = checkpoint_path(args.model, args.output_dir)
         if checkpoint.exists():
             print(f"trtq: the last checkpoint is kept at {checkpoint}; run the same command with --resume to "
                   "continue.", file=sys.stderr)
@@ -105,6 +109,10 @@ def _text(result) -> str:  # type: ignore[no-untyped-def]
         "",
         f"FP32 vs PTQ vs QAT on {comparison.samples} samples ({comparison.data}):",
     ]
+    if result.monitor_mask is not None:
+        lines.insert(2, f"  progress {result.monitor_mask.sentence()}")
+    if comparison.mask is not None:
+        lines.append(f"  {comparison.mask.sentence()}")
     task_keys = sorted({k for row in comparison.rows if row.task for k in row.task})
     header = f"  {'model':<6} {'SNR dB':>8} {'cosine':>9} {'top-1 agr':>10}" + "".join(f" {k:>8}" for k in task_keys)
     lines.append(header)

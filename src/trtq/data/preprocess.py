@@ -290,11 +290,12 @@ def center_crop_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tu
 
 
 def _to_mode(image: Image.Image, color: str) -> Image.Image:
-    """Convert any Pillow mode to RGB (for RGB/BGR) or L (for GRAY)."""
+    """Convert any Pillow mode to RGB (for RGB/BGR) or L (for GRAY); a float image ("F", from deep
+    pixels, see `trtq.data.load_image`) stays one float channel, which `preprocess_image` repeats."""
     target = "L" if color == "GRAY" else "RGB"
-    if image.mode == target:
+    if image.mode in (target, "F"):
         return image
-    if image.mode == "P":  # palette transparency must go through RGBA to convert cleanly
+    if image.mode in ("P", "PA"):  # palette transparency must go through RGBA to convert cleanly
         image = image.convert("RGBA")
     return image.convert(target)
 
@@ -311,15 +312,17 @@ def preprocess_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
     elif pre.resize == "letterbox":
         box = letterbox_geometry(src_hw, pre.size)
         resized = image.resize((box.resized[1], box.resized[0]), _RESAMPLE)
-        fill = pre.pad_value if image.mode == "L" else (pre.pad_value,) * 3
+        fill = pre.pad_value if image.mode in ("L", "F") else (pre.pad_value,) * 3
         image = Image.new(image.mode, (dst_w, dst_h), fill)
         image.paste(resized, (box.left, box.top))
     else:
         (new_h, new_w), top, left = center_crop_geometry(src_hw, pre.size)
         image = image.resize((new_w, new_h), _RESAMPLE).crop((left, top, left + dst_w, top + dst_h))
-    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = np.asarray(image, dtype=np.float32 if image.mode == "F" else np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+        if pre.color != "GRAY":  # one deep gray channel for a color input, as convert("RGB") does
+            pixels = np.repeat(pixels, 3, axis=2)
     elif pre.color == "BGR":
         pixels = pixels[:, :, ::-1]
     return normalize(pixels, pre)

@@ -8,10 +8,9 @@ re-iterable Dataset of batches {input_name: array with batch dim}. Memory stays 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import os
-import sys
+import time
 import warnings
 import zipfile
 from collections import deque
@@ -22,7 +21,9 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
+from trtq._usercode import import_script, printing_to_stderr, user_code, user_error
 from trtq.data.preprocess import (
     PRESETS,
     Preprocess,
@@ -51,8 +52,12 @@ from trtq.model import PartialShape, TensorSpec, missing_shapes_error
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CHUNK_BYTES = 64 << 20
 """Up-front checks of memory-mapped arrays read this much at a time."""
-SCRIPT_CACHE_BYTES = 256 << 20
+SCRIPT_CACHE_BYTES = 64 << 20
 """load_data() output up to this size is kept from the checking pass; larger data is re-generated."""
+SCRIPT_MAX_SAMPLES = 1_000_000
+"""Without --limit, a load_data() that yields more samples than this is taken to never end."""
+SCRIPT_HINT_SECONDS = 15.0
+"""Without --limit, a load_data() still yielding after this long gets a warning that says how to stop it."""
 
 _NUMPY_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
 """What np.load raises for a truncated, corrupt or pickled file."""
@@ -171,8 +176,16 @@ class ImageFolderDataset(Dataset):
         self.workers = workers
 
     def decode(self, path: Path) -> np.ndarray:
-        """One preprocessed sample (no batch dim); a file that fails to decode is named."""
-        return preprocess_image(load_image(path), self.preprocess)
+        """One preprocessed sample (no batch dim); a file that fails to decode or convert is named."""
+        image = load_image(path)
+        try:
+            return preprocess_image(image, self.preprocess)
+        except IMAGE_ERRORS as exc:
+            raise TrtqError(
+                f"Image {path} (Pillow mode {image.mode}) cannot be converted to {self.preprocess.color} "
+                f"({type(exc).__name__}: {exc}).",
+                "save it as an 8-bit RGB or grayscale image.",
+            ) from exc
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         name = self.inputs[0].name
@@ -197,6 +210,7 @@ class ScriptDataset(Dataset):
         dtypes: Mapping[str, np.dtype],
         limit: int | None,
         given: Collection[str] = (),
+        progress: bool = False,
     ) -> None:
         super().__init__(source, inputs, shapes, None, "")
         self.load_data = load_data
@@ -209,16 +223,32 @@ class ScriptDataset(Dataset):
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}
         count, size = 0, 0
-        for block, ranges in self._run():
-            count += len(next(iter(block.values())))
-            size += sum(a.nbytes for a in block.values())
-            if self._cache is not None and size <= SCRIPT_CACHE_BYTES:
-                self._cache.append(block)
-            else:  # too big to keep: batches() calls load_data() again
-                self._cache = None
-            for name, (low, high) in ranges.items():
-                lows[name] = min(low, lows.get(name, low))
-                highs[name] = max(high, highs.get(name, high))
+        start, hinted = time.monotonic(), limit is not None
+        with tqdm(total=limit, desc=f"checking load_data() of {source.name}", unit="sample", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for block, ranges in self._run():
+                rows = len(next(iter(block.values())))
+                count += rows
+                bar.update(rows)
+                size += sum(a.nbytes for a in block.values())
+                if self._cache is not None and size <= SCRIPT_CACHE_BYTES:
+                    self._cache.append(block)
+                else:  # too big to keep: batches() calls load_data() again
+                    self._cache = None
+                for name, (low, high) in ranges.items():
+                    lows[name] = min(low, lows.get(name, low))
+                    highs[name] = max(high, highs.get(name, high))
+                if limit is None and count > SCRIPT_MAX_SAMPLES:
+                    raise TrtqError(
+                        f"load_data() in {source} yielded over {SCRIPT_MAX_SAMPLES:,} samples without ending "
+                        "(calibration needs hundreds to a few thousand).",
+                        "pass --limit N (e.g. --limit 1000) to use its first N samples, or make load_data() stop.",
+                    )
+                if not hinted and time.monotonic() - start > SCRIPT_HINT_SECONDS:
+                    hinted = True
+                    warnings.warn(f"load_data() in {source} has yielded {count:,} samples in "
+                                  f"{SCRIPT_HINT_SECONDS:g} s and goes on; if it never ends, stop trtq (Ctrl-C) and "
+                                  "pass --limit N to use its first N samples.", stacklevel=2)
         if count == 0:
             raise TrtqError(f"load_data() in {source} yielded no samples.", "yield at least one sample.")
         for spec in inputs:
@@ -229,25 +259,23 @@ class ScriptDataset(Dataset):
 
     def _run(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]]:
         """Call load_data() and check each item; blocks are cut at `limit` samples."""
-        produced = _call_load_data(self.load_data, self.source)
-        iterator = iter(produced)
+        iterator = _call_load_data(self.load_data, self.source)
         index = 0
         try:
             for number in itertools.count():
                 if self.limit is not None and index >= self.limit:
                     return
                 try:
-                    item = next(iterator)
+                    with printing_to_stderr():
+                        item = next(iterator)
                 except StopIteration:
                     return
-                except TrtqError:
-                    raise
-                except Exception as exc:  # the user's code failed: report it as their error
-                    raise TrtqError(
-                        f"load_data() in {self.source} raised {type(exc).__name__} while producing "
-                        f"item {number}: {exc}.",
-                        "fix the data script; run it on its own to see the traceback.",
-                    ) from exc
+                except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
+                    error = user_error(exc, f"load_data() in {self.source}, producing item {number},",
+                                       "fix the data script; run it on its own to see the traceback.")
+                    if error is exc:
+                        raise
+                    raise error from exc
                 where = f"item {number} of load_data() in {self.source}"
                 block, ranges = check_feed(item, self.inputs, self.shapes, self.dtypes, where, index,
                                            given=self.given, inferred=set(self.inferred))
@@ -261,7 +289,8 @@ class ScriptDataset(Dataset):
         finally:
             close = getattr(iterator, "close", None)
             if callable(close):
-                close()
+                with user_code(f"load_data() in {self.source}, when closed,", "fix the data script."):
+                    close()
 
     def _blocks(self) -> Iterator[dict[str, np.ndarray]]:
         if self._cache is not None:
@@ -282,17 +311,36 @@ class ScriptDataset(Dataset):
         return _rebatch(self._blocks(), batch_size)
 
 
+HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+"""Pillow modes of pixels deeper than 8 bits (16-bit grayscale PNGs), and the value of full white."""
+
+
 def load_image(path: Path) -> Image.Image:
-    """Decode an image file fully, EXIF orientation applied; TrtqError naming the file on failure."""
+    """Decode an image file fully, EXIF orientation applied; TrtqError naming the file on failure.
+
+    Animated files give their first frame. Pixels deeper than 8 bits (16-bit grayscale PNG) come
+    back as a float image ("F") on the 8-bit scale, 0..255, so that 65535 is white and not clipped.
+    """
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image)
+            image = ImageOps.exif_transpose(image)
     except IMAGE_ERRORS as exc:
         raise TrtqError(
             f"Image {path} cannot be decoded ({type(exc).__name__}: {exc}).",
             "delete or replace the corrupt file in the calibration folder.",
         ) from exc
+    if image.mode in HIGH_DEPTH_MAX:
+        pixels = np.asarray(image, dtype=np.float64)
+        full = HIGH_DEPTH_MAX[image.mode]
+        if pixels.size and (pixels.min() < 0 or pixels.max() > full):
+            raise TrtqError(
+                f"Image {path} has {image.mode} pixels from {pixels.min():g} to {pixels.max():g}, outside the "
+                f"16-bit range 0..{full} that trtq scales to 0..255.",
+                "save the image with 8 or 16 bits per channel.",
+            )
+        return Image.fromarray((pixels * (255.0 / full)).astype(np.float32))
+    return image
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
@@ -341,51 +389,29 @@ def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
-def _call_load_data(load_data: Callable[[], object], source: Path) -> Iterable[object]:
+def _call_load_data(load_data: Callable[[], object], source: Path) -> Iterator[object]:
     """Call the user's load_data() and check that it gave an iterable of items."""
-    try:
+    with user_code(f"load_data() in {source}", "fix the data script; run it on its own to see the traceback."):
         produced = load_data()
-    except TrtqError:
-        raise
-    except Exception as exc:  # the user's code failed: report it as their error
-        raise TrtqError(
-            f"load_data() in {source} raised {type(exc).__name__}: {exc}.",
-            "fix the data script; run it on its own to see the traceback.",
-        ) from exc
     if isinstance(produced, Mapping):
         raise TrtqError(
             f"load_data() in {source} returned a single dict, not a generator or list of dicts.",
             "yield one {input_name: array} dict per sample (or return a list of them).",
         )
-    if produced is None or isinstance(produced, (str, bytes)) or not isinstance(produced, Iterable):
+    if produced is None or isinstance(produced, (str, bytes, np.ndarray)) or not isinstance(produced, Iterable):
         raise TrtqError(
             f"load_data() in {source} returned {type(produced).__name__}, not a generator or list "
             "of {input_name: array} dicts.",
             "make load_data() yield one dict per sample (or return a list of them).",
         )
-    return produced
+    with user_code(f"load_data() in {source}, when iterated,", "fix the data script."):
+        return iter(produced)
 
 
 def _import_load_data(path: Path) -> Callable[[], object]:
     """Run the user's script and return its load_data function."""
     module_name = "_trtq_data_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise TrtqError(f"Data script {path} cannot be loaded as Python.", "give a .py file.")
-    module = importlib.util.module_from_spec(spec)
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)  # let the script import helpers that sit beside it
-    sys.modules[module_name] = module  # as `import` does; dataclasses and pickle look it up
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code failed: report it as their error
-        del sys.modules[module_name]
-        raise TrtqError(
-            f"Data script {path} failed to run: {type(exc).__name__}: {exc}.",
-            "fix the script; run it with python on its own to see the traceback.",
-        ) from exc
-    finally:
-        sys.path.remove(folder)
+    module = import_script(path, "Data script", module_name)
     load_data = getattr(module, "load_data", None)
     if load_data is None:
         raise TrtqError(
@@ -474,6 +500,12 @@ def _open_images(
     verify_images(paths, root, workers)
     bound = bind_preprocess(requested, spec.name, shape)
     src, dst = np.dtype(bound.dtype), dtypes[spec.name]
+    if dst.kind == "f" and src.kind != "f":
+        raise TrtqError(
+            f"Input {spec.name!r} takes {dst}, but the preprocessing dtype {src} would round its values to "
+            f"integers (e.g. pixels scaled to 0..1 become 0 or 1) before they reach the model.",
+            f"drop --dtype (float inputs are fed {dst}), or give a float dtype such as float32.",
+        )
     if not (src == dst or dst.kind == "f" or np.can_cast(src, dst)):
         raise TrtqError(
             f"Input {spec.name!r} takes {dst}, but preprocessing produces {src}.",
@@ -605,6 +637,10 @@ def _open_npz(
                 array, resolved[spec.name] = _as_samples(archive[key], spec, shapes[spec.name], str(path),
                                                          spec.name in given)
                 arrays[spec.name] = array[:limit]
+            unused = [key for key in keys if key not in {s.name for s in inputs} and not single]
+            if unused:
+                warnings.warn(f"{path} also holds {', '.join(map(repr, unused))}, which no model input takes "
+                              f"(the inputs are {[s.name for s in inputs]}); those arrays are not used.", stacklevel=3)
     except _NUMPY_FILE_ERRORS as exc:
         raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
     counts = {name: len(a) for name, a in arrays.items()}
@@ -625,8 +661,61 @@ def _open_npz(
     return dataset
 
 
+IN_MEMORY = Path("<arrays>")
+"""The `source` of a Dataset made from arrays passed in Python rather than read from a file."""
+
+
+def _open_in_memory(
+    source: np.ndarray | Mapping[str, object],
+    inputs: Sequence[TensorSpec],
+    shapes: Mapping[str, PartialShape],
+    dtypes: Mapping[str, np.dtype],
+    limit: int | None,
+    given: Collection[str] = (),
+) -> ArrayDataset:
+    """Samples passed as arrays: one array (N, ...) for a one-input model, or {input_name: array}."""
+    names = [spec.name for spec in inputs]
+    if isinstance(source, np.ndarray):
+        if len(inputs) != 1:
+            raise TrtqError(f"One array was given as data, but the model has {len(inputs)} inputs ({', '.join(names)}).",
+                            "pass a dict {input_name: array} with one array per input.")
+        source = {names[0]: source}
+    missing = [name for name in names if name not in source]
+    extra = sorted(str(key) for key in source if key not in names)
+    if missing or extra:
+        raise TrtqError(
+            f"The data dict has keys {sorted(map(str, source))}, but the model's inputs are {names}.",
+            "pass one array per model input, keyed by input name.",
+        )
+    arrays: dict[str, np.ndarray] = {}
+    resolved: dict[str, tuple[int, ...]] = {}
+    for spec in inputs:
+        where = f"the array given for input {spec.name!r}"
+        try:
+            value = np.asarray(source[spec.name])
+        except (ValueError, TypeError) as exc:
+            raise TrtqError(f"{where} cannot be read as an array ({exc}).", "pass numpy arrays.") from exc
+        array, resolved[spec.name] = _as_samples(value, spec, shapes[spec.name], where, spec.name in given)
+        arrays[spec.name] = array[:limit]
+    counts = {name: len(a) for name, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise TrtqError(f"The arrays given as data have different sample counts: {counts}.",
+                        "give every input the same number of samples.")
+    for name, array in arrays.items():
+        _scan(array, dtypes[name], name, f"the array given for input {name!r}")
+    n = counts[names[0]]
+    dataset = ArrayDataset(IN_MEMORY, inputs, resolved, arrays, dtypes, f"{n} samples from arrays")
+    dataset.inferred = {name: shape for name, shape in resolved.items() if None in shapes[name]}
+    return dataset
+
+
+DataSource = str | os.PathLike | np.ndarray | Mapping[str, object]
+"""What data can be given as: a path (image folder, .npy, .npz, .py with load_data()), one numpy array
+(N, ...) for a one-input model, or a dict {input_name: array}."""
+
+
 def open_dataset(
-    source: str | Path,
+    source: DataSource,
     inputs: Sequence[TensorSpec],
     shapes: Mapping[str, Sequence[int | None]],
     preprocess: Preprocess | None = None,
@@ -635,6 +724,7 @@ def open_dataset(
     *,
     given: Collection[str] = (),
     purpose: str = "calibrate",
+    progress: bool = False,
 ) -> Dataset:
     """Open calibration data for a model and check it all before anything runs.
 
@@ -645,11 +735,12 @@ def open_dataset(
     ("calibrate", "compare", ...). `preprocess` applies to image folders only (default: preset
     "none"). `limit` keeps at most that many samples: the first ones of arrays and load_data(),
     an evenly spaced subset of an image folder (sorted paths group classes). `workers` threads
-    decode images ahead of the model (0: decode inline).
+    decode images ahead of the model (0: decode inline). `progress` shows a bar while a load_data()
+    script's samples are checked (its length is unknown up front).
     """
-    path = require_source(source)
     if not inputs:
-        raise TrtqError("The model has no inputs to calibrate.", "check the model file.")
+        raise TrtqError("The model has no graph inputs, so no samples can be fed to it.",
+                        "export the model with its inputs as graph inputs (not constants or initializers).")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TrtqError(f"Sample limit {limit!r} is not a positive integer.", "give a limit >= 1.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -657,6 +748,17 @@ def open_dataset(
     requested = check_shapes(inputs, shapes)
     dtypes = {spec.name: input_dtype(spec) for spec in inputs}
     dataset: Dataset
+    if isinstance(source, (np.ndarray, Mapping)):
+        dataset = _open_in_memory(source, inputs, requested, dtypes, limit, given)
+        check_named_dims(dataset.inputs, dataset.shapes, "the arrays given as data")
+        return dataset
+    if not isinstance(source, (str, os.PathLike)):
+        raise TrtqError(
+            f"Data must be a path (image folder, .npy, .npz, or .py with load_data()), a numpy array or a dict of "
+            f"arrays, not a {type(source).__name__}.",
+            "pass one of those.",
+        )
+    path = require_source(source)
     if path.is_dir():
         dataset = _open_images(path, inputs, requested, dtypes, preprocess, limit, workers, purpose)
     else:
@@ -672,7 +774,7 @@ def open_dataset(
         elif suffix == ".npz":
             dataset = _open_npz(path, inputs, requested, dtypes, limit, given)
         elif suffix == ".py":
-            dataset = ScriptDataset(path, inputs, requested, _import_load_data(path), dtypes, limit, given)
+            dataset = ScriptDataset(path, inputs, requested, _import_load_data(path), dtypes, limit, given, progress)
         else:
             raise TrtqError(
                 f"Calibration data {path} is not a folder, .npy, .npz or .py file.",

@@ -59,6 +59,12 @@ def check_shapes(
     must say (a dynamic dim no --shape fixed); the batch dim must be set."""
     resolved: dict[str, PartialShape] = {}
     for spec in inputs:
+        if not spec.shape:
+            raise TrtqError(
+                f"Input {spec.name!r} has no dims in the model (a scalar, or a shape the export left out), and trtq "
+                "feeds samples stacked along a first (batch) dim.",
+                "export the model with the input's shape, batch dim first (onnx.tools.update_model_dims can set it).",
+            )
         if spec.name not in shapes:
             raise TrtqError(
                 f"Input {spec.name!r} ({spec.shape_str()}) has no resolved shape for calibration.",
@@ -345,7 +351,13 @@ def check_feed(
     ranges: dict[str, tuple[float, float]] = {}
     rows: int | None = None
     for spec in inputs:
-        array = np.asarray(item[spec.name])
+        try:
+            array = np.asarray(item[spec.name])
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot read
+            raise TrtqError(
+                f"Input {spec.name!r} in {where} cannot be read as an array ({' '.join(str(exc).split())}).",
+                "yield numpy arrays (all samples of one input the same shape).",
+            ) from exc
         if array.dtype.kind not in "fiub":
             raise TrtqError(
                 f"Input {spec.name!r} in {where} is a {array.dtype} array, not numbers.",

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from trtq.data import Dataset
 from trtq.evaluate.evaluator import Evaluator
 from trtq.evaluate.metrics import OutputMetrics
+from trtq.evaluate.scoring import MaskRequest, TokenMask
 from trtq.evaluate.tasks import Task, TaskComparison
 from trtq.runtime import Runner, RunnerFactory
 
@@ -30,6 +31,10 @@ class ComparisonReport:
     task: TaskComparison | None = None
     shape_notes: tuple[str, ...] = ()
     """Which input shapes were taken from the data."""
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the masked outputs were scored over."""
+    mask_notes: tuple[str, ...] = ()
+    """Why no mask was taken where one might have been (several candidates)."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -43,6 +48,8 @@ class ComparisonReport:
             "notes": list(self.notes),
             "task": self.task.to_dict() if self.task else None,
             "shape_notes": list(self.shape_notes),
+            "mask": self.mask.to_dict() if self.mask else None,
+            "mask_notes": list(self.mask_notes),
         }
 
 
@@ -57,12 +64,16 @@ def compare_models(
     candidate_name: str = "quantized",
     runner: RunnerFactory | None = None,
     progress: bool = True,
+    mask: MaskRequest = True,
+    graph: onnx.ModelProto | None = None,
 ) -> ComparisonReport:
     """Run both models over `dataset` (onnxruntime on the CPU, or what `runner` makes): per-output
-    metrics and, with a task, FP32-vs-candidate task scores."""
+    metrics and, with a task, FP32-vs-candidate task scores. `mask` and `graph` as for `Evaluator`:
+    outputs an attention mask covers are scored over real tokens."""
     start = time.perf_counter()
-    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, runner=runner, progress=progress)
-    evaluation = evaluator.evaluate(candidate, label="comparing")
+    evaluator = Evaluator(reference, dataset, batch_size=batch_size, task=task, runner=runner, progress=progress,
+                          mask=mask, graph=graph, name=reference_name)
+    evaluation = evaluator.evaluate(candidate, label="comparing", user_model=candidate_name)
     return ComparisonReport(
         reference=reference_name,
         candidate=candidate_name,
@@ -73,4 +84,6 @@ def compare_models(
         notes=(task.describe(),) if task is not None else (),
         task=evaluator.task_comparison(evaluation),
         shape_notes=(dataset.shape_note,) if dataset.shape_note else (),
+        mask=evaluator.mask,
+        mask_notes=evaluator.mask_notes,
     )

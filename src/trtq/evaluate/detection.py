@@ -26,7 +26,6 @@ when they are too few for mAP to rank models.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +35,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trtq._usercode import import_script, user_code
 from trtq.data import Dataset, letterbox_geometry
 from trtq.data.preprocess import center_crop_geometry
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator
-from trtq.evaluate.tasks import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
+from trtq.evaluate.task_contract import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
 
 PRESETS = ("yolo", "yolov5", "yolov8", "torchvision", "retinanet")
 CONF_THRESHOLD = 0.001
@@ -332,15 +332,7 @@ def load_postprocess(spec: str | None) -> tuple[Postprocess, str]:
         )
     if not path.is_file():
         raise TrtqError(f"Postprocess file {path} does not exist.", "check the --postprocess path.")
-    module_spec = importlib.util.spec_from_file_location(f"trtq_postprocess_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
-    try:
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except Exception as exc:  # the user's code failed on import: report it as their error
-        raise TrtqError(
-            f"Postprocess file {path} failed to import ({type(exc).__name__}: {exc}).",
-            "run it with python to see the traceback.",
-        ) from exc
+    module = import_script(path, "Postprocess file", f"trtq_postprocess_{abs(hash(str(path.resolve())))}")
     hook = getattr(module, "postprocess", None)
     if not callable(hook):
         raise TrtqError(
@@ -350,22 +342,34 @@ def load_postprocess(spec: str | None) -> tuple[Postprocess, str]:
     convention = str(getattr(module, "CLASS_IDS", "index"))
 
     def run(outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
-        produced = list(hook(dict(outputs), list(images)))
+        with user_code(f"postprocess() in {path}", "fix the hook; it returns one (boxes, scores, class_ids) per image.",
+                       "return the detections instead of calling sys.exit()."):
+            produced = list(hook(dict(outputs), list(images)))
         if len(produced) != len(images):
             raise TrtqError(
                 f"postprocess() in {path} returned {len(produced)} results for {len(images)} images.",
                 "return one (boxes, scores, class_ids) tuple per image.",
             )
-        return [
-            item
-            if isinstance(item, Detections)
-            else Detections(
-                np.asarray(item[0], np.float64).reshape(-1, 4),
-                np.asarray(item[1], np.float64).reshape(-1),
-                np.asarray(item[2]).astype(np.int64).reshape(-1),
-            )
-            for item in produced
-        ]
+        detections = []
+        for index, item in enumerate(produced):
+            if isinstance(item, Detections):
+                detections.append(item)
+                continue
+            try:
+                boxes, scores, classes = item
+                found = Detections(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64).reshape(-1),
+                                   np.asarray(classes).astype(np.int64).reshape(-1))
+                if not len(found.boxes) == len(found.scores) == len(found.classes):
+                    raise ValueError(f"{len(found.boxes)} boxes, {len(found.scores)} scores and "
+                                     f"{len(found.classes)} class ids")
+                detections.append(found)
+            except (TypeError, ValueError) as exc:
+                raise TrtqError(
+                    f"postprocess() in {path} returned {type(item).__name__} for image {index}, which is not "
+                    f"(boxes [K,4], scores [K], class_ids [K]) ({' '.join(str(exc).split())}).",
+                    "return one (boxes, scores, class_ids) tuple of arrays per image.",
+                ) from exc
+        return detections
 
     return run, convention
 

@@ -5,6 +5,10 @@ samples. The Evaluator runs the FP32 model once, keeps the input batches and ref
 in memory when they fit a byte budget (else re-reads the data and re-runs the reference on every
 evaluation), and scores each candidate on output agreement (`OutputMetrics`) and, when a task is
 given, on the task metric (`TaskScores`).
+
+Token models are scored over real tokens: the reference pass also detects the attention mask
+(`trtq.evaluate.scoring`); outputs it covers are scored over the positions it marks, and their
+FP32 power (what early stopping measures noise against) is summed over those positions too.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +26,22 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from trtq.calibrate.ort_failures import (
+    ORT_ERRORS,
+    BatchSizeError,
+    explain_run_failure,
+    explain_session_failure,
+)
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
+from trtq.evaluate.scoring import (
+    MaskDetector,
+    MaskRequest,
+    TokenMask,
+    class_score_outputs,
+    leading_mask,
+)
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScorer, TaskScores
 from trtq.runtime import Runner, RunnerFactory, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -46,6 +64,8 @@ class Evaluation:
     """False when an early-stopping evaluation stopped before the last sample (see `Evaluator.evaluate`)."""
     sample_sums: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
     """Per output: each sample's reference power and error power (what the SNR sums add up)."""
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the masked outputs were scored over."""
 
     @property
     def samples(self) -> int:
@@ -69,6 +89,7 @@ class Evaluation:
             "task": self.task.to_dict() if self.task else None,
             "seconds": round(self.seconds, 3),
             "samples": self.samples,
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
@@ -137,7 +158,12 @@ class _BatchStore:
 
 class Evaluator:
     """Scores candidates of one FP32 `reference` model (or a session running it) on `dataset`, with an
-    optional task metric."""
+    optional task metric.
+
+    `mask`: True detects the attention mask, False scores every position, a name or a TokenMask
+    (from an earlier detection) picks it. `graph`: the reference's graph when `reference` is a
+    session or runner (which outputs are class scores is read from it; without one, [N, C] outputs are).
+    """
 
     def __init__(
         self,
@@ -150,12 +176,16 @@ class Evaluator:
         disk_bytes: int = DISK_CACHE_BYTES,
         runner: RunnerFactory | None = None,
         progress: bool = False,
+        mask: MaskRequest | TokenMask = True,
+        graph: onnx.ModelProto | None = None,
+        name: str = "the FP32 model",
     ) -> None:
         self.dataset = dataset
+        self.name = name
         self.batch_size = batch_size
         self.task = task
         self.progress = progress
-        self._make_runner = runner or runner_factory("cpu")
+        self.make_runner = runner or runner_factory("cpu")
         if isinstance(reference, onnx.ModelProto):
             self.output_names = [o.name for o in reference.graph.output]
             self._session: Runner | None = None
@@ -163,25 +193,58 @@ class Evaluator:
             self._session = self._as_runner(reference)
             self.output_names = list(self._session.output_names)
         self._reference = reference
-        self._store = _BatchStore(cache_bytes, disk_bytes)
-        weakref.finalize(self, self._store.close)
+        graph = reference if isinstance(reference, onnx.ModelProto) else graph
+        forced = (getattr(task, "output", None),) if task is not None and task.name == "classify" else ()
+        self.class_scores = class_score_outputs(graph, [f for f in forced if f]) if graph is not None else None
         self.evaluations = 0
         start = time.perf_counter()
-        scorer = task.scorer() if task else None
-        signal = {name: OutputAccumulator(name) for name in self.output_names}
-        samples = 0
-        for first, feed, ref in self._run_reference():
-            samples += _count(feed)
-            if scorer is not None:
-                scorer.update(ref, ref, first, _count(feed))
-            for name in self.output_names:
-                signal[name].update(ref[name], ref[name])
-            self._store.add(first, feed, ref)
+
+        def first_pass() -> tuple[MaskDetector, dict[str, dict[str, float]], TaskScorer | None,
+                                  dict[str, OutputAccumulator], int]:
+            """Run the FP32 model over the data once: keep what fits, score the task, look for the mask."""
+            self._store = _BatchStore(cache_bytes, disk_bytes)
+            weakref.finalize(self, self._store.close)
+            detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
+            masked_power: dict[str, dict[str, float]] = {}
+            scorer = task.scorer() if task else None
+            signal = {name: OutputAccumulator(name) for name in self.output_names}
+            samples = 0
+            for first, feed, ref in self._run_reference():
+                samples += _count(feed)
+                if scorer is not None:
+                    scorer.update(ref, ref, first, _count(feed))
+                for output in self.output_names:
+                    signal[output].update(ref[output], ref[output])
+                if detector.active:
+                    detector.update(feed, ref)
+                watched = (mask.input,) if isinstance(mask, TokenMask) else detector.viable()
+                for candidate in watched:  # FP32 power over the positions each possible mask marks
+                    _add_masked_power(masked_power.setdefault(candidate, {}), ref, np.asarray(feed[candidate]))
+                self._store.add(first, feed, ref)
+            return detector, masked_power, scorer, signal, samples
+
+        try:
+            detector, masked_power, scorer, signal, samples = first_pass()
+        except BatchSizeError as exc:  # the model runs one sample at a time only: evaluate it so
+            if self.batch_size == 1:
+                raise
+            warnings.warn(f"{exc.message} Evaluating one sample at a time instead.", stacklevel=2)
+            self._store.close()
+            self.batch_size = 1
+            detector, masked_power, scorer, signal, samples = first_pass()
         if samples == 0:
             raise TrtqError(f"Data {dataset.description} yielded no samples.", "pass a non-empty data source.")
         self.samples = samples
+        if isinstance(mask, TokenMask):
+            self.mask: TokenMask | None = mask
+            self.mask_notes: tuple[str, ...] = ()
+        else:
+            self.mask, self.mask_notes = detector.result()
         self.signal_power = {name: acc.ref_sq for name, acc in signal.items()}
-        """Per output, the FP32 outputs' summed power over every sample (the SNR's numerator)."""
+        """Per output, the FP32 outputs' summed power over every sample (the SNR's numerator), over the
+        positions the mask marks for masked outputs."""
+        if self.mask is not None:
+            self.signal_power.update({name: masked_power[self.mask.input][name] for name in self.mask.outputs})
         self._noise = np.zeros(len(self._store)) if self._store.complete else None
         self.reference_scores = scorer.result() if scorer is not None else None
         self.reference_seconds = time.perf_counter() - start
@@ -192,15 +255,37 @@ class Evaluator:
         return self._store.complete
 
     def _run_reference(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The FP32 model over the data; it is the user's model, so its failures are the user's to fix."""
         if self._session is None:
             assert isinstance(self._reference, onnx.ModelProto)
-            self._session = self._make_runner(self._reference)
+            try:
+                self._session = self.make_runner(self._reference)
+            except ORT_ERRORS as exc:
+                problem = explain_session_failure(self._reference, self.name)
+                if problem is None:
+                    raise
+                raise problem from exc
         first = 0
         for batch in self.dataset.batches(self.batch_size):
             feed = dict(batch)
-            values = self._session.run(self.output_names, feed)
+            try:
+                values = self._session.run(self.output_names, feed)
+            except ORT_ERRORS as exc:
+                raise self._failure(self._session, self._reference, feed, first, exc, self.name) from exc
             yield first, feed, dict(zip(self.output_names, values))
             first += _count(feed)
+
+    def _failure(self, runner: Runner, model: object, feed: Mapping[str, np.ndarray], first: int, exc: BaseException,
+                 name: str) -> BaseException:
+        """What to raise when a user's model (`runner`, from `model`) failed on `feed`: a TrtqError naming the
+        sample where onnxruntime fails on it (see `explain_run_failure`), else `exc` itself."""
+        session = getattr(runner, "session", None)
+        reference = session if isinstance(session, ort.InferenceSession) else model
+        if not isinstance(reference, (ort.InferenceSession, onnx.ModelProto)):
+            return exc
+        problem = explain_run_failure(reference, feed, first, name, str(self.dataset.source),
+                                      f"pass --batch-size 1 (it is {self.batch_size})")
+        return problem if problem is not None else exc
 
     def _batches(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         if self._store.complete:
@@ -237,8 +322,13 @@ class Evaluator:
         candidate: onnx.ModelProto | ort.InferenceSession | Runner,
         label: str = "candidate",
         decide: Callable[[Evaluation], bool] | None = None,
+        user_model: str | None = None,
     ) -> Evaluation:
         """Run `candidate` over the data and score it against the FP32 outputs.
+
+        `user_model` names a candidate the user gave (`trtq compare`): where it fails on data the FP32
+        model runs, that is theirs to fix (one sentence); a candidate trtq made keeps the traceback of
+        its failure, a bug in trtq.
 
         With `decide`, cached batches come noisiest first (by earlier evaluations; else spread
         over the data set) and `decide` sees the scores so far after each batch; when it returns
@@ -250,10 +340,21 @@ class Evaluator:
         missing = [name for name in self.output_names if name not in produced]
         if missing:
             raise TrtqError(
-                f"{label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
+                f"{user_model or label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
                 "compare a quantized model with the FP32 model it was made from.",
             )
-        accumulators = {name: OutputAccumulator(name) for name in self.output_names}
+        inner = getattr(session, "session", None)
+        unfed = [i.name for i in inner.get_inputs() if i.name not in self.dataset.input_names] \
+            if isinstance(inner, ort.InferenceSession) else []
+        if unfed:
+            raise TrtqError(
+                f"{user_model or label} takes input {unfed[0]!r}, which the FP32 model does not have (its inputs are "
+                f"{list(self.dataset.input_names)}).",
+                "compare a quantized model with the FP32 model it was made from.",
+            )
+        accumulators = {name: OutputAccumulator(name, None if self.class_scores is None else name in self.class_scores)
+                        for name in self.output_names}
+        masked = set(self.mask.outputs) if self.mask is not None else set()
         scorer = self.task.scorer() if self.task else None
         with tqdm(
             total=self.samples,
@@ -266,11 +367,20 @@ class Evaluator:
             done = 0
             order = self._noisiest_first() if decide is not None and self._store.complete else None
             for position, (first, feed, ref) in enumerate(self._batches(order)):
-                values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                try:
+                    values = dict(zip(self.output_names, session.run(self.output_names, feed)))
+                except ORT_ERRORS as exc:
+                    if user_model is None:
+                        raise
+                    raise self._failure(session, candidate, feed, first, exc, user_model) from exc
                 noise = 0.0
                 for name in self.output_names:
                     before = accumulators[name].err_sq
-                    accumulators[name].update(ref[name], values[name])
+                    if name in masked:
+                        mask = self.mask.input  # type: ignore[union-attr]
+                        accumulators[name].update(ref[name], values[name], feed[mask], mask)
+                    else:
+                        accumulators[name].update(ref[name], values[name])
                     if self.signal_power[name] > 0:
                         noise = max(noise, (accumulators[name].err_sq - before) / self.signal_power[name])
                 if self._noise is not None:
@@ -286,9 +396,43 @@ class Evaluator:
         self.evaluations += 1
         return self._scores(accumulators, scorer, start, complete=done >= self.samples)
 
+    def evaluate_each(
+        self,
+        produce: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]],
+                          Iterator[tuple[str, Mapping[str, np.ndarray]]]],
+        keys: Sequence[str],
+        label: str = "candidates",
+    ) -> dict[str, Evaluation]:
+        """Score many candidates in one pass over the batches: `produce(feed, fp32_outputs)` yields, per
+        key, that candidate's outputs for the batch (one candidate's at a time, so only one is held).
+        For candidates that share work per batch (exact sensitivity runs FP32 once per batch and each
+        layer's model only from the layer on)."""
+        start = time.perf_counter()
+        masked = set(self.mask.outputs) if self.mask is not None else set()
+        accumulators = {key: {name: OutputAccumulator(name, None if self.class_scores is None else
+                                                      name in self.class_scores) for name in self.output_names}
+                        for key in keys}
+        scorers = {key: self.task.scorer() if self.task else None for key in keys}
+        with tqdm(total=self.samples, desc=label[:40], unit="sample", disable=not self.progress, dynamic_ncols=True,
+                  leave=False) as bar:
+            for first, feed, ref in self._batches():
+                for key, values in produce(feed, ref):
+                    for name in self.output_names:
+                        if name in masked:
+                            mask = self.mask.input  # type: ignore[union-attr]
+                            accumulators[key][name].update(ref[name], values[name], feed[mask], mask)
+                        else:
+                            accumulators[key][name].update(ref[name], values[name])
+                    scorer = scorers[key]
+                    if scorer is not None:
+                        scorer.update(values, ref, first, _count(feed))
+                bar.update(_count(feed))
+        self.evaluations += len(keys)
+        return {key: self._scores(accumulators[key], scorers[key], start, complete=True) for key in keys}
+
     def _as_runner(self, model: onnx.ModelProto | ort.InferenceSession | Runner) -> Runner:
         if isinstance(model, onnx.ModelProto):
-            return self._make_runner(model)
+            return self.make_runner(model)
         if isinstance(model, ort.InferenceSession):
             return OrtRunner(model)
         return model
@@ -302,6 +446,7 @@ class Evaluator:
             seconds=time.perf_counter() - start,
             complete=complete,
             sample_sums={name: acc.sample_sums() for name, acc in accumulators.items()},
+            mask=self.mask,
         )
 
     def task_comparison(self, evaluation: Evaluation) -> TaskComparison | None:
@@ -313,6 +458,18 @@ class Evaluator:
 
 def _count(feed: Mapping[str, np.ndarray]) -> int:
     return len(next(iter(feed.values())))
+
+
+def _add_masked_power(sums: dict[str, float], outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> None:
+    """Add each output's power over the positions `mask` marks, for outputs whose leading dims it covers."""
+    for name, value in outputs.items():
+        marked = leading_mask(np.shape(value), mask)
+        if marked is None:
+            continue
+        x = np.asarray(value)
+        x = x.astype(np.float32) if x.dtype != np.float64 else x
+        x = x.reshape(marked.size, -1)
+        sums[name] = sums.get(name, 0.0) + float(np.einsum("pe,pe,p->", x, x, marked.reshape(-1).astype(x.dtype)))
 
 
 def spread_order(n: int) -> list[int]:

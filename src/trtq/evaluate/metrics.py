@@ -2,7 +2,11 @@
 
 SNR and cosine similarity are aggregate over all samples and elements of an output; the worst
 single-sample SNR is reported beside it but never drives decisions. Top-1 agreement is the share
-of samples whose arg-max matches FP32's, for outputs that look like class scores.
+of samples whose arg-max matches FP32's, for outputs that hold class scores (`trtq.evaluate.scoring`).
+
+With an attention mask, an output whose leading dims are the mask's shape is scored over the
+positions the mask marks only: every sum, the worst sample (over its marked positions) and top-1
+(per marked token) leave the padding out.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from trtq.evaluate.scoring import top1_axes
 
 
 def snr_db(signal_power: float, noise_power: float) -> float:
@@ -34,6 +40,8 @@ class OutputMetrics:
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None = None
+    mask: str | None = None
+    """The input whose marked positions were scored (None: every position)."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view (infinities as strings)."""
@@ -41,15 +49,20 @@ class OutputMetrics:
 
 
 def looks_like_scores(shape: tuple[int, ...]) -> bool:
-    """True for [N, C] outputs with C > 1 (class scores/logits), where top-1 agreement is meaningful."""
+    """True for [N, C] outputs with C > 1: the class-score rule where no graph says more."""
     return len(shape) == 2 and shape[1] > 1
 
 
 class OutputAccumulator:
-    """Accumulates the sums behind OutputMetrics, one batch at a time, in float64."""
+    """Accumulates the sums behind OutputMetrics, one batch at a time (per-sample sums in float64).
 
-    def __init__(self, name: str) -> None:
+    `class_scores`: whether the output holds class scores (top-1 agreement); None decides by shape
+    alone ([N, C]).
+    """
+
+    def __init__(self, name: str, class_scores: bool | None = None) -> None:
         self.name = name
+        self.class_scores = class_scores
         self.samples = 0
         self.ref_sq = 0.0
         self.err_sq = 0.0
@@ -60,11 +73,16 @@ class OutputAccumulator:
         self.elements = 0
         self.worst = math.inf
         self.top1_matches = 0
+        self.top1_items = 0
         self.scores = True
+        self.mask: str | None = None
         self._per_sample: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def update(self, ref: np.ndarray, quant: np.ndarray) -> None:
-        """Add one batch (leading dim = samples) of reference and quantized outputs.
+    def update(self, ref: np.ndarray, quant: np.ndarray, mask: np.ndarray | None = None,
+               mask_name: str | None = None) -> None:
+        """Add one batch (leading dim = samples) of reference and quantized outputs; with `mask`
+        (0/1 over the output's leading dims, e.g. attention_mask [B, S] of a [B, S, H] output) only
+        the marked positions count.
 
         Elementwise work runs in the outputs' own precision (float32 unless they are float64);
         per-sample sums are added in float64. Large outputs (a recogniser's [N, 40, 18710]
@@ -78,6 +96,16 @@ class OutputAccumulator:
         n = ref.shape[0] if ref.ndim else 1
         r = np.asarray(ref, dtype=dtype).reshape(n, -1)
         e = np.asarray(quant, dtype=dtype).reshape(n, -1) - r
+        scored = np.ones(n, dtype=bool)
+        elements = e.size
+        if mask is not None:
+            self.mask = mask_name
+            marked = np.asarray(mask).astype(bool).reshape(n, -1)
+            keep = np.repeat(marked, r.shape[1] // marked.shape[1], axis=1)  # each position's values
+            r = np.where(keep, r, 0)
+            e = np.where(keep, e, 0)
+            scored = marked.any(axis=1)
+            elements = int(keep.sum())
         per_ref = np.einsum("ij,ij->i", r, r).astype(np.float64)
         per_err = np.einsum("ij,ij->i", e, e).astype(np.float64)
         ref_err = float(np.einsum("ij,ij->i", r, e).astype(np.float64).sum())
@@ -89,14 +117,30 @@ class OutputAccumulator:
         np.abs(e, out=e)
         self.abs_err += float(e.sum(dtype=np.float64))
         self.max_abs = max(self.max_abs, float(e.max(initial=0.0)))
-        self.elements += e.size
-        for s_ref, s_err in zip(per_ref, per_err):
-            self.worst = min(self.worst, snr_db(float(s_ref), float(s_err)))
-        if looks_like_scores(ref.shape):
-            self.top1_matches += int((ref.argmax(axis=1) == quant.argmax(axis=1)).sum())
-        else:
-            self.scores = False
+        self.elements += elements
+        for s_ref, s_err, counted in zip(per_ref.tolist(), per_err.tolist(), scored.tolist()):
+            if counted:  # a sample without marked positions has nothing to score
+                self.worst = min(self.worst, snr_db(s_ref, s_err))
+        self._top1(ref, quant, mask)
         self.samples += n
+
+    def _top1(self, ref: np.ndarray, quant: np.ndarray, mask: np.ndarray | None) -> None:
+        masked_rank = None if mask is None else np.ndim(mask)
+        if self.class_scores is None and mask is None:
+            is_scores = looks_like_scores(ref.shape)
+        else:
+            is_scores = bool(self.class_scores) and top1_axes(ref.shape, masked_rank)
+        if not is_scores:
+            self.scores = False
+            return
+        same = ref.argmax(axis=-1) == quant.argmax(axis=-1)
+        if mask is not None:
+            marked = np.asarray(mask).astype(bool)
+            self.top1_matches += int(same[marked].sum())
+            self.top1_items += int(marked.sum())
+        else:
+            self.top1_matches += int(same.sum())
+            self.top1_items += same.size
 
     def sample_sums(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample reference power and error power, in update order (what the SNR sums add up)."""
@@ -116,5 +160,6 @@ class OutputAccumulator:
             cosine=cosine,
             max_abs_error=self.max_abs,
             mean_abs_error=self.abs_err / self.elements if self.elements else 0.0,
-            top1_agreement=(self.top1_matches / self.samples) if (self.scores and self.samples) else None,
+            top1_agreement=(self.top1_matches / self.top1_items) if (self.scores and self.top1_items) else None,
+            mask=self.mask,
         )

@@ -37,6 +37,7 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.metrics import snr_db
+from trtq.evaluate.scoring import MaskRequest, TokenMask
 from trtq.evaluate.sensitivity import (
     SensitivityResult,
     analyze_sensitivity,
@@ -174,6 +175,8 @@ class MixedPrecisionResult:
     """What every evaluation measured: the Q/DQ model, or it after a final transformation (FP16)."""
     all_excluded: bool = False
     """Whether the target holds only with every quantizable layer out of INT8 (nothing INT8 is left)."""
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions the target (and the ranking) was measured over."""
 
     @property
     def exclude_nodes(self) -> tuple[str, ...]:
@@ -211,7 +214,7 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
-            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.int8.samples, 1), 2),
+            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.final.samples, 1), 2),
             "steps": [
                 {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase,
                  "samples": s.samples, "seconds": round(s.seconds, 3)}
@@ -222,6 +225,7 @@ class MixedPrecisionResult:
             "notes": list(self.notes),
             "measured_on": self.measured_on,
             "all_excluded": self.all_excluded,
+            "mask": self.mask.to_dict() if self.mask else None,
         }
 
 
@@ -232,8 +236,10 @@ def node_pattern(name: str) -> str:
 
 RANKING_SAMPLES = 32
 """Local sensitivity ranks layers on at most this many samples (spread over the data set)."""
+SEARCH_PASSES = 6.0
+"""Pruning goes on while the whole search has cost fewer passes over the data than this ..."""
 PRUNE_PASSES = 1.5
-"""Pruning stops once its evaluations have cost this many passes over the data."""
+"""... and in any case until pruning alone has cost this many."""
 
 
 def proven_miss(target: Target, evaluation: Evaluation, reference: TaskScores | None,
@@ -280,6 +286,8 @@ def search_mixed_precision(
     finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
     finished_as: str = "the Q/DQ model after the FP16 conversion, as written",
     grid: Grid = INT8,
+    mask: MaskRequest = True,
+    residual: bool = False,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -292,7 +300,9 @@ def search_mixed_precision(
     target holds for what is written (`finished_as` says what it is).
     `grid` is what the quantized layers run in (INT8, or FP8 E4M3 for `--precision fp8`).
     `early_stop=False` evaluates every candidate on every sample. `runner` runs the models
-    (default: onnxruntime on the CPU).
+    (default: onnxruntime on the CPU). `mask`: True detects the attention mask (the target and the
+    ranking are then measured over real tokens), False scores every position, a name picks the input.
+    `residual`: the placement puts Q/DQ on transformer residual Adds too (`--residual-qdq`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -300,11 +310,13 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False)
+    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False,
+                          mask=mask)
+    notes.extend(evaluator.mask_notes)
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores
     total = evaluator.samples
-    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid)
+    base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid, residual=residual)
     steps: list[SearchStep] = []
     full: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
     bar = tqdm(desc=f"--target {target}", unit="eval", disable=not progress, dynamic_ncols=True, leave=False)
@@ -312,7 +324,7 @@ def search_mixed_precision(
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
             model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
-            grid=grid,
+            grid=grid, residual=residual,
         )
 
     def candidate(layers: Sequence[str]) -> onnx.ModelProto:
@@ -352,11 +364,34 @@ def search_mixed_precision(
         began = time.perf_counter()
         subset = evaluator.subset(RANKING_SAMPLES) if ranking == "local" else dataset
         sensitivity = analyze_sensitivity(
-            model, base, amax, subset, method=ranking, task=task, batch_size=batch_size,
+            model, base, amax, subset, method=ranking, task=task,
+            batch_size=evaluator.batch_size,  # 1 where the model runs at batch 1 only
             evaluator=evaluator if ranking == "exact" else None, runner=runner, progress=progress,
+            mask=evaluator.mask if evaluator.mask is not None else False,
         )
         phases["ranking"] = time.perf_counter() - began
         return [layer.node for layer in sensitivity.layers if math.isfinite(layer.snr_db)]
+
+    def prune_layers(excluded: list[str]) -> list[str]:
+        """Put layers back into INT8, least sensitive first, while the target holds; sweep again after a
+        sweep that put one back (keeping a layer out can stop mattering once another is out), within
+        the budget of passes."""
+        budget = max(PRUNE_PASSES, SEARCH_PASSES - sum(s.samples for s in steps) / total) * total
+        spent, removed = 0, True
+        while removed and len(excluded) > 1:
+            removed = False
+            for node in list(reversed(excluded)):
+                if spent >= budget:
+                    notes.append("pruning stopped at its budget of passes over the data; "
+                                 "some kept-out layers may not be needed")
+                    return excluded
+                trial = [n for n in excluded if n != node]
+                known = tuple(sorted(trial)) in decided
+                evaluation, with_layer[node] = check(trial, "prune")
+                spent += 0 if known else evaluation.samples
+                if target.holds(with_layer[node]):
+                    excluded, removed = trial, True
+        return excluded
 
     def cap(already: int, available: int) -> int:
         return available if max_exclusions is None else max(0, min(max_exclusions - already, available))
@@ -369,21 +404,8 @@ def search_mixed_precision(
             ranked = rank()
             high = cap(0, len(ranked))
             excluded = _bisect(ranked, high, lambda k: target.holds(check(ranked[:k], "bisect")[1]))
-            if len(excluded) > 1 and target.holds(check(excluded, "bisect")[1]):
-                previous = decided.get(tuple(sorted(excluded[:-1])))
-                if previous is not None:  # the last layer in is needed: without it the prefix missed
-                    with_layer[excluded[-1]] = previous[1]
-                spent = 0
-                for node in list(reversed(excluded[:-1])) if prune else []:
-                    if spent >= PRUNE_PASSES * total:
-                        notes.append(f"pruning stopped after {PRUNE_PASSES:g} passes over the data; "
-                                     "some kept-out layers may not be needed")
-                        break
-                    trial = [n for n in excluded if n != node]
-                    evaluation, with_layer[node] = check(trial, "prune")
-                    spent += evaluation.samples
-                    if target.holds(with_layer[node]):
-                        excluded = trial
+            if len(excluded) > 1 and target.holds(check(excluded, "bisect")[1]) and prune:
+                excluded = prune_layers(excluded)
         final_eval, final_value = check(excluded, "final", exact=True)
         if len(excluded) == 1:
             with_layer[excluded[0]] = int8_value
@@ -432,6 +454,7 @@ def search_mixed_precision(
         phase_seconds=tuple(phases.items()),
         measured_on=finished_as if finish is not None else "the Q/DQ model",
         all_excluded=all_excluded,
+        mask=evaluator.mask,
     )
 
 

@@ -8,6 +8,7 @@ for 8.x. Names may contain colons; readers take the text after the last colon.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -85,6 +86,18 @@ def write_cache(path: str | Path, amax: Mapping[str, float], trt_version: str = 
 
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 
+CALIBRATORS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+"""The calibrator names TensorRT writes in cache headers."""
+
+
+def version_of_code(code: int) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a cache header's version code, None when no TensorRT with implicit
+    calibration (7.x to 10.x) writes that code: 101303 -> (10, 13, 3), 8601 -> (8, 6, 1)."""
+    major, rest = (code // 10000, code % 10000) if code >= 100000 else (code // 1000, code % 1000)
+    if major not in ((10,) if code >= 100000 else (7, 8, 9)):
+        return None
+    return major, rest // 100, rest % 100
+
 
 def parse_cache(data: bytes, source: str = "<bytes>") -> CalibrationCache:
     """Parse a calibration cache (as TensorRT writes it) into scales per tensor."""
@@ -93,6 +106,9 @@ def parse_cache(data: bytes, source: str = "<bytes>") -> CalibrationCache:
     except UnicodeDecodeError as exc:
         raise TrtqError(f"Calibration cache {source} is not text.", "pass a TensorRT calibration cache.") from exc
     lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise TrtqError(f"Calibration cache {source} is empty ({len(data)} bytes).",
+                        "pass the cache `trtq quantize` or TensorRT wrote (it was not written completely).")
     header = _HEADER.match(lines[0].strip()) if lines else None
     if header is None:
         raise TrtqError(
@@ -100,17 +116,37 @@ def parse_cache(data: bytes, source: str = "<bytes>") -> CalibrationCache:
             "expected a header like 'TRT-101303-EntropyCalibration2'.",
             "pass a TensorRT calibration cache.",
         )
+    code, algorithm = int(header[1]), header[2]
+    if version_of_code(code) is None or algorithm not in CALIBRATORS:
+        raise TrtqError(
+            f"Calibration cache {source} has the header {lines[0].strip()[:60]!r}, which no TensorRT writes (expected "
+            f"TRT-<version code of TensorRT 7 to 10>-<{' or '.join(CALIBRATORS[:3])}>).",
+            "pass the cache as TensorRT or `trtq quantize` wrote it, unedited.",
+        )
     scales: dict[str, float] = {}
     for number, line in enumerate(lines[1:], start=2):
         name, sep, value = line.rpartition(":")
         value = value.strip()
-        if not sep or not re.fullmatch(r"[0-9a-fA-F]{8}", value):
+        if not sep or not name.strip() or not re.fullmatch(r"[0-9a-fA-F]{8}", value):
             raise TrtqError(
                 f"Line {number} of calibration cache {source} is {line[:60]!r}, expected '<tensor>: <8 hex digits>'.",
-                "pass a TensorRT calibration cache.",
+                "pass a complete TensorRT calibration cache (this one is truncated or edited).",
             )
-        scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
-    return CalibrationCache(version_code=int(header[1]), algorithm=header[2], scales=scales)
+        scale = struct.unpack(">f", bytes.fromhex(value))[0]
+        if not math.isfinite(scale) or scale < 0:
+            raise TrtqError(
+                f"Line {number} of calibration cache {source} gives tensor {name!r} the scale {scale}, which is not a "
+                "finite number >= 0.",
+                "write the cache again (`trtq quantize`, or TensorRT's calibrator); scales are amax / 127.",
+            )
+        if name in scales:
+            raise TrtqError(f"Calibration cache {source} names tensor {name!r} twice (line {number}).",
+                            "pass the cache as TensorRT or `trtq quantize` wrote it, unedited.")
+        scales[name] = scale
+    if not scales:
+        raise TrtqError(f"Calibration cache {source} has a header but no tensor scales.",
+                        "pass a complete calibration cache (`trtq quantize` writes one line per tensor).")
+    return CalibrationCache(version_code=code, algorithm=algorithm, scales=scales)
 
 
 def read_cache(path: str | Path) -> CalibrationCache:

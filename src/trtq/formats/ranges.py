@@ -111,6 +111,9 @@ class RangesTable:
     """`--method auto`: end-to-end output SNR (dB) of each candidate table on the judging samples it ran on."""
     table_checks: dict[str, TableCheck] = field(default_factory=dict)
     """`--method auto`: each candidate table's end-to-end check (samples, SNR, gain over mse and its bounds)."""
+    smoothing: dict[str, dict] = field(default_factory=dict)
+    """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
+    ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -128,7 +131,7 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
-        for key in ("choices", "table_scores", "table_checks"):  # written only when present, as older tables had none
+        for key in ("choices", "table_scores", "table_checks", "smoothing"):  # written only when present
             if not getattr(self, key):
                 del payload[key]
         if self.choices:
@@ -137,6 +140,8 @@ class RangesTable:
             payload["table_scores"] = {name: _number(v) for name, v in self.table_scores.items()}
         if self.table_checks:
             payload["table_checks"] = {name: c.to_dict() for name, c in self.table_checks.items()}
+        if self.smoothing:
+            payload["smoothing"] = dict(sorted(self.smoothing.items()))
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -178,6 +183,8 @@ class RangesTable:
                 choices={str(k): RangeChoice.from_dict(v) for k, v in dict(payload.get("choices", {})).items()},
                 table_scores={str(k): float(v) for k, v in dict(payload.get("table_scores", {})).items()},
                 table_checks={str(k): TableCheck.from_dict(v) for k, v in dict(payload.get("table_checks", {})).items()},
+                smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
+                           for k, v in dict(payload.get("smoothing", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(

@@ -19,7 +19,7 @@ import hashlib
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,14 +28,17 @@ import onnx
 import torch
 
 from trtq import api
-from trtq._io import check_destinations, write_files_atomically
+from trtq._io import check_destinations
+from trtq.artifacts import artifact_paths, artifacts, cache_amax, output_directory
+from trtq.calibrate.ort_failures import check_model_runs
+from trtq.devices import resolve_device
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
+from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
-from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
-from trtq.model import graph_inputs, graph_outputs
+from trtq.model import graph_outputs
 from trtq.qat.checkpoint import fingerprint
 from trtq.qat.data import TrainingData
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
@@ -50,26 +53,22 @@ from trtq.qat.train import (
     train,
 )
 from trtq.quantize import insert_qdq
+from trtq.torch import OnnxModule
 
 DEFAULT_DATA = api.DataOptions()
 
 
 @dataclass(frozen=True)
-class FinetuneOptions:
-    """Options of `finetune` beyond the data."""
+class FinetuneOptions(api.CalibrationOptions):
+    """Options of `finetune` beyond the data: the calibration options of the PTQ starting point
+    (`trtq.api.CalibrationOptions`: method, by default entropy; exclusions; cache header; output
+    folder; device), then the fine-tuning's own."""
 
     steps: int = 2000
     lr: float = 1e-5
     scale_lr: float = 1e-3
     batch_size: int = 32
     target: str | None = None
-    device: str = "cpu"
-    method: str = "entropy"
-    percentile: float = 99.99
-    exclude_nodes: Sequence[str] = ()
-    exclude_ops: Sequence[str] = ()
-    trt_version: str = DEFAULT_TRT_VERSION
-    output_dir: str | None = None
     resume: bool = False
     seed: int = 0
     eval_every: int = 100
@@ -90,6 +89,10 @@ class FinetuneOptions:
     """Task metric of the final comparison ("classify" or "detect"; labels from the data's folders)."""
     cuda_graph: bool = True
     """On CUDA, replay each training step from a captured CUDA graph (much less launch overhead)."""
+
+    def default_method(self) -> str:
+        """Fine-tuning starts from entropy ranges (TensorRT's EntropyCalibration2)."""
+        return "entropy"
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,13 @@ class Comparison:
     samples: int
     task: str | None
     rows: tuple[StageScores, ...]
+    mask: TokenMask | None = None
+    """The attention mask whose marked positions were scored."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows]}
+        return {"data": self.data, "samples": self.samples, "task": self.task, "rows": [r.to_dict() for r in self.rows],
+                "mask": self.mask.to_dict() if self.mask else None}
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class FinetuneResult:
     comparison: Comparison
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    monitor_mask: TokenMask | None = None
+    """The attention mask whose marked positions progress (and --target) was measured over."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -145,32 +153,17 @@ class FinetuneResult:
                 "ranges_path": self.ranges_path, "checkpoint_path": self.checkpoint_path, "device": self.device,
                 "device_name": self.device_name, "ranges_from": self.ranges_from,
                 "training": self.training.to_dict(), "parity": self.parity.to_dict(),
-                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+                "comparison": self.comparison.to_dict(), "seconds": round(self.seconds, 3), "notes": list(self.notes),
+                "monitor_mask": self.monitor_mask.to_dict() if self.monitor_mask else None}
 
 
-def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path, Path]:
-    """`<stem>.qat.int8.onnx`, `.qat.int8.cache`, `.qat.int8.json` and the checkpoint `.qat.ckpt`."""
-    directory = Path(output_dir) if output_dir else model_path.parent
-    stem = model_path.stem
-    return (directory / f"{stem}.qat.int8.onnx", directory / f"{stem}.qat.int8.cache",
-            directory / f"{stem}.qat.int8.json", directory / f"{stem}.qat.ckpt")
+QAT_TAG = "qat.int8"
+"""Fine-tuning writes `<stem>.qat.int8.onnx`, `.qat.int8.cache` and `.qat.int8.json` (`trtq.artifacts`)."""
 
 
-def resolve_device(device: str) -> torch.device:
-    """A torch device for `--device` ("cpu", "cuda", "cuda:N"), checked to exist."""
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise TrtqError(f"--device {device!r} is neither cpu nor cuda[:N].", "use --device cpu or --device cuda.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrtqError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU.",
-                        "install a CUDA build of PyTorch on a GPU machine, or use --device cpu.")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise TrtqError(f"--device {device!r} is not a valid device ({exc}).", "use --device cpu or cuda:0.") from exc
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise TrtqError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s).",
-                        "pick an existing GPU index.")
-    return resolved
+def checkpoint_path(model_path: str | Path, output_dir: str | None) -> Path:
+    """`<stem>.qat.ckpt` in the output folder: what `--resume` continues from."""
+    return output_directory(model_path, output_dir) / f"{Path(model_path).stem}.qat.ckpt"
 
 
 def device_name(device: torch.device) -> str:
@@ -186,13 +179,9 @@ def _train_options(options: FinetuneOptions) -> TrainOptions:
                           eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, target=target,
                           cuda_graph=options.cuda_graph)
     result.validate()
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+        raise TrtqError(f"--seed {options.seed!r} is not a whole number >= 0.", "give e.g. --seed 0.")
     return result
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else None
 
 
 def _data_hash(data: TrainingData) -> str:
@@ -226,33 +215,34 @@ def finetune(
     began = time.perf_counter()
     train_options = _train_options(options)
     device = resolve_device(options.device)
-    trt_version_code(options.trt_version)
     if options.batch_size < 1 or isinstance(options.batch_size, bool):
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
-    prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops)
-    onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
-    inputs = (prepared.path, calib, train_data, eval_data)
-    check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
+    prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops,
+                                 residual_qdq=options.residual_qdq)
+    paths = artifact_paths(prepared.path, options.output_dir, QAT_TAG)
+    ckpt_path = checkpoint_path(prepared.path, options.output_dir)
+    inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
+    check_destinations([*paths.destinations(), ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
 
-    quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
-                                           exclude_nodes=tuple(options.exclude_nodes),
-                                           exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
-    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune")
-    train_ds = api.open_data(prepared.model, train_data, data, purpose="fine-tune") if train_data is not None \
-        else monitor_ds
-    eval_ds = api.open_data(prepared.model, eval_data, data, purpose="evaluate") if eval_data is not None \
-        else monitor_ds
+    monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune", progress=progress)
+    prepared = prepared.at_shapes(monitor_ds.shapes)
+    train_ds = monitor_ds if train_data is None else \
+        api.open_data(prepared.model, train_data, data, purpose="fine-tune", progress=progress)
+    eval_ds = monitor_ds if eval_data is None else \
+        api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
     if ranges is None:
-        table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
+        # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
+        table = api.calibrate_prepared(prepared, monitor_ds, options=replace(options, device="cpu"),
+                                       progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
         ranges_from = f"ranges file {ranges}" if not isinstance(ranges, RangesTable) else "given ranges"
 
-    fixed = _fixed_batch(prepared.model)
+    fixed = api.fixed_batch(prepared.model)
     batch_size = fixed or options.batch_size
     labels = None
     if options.labels is not None and options.labels is not False:
@@ -261,15 +251,19 @@ def finetune(
         labels = load_labels(None if options.labels is True else options.labels, train_ds).values
     data_train = TrainingData.from_dataset(train_ds, batch_size, labels, seed=options.seed)
     data_digest = _data_hash(data_train)
-    data_train.to(device)
     eval_batches = _head(monitor_ds, options.monitor_samples, fixed or min(64, options.monitor_samples))
-
-    from trtq.torch import OnnxModule
+    # PyTorch runs the model from here on, and its errors cannot be told from trtq's: data the model itself
+    # fails on (an index out of range, a batch size it cannot take) is found in onnxruntime first
+    fix = ""  # fine-tuning trains on batches: there is no batch-1 way round
+    check_model_runs(prepared.model, eval_batches, str(prepared.path), str(monitor_ds.source), fix)
+    if train_ds is not monitor_ds or ranges is not None:  # else calibration ran the model on these samples already
+        check_model_runs(prepared.model, _chunks(data_train.arrays, data_train.batch_size), str(prepared.path),
+                         str(train_ds.source), fix)
+    data_train.to(device)
 
     torch.manual_seed(options.seed)
-    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device)
+    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device, calibration=table)
     teacher = OnnxModule(prepared.model, device=device)
-    qmodel.calibration = table
     qmodel.check_supported(eval_batches[0])
     outputs = tuple(qmodel.output_names)
     if loss is not None:
@@ -286,7 +280,8 @@ def finetune(
         "ranges": hashlib.sha256(table.to_json().encode()).hexdigest(), "data": data_digest,
         "batch": data_train.batch_size, "seed": options.seed,
     })
-    monitor = Monitor(teacher, eval_batches, outputs)
+    monitor = Monitor(teacher, eval_batches, outputs, monitor_ds.inputs, data.mask,
+                      class_score_outputs(prepared.model))
     training = train(qmodel, teacher, data_train, loss_fn, tensors, monitor, train_options,
                      checkpoint_path=ckpt_path, fingerprint=identity, resume=options.resume,
                      progress=progress, on_step=on_step)
@@ -294,7 +289,8 @@ def finetune(
     exported = export_qdq(qmodel)
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
-    notes = list(api.shape_notes(monitor_ds, train_ds, eval_ds))
+    notes = [*prepared.notes, *api.shape_notes(monitor_ds, train_ds, eval_ds)]
+    notes += [f"progress: {note}" for note in monitor.mask_notes]
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
                      "steps on the same input: the export does not reproduce the fine-tuned model (please report).")
@@ -305,24 +301,27 @@ def finetune(
                      "that later layers amplify.")
     ptq = insert_qdq(prepared.model, prepared.placement, table.amax)
     comparison = _compare(prepared.model, ptq, exported.model, eval_ds, fixed or min(32, eval_ds.num_samples or 32),
-                          options.task, progress)
+                          options.task, progress, data.mask)
 
     learned = dict(table.amax)
     learned.update(exported.activation_amax)
     out_table = replace(table, amax=learned, options={**table.options, "qat_steps": training.steps,
                                                       "qat_lr": options.lr, "qat_scale_lr": options.scale_lr})
-    cache_amax = {n: learned[n] for n in prepared.placement.calibrated_tensors if n in learned}
-    write_files_atomically({
-        onnx_path: exported.model.SerializeToString(),
-        cache_path: format_cache(cache_amax, options.trt_version, table.method),
-        ranges_path: out_table.to_json().encode("utf-8"),
-    }, inputs=inputs)
+    cache = cache_amax(learned, prepared.placement.calibrated_tensors)
+    artifacts(paths, exported.model, out_table, cache, options.trt_version).write(inputs=inputs)
     return FinetuneResult(
-        model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
-        ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),
+        model=str(prepared.path), onnx_path=str(paths.onnx), cache_path=str(paths.cache),
+        ranges_path=str(paths.ranges), checkpoint_path=str(ckpt_path), device=str(device),
         device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
-        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes),
+        comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes), monitor_mask=monitor.mask,
     )
+
+
+def _chunks(arrays: Mapping[str, torch.Tensor], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive batches of `size` samples of host-held training arrays, as numpy."""
+    count = len(next(iter(arrays.values())))
+    for start in range(0, count, size):
+        yield {name: value[start:start + size].numpy() for name, value in arrays.items()}
 
 
 def _head(dataset, samples: int, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -349,19 +348,14 @@ def _batches_for(batches: Sequence[dict[str, np.ndarray]], samples: int) -> int:
 
 
 def _compare(fp32: onnx.ModelProto, ptq: onnx.ModelProto, qat: onnx.ModelProto, dataset, batch_size: int,
-             task_name: str | None, progress: bool) -> Comparison:
+             task_name: str | None, progress: bool, mask: MaskRequest = True) -> Comparison:
     task = make_task(task_name, dataset, graph_outputs(fp32)) if task_name else None
-    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress)
-    rows = [StageScores("fp32", math.inf, 1.0, 1.0 if _has_scores(fp32) else None,
-                        dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)]
-    for stage, model in (("ptq", ptq), ("qat", qat)):
-        rows.append(_scores(stage, evaluator.evaluate(model, label=stage)))
+    evaluator = Evaluator(fp32, dataset, batch_size=batch_size, task=task, progress=progress, mask=mask)
+    stages = [_scores(stage, evaluator.evaluate(model, label=stage)) for stage, model in (("ptq", ptq), ("qat", qat))]
+    fp32_row = StageScores("fp32", math.inf, 1.0, 1.0 if stages[0].top1_agreement is not None else None,
+                           dict(evaluator.reference_scores.values) if evaluator.reference_scores else None)
     return Comparison(data=dataset.description, samples=evaluator.samples,
-                      task=task.describe() if task else None, rows=tuple(rows))
-
-
-def _has_scores(model: onnx.ModelProto) -> bool:
-    return any(len(o.shape) == 2 for o in graph_outputs(model))
+                      task=task.describe() if task else None, rows=(fp32_row, *stages), mask=evaluator.mask)
 
 
 def _scores(stage: str, evaluation: Evaluation) -> StageScores:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,19 +66,32 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
                         "run without --resume first (or with the --output-dir of the interrupted run).")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise TrtqError(f"Checkpoint {path} cannot be read ({exc}).", "delete it and run without --resume.") from exc
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
+            AttributeError, TypeError, IndexError) as exc:  # torch.load's ways of meeting a corrupt file
+        reason = {EOFError: "it is empty or cut short", pickle.UnpicklingError: "it is not a file torch.save wrote"}.get(
+            type(exc), f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        raise TrtqError(f"Checkpoint {path} is not a readable fine-tuning checkpoint ({reason}).",
+                        "delete it and run without --resume.") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TrtqError(f"{path} is not a trtq fine-tuning checkpoint.", "delete it and run without --resume.")
     if payload.get("format_version") != FORMAT_VERSION:
         raise TrtqError(f"Checkpoint {path} has format version {payload.get('format_version')}, expected "
                         f"{FORMAT_VERSION}.", "run without --resume.")
-    if payload["fingerprint"] != expected_fingerprint:
+    if payload.get("fingerprint") != expected_fingerprint:
         raise TrtqError(
             f"Checkpoint {path} belongs to another run (different model, placement, ranges, data, batch size or seed).",
             "resume with the same model, data and options, or run without --resume to start over.",
         )
-    return Checkpoint(step=int(payload["step"]), fingerprint=payload["fingerprint"], trained=payload["trained"],
-                      optimizer=payload["optimizer"], history=list(payload["history"]),
-                      best_step=int(payload["best_step"]), best_score=float(payload["best_score"]),
-                      best_trained=payload["best_trained"])
+    try:
+        checkpoint = Checkpoint(step=int(payload["step"]), fingerprint=payload["fingerprint"],
+                                trained=dict(payload["trained"]), optimizer=dict(payload["optimizer"]),
+                                history=list(payload["history"]), best_step=int(payload["best_step"]),
+                                best_score=float(payload["best_score"]), best_trained=dict(payload["best_trained"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrtqError(f"Checkpoint {path} lacks part of a fine-tuning checkpoint ({type(exc).__name__}: {exc}).",
+                        "delete it and run without --resume.") from exc
+    tensors = [*checkpoint.trained.values(), *checkpoint.best_trained.values()]
+    if checkpoint.step < 0 or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TrtqError(f"Checkpoint {path} holds values no fine-tuning run writes (step {checkpoint.step}).",
+                        "delete it and run without --resume.")
+    return checkpoint

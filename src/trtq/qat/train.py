@@ -28,6 +28,8 @@ from tqdm import tqdm
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator, OutputMetrics
 from trtq.evaluate.mixed import Target
+from trtq.evaluate.scoring import MaskDetector, MaskRequest, TokenMask
+from trtq.model import TensorSpec
 from trtq.qat.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trtq.qat.data import TrainingData
 from trtq.qat.model import QatModel
@@ -215,24 +217,44 @@ class Agreement:
 
 
 class Monitor:
-    """Scores a model against the teacher on fixed batches (teacher outputs computed once)."""
+    """Scores a model against the teacher on fixed batches (teacher outputs computed once).
+
+    As `trtq compare` scores: outputs an attention mask covers over real tokens (`inputs` and
+    `mask` as for `trtq.evaluate.scoring.MaskDetector`; no inputs: every position), top-1 for
+    `class_scores` outputs (None: [N, C] outputs).
+    """
 
     def __init__(self, teacher: torch.nn.Module, batches: Sequence[Mapping[str, np.ndarray]],
-                 outputs: Sequence[str]) -> None:
+                 outputs: Sequence[str], inputs: Sequence[TensorSpec] = (), mask: MaskRequest = True,
+                 class_scores: frozenset[str] | None = None) -> None:
         self.batches = [dict(b) for b in batches]
         self.outputs = tuple(outputs)
+        self.class_scores = class_scores
         with torch.no_grad():
             self.reference = [{n: v.detach().cpu().numpy() for n, v in teacher.run(b, self.outputs).items()}
                               for b in self.batches]
+        detector = MaskDetector(inputs, mask, "the monitoring samples")
+        for batch, ref in zip(self.batches, self.reference):
+            if detector.active:
+                detector.update(batch, ref)
+        self.mask: TokenMask | None
+        self.mask, self.mask_notes = detector.result()
 
     def measure(self, model: QatModel) -> Agreement:
         """Per-output agreement of `model` with the teacher."""
-        accumulators = {n: OutputAccumulator(n) for n in self.outputs}
+        accumulators = {n: OutputAccumulator(n, None if self.class_scores is None else n in self.class_scores)
+                        for n in self.outputs}
+        masked = set(self.mask.outputs) if self.mask is not None else set()
         with torch.no_grad():
             for batch, ref in zip(self.batches, self.reference):
                 values = model.run(batch, self.outputs)
                 for name in self.outputs:
-                    accumulators[name].update(ref[name], values[name].detach().cpu().numpy())
+                    value = values[name].detach().cpu().numpy()
+                    if name in masked:
+                        mask = self.mask.input  # type: ignore[union-attr]
+                        accumulators[name].update(ref[name], value, np.asarray(batch[mask]), mask)
+                    else:
+                        accumulators[name].update(ref[name], value)
         return Agreement(tuple(acc.result() for acc in accumulators.values()))
 
 

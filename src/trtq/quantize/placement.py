@@ -6,7 +6,22 @@
   fuse the Add into the convolution;
 - MaxPool / AveragePool / GlobalAveragePool inputs are quantized (TensorRT runs them in INT8
   between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
-- excluded nodes (by name regex or op type) keep their inputs in high precision.
+- excluded nodes (by name regex or op type) keep their inputs in high precision;
+- convolutions that sum at most MIN_CONV_REDUCTION products per output (input channels per
+  group x filter taps, e.g. a 1x1 squeeze-excitation conv over 2 channels) stay in high precision:
+  INT8 saves nothing there, and TensorRT-RTX folds such a conv into a float pointwise kernel.
+
+`residual=True` (`--residual-qdq`) also puts Q/DQ on both inputs of the residual Adds of
+transformer blocks (an Add of a MatMul/Gemm branch and the residual stream, read by a LayerNorm or
+the next residual Add), as NVIDIA ModelOpt's INT8 mode does: TensorRT can then run the Add and
+carry the residual stream in INT8, at a cost in accuracy (the stream itself is rounded to 8 bits).
+Convolution residuals keep the default (Q/DQ on the skip input only, so the Add fuses into the
+convolution).
+
+Attention (`attention_matmuls`): Q.K^T (BMM1) and softmax.V (BMM2) are MatMuls like any other,
+so both inputs of each get Q/DQ, which TensorRT's INT8 fused attention kernels read. Those kernels
+stop at 512 tokens; beyond that `long_attention` names the pairs that should stay in high
+precision (as ModelOpt does in INT8 mode), and the callers exclude them.
 
 FP8 (E4M3, `grid=FP8_E4M3`) follows NVIDIA ModelOpt's FP8 mode: only Conv, Gemm, MatMul and the
 residual Add get Q/DQ (no ConvTranspose, no pooling), and convolutions without FP8 kernels that
@@ -20,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -28,20 +43,35 @@ from onnx import TensorProto
 
 from trtq.calibrate.grids import INT8, Grid
 from trtq.errors import TrtqError
-from trtq.model import QUANTIZABLE_OPS, tensor_types
+from trtq.model import QUANTIZABLE_OPS, inferred_shapes, tensor_types
 
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+NONDETERMINISTIC_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli")
+"""Ops whose output is not a constant even when their inputs are."""
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 """Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
+MIN_CONV_REDUCTION = 4
+"""Convolutions summing this many products per output or fewer stay out of INT8/FP8 (see the module docstring)."""
 FP8_OPS = ("Conv", "Gemm", "MatMul")
-"""Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode; TensorRT-RTX runs FP8 in GEMMs only)."""
+"""Compute ops that get FP8 Q/DQ (ModelOpt's FP8 mode)."""
 FP8_MIN_CONV_CHANNELS = 16
 """Convolutions with this many input or output channels or fewer stay out of FP8 (ModelOpt's rule:
 no FP8 kernel beats FP16 there)."""
 FP8_MAX_CONV_TAPS = 32
 """Convolutions whose filter has more taps than this (e.g. 7x7) stay out of FP8 (ModelOpt's rule)."""
+MHA_INT8_MAX_SEQ = 512
+"""Longest key sequence TensorRT's INT8 fused attention kernels run (the fMHA v2 kernels of its BERT
+plugin stop at 512); ModelOpt drops the attention MatMuls' INT8 Q/DQ beyond it."""
+ATTENTION_SCORE_PATH = ("Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity")
+"""Ops between Q.K^T and its Softmax: scaling and the additive or boolean mask."""
+ATTENTION_PROBS_PATH = ("Cast", "Identity", "Dropout", "Where", "IsNaN")
+"""Ops between the Softmax and softmax.V (exporters zero fully masked rows with IsNaN/Where)."""
+RESIDUAL_READERS = ("LayerNormalization", "ReduceMean", "SimplifiedLayerNormalization", "Add")
+"""What reads a transformer block's residual Add: the next LayerNorm (ReduceMean in a decomposed
+one) or, on a pre-norm stream, the next residual Add."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,32 @@ class _Graph:
     def is_float(self, name: str) -> bool:
         return self.types.get(name) in FLOAT_TYPES
 
+    def is_constant(self, name: str) -> bool:
+        """True for a value computed from initializers alone (e.g. paddle2onnx's bias: Reshape(weight, shape))."""
+        known: dict[str, bool] = self.__dict__.setdefault("_constant", {})
+        stack = [name]
+        while stack:
+            current = stack[-1]
+            if current in known:
+                stack.pop()
+                continue
+            if current in self.initializers:
+                known[current] = True
+                stack.pop()
+                continue
+            node = self.producer.get(current)
+            if node is None or node.op_type in NONDETERMINISTIC_OPS:
+                known[current] = False
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in known]
+            if pending:
+                stack.extend(pending)
+                continue
+            known[current] = all(known[i] for i in node.input if i)
+            stack.pop()
+        return known[name]
+
 
 def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     """Output-channel axis of a weight as laid out for this node."""
@@ -149,8 +205,10 @@ def plan_placement(
     exclude_ops: Iterable[str] = (),
     cache_scope: str = "qdq",
     grid: Grid = INT8,
+    residual: bool = False,
 ) -> Placement:
-    """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`) for `grid`."""
+    """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`) for `grid`;
+    `residual`: Q/DQ on both inputs of transformer residual Adds too (module docstring)."""
     if cache_scope not in CACHE_SCOPES:
         raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
@@ -168,6 +226,7 @@ def plan_placement(
         if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
     }
     fp8 = grid.name != INT8.name
+    excluded |= {node.name for node in model.graph.node if _tiny_reduction(g, node)}
     if fp8:
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
@@ -201,6 +260,10 @@ def plan_placement(
             if _feeds_quantized(g, node.output[0], excluded):
                 want(node.input[0], node, 0)
         elif node.op_type == "Add" and len(node.input) == 2:
+            if residual and _transformer_residual(g, node, excluded):
+                want(node.input[0], node, 0)
+                want(node.input[1], node, 1)
+                continue
             skip = _residual_skip_input(g, node, excluded)
             if skip is not None:
                 want(node.input[skip], node, skip)
@@ -215,6 +278,19 @@ def plan_placement(
         cache_tensors=() if fp8 else _cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
         grid=grid,
     )
+
+
+def _tiny_reduction(g: _Graph, node: onnx.NodeProto) -> bool:
+    """True for a Conv whose outputs each sum at most MIN_CONV_REDUCTION products (known weights only)."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    weight = g.initializers.get(node.input[1])
+    if weight is None or len(weight.dims) < 3:
+        return False
+    products = weight.dims[1]
+    for size in weight.dims[2:]:
+        products *= size
+    return products <= MIN_CONV_REDUCTION
 
 
 def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:
@@ -255,9 +331,13 @@ def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:
 
 
 def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> int | None:
-    """Index of the skip input of a residual Add fed by a convolution on its other input."""
+    """Index of the skip input of a residual Add fed by a convolution on its other input.
+
+    An input computed from initializers alone is a bias (paddle2onnx adds a convolution's bias as
+    Add(conv, Reshape(offset, shape))), never a residual: TensorRT folds it into the convolution.
+    """
     a, b = add.input
-    if g.is_weight(a) or g.is_weight(b) or not (g.is_float(a) and g.is_float(b)):
+    if g.is_constant(a) or g.is_constant(b) or not (g.is_float(a) and g.is_float(b)):
         return None
 
     def from_conv(name: str) -> bool:
@@ -279,6 +359,99 @@ def _residual_skip_input(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> 
     if a_conv and b_conv:
         return 1  # projection shortcut: fuse the main branch (input 0), quantize the other
     return None
+
+
+def _transformer_residual(g: _Graph, add: onnx.NodeProto, excluded: set[str]) -> bool:
+    """Whether `add` is a transformer block's residual Add: two float activations, one of them a
+    MatMul/Gemm branch (through a bias Add), its output read by a LayerNorm or the next residual
+    Add, and not on the way to a Softmax (the attention mask's Add)."""
+    a, b = add.input
+    if g.is_constant(a) or g.is_constant(b) or not (g.is_float(a) and g.is_float(b)):
+        return False
+
+    def from_gemm(name: str) -> bool:
+        node = g.producer.get(name)
+        if node is not None and node.op_type == "Add" and any(g.is_constant(i) for i in node.input):
+            node = g.producer.get(next(i for i in node.input if not g.is_constant(i)))
+        return node is not None and node.op_type in ("MatMul", "Gemm") and node.name not in excluded
+
+    if not (from_gemm(a) or from_gemm(b)) or _reaches_softmax(g, add.output[0]):
+        return False
+    return any(node.op_type in RESIDUAL_READERS for node, _ in _readers_past_identity(g, add.output[0]))
+
+
+def _reaches_softmax(g: _Graph, tensor: str, depth: int = 0) -> bool:
+    for node, _ in g.consumers.get(tensor, []):
+        if node.op_type == "Softmax":
+            return True
+        if node.op_type in ATTENTION_SCORE_PATH and depth < 6 and any(
+                _reaches_softmax(g, out, depth + 1) for out in node.output):
+            return True
+    return False
+
+
+def attention_matmuls(model: onnx.ModelProto) -> tuple[tuple[str, str | None], ...]:
+    """The attention blocks of `model`: (Q.K^T MatMul, softmax.V MatMul or None) node names.
+
+    Q.K^T is a MatMul whose output reaches a Softmax through scaling and masking only;
+    softmax.V the MatMul reading that Softmax's output as its first input.
+    """
+    g = _Graph.index(model)
+    blocks = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or not _reaches_softmax(g, node.output[0]):
+            continue
+        blocks.append((node.name, _probs_matmul(g, node.output[0])))
+    return tuple(blocks)
+
+
+def _probs_matmul(g: _Graph, scores: str) -> str | None:
+    """The MatMul that multiplies the Softmax of `scores` (through scaling/masking) with V."""
+    frontier, seen = [scores], set()
+    softmax_outputs = []
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node, _ in g.consumers.get(name, []):
+            if node.op_type == "Softmax":
+                softmax_outputs.append(node.output[0])
+            elif node.op_type in ATTENTION_SCORE_PATH:
+                frontier.extend(node.output)
+    frontier, seen = softmax_outputs, set()
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node, index in g.consumers.get(name, []):
+            if node.op_type == "MatMul" and index == 0:
+                return node.name
+            if node.op_type in ATTENTION_PROBS_PATH:
+                frontier.extend(node.output)
+    return None
+
+
+def long_attention(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                   limit: int = MHA_INT8_MAX_SEQ) -> dict[str, int]:
+    """Attention MatMuls (Q.K^T and softmax.V) whose key sequence is longer than `limit` at
+    `input_shapes` (shape inference on a weightless copy), with that length. Unknown lengths count
+    as short."""
+    blocks = attention_matmuls(model)
+    if not blocks:
+        return {}
+    shapes = inferred_shapes(model, input_shapes)
+    producer_output = {node.name: node.output[0] for node in model.graph.node}
+    long: dict[str, int] = {}
+    for scores, probs in blocks:
+        dims = shapes.get(producer_output[scores], ())
+        keys = dims[-1] if dims else 0
+        if keys > limit:
+            long[scores] = keys
+            if probs is not None:
+                long[probs] = keys
+    return long
 
 
 FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Add")

@@ -34,6 +34,7 @@ from trtq.model import (
     QUANTIZABLE_OPS,
     check_structure,
     default_opset,
+    name_unnamed_nodes,
     split_initializers,
     tensor_types,
 )
@@ -318,6 +319,8 @@ def convert_to_fp16(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
+    name_unnamed_nodes(graph)  # nodes are planned by name; the version converter adds unnamed ones
+    nodes = {node.name: node.op_type for node in graph.node}
     if any(init.data_location == TensorProto.EXTERNAL for init in graph.initializer):
         raise TrtqError(
             "FP16 conversion needs the model's weights loaded, not external data references.",
@@ -325,6 +328,9 @@ def convert_to_fp16(
         )
     types = tensor_types(out)
     initializers = {init.name: init for init in graph.initializer}
+    for node in graph.node:  # inserted DQs carry no value_info: a DQ writes its scale's type
+        if node.op_type == "DequantizeLinear" and node.output[0] not in types and node.input[1] in initializers:
+            types[node.output[0]] = initializers[node.input[1]].data_type
     ranges = _ranges(out, amax, initializers)
     plan = _plan(out, types, ranges, set(keep_nodes), FP16_MAX / max(headroom, 1.0))
     casts = _rewrite(out, types, initializers, plan)
@@ -334,7 +340,6 @@ def convert_to_fp16(
         check_structure(out)
     except Exception as exc:  # InferenceError / ValidationError: a bug in this pass, with the node named
         raise AssertionError(f"FP16 conversion produced an invalid model: {exc}") from exc
-    nodes = {node.name: node.op_type for node in model.graph.node}
     kept = tuple(KeptNode(name, nodes[name], reason) for name, reason in plan.kept.items())
     notes = (opset_note,) if opset_note else ()
     return PrecisionResult(
@@ -488,6 +493,8 @@ def _rewrite(
             else:
                 stored[name] = TensorProto.FLOAT
     # 3. initializers read only as FP16 become FP16; shared ones get an FP16 copy
+    used = {v for node in graph.node for v in (*node.input, *node.output, node.name)} | set(initializers)
+    used |= {vi.name for vi in (*graph.input, *graph.output)}
     new_inits: list[TensorProto] = []
     for name, init in initializers.items():
         if init.data_type != TensorProto.FLOAT:
@@ -498,7 +505,8 @@ def _rewrite(
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name))
             stored[name] = TensorProto.FLOAT16
         elif any(as_fp16):
-            copy = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{name}_fp16")
+            copy = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                           unique_name(f"{name}_fp16", used))
             new_inits.append(copy)
             for (n, i), fp16_use in zip(uses, as_fp16):
                 if fp16_use:
@@ -517,8 +525,7 @@ def _rewrite(
             stored.setdefault(vi.name, TensorProto.FLOAT)
     # 4. graph outputs stay FP32: an FP16 producer writes `<name>_fp16`, a Cast writes the output
     producer = {o: node.name for node in graph.node for o in node.output if o}
-    used = {v for node in graph.node for v in (*node.input, *node.output, node.name)} | set(initializers)
-    new_nodes: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # inserted after a producer ("" = start)
+    new_nodes: dict[str | None, list[onnx.NodeProto]] = defaultdict(list)  # inserted after a producer (None: first)
     casts = 0
     for vi in graph.output:
         name = vi.name
@@ -543,7 +550,7 @@ def _rewrite(
             suffix = "fp16" if to == TensorProto.FLOAT16 else "fp32"
             out_name = unique_name(f"{name}_{suffix}", used)
             cast_names[key] = out_name
-            new_nodes[producer.get(name, "")].append(
+            new_nodes[producer.get(name)].append(
                 helper.make_node("Cast", [name], [out_name], name=unique_name(f"{name}_Cast_{suffix}", used), to=to)
             )
         return cast_names[key]
@@ -557,7 +564,7 @@ def _rewrite(
             want = TensorProto.FLOAT16 if wants.get((node.name, i), False) else TensorProto.FLOAT
             if stored[name] != want:
                 node.input[i] = cast_of(name, want)
-    ordered = list(new_nodes.get("", []))
+    ordered = list(new_nodes.get(None, []))
     for node in graph.node:
         ordered.append(node)
         ordered.extend(new_nodes.get(node.name, []))

@@ -1,4 +1,4 @@
-"""Run records: what quantize / compare / sensitivity leave in their output folder for `trtq report`.
+"""Run records: what quantize / compare / sensitivity / verify leave in their output folder for `trtq report`.
 
 Each command writes `trtq-<kind>.json` (atomically) with its settings, its result and, where
 calibration statistics are at hand, compact histograms of the most sensitive tensors. The
@@ -22,7 +22,7 @@ from trtq._io import write_files_atomically
 from trtq.calibrate.collector import TensorStats
 from trtq.errors import TrtqError
 
-KINDS = ("quantize", "compare", "sensitivity")
+KINDS = ("quantize", "compare", "sensitivity", "verify")
 RECORD_FORMAT = "trtq-record"
 HISTOGRAM_BINS = 128
 
@@ -123,7 +123,7 @@ def load_records(directory: str | Path) -> dict[str, Record]:
     if not directory.is_dir():
         raise TrtqError(
             f"Report folder {directory} does not exist.",
-            "pass the --output-dir of a quantize, compare or sensitivity run.",
+            "pass the --output-dir of a quantize, compare, sensitivity or verify run.",
         )
     records: dict[str, Record] = {}
     for kind in KINDS:
@@ -150,7 +150,7 @@ def load_records(directory: str | Path) -> dict[str, Record]:
     if not records:
         raise TrtqError(
             f"Report folder {directory} holds no trtq run records (trtq-quantize.json, trtq-compare.json, "
-            "trtq-sensitivity.json).",
-            "run trtq quantize/compare/sensitivity with --output-dir pointing there first.",
+            "trtq-sensitivity.json, trtq-verify.json).",
+            "run trtq quantize/compare/sensitivity/verify with --output-dir pointing there first.",
         )
     return records

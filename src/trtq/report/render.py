@@ -3,7 +3,8 @@
 Sections, each present when a record supplies it: run settings; metrics FP32 vs INT8 vs mixed;
 how `--method auto` chose the ranges (tables scored, per-tensor winner, share clipped); per-layer
 sensitivity bar chart; histograms of the most sensitive tensors with the chosen thresholds;
-excluded layers; exact build commands.
+excluded layers; what a real TensorRT-RTX build runs each quantized layer in (`trtq verify`);
+exact build commands.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Report:
     """(tensor, choice) of `--method auto`, the most clipped first."""
     range_table: str | None = None
     table_scores: tuple[tuple[str, float], ...] = ()
+    verification: dict | None = None
+    """The result of `trtq verify` (a VerifyResult's dict)."""
 
 
 def _num(value: object) -> float | None:
@@ -91,6 +94,7 @@ def build_report(directory: str | Path) -> Report:
     """Gather the records of `directory` into a Report."""
     records = load_records(directory)
     quantize, compare, sensitivity = records.get("quantize"), records.get("compare"), records.get("sensitivity")
+    verify = records.get("verify")
     model = next(
         (
             str(r.settings.get("model") or r.result.get("model") or "")
@@ -100,7 +104,7 @@ def build_report(directory: str | Path) -> Report:
         "",
     )
     settings: list[tuple[str, str]] = []
-    for record in (quantize, sensitivity, compare):
+    for record in (quantize, sensitivity, compare, verify):
         if record is None:
             continue
         for key, value in record.settings.items():
@@ -146,6 +150,10 @@ def build_report(directory: str | Path) -> Report:
         metrics.append(_evaluation_row(name, evaluation, "compare"))
         if task:
             notes += _task_notes("compare", task["candidate"], task["candidate"].get("parts", ()))
+    for source, result in (("quantize --target", mixed), ("compare", compare.result if compare else None),
+                           ("sensitivity", sensitivity.result if sensitivity else None)):
+        if result and result.get("mask"):
+            notes.append(f"{source}: {result['mask'].get('sentence', '')}.")
     if sensitivity and sensitivity.result.get("scored_against"):
         notes += _task_notes("sensitivity", {"task": sensitivity.result.get("task_metric"),
                                              "scored_against": sensitivity.result["scored_against"]}, ())
@@ -175,6 +183,7 @@ def build_report(directory: str | Path) -> Report:
         exclude_nodes=exclude_nodes,
         commands=commands,
         records=tuple((r.kind, r.created, r.command) for r in records.values()),
+        verification=verify.result if verify else None,
     )
 
 
@@ -267,6 +276,38 @@ def _excluded_table(report: Report) -> tuple[list[str], list[list[str]]]:
         ]
         for e in report.excluded
     ]
+    return header, body
+
+
+def _verify_summary(verification: Mapping) -> str:
+    builder = str(verification.get("builder", "TensorRT-RTX"))
+    targets = ", ".join(verification.get("compute_capabilities") or []) or "8.0, 8.6, 8.9 and 12.x (the portable default)"
+    return (f"{verification.get('summary', '')} ({builder}, built ahead of time for compute capability {targets} in "
+            f"{_fmt(_num(verification.get('build_seconds')), 1)} s; {verification.get('engine_low_precision_compute_layers')}"
+            f" of {verification.get('engine_compute_layers')} convolution/GEMM engine layers read "
+            f"{verification.get('precision', 'INT8')} inputs).")
+
+
+def _verify_float_table(verification: Mapping) -> tuple[list[str], list[list[str]]]:
+    header = ["quantized layer (ONNX node)", "op", "runs in", "engine layer", "why"]
+    body = [[str(v.get("node")), str(v.get("op_type")), str(v.get("runs_in")),
+             f"{v.get('engine_layer') or '-'} ({v.get('engine_layer_type') or '-'})", str(v.get("reason") or "")]
+            for v in verification.get("layers", []) if not v.get("ok")]
+    return header, body
+
+
+def _verify_pairs_table(verification: Mapping) -> tuple[list[str], list[list[str]]]:
+    header = ["quantized tensor", "kind", "why it did not fuse"]
+    body = [[str(p.get("tensor")), str(p.get("kind")), str(p.get("reason") or "")]
+            for p in verification.get("pairs", []) if not p.get("fused")]
+    return header, body
+
+
+def _verify_all_table(verification: Mapping) -> tuple[list[str], list[list[str]]]:
+    header = ["quantized layer (ONNX node)", "op", "expected", "runs in", "engine layer", "engine inputs"]
+    body = [[str(v.get("node")), str(v.get("op_type")), str(v.get("expected")), str(v.get("runs_in")),
+             f"{v.get('engine_layer') or '-'} ({v.get('engine_layer_type') or '-'})",
+             ", ".join(v.get("input_types") or [])] for v in verification.get("layers", [])]
     return header, body
 
 
@@ -439,6 +480,21 @@ def render_html(report: Report) -> str:
             + _html_table(header, body)
             + f"<p>Reuse without searching again:</p><pre>{e(flags)}</pre>"
         )
+    if report.verification:
+        v = report.verification
+        parts = [f"<h2>Checked by a real builder: per-layer precision in TensorRT-RTX</h2><p><b>{e(_verify_summary(v))}"
+                 "</b></p>"]
+        header, body = _verify_float_table(v)
+        if body:
+            parts.append(f"<p>Quantized layers not run in {e(str(v.get('precision', 'INT8')))}:</p>"
+                         + _html_table(header, body))
+        header, body = _verify_pairs_table(v)
+        if body:
+            parts.append("<p>Q/DQ pairs that did not fuse (quantized and dequantized in float):</p>"
+                         + _html_table(header, body))
+        header, body = _verify_all_table(v)
+        parts.append(f"<details><summary>all {len(body)} quantized layers</summary>{_html_table(header, body)}</details>")
+        out.append("".join(parts))
     if report.commands:
         out.append(
             "<h2>Build commands</h2>"
@@ -525,6 +581,16 @@ def render_markdown(report: Report) -> str:
             " ".join(f"--exclude-nodes '{p}'" for p in report.exclude_nodes),
             "```",
         ]
+    if report.verification:
+        v = report.verification
+        out += ["", "## Checked by a real builder: per-layer precision in TensorRT-RTX", "", f"**{_verify_summary(v)}**"]
+        for title, (header, body) in (
+            (f"Quantized layers not run in {v.get('precision', 'INT8')}:", _verify_float_table(v)),
+            ("Q/DQ pairs that did not fuse (quantized and dequantized in float):", _verify_pairs_table(v)),
+            ("All quantized layers:", _verify_all_table(v)),
+        ):
+            if body:
+                out += ["", title, "", _md_table(header, body)]
     if report.commands:
         out += ["", "## Build commands"]
         for label, cmd in report.commands:

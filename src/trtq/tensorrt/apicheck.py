@@ -1,13 +1,16 @@
 """Static check of trtq's uses of the `tensorrt` module against the bindings of each release.
 
-No TensorRT builder can be installed where trtq is developed, so this reads the source with
-`ast` instead: every attribute chain on the module (bound to the name `trt`, e.g.
+No datacenter TensorRT builder can be installed where trtq is developed, so this reads the source
+with `ast` instead: every attribute chain on the module (bound to the name `trt`, e.g.
 `trt.BuilderFlag.FP16`), and every attribute used on a variable annotated with a TensorRT
-class (`config: trt.IBuilderConfig` then `config.int8_calibrator`), is looked up in
-tensorrt-python-api-names.tsv for each release line the enclosing function claims with
-`@supports("10", "11")`. Rules enforced besides the lookup:
+class (`config: trt.IBuilderConfig` then `config.int8_calibrator`), is looked up in the API name
+tables (tensorrt-python-api-names.tsv for 10.13/11.4, tensorrt-rtx-python-api-names.tsv for
+TensorRT-RTX 1.7) for each release line the enclosing function claims with
+`@supports("10", "11", "rtx")`. Code shared by both backends takes the module as a parameter
+named `trt`. Rules enforced besides the lookup:
 
-- `tensorrt` is imported only inside functions (or under `if TYPE_CHECKING:`), as `trt`;
+- `tensorrt` (or `tensorrt_rtx_bindings`) is imported only inside functions (or under
+  `if TYPE_CHECKING:`), as `trt`;
 - a function that uses `trt` claims its release lines (on itself or an enclosing def/class);
 - no `getattr` on the module with a computed name (it would hide the name from this check).
 """
@@ -23,6 +26,8 @@ from trtq.tensorrt.version import TRACKS
 
 MODULE_ALIAS = "trt"
 DECORATOR = "supports"
+MODULE_NAMES = ("tensorrt", "tensorrt_rtx_bindings")
+"""The modules whose names are checked (datacenter TensorRT and TensorRT-RTX)."""
 
 
 @dataclass(frozen=True)
@@ -51,21 +56,27 @@ ApiTable = Mapping[str, Mapping[str, bool]]
 """name -> {release line: present in that release's bindings}."""
 
 
-def load_api_table(path: str | Path) -> dict[str, dict[str, bool]]:
-    """Read tensorrt-python-api-names.tsv (name, then one yes/no column per release)."""
-    columns: list[str] = []
+def load_api_table(*paths: str | Path) -> dict[str, dict[str, bool]]:
+    """Read API name tables (name, then one yes/no column per release) into one: name -> {line: present}.
+
+    A release line whose column no table has reads as absent everywhere.
+    """
     table: dict[str, dict[str, bool]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("# name\t"):
-            columns = line[2:].split("\t")[1:]
-            continue
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, *flags = line.split("\t")
-        present = dict(zip(columns, (f.strip() == "yes" for f in flags)))
-        table[name] = {track: present.get(column, False) for track, column in TRACKS.items()}
-    if not columns:
-        raise ValueError(f"{path} has no '# name<TAB>...' header line naming its release columns")
+    for path in paths:
+        columns: list[str] = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.startswith("# name\t"):
+                columns = line[2:].split("\t")[1:]
+                continue
+            if not line.strip() or line.startswith("#"):
+                continue
+            name, *flags = line.split("\t")
+            present = dict(zip(columns, (f.strip() == "yes" for f in flags)))
+            row = table.setdefault(name, dict.fromkeys(TRACKS, False))
+            for track, column in TRACKS.items():
+                row[track] = row[track] or present.get(column, False)
+        if not columns:
+            raise ValueError(f"{path} has no '# name<TAB>...' header line naming its release columns")
     return table
 
 
@@ -202,16 +213,17 @@ class _Visitor(ast.NodeVisitor):
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            if alias.name.split(".")[0] != "tensorrt":
+            root = alias.name.split(".")[0]
+            if root not in MODULE_NAMES:
                 continue
-            if alias.name != "tensorrt" or alias.asname != MODULE_ALIAS:
-                self._problem(node, f"import tensorrt as {MODULE_ALIAS} (got 'import {alias.name}"
+            if alias.name != root or alias.asname != MODULE_ALIAS:
+                self._problem(node, f"import {root} as {MODULE_ALIAS} (got 'import {alias.name}"
                               f"{' as ' + alias.asname if alias.asname else ''}')")
             elif not self._in_function and not self._type_checking:
-                self._problem(node, "tensorrt is imported at module level; import it inside the function that uses it")
+                self._problem(node, f"{root} is imported at module level; import it inside the function that uses it")
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.module and node.module.split(".")[0] == "tensorrt" and node.level == 0:
+        if node.module and node.module.split(".")[0] in MODULE_NAMES and node.level == 0:
             self._problem(node, f"'from {node.module} import ...' hides names from this check; use {MODULE_ALIAS}.X")
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
@@ -277,10 +289,14 @@ def check_uses(uses: Iterable[ApiUse], table: ApiTable) -> list[ApiProblem]:
         if missing:
             problems.append(ApiProblem(
                 use.file, use.line,
-                f"tensorrt.{use.name} is used on a path claiming TensorRT {' and '.join(t + '.x' for t in use.tracks)}, "
+                f"tensorrt.{use.name} is used on a path claiming {' and '.join(_track_label(t) for t in use.tracks)}, "
                 f"but {' and '.join(TRACKS[t] for t in missing)} lacks it",
             ))
     return problems
+
+
+def _track_label(track: str) -> str:
+    return "TensorRT-RTX" if track == "rtx" else f"TensorRT {track}.x"
 
 
 def check_source(source: str, table: ApiTable, filename: str = "<string>") -> list[ApiProblem]:

@@ -20,8 +20,9 @@ import numpy as np
 from trtq.model import file_sha256
 from trtq.tensorrt.commands import format_command, trtexec_bench_argv
 from trtq.tensorrt.device import DeviceBackend, open_backend
+from trtq.tensorrt.rtx import open_rtx_device
 from trtq.tensorrt.runtime import ExecutionSession, io_tensors, load_engine, opt_shapes
-from trtq.tensorrt.sidecar import mismatches, read_sidecar
+from trtq.tensorrt.sidecar import engine_backend, mismatches, read_sidecar
 from trtq.tensorrt.stats import BenchReport, QueryTiming, bench_report
 from trtq.tensorrt.version import require_tensorrt, supports, version_string
 
@@ -45,12 +46,19 @@ def bench_engine(
     cuda_graph: bool = False,
     backend: str = "auto",
     seed: int = 0,
+    engine_library: str = "auto",
 ) -> BenchReport:
-    """Benchmark an engine on random inputs of `shapes` (default: profile 0's OPT shapes)."""
+    """Benchmark an engine on random inputs of `shapes` (default: profile 0's OPT shapes).
+
+    `backend` reaches the GPU (torch, cuda-python); `engine_library` is tensorrt or tensorrt-rtx
+    ("auto": what the engine's sidecar says it was built with).
+    """
     engine_path = Path(engine_path)
     command = bench_command(engine_path, shapes, duration_s, warmup_ms, cuda_graph)
-    trt, _caps = require_tensorrt(f"benchmark {engine_path.name}", [command])
-    device = open_backend(backend)
+    library = engine_backend(engine_path, engine_library)
+    trt, caps = require_tensorrt(f"benchmark {engine_path.name}", [command], backend=library)
+    device = open_rtx_device(backend, f"benchmark {engine_path.name}") if caps.track == "rtx" \
+        else open_backend(backend)
     sidecar = read_sidecar(engine_path)
     found = mismatches(sidecar, version_string(trt), device.device_name(), file_sha256(engine_path))
     if cuda_graph and sidecar is not None and sidecar.build_options.get("dla"):
@@ -75,7 +83,7 @@ def _random_inputs(session: ExecutionSession, seed: int) -> dict[str, np.ndarray
     return arrays
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _bench(
     trt: ModuleType, engine_path: Path, device: DeviceBackend, shapes: Mapping[str, Sequence[int]] | None,
     duration_s: float, warmup_ms: float, cuda_graph: bool, seed: int, notes: list[str],

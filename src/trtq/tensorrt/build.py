@@ -5,6 +5,8 @@
   networks are always strongly typed.
 - TensorRT 10.x implicit INT8 (`implicit=True`): BuilderFlag.INT8 with trtq's calibrator (or a
   calibration cache), optional FP16, per-layer precision constraints, DLA.
+- TensorRT-RTX (`backend="tensorrt-rtx"`): strongly typed like 11.x, built ahead of time without
+  a GPU, for the compute capabilities asked for (default: its portable 8.0, 8.6, 8.9 and 12.x).
 
 The engine and its JSON sidecar are written together, atomically.
 """
@@ -15,7 +17,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -26,9 +28,14 @@ import onnx
 from trtq import __version__
 from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
-from trtq.model import file_sha256, graph_inputs, load_model
 from trtq.formats.cache import read_cache, trt_version_code
-from trtq.tensorrt.calibrator import BatchSource, CacheFile, cache_rejected, make_calibrator
+from trtq.model import file_sha256, graph_inputs, load_model
+from trtq.tensorrt.calibrator import (
+    BatchSource,
+    CacheFile,
+    cache_rejected,
+    make_calibrator,
+)
 from trtq.tensorrt.commands import (
     DlaOptions,
     check_dla_standalone_formats,
@@ -40,8 +47,21 @@ from trtq.tensorrt.ioformats import IOFormat, expand_io_formats
 from trtq.tensorrt.layers import match_network_layers, node_layer_names
 from trtq.tensorrt.naming import default_engine_path, model_precision, split_model_name
 from trtq.tensorrt.profiles import ProfileShape, resolve_profile
+from trtq.tensorrt.rtx import (
+    LogMessage,
+    build_error,
+    capture,
+    capturing_logger,
+    parse_error,
+    set_compute_capabilities,
+)
 from trtq.tensorrt.sidecar import EngineSidecar, profile_to_json, sidecar_path
-from trtq.tensorrt.version import TrtCapabilities, require_tensorrt, supports, version_string
+from trtq.tensorrt.version import (
+    TrtCapabilities,
+    require_tensorrt,
+    supports,
+    version_string,
+)
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -78,6 +98,10 @@ class BuildOptions:
     qat: bool = False
     ranges_sha256: str | None = None
     device_backend: str = "auto"
+    backend: str = "tensorrt"
+    """"tensorrt" (datacenter TensorRT 10/11) or "tensorrt-rtx" (TensorRT for RTX)."""
+    compute_capabilities: tuple[str, ...] = ()
+    """TensorRT-RTX only: the GPUs to build for ("8.9", "12.0"); () is its portable default."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,8 @@ class BuildResult:
     constrained_layers: dict[str, tuple[str, ...]]
     timing_cache: str | None
     trtexec_command: str
+    builder: str = ""
+    """"TensorRT 10.13.3.9" or "TensorRT-RTX 1.7.1.116"."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
@@ -103,15 +129,28 @@ class BuildResult:
 
 def build_mode(caps: TrtCapabilities, implicit: bool) -> str:
     """The trtexec-equivalent mode this build runs in (a key of commands.MODES)."""
+    if caps.track == "rtx":
+        return "tensorrt-rtx"
     if caps.track == "11":
         return "tensorrt-11"
     return "tensorrt-10-implicit" if implicit else "tensorrt-10-strongly-typed"
 
 
-def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: str) -> None:
-    """Reject what the installed TensorRT (or the model) cannot do, each with one clear sentence."""
-    if options.implicit and not caps.implicit_int8:
-        raise TrtqError(IMPLICIT_REMOVED, "run `trtq quantize MODEL --calib DATA`, then `trtq build <stem>.int8.onnx`.")
+def check_options(options: BuildOptions) -> None:
+    """Reject what no TensorRT build accepts (each with one clear sentence): implicit-build flags on a
+    strongly typed build, and what TensorRT-RTX has not. Needs no TensorRT, so `--print-trtexec` checks the same."""
+    if options.backend == "tensorrt-rtx" and (options.implicit or options.dla is not None):
+        raise TrtqError(
+            "TensorRT-RTX builds strongly typed networks only (no implicit INT8 calibration, no DLA), but "
+            f"{'--implicit' if options.implicit else '--dla-core'} was given.",
+            "build the Q/DQ ONNX from `trtq quantize` without that option, or use --backend tensorrt.",
+        )
+    if options.compute_capabilities and options.backend != "tensorrt-rtx":
+        raise TrtqError(
+            "--compute-capability chooses the GPUs a TensorRT-RTX engine is built for; datacenter TensorRT builds "
+            "for the GPU it runs on.",
+            "drop --compute-capability, or add --backend tensorrt-rtx.",
+        )
     if not options.implicit:
         if options.fp16:
             raise TrtqError(
@@ -127,6 +166,58 @@ def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: st
             )
         if options.calibration_cache:
             raise TrtqError("A calibration cache applies only to implicit TensorRT 10 builds.", "add --implicit.")
+    if options.calibration_algorithm not in ("entropy", "minmax"):
+        raise TrtqError(f"Calibration algorithm {options.calibration_algorithm!r} is not entropy or minmax.",
+                        "pick one of those.")
+
+
+INTERNAL_TENSOR = "(Unnamed Layer"
+"""How TensorRT's own calibrator names the tensors of layers the ONNX parser added (no ONNX name)."""
+
+
+def check_calibration_cache(model: onnx.ModelProto, options: BuildOptions, model_path: str | Path) -> None:
+    """The calibration cache an implicit build reads: well formed (see `parse_cache`), written for this
+    model (most of its tensor names are the model's), and covering the inputs of its INT8 layers
+    (a warning names those it lacks: TensorRT runs those layers in higher precision)."""
+    if not options.calibration_cache:
+        return
+    cache = read_cache(options.calibration_cache)
+    graph = model.graph
+    tensors = {vi.name for vi in graph.input} | {init.name for init in graph.initializer} | {
+        name for node in graph.node for name in node.output}
+    named = [name for name in cache.scales if not name.startswith(INTERNAL_TENSOR)]
+    unknown = [name for name in named if name not in tensors]
+    if named and 2 * len(unknown) > len(named):
+        raise TrtqError(
+            f"Calibration cache {options.calibration_cache} names {len(unknown)} of its {len(named)} tensors that "
+            f"{model_path} does not have (e.g. {unknown[0]!r}): it was written for another model.",
+            "pass the cache made for this model (`trtq quantize MODEL` writes <stem>.int8.cache), or --calib DATA.",
+        )
+    if unknown:
+        warnings.warn(f"Calibration cache {options.calibration_cache} has scales for {len(unknown)} tensors that "
+                      f"{model_path} does not have (e.g. {unknown[0]!r}); TensorRT ignores them.", stacklevel=2)
+    weights = {init.name for init in graph.initializer}
+    inputs = dict.fromkeys(node.input[0] for node in graph.node
+                           if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.input
+                           and node.input[0] not in weights)
+    missing = [name for name in inputs if name not in cache.scales]
+    if inputs and len(missing) == len(inputs):
+        raise TrtqError(
+            f"Calibration cache {options.calibration_cache} has no scale for any input of {model_path}'s "
+            f"{len(inputs)} convolution and matrix-multiply layers (e.g. {missing[0]!r}), so no layer would run in INT8.",
+            "pass the cache made for this model (`trtq quantize MODEL` writes <stem>.int8.cache), or --calib DATA.",
+        )
+    if missing:
+        warnings.warn(f"Calibration cache {options.calibration_cache} has no scale for {len(missing)} of the "
+                      f"{len(inputs)} inputs of {model_path}'s convolution and matrix-multiply layers "
+                      f"(e.g. {missing[0]!r}); TensorRT runs those layers in FP16/FP32.", stacklevel=2)
+
+
+def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: str) -> None:
+    """Reject what the installed TensorRT (or the model) cannot do, each with one clear sentence."""
+    if options.implicit and not caps.implicit_int8:
+        raise TrtqError(IMPLICIT_REMOVED, "run `trtq quantize MODEL --calib DATA`, then `trtq build <stem>.int8.onnx`.")
+    check_options(options)
     if options.dla is not None:
         if not caps.dla:
             raise TrtqError(
@@ -142,9 +233,6 @@ def validate_options(caps: TrtCapabilities, options: BuildOptions, precision: st
             )
         if options.dla.standalone:
             check_dla_standalone_formats(options.input_formats, options.output_formats)
-    if options.calibration_algorithm not in ("entropy", "minmax"):
-        raise TrtqError(f"Calibration algorithm {options.calibration_algorithm!r} is not entropy or minmax.",
-                        "pick one of those.")
 
 
 def model_profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, ProfileShape]:
@@ -171,12 +259,18 @@ def equivalent_commands(
     onnx_path: str | Path, model: onnx.ModelProto, options: BuildOptions, engine_path: Path,
     modes: Iterable[str],
 ) -> dict[str, str]:
-    """The trtexec build line for each mode in `modes`, with what of `options` trtexec can express."""
+    """The trtexec build line for each mode in `modes`, with what of `options` trtexec can express.
+
+    Without any shape option a dynamic model's line carries no shapes (trtexec's defaults); any
+    shape option given must be valid for the model."""
+    shaped = any((options.shapes, options.min_shapes, options.opt_shapes, options.max_shapes))
     try:
         profile: dict[str, ProfileShape] | None = model_profile(model, options)
         if profile and all(p.is_static for p in profile.values()) and not (options.shapes or options.opt_shapes):
             profile = None
     except TrtqError:
+        if shaped:  # an unknown input, a wrong rank, min above max, a dynamic input left out
+            raise
         profile = None
     layers = node_layer_names(model, options.layer_precisions) if options.layer_precisions else {}
     commands = {}
@@ -187,7 +281,7 @@ def equivalent_commands(
             profile=profile,
             workspace_mib=options.workspace_mib,
             timing_cache=options.timing_cache,
-            calib_cache=(options.calibration_cache or str(quantize_cache_path(onnx_path))) if implicit else None,
+            calib_cache=(options.calibration_cache or str(calibration_cache_path(engine_path))) if implicit else None,
             fp16=options.fp16 and implicit,
             dla=options.dla if mode != "tensorrt-11" else None,
             input_formats=options.input_formats,
@@ -200,12 +294,25 @@ def equivalent_commands(
 
 def planned_modes(options: BuildOptions) -> list[str]:
     """The TensorRT versions a build with `options` can target: implicit is 10.x only."""
+    if options.backend == "tensorrt-rtx":
+        return ["tensorrt-rtx"]
     return ["tensorrt-10-implicit"] if options.implicit else ["tensorrt-11", "tensorrt-10-strongly-typed"]
 
 
 def trtexec_equivalents(onnx_path: str | Path, options: BuildOptions = BuildOptions()) -> dict[str, str]:
     """The trtexec build line(s) equivalent to `build_engine(onnx_path, options)`, without TensorRT."""
     model = load_model(onnx_path, load_external_data=False)
+    check_options(options)
+    if options.implicit and not options.calibration_cache:
+        default = quantize_cache_path(onnx_path)
+        if not default.is_file():
+            raise TrtqError(
+                f"The implicit build line reads a calibration cache, and there is none: {default} does not exist and "
+                "no --calib FILE.cache was given.",
+                f"run `trtq quantize {onnx_path} --calib DATA` first, or pass --calib with a TensorRT calibration cache.",
+            )
+        options = replace(options, calibration_cache=str(default))
+    check_calibration_cache(model, options, onnx_path)
     engine_path = engine_output_path(onnx_path, build_precision(model, options), options)
     return equivalent_commands(onnx_path, model, options, engine_path, planned_modes(options))
 
@@ -272,8 +379,11 @@ def build_engine(
     model = load_model(onnx_path, load_external_data=False)
     precision = build_precision(model, options)
     engine_path = engine_output_path(onnx_path, precision, options)
+    check_options(options)
+    check_calibration_cache(model, options, onnx_path)
     commands = equivalent_commands(onnx_path, model, options, engine_path, planned_modes(options))
-    trt, caps = require_tensorrt(f"build {engine_path.name}", [f"{mode}: {c}" for mode, c in commands.items()])
+    trt, caps = require_tensorrt(f"build {engine_path.name}", [f"{mode}: {c}" for mode, c in commands.items()],
+                                 backend=options.backend)
     validate_options(caps, options, precision)
     check_destinations([engine_path, sidecar_path(engine_path), *([options.timing_cache] if options.timing_cache else [])],
                        inputs=(onnx_path, options.calibration_cache))  # before the build, not after
@@ -288,12 +398,16 @@ def build_engine(
         trt, caps, onnx_path, model, options, profile, layers, engine_path, calibration_batches)
     seconds = time.perf_counter() - start
     engine_bytes = bytes(serialized)
-    gpu = gpu_name() or "unknown"
+    if caps.builds_without_gpu:  # built ahead of time for compute capabilities, not on (or for) this GPU
+        gpu, built_on = "ahead of time for compute capability " + (
+            ", ".join(options.compute_capabilities) or "8.0, 8.6, 8.9 and 12.x"), ""
+    else:
+        gpu = built_on = gpu_name() or "unknown"
     sidecar = EngineSidecar(
         engine_file=engine_path.name,
         engine_sha256=hashlib.sha256(engine_bytes).hexdigest(),
         tensorrt_version=version_string(trt),
-        gpu_name=gpu,
+        gpu_name=built_on,
         precision=precision,
         mode=mode,
         onnx_file=str(onnx_path.resolve()),
@@ -319,6 +433,7 @@ def build_engine(
         constrained_layers=constrained,
         timing_cache=options.timing_cache,
         trtexec_command=commands.get(mode, ""),
+        builder=f"{'TensorRT-RTX' if caps.track == 'rtx' else 'TensorRT'} {version_string(trt)}",
     )
 
 
@@ -329,7 +444,7 @@ def _options_json(options: BuildOptions) -> dict[str, Any]:
     return data
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _build(
     trt: ModuleType,
     caps: TrtCapabilities,
@@ -342,6 +457,10 @@ def _build(
     calibration_batches: Iterable[Batch] | None,
 ) -> tuple[Any, dict[str, tuple[str, ...]], int, bytes | None]:
     """Parse, configure and build; returns (serialized engine, constrained layers, batches fed, timing cache)."""
+    if caps.track == "rtx":
+        with capture(trt) as messages:  # the one TensorRT-RTX logger; its errors make the error sentence
+            result = _build_strongly_typed(trt, caps, capturing_logger(trt), onnx_path, options, profile, messages)
+        return result
     logger = trt.Logger(trt.Logger.WARNING)
     builder: trt.Builder = trt.Builder(logger)
     network = _create_network(trt, builder, caps, options.implicit)
@@ -399,6 +518,39 @@ def _build(
     return serialized, constrained, source.batches_fed if source else 0, cache_bytes
 
 
+@supports("rtx")
+def _build_strongly_typed(
+    trt: ModuleType, caps: TrtCapabilities, logger: Any, onnx_path: Path, options: BuildOptions,
+    profile: Mapping[str, ProfileShape], messages: list[LogMessage],
+) -> tuple[Any, dict[str, tuple[str, ...]], int, bytes | None]:
+    """The TensorRT-RTX build: strongly typed, ahead of time, for the requested compute capabilities."""
+    builder: trt.Builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser: trt.OnnxParser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise parse_error(trt, parser, onnx_path, messages)
+    config: trt.IBuilderConfig = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    set_compute_capabilities(trt, config, options.compute_capabilities)
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
+    inputs = _network_inputs(network)
+    if sorted(inputs) != sorted(profile):
+        raise TrtqError(
+            f"TensorRT-RTX's network inputs {sorted(inputs)} differ from the ONNX graph inputs {sorted(profile)}.",
+            "check that the model's inputs are not also initializers.",
+        )
+    _add_profile(builder, config, inputs, profile)
+    _apply_io_formats(trt, network, options.input_formats, options.output_formats, strongly_typed=True)
+    timing_cache = _load_timing_cache(config, options.timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise build_error(trt, onnx_path, messages)
+    cache_bytes = _serialize_timing_cache(config) if timing_cache else None
+    del parser
+    return serialized, {}, 0, cache_bytes
+
+
 @supports("10", "11")
 def _create_network(trt: ModuleType, builder: trt.Builder, caps: TrtCapabilities, implicit: bool) -> Any:
     """A strongly typed network (10.x: by flag; 11.x: always), or a weakly typed one for implicit 10.x builds."""
@@ -427,7 +579,7 @@ def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_p
     )
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _network_inputs(network: trt.INetworkDefinition) -> dict[str, tuple[int, ...]]:
     """Network input name -> dims (-1 for dynamic)."""
     inputs = {}
@@ -437,7 +589,7 @@ def _network_inputs(network: trt.INetworkDefinition) -> dict[str, tuple[int, ...
     return inputs
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _add_profile(
     builder: trt.Builder, config: trt.IBuilderConfig, inputs: Mapping[str, tuple[int, ...]],
     profile: Mapping[str, ProfileShape],
@@ -458,7 +610,7 @@ def _set_calibration_profile(config: trt.IBuilderConfig, optimization_profile: A
     config.set_calibration_profile(optimization_profile)
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _apply_io_formats(
     trt: ModuleType, network: trt.INetworkDefinition, input_formats: tuple[IOFormat, ...],
     output_formats: tuple[IOFormat, ...], strongly_typed: bool,
@@ -503,7 +655,7 @@ def _apply_io_formats(
             tensor.allowed_formats = mask
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _load_timing_cache(config: trt.IBuilderConfig, path: str | None) -> Any:
     """Reuse (or start) a timing cache file; None when no --timing-cache was given."""
     if not path:
@@ -516,7 +668,7 @@ def _load_timing_cache(config: trt.IBuilderConfig, path: str | None) -> Any:
     return cache
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _serialize_timing_cache(config: trt.IBuilderConfig) -> bytes:
     """The timing cache after the build, to write back."""
     cache: trt.ITimingCache = config.get_timing_cache()

@@ -17,8 +17,9 @@ from trtq.tensorrt.ioformats import IOFormat, format_io_formats
 from trtq.tensorrt.layers import trtexec_layer_precisions
 from trtq.tensorrt.profiles import ProfileShape, format_shapes
 
-MODES = ("tensorrt-11", "tensorrt-10-strongly-typed", "tensorrt-10-implicit")
-"""Build modes, one per way a TensorRT version builds: 11.x, 10.x strongly typed, 10.x implicit INT8."""
+MODES = ("tensorrt-11", "tensorrt-10-strongly-typed", "tensorrt-10-implicit", "tensorrt-rtx")
+"""Build modes, one per way a TensorRT version builds: 11.x, 10.x strongly typed, 10.x implicit INT8, and
+TensorRT-RTX (its `tensorrt_rtx` tool takes trtexec's model, engine and shape flags)."""
 
 DLA_STANDALONE_FORMATS = {
     "input": {"int8": {"dla_linear", "chw4", "dla_hwc4", "chw32"}, "fp16": {"dla_linear", "chw4", "dla_hwc4", "chw16"}},
@@ -120,7 +121,8 @@ def trtexec_build_argv(
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
     implicit = mode == "tensorrt-10-implicit"
-    argv = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    rtx = mode == "tensorrt-rtx"
+    argv = ["tensorrt_rtx" if rtx else "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if mode == "tensorrt-10-strongly-typed":
         argv.append("--stronglyTyped")
     if implicit:
@@ -146,12 +148,14 @@ def trtexec_build_argv(
             )
         argv += ["--precisionConstraints=obey", f"--layerPrecisions={trtexec_layer_precisions(layer_precisions)}"]
     argv += _profile_flags(profile)
+    if rtx:  # only the flags checked for tensorrt_rtx: model, engine and shapes
+        return argv
     if input_formats:
         argv.append(f"--inputIOFormats={format_io_formats(input_formats)}")
     if output_formats:
         argv.append(f"--outputIOFormats={format_io_formats(output_formats)}")
     if dla is not None:
-        if mode == "tensorrt-11":
+        if mode in ("tensorrt-11", "tensorrt-rtx"):
             raise TrtqError(
                 "trtq builds for DLA with TensorRT 10.x only (TensorRT 11.0-11.3 have no DLA; 11.4.1 supports it "
                 "only on Jetson AGX Orin with JetPack 7.2.2+).",

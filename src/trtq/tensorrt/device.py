@@ -37,6 +37,7 @@ class DeviceBackend(Protocol):
     def capture(self, stream: int, work: Callable[[], None]) -> Any: ...
     def launch(self, graph: Any, stream: int) -> None: ...
     def device_name(self) -> str: ...
+    def compute_capability(self) -> tuple[int, int]: ...
 
 
 class TorchBackend:
@@ -105,6 +106,10 @@ class TorchBackend:
     def device_name(self) -> str:
         return str(self._torch.cuda.get_device_name())
 
+    def compute_capability(self) -> tuple[int, int]:
+        major, minor = self._torch.cuda.get_device_capability()
+        return int(major), int(minor)
+
 
 class CudaPythonBackend:
     """CUDA through NVIDIA's cuda-python runtime bindings (cudart)."""
@@ -172,6 +177,11 @@ class CudaPythonBackend:
         props = self._check(self._rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
         name = props.name
         return name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
+
+    def compute_capability(self) -> tuple[int, int]:
+        device = self._check(self._rt.cudaGetDevice(), "cudaGetDevice")
+        props = self._check(self._rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        return int(props.major), int(props.minor)
 
 
 BACKENDS = ("torch", "cuda-python")

@@ -17,8 +17,9 @@ from typing import Any
 from trtq.errors import TrtqError
 from trtq.model import file_sha256
 from trtq.tensorrt.commands import format_command, trtexec_inspect_argv
+from trtq.tensorrt.rtx import open_rtx_device
 from trtq.tensorrt.runtime import IOTensor, io_tensors, load_engine
-from trtq.tensorrt.sidecar import mismatches, read_sidecar
+from trtq.tensorrt.sidecar import engine_backend, mismatches, read_sidecar
 from trtq.tensorrt.version import require_tensorrt, supports, version_string
 
 _PRECISION_WORDS = (("int8", "int8"), ("fp8", "fp8"), ("half", "fp16"), ("fp16", "fp16"), ("bf16", "bf16"),
@@ -110,12 +111,19 @@ def inspect_command(engine_path: str | Path) -> str:
     return format_command(trtexec_inspect_argv(str(path), str(path.with_suffix(".layers.json"))))
 
 
-def inspect_engine(path: str | Path) -> EngineInfo:
-    """Describe an engine: I/O tensors, layers with precisions and tactics, sidecar and setup warnings."""
+def inspect_engine(path: str | Path, engine_library: str = "auto", device_backend: str = "auto") -> EngineInfo:
+    """Describe an engine: I/O tensors, layers with precisions and tactics, sidecar and setup warnings.
+
+    `engine_library` is tensorrt or tensorrt-rtx ("auto": what the sidecar says); a TensorRT-RTX engine
+    needs a GPU TensorRT-RTX runs on to be deserialized.
+    """
     path = Path(path)
-    trt, caps = require_tensorrt(f"inspect {path.name}", [inspect_command(path)])
+    library = engine_backend(path, engine_library)
+    trt, caps = require_tensorrt(f"inspect {path.name}", [inspect_command(path)], backend=library)
     if not path.is_file():
         raise TrtqError(f"Engine file {path} does not exist.", "check the path.")
+    if caps.track == "rtx":
+        open_rtx_device(device_backend, f"inspect {path.name}")
     sidecar = read_sidecar(path)
     found = mismatches(sidecar, version_string(trt), None, file_sha256(path))
     tensors, information = _inspect(trt, path)
@@ -136,7 +144,7 @@ def inspect_engine(path: str | Path) -> EngineInfo:
     )
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _inspect(trt: ModuleType, path: Path) -> tuple[list[IOTensor], dict[str, Any]]:
     _runtime, engine = load_engine(trt, path)
     tensors = io_tensors(trt, engine)

@@ -15,8 +15,9 @@ from trtq.errors import TrtqError
 from trtq.model import file_sha256
 from trtq.tensorrt.commands import format_command, trtexec_run_argv
 from trtq.tensorrt.device import DeviceBackend, open_backend
+from trtq.tensorrt.rtx import open_rtx_device
 from trtq.tensorrt.runtime import ExecutionSession, load_engine
-from trtq.tensorrt.sidecar import mismatches, read_sidecar
+from trtq.tensorrt.sidecar import engine_backend, mismatches, read_sidecar
 from trtq.tensorrt.version import require_tensorrt, supports, version_string
 
 Batch = Mapping[str, np.ndarray]
@@ -56,13 +57,19 @@ def run_engine(
     output_path: str | Path | None = None,
     *,
     backend: str = "auto",
+    engine_library: str = "auto",
 ) -> RunResult:
-    """Run every batch through the engine and save the outputs, concatenated along axis 0, as .npz."""
+    """Run every batch through the engine and save the outputs, concatenated along axis 0, as .npz.
+
+    `backend` reaches the GPU (torch, cuda-python); `engine_library` is tensorrt or tensorrt-rtx
+    ("auto": what the engine's sidecar says it was built with).
+    """
     engine_path = Path(engine_path)
-    trt, caps = require_tensorrt(f"run {engine_path.name}", [run_command(engine_path, None)])
+    library = engine_backend(engine_path, engine_library)
+    trt, caps = require_tensorrt(f"run {engine_path.name}", [run_command(engine_path, None)], backend=library)
     output_path = Path(output_path) if output_path else default_output_path(engine_path)
     check_destinations([output_path], inputs=(engine_path,))  # before running, not after
-    device = open_backend(backend)
+    device = open_rtx_device(backend, f"run {engine_path.name}") if caps.track == "rtx" else open_backend(backend)
     found = mismatches(read_sidecar(engine_path), version_string(trt), device.device_name(), file_sha256(engine_path))
     outputs, count = _run(trt, engine_path, batches, device)
     if count == 0:
@@ -81,7 +88,7 @@ def run_engine(
     )
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def _run(trt: ModuleType, engine_path: Path, batches: Iterable[Batch],
          device: DeviceBackend) -> tuple[dict[str, list[np.ndarray]], int]:
     """Execute batch by batch; a new shape re-binds the buffers."""

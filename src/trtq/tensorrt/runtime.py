@@ -16,6 +16,7 @@ import numpy as np
 
 from trtq.errors import TrtqError
 from trtq.tensorrt.device import DeviceBackend
+from trtq.tensorrt.rtx import engine_logger
 from trtq.tensorrt.version import supports
 
 if TYPE_CHECKING:
@@ -40,14 +41,13 @@ class IOTensor:
         return asdict(self)
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def load_engine(trt: ModuleType, path: str | Path) -> tuple[Any, Any]:
     """(runtime, engine) for a serialized engine file; the runtime must outlive the engine."""
     path = Path(path)
     if not path.is_file():
         raise TrtqError(f"Engine file {path} does not exist.", "build it with `trtq build`.")
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime: trt.Runtime = trt.Runtime(logger)
+    runtime: trt.Runtime = trt.Runtime(engine_logger(trt))
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise TrtqError(
@@ -58,7 +58,7 @@ def load_engine(trt: ModuleType, path: str | Path) -> tuple[Any, Any]:
     return runtime, engine
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def io_tensors(trt: ModuleType, engine: trt.ICudaEngine) -> list[IOTensor]:
     """The engine's I/O tensors in engine order."""
     tensors = []
@@ -81,7 +81,7 @@ def io_tensors(trt: ModuleType, engine: trt.ICudaEngine) -> list[IOTensor]:
     return tensors
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 def opt_shapes(engine: trt.ICudaEngine, tensors: Sequence[IOTensor]) -> dict[str, tuple[int, ...]]:
     """The OPT shape of profile 0 for every dynamic input (fixed inputs keep their dims)."""
     shapes = {}
@@ -109,7 +109,7 @@ def buffer_bytes(tensor: IOTensor, shape: Sequence[int]) -> int:
     return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
-@supports("10", "11")
+@supports("10", "11", "rtx")
 class ExecutionSession:
     """An execution context with one device buffer per I/O tensor, all bound by name."""
 

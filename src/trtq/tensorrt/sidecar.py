@@ -96,3 +96,12 @@ def mismatches(sidecar: EngineSidecar | None, tensorrt_version: str, gpu_name: s
 def profile_to_json(profile: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
     """{name: ProfileShape} -> {name: {"min": [...], "opt": [...], "max": [...]}}."""
     return {name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for name, p in profile.items()}
+
+
+def engine_backend(engine_path: str | Path, requested: str = "auto") -> str:
+    """The library an engine runs with: `requested`, or for "auto" the sidecar's (TensorRT-RTX engines
+    record mode "tensorrt-rtx"), else datacenter TensorRT."""
+    if requested != "auto":
+        return requested
+    sidecar = read_sidecar(engine_path)
+    return "tensorrt-rtx" if sidecar is not None and sidecar.mode == "tensorrt-rtx" else "tensorrt"

@@ -1,0 +1,74 @@
+"""Running the user's own Python (load_data() scripts, postprocess hooks): what it raises is theirs.
+
+An exception in their code, or a `sys.exit()` there (which would otherwise end trtq silently,
+with its exit code and no output), becomes a TrtqError naming the script and what it was doing.
+Ctrl-C (KeyboardInterrupt) passes through as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+from trtq.errors import TrtqError
+
+EXIT_FIX = "return (or stop yielding) instead of calling sys.exit()."
+
+
+def user_error(exc: BaseException, doing: str, fix: str, exit_fix: str = EXIT_FIX) -> BaseException:
+    """What to raise for `exc` from the user's code: a TrtqError saying that `doing` ("load_data() in d.py,
+    producing item 3,") raised it or called sys.exit(), with `fix` or `exit_fix`; a TrtqError (the user's
+    code calling trtq) as it is."""
+    if isinstance(exc, TrtqError):
+        return exc
+    if isinstance(exc, SystemExit):
+        return TrtqError(f"{doing} called sys.exit({exc.code!r}), which would end trtq without a result.", exit_fix)
+    reason = " ".join(str(exc).split())
+    return TrtqError(f"{doing} raised {type(exc).__name__}" + (f": {reason}." if reason else "."), fix)
+
+
+def printing_to_stderr() -> contextlib.AbstractContextManager:
+    """What the user's code prints goes to stderr, so that trtq's stdout (its --json result) stays clean."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+@contextlib.contextmanager
+def user_code(doing: str, fix: str, exit_fix: str = EXIT_FIX) -> Iterator[None]:
+    """Run the block as the user's code (see `user_error`), its prints on stderr. Not for blocks where
+    StopIteration is an answer (next() on their iterator): catch around those with `user_error`."""
+    try:
+        with printing_to_stderr():
+            yield
+    except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
+        error = user_error(exc, doing, fix, exit_fix)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def import_script(path: Path, what: str, module_name: str) -> ModuleType:
+    """Import the user's Python file `path` as `module_name` (its folder on sys.path while it runs, so
+    it can import helpers beside it). `what` names it in errors ("Data script", "Postprocess file")."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise TrtqError(f"{what} {path} cannot be loaded as Python.", "give a .py file.")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    sys.modules[module_name] = module  # as `import` does; dataclasses and pickle look it up
+    try:
+        with user_code(f"{what} {path}, while it was imported,",
+                       "fix the script; run it with python on its own to see the traceback.",
+                       "keep top-level code that should not run on import under `if __name__ == \"__main__\":`."):
+            spec.loader.exec_module(module)
+    except TrtqError:
+        sys.modules.pop(module_name, None)
+        raise
+    finally:
+        if folder in sys.path:  # the script may have removed it itself
+            sys.path.remove(folder)
+    return module
