@@ -30,7 +30,6 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from trtq.calibrate.algorithms import (
-    INT8_LEVELS,
     amax_entropy,
     amax_max,
     amax_mse,
@@ -80,13 +79,13 @@ class JudgedLayer:
     """(input index, initializer, per-channel axis) of each quantized weight."""
 
 
-def candidate_ranges(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
+def candidate_ranges(stats: TensorStats, grid: Grid = INT8,
+                     found: Mapping[str, float] | None = None) -> dict[str, float]:
     """Candidate amax values of one tensor, by name, distinct, largest first.
 
-    On the INT8 grid `mse` is `trtq.calibrate.algorithms.amax_mse`; on another grid the same search
-    runs on that grid's levels.
+    `found`: the tensor's `all_candidates`, where already computed (the calibration pass does).
     """
-    found = all_candidates(stats, grid)
+    found = all_candidates(stats, grid) if found is None else found
     distinct: dict[str, float] = {}
     for name, value in sorted(found.items(), key=lambda item: -item[1]):
         if value > 0 and all(abs(value - v) > 1e-6 * value for v in distinct.values()):
@@ -95,33 +94,12 @@ def candidate_ranges(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
 
 
 def all_candidates(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
-    """Every candidate's amax of one tensor, by name (CANDIDATES order), equal values included."""
-    found = {
-        "max": amax_max(stats),
-        "entropy": amax_entropy(stats),
-        "mse": amax_mse(stats) if grid.top == INT8_LEVELS and grid.name == "int8" else amax_mse_on_grid(stats, grid),
-    }
+    """Every candidate's amax of one tensor, by name, equal values included. `mse` minimises the error
+    on `grid`, exactly as `--method mse` does (`trtq.calibrate.algorithms.amax_mse`)."""
+    found = {"max": amax_max(stats), "entropy": amax_entropy(stats), "mse": amax_mse(stats, grid)}
     for p in CANDIDATE_PERCENTILES:
         found[f"percentile {p:g}"] = amax_percentile(stats, p)
     return found
-
-
-def amax_mse_on_grid(stats: TensorStats, grid: Grid) -> float:
-    """`amax_mse` on any symmetric grid: each bin's count at its centre, thresholds at bin centres 128.."""
-    hist = stats.hist
-    if stats.amax == 0.0 or hist.size <= 128 or not hist.any():
-        return float(stats.amax)
-    occupied = np.flatnonzero(hist)
-    counts = hist[occupied].astype(np.float64)
-    centres = (occupied.astype(np.float32) + 0.5)
-    thresholds = np.arange(128, hist.size, dtype=np.float32) + 0.5
-    errors = np.empty(thresholds.size, dtype=np.float64)
-    for start in range(0, thresholds.size, 64):
-        amax = thresholds[start:start + 64, None]
-        diff = grid.fake_quantize(np.broadcast_to(centres, (amax.shape[0], centres.size)), amax, axis=0) - centres
-        errors[start:start + 64] = (diff.astype(np.float64) ** 2) @ counts
-    best = float(thresholds[int(np.argmin(errors))])
-    return float(min(best * stats.hist_max / hist.size, stats.amax))
 
 
 def clipped_share(stats: TensorStats, amax: float) -> float:
@@ -366,8 +344,10 @@ CONFIDENCE_Z = 2.0
 TABLE_MARGIN_DB = 0.1
 """Least gain (dB per sample, at the lower confidence bound) that replaces PREFERRED_TABLE."""
 
-MIN_RACE_SAMPLES = 3
-"""Judging samples every table runs on before one can be dropped from the check."""
+MIN_RACE_SAMPLES = 2
+"""Judging samples every table runs on before one can be dropped from the check. Replayed on the recorded
+per-sample errors of 8 models (every table on 32-200 calibration samples, judging subsets of 4-16),
+2 picked the same tables as 3 with a third fewer runs; the checks are most of `--method auto`'s cost."""
 
 
 class TableRunner(Protocol):
@@ -416,6 +396,7 @@ def choose_ranges(
     grid: Grid = INT8,
     check_tables: RunnerFactory | None = None,
     references: Sequence[Sequence[np.ndarray]] | None = None,
+    known: Mapping[str, Mapping[str, float]] | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> AutoRanges:
@@ -429,7 +410,8 @@ def choose_ranges(
     alone often did worse end to end than the best fixed method (it cannot see how an error grows
     downstream), and a few judging samples rank close tables by chance, so a table has to prove
     itself. `stats` must hold histograms of those tensors. Memory: one batch's activations at a
-    time (plus the inputs of two-activation layers of the local batches).
+    time (plus the inputs of two-activation layers of the local batches). `known`: per tensor, its
+    `all_candidates` where the caller already computed them (each costs an mse search).
     """
     from trtq.calibrate.ort_session import make_session
 
@@ -437,8 +419,9 @@ def choose_ranges(
     tensors = list(dict.fromkeys(t for layer in layers for _, t in layer.activations))
     if not tensors:
         return AutoRanges({}, {}, PER_TENSOR, {}, 0)
-    found = {t: all_candidates(stats[t], grid) for t in tensors}
-    candidates = {t: candidate_ranges(stats[t], grid) for t in tensors}
+    found = {t: dict(known[t]) if known is not None and t in known else all_candidates(stats[t], grid)
+             for t in tensors}
+    candidates = {t: candidate_ranges(stats[t], grid, found[t]) for t in tensors}
     bags = _Bags(model, layers, grid)
     paired = [layer for layer in layers if len(dict.fromkeys(t for _, t in layer.activations)) > 1]
     second = _Bags(model, paired, grid) if paired else None

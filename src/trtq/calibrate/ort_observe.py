@@ -28,7 +28,12 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.calibrate.collector import NUM_BINS, TensorStats
-from trtq.calibrate.ort_session import _ROUTE_ERRORS, make_session, session_options, whole_block_channels
+from trtq.calibrate.ort_session import (
+    _ROUTE_ERRORS,
+    make_session,
+    session_options,
+    whole_block_channels,
+)
 from trtq.model import tensor_types
 
 DOMAIN = "trtq.observe"

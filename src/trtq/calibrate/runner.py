@@ -18,11 +18,13 @@ from trtq import __version__
 from trtq.calibrate.algorithms import compute_amax, needs_histogram
 from trtq.calibrate.aliases import value_roots
 from trtq.calibrate.auto import (
+    FALLBACK,
     JUDGE_MAX_SAMPLES,
     JUDGE_SAMPLES,
     JUDGE_SHARE,
     JudgedLayer,
     RunnerFactory,
+    all_candidates,
     choose_ranges,
     explain,
 )
@@ -138,7 +140,7 @@ def run_calibration(
         dropped: list[int] = []
         for index, batch in enumerate(prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped))):
             try:
-                found = backend.observe(batch, outputs=index in judging)
+                found = backend.observe(batch, outputs=True) if index in judging else backend.observe(batch)
             except ORT_ERRORS as exc:
                 problem = explain_run_failure(model, batch, samples, name, str(dataset.source), CALIBRATION_BATCH_FIX)
                 if problem is None:
@@ -166,9 +168,14 @@ def run_calibration(
             "calibration data.",
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
+    known: dict[str, dict[str, float]] = {}  # --method auto: every candidate amax per observed tensor
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
-        found = dict(zip(observed, pool.map(
-            lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
+        if method == "auto":  # every candidate once; the tensors auto does not judge keep its fallback
+            known = dict(zip(observed, pool.map(lambda name: all_candidates(stats[name], grid), observed)))
+            found = {name: known[name][FALLBACK] for name in observed}
+        else:
+            found = dict(zip(observed, pool.map(
+                lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
     amax = {name: found[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
@@ -178,7 +185,8 @@ def run_calibration(
     if method == "auto":
         complete = all(found is not None for found in references)
         auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
-                             references=[list(found or ()) for found in references] if complete else None)
+                             references=[list(found or ()) for found in references] if complete else None,
+                             known={name: known[roots[name]] for name in tensors})
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
         table_checks = auto.checks
