@@ -5,6 +5,7 @@ Tolerances: a tiny conv net quantized with max ranges keeps its output within 25
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -189,8 +190,9 @@ def test_target_and_fp16_through_the_api(conv_case):
     r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         method="max", target="snr>=20", target_data=str(tmp / "val.npy"), high_precision="fp16",
         output_dir=str(tmp / "mp")), progress=False)
-    assert r.mixed["holds"] and r.mixed["final_metric"] >= 20
-    assert r.precision["mode"] == "fp16" and r.precision["fp16_nodes"] > 0
+    assert r.mixed.holds and r.mixed.final_metric >= 20
+    assert r.precision.mode == "fp16" and len(r.precision.fp16_nodes) > 0
+    assert r.to_dict()["mixed"]["holds"] and r.to_dict()["precision"]["fp16_nodes"] == len(r.precision.fp16_nodes)
     assert "--fp16" in r.commands["tensorrt-10-implicit"]
     q = onnx.load(r.onnx_path)
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in q.graph.initializer)
@@ -316,8 +318,8 @@ def test_target_with_fp16_is_measured_on_the_model_as_written(bias_case):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(result.onnx_path).graph.initializer)
     written = api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
     assert written.outputs[0].snr_db >= 40
-    assert written.outputs[0].snr_db == pytest.approx(result.mixed["final_metric"], abs=1e-3)
-    assert result.mixed["measured_on"].endswith("after the FP16 conversion, as written")
+    assert written.outputs[0].snr_db == pytest.approx(result.mixed.final_metric, abs=1e-3)
+    assert result.mixed.measured_on.endswith("after the FP16 conversion, as written")
 
 
 def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
@@ -331,7 +333,8 @@ def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
     assert not (tmp / "out").exists()
     fp32 = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         target="snr>=200", output_dir=str(tmp / "out")), progress=False)
-    assert fp32.mixed["final_metric"] == "inf" and fp32.mixed["all_excluded"] and fp32.qdq_pairs == 0
+    assert fp32.mixed.final_metric == math.inf and fp32.mixed.all_excluded and fp32.qdq_pairs == 0
+    assert fp32.to_dict()["mixed"]["final_metric"] == "inf"  # the JSON view spells infinity out
 
 
 def test_arrays_and_dicts_of_arrays_are_data(conv_case):

@@ -32,7 +32,7 @@ from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.devices import check_device
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.evaluate.mixed import node_pattern, search_mixed_precision
+from trtq.evaluate.mixed import MixedPrecisionResult, node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
@@ -55,7 +55,7 @@ from trtq.model import (
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
-from trtq.quantize.precision import high_precision
+from trtq.quantize.precision import PrecisionResult, high_precision
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.quantize.smooth import (
     CHECK_SAMPLES,
@@ -272,10 +272,12 @@ class QuantizeResult:
     excluded_nodes: tuple[str, ...]
     calibration_seconds: float | None
     commands: dict[str, str]
-    mixed: dict | None = None
-    precision: dict | None = None
-    smoothing: dict | None = None
-    """What --smooth did (`SmoothResult.to_dict`), or None."""
+    mixed: MixedPrecisionResult | None = field(default=None, repr=False)
+    """What the --target search found (None without --target)."""
+    precision: PrecisionResult | None = field(default=None, repr=False)
+    """What --high-precision fp16 converted (None for fp32)."""
+    smoothing: SmoothResult | None = field(default=None, repr=False)
+    """What --smooth did (None without it)."""
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
@@ -304,6 +306,9 @@ class QuantizeResult:
         """JSON-friendly view."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
         out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        for name in ("mixed", "precision", "smoothing"):
+            value = getattr(self, name)
+            out[name] = value.to_dict() if value is not None else None
         return out
 
 
@@ -736,8 +741,8 @@ def quantize(
         cache_entries=len(cache or {}),
         excluded_nodes=placement.excluded_nodes,
         calibration_seconds=seconds,
-        mixed=mixed.to_dict() if mixed else None,
-        precision=precision.to_dict() if precision else None,
+        mixed=mixed,
+        precision=precision,
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
@@ -750,7 +755,7 @@ def quantize(
                *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
-        smoothing=smoothing.to_dict() if smoothing else None,
+        smoothing=smoothing,
         smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,

@@ -136,14 +136,24 @@ class SmoothResult:
     """Largest output change of the smoothed FP32 model against the original, relative to the output's range."""
     checked_samples: int = 0
 
+    @property
+    def folded_into_layernorm(self) -> int:
+        """Smoothed activations whose factors went into a LayerNormalization."""
+        return sum(t.folded_into is not None for t in self.tensors)
+
+    @property
+    def mul_nodes(self) -> int:
+        """Smoothed activations that got a Mul node."""
+        return sum(t.folded_into is None for t in self.tensors)
+
     def to_dict(self) -> dict:
         """JSON-friendly view (without the model)."""
         return {
             "alpha": self.alpha if self.alpha is not None else "per layer",
             "tensors": [t.to_dict() for t in self.tensors],
             "left_alone": list(self.left_alone),
-            "folded_into_layernorm": sum(t.folded_into is not None for t in self.tensors),
-            "mul_nodes": sum(t.folded_into is None for t in self.tensors),
+            "folded_into_layernorm": self.folded_into_layernorm,
+            "mul_nodes": self.mul_nodes,
             "deviation": self.deviation,
             "checked_samples": self.checked_samples,
             "tolerance": EQUIVALENCE_TOLERANCE,
