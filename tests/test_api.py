@@ -18,6 +18,7 @@ from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, sav
 from trtq import api, artifacts
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
+from trtq.report import RunRecord, build_report, load_records
 from trtq.model import parse_shapes
 
 
@@ -236,6 +237,28 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     opened.clear()
     api.sensitivity(model, calib=tmp / "calib.npy", progress=False)
     assert opened == [str(tmp / "calib.npy")]
+
+
+def test_api_runs_leave_records_for_the_report(conv_case):
+    """quantize, sensitivity and compare called from Python save the run records `trtq report` reads, as the CLI does."""
+    tmp, model = conv_case
+    out = tmp / "out"
+    q = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method="max", output_dir=str(out)),
+                     progress=False, record=RunRecord({"model": str(model)}, command=["python"]))
+    run = api.sensitivity(model, calib=tmp / "calib.npy", options=api.QuantizeOptions(method="entropy"),
+                          progress=False, record=RunRecord({"model": str(model)}, directory=out))
+    api.compare(model, q.onnx_path, tmp / "val.npy", progress=False, record=RunRecord({}))  # beside the candidate
+    records = load_records(out)
+    assert set(records) == {"quantize", "sensitivity", "compare"} and records["quantize"].command == "python"
+    assert run.record_path == str(out / "trtq-sensitivity.json")
+    assert records["sensitivity"].result["sensitive_layers"] == list(run.sensitive_layers)
+    assert len(records["sensitivity"].result["layers"]) == len(run.result.layers) == 6  # 4 convs, the pool, the add
+    # entropy ranges, with histograms: those of the most sensitive layer's tensors come first
+    first = run.result.layers[0].tensors
+    assert 0 < len(records["sensitivity"].histograms) <= api.REPORT_HISTOGRAMS
+    assert [t for t in first if t in run.ranges.amax][0] in records["sensitivity"].histograms
+    assert records["compare"].result["samples"] == 10
+    assert [row.variant for row in build_report(out).metrics] == ["net.int8.onnx"]
 
 
 def test_unknown_method_is_refused_when_options_are_made():

@@ -67,7 +67,7 @@ from trtq.quantize.smooth import (
     smooth_model,
     smoothing_groups,
 )
-from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
@@ -816,6 +816,7 @@ def compare(
     batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
     (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
@@ -823,9 +824,14 @@ def compare(
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     A candidate that is a TensorRT engine (.engine/.plan/.trt) runs in TensorRT where it is installed,
-    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them.
+    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them. With `record`,
+    the run record for `trtq report` (`trtq-compare.json`; default beside the candidate) is saved too.
     """
     from trtq.tensorrt.runner import ENGINE_SUFFIXES
+
+    if record is not None:  # before the work: a bad output path costs seconds, not minutes
+        check_destinations([record.path("compare", candidate_path)],
+                           file_sources(reference_path, candidate_path, data_source))
 
     engine = Path(candidate_path).suffix.lower() in ENGINE_SUFFIXES
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
@@ -844,7 +850,7 @@ def compare(
     else:
         second = make(load_model(candidate_path))
     runners = (first, second)
-    return compare_models(
+    report = compare_models(
         *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
@@ -855,6 +861,9 @@ def compare(
         mask=data.mask,
         graph=reference,
     )
+    if record is not None:
+        record.write("compare", candidate_path, report.to_dict())
+    return report
 
 
 SENSITIVE_DB = 30.0
@@ -875,6 +884,13 @@ class SensitivityRun:
     """Which input shapes were taken from the data."""
     notes: tuple[str, ...] = ()
     """What the placement left out on its own (`PreparedModel.notes`)."""
+    record_path: str | None = None
+    """The run record for `trtq report` (when `sensitivity` was given `record`)."""
+
+    def record_result(self) -> dict:
+        """What the run record keeps: the analysis, the sensitive layers and the notes."""
+        return {**self.result.to_dict(), "sensitive_layers": list(self.sensitive_layers),
+                "shape_notes": list(self.shape_notes), "notes": list(self.notes)}
 
 
 def sensitivity(
@@ -889,14 +905,18 @@ def sensitivity(
     task: TaskOptions | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> SensitivityRun:
     """Per-layer sensitivity: how much the output degrades when only that layer is INT8.
 
     Ranges come from calibrating on `calib` or from a saved table; evaluation runs on
-    `data_source` (default: the calibration data).
+    `data_source` (default: the calibration data). With `record`, the run record for `trtq report`
+    (`trtq-sensitivity.json`, with the histograms of the most sensitive tensors) is saved too.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
+    if record is not None:  # before the work: a bad output path costs seconds, not minutes
+        check_destinations([record.path("sensitivity", model_path)], file_sources(model_path, calib, ranges, data_source))
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision, options.residual_qdq)
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
@@ -927,15 +947,22 @@ def sensitivity(
         mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
-    if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
-                              prepared.notes)
-    paths = artifact_paths(prepared.path, options.output_dir, "int8")
-    commands = build_commands(paths.onnx, paths.cache, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
-                                                if n in prepared.layer_names})
-    return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
-                          shape_notes(calib_data, dataset), prepared.notes)
+    commands = {}
+    if options.precision == "int8" and smoothing is None:  # else no implicit build of this model: --exclude-nodes
+        paths = artifact_paths(prepared.path, options.output_dir, "int8")
+        commands = build_commands(paths.onnx, paths.cache, prepared.path,
+                                  data_shapes(prepared.model, data.shapes, dataset),
+                                  layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                    if n in prepared.layer_names})
+        commands = {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]}
+    run = SensitivityRun(result, table, calibration, sensitive, commands, shape_notes(calib_data, dataset),
+                         prepared.notes)
+    if record is None:
+        return run
+    histograms = sensitivity_histograms((layer.tensors for layer in result.layers),
+                                        calibration.stats if calibration else {}, table.amax, table.method,
+                                        REPORT_HISTOGRAMS)
+    return replace(run, record_path=str(record.write("sensitivity", model_path, run.record_result(), histograms)))
 
 
 def verify(

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from trtq import api
 from trtq._format import fmt
-from trtq._io import check_destinations
-from trtq.artifacts import output_directory
 from trtq.cli.options import (
     add_calibration_options,
     add_data_options,
@@ -30,7 +28,7 @@ from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.mixed import MixedPrecisionResult
 from trtq.quantize.precision import PrecisionResult
 from trtq.quantize.smooth import EQUIVALENCE_TOLERANCE, SmoothResult
-from trtq.report import RunRecord, record_path, write_record
+from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
 
@@ -251,12 +249,11 @@ def _precision_lines(precision: PrecisionResult | None) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    directory = output_directory(args.candidate, args.output_dir)
-    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
+    run_record = RunRecord(run_settings(args), directory=args.output_dir)
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, device=args.device,
-                         progress=show_progress(args))
-    record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
+                         progress=show_progress(args), record=run_record)
+    record = run_record.path("compare", args.candidate)
     parts = report.task.candidate.parts if report.task is not None else ()
     rows = (*report.outputs, *parts)
     top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores
