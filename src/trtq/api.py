@@ -28,7 +28,7 @@ from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
+from trtq.data import Dataset, DataSource, PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.devices import check_device
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
@@ -76,6 +76,7 @@ from trtq.verify import VerifyOptions, VerifyResult, verify_model
 __all__ = [
     "CalibrationOptions",
     "DataOptions",
+    "PreprocessOverrides",
     "QuantizeOptions",
     "QuantizeResult",
     "TaskOptions",
@@ -99,7 +100,8 @@ class DataOptions:
     which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
-    preprocess: Mapping[str, object] = field(default_factory=dict)
+    preprocess: PreprocessOverrides = PreprocessOverrides()
+    """Options on top of the preset (`trtq.data.PreprocessOverrides`: size, mean, std, ...)."""
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
     mask: MaskRequest = True
@@ -446,7 +448,7 @@ def open_data(
     """
     inputs = graph_inputs(model)
     shapes = requested_shapes(inputs, options.shapes)
-    preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
+    preprocess = resolve_preprocess(options.preset, options.preprocess)
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
                         given=tuple(options.shapes), purpose=purpose, progress=progress)
 
