@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from trtq._io import Content, check_destinations
@@ -25,7 +24,6 @@ from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
-from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, PreprocessOverrides, open_dataset, resolve_preprocess
@@ -57,16 +55,7 @@ from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.precision import PrecisionResult, high_precision
 from trtq.quantize.qdq import MIN_OPSETS
-from trtq.quantize.smooth import (
-    CHECK_SAMPLES,
-    JUDGE_ROWS,
-    SmoothResult,
-    check_alpha,
-    check_equivalent,
-    group_factors,
-    smooth_model,
-    smoothing_groups,
-)
+from trtq.quantize.smooth import SmoothResult, check_alpha, record_smoothing, smooth
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -568,65 +557,15 @@ def smooth_prepared(
     table: RangesTable | None = None,
     progress: bool = True,
 ) -> tuple[PreparedModel, SmoothResult]:
-    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth`), re-planned, and what was done.
-
-    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model), or from
-    `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is checked against
-    the original on the first calibration samples (when there is data) before anything else runs.
-    """
-    groups = smoothing_groups(prepared.model, prepared.placement)
-    channel_max = None
-    alpha = options.smooth_alpha
-    if table is not None and table.smoothing:
-        known = {group.tensor for group in groups}
-        unknown = sorted(set(table.smoothing) - known)
-        if unknown:
-            raise TrtqError(
-                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
-                f"{prepared.path} with these options.",
-                "use the same model, --precision and --exclude options as the run that wrote the table.",
-            )
-        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
-                   for name, entry in table.smoothing.items()}
-        setting = table.options.get("smooth")
-        alpha = float(setting) if isinstance(setting, (int, float)) else None
-    elif dataset is not None:
-        stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
-                             device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
-                             rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
-        channel_max = stats.amax
-        factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
-    else:
-        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
-                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
-    result = smooth_model(prepared.model, groups, factors, alpha, channel_max)
-    if dataset is not None:
-        result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
-                                  source=str(prepared.path))
+    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth.smooth`), re-planned,
+    and what was done: factors from `dataset`, or from `table`, a ranges table written by a --smooth run."""
+    result = smooth(prepared.model, prepared.placement, dataset, alpha=options.smooth_alpha, grid=options.grid,
+                    table=table, device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
+                    source=str(prepared.path), progress=progress)
     placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
                                cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
                                residual=prepared.residual_qdq)
     return replace(prepared, model=result.model, placement=placement), result
-
-
-def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
-    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
-    batches: list[Mapping[str, np.ndarray]] = []
-    seen = 0
-    for batch in dataset.batches(dataset.batch_size):
-        batches.append(batch)
-        seen += len(next(iter(batch.values())))
-        if seen >= count:
-            break
-    return batches
-
-
-def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
-    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
-    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
-               for t in smoothing.tensors}
-    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
-    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
 
 
 def quantize(
@@ -676,7 +615,7 @@ def quantize(
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
         if smoothing is not None:
-            table = _record_smoothing(table, smoothing)
+            table = record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
     if smoothing is None or fp8:
@@ -932,7 +871,7 @@ def sensitivity(
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else saved
     if calibration is not None and smoothing is not None:
-        table = _record_smoothing(calibration.ranges, smoothing)
+        table = record_smoothing(calibration.ranges, smoothing)
     assert table is not None  # exactly one of calib and ranges was given
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
