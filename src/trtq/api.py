@@ -25,7 +25,7 @@ from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.grids import GRIDS, Grid
-from trtq.calibrate.ort_session import session_from_file
+from trtq.runtime.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.devices import check_device
 from trtq.errors import TrtqError
