@@ -31,11 +31,11 @@ from trtq.calibrate.auto import (
 )
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.runner import judging_batches
-from trtq.calibrate.ort_session import make_session
 from trtq.evaluate.tables import TableRunner
 from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable, TableCheck
-from trtq.quantize import insert_qdq
 from trtq.model import normalize_model
+from trtq.quantize import insert_qdq
+from trtq.runtime.ort_session import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from trtq.calibrate.ort_session import make_session
 from trtq.quantize import Placement, insert_qdq
 from trtq.quantize.qdq import scale_and_zero_point
+from trtq.runtime.ort_session import make_session
 
 
 def attention_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
