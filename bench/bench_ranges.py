@@ -411,13 +411,20 @@ MODELOPT = "nvidia-modelopt[onnx]==0.47.0"
 def modelopt(python: str, case: Case, method: str, out: Path) -> Path | None:
     """ModelOpt 0.47's ONNX PTQ CLI (`python -m modelopt.onnx.quantization`), INT8, on the same calibration
     samples, FP32 elsewhere; None (with the reason printed) where it fails."""
-    if case.calib.is_dir():
-        print(f"  modelopt {method}: left out on {case.name} (its CLI takes .npy/.npz calibration data only)")
-        return None
+    calib = case.calib
+    if calib.is_dir():  # its CLI takes .npy/.npz only: the same samples, preprocessed as trtq feeds them
+        calib = out / "calib_preprocessed.npz"
+        if not calib.exists():
+            from trtq import api
+            from trtq.model import load_model
+
+            dataset = api.open_data(load_model(case.model, load_external_data=False), case.calib,
+                                    api.DataOptions(preset=case.preset, shapes=case.shapes))
+            batches = [dict(batch) for batch in dataset.batches(1)]
+            np.savez(calib, **{name: np.concatenate([b[name] for b in batches]) for name in batches[0]})
     src = out / f"{case.model.stem}.modelopt_input.onnx"
     shutil.copy(case.model, src)  # it rewrites its input model in place
     dst = out / f"{case.model.stem}.modelopt.{method}.onnx"
-    calib = case.calib
     cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(src), "--quantize_mode", "int8",
            "--calibration_data", str(calib), "--calibration_method", method, "--output_path", str(dst),
            "--calibration_eps", "cpu", "--high_precision_dtype", "fp32"]

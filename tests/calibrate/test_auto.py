@@ -313,3 +313,25 @@ def test_entropy_is_unchanged_bit_for_bit():
     assert {k: float(v).hex() for k, v in result.ranges.amax.items()} == ENTROPY_DIGITS
     assert result.ranges.choices == {} and result.ranges.table_scores == {}
     assert "table" not in result.ranges.options
+
+
+def test_auto_computes_each_tensors_candidates_once_and_its_mse_table_is_method_mse(conv_case, monkeypatch):
+    # the mse search is most of the candidates' cost: it ran three times per tensor (fallback, table, per-tensor)
+    import trtq.calibrate.auto as auto_module
+
+    tmp_path, model = conv_case
+    calls: list[str] = []
+    real = auto_module.amax_mse
+
+    def counted(stats, *args, **kwargs):
+        calls.append(stats.name)
+        return real(stats, *args, **kwargs)
+
+    monkeypatch.setattr(auto_module, "amax_mse", counted)
+    result = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    assert calls and len(calls) == len(set(calls))
+    mse = api.quantize(model, tmp_path / "calib.npy", progress=False,
+                       options=api.QuantizeOptions(method="mse", output_dir=str(tmp_path / "mse")))
+    table = RangesTable.load(result.ranges_path)
+    if table.options["table"] == PREFERRED_TABLE:
+        assert table.amax == RangesTable.load(mse.ranges_path).amax

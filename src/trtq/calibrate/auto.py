@@ -232,8 +232,8 @@ class _Judge:
         from trtq.runtime.ort_session import make_session
 
         self.bags, self.grid, self.current = bags, grid, current
-        self.reference = make_session(bags.reference, threads=threads)
-        self.bag = make_session(bags.bag, threads=threads)
+        self.reference = make_session(bags.reference, threads=threads, spin=False)
+        self.bag = make_session(bags.bag, threads=threads, spin=False)
         self.ordered = {c.tensor: list(candidates[c.tensor].items()) for c in bags.copies}
         self.slots = _slots(bags, candidates)
         self.noise = {(c.node, c.tensor): np.zeros(self.slots) for c in bags.copies}
@@ -433,7 +433,7 @@ def choose_ranges(
     kept: list[dict[str, np.ndarray]] = []  # what the second round reads (two-activation layers only)
     with tqdm(total=steps, desc="choosing ranges", unit="run", disable=not progress, dynamic_ncols=True,
               leave=False) as bar:
-        exposing = make_session(model, threads=threads, outputs=fetch)
+        exposing = make_session(model, threads=threads, spin=False, outputs=fetch)
         first = _Judge(bags, candidates, current, grid, threads)
         for batch in local:
             values = {name: np.ascontiguousarray(v) for name, v in batch.items()}

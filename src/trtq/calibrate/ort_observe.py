@@ -187,7 +187,7 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
         sinks, blocked = insert_observers(optimized.graph, tensors, addresses, bins, keep)
         optimized.opset_import.append(helper.make_opsetid(DOMAIN, 1))
         onnx.save(optimized, str(directory / "observing.onnx"))
-        options = session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
+        options = session_options(threads, spin=False, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimised above
         options.register_custom_ops_library(library)
         # the folder goes with the session; the ops write into `state` for the session's lifetime
         session = OrtSession(str(directory / "observing.onnx"), options, keep=(folder, state))

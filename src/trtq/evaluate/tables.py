@@ -63,7 +63,7 @@ class TableRunner:
         self.batches = [dict(batch) for batch in batches]
         self.outputs = [o.name for o in model.graph.output]
         if references is None:
-            fp32 = make_session(model, threads=threads)
+            fp32 = make_session(model, threads=threads, spin=False)
             references = [fp32.run(self.outputs, batch) for batch in self.batches]
             del fp32
         self.references = [list(refs) for refs in references]
@@ -72,7 +72,7 @@ class TableRunner:
         self.targets = [t for t in placement.targets if t.kind == "activation"]
         qdq = insert_qdq(model, placement, {t.tensor: 1.0 for t in self.targets})
         self.scale_inputs = _scales_as_inputs(qdq, {t.tensor for t in self.targets})
-        self.session = make_session(qdq, threads=threads)
+        self.session = make_session(qdq, threads=threads, spin=False)
 
     def __len__(self) -> int:
         return len(self.batches)
