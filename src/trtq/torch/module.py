@@ -27,7 +27,14 @@ from onnx import helper, numpy_helper
 from trtq.errors import TrtqError
 from trtq.model import default_opset, tensor_types
 from trtq.torch.fallback import OrtNode, subgraph_outer_names
-from trtq.torch.ops import DATA_DEPENDENT_OPS, OPS, SHAPE_OPS, OpContext, OpDef, Unsupported
+from trtq.torch.ops import (
+    DATA_DEPENDENT_OPS,
+    OPS,
+    SHAPE_OPS,
+    OpContext,
+    OpDef,
+    Unsupported,
+)
 
 Hook = Callable[[str, torch.Tensor], None]
 
