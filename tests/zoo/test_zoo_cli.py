@@ -100,7 +100,9 @@ def test_inspect_counts_parameters_and_layers(zoo: Zoo) -> None:
 def test_quantize_places_qdq_and_the_model_runs(zoo: Zoo) -> None:
     result = zoo.quantized
     assert result["qdq_pairs"] > 0 and result["quantized_weights"] > 0 and result["cache_entries"] > 0
-    assert result["shapes"] == {name: list(shape) for name, shape in zoo.entry.shapes.items()}
+    dynamic = {i.name for i in onnx.load(str(zoo.files.onnx), load_external_data=False).graph.input
+               if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
+    assert result["shapes"] == {name: list(shape) for name, shape in zoo.entry.shapes.items() if name in dynamic}
     model = onnx.load(result["onnx_path"])
     assert len(dq_fed_nodes(model)) >= len(zoo.layers) // 2
     assert all(np.isfinite(o).all() for o in run_model(result["onnx_path"], zoo.files.held_out))
@@ -227,6 +229,11 @@ def test_smooth_quantize_runs_in_onnxruntime(zoo: Zoo) -> None:
 def test_verify_builds_the_qdq_model(zoo: Zoo) -> None:
     """A real NVIDIA builder (TensorRT-RTX, on the CPU) parses and builds the Q/DQ model trtq wrote."""
     pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install -e '.[verify]')")
+    if zoo.entry.name == "ppocr-cls":  # a known limit, said in one sentence (exit 2): see the README's table
+        # every dynamic dim of this export is named '?', which TensorRT reads as one dim (batch 1 = H 48 = W 64)
+        with pytest.raises(AssertionError, match="(?s)exited 2:.*dims the same name"):
+            trtq("verify", zoo.quantized["onnx_path"], *zoo.entry.shape_args(), "--output-dir", str(zoo.out / "verify"))
+        return
     result = trtq("verify", zoo.quantized["onnx_path"], *zoo.entry.shape_args(), "--output-dir", str(zoo.out / "verify"))
     assert result["engine_bytes"] > 0 and result["quantized_layers"] > 0
     assert 0 < result["low_precision_layers"] <= result["quantized_layers"]
