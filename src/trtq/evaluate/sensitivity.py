@@ -489,7 +489,7 @@ def _local(
                 values = dict(batch)
                 session.first = samples
                 values.update(zip(fetch, session.run(fetch, dict(batch))))
-                marks = np.asarray(batch[mask.input]) if mask is not None else None
+                marks = mask.positions(np.asarray(batch[mask.input])) if mask is not None else None
                 for name in layers:
                     quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
                     for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):

@@ -252,7 +252,7 @@ class Monitor:
                     value = values[name].detach().cpu().numpy()
                     if name in masked:
                         mask = self.mask.input  # type: ignore[union-attr]
-                        accumulators[name].update(ref[name], value, np.asarray(batch[mask]), mask)
+                        accumulators[name].update(ref[name], value, self.mask.positions(np.asarray(batch[mask])), mask)  # type: ignore[union-attr]
                     else:
                         accumulators[name].update(ref[name], value)
         return Agreement(tuple(acc.result() for acc in accumulators.values()))
