@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from transformer_models import MASK_FORMS, export_mask_form, image_data, mask_form_data, masked_snr_db, token_data
+from transformer_models import (
+    MASK_FORMS,
+    export_mask_form,
+    image_data,
+    mask_form_data,
+    masked_snr_db,
+    token_data,
+)
 
 from trtq import api
 from trtq.cli import main

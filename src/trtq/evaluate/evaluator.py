@@ -219,9 +219,9 @@ class Evaluator:
                 if detector.active:
                     detector.update(feed, ref)
                 watched = ((mask.input, mask.additive),) if isinstance(mask, TokenMask) else detector.viable()
-                for name, additive in watched:  # FP32 power over the positions each possible mask marks
-                    _add_masked_power(masked_power.setdefault((name, additive), {}), ref,
-                                      mask_positions(np.asarray(feed[name]), additive))
+                for input_name, additive in watched:  # FP32 power over the positions each possible mask marks
+                    _add_masked_power(masked_power.setdefault((input_name, additive), {}), ref,
+                                      mask_positions(np.asarray(feed[input_name]), additive))
                 self._store.add(first, feed, ref)
             return detector, masked_power, scorer, signal, samples
 
