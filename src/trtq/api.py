@@ -67,6 +67,13 @@ from trtq.quantize.smooth import (
     smooth_model,
     smoothing_groups,
 )
+from trtq.quantize.weights import (
+    WeightChoice,
+    apply_weight_ranges,
+    choose_weight_ranges,
+    rows_per_input,
+    weight_layers,
+)
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -79,6 +86,8 @@ __all__ = [
     "QuantizeOptions",
     "QuantizeResult",
     "TaskOptions",
+    "VerifyOptions",
+    "VerifyResult",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -88,8 +97,6 @@ __all__ = [
     "quantize",
     "sensitivity",
     "verify",
-    "VerifyOptions",
-    "VerifyResult",
 ]
 
 
@@ -228,16 +235,30 @@ class QuantizeOptions(CalibrationOptions):
     smooth: float | str | None = None
     """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
     [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
+    weight_ranges: str | None = None
+    """Per-channel weight ranges: "max" (max |w|), or "mse" (FP8 only: chosen by the layer's output
+    error on calibration rows, with bias correction; `trtq.quantize.weights`). None: mse for FP8, max for INT8."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
         super().__post_init__()
+        if self.weight_ranges not in (None, "max", "mse"):
+            raise TrtqError(f"--weight-ranges {self.weight_ranges!r} is not max or mse.", "pick one of those.")
+        if self.weight_ranges == "mse" and self.precision != "fp8":
+            raise TrtqError("--weight-ranges mse applies to --precision fp8 only; INT8 weights use max |w| per "
+                            "channel (on INT8 the activations dominate the error).",
+                            "drop --weight-ranges, or add --precision fp8.")
         if self.cache_scope not in ("qdq", "all"):
             raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
         if self.smooth is not None and self.smooth != "auto":
             if isinstance(self.smooth, str):
                 raise TrtqError(f"--smooth {self.smooth!r} is not a number.", "pass e.g. --smooth 0.5, or --smooth alone.")
             check_alpha(float(self.smooth))
+
+    @property
+    def weight_method(self) -> str:
+        """The weight range method this run uses ("mse" or "max")."""
+        return self.weight_ranges or ("mse" if self.precision == "fp8" else "max")
 
     @property
     def smooth_alpha(self) -> float | None:
@@ -295,6 +316,8 @@ class QuantizeResult:
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
     record_path: str | None = None
     """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
+    weight_ranges: dict | None = None
+    """--weight-ranges mse (the FP8 default): layers, mean gain on the weight error (dB), biases corrected."""
     smoothed_path: str | None = None
     """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
@@ -602,6 +625,38 @@ def smooth_prepared(
     return replace(prepared, model=result.model, placement=placement), result
 
 
+def weight_prepared(prepared: PreparedModel, dataset: Dataset, options: QuantizeOptions,
+                    progress: bool = True) -> tuple[PreparedModel, dict[str, WeightChoice]]:
+    """`prepared` with its quantized MatMul/Gemm weights on the FP8 grid at ranges chosen by the
+    layers' output error, and their biases corrected (`trtq.quantize.weights`); the choices."""
+    layers = weight_layers(prepared.model, prepared.placement)
+    if not layers:
+        return prepared, {}
+    channels = sum(_channels(prepared.model, layer[0][1], layer[0][2]) for layer in layers.values())
+    stats = channel_amax(prepared.model, list(layers), dataset, batch_size=dataset.batch_size, device=options.device,
+                         drop_partial=fixed_batch(prepared.model) is not None, rows=rows_per_input(channels),
+                         progress=progress, real_rows=True)
+    choices = choose_weight_ranges(prepared.model, prepared.placement, stats.rows, options.grid)
+    return replace(prepared, model=apply_weight_ranges(prepared.model, choices, options.grid)), choices
+
+
+def _channels(model: onnx.ModelProto, weight: str, axis: int) -> int:
+    """The input channels of a 2-D weight whose output-channel axis is `axis`."""
+    init = next(i for i in model.graph.initializer if i.name == weight)
+    return int(init.dims[1 - axis])
+
+
+def _apply_weights(prepared: PreparedModel, choices: Mapping[str, WeightChoice], grid: Grid, source: str
+                   ) -> onnx.ModelProto:
+    known = {init.name for init in prepared.model.graph.initializer}
+    unknown = sorted(name for name, c in choices.items() if name not in known or (c.bias and c.bias not in known))
+    if unknown:
+        raise TrtqError(f"The ranges table {source} sets the range of weight {unknown[0]!r}, which "
+                        f"{prepared.path} does not have.",
+                        "use the model, --smooth and --exclude options of the run that wrote the table.")
+    return apply_weight_ranges(prepared.model, choices, grid)
+
+
 def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
     """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
     batches: list[Mapping[str, np.ndarray]] = []
@@ -672,6 +727,14 @@ def quantize(
             table = _record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
+    weight_choices: dict[str, WeightChoice] = {}
+    unrounded = prepared.model  # what the --target search measures against when the weights get rounded
+    if calib_data is not None and options.weight_method == "mse":
+        prepared, weight_choices = weight_prepared(prepared, calib_data, options, progress=progress)
+        table = replace(table, weights={name: c.to_dict() for name, c in weight_choices.items()})
+    elif saved is not None and saved.weights:
+        weight_choices = {name: WeightChoice.from_dict(name, entry) for name, entry in saved.weights.items()}
+        prepared = replace(prepared, model=_apply_weights(prepared, weight_choices, options.grid, str(ranges)))
     if smoothing is None or fp8:
         smoothed_path = None
     elif smoothed_path is None:  # smoothing from a --ranges table
@@ -696,6 +759,7 @@ def quantize(
             ranking=options.ranking, batch_size=eval_batch_size(prepared.model, dataset),
             runner=runner_factory(options.device), progress=progress,
             finish=converter.finish if converter.mode != "fp32" else None, grid=options.grid, mask=data.mask,
+            reference=unrounded if weight_choices else None,
         ).require()
         placement = mixed.placement
     quantized_model = insert_qdq(prepared.model, placement, table.amax)
@@ -751,6 +815,10 @@ def quantize(
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
         smoothing=smoothing.to_dict() if smoothing else None,
+        weight_ranges={"layers": len(weight_choices),
+                       "mean_gain_db": float(np.mean([c.gain_db for c in weight_choices.values()])),
+                       "bias_corrected": sum(c.bias is not None for c in weight_choices.values())}
+        if weight_choices else None,
         smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,

@@ -288,6 +288,7 @@ def search_mixed_precision(
     grid: Grid = INT8,
     mask: MaskRequest = True,
     residual: bool = False,
+    reference: onnx.ModelProto | None = None,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -303,6 +304,8 @@ def search_mixed_precision(
     (default: onnxruntime on the CPU). `mask`: True detects the attention mask (the target and the
     ranking are then measured over real tokens), False scores every position, a name picks the input.
     `residual`: the placement puts Q/DQ on transformer residual Adds too (`--residual-qdq`).
+    `reference`: the FP32 model the candidates are measured against, where `model` is not it
+    (`model`'s weights were rounded to the FP8 grid by `--weight-ranges mse`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -310,8 +313,8 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False,
-                          mask=mask)
+    evaluator = Evaluator(reference if reference is not None else model, dataset, batch_size=batch_size, task=task,
+                          runner=runner, progress=False, mask=mask)
     notes.extend(evaluator.mask_notes)
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
     reference = evaluator.reference_scores

@@ -77,6 +77,22 @@ def mask_positions(array: np.ndarray, additive: bool = False) -> np.ndarray:
     return real
 
 
+def batch_positions(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The real positions ([batch, sequence], bool) of a batch without a model to check shapes
+    against: from its one input named like a mask (not token types) of rank >= 2 that holds 0/1,
+    or, for floats, 0 and values <= ADDITIVE_FLOOR; None when there is not exactly one."""
+    found = []
+    for name, value in batch.items():
+        array = np.asarray(value)
+        if array.ndim < 2 or not MASK_NAME.search(name) or NOT_A_MASK.search(name):
+            continue
+        if np.isin(array, (0, 1)).all() and array.any():
+            found.append(mask_positions(array))
+        elif array.dtype.kind == "f" and ((array == 0) | (array <= ADDITIVE_FLOOR)).all() and (array == 0).any():
+            found.append(mask_positions(array, additive=True))
+    return found[0] if len(found) == 1 else None
+
+
 @dataclass(frozen=True)
 class TokenMask:
     """The input that marks real positions, what share it marks, and which outputs it masks."""

@@ -86,6 +86,9 @@ class RangesTable:
     smoothing: dict[str, dict] = field(default_factory=dict)
     """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
     ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
+    weights: dict[str, dict] = field(default_factory=dict)
+    """`--weight-ranges mse` (the FP8 default): weight -> {"axis", "amax": per channel, "bias", "delta",
+    "gain_db"} (`trtq.quantize.weights.WeightChoice`); empty where weights use max |w|."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -103,7 +106,7 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
-        for key in ("choices", "table_scores", "smoothing"):  # written only when present, as older tables had none
+        for key in ("choices", "table_scores", "smoothing", "weights"):  # written only when present, as older tables had none
             if not getattr(self, key):
                 del payload[key]
         if self.choices:
@@ -112,6 +115,8 @@ class RangesTable:
             payload["table_scores"] = {name: _number(v) for name, v in self.table_scores.items()}
         if self.smoothing:
             payload["smoothing"] = dict(sorted(self.smoothing.items()))
+        if self.weights:
+            payload["weights"] = dict(sorted(self.weights.items()))
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -154,6 +159,10 @@ class RangesTable:
                 table_scores={str(k): float(v) for k, v in dict(payload.get("table_scores", {})).items()},
                 smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
                            for k, v in dict(payload.get("smoothing", {})).items()},
+                weights={str(k): {"axis": int(v["axis"]), "amax": [float(a) for a in v["amax"]], "bias": v.get("bias"),
+                                  "delta": [float(d) for d in v["delta"]] if v.get("delta") is not None else None,
+                                  "gain_db": float(v.get("gain_db", 0.0))}
+                         for k, v in dict(payload.get("weights", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(
