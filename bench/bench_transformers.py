@@ -147,6 +147,7 @@ def trtq_rows(model: Path, calib: Path, out: Path, seq: int, smooth: bool, only:
         configs += [(f"int8 {m} --smooth", {"method": m, "smooth": "auto"}) for m in METHODS]
         configs += [(f"int8 max --smooth {a:g}", {"method": "max", "smooth": a}) for a in (0.5, 0.75, 0.9)]
     configs += [(f"fp8 {m}", {"method": m, "precision": "fp8"}) for m in METHODS]
+    configs += [("fp8 max --weight-ranges max", {"method": "max", "precision": "fp8", "weight_ranges": "max"})]
     configs += [("fp8 max --high-precision fp16", {"method": "max", "precision": "fp8", "high_precision": "fp16"})]
     if smooth:
         configs += [("fp8 max --smooth", {"method": "max", "precision": "fp8", "smooth": "auto"})]
