@@ -48,7 +48,8 @@ def _text_pages(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     _, _, h, w = shape
     fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
-    words = "trtq tensor range int8 calibrate engine quantize layer scale detect text line page model".split()
+    words = ["trtq", "tensor", "range", "int8", "calibrate", "engine", "quantize", "layer", "scale", "detect",
+             "text", "line", "page", "model"]
     out = np.empty((n, 3, h, w), np.float32)
     for i in range(n):
         page = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(180, 256, 3)))
@@ -163,7 +164,7 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
 def run_job(kind: str, *args: str) -> dict:
     """Run `job` in a fresh Python process and parse its JSON line."""
     cmd = [sys.executable, __file__, "--job", kind, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

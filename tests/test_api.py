@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
+
 from trtq import api, artifacts
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
@@ -65,7 +65,7 @@ def test_same_inputs_give_byte_identical_outputs_and_ranges_reuse(conv_case):
     tmp, model = conv_case
     opts = dict(method="entropy")
     first = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "a"), **opts), progress=False)
-    second = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
+    api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
     reused = api.quantize(model, ranges=first.ranges_path, options=api.QuantizeOptions(output_dir=str(tmp / "c")), progress=False)
     for name in ("net.int8.onnx", "net.int8.cache", "net.int8.json"):
         a = (tmp / "a" / name).read_bytes()
@@ -80,7 +80,7 @@ def test_every_method_produces_a_loadable_model(conv_case):
         r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method=method, output_dir=str(tmp / method)),
                          progress=False)
         ort.InferenceSession(r.onnx_path)
-        amax[method] = json.loads(open(r.ranges_path).read())["amax"]["r2"]
+        amax[method] = json.loads(Path(r.ranges_path).read_text())["amax"]["r2"]
     assert amax["max"] >= max(amax["entropy"], amax["percentile"], amax["mse"])
 
 

@@ -109,7 +109,9 @@ def test_a_destination_that_cannot_be_replaced_fails_before_anything_is_written(
         old.pop("m.int8.json")
         match = "is a directory"
     else:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode:
+        immutable = shutil.which("chattr") and not subprocess.run(["chattr", "+i", str(target)], capture_output=True,
+                                                                  check=False).returncode
+        if not immutable:
             pytest.skip("chattr +i is not available here (needs root with CAP_LINUX_IMMUTABLE)")
         match = "immutable"
     try:
@@ -182,7 +184,7 @@ def test_output_paths_that_cannot_work_are_one_sentence_errors(tmp_path):
     with pytest.raises(TrtqError, match="is not a directory"):
         io.check_destinations([tmp_path / "file" / "out" / "m.int8.onnx"])
     (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "deeper")
-    with pytest.raises(TrtqError, match="symbolic link .* does not resolve"):
+    with pytest.raises(TrtqError, match=r"symbolic link .* does not resolve"):
         io.check_destinations([tmp_path / "dangling" / "m.int8.onnx"])
     with pytest.raises(TrtqError, match="too long"):
         io.check_destinations([tmp_path / ("d" * 300) / "m.int8.onnx"])

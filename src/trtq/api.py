@@ -79,6 +79,8 @@ __all__ = [
     "QuantizeOptions",
     "QuantizeResult",
     "TaskOptions",
+    "VerifyOptions",
+    "VerifyResult",
     "calibrate",
     "calibrate_prepared",
     "compare",
@@ -88,8 +90,6 @@ __all__ = [
     "quantize",
     "sensitivity",
     "verify",
-    "VerifyOptions",
-    "VerifyResult",
 ]
 
 

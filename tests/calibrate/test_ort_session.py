@@ -158,7 +158,7 @@ def test_blocked_route_that_cannot_write_falls_back_to_plain_exposure(monkeypatc
 
     import trtq.calibrate.ort_session as ort_session
 
-    model, tensors, batches = _wide()
+    model, tensors, _ = _wide()
     if not has_nchwc(model):
         pytest.skip("the blocked-layout route is only tried on x86-64")
 

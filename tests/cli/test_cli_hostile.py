@@ -217,7 +217,7 @@ CASES = [
     ("empty model", ["inspect", "{root}/empty.onnx"], r"is empty \(0 bytes\)"),
     ("folder as model", ["inspect", "{root}/folder.onnx"], "is a folder, not an .onnx file"),
     ("text as model", ["inspect", "{root}/text.onnx"], "is not a readable ONNX model"),
-    ("truncated model", _q()[:1] + ["{root}/cut.onnx"] + _q()[2:], "is not a readable ONNX model"),
+    ("truncated model", [*_q()[:1], "{root}/cut.onnx", *_q()[2:]], "is not a readable ONNX model"),
     ("model without inputs", ["quantize", "{root}/no_inputs.onnx", "--calib", "{root}/x3.npy"], "has no graph inputs"),
     ("dangling node input", ["quantize", "{root}/dangling.onnx", "--calib", "{root}/x3.npy"], "onnxruntime .* cannot load .*dangling.onnx: .*'nowhere'"),
     ("unknown op", ["sensitivity", "{root}/unknown_op.onnx", "--calib", "{root}/x3.npy"], "cannot load .*No Op registered for NoSuchOp"),
@@ -233,7 +233,7 @@ CASES = [
     ("gather in compare", ["compare", "{root}/gather.onnx", "{root}/gather.onnx", "--data", "{root}/ids_bad.npy"], "on sample 3 of"),
     ("batch 1 model at batch 4", ["quantize", "{root}/batch_one.onnx", "--calib", "{root}/calib.npy", "--shape", "x:4x3x16x16"], "on a batch of 4 samples .* but runs each of them alone"),
     # load_data() scripts
-    *[(f"load_data: {name}", _q()[:3] + [f"{{root}}/{name}"] + _q()[4:], message) for name, message in (
+    *[(f"load_data: {name}", [*_q()[:3], f"{{root}}/{name}", *_q()[4:]], message) for name, message in (
         ("exit_call.py", r"load_data\(\) in .*exit_call.py called sys.exit\(0\)"),
         ("exit_import.py", r"while it was imported, called sys.exit\(3\)"),
         ("exit_later.py", r"producing item 1, called sys.exit\(0\)"),

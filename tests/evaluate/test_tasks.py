@@ -98,13 +98,13 @@ def test_bad_label_sources_name_the_problem(tmp_path):
     root = _image_folder(tmp_path / "val", {"cat": 1, "dog": 1})
     dataset = _open(_linear_classifier(), root)
     (tmp_path / "short.txt").write_text("0\n")
-    with pytest.raises(TrtqError, match="1 labels, but data .* 2 samples"):
+    with pytest.raises(TrtqError, match=r"1 labels, but data .* 2 samples"):
         load_labels(tmp_path / "short.txt", dataset)
     (tmp_path / "names.txt").write_text("cat\nbird\n")
     with pytest.raises(TrtqError, match="'bird' on line 2"):
         load_labels(tmp_path / "names.txt", dataset)
     (tmp_path / "pairs.csv").write_text("cat_0.png,0\n")
-    with pytest.raises(TrtqError, match="no label for image 'dog_0.png'"):
+    with pytest.raises(TrtqError, match=r"no label for image 'dog_0.png'"):
         load_labels(tmp_path / "pairs.csv", dataset)
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -142,7 +142,7 @@ def test_topk_counts_against_labels_and_against_fp32():
 
 def test_label_out_of_range_is_an_error():
     scorer = ClassificationTask("y", Labels((7,), None, "labels.txt")).scorer()
-    with pytest.raises(TrtqError, match="Label 7 from labels.txt is out of range .* 3 classes"):
+    with pytest.raises(TrtqError, match=r"Label 7 from labels.txt is out of range .* 3 classes"):
         scorer.update({"y": np.zeros((1, 3))}, {"y": np.zeros((1, 3))}, 0)
 
 

@@ -33,7 +33,7 @@ def test_weights_per_output_channel_activations_per_tensor():
 
 
 def test_gemm_and_matmul_axes():
-    placement, targets = _targets(gemm_matmul_net())
+    _, targets = _targets(gemm_matmul_net())
     assert targets["gw"].axis == 0  # Gemm transB=1: W is [N, K]
     assert targets["mw"].axis == 1  # MatMul W is [K, N]
     # activation-activation MatMul: both inputs quantized per tensor

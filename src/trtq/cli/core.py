@@ -31,7 +31,6 @@ from trtq.report import RunRecord, record_path, write_record
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add inspect, quantize and compare."""
     p = subparsers.add_parser("inspect", help="inputs/outputs, dynamic dims, opset, op counts, quantizable layers "

@@ -261,15 +261,15 @@ def letterbox_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Lett
     """Ultralytics' letterbox: scale to fit preserving aspect, pad evenly (odd pixel bottom/right)."""
     (h, w), (dst_h, dst_w) = src_hw, dst_hw
     ratio = min(dst_h / h, dst_w / w)
-    new_h, new_w = max(1, int(round(h * ratio))), max(1, int(round(w * ratio)))
+    new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
     dh, dw = (dst_h - new_h) / 2, (dst_w - new_w) / 2
     return Letterbox(
         scale=ratio,
         resized=(new_h, new_w),
-        top=int(round(dh - 0.1)),
-        bottom=int(round(dh + 0.1)),
-        left=int(round(dw - 0.1)),
-        right=int(round(dw + 0.1)),
+        top=round(dh - 0.1),
+        bottom=round(dh + 0.1),
+        left=round(dw - 0.1),
+        right=round(dw + 0.1),
     )
 
 
@@ -285,7 +285,7 @@ def center_crop_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tu
         new_h, new_w = cover_h, max(cover_w, int(w * cover_h / h))
     else:
         new_h, new_w = max(cover_h, int(h * cover_w / w)), cover_w
-    top, left = int(round((new_h - dst_h) / 2.0)), int(round((new_w - dst_w) / 2.0))
+    top, left = round((new_h - dst_h) / 2.0), round((new_w - dst_w) / 2.0)
     return (new_h, new_w), top, left
 
 

@@ -7,9 +7,10 @@ any other loss plug in as a `LossFn`.
 
 Adam with two parameter groups (weights at `lr`, log step sizes at `scale_lr`), cosine decay of
 both over `steps`, batches chosen by step (`TrainingData`), so a resumed run repeats the
-uninterrupted one exactly. On CUDA the step is replayed from a captured graph (`trtq.qat.step`). Every `check_every` steps the loss is checked: NaN/Inf, or more than
-`divergence` times the first interval's loss, stops the run (`TrainingDiverged`) and leaves the
-last good checkpoint in place. Checkpoints are written only when every trained tensor is finite.
+uninterrupted one exactly. On CUDA the step is replayed from a captured graph (`trtq.qat.step`).
+Every `check_every` steps the loss is checked: NaN/Inf, or more than `divergence` times the first
+interval's loss, stops the run (`TrainingDiverged`) and leaves the last good checkpoint in place.
+Checkpoints are written only when every trained tensor is finite.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class TrainOptions:
         for name in ("steps", "eval_every", "checkpoint_every", "check_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise TrtqError(f"--{name.replace('_', '-')} {value!r} is not a {'non-negative' if name == 'steps' else 'positive'} "
-                                "integer.", f"give a whole number for --{name.replace('_', '-')}.")
+                kind = "non-negative" if name == "steps" else "positive"
+                flag = f"--{name.replace('_', '-')}"
+                raise TrtqError(f"{flag} {value!r} is not a {kind} integer.", f"give a whole number for {flag}.")
         for name in ("lr", "scale_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

@@ -482,7 +482,7 @@ def _rewrite(
     stored: dict[str, int] = {}
     for node in graph.node:
         for slot, name in enumerate(node.output):
-            if not name or types.get(name) != TensorProto.FLOAT and not _creates_float(node):
+            if not name or (types.get(name) != TensorProto.FLOAT and not _creates_float(node)):
                 continue
             if node.op_type == "DequantizeLinear":
                 stored[name] = TensorProto.FLOAT16 if node.name in plan.qdq_fp16 else TensorProto.FLOAT

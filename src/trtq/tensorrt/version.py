@@ -114,7 +114,7 @@ def capabilities(version: Sequence[int], backend: str = "tensorrt") -> TrtCapabi
 
     Raises TrtqError for TensorRT versions older than 10, which trtq does not drive (their API differs).
     """
-    parts = tuple(int(v) for v in version) + (0, 0)
+    parts = (*(int(v) for v in version), 0, 0)
     major, minor, patch = parts[0], parts[1], parts[2]
     if backend == "tensorrt-rtx":
         return TrtCapabilities(

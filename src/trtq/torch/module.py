@@ -158,7 +158,9 @@ class OnnxModule(torch.nn.Module):
         """The parameter holding float initializer `name`."""
         return self.params[self._param_key[name]]
 
-    def forward(self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(
+        self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         feeds = dict(zip(self.input_names, args))
         feeds.update(kwargs)
         out = self.run(feeds)
