@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from trtq.errors import TrtqError
 
@@ -336,7 +337,7 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _write_content(handle, content: Content) -> None:  # type: ignore[no-untyped-def]
+def _write_content(handle: BinaryIO, content: Content) -> None:
     """Write bytes or an iterable of byte chunks (a large model streamed weight by weight)."""
     if isinstance(content, (bytes, bytearray, memoryview)):
         handle.write(content)

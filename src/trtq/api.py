@@ -242,7 +242,7 @@ class QuantizeOptions(CalibrationOptions):
     @property
     def smooth_alpha(self) -> float | None:
         """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
-        return None if self.smooth in (None, "auto") else float(self.smooth)  # type: ignore[arg-type]
+        return None if self.smooth in (None, "auto") else float(self.smooth)
 
     def default_method(self) -> str:
         """The precision's range algorithm (DEFAULT_METHODS)."""
@@ -454,7 +454,7 @@ def file_sources(*sources: object) -> tuple[Path, ...]:
 def shape_notes(*datasets: Dataset | None) -> tuple[str, ...]:
     """The distinct `shape_note`s of `datasets`, in order: what each took from its data."""
     notes = [d.shape_note for d in datasets if d is not None and d.shape_note]
-    return tuple(dict.fromkeys(notes))  # type: ignore[arg-type]
+    return tuple(dict.fromkeys(notes))
 
 
 def data_shapes(model: onnx.ModelProto, given: Mapping[str, tuple[int, ...]], *datasets: Dataset | None

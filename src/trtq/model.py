@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -690,7 +691,7 @@ _BYTE_ALIGNED_TYPES = frozenset(
 )
 
 
-def _field_tag(message: type, name: str) -> bytes:
+def _field_tag(message: Any, name: str) -> bytes:
     """The wire tag of a length-delimited field (field number << 3 | wire type 2), as a varint."""
     return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
 

@@ -142,7 +142,7 @@ class OrtBackend:
         If one does not (a block size above MAX_BLOCK), switch to the plain exposing session and
         return False so that the caller runs the batch again.
         """
-        channels = self._exposing.channels
+        channels = self._exposing.channels if self._exposing is not None else {}
         if all(v.ndim > 1 and v.shape[1] == channels[t] for t, v in zip(self._fetch, values) if t in channels):
             return True
         note = "observed tensors exposed in NCHW (a blocked tensor had padding lanes)"

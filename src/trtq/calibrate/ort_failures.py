@@ -58,7 +58,7 @@ def explain_run_failure(
     """
     session = reference if isinstance(reference, ort.InferenceSession) else _session(reference)
     if session is None:
-        return explain_session_failure(reference, model_name)  # type: ignore[arg-type]
+        return explain_session_failure(reference, model_name)
     feed = {name: np.ascontiguousarray(value) for name, value in batch.items()}
     try:
         session.run(None, feed)

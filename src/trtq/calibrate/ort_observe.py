@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,6 +38,9 @@ HEADER = 8
 
 _MIN_ORT = (1, 18)
 """First onnxruntime whose custom ops can alias an output to an input (and run ParallelFor)."""
+
+_OBSERVER_ERRORS: tuple[type[BaseException], ...] = (*_ROUTE_ERRORS, ValueError)
+"""What makes the observer route give way to statistics folded in Python."""
 
 
 def observer_library() -> str | None:
@@ -116,7 +120,7 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
             target, check = nodes_in[producer].input[0], channels
             blocked.append(tensor)
             producer = producers[target]
-        attributes = {"state": address, "bins": bins, "channels": check}
+        attributes: dict[str, Any] = {"state": address, "bins": bins, "channels": check}
         live = [reader for reader in readers.get(target, []) if reader not in dropped]
         if live and target not in keep_outputs:
             observed = f"{target}/trtq_observed"
@@ -180,7 +184,7 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
         options = session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
         options.register_custom_ops_library(library)
         session = ort.InferenceSession(str(directory / "observing.onnx"), options, providers=["CPUExecutionProvider"])
-    except (*_ROUTE_ERRORS, ValueError) as exc:
+    except _OBSERVER_ERRORS as exc:
         folder.cleanup()
         return None, f"statistics folded in Python (trtq's observer route failed: {type(exc).__name__}: {exc})"
     session._trtq_files = folder  # removed when the session is garbage-collected

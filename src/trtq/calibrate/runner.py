@@ -136,7 +136,9 @@ def run_calibration(
             raise
         raise problem from exc
     digest = hashlib.sha256()
-    keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)} if method == "auto" else None
+    keep: dict[int, list[Mapping[str, np.ndarray]]] | None = None
+    if method == "auto":
+        keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)}
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:

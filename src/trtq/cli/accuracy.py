@@ -100,7 +100,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     )
     result, table = run.result, run.ranges
     stats = run.calibration.stats if run.calibration else {}
-    histograms = {}
+    histograms: dict[str, dict] = {}
     for tensor in (t for layer in result.layers for t in layer.tensors):
         if tensor in stats and tensor in table.amax and stats[tensor].has_histogram and len(histograms) < HISTOGRAM_TENSORS:
             histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)

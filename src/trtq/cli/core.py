@@ -87,8 +87,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
         from trtq.tensorrt import inspect_engine
 
-        info = inspect_engine(args.model)
-        emit(args, info.to_dict(), info.to_text())
+        engine = inspect_engine(args.model)
+        emit(args, engine.to_dict(), engine.to_text())
         return 0
     info = api.inspect(args.model)
     lines = [

@@ -21,7 +21,7 @@ FIX = " Fix: "
 """Separates an argparse error's sentence from its fix (the CLI's parser prints them as trtq's errors)."""
 
 
-def _number(kind: type, test: Callable[[float], bool], expected: str, example: str) -> Callable[[str], float]:
+def _number(kind: Callable[[str], float], test: Callable[[float], bool], expected: str, example: str) -> Callable[[str], float]:
     """An argparse `type` that reads a `kind` number and checks it; errors say what was expected."""
 
     def parse(text: str) -> float:

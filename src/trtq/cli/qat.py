@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from trtq._format import fmt
 from trtq._io import Stopped
@@ -20,6 +21,9 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.errors import TrtqError
+
+if TYPE_CHECKING:
+    from trtq.qat.api import FinetuneResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +100,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text(result) -> str:  # type: ignore[no-untyped-def]
+def _text(result: FinetuneResult) -> str:
     training, parity, comparison = result.training, result.parity, result.comparison
     last = training.history[-1]
     stop = {"target": "target reached", "steps": "all steps run"}.get(training.stopped, training.stopped)

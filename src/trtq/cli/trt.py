@@ -259,8 +259,8 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
     shapes = {**opt, **dict(data.shapes)}
     dataset = api.open_data(model, args.data, api.DataOptions(preset=data.preset, preprocess=data.preprocess,
                                                               shapes=shapes, limit=data.limit), purpose="run")
-    batch = next(iter(shapes.values()))[0] if shapes else 1
-    yield from dataset.batches(batch)
+    batch_size = next(iter(shapes.values()))[0] if shapes else 1
+    yield from dataset.batches(batch_size)
 
 
 def check_run_args(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -64,6 +65,7 @@ class Preprocess:
                  "one finite value, or one per channel")
         _require(len(std) > 0 and all(math.isfinite(s) and s > 0 for s in std), "std", self.std,
                  "one positive value, or one per channel")
+        kind: str
         try:
             kind = np.dtype(self.dtype).kind
         except TypeError:
@@ -133,7 +135,7 @@ def resolve_preprocess(preset: str | None, overrides: Mapping[str, object] | Non
             "choose one of them, or give explicit options (size, resize, color, scale, mean, std).",
         )
     known = {f.name for f in fields(Preprocess)}
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -146,7 +148,7 @@ def resolve_preprocess(preset: str | None, overrides: Mapping[str, object] | Non
     return replace(PRESETS[name], **changes)
 
 
-def _coerce(key: str, value: object) -> object:
+def _coerce(key: str, value: Any) -> Any:
     """Turn a CLI string or scalar into the field's type; errors name the option."""
     try:
         if key == "size":

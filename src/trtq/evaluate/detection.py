@@ -387,8 +387,8 @@ def coco_map(ground_truth: Mapping, detections: Sequence[Mapping], image_ids: Se
         from faster_coco_eval import COCOeval_faster as COCOeval
     except ImportError:
         try:
-            from pycocotools.coco import COCO  # type: ignore[no-redef]
-            from pycocotools.cocoeval import COCOeval  # type: ignore[no-redef]
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
         except ImportError as exc:
             raise TrtqError(
                 "Detection mAP needs faster-coco-eval or pycocotools, and neither is installed.",
@@ -429,7 +429,8 @@ def pseudo_ground_truth(
     min_score: float = PSEUDO_GT_SCORE,
 ) -> dict:
     """A COCO ground-truth dict made of FP32 detections with score >= `min_score`."""
-    annotations, categories = [], set()
+    annotations: list[dict] = []
+    categories: set[int] = set()
     for dets, image_id in zip(reference, image_ids):
         for (x1, y1, x2, y2), score, cls in zip(dets.boxes, dets.scores, dets.classes):
             if score < min_score:
@@ -667,9 +668,10 @@ def image_metas(dataset: Dataset, ground_truth: Mapping | None) -> tuple[list[Im
                 f"({len(missing)} of {len(paths)} missing).",
                 "evaluate on the images the annotation file lists (matched by file name).",
             )
+        resize = pre.resize if pre is not None else "resize"  # image folders always carry their preprocessing
         for index, path in enumerate(paths):
             image_id = int(by_file[path.name]["id"]) if ground_truth is not None else index + 1
-            metas.append(ImageMeta(index, path.name, _source_size(path), input_hw, pre.resize))
+            metas.append(ImageMeta(index, path.name, _source_size(path), input_hw, resize))
             ids.append(image_id)
         return metas, ids
     if ground_truth is None:

@@ -20,6 +20,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -127,7 +128,8 @@ class _BatchStore:
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="trtq-eval-")
         path = os.path.join(self._folder.name, f"{len(self._items)}-{kind}.npz")
-        np.savez(path, **{f"a{i}": a for i, a in enumerate(arrays.values())})
+        named: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays.values())}
+        np.savez(path, **named)
         with open(path + ".names", "w", encoding="utf-8") as handle:
             handle.write("\n".join(arrays))
         return path

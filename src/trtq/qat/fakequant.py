@@ -61,7 +61,7 @@ class _FakeQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor,
                 axis: int | None) -> torch.Tensor:
         scale = step_size(log_ratio, base)
         s = _broadcast(scale, x, axis).to(x.dtype)
@@ -75,7 +75,7 @@ class _FakeQuantize(torch.autograd.Function):
         return q * s
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         inside, slope, scale = ctx.saved_tensors
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_ratio = None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -60,6 +61,13 @@ class LossInputs:
 LossFn = Callable[[LossInputs], torch.Tensor]
 
 
+class TeacherModel(Protocol):
+    """The FP32 model QAT learns from: an `OnnxModule` or anything that runs feeds to named tensors."""
+
+    def run(self, feeds: Mapping[str, torch.Tensor | np.ndarray],
+            outputs: Sequence[str] | None = None) -> dict[str, torch.Tensor]: ...
+
+
 def normalised_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """mean((s - t)^2) / mean(t^2): the noise-to-signal power ratio (1/SNR) of one tensor."""
     s, t = student.float(), teacher.float()
@@ -81,7 +89,9 @@ class Distillation:
         return (*self.outputs, *self.features)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        loss = sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.outputs) / len(self.outputs)
+        # sum() of tensors is a tensor (its start, 0, is added to the first term)
+        loss = cast(torch.Tensor, sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.outputs))
+        loss = loss / len(self.outputs)
         if self.features:
             feats = sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.features)
             loss = loss + self.feature_weight * feats / len(self.features)
@@ -226,7 +236,7 @@ class Monitor:
     `class_scores` outputs (None: [N, C] outputs).
     """
 
-    def __init__(self, teacher: torch.nn.Module, batches: Sequence[Mapping[str, np.ndarray]],
+    def __init__(self, teacher: TeacherModel, batches: Sequence[Mapping[str, np.ndarray]],
                  outputs: Sequence[str], inputs: Sequence[TensorSpec] = (), mask: MaskRequest = True,
                  class_scores: frozenset[str] | None = None) -> None:
         self.batches = [dict(b) for b in batches]
@@ -273,7 +283,7 @@ def _learning_rate_factor(step: int, steps: int) -> float:
 class _Teacher:
     """Teacher tensors per batch: from a per-sample cache, or computed on the fly."""
 
-    module: torch.nn.Module
+    module: TeacherModel
     names: tuple[str, ...]
     cache: dict[str, torch.Tensor] | None = field(default=None)
 
@@ -313,7 +323,7 @@ class _Best:
 
 def train(
     qmodel: QatModel,
-    teacher: torch.nn.Module,
+    teacher: TeacherModel,
     data: TrainingData,
     loss_fn: LossFn,
     loss_tensors: Sequence[str],

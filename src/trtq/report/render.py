@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trtq._format import fmt
 from trtq._io import write_files_atomically
@@ -65,13 +66,18 @@ class Report:
     """The result of `trtq verify` (a VerifyResult's dict)."""
 
 
-def _num(value: object) -> float | None:
+def _num(value: Any) -> float | None:
     if value is None:
         return None
     try:
         return float(value)  # "inf" strings included
     except (TypeError, ValueError):
         return None
+
+
+def _lowest(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
 
 def _evaluation_row(variant: str, evaluation: Mapping, source: str) -> MetricsRow:
@@ -83,9 +89,9 @@ def _evaluation_row(variant: str, evaluation: Mapping, source: str) -> MetricsRo
     return MetricsRow(
         variant,
         {k: float(v) for k, v in task.get("values", {}).items()},
-        min((s for s in snrs if s is not None), default=None),
-        min((c for c in cosines if c is not None), default=None),
-        min(top1) if top1 else None,
+        _lowest(snrs),
+        _lowest(cosines),
+        _lowest(top1),
         source,
     )
 
@@ -534,7 +540,7 @@ def render_markdown(report: Report) -> str:
     if layers:
         out += [
             "",
-            f"## Per-layer sensitivity ({report.sensitivity.get('method')}, most sensitive first)",
+            f"## Per-layer sensitivity ({(report.sensitivity or {}).get('method')}, most sensitive first)",
             "",
             _md_table(
                 ["rank", "layer (ONNX node)", "op", "SNR dB", "task drop"],

@@ -121,7 +121,7 @@ def _claimed_tracks(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
 
 def _is_type_checking(test: ast.AST) -> bool:
     chain = _chain(test)
-    return bool(chain) and chain[-1] == "TYPE_CHECKING"
+    return bool(chain) and chain is not None and chain[-1] == "TYPE_CHECKING"
 
 
 def _key(parts: list[str]) -> str:

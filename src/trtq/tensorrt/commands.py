@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trtq.errors import TrtqError
 from trtq.tensorrt.ioformats import IOFormat, format_io_formats
@@ -202,7 +203,7 @@ def trtexec_build_commands(
     precision) keeps the layers excluded from INT8 out of it, as obeyed constraints.
     """
     profile = static_profile(shapes)
-    common = {"profile": profile, "workspace_mib": workspace_mib, "timing_cache": timing_cache}
+    common: dict[str, Any] = {"profile": profile, "workspace_mib": workspace_mib, "timing_cache": timing_cache}
     commands = {
         "tensorrt-11": trtexec_build_argv(onnx_path, engine_path, "tensorrt-11", **common),
         "tensorrt-10-strongly-typed": trtexec_build_argv(onnx_path, engine_path, "tensorrt-10-strongly-typed", **common),
