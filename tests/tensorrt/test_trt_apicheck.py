@@ -192,7 +192,7 @@ def test_io_format_tables_name_existing_enum_members(table):
 
 
 def _dict_literal(function: str, variable: str) -> dict[str, str]:
-    tree = ast.parse((PACKAGE / "build.py").read_text())
+    tree = ast.parse((PACKAGE / "builder.py").read_text())
     func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     assign = next(n for n in ast.walk(func) if isinstance(n, ast.Assign)
                   and isinstance(n.targets[0], ast.Name) and n.targets[0].id == variable)
