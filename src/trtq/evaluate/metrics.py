@@ -1,4 +1,5 @@
-"""Streaming FP32-vs-quantized agreement metrics, aggregated over a data set (DESIGN.md).
+"""Streaming FP32-vs-quantized agreement metrics, aggregated over a data set (docs/design.md,
+"Accuracy metrics").
 
 SNR and cosine similarity are aggregate over all samples and elements of an output; the worst
 single-sample SNR is reported beside it but never drives decisions. Top-1 agreement is the share

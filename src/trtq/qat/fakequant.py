@@ -28,7 +28,7 @@ QMIN, QMAX = -128, 127
 """Signed 8-bit range of ONNX QuantizeLinear (zero point 0): saturation bounds."""
 
 QUANT_LEVEL = 127.0
-"""amax = scale * 127 (DESIGN.md: scale = amax / 127)."""
+"""amax = scale * 127 (docs/design.md: scale = amax / 127)."""
 
 MIN_SCALE = MIN_AMAX / QUANT_LEVEL
 """Smallest scale a learned step may reach (the quantize path's floor for amax, over 127)."""

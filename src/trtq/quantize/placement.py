@@ -1,4 +1,4 @@
-"""Decide where Q/DQ pairs go, following TensorRT's placement rules (DESIGN.md).
+"""Decide where Q/DQ pairs go, following TensorRT's placement rules (docs/design.md, "Q/DQ rules").
 
 - inputs (activation and weight) of Conv, ConvTranspose, Gemm, MatMul are quantized;
 - weights per output channel, activations per tensor; biases and outputs never;
@@ -171,7 +171,7 @@ class _Graph:
 def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     """Output-channel axis of a weight as laid out for this node."""
     if node.op_type in ("Conv", "ConvTranspose"):
-        return 0  # KCRS for Conv; ConvTranspose CKRS, axis 0 as NVIDIA advises (DESIGN.md)
+        return 0  # KCRS for Conv; ConvTranspose CKRS, axis 0 as NVIDIA advises (docs/design.md)
     if node.op_type == "Gemm":
         attrs = {a.name: a.i for a in node.attribute}
         if input_index == 1:
