@@ -12,15 +12,9 @@ from PIL import Image
 from trtq.data import PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
-from trtq.evaluate.detection import (
-    Detections,
-    DetectionTask,
-    ImageMeta,
-    coco_map,
-    nms,
-    yolo_postprocess,
-)
+from trtq.evaluate.detection import DetectionTask, coco_map
 from trtq.evaluate.evaluator import Evaluator
+from trtq.evaluate.postprocess import Detections, ImageMeta, nms, yolo_postprocess
 from trtq.evaluate.tasks import (
     ClassificationTask,
     Labels,
@@ -304,7 +298,7 @@ def test_postprocess_hook_file(tmp_path):
         "def postprocess(outputs, images):\n"
         "    return [(np.array([[0, 0, 4, 4]]), np.array([0.5]), np.array([2])) for _ in images]\n"
     )
-    from trtq.evaluate.detection import load_postprocess
+    from trtq.evaluate.postprocess import load_postprocess
 
     run, convention = load_postprocess(str(hook))
     assert convention == "index"
