@@ -292,13 +292,13 @@ def test_ctrl_c_while_importing_the_commands(monkeypatch, capsys):
 
 
 def test_an_endless_load_data_is_stopped_with_a_hint(files, capsys, monkeypatch, tmp_path):
-    from trtq.data import sources
+    from trtq.data import scripts
 
     script = tmp_path / "endless.py"
     script.write_text("import numpy as np\ndef load_data():\n    while True:\n"
                       "        yield {'input': np.zeros((1, 3, 16, 16), np.float32)}\n")
-    monkeypatch.setattr(sources, "SCRIPT_MAX_SAMPLES", 300)
-    monkeypatch.setattr(sources, "SCRIPT_HINT_SECONDS", 0.0)
+    monkeypatch.setattr(scripts, "SCRIPT_MAX_SAMPLES", 300)
+    monkeypatch.setattr(scripts, "SCRIPT_HINT_SECONDS", 0.0)
     assert main(["quantize", str(files / "net.onnx"), "--calib", str(script), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "trtq: warning: load_data() in" in err and "pass --limit N" in err

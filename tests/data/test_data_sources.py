@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trtq.data import PRESETS, DataRangeWarning, Preprocess, load_image, open_dataset, sources
+from trtq.data import PRESETS, DataRangeWarning, Preprocess, arrays, load_image, open_dataset, scripts
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec
 
@@ -214,7 +214,7 @@ def test_npy_non_finite_names_sample_and_input(tmp_path: Path, bad: float, word:
 
 
 def test_npy_non_finite_found_in_a_later_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 3 * 8 * 8 * 4 * 2)  # two samples per chunk
+    monkeypatch.setattr(arrays, "CHUNK_BYTES", 3 * 8 * 8 * 4 * 2)  # two samples per chunk
     data = np.zeros((7, 3, 8, 8), np.float32)
     data[5, 0, 0, 0] = np.nan
     np.save(tmp_path / "calib.npy", data)
@@ -336,7 +336,7 @@ def test_load_data_blocks_with_batch_dim_are_regrouped(tmp_path: Path, monkeypat
                 rows = np.arange(start, start + 3)
                 yield {"tokens": np.repeat(rows[:, None], 5, axis=1), "feat": np.zeros((3, 2, 2))}
     """)
-    monkeypatch.setattr(sources, "SCRIPT_CACHE_BYTES", 0)  # too big to keep: called again per pass
+    monkeypatch.setattr(scripts, "SCRIPT_CACHE_BYTES", 0)  # too big to keep: called again per pass
     ds = open_dataset(path, MULTI, MULTI_SHAPES, limit=8)
     assert ds.num_samples == 8
     batches = all_batches(ds, 4)

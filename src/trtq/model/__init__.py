@@ -38,10 +38,7 @@ from trtq.model.shapes import (
     resolve_input_shapes,
     shape_placeholder,
 )
-from trtq.model.summary import (
-    ModelInfo,
-    inspect_model,
-)
+from trtq.model.summary import ModelInfo, inspect_model
 from trtq.model.weights import (
     EXTERNAL_ALIGNMENT,
     PROTOBUF_LIMIT,
