@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
 
-from trtq import api, artifacts
+from trtq import api, artifacts, prepare
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
 from trtq.model import parse_shapes
@@ -224,13 +224,13 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     """quantize reuses the calibration data for --target (without --target-data) and --high-precision."""
     tmp, model = conv_case
     opened = []
-    real = api.open_dataset
+    real = prepare.open_dataset
 
     def counting(source, *args, **kwargs):
         opened.append(str(source))
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(api, "open_dataset", counting)
+    monkeypatch.setattr(prepare, "open_dataset", counting)  # what api.open_data calls
     api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         method="max", target="snr>=20", high_precision="fp16", output_dir=str(tmp / "once")), progress=False)
     assert opened == [str(tmp / "calib.npy")]
