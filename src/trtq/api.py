@@ -18,7 +18,6 @@ import onnx
 from trtq._io import Content, check_destinations
 from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult
-from trtq.calibrate.ort_session import session_from_file
 from trtq.data import DataSource, PreprocessOverrides
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
@@ -49,6 +48,7 @@ from trtq.quantize.smooth import SmoothResult, record_smoothing
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
+from trtq.runtime.ort_session import session_from_file
 from trtq.verify import VerifyOptions, VerifyResult, verify_model
 
 # the API; the options live in trtq.options and the shared first steps in trtq.prepare

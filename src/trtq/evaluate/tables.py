@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from trtq.calibrate.ort_session import make_session
 from trtq.evaluate.metrics import snr_db
 from trtq.quantize import Placement, insert_qdq
+from trtq.runtime.ort_session import make_session
 
 
 def attention_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:

@@ -409,7 +409,7 @@ def check_equivalent(
 ) -> SmoothResult:
     """Run both FP32 models on `batches`; return `smoothed` with its measured deviation, or raise
     TrtqError when an output moved by more than `tolerance` of its range."""
-    from trtq.calibrate.ort_session import make_session
+    from trtq.runtime.ort_session import make_session
 
     reference, candidate = make_session(original), make_session(smoothed.model)
     names = [o.name for o in original.graph.output]
