@@ -19,7 +19,7 @@ from trtq.calibrate.auto import JudgedLayer
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.mixed import node_pattern
-from trtq.evaluate.tables import score_tables
+from trtq.evaluate.tables import TableRunner
 from trtq.formats.ranges import RangesTable
 from trtq.model import (
     file_sha256,
@@ -254,7 +254,7 @@ def calibrate_prepared(
         drop_partial=fixed_batch(prepared.model) is not None,
         progress=progress,
         layers=judged_layers(prepared.placement) if options.method == "auto" else (),
-        score_tables=partial(score_tables, prepared.model, prepared.placement),
+        check_tables=partial(TableRunner, prepared.model, prepared.placement),
         grid=options.grid,
     )
 
