@@ -98,6 +98,7 @@ SCRIPTS = {
             sys.exit(0)
     """,
     "raises.py": "def load_data():\n    raise OSError('the share is gone')\n",
+    "generator_exit.py": "def load_data():\n    raise GeneratorExit\n",
     "not_dicts.py": "import numpy as np\ndef load_data():\n    yield np.zeros((1, 3, 16, 16), np.float32)\n",
     "wrong_key.py": "import numpy as np\ndef load_data():\n    yield {'image': np.zeros((1, 3, 16, 16), np.float32)}\n",
     "strings.py": "import numpy as np\ndef load_data():\n    yield {'input': np.full((1, 3, 16, 16), 'a')}\n",
@@ -187,7 +188,14 @@ CASES = [
     ("bench negative warm-up", ["bench", "{root}/m.engine", "--warmup", "-5"], "--warmup: '-5' is not a finite number >= 0"),
     ("unknown method", _q("--method", "best"), "invalid choice: 'best'"),
     ("two shapes for one input", _q("--shape", "input:1x3x16x16", "--shape", "input:2x3x16x16"), "is given two shapes"),
-    ("empty cache version", _q("--trt-version", ""), "TensorRT version '' is not of the form MAJOR.MINOR.PATCH"),
+    ("empty cache version", _q("--trt-version", ""), "Option --trt-version is given an empty value"),
+    # an empty value (an unset shell variable) is never taken for "not given"
+    ("empty target", _q("--target", ""), "Option --target is given an empty value"),
+    ("empty output dir", _q()[:-2] + ["--output-dir="], "Option --output-dir is given an empty value"),
+    ("empty model path", ["inspect", " "], "Argument 2 of the command line is empty"),
+    # top-k over a flattened feature map is no accuracy
+    ("classify a map output", _q("--target", "top1-drop<=1", "--task", "classify"), "output 'scores' is Nx4x8x8"),
+    ("classify a map output in compare", ["compare", "{root}/net.onnx", "{root}/net.onnx", "--data", "{root}/calib.npy", "--task", "classify"], "--task classify scores one vector"),
     ("ranges file of a build that does not exist", _build("--ranges", "{root}/none.json"), "Ranges file .* does not exist"),
     # build --print-trtexec validates what it prints
     ("dla core -1", _build("--dla-core", "-1"), "--dla-core: '-1' is not a whole number >= 0"),
@@ -238,6 +246,7 @@ CASES = [
         ("exit_import.py", r"while it was imported, called sys.exit\(3\)"),
         ("exit_later.py", r"producing item 1, called sys.exit\(0\)"),
         ("raises.py", "raised OSError: the share is gone"),
+        ("generator_exit.py", r"load_data\(\) in .*generator_exit.py raised GeneratorExit"),
         ("not_dicts.py", "item 0 of load_data.* is a ndarray, not a dict"),
         ("wrong_key.py", "has no array for input 'input'"),
         ("strings.py", "not numbers"),

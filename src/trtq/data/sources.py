@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from trtq._usercode import import_script, printing_to_stderr, user_code, user_error
+from trtq._usercode import PASS_THROUGH, import_script, printing_to_stderr, user_code, user_error
 from trtq.data.preprocess import (
     PRESETS,
     Preprocess,
@@ -270,7 +270,9 @@ class ScriptDataset(Dataset):
                         item = next(iterator)
                 except StopIteration:
                     return
-                except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
+                except PASS_THROUGH:
+                    raise
+                except BaseException as exc:  # the user's code failed: report it as their error
                     error = user_error(exc, f"load_data() in {self.source}, producing item {number},",
                                        "fix the data script; run it on its own to see the traceback.")
                     if error is exc:
