@@ -23,7 +23,13 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from trtq._usercode import PASS_THROUGH, import_script, printing_to_stderr, user_code, user_error
+from trtq._usercode import (
+    PASS_THROUGH,
+    import_script,
+    printing_to_stderr,
+    user_code,
+    user_error,
+)
 from trtq.data.preprocess import (
     PRESETS,
     Preprocess,
