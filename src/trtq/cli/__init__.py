@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from trtq import __version__, _io
+from trtq import __version__, _io, release_start
 from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with warnings_as_lines():
             parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
+            release_start()  # imports done: from here, Ctrl-C is a KeyboardInterrupt reported below
             argv = list(sys.argv[1:] if argv is None else argv)
             refuse_empty_values(argv)
             try:
