@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
-from trtq import api
+from trtq import api, artifacts
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
 from trtq.model import parse_shapes
@@ -276,7 +276,7 @@ def test_external_data_gives_the_same_model_in_two_files(wide_case):
 
 def test_weights_over_the_protobuf_limit_go_apart_by_themselves(wide_case, monkeypatch):
     tmp, model = wide_case
-    monkeypatch.setattr(api, "PROTOBUF_LIMIT", 10_000)  # as if the model were over 2 GB
+    monkeypatch.setattr(artifacts, "PROTOBUF_LIMIT", 10_000)  # as if the model were over 2 GB
     result = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "o")),
                           progress=False)
     assert result.data_path is not None and os.path.exists(result.data_path)

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from trtq._io import check_destinations, write_files_atomically
+from trtq._io import Content, check_destinations
+from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
@@ -28,6 +29,7 @@ from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
 from trtq.calibrate.ort_session import session_from_file
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
+from trtq.devices import check_device
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import node_pattern, search_mixed_precision
@@ -35,24 +37,20 @@ from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
 from trtq.evaluate.tasks import Task, check_task_options, make_task
-from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
+from trtq.formats.cache import DEFAULT_TRT_VERSION, trt_version_code
 from trtq.formats.ranges import RangeChoice, RangesTable
 from trtq.model import (
-    PROTOBUF_LIMIT,
     ModelInfo,
     check_structure,
-    external_data_chunks,
     file_sha256,
     graph_inputs,
     graph_outputs,
-    initializer_bytes,
     inspect_model,
     load_model,
     model_file,
     normalize_model,
     normalized_node_names,
     requested_shapes,
-    serialized_chunks,
     tensor_types,
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
@@ -76,6 +74,7 @@ from trtq.tensorrt.layers import onnx_layer_name
 from trtq.verify import VerifyOptions, VerifyResult, verify_model
 
 __all__ = [
+    "CalibrationOptions",
     "DataOptions",
     "QuantizeOptions",
     "QuantizeResult",
@@ -165,17 +164,53 @@ def precision_grid(precision: str) -> Grid:
 
 
 @dataclass(frozen=True)
-class QuantizeOptions:
-    """Options of `quantize` beyond the data: algorithm, exclusions, targets, outputs."""
+class CalibrationOptions:
+    """What PTQ (`QuantizeOptions`) and QAT (`trtq.qat.FinetuneOptions`) share: how ranges are
+    computed, which layers stay out, the cache header, where outputs go and where models run.
+
+    A new calibration option goes here, with its flag in `trtq.cli.options.add_calibration_options`;
+    `calibrate_prepared` reads it, for `trtq quantize`, `sensitivity` and `finetune` alike.
+    """
 
     method: str | None = None
-    """Range algorithm; None: the precision's default (DEFAULT_METHODS)."""
+    """Range algorithm; None: `default_method()` (for quantize, the precision's default: DEFAULT_METHODS)."""
     percentile: float = 99.99
     exclude_nodes: Sequence[str] = ()
     exclude_ops: Sequence[str] = ()
+    residual_qdq: bool = False
+    """Q/DQ on both inputs of transformer residual Adds too, as NVIDIA ModelOpt places them (TensorRT can
+    then carry the residual stream in INT8; it costs accuracy: see the README)."""
     trt_version: str = DEFAULT_TRT_VERSION
     output_dir: str | None = None
     device: str = "cpu"
+    """Where calibration (and evaluation) runs: cpu (onnxruntime) or cuda[:N] (PyTorch); see trtq.devices."""
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", self.default_method())
+        if self.method not in METHODS:
+            raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 0 < self.percentile <= 100:
+            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
+                            "give e.g. --percentile 99.99.")
+        trt_version_code(self.trt_version)  # a bad --trt-version fails before calibration, not after
+        check_device(self.device)
+
+    def default_method(self) -> str:
+        """The range algorithm when none is given."""
+        return DEFAULT_METHODS["int8"]
+
+    @property
+    def grid(self) -> Grid:
+        """The grid the quantized layers run on."""
+        return GRIDS["int8"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions(CalibrationOptions):
+    """Options of `quantize` beyond the data: the calibration options, then targets, precision, outputs."""
+
     cache_scope: str = "qdq"
     target: str | None = None
     """e.g. "top1-drop<=0.5" or "snr>=30": keep the most sensitive layers out of INT8 until it holds."""
@@ -190,23 +225,13 @@ class QuantizeOptions:
     they exceed protobuf's 2 GB limit, where one file is impossible)."""
     precision: str = "int8"
     """"fp8": FP8 E4M3 Q/DQ (scale = amax / 448, opset >= 19) instead of INT8; no calibration cache."""
-    residual_qdq: bool = False
-    """Q/DQ on both inputs of transformer residual Adds too, as NVIDIA ModelOpt places them (TensorRT can
-    then carry the residual stream in INT8; it costs accuracy: see the README)."""
     smooth: float | str | None = None
     """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
     [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
 
     def __post_init__(self) -> None:
         precision_grid(self.precision)
-        if self.method is None:
-            object.__setattr__(self, "method", DEFAULT_METHODS[self.precision])
-        if self.method not in METHODS:
-            raise TrtqError(f"--method {self.method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
-                or not 0 < self.percentile <= 100:
-            raise TrtqError(f"--percentile {self.percentile!r} is not a percentile in (0, 100].",
-                            "give e.g. --percentile 99.99.")
+        super().__post_init__()
         if self.cache_scope not in ("qdq", "all"):
             raise TrtqError(f"--cache-scope {self.cache_scope!r} is not qdq or all.", "pick one of those.")
         if self.smooth is not None and self.smooth != "auto":
@@ -218,6 +243,10 @@ class QuantizeOptions:
     def smooth_alpha(self) -> float | None:
         """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
         return None if self.smooth in (None, "auto") else float(self.smooth)  # type: ignore[arg-type]
+
+    def default_method(self) -> str:
+        """The precision's range algorithm (DEFAULT_METHODS)."""
+        return DEFAULT_METHODS[self.precision]
 
     @property
     def grid(self) -> Grid:
@@ -444,26 +473,29 @@ DEFAULT_EVAL_BATCH = 32
 """Evaluation batch for models with a dynamic batch dim (results do not depend on it)."""
 
 
-def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
-    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples."""
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The first input's leading dim when it is a fixed number (every batch must have exactly that many
+    samples: calibration drops a partial last batch, training and evaluation use that size), else None."""
     inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
+    """The model's fixed batch, else `requested` or DEFAULT_EVAL_BATCH, at most the number of samples
+    (1 for a model whose first input has no dims to batch along)."""
+    inputs = graph_inputs(model)
+    fixed = fixed_batch(model) if inputs and inputs[0].shape else 1
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
         raise TrtqError(f"Batch size {requested!r} is not a whole number >= 1.", "give e.g. --batch-size 32.")
-    if isinstance(first, int) and first > 0:
-        if requested is not None and requested != first:
-            warnings.warn(f"--batch-size {requested} is not used: the model fixes its batch dim at {first}, so it is "
-                          f"evaluated {first} samples at a time.", stacklevel=2)
-        return first
+    if fixed is not None:
+        if requested is not None and requested != fixed:
+            warnings.warn(f"--batch-size {requested} is not used: the model fixes its batch dim at {fixed}, so it is "
+                          f"evaluated {fixed} samples at a time.", stacklevel=2)
+        return fixed
     size = requested or DEFAULT_EVAL_BATCH
     available = dataset.num_samples if dataset is not None else None
     return max(1, min(size, available or size))
-
-
-def _fixed_batch(model: onnx.ModelProto) -> bool:
-    """True when the first input's leading dim is a fixed number (batches must be full)."""
-    inputs = graph_inputs(model)
-    return bool(inputs and inputs[0].shape and isinstance(inputs[0].shape[0], int))
 
 
 def calibrate(
@@ -482,7 +514,7 @@ def calibrate(
 
 
 def calibrate_prepared(
-    prepared: PreparedModel, dataset: Dataset, *, options: QuantizeOptions = QuantizeOptions(), progress: bool = True
+    prepared: PreparedModel, dataset: Dataset, *, options: CalibrationOptions = QuantizeOptions(), progress: bool = True
 ) -> CalibrationResult:
     """Calibrate an already prepared model on already opened (and checked) data.
 
@@ -500,7 +532,7 @@ def calibrate_prepared(
         percentile=options.percentile,
         batch_size=dataset.batch_size,
         device=options.device,
-        drop_partial=_fixed_batch(prepared.model),
+        drop_partial=fixed_batch(prepared.model) is not None,
         progress=progress,
         layers=judged_layers(prepared.placement) if options.method == "auto" else (),
         score_tables=partial(score_tables, prepared.model, prepared.placement),
@@ -553,7 +585,7 @@ def smooth_prepared(
         alpha = float(setting) if isinstance(setting, (int, float)) else None
     elif dataset is not None:
         stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
-                             device=options.device, drop_partial=_fixed_batch(prepared.model),
+                             device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
                              rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
         channel_max = stats.amax
         factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
@@ -590,14 +622,6 @@ def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTabl
     return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
 
 
-def output_paths(model_path: Path, output_dir: str | None, precision: str = "int8") -> tuple[Path, Path, Path]:
-    """`<stem>.int8.onnx`, `.int8.cache` and `.int8.json` in `output_dir` (default: beside the model);
-    `.fp8.` for FP8 (whose cache path is never written)."""
-    directory = Path(output_dir) if output_dir else model_path.parent
-    stem, tag = model_path.stem, precision_grid(precision).name
-    return directory / f"{stem}.{tag}.onnx", directory / f"{stem}.{tag}.cache", directory / f"{stem}.{tag}.json"
-
-
 def quantize(
     model_path: str | Path,
     calib: DataSource | None = None,
@@ -617,18 +641,17 @@ def quantize(
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
-    trt_version_code(options.trt_version)  # a bad --trt-version fails before calibration, not after
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision, options.residual_qdq)
-    onnx_path, cache_path, ranges_path = output_paths(prepared.path, options.output_dir, options.precision)
+    paths = artifact_paths(prepared.path, options.output_dir, options.grid.name)
     fp8 = options.precision == "fp8"
+    destinations = paths.destinations(cache=not fp8, external=options.external_data)
     # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
-    smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
-    destinations = [onnx_path, ranges_path, *([] if fp8 else [cache_path]), *([smoothed_path] if smoothed_path else [])]
-    if options.external_data:
-        destinations.append(onnx_path.with_name(onnx_path.name + ".data"))
+    smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
+    if smoothed_path is not None:
+        destinations.append(smoothed_path)
     if record is not None:
-        destinations.append(record_path(onnx_path.parent, "quantize"))
+        destinations.append(record_path(paths.directory, "quantize"))
     inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
@@ -652,7 +675,7 @@ def quantize(
     if smoothing is None or fp8:
         smoothed_path = None
     elif smoothed_path is None:  # smoothing from a --ranges table
-        smoothed_path = onnx_path.with_name(f"{prepared.path.stem}.smoothed.onnx")
+        smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx")
         check_destinations([smoothed_path], inputs)
     converter = high_precision(
         options.high_precision, amax=table.amax, fp32_model=prepared.model, dataset=calib_data,
@@ -694,27 +717,23 @@ def quantize(
         )
     check_structure(quantized_model)
     shapes = data_shapes(prepared.model, data.shapes, calib_data)
-    cache_amax = {} if fp8 else {name: table.amax[name] for name in placement.calibrated_tensors if name in table.amax}
-    external = options.external_data
-    if external is None:
-        external = initializer_bytes(quantized_model) > PROTOBUF_LIMIT
-    data_path = onnx_path.with_name(onnx_path.name + ".data")
-    model_files = _model_files(quantized_model, onnx_path, external)
-    if smoothed_path is not None and smoothing is not None:
-        model_files.update(_model_files(smoothing.model, smoothed_path, external))
+    cache = None if fp8 else cache_amax(table.amax, placement.calibrated_tensors)
+    outputs = artifacts(paths, quantized_model, table, cache, options.trt_version, options.external_data)
+    smoothed_files = model_files(smoothing.model, smoothed_path, outputs.external) \
+        if smoothed_path is not None and smoothing is not None else {}
     layer_names = {} if smoothed_path else prepared.layer_names  # the smoothed file names its layers after its nodes
     result = QuantizeResult(
         model=str(prepared.path),
-        onnx_path=str(onnx_path),
-        data_path=str(data_path) if external else None,
-        cache_path=None if fp8 else str(cache_path),
-        ranges_path=str(ranges_path),
+        onnx_path=str(paths.onnx),
+        data_path=str(outputs.data_path) if outputs.data_path else None,
+        cache_path=None if fp8 else str(paths.cache),
+        ranges_path=str(paths.ranges),
         method=table.method,
         samples=table.num_samples,
         qdq_pairs=len(placement.targets),
         quantized_activations=len(placement.activation_tensors),
         quantized_weights=len(placement.weight_tensors),
-        cache_entries=len(cache_amax),
+        cache_entries=len(cache or {}),
         excluded_nodes=placement.excluded_nodes,
         calibration_seconds=seconds,
         mixed=mixed.to_dict() if mixed else None,
@@ -722,7 +741,7 @@ def quantize(
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
-            onnx_path, None if fp8 else cache_path, smoothed_path or prepared.path, shapes,
+            paths.onnx, None if fp8 else paths.cache, smoothed_path or prepared.path, shapes,
             fp16=options.high_precision == "fp16",
             layer_precisions={layer_names.get(n, n): ("fp16" if options.high_precision == "fp16" else "fp32")
                               for n in placement.excluded_nodes},
@@ -730,7 +749,7 @@ def quantize(
         notes=(*prepared.notes, *(calibration.notes if calibration else ()),
                *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
-        record_path=str(record_path(onnx_path.parent, "quantize")) if record is not None else None,
+        record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
         smoothing=smoothing.to_dict() if smoothing else None,
         smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
@@ -739,31 +758,19 @@ def quantize(
         range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )
-    files: dict[Path, bytes | Iterable[bytes]] = {**model_files, ranges_path: table.to_json().encode("utf-8")}
-    if not fp8:
-        files[cache_path] = format_cache(cache_amax, options.trt_version, table.method)
+    extra: dict[Path, Content] = dict(smoothed_files)
     if record is not None:
         histograms = clipped_histograms(calibration.stats, table.amax, table.method, REPORT_HISTOGRAMS) \
             if calibration is not None else {}
-        files[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
+        extra[Path(result.record_path)] = record_bytes(  # type: ignore[arg-type]
             "quantize", settings=record.settings, result=result.to_dict(), histograms=histograms,
             command=record.command)
-    # A .data file of an earlier run that stored its weights apart belongs to the set this one replaces.
-    write_files_atomically(files, remove=() if external else (data_path,), inputs=inputs)
+    outputs.write(extra, inputs=inputs)
     return result
 
 
 REPORT_HISTOGRAMS = 6
 """Tensors whose calibration histograms go into the run record: those the chosen ranges clip most."""
-
-
-def _model_files(model: onnx.ModelProto, path: Path, external: bool) -> dict[Path, Iterator[bytes]]:
-    """What writing `model` to `path` takes: its chunks, and with `external` its weights in `<path>.data` beside it."""
-    if not external:
-        return {path: serialized_chunks(model)}
-    data_path = path.with_name(path.name + ".data")
-    model_chunks, data_chunks = external_data_chunks(model, data_path.name)
-    return {data_path: data_chunks, path: model_chunks}
 
 
 def _precision_notes(options: QuantizeOptions, method: str, placement: Placement) -> tuple[str, ...]:
@@ -918,8 +925,8 @@ def sensitivity(
     if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
         return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
                               prepared.notes)
-    onnx_path, cache_path, _ = output_paths(prepared.path, options.output_dir)
-    commands = build_commands(onnx_path, cache_path, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
+    paths = artifact_paths(prepared.path, options.output_dir, "int8")
+    commands = build_commands(paths.onnx, paths.cache, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
                               layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
                                                 if n in prepared.layer_names})
     return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},

@@ -31,15 +31,15 @@ PAUSING_WRITER = """
     import trtq._io as io
     marker, when = Path(sys.argv[1]), sys.argv[2]
     if when == "staging":  # the model is streamed in chunks: pause after writing the first one
-        import trtq.api as api
-        real = api.serialized_chunks
+        import trtq.artifacts as artifacts
+        real = artifacts.serialized_chunks
         def pausing(model):
             chunks = real(model)
             yield next(chunks)
             marker.touch()
             time.sleep(60)
             yield from chunks
-        api.serialized_chunks = pausing
+        artifacts.serialized_chunks = pausing
     else:  # the signal arrives after the first rename of the set
         real_replace, renamed = os.replace, []
         def replace(src, dst):

@@ -134,6 +134,19 @@ def test_nodes_without_a_torch_implementation_are_named(monkeypatch):
         qmodel.check_supported({"input": x})
 
 
+def test_the_fake_quantizer_is_handed_to_the_executor_not_registered():
+    from trtq.torch import OnnxModule, ops
+
+    model, placement, amax = _prepared(residual_conv_net(batch="N"))
+    qmodel = QatModel(model, placement, amax)
+    assert OP_TYPE not in ops.OPS  # the executor's registry stays free of QAT's node
+    with torch.no_grad():
+        qmodel.run({"input": np.zeros((1, 3, 16, 16), dtype=np.float32)})
+    assert qmodel.net.fallback_nodes == ()
+    plain = OnnxModule(training_graph(model, placement, amax)[0])  # without the op, onnxruntime cannot run it
+    assert all("TrtqFakeQuantize" in node for node in plain.fallback_nodes) and plain.fallback_nodes
+
+
 def test_non_float32_targets_are_refused():
     model, placement, amax = _prepared(residual_conv_net(batch="N"))
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16

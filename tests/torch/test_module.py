@@ -183,3 +183,18 @@ def test_bad_names_are_reported():
         module.run({"input": x}, watch=["nope"], hook=lambda n, t: None)
     with pytest.raises(TrtqError, match="Feed 'images' is not an input"):
         module.run({"images": x})
+
+
+def test_ops_handed_to_one_module_stay_with_it():
+    # two_branch_net's Sigmoid replaced for one module only: the registry and other modules keep torch's
+    x = {"a": torch.ones(1, 4), "b": torch.zeros(1, 4)}
+    mine = OnnxModule(two_branch_net(), ops={"Sigmoid": ops.OpDef(lambda ctx, t: t - 7.0)})
+    assert torch.equal(mine.run(x)["out_b"], torch.full((1, 4), -7.0))
+    assert torch.equal(OnnxModule(two_branch_net()).run(x)["out_b"], torch.full((1, 4), 0.5))
+
+
+def test_qat_entry_points_are_not_in_the_executor():
+    import trtq.torch
+
+    with pytest.raises(AttributeError, match=r"trtq.torch.prepare moved to trtq.qat.prepare"):
+        trtq.torch.prepare  # noqa: B018

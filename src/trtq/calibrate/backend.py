@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from trtq.calibrate.collector import TensorStats
-from trtq.errors import TrtqError
+from trtq.devices import check_device, resolve_device
 
 
 class CalibrationBackend(Protocol):
@@ -35,17 +35,11 @@ def make_backend(
     `batches` (how many the run will observe, when known) lets the GPU backend skip set-up work
     that only long runs repay (cuDNN autotuning).
     """
-    if device == "cpu":
+    if check_device(device) == "cpu":
         from trtq.calibrate.backend_ort import OrtBackend
 
         return OrtBackend(model, tensors, histogram=histogram)
-    if device == "cuda" or device.startswith("cuda:"):
-        try:
-            from trtq.calibrate.backend_torch import TorchBackend
-        except ImportError as exc:
-            raise TrtqError(
-                f"--device {device} needs PyTorch with CUDA, which is not installed ({exc}).",
-                "pip install 'trtq[gpu]' on a machine with an NVIDIA GPU, or use --device cpu.",
-            ) from exc
-        return TorchBackend(model, tensors, histogram=histogram, device=device, expected_batches=batches)
-    raise TrtqError(f"--device {device!r} is not a device trtq knows.", "use --device cpu or --device cuda[:N].")
+    resolve_device(device)  # PyTorch and the GPU are there, or one sentence says which is missing
+    from trtq.calibrate.backend_torch import TorchBackend
+
+    return TorchBackend(model, tensors, histogram=histogram, device=device, expected_batches=batches)

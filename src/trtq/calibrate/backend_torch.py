@@ -23,7 +23,7 @@ import torch
 
 from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.gpu_stats import DeviceStats
-from trtq.errors import TrtqError
+from trtq.devices import resolve_device
 from trtq.torch import OnnxModule
 
 _STAGING_SLOTS = 3
@@ -36,30 +36,6 @@ batches at most 0.7 ms faster (18.2 vs 17.5-18.0 ms; no difference for the detec
 repays itself after about 1,000 batches."""
 
 Signature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device for `--device`, or TrtqError when this machine cannot provide it."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise TrtqError(f"--device {device!r} is not a device name torch understands ({exc}).",
-                        "use --device cuda or cuda:N.") from exc
-    if dev.type != "cuda":
-        return dev
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise TrtqError(
-            f"--device {device} needs a CUDA GPU, but PyTorch {torch.__version__} ({build}) sees none.",
-            "install a CUDA build of PyTorch on a machine with an NVIDIA GPU and driver (check nvidia-smi), "
-            "or use --device cpu.",
-        )
-    count = torch.cuda.device_count()
-    index = 0 if dev.index is None else dev.index
-    if index >= count:
-        raise TrtqError(f"--device {device} names GPU {index}, but this machine has {count} (cuda:0..cuda:{count - 1}).",
-                        "pick an existing GPU index.")
-    return torch.device("cuda", index)
 
 
 @dataclass

@@ -8,17 +8,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import onnx
-
 from trtq import api
-from trtq.calibrate.algorithms import METHODS as CALIBRATION_METHODS
+from trtq._format import fmt
+from trtq._io import check_destinations
+from trtq.artifacts import output_directory
 from trtq.cli.options import (
+    add_calibration_options,
     add_data_options,
     add_mask_options,
-    add_residual_option,
     add_precision_option,
     add_smooth_option,
     add_task_options,
+    calibration_options,
     data_options,
     given,
     non_negative_int,
@@ -27,11 +28,9 @@ from trtq.cli.options import (
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.mixed import node_pattern
+from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.sensitivity import SensitivityResult
-from trtq._format import fmt
-from trtq._io import check_destinations
 from trtq.report import histogram_summary, record_path, write_record, write_report
 
 HISTOGRAM_TENSORS = 6
@@ -54,13 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help="local: one pass, per-layer output SNR (default); exact: one evaluation per layer",
     )
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS,
-                   help="range algorithm for --calib (default: auto for int8, max for fp8)")
+    add_calibration_options(p, method_option="--calib-method", cache=False,
+                            method_help="range algorithm for --calib (default: auto for int8, max for fp8)",
+                            device_help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
+                            "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
     add_smooth_option(p)
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX", help="layers to leave out")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to leave out")
-    add_residual_option(p)
     p.add_argument(
         "--batch-size",
         type=positive_int("--batch-size 32"),
@@ -68,9 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top", type=non_negative_int("--top 20"), default=20,
                    help="layers to print (default 20; --json has all)")
-    p.add_argument("--device", default="cpu",
-                   help="where calibration and the evaluations run: cpu (onnxruntime) or cuda[:N] "
-                   "(the PyTorch executor; default: cpu)")
     p.add_argument(
         "--output-dir", help="where trtq-sensitivity.json goes for `trtq report` (default: beside the model)"
     )
@@ -90,14 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Rank layers by sensitivity, save a record for the report, print the ranking."""
     if args.ranges:
-        refuse(given(args, "calib_method"), "with --calib (the ranges it computes); --ranges gives them already",
-               "drop --calib-method, or calibrate again with --calib DATA.")
-    exclude_ops = tuple(op for op in args.exclude_ops.split(",") if op)
-    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
+        extra = given(args, "calib_method", "percentile")
+        refuse(extra, "with --calib (the ranges it computes); --ranges gives them already",
+               f"drop {' '.join(extra)}, or calibrate again with --calib DATA.")
+    calibration = calibration_options(args, method_option="--calib-method")
+    exclude_ops = calibration["exclude_ops"]
+    directory = output_directory(args.model, args.output_dir)
     check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
-    options = api.QuantizeOptions(method=args.calib_method, exclude_nodes=tuple(args.exclude_nodes),
-                                  exclude_ops=exclude_ops, precision=args.precision, device=args.device,
-                                  residual_qdq=args.residual_qdq, smooth=args.smooth)
+    options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth)
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
         options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,

@@ -10,25 +10,23 @@ from pathlib import Path
 from trtq import api
 from trtq._format import fmt
 from trtq._io import check_destinations
-from trtq.calibrate.algorithms import METHODS
+from trtq.artifacts import output_directory
 from trtq.cli.options import (
+    add_calibration_options,
     add_data_options,
     add_mask_options,
     add_precision_option,
-    add_residual_option,
     add_smooth_option,
     add_target_options,
     add_task_options,
+    calibration_options,
     data_options,
     given,
-    percentile,
     positive_int,
     refuse,
-    require_method_for_percentile,
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.formats.cache import DEFAULT_TRT_VERSION
 from trtq.report import RunRecord, record_path, write_record
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
@@ -48,20 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DATA", help="image folder, .npy/.npz, or a .py file defining load_data()")
     src.add_argument("--ranges", metavar="FILE", help="a ranges table (.int8.json) from an earlier run: skip calibration")
-    p.add_argument("--method", choices=METHODS, help="range algorithm (default for int8: auto, per tensor the "
-                   "candidate range that does least harm, checked end to end; entropy is TensorRT's "
-                   "EntropyCalibration2; default for fp8: max)")
-    p.add_argument("--percentile", type=percentile, help="for --method percentile: the share of values the range "
-                   "keeps, in (0, 100] (default: 99.99)")
+    add_calibration_options(
+        p, method_help="range algorithm (default for int8: auto, per tensor the candidate range that does least harm, "
+        "checked end to end; entropy is TensorRT's EntropyCalibration2; default for fp8: max)",
+        device_help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
+        "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
     add_smooth_option(p)
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
-                   help="keep nodes whose name matches in high precision (repeatable)")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
-                   "precision, e.g. Sigmoid,Softmax")
-    add_residual_option(p)
-    p.add_argument("--trt-version", help=f"TensorRT version the calibration cache "
-                   f"header targets (default: {DEFAULT_TRT_VERSION})")
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
@@ -69,9 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in <stem>.int8.onnx.data beside the model (default: only when they "
                    "exceed protobuf's 2 GB limit)")
-    p.add_argument("--device", default="cpu",
-                   help="where calibration and the --target evaluations run: cpu (onnxruntime) or cuda[:N] "
-                   "(the PyTorch executor; default: cpu)")
     add_target_options(p)
     add_task_options(p)
     add_data_options(p)
@@ -121,15 +109,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Calibrate (or load ranges) and write the INT8 artifacts."""
+    calibration = calibration_options(args)
     check_quantize_args(args)
     options = api.QuantizeOptions(
-        method=args.method,
-        percentile=args.percentile if args.percentile is not None else api.QuantizeOptions.percentile,
-        exclude_nodes=tuple(args.exclude_nodes),
-        exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=DEFAULT_TRT_VERSION if args.trt_version is None else args.trt_version,
+        **calibration,
         output_dir=args.output_dir,
-        device=args.device,
         cache_scope=args.cache_scope,
         target=args.target,
         target_data=args.target_data,
@@ -138,7 +122,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         task=task_options(args),
         external_data=args.external_data,
         precision=args.precision,
-        residual_qdq=args.residual_qdq,
         smooth=args.smooth,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
@@ -171,7 +154,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def check_quantize_args(args: argparse.Namespace) -> None:
     """Refuse options this quantize run would accept and then ignore."""
-    require_method_for_percentile(args)
     if not args.target:
         extra = given(args, "target_data", "ranking", "task", "mask_input", "no_mask")
         refuse(extra, "with --target (the accuracy target they check)",
@@ -267,7 +249,7 @@ def _precision_lines(precision: dict | None) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    directory = Path(args.output_dir) if args.output_dir else Path(args.candidate).parent
+    directory = output_directory(args.candidate, args.output_dir)
     check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, device=args.device,

@@ -6,11 +6,14 @@ import argparse
 import math
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 from trtq import api
+from trtq.calibrate.algorithms import METHODS
 from trtq.errors import TrtqError
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.tasks import TASKS
+from trtq.formats.cache import DEFAULT_TRT_VERSION
 from trtq.model import parse_shapes
 from trtq.quantize.precision import MODES as PRECISION_MODES
 
@@ -80,6 +83,46 @@ def require_method_for_percentile(args: argparse.Namespace, method_option: str =
         )
 
 
+def add_calibration_options(p: argparse.ArgumentParser, *, method_help: str, device_help: str,
+                            method_option: str = "--method", cache: bool = True) -> None:
+    """The flags of `trtq.api.CalibrationOptions`, for every command that calibrates (quantize,
+    sensitivity, finetune): the range algorithm (`method_option`, as sensitivity's own --method is
+    its ranking), --percentile, --exclude-nodes, --exclude-ops, --residual-qdq, --trt-version (with
+    `cache`: where a calibration cache is written) and --device. A new calibration option is added
+    here and in `calibration_options`."""
+    p.add_argument(method_option, choices=METHODS, help=method_help)
+    p.add_argument("--percentile", type=percentile, help=f"for {method_option} percentile: the share of values the "
+                   "range keeps, in (0, 100] (default: 99.99)")
+    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
+                   help="keep nodes whose name matches in high precision (repeatable)")
+    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
+                   "precision, e.g. Sigmoid,Softmax")
+    p.add_argument("--residual-qdq", action="store_true",
+                   help="also put Q/DQ on both inputs of transformer residual Adds, as NVIDIA ModelOpt does, so "
+                   "TensorRT can carry the residual stream in INT8; it costs accuracy (on all-MiniLM-L6-v2, see "
+                   "the README), so it is off by default")
+    if cache:
+        p.add_argument("--trt-version", help=f"TensorRT version the calibration cache header targets (default: "
+                       f"{DEFAULT_TRT_VERSION})")
+    p.add_argument("--device", default="cpu", help=device_help)
+
+
+def calibration_options(args: argparse.Namespace, method_option: str = "--method") -> dict[str, Any]:
+    """The `trtq.api.CalibrationOptions` fields a parsed command line sets (those it leaves unset keep
+    the options class's defaults), as keyword arguments for QuantizeOptions or FinetuneOptions."""
+    require_method_for_percentile(args, method_option)
+    given_values = {
+        "method": getattr(args, method_option.lstrip("-").replace("-", "_")),
+        "percentile": args.percentile,
+        "exclude_nodes": tuple(args.exclude_nodes),
+        "exclude_ops": tuple(op for op in args.exclude_ops.split(",") if op),
+        "residual_qdq": args.residual_qdq,
+        "trt_version": getattr(args, "trt_version", None),
+        "device": args.device,
+    }
+    return {name: value for name, value in given_values.items() if value is not None}
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """Options that say how sample data is read and preprocessed."""
     g = p.add_argument_group("data and preprocessing")
@@ -124,14 +167,6 @@ def data_options(args: argparse.Namespace) -> api.DataOptions:
         overrides["std"] = _floats(args.std, "--std")
     return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit,
                            mask=mask_request(args))
-
-
-def add_residual_option(p: argparse.ArgumentParser) -> None:
-    """--residual-qdq: Q/DQ on transformer residual Adds too (ModelOpt's INT8 placement)."""
-    p.add_argument("--residual-qdq", action="store_true",
-                   help="also put Q/DQ on both inputs of transformer residual Adds, as NVIDIA ModelOpt does, so "
-                   "TensorRT can carry the residual stream in INT8; it costs accuracy (on all-MiniLM-L6-v2, see "
-                   "the README), so it is off by default")
 
 
 def add_mask_options(p: argparse.ArgumentParser) -> None:

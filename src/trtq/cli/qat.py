@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from trtq._format import fmt
 from trtq._io import Stopped
-from trtq.calibrate.algorithms import METHODS
 from trtq.cli.core import add_data_options, data_options
 from trtq.cli.options import (
+    add_calibration_options,
     add_mask_options,
-    add_residual_option,
+    calibration_options,
     given,
     non_negative_int,
-    percentile,
     positive_float,
     positive_int,
     refuse,
-    require_method_for_percentile,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.errors import TrtqError
-from trtq.formats.cache import DEFAULT_TRT_VERSION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,19 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=positive_int("--eval-every 100"), default=100, help="steps between progress evaluations (default: 100)")
     p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every 100"), default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=non_negative_int("--seed 0"), default=0, help="seed of the batch order (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, run every step eagerly instead of replaying a captured CUDA graph")
     p.add_argument("--resume", action="store_true",
                    help="continue from <stem>.qat.ckpt in the output directory (same model, data and options)")
-    p.add_argument("--method", choices=METHODS, help="PTQ range algorithm (default: entropy)")
-    p.add_argument("--percentile", type=percentile, help="for --method percentile, in (0, 100] (default: 99.99)")
-    p.add_argument("--exclude-nodes", action="append", default=[], metavar="REGEX",
-                   help="keep nodes whose name matches in high precision (repeatable)")
-    p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high precision")
-    add_residual_option(p)
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version the calibration cache header targets (default: {DEFAULT_TRT_VERSION})")
+    add_calibration_options(p, method_help="PTQ range algorithm (default: entropy)",
+                            device_help="where training runs: cpu or cuda[:N] (default: cpu)")
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     add_data_options(p)
     add_mask_options(p)
@@ -76,28 +65,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, export and compare."""
     try:
         from trtq.qat import FinetuneOptions, finetune
-        from trtq.qat.api import output_paths
+        from trtq.qat.api import checkpoint_path
     except ImportError as exc:
         raise TrtqError(f"trtq finetune needs PyTorch, which is not installed ({exc}).",
                         "pip install 'trtq[gpu]' (or pip install torch).") from exc
     if args.ranges:
         extra = given(args, "method", "percentile")
         refuse(extra, "to the PTQ calibration, which --ranges replaces", f"drop {' '.join(extra)}, or drop --ranges.")
-    require_method_for_percentile(args)
     options = FinetuneOptions(
+        **calibration_options(args),
         steps=args.steps, lr=args.lr, scale_lr=args.scale_lr, batch_size=args.batch_size, target=args.target,
-        device=args.device, method=args.method or FinetuneOptions.method,
-        percentile=args.percentile if args.percentile is not None else FinetuneOptions.percentile,
-        exclude_nodes=tuple(args.exclude_nodes), exclude_ops=tuple(op for op in args.exclude_ops.split(",") if op),
-        trt_version=args.trt_version, output_dir=args.output_dir, resume=args.resume, seed=args.seed,
+        output_dir=args.output_dir, resume=args.resume, seed=args.seed,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
-        cuda_graph=not args.no_cuda_graph, residual_qdq=args.residual_qdq,
+        cuda_graph=not args.no_cuda_graph,
     )
     try:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,
                           data=data_options(args), options=options, progress=show_progress(args))
     except (KeyboardInterrupt, Stopped):
-        checkpoint = output_paths(Path(args.model), args.output_dir)[3]
+        checkpoint = checkpoint_path(args.model, args.output_dir)
         if checkpoint.exists():
             print(f"trtq: the last checkpoint is kept at {checkpoint}; run the same command with --resume to "
                   "continue.", file=sys.stderr)

@@ -40,7 +40,7 @@ from trtq.data import Dataset, letterbox_geometry
 from trtq.data.preprocess import center_crop_geometry
 from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator
-from trtq.evaluate.tasks import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
+from trtq.evaluate.task_contract import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
 
 PRESETS = ("yolo", "yolov5", "yolov8", "torchvision", "retinanet")
 CONF_THRESHOLD = 0.001

@@ -1,14 +1,12 @@
 """Quantization-aware fine-tuning (needs PyTorch: pip install 'trtq[gpu]').
 
 From an ONNX model (`finetune`, the `trtq finetune` command) or a PyTorch module (`prepare` /
-`export`, also reachable as `trtq.torch.prepare` / `trtq.torch.export`): fake quantization with
+`export`, in `trtq.qat.torch_api`): fake quantization with
 learned step sizes at exactly the Q/DQ placement of `trtq quantize`, distillation from the FP32
 model (labels optional), and an export whose onnxruntime outputs match the fine-tuned model.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from trtq.qat.api import (
     Comparison,
@@ -20,6 +18,7 @@ from trtq.qat.api import (
 from trtq.qat.exporter import ParityReport, QdqExport, check_parity, export_qdq
 from trtq.qat.fakequant import fake_quantize
 from trtq.qat.model import QatModel
+from trtq.qat.torch_api import ExportResult, export, prepare
 from trtq.qat.train import (
     Distillation,
     LabelLoss,
@@ -32,6 +31,7 @@ from trtq.qat.train import (
 __all__ = [
     "Comparison",
     "Distillation",
+    "ExportResult",
     "FinetuneOptions",
     "FinetuneResult",
     "LabelLoss",
@@ -51,11 +51,3 @@ __all__ = [
     "prepare",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """`prepare` and `export` live in `trtq.torch_api` (imported on first use: no import cycle)."""
-    if name in ("prepare", "export"):
-        from trtq import torch_api
-
-        return getattr(torch_api, name)
-    raise AttributeError(f"module 'trtq.qat' has no attribute {name!r}")

@@ -28,16 +28,17 @@ import onnx
 import torch
 
 from trtq import api
-from trtq._io import check_destinations, write_files_atomically
+from trtq._io import check_destinations
+from trtq.artifacts import artifact_paths, artifacts, cache_amax, output_directory
 from trtq.calibrate.ort_failures import check_model_runs
+from trtq.devices import resolve_device
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
 from trtq.evaluate.mixed import parse_target
 from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
-from trtq.formats.cache import DEFAULT_TRT_VERSION, format_cache, trt_version_code
 from trtq.formats.ranges import RangesTable
-from trtq.model import graph_inputs, graph_outputs
+from trtq.model import graph_outputs
 from trtq.qat.checkpoint import fingerprint
 from trtq.qat.data import TrainingData
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
@@ -52,26 +53,22 @@ from trtq.qat.train import (
     train,
 )
 from trtq.quantize import insert_qdq
+from trtq.torch import OnnxModule
 
 DEFAULT_DATA = api.DataOptions()
 
 
 @dataclass(frozen=True)
-class FinetuneOptions:
-    """Options of `finetune` beyond the data."""
+class FinetuneOptions(api.CalibrationOptions):
+    """Options of `finetune` beyond the data: the calibration options of the PTQ starting point
+    (`trtq.api.CalibrationOptions`: method, by default entropy; exclusions; cache header; output
+    folder; device), then the fine-tuning's own."""
 
     steps: int = 2000
     lr: float = 1e-5
     scale_lr: float = 1e-3
     batch_size: int = 32
     target: str | None = None
-    device: str = "cpu"
-    method: str = "entropy"
-    percentile: float = 99.99
-    exclude_nodes: Sequence[str] = ()
-    exclude_ops: Sequence[str] = ()
-    trt_version: str = DEFAULT_TRT_VERSION
-    output_dir: str | None = None
     resume: bool = False
     seed: int = 0
     eval_every: int = 100
@@ -92,8 +89,10 @@ class FinetuneOptions:
     """Task metric of the final comparison ("classify" or "detect"; labels from the data's folders)."""
     cuda_graph: bool = True
     """On CUDA, replay each training step from a captured CUDA graph (much less launch overhead)."""
-    residual_qdq: bool = False
-    """Fake-quantize both inputs of transformer residual Adds too (`trtq quantize --residual-qdq`)."""
+
+    def default_method(self) -> str:
+        """Fine-tuning starts from entropy ranges (TensorRT's EntropyCalibration2)."""
+        return "entropy"
 
 
 @dataclass(frozen=True)
@@ -158,29 +157,13 @@ class FinetuneResult:
                 "monitor_mask": self.monitor_mask.to_dict() if self.monitor_mask else None}
 
 
-def output_paths(model_path: Path, output_dir: str | None) -> tuple[Path, Path, Path, Path]:
-    """`<stem>.qat.int8.onnx`, `.qat.int8.cache`, `.qat.int8.json` and the checkpoint `.qat.ckpt`."""
-    directory = Path(output_dir) if output_dir else model_path.parent
-    stem = model_path.stem
-    return (directory / f"{stem}.qat.int8.onnx", directory / f"{stem}.qat.int8.cache",
-            directory / f"{stem}.qat.int8.json", directory / f"{stem}.qat.ckpt")
+QAT_TAG = "qat.int8"
+"""Fine-tuning writes `<stem>.qat.int8.onnx`, `.qat.int8.cache` and `.qat.int8.json` (`trtq.artifacts`)."""
 
 
-def resolve_device(device: str) -> torch.device:
-    """A torch device for `--device` ("cpu", "cuda", "cuda:N"), checked to exist."""
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise TrtqError(f"--device {device!r} is neither cpu nor cuda[:N].", "use --device cpu or --device cuda.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrtqError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU.",
-                        "install a CUDA build of PyTorch on a GPU machine, or use --device cpu.")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise TrtqError(f"--device {device!r} is not a valid device ({exc}).", "use --device cpu or cuda:0.") from exc
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise TrtqError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s).",
-                        "pick an existing GPU index.")
-    return resolved
+def checkpoint_path(model_path: str | Path, output_dir: str | None) -> Path:
+    """`<stem>.qat.ckpt` in the output folder: what `--resume` continues from."""
+    return output_directory(model_path, output_dir) / f"{Path(model_path).stem}.qat.ckpt"
 
 
 def device_name(device: torch.device) -> str:
@@ -199,12 +182,6 @@ def _train_options(options: FinetuneOptions) -> TrainOptions:
     if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
         raise TrtqError(f"--seed {options.seed!r} is not a whole number >= 0.", "give e.g. --seed 0.")
     return result
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else None
 
 
 def _data_hash(data: TrainingData) -> str:
@@ -238,21 +215,18 @@ def finetune(
     began = time.perf_counter()
     train_options = _train_options(options)
     device = resolve_device(options.device)
-    trt_version_code(options.trt_version)
     if options.batch_size < 1 or isinstance(options.batch_size, bool):
         raise TrtqError(f"--batch-size {options.batch_size!r} is not a positive integer.", "e.g. --batch-size 32.")
     prepared = api.prepare_model(model_path, options.exclude_nodes, options.exclude_ops,
                                  residual_qdq=options.residual_qdq)
-    onnx_path, cache_path, ranges_path, ckpt_path = output_paths(prepared.path, options.output_dir)
+    paths = artifact_paths(prepared.path, options.output_dir, QAT_TAG)
+    ckpt_path = checkpoint_path(prepared.path, options.output_dir)
     inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
-    check_destinations([onnx_path, cache_path, ranges_path, ckpt_path], inputs)  # before training, not after
+    check_destinations([*paths.destinations(), ckpt_path], inputs)  # before training, not after
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")
 
-    quantize_options = api.QuantizeOptions(method=options.method, percentile=options.percentile,
-                                           exclude_nodes=tuple(options.exclude_nodes),
-                                           exclude_ops=tuple(options.exclude_ops), trt_version=options.trt_version)
     monitor_ds = api.open_data(prepared.model, calib, data, purpose="fine-tune", progress=progress)
     prepared = prepared.at_shapes(monitor_ds.shapes)
     train_ds = monitor_ds if train_data is None else \
@@ -260,13 +234,15 @@ def finetune(
     eval_ds = monitor_ds if eval_data is None else \
         api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
     if ranges is None:
-        table = api.calibrate_prepared(prepared, monitor_ds, options=quantize_options, progress=progress).ranges
+        # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
+        table = api.calibrate_prepared(prepared, monitor_ds, options=replace(options, device="cpu"),
+                                       progress=progress).ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
     else:
         table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
         ranges_from = f"ranges file {ranges}" if not isinstance(ranges, RangesTable) else "given ranges"
 
-    fixed = _fixed_batch(prepared.model)
+    fixed = api.fixed_batch(prepared.model)
     batch_size = fixed or options.batch_size
     labels = None
     if options.labels is not None and options.labels is not False:
@@ -285,12 +261,9 @@ def finetune(
                          str(train_ds.source), fix)
     data_train.to(device)
 
-    from trtq.torch import OnnxModule
-
     torch.manual_seed(options.seed)
-    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device)
+    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device, calibration=table)
     teacher = OnnxModule(prepared.model, device=device)
-    qmodel.calibration = table
     qmodel.check_supported(eval_batches[0])
     outputs = tuple(qmodel.output_names)
     if loss is not None:
@@ -334,15 +307,11 @@ def finetune(
     learned.update(exported.activation_amax)
     out_table = replace(table, amax=learned, options={**table.options, "qat_steps": training.steps,
                                                       "qat_lr": options.lr, "qat_scale_lr": options.scale_lr})
-    cache_amax = {n: learned[n] for n in prepared.placement.calibrated_tensors if n in learned}
-    write_files_atomically({
-        onnx_path: exported.model.SerializeToString(),
-        cache_path: format_cache(cache_amax, options.trt_version, table.method),
-        ranges_path: out_table.to_json().encode("utf-8"),
-    }, inputs=inputs)
+    cache = cache_amax(learned, prepared.placement.calibrated_tensors)
+    artifacts(paths, exported.model, out_table, cache, options.trt_version).write(inputs=inputs)
     return FinetuneResult(
-        model=str(prepared.path), onnx_path=str(onnx_path), cache_path=str(cache_path),
-        ranges_path=str(ranges_path), checkpoint_path=str(ckpt_path), device=str(device),
+        model=str(prepared.path), onnx_path=str(paths.onnx), cache_path=str(paths.cache),
+        ranges_path=str(paths.ranges), checkpoint_path=str(ckpt_path), device=str(device),
         device_name=device_name(device), ranges_from=ranges_from, training=training, parity=parity,
         comparison=comparison, seconds=time.perf_counter() - began, notes=tuple(notes), monitor_mask=monitor.mask,
     )

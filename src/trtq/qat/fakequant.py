@@ -16,9 +16,13 @@ trained with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch
 
 from trtq.formats.ranges import MIN_AMAX
+from trtq.torch.ops import OpContext, OpDef
 
 QMIN, QMAX = -128, 127
 """Signed 8-bit range of ONNX QuantizeLinear (zero point 0): saturation bounds."""
@@ -98,15 +102,13 @@ def quantized_codes(x: torch.Tensor, scale: torch.Tensor, axis: int | None = Non
     return torch.clamp(torch.round(x / s), QMIN, QMAX).to(torch.int32)
 
 
-def register_executor_op() -> None:
-    """Teach trtq's ONNX executor (`trtq.torch.OnnxModule`) the fake-quantization node.
+def _run_fake_quantize(ctx: OpContext, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return fake_quantize(x, log_ratio, base, ctx.get("axis"))
 
-    The node reads (tensor, log_ratio, base_scale) and has an optional `axis` attribute (per
-    channel). It exists only in the in-memory training graph; exports write real Q/DQ pairs.
-    """
-    from trtq.torch.ops import OPS, OpContext, OpDef
 
-    def run(ctx: OpContext, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(x, log_ratio, base, ctx.get("axis"))
+EXECUTOR_OPS: Mapping[str, OpDef] = MappingProxyType({OP_TYPE: OpDef(_run_fake_quantize)})
+"""The fake-quantization node for trtq's ONNX executor: `OnnxModule(graph, ops=EXECUTOR_OPS)`.
 
-    OPS.setdefault(OP_TYPE, OpDef(run))
+The node reads (tensor, log_ratio, base_scale) and has an optional `axis` attribute (per
+channel). It exists only in the in-memory training graph; exports write real Q/DQ pairs.
+"""

@@ -22,9 +22,10 @@ from onnx import TensorProto, helper, numpy_helper
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
-from trtq.qat.fakequant import OP_TYPE, quantized_codes, register_executor_op, step_size
+from trtq.qat.fakequant import EXECUTOR_OPS, OP_TYPE, quantized_codes, step_size
 from trtq.quantize.placement import Placement
 from trtq.quantize.qdq import insert_after_producers, scale_and_zero_point, unique_name
+from trtq.torch import OnnxModule
 
 TRAINABLE_INPUTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
@@ -133,22 +134,20 @@ class QatModel(torch.nn.Module):
     exported Q/DQ model gives; weights, biases and step sizes are trainable parameters.
 
     `source` is the normalised FP32 model and `placement` its Q/DQ plan (`trtq.api.prepare_model`);
-    `activation_amax` are the PTQ ranges the activation step sizes start from.
+    `activation_amax` are the PTQ ranges the activation step sizes start from, and `calibration`
+    the ranges table they came from, where known.
     """
 
     def __init__(self, source: onnx.ModelProto, placement: Placement, activation_amax: Mapping[str, float],
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", calibration: RangesTable | None = None) -> None:
         super().__init__()
-        from trtq.torch import OnnxModule
-
-        register_executor_op()
         self.source = source
         self.placement = placement
         self.initial_amax = {t: float(activation_amax[t]) for t in placement.activation_tensors}
-        self.calibration: RangesTable | None = None
-        """The PTQ ranges table the step sizes started from, where known (`trtq.qat.prepare`)."""
+        self.calibration = calibration
+        """The PTQ ranges table the step sizes started from, where known."""
         graph, self.quantizers = training_graph(source, placement, activation_amax)
-        self.net = OnnxModule(graph, device=device)
+        self.net = OnnxModule(graph, device=device, ops=EXECUTOR_OPS)
         self.input_names: tuple[str, ...] = self.net.input_names
         self.output_names: tuple[str, ...] = self.net.output_names
         self.weight_names: tuple[str, ...] = trainable_initializers(source)

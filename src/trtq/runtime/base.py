@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import onnx
 
+from trtq.devices import check_device, resolve_device
+
 
 @runtime_checkable
 class Runner(Protocol):
@@ -29,11 +31,11 @@ RunnerFactory = Callable[[onnx.ModelProto], Runner]
 
 def runner_factory(device: str = "cpu") -> RunnerFactory:
     """onnxruntime on the CPU for `cpu`, else the PyTorch executor on that device (`cuda`, `cuda:N`)."""
-    if device == "cpu":
+    if check_device(device) == "cpu":
         from trtq.runtime.ort_runner import OrtRunner
 
         return OrtRunner.from_model
-    from trtq.runtime.torch_runner import TorchRunner, resolve_torch_device
+    resolved = resolve_device(device)
+    from trtq.runtime.torch_runner import TorchRunner
 
-    resolved = resolve_torch_device(device)
     return lambda model: TorchRunner(model, resolved)

@@ -11,20 +11,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from trtq.errors import TrtqError
-
-
-def resolve_torch_device(device: str) -> object:
-    """The torch device for `--device`, or TrtqError when torch is missing or the device is not there."""
-    try:
-        import torch  # noqa: F401  (optional dependency)
-    except ImportError as exc:
-        raise TrtqError(f"--device {device} runs models with PyTorch, which is not installed.",
-                        "pip install 'trtq[gpu]' (a CUDA build of torch for your driver), or use --device cpu.") from exc
-    from trtq.calibrate.backend_torch import resolve_device
-
-    return resolve_device(device)
-
 
 class TorchRunner:
     """Runs a model with `OnnxModule` on a torch device; inputs and outputs are numpy arrays."""

@@ -1,27 +1,25 @@
 """Run ONNX graphs with PyTorch (needs the optional `torch` dependency: pip install 'trtq[gpu]').
 
 `OnnxModule` executes an ONNX model node by node with torch ops on CPU or CUDA; calibration uses
-it to observe activations on the GPU, and fine-tuning can train its parameters. The QAT entry
-points `prepare` and `export` (trtq.torch_api) are imported on first use: they pull in
-`torch.export`, which `--device cuda` calibration does not need and which costs its start-up time.
+it to observe activations on the GPU, and fine-tuning can train its parameters. This package is
+the executor only: it imports nothing of the stages above it (calibration, quantization, QAT),
+which hand it what they need (e.g. extra ops: `OnnxModule(model, ops={...})`). PyTorch users'
+QAT entry points are `trtq.qat.prepare` and `trtq.qat.export`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from trtq.torch.module import OnnxModule
-from trtq.torch.ops import OPS, Unsupported
+from trtq.torch.ops import OPS, OpContext, OpDef, Unsupported
 
-if TYPE_CHECKING:
-    from trtq.torch_api import export, prepare
+__all__ = ["OPS", "OnnxModule", "OpContext", "OpDef", "Unsupported"]
 
-__all__ = ["OPS", "OnnxModule", "Unsupported", "export", "prepare"]
+MOVED = {"prepare": "trtq.qat.prepare", "export": "trtq.qat.export"}
+"""Names this package once re-exported, and where they live now (said by the AttributeError)."""
 
 
 def __getattr__(name: str) -> object:
-    if name in ("export", "prepare"):
-        import trtq.torch_api
-
-        return getattr(trtq.torch_api, name)
+    if name in MOVED:
+        raise AttributeError(f"trtq.torch.{name} moved to {MOVED[name]} (import trtq.qat as tq; tq.{name}(...)): "
+                             "trtq.torch is the ONNX executor alone, below the QAT stage")
     raise AttributeError(f"module 'trtq.torch' has no attribute {name!r}")

@@ -93,10 +93,13 @@ class OnnxModule(torch.nn.Module):
     `run(feeds, outputs, watch=..., hook=...)` computes only what the requested outputs and
     watched tensors need and calls `hook(name, tensor)` as soon as each watched tensor exists,
     so callers can reduce intermediates without keeping them (calibration statistics).
+
+    `ops` adds op types (or replaces implementations) for this module only, over the registry
+    `OPS`: how a stage above hands the executor a node of its own (QAT's fake quantizer).
     """
 
     def __init__(self, model: onnx.ModelProto, device: str | torch.device = "cpu",
-                 host_copy_limit: int = HOST_COPY_LIMIT) -> None:
+                 host_copy_limit: int = HOST_COPY_LIMIT, ops: Mapping[str, OpDef] | None = None) -> None:
         super().__init__()
         graph = model.graph
         self.opset = default_opset(model)
@@ -121,7 +124,7 @@ class OnnxModule(torch.nn.Module):
         initializers = {init.name for init in graph.initializer}
         self.input_names: tuple[str, ...] = tuple(i.name for i in graph.input if i.name not in initializers)
         self.output_names: tuple[str, ...] = tuple(o.name for o in graph.output)
-        self._nodes = _topological(graph, set(self.input_names) | initializers)
+        self._nodes = _topological(graph, set(self.input_names) | initializers, {**OPS, **(ops or {})})
         self._producer = {out: node for node in self._nodes for out in node.outputs}
         self._fallbacks: dict[int, OrtNode] = {}
         self._runtime_fallback: set[str] = set()
@@ -428,8 +431,9 @@ def _initializer_tensor(init: onnx.TensorProto) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True))
 
 
-def _topological(graph: onnx.GraphProto, available: set[str], counter: Iterator[int] | None = None) -> list[_Node]:
-    """The graph's nodes in an order where every input is produced before use."""
+def _topological(graph: onnx.GraphProto, available: set[str], ops: Mapping[str, OpDef],
+                 counter: Iterator[int] | None = None) -> list[_Node]:
+    """The graph's nodes in an order where every input is produced before use, each with its op from `ops`."""
     counter = itertools.count() if counter is None else counter
     protos = list(graph.node)
     ready = set(available) | {""}
@@ -456,23 +460,24 @@ def _topological(graph: onnx.GraphProto, available: set[str], counter: Iterator[
     for proto in order:
         index = next(counter)
         default = proto.domain in ("", "ai.onnx")
-        opdef = OPS.get(proto.op_type) if default else None
+        opdef = ops.get(proto.op_type) if default else None
         attrs = {a.name: _attribute(a) for a in proto.attribute}
         inputs = [name for name in proto.input if name]
         branches = None
         if default and proto.op_type == "If" and opdef is None:
-            branches = (_branch(attrs["then_branch"], counter), _branch(attrs["else_branch"], counter))  # type: ignore[arg-type]
+            branches = (_branch(attrs["then_branch"], ops, counter),  # type: ignore[arg-type]
+                        _branch(attrs["else_branch"], ops, counter))  # type: ignore[arg-type]
             inputs += [name for b in branches for name in _outer_names(b)]
         nodes.append(_Node(index, proto, proto.name or f"{proto.op_type}_{index}", opdef, attrs,
                            tuple(o for o in proto.output if o), tuple(dict.fromkeys(inputs)), branches))
     return nodes
 
 
-def _branch(graph: onnx.GraphProto, counter: Iterator[int]) -> _Branch:
+def _branch(graph: onnx.GraphProto, ops: Mapping[str, OpDef], counter: Iterator[int]) -> _Branch:
     produced = {out for node in graph.node for out in node.output}
     inits = {init.name: _initializer_tensor(init) for init in graph.initializer}
     outer = {name for node in graph.node for name in node.input if name and name not in produced}
-    nodes = _topological(graph, outer | set(inits) | {i.name for i in graph.input}, counter)
+    nodes = _topological(graph, outer | set(inits) | {i.name for i in graph.input}, ops, counter)
     return _Branch(nodes, inits, tuple(o.name for o in graph.output))
 
 

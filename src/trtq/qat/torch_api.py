@@ -1,6 +1,6 @@
 """PyTorch users' QAT flow, in place of pytorch-quantization's:
 
-    import trtq.qat as tq                   # also trtq.torch.prepare / trtq.torch.export
+    import trtq.qat as tq
     qmodel = tq.prepare(module, example_inputs, calib=loader, method="entropy")  # PTQ, TensorRT placement
     train(qmodel)                           # optional: the user's own loop and loss (QAT)
     tq.export(qmodel, "model.qat.int8.onnx", example_inputs, dynamic_axes={"input": {0: "batch"}})
@@ -163,8 +163,7 @@ def prepare(
     if device is None:
         param = next(module.parameters(), None)
         device = param.device if param is not None else "cpu"
-    qmodel = QatModel(model, placement, result.ranges.amax, device=device)
-    qmodel.calibration = result.ranges
+    qmodel = QatModel(model, placement, result.ranges.amax, device=device, calibration=result.ranges)
     qmodel.check_supported({name: a.detach() for name, a in zip(qmodel.input_names, args)})
     return qmodel
 
