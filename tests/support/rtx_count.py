@@ -8,7 +8,9 @@ graph is read with onnx alone:
   from a DequantizeLinear, directly or through ops that only move or relabel data (Identity,
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Cast);
 - it runs quantized when an engine layer that names it in its metadata, other than a generated
-  pointwise kernel (`kgen`), reads only Int8/FP8 data at run time (its constants aside).
+  pointwise or data-movement kernel (type `kgen`, named `__myl_<ops>`), reads only Int8/FP8 data at
+  run time (its constants aside). Fused kernels of type `kgen` with their own names (the attention
+  kernel `_gemm_mha_v2` that does both attention MatMuls and the Softmax) count.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def count(onnx_path: str | Path, shapes: dict[str, tuple[int, ...]], capability:
     """Build `onnx_path` at `shapes` (portable engine unless `capability`) and count its quantized layers."""
     quantized = quantized_layers(onnx.load(str(onnx_path), load_external_data=False))
     low = {name for layer in engine_layers(str(onnx_path), shapes, capability)
-           if layer.kind != "kgen" and layer.runtime_inputs and all(t in LOW for t in layer.runtime_inputs)
+           if not (layer.kind == "kgen" and layer.name.startswith("__myl_"))
+           and layer.runtime_inputs and all(t in LOW for t in layer.runtime_inputs)
            for name in layer.onnx_nodes if name in quantized}
     return Count(quantized, frozenset(low))
