@@ -7,7 +7,8 @@ build read without trtq's code (tests/support/rtx_count.py):
 
 - both name the same quantized layers and the same ones running in INT8;
 - every quantized Conv/Gemm/MatMul runs in INT8; the only exceptions are those of
-  tests/support/verify_checks.py (ConvTranspose in float, pairs before average pooling unfused).
+  tests/support/verify_checks.py (ConvTranspose in float, pairs before average pooling unfused)
+  and the unfused pairs named per model in UNFUSED_READERS, each with its reason.
 
 Each case takes 5-30 s here (export, calibration, two builds), so all are marked `slow`
 (`python -m pytest --slow tests/verify/test_verify_heldout.py`). Skipped with the reason where
@@ -33,6 +34,24 @@ from verify_checks import assert_quantized_layers_run_quantized  # noqa: E402
 
 from trtq import api  # noqa: E402
 from trtq.cli import main  # noqa: E402
+
+
+UNFUSED_READERS = {
+    "resnext": frozenset({"Add"}),
+    "retinanet": frozenset({"Add"}),
+    "yolov8n": frozenset({"MaxPool"}),
+}
+"""Pairs that do not fuse in TensorRT-RTX 1.7 although datacenter TensorRT fuses them (trtq's reading of the
+build logs; the layers around them all run in INT8):
+
+- Add: the pair on a residual skip input whose only reader is the Add (ResNeXt's projection shortcut, the
+  FPN's upsampled top-down path). TensorRT-RTX adds in a generated float kernel after the convolution, so
+  it quantizes and dequantizes the skip in float; TensorRT 10/11 fuse the Add into the convolution and
+  read the skip in INT8, which is why trtq (as ModelOpt) quantizes it.
+- MaxPool: in YOLOv8's SPPF block (three chained 5x5 stride-1 MaxPools, all four tensors concatenated),
+  TensorRT-RTX runs the first two MaxPools in float and the third on Int8 data; datacenter TensorRT has
+  INT8 pooling.
+"""
 
 
 def trtq(*args: str) -> dict:
@@ -63,7 +82,7 @@ def test_heldout_model_runs_int8_and_verify_agrees_with_an_independent_count(nam
     quantized = trtq("quantize", str(onnx_path), "--calib", str(tmp_path / "calib.npy"),
                      "--output-dir", str(tmp_path / "out"))
     result = api.verify(quantized["onnx_path"], progress=False)  # the shapes the quantize run recorded
-    assert_quantized_layers_run_quantized(result, "int8")
+    assert_quantized_layers_run_quantized(result, "int8", UNFUSED_READERS.get(name, frozenset()))
 
     independent = rtx_count.count(quantized["onnx_path"], {"x": model.shape})
     assert {v.node: v.op_type for v in result.layers} == independent.quantized
