@@ -5,6 +5,7 @@ Tolerances: a tiny conv net quantized with max ranges keeps its output within 25
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, sav
 from trtq import api, artifacts
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
+from trtq.report import RunRecord, build_report, load_records
 from trtq.model import parse_shapes
 
 
@@ -189,8 +191,9 @@ def test_target_and_fp16_through_the_api(conv_case):
     r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         method="max", target="snr>=20", target_data=str(tmp / "val.npy"), high_precision="fp16",
         output_dir=str(tmp / "mp")), progress=False)
-    assert r.mixed["holds"] and r.mixed["final_metric"] >= 20
-    assert r.precision["mode"] == "fp16" and r.precision["fp16_nodes"] > 0
+    assert r.mixed.holds and r.mixed.final_metric >= 20
+    assert r.precision.mode == "fp16" and len(r.precision.fp16_nodes) > 0
+    assert r.to_dict()["mixed"]["holds"] and r.to_dict()["precision"]["fp16_nodes"] == len(r.precision.fp16_nodes)
     assert "--fp16" in r.commands["tensorrt-10-implicit"]
     q = onnx.load(r.onnx_path)
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in q.graph.initializer)
@@ -234,6 +237,28 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     opened.clear()
     api.sensitivity(model, calib=tmp / "calib.npy", progress=False)
     assert opened == [str(tmp / "calib.npy")]
+
+
+def test_api_runs_leave_records_for_the_report(conv_case):
+    """quantize, sensitivity and compare called from Python save the run records `trtq report` reads, as the CLI does."""
+    tmp, model = conv_case
+    out = tmp / "out"
+    q = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method="max", output_dir=str(out)),
+                     progress=False, record=RunRecord({"model": str(model)}, command=["python"]))
+    run = api.sensitivity(model, calib=tmp / "calib.npy", options=api.QuantizeOptions(method="entropy"),
+                          progress=False, record=RunRecord({"model": str(model)}, directory=out))
+    api.compare(model, q.onnx_path, tmp / "val.npy", progress=False, record=RunRecord({}))  # beside the candidate
+    records = load_records(out)
+    assert set(records) == {"quantize", "sensitivity", "compare"} and records["quantize"].command == "python"
+    assert run.record_path == str(out / "trtq-sensitivity.json")
+    assert records["sensitivity"].result["sensitive_layers"] == list(run.sensitive_layers)
+    assert len(records["sensitivity"].result["layers"]) == len(run.result.layers) == 6  # 4 convs, the pool, the add
+    # entropy ranges, with histograms: those of the most sensitive layer's tensors come first
+    first = run.result.layers[0].tensors
+    assert 0 < len(records["sensitivity"].histograms) <= api.REPORT_HISTOGRAMS
+    assert [t for t in first if t in run.ranges.amax][0] in records["sensitivity"].histograms
+    assert records["compare"].result["samples"] == 10
+    assert [row.variant for row in build_report(out).metrics] == ["net.int8.onnx"]
 
 
 def test_unknown_method_is_refused_when_options_are_made():
@@ -316,8 +341,8 @@ def test_target_with_fp16_is_measured_on_the_model_as_written(bias_case):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(result.onnx_path).graph.initializer)
     written = api.compare(model, result.onnx_path, tmp / "calib.npy", progress=False)
     assert written.outputs[0].snr_db >= 40
-    assert written.outputs[0].snr_db == pytest.approx(result.mixed["final_metric"], abs=1e-3)
-    assert result.mixed["measured_on"].endswith("after the FP16 conversion, as written")
+    assert written.outputs[0].snr_db == pytest.approx(result.mixed.final_metric, abs=1e-3)
+    assert result.mixed.measured_on.endswith("after the FP16 conversion, as written")
 
 
 def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
@@ -331,7 +356,8 @@ def test_a_target_only_fp32_can_reach_is_not_met_in_fp16(bias_case):
     assert not (tmp / "out").exists()
     fp32 = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         target="snr>=200", output_dir=str(tmp / "out")), progress=False)
-    assert fp32.mixed["final_metric"] == "inf" and fp32.mixed["all_excluded"] and fp32.qdq_pairs == 0
+    assert fp32.mixed.final_metric == math.inf and fp32.mixed.all_excluded and fp32.qdq_pairs == 0
+    assert fp32.to_dict()["mixed"]["final_metric"] == "inf"  # the JSON view spells infinity out
 
 
 def test_arrays_and_dicts_of_arrays_are_data(conv_case):

@@ -96,7 +96,7 @@ def test_fp8_with_fp16_and_the_accuracy_tools(transformer_onnx, tmp_path):
                          progress=False)
     half = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
         precision="fp8", high_precision="fp16", output_dir=str(tmp_path / "b")))
-    assert half.precision["fp16_qdq_pairs"] > 0  # FP8 Q/DQ with FP16 scales, as opset 19 allows
+    assert half.precision.fp16_qdq_pairs > 0  # FP8 Q/DQ with FP16 scales, as opset 19 allows
     q = onnx.load(half.onnx_path)
     scale_types = {i.data_type for i in q.graph.initializer if i.name.endswith("_scale")}
     assert TensorProto.FLOAT16 in scale_types
@@ -112,7 +112,7 @@ def test_fp8_with_fp16_and_the_accuracy_tools(transformer_onnx, tmp_path):
     mixed = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
         precision="fp8", target=f"snr>={_snr(model, plain.onnx_path, held) + 1.0:.2f}", target_data=str(held_path),
         output_dir=str(tmp_path / "c")))
-    assert mixed.mixed["holds"] and mixed.mixed["excluded"]  # FP8 alone misses the bar by 1 dB
+    assert mixed.mixed.holds and mixed.mixed.excluded  # FP8 alone misses the bar by 1 dB
     kept = onnx.load(mixed.onnx_path)
     assert {i.data_type for i in kept.graph.initializer if i.name.endswith("_zero_point")} == {TensorProto.FLOAT8E4M3FN}
 
@@ -138,12 +138,12 @@ def test_smooth_keeps_every_matmul_int8_and_recovers_the_outliers(transformer_on
     before, after = _snr(model, plain.onnx_path, held), _snr(model, smooth.onnx_path, held)
     assert after >= 25.0 and after >= before + 15.0, (before, after)
     info = smooth.smoothing
-    assert info["alpha"] == "per layer" and len(info["tensors"]) == 8 and info["deviation"] < 1e-4
-    assert info["checked_samples"] == 8
+    assert info.alpha is None and len(info.tensors) == 8 and info.deviation < 1e-4  # alpha per layer
+    assert info.checked_samples == 8
     if kind == "vit":  # pre-LN: both LayerNorms of each layer take the division, no Mul
-        assert info["folded_into_layernorm"] == 4 and info["mul_nodes"] == 4
+        assert info.folded_into_layernorm == 4 and info.mul_nodes == 4
     else:  # post-LN: the LayerNorm outputs also feed the residual Adds
-        assert info["folded_into_layernorm"] == 0 and info["mul_nodes"] == 8
+        assert info.folded_into_layernorm == 0 and info.mul_nodes == 8
     assert _snr(model, smooth.smoothed_path, held) > 100.0  # the FP32 model the cache belongs to is the original
     assert smooth.commands["tensorrt-10-implicit"].startswith(f"trtexec --onnx={smooth.smoothed_path} ")
     ranges = json.loads(Path(smooth.ranges_path).read_text())
@@ -151,7 +151,7 @@ def test_smooth_keeps_every_matmul_int8_and_recovers_the_outliers(transformer_on
 
     again = api.quantize(model, ranges=smooth.ranges_path, progress=False,
                          options=api.QuantizeOptions(output_dir=str(tmp_path / "again")))
-    assert again.smoothing["checked_samples"] == 0  # no data to check on; the factors are the saved ones
+    assert again.smoothing.checked_samples == 0  # no data to check on; the factors are the saved ones
     assert np.array_equal(_run(again.onnx_path, held), _run(smooth.onnx_path, held))
 
 

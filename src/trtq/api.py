@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from trtq._io import Content, check_destinations
@@ -25,14 +24,13 @@ from trtq.artifacts import artifact_paths, artifacts, cache_amax, model_files
 from trtq.calibrate import CalibrationResult, run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.calibrate.auto import JudgedLayer
-from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import GRIDS, Grid
-from trtq.calibrate.ort_session import session_from_file
-from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
+from trtq.runtime.ort_session import session_from_file
+from trtq.data import Dataset, DataSource, PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.devices import check_device
 from trtq.errors import TrtqError
 from trtq.evaluate import ComparisonReport, compare_models
-from trtq.evaluate.mixed import node_pattern, search_mixed_precision
+from trtq.evaluate.mixed import MixedPrecisionResult, node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.evaluate.tables import score_tables
@@ -55,19 +53,10 @@ from trtq.model import (
 )
 from trtq.quantize import Placement, insert_qdq, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
-from trtq.quantize.precision import high_precision
+from trtq.quantize.precision import PrecisionResult, high_precision
 from trtq.quantize.qdq import MIN_OPSETS
-from trtq.quantize.smooth import (
-    CHECK_SAMPLES,
-    JUDGE_ROWS,
-    SmoothResult,
-    check_alpha,
-    check_equivalent,
-    group_factors,
-    smooth_model,
-    smoothing_groups,
-)
-from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path
+from trtq.quantize.smooth import SmoothResult, check_alpha, record_smoothing, smooth
+from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
 from trtq.tensorrt.layers import onnx_layer_name
@@ -76,6 +65,7 @@ from trtq.verify import VerifyOptions, VerifyResult, verify_model
 __all__ = [
     "CalibrationOptions",
     "DataOptions",
+    "PreprocessOverrides",
     "QuantizeOptions",
     "QuantizeResult",
     "TaskOptions",
@@ -99,7 +89,8 @@ class DataOptions:
     which input marks the real positions that accuracy is scored over."""
 
     preset: str | None = None
-    preprocess: Mapping[str, object] = field(default_factory=dict)
+    preprocess: PreprocessOverrides = PreprocessOverrides()
+    """Options on top of the preset (`trtq.data.PreprocessOverrides`: size, mean, std, ...)."""
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     limit: int | None = None
     mask: MaskRequest = True
@@ -272,10 +263,12 @@ class QuantizeResult:
     excluded_nodes: tuple[str, ...]
     calibration_seconds: float | None
     commands: dict[str, str]
-    mixed: dict | None = None
-    precision: dict | None = None
-    smoothing: dict | None = None
-    """What --smooth did (`SmoothResult.to_dict`), or None."""
+    mixed: MixedPrecisionResult | None = field(default=None, repr=False)
+    """What the --target search found (None without --target)."""
+    precision: PrecisionResult | None = field(default=None, repr=False)
+    """What --high-precision fp16 converted (None for fp32)."""
+    smoothing: SmoothResult | None = field(default=None, repr=False)
+    """What --smooth did (None without it)."""
     notes: tuple[str, ...] = ()
     data_path: str | None = None
     """The external weights file beside `onnx_path`, when the weights are stored apart."""
@@ -304,6 +297,9 @@ class QuantizeResult:
         """JSON-friendly view."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
         out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        for name in ("mixed", "precision", "smoothing"):
+            value = getattr(self, name)
+            out[name] = value.to_dict() if value is not None else None
         return out
 
 
@@ -441,7 +437,7 @@ def open_data(
     """
     inputs = graph_inputs(model)
     shapes = requested_shapes(inputs, options.shapes)
-    preprocess = resolve_preprocess(options.preset, dict(options.preprocess))
+    preprocess = resolve_preprocess(options.preset, options.preprocess)
     return open_dataset(source, inputs, shapes, preprocess=preprocess, limit=options.limit,
                         given=tuple(options.shapes), purpose=purpose, progress=progress)
 
@@ -561,65 +557,15 @@ def smooth_prepared(
     table: RangesTable | None = None,
     progress: bool = True,
 ) -> tuple[PreparedModel, SmoothResult]:
-    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth`), re-planned, and what was done.
-
-    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model), or from
-    `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is checked against
-    the original on the first calibration samples (when there is data) before anything else runs.
-    """
-    groups = smoothing_groups(prepared.model, prepared.placement)
-    channel_max = None
-    alpha = options.smooth_alpha
-    if table is not None and table.smoothing:
-        known = {group.tensor for group in groups}
-        unknown = sorted(set(table.smoothing) - known)
-        if unknown:
-            raise TrtqError(
-                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
-                f"{prepared.path} with these options.",
-                "use the same model, --precision and --exclude options as the run that wrote the table.",
-            )
-        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
-                   for name, entry in table.smoothing.items()}
-        setting = table.options.get("smooth")
-        alpha = float(setting) if isinstance(setting, (int, float)) else None
-    elif dataset is not None:
-        stats = channel_amax(prepared.model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
-                             device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
-                             rows=JUDGE_ROWS if alpha is None else 0, progress=progress)
-        channel_max = stats.amax
-        factors = group_factors(prepared.model, groups, stats.amax, alpha, stats.rows, options.grid)
-    else:
-        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
-                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
-    result = smooth_model(prepared.model, groups, factors, alpha, channel_max)
-    if dataset is not None:
-        result = check_equivalent(prepared.model, result, _first_samples(dataset, CHECK_SAMPLES),
-                                  source=str(prepared.path))
+    """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth.smooth`), re-planned,
+    and what was done: factors from `dataset`, or from `table`, a ranges table written by a --smooth run."""
+    result = smooth(prepared.model, prepared.placement, dataset, alpha=options.smooth_alpha, grid=options.grid,
+                    table=table, device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
+                    source=str(prepared.path), progress=progress)
     placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
                                cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
                                residual=prepared.residual_qdq)
     return replace(prepared, model=result.model, placement=placement), result
-
-
-def _first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
-    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
-    batches: list[Mapping[str, np.ndarray]] = []
-    seen = 0
-    for batch in dataset.batches(dataset.batch_size):
-        batches.append(batch)
-        seen += len(next(iter(batch.values())))
-        if seen >= count:
-            break
-    return batches
-
-
-def _record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
-    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
-    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
-               for t in smoothing.tensors}
-    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
-    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})
 
 
 def quantize(
@@ -669,7 +615,7 @@ def quantize(
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
         table, seconds = calibration.ranges, calibration.seconds
         if smoothing is not None:
-            table = _record_smoothing(table, smoothing)
+            table = record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
     if smoothing is None or fp8:
@@ -736,8 +682,8 @@ def quantize(
         cache_entries=len(cache or {}),
         excluded_nodes=placement.excluded_nodes,
         calibration_seconds=seconds,
-        mixed=mixed.to_dict() if mixed else None,
-        precision=precision.to_dict() if precision else None,
+        mixed=mixed,
+        precision=precision,
         shapes=shapes,
         shape_notes=shape_notes(calib_data, dataset),
         commands=build_commands(
@@ -750,7 +696,7 @@ def quantize(
                *_precision_notes(options, table.method, placement)),
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
-        smoothing=smoothing.to_dict() if smoothing else None,
+        smoothing=smoothing,
         smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,
@@ -811,6 +757,7 @@ def compare(
     batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> ComparisonReport:
     """Run FP32 and quantized models on the same samples and report agreement, plus task metrics
     (FP32 vs quantized top-1/top-5 or mAP) when `task` is given. Outputs an attention mask covers
@@ -818,9 +765,14 @@ def compare(
 
     `device` "cpu" runs both under onnxruntime; "cuda"/"cuda:N" with the PyTorch executor on that GPU.
     A candidate that is a TensorRT engine (.engine/.plan/.trt) runs in TensorRT where it is installed,
-    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them.
+    against the FP32 ONNX model on `device`, as Polygraphy's Comparator compares them. With `record`,
+    the run record for `trtq report` (`trtq-compare.json`; default beside the candidate) is saved too.
     """
     from trtq.tensorrt.runner import ENGINE_SUFFIXES
+
+    if record is not None:  # before the work: a bad output path costs seconds, not minutes
+        check_destinations([record.path("compare", candidate_path)],
+                           file_sources(reference_path, candidate_path, data_source))
 
     engine = Path(candidate_path).suffix.lower() in ENGINE_SUFFIXES
     reference = load_model(reference_path, load_external_data=False)  # the graph; onnxruntime reads the weights
@@ -839,7 +791,7 @@ def compare(
     else:
         second = make(load_model(candidate_path))
     runners = (first, second)
-    return compare_models(
+    report = compare_models(
         *runners,
         dataset,
         task=task.bind(dataset, reference) if task else None,
@@ -850,6 +802,9 @@ def compare(
         mask=data.mask,
         graph=reference,
     )
+    if record is not None:
+        record.write("compare", candidate_path, report.to_dict())
+    return report
 
 
 SENSITIVE_DB = 30.0
@@ -870,6 +825,13 @@ class SensitivityRun:
     """Which input shapes were taken from the data."""
     notes: tuple[str, ...] = ()
     """What the placement left out on its own (`PreparedModel.notes`)."""
+    record_path: str | None = None
+    """The run record for `trtq report` (when `sensitivity` was given `record`)."""
+
+    def record_result(self) -> dict:
+        """What the run record keeps: the analysis, the sensitive layers and the notes."""
+        return {**self.result.to_dict(), "sensitive_layers": list(self.sensitive_layers),
+                "shape_notes": list(self.shape_notes), "notes": list(self.notes)}
 
 
 def sensitivity(
@@ -884,14 +846,18 @@ def sensitivity(
     task: TaskOptions | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> SensitivityRun:
     """Per-layer sensitivity: how much the output degrades when only that layer is INT8.
 
     Ranges come from calibrating on `calib` or from a saved table; evaluation runs on
-    `data_source` (default: the calibration data).
+    `data_source` (default: the calibration data). With `record`, the run record for `trtq report`
+    (`trtq-sensitivity.json`, with the histograms of the most sensitive tensors) is saved too.
     """
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
+    if record is not None:  # before the work: a bad output path costs seconds, not minutes
+        check_destinations([record.path("sensitivity", model_path)], file_sources(model_path, calib, ranges, data_source))
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
                              options.precision, options.residual_qdq)
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
@@ -905,7 +871,7 @@ def sensitivity(
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else saved
     if calibration is not None and smoothing is not None:
-        table = _record_smoothing(calibration.ranges, smoothing)
+        table = record_smoothing(calibration.ranges, smoothing)
     assert table is not None  # exactly one of calib and ranges was given
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")
@@ -922,15 +888,22 @@ def sensitivity(
         mask=data.mask,
     )
     sensitive = tuple(layer.node for layer in result.layers if layer.snr_db < SENSITIVE_DB)
-    if options.precision != "int8" or smoothing is not None:  # no implicit build of this model: use --exclude-nodes
-        return SensitivityRun(result, table, calibration, sensitive, {}, shape_notes(calib_data, dataset),
-                              prepared.notes)
-    paths = artifact_paths(prepared.path, options.output_dir, "int8")
-    commands = build_commands(paths.onnx, paths.cache, prepared.path, data_shapes(prepared.model, data.shapes, dataset),
-                              layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
-                                                if n in prepared.layer_names})
-    return SensitivityRun(result, table, calibration, sensitive, {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]},
-                          shape_notes(calib_data, dataset), prepared.notes)
+    commands = {}
+    if options.precision == "int8" and smoothing is None:  # else no implicit build of this model: --exclude-nodes
+        paths = artifact_paths(prepared.path, options.output_dir, "int8")
+        commands = build_commands(paths.onnx, paths.cache, prepared.path,
+                                  data_shapes(prepared.model, data.shapes, dataset),
+                                  layer_precisions={prepared.layer_names[n]: "fp16" for n in sensitive
+                                                    if n in prepared.layer_names})
+        commands = {"tensorrt-10-implicit": commands["tensorrt-10-implicit"]}
+    run = SensitivityRun(result, table, calibration, sensitive, commands, shape_notes(calib_data, dataset),
+                         prepared.notes)
+    if record is None:
+        return run
+    histograms = sensitivity_histograms((layer.tensors for layer in result.layers),
+                                        calibration.stats if calibration else {}, table.amax, table.method,
+                                        REPORT_HISTOGRAMS)
+    return replace(run, record_path=str(record.write("sensitivity", model_path, run.record_result(), histograms)))
 
 
 def verify(

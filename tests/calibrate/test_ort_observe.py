@@ -11,7 +11,7 @@ from tiny_models import residual_conv_net, wide_conv_net
 import trtq.calibrate.ort_observe as ort_observe
 from trtq.calibrate.backend_ort import OrtBackend
 from trtq.calibrate.ort_observe import DOMAIN, insert_observers, make_observing_session, observer_library
-from trtq.calibrate.ort_session import NCHWC_DOMAIN
+from trtq.runtime.ort_session import NCHWC_DOMAIN
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
 

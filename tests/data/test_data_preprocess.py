@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trtq.data import PRESETS, Preprocess, bind_preprocess, letterbox_geometry, preprocess_image, resolve_preprocess
+from trtq.data import PRESETS, Preprocess, PreprocessOverrides, bind_preprocess, letterbox_geometry, preprocess_image, resolve_preprocess
 from trtq.data.preprocess import center_crop_geometry, output_range
 from trtq.errors import TrtqError
 
@@ -27,29 +27,29 @@ def test_presets_hold_the_documented_recipes() -> None:
     assert none == Preprocess() and none.resize == "resize" and none.mean == (0.0,) and none.std == (1.0,)
 
 
-def test_resolve_preprocess_applies_overrides_and_parses_cli_strings() -> None:
+def test_resolve_preprocess_applies_the_given_overrides() -> None:
     pre = resolve_preprocess(
-        "imagenet", {"size": "224", "color": "bgr", "scale": "1/255", "mean": "0.5,0.5,0.5", "std": None}
+        "imagenet", PreprocessOverrides(size=(224, 224), color="bgr", scale=1 / 255, mean=(0.5, 0.5, 0.5))
     )
     assert pre.size == (224, 224)
     assert pre.color == "BGR"
     assert pre.scale == pytest.approx(1 / 255)
     assert pre.mean == (0.5, 0.5, 0.5)
     assert pre.std == PRESETS["imagenet"].std  # None means "not given"
-    assert resolve_preprocess(None, {}) == PRESETS["none"]
-    assert resolve_preprocess("YOLO", {"size": "480x640"}).size == (480, 640)
+    assert resolve_preprocess(None) == resolve_preprocess(None, PreprocessOverrides()) == PRESETS["none"]
+    assert resolve_preprocess("YOLO", PreprocessOverrides(size=(480, 640))).size == (480, 640)
 
 
 def test_unknown_preset_names_the_choices() -> None:
     with pytest.raises(TrtqError, match="imagenet, yolo, none"):
-        resolve_preprocess("coco", {})
+        resolve_preprocess("coco")
 
 
-def test_unknown_or_unreadable_option_is_an_error() -> None:
-    with pytest.raises(TrtqError, match="'colour'"):
-        resolve_preprocess("none", {"colour": "RGB"})
+def test_an_invalid_override_is_an_error_naming_the_option() -> None:
+    with pytest.raises(TrtqError, match="color='RGBA'"):
+        resolve_preprocess("none", PreprocessOverrides(color="RGBA"))
     with pytest.raises(TrtqError, match="size"):
-        resolve_preprocess("none", {"size": "big"})
+        resolve_preprocess("none", PreprocessOverrides(size=(0, 640)))
 
 
 @pytest.mark.parametrize(

@@ -128,8 +128,8 @@ def test_sensitivity_and_target_score_over_real_tokens(bert_int8):
     result = api.quantize(model, calib, progress=False, options=api.QuantizeOptions(
         method="max", target=f"snr>={int8 + 2:.2f}", target_data=str(held_path),
         output_dir=str(held_path.parent / "target")))
-    assert abs(result.mixed["int8_metric"] - int8) < TOL_DB
-    assert result.mixed["mask"]["input"] == "attention_mask" and result.mixed["holds"]
+    assert abs(result.mixed.int8_metric - int8) < TOL_DB
+    assert result.mixed.mask.input == "attention_mask" and result.mixed.holds
 
 
 def test_cli_says_what_it_scored(bert_int8, capsys):

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from trtq.data import open_dataset, resolve_preprocess
+from trtq.data import PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
 from trtq.evaluate.detection import (
@@ -280,7 +280,7 @@ def test_detection_end_to_end_through_letterbox_and_coco(tmp_path):
     prediction[0, :, 0] = [16, 16, 8, 8, 0.0, 0.9]  # class index 1 -> category id 3
     model = _constant_yolo_model(prediction)
     inputs = graph_inputs(model)
-    pre = resolve_preprocess(None, {"resize": "letterbox"})
+    pre = resolve_preprocess(None, PreprocessOverrides(resize="letterbox"))
     dataset = open_dataset(root, inputs, {"image": (1, 3, 32, 32)}, preprocess=pre, workers=0)
     (tmp_path / "ann.json").write_text(json.dumps(_coco([("wide.png", 32, 64)], [(1, 3, (24, 8, 16, 16))])))
     task = make_task("detect", dataset, graph_outputs(model), coco=tmp_path / "ann.json", postprocess="yolov8")

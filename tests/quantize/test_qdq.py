@@ -64,7 +64,7 @@ def test_numerics_close_to_fp32():
     model = normalize_model(residual_conv_net())
     placement = plan_placement(model)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    from trtq.calibrate.ort_session import expose_tensors
+    from trtq.runtime.ort_session import expose_tensors
 
     names = list(placement.activation_tensors)
     probe = ort.InferenceSession(expose_tensors(model, [n for n in names if n != "input"]).SerializeToString())

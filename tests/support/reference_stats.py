@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
-from trtq.calibrate.ort_session import expose_tensors
+from trtq.runtime.ort_session import expose_tensors
 
 
 def plain_exposure_stats(model: onnx.ModelProto, tensors: Sequence[str], batches: Sequence[np.ndarray],

@@ -43,7 +43,7 @@ def test_smoothing_muls_fuse_into_the_kernels_before_them(transformer_onnx, tmp_
                          options=api.QuantizeOptions(method="max", output_dir=str(tmp_path / "plain")))
     smooth = api.quantize(model, tmp_path / "calib.npz", progress=False,
                           options=api.QuantizeOptions(method="max", smooth="auto", output_dir=str(tmp_path / "s")))
-    assert smooth.smoothing["mul_nodes"] == 8
+    assert smooth.smoothing.mul_nodes == 8
     before, after = engine_layers(plain.onnx_path, SHAPES), engine_layers(smooth.onnx_path, SHAPES)
     assert len(after) == len(before)  # the 8 Muls add no kernel: each joins its producer and the quantize after it
     gemms = [layer.inputs for layer in after if layer.kind == "gemm"]

@@ -245,7 +245,7 @@ class _Judge:
 
     def __init__(self, bags: _Bags, candidates: Mapping[str, Mapping[str, float]], current: Mapping[str, float],
                  grid: Grid, threads: int | None) -> None:
-        from trtq.calibrate.ort_session import make_session
+        from trtq.runtime.ort_session import make_session
 
         self.bags, self.grid, self.current = bags, grid, current
         self.reference = make_session(bags.reference, threads=threads)
@@ -396,7 +396,7 @@ def choose_ranges(
     `stats` must hold histograms of those tensors. Memory: one batch's activations at a time
     (plus the inputs of two-activation layers of the local batches).
     """
-    from trtq.calibrate.ort_session import make_session
+    from trtq.runtime.ort_session import make_session
 
     layers = [layer for layer in layers if layer.activations]
     tensors = list(dict.fromkeys(t for layer in layers for _, t in layer.activations))

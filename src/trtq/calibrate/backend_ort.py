@@ -3,7 +3,7 @@
 Where trtq's custom ops are built (the usual case), they fold each observed float32 tensor into
 fixed-size statistics inside the forward pass (`ort_observe`). Otherwise, and for the tensors
 they cannot take (graph inputs, other dtypes), each tensor is added as a graph output (in
-onnxruntime's blocked layout where that saves a copy, see `ort_session`), so one session run
+onnxruntime's blocked layout where that saves a copy, see `trtq.runtime.ort_session`), so one session run
 yields the activations of one batch; a worker thread folds them in and drops them. Either way
 memory stays bounded by one batch's activations whatever the number of samples.
 """
@@ -19,7 +19,7 @@ import onnx
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.ort_observe import ObservingSession, make_observing_session
-from trtq.calibrate.ort_session import (
+from trtq.runtime.ort_session import (
     _ORT_ERRORS,
     ExposingSession,
     make_exposing_session,

@@ -108,7 +108,7 @@ def channel_amax(
 
 def _on_cpu(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[str, np.ndarray]],
             found: dict[str, np.ndarray], kept: _Rows, bar: tqdm) -> None:
-    from trtq.calibrate.ort_session import make_session
+    from trtq.runtime.ort_session import make_session
 
     inputs = {vi.name for vi in model.graph.input}
     fetch = [name for name in names if name not in inputs]

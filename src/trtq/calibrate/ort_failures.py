@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from trtq.calibrate.ort_session import _ORT_ERRORS, make_session, ort_reason
+from trtq.runtime.ort_session import _ORT_ERRORS, make_session, ort_reason
 from trtq.errors import TrtqError
 
 ORT_ERRORS = _ORT_ERRORS

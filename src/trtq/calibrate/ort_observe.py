@@ -8,7 +8,7 @@ and folds it into a state row that Python owns (a numpy array whose address is t
 `state` attribute). The rule is StatsCollector's, batch by batch, so statistics are identical.
 
 The ops are inserted into onnxruntime's *optimised* graph (the offline-optimisation workflow of
-`ort_session`): optimising the model with the observed tensors exposed keeps each of them
+`trtq.runtime.ort_session`): optimising the model with the observed tensors exposed keeps each of them
 materialised, the ops then replace that exposure, and the edited graph is loaded with
 optimisations off. Where onnxruntime runs a tensor in its blocked NCHWc layout and copies it
 back to NCHW only for the exposure, the op reads the blocked tensor and the copy is dropped.
@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.calibrate.collector import NUM_BINS, TensorStats
-from trtq.calibrate.ort_session import _ROUTE_ERRORS, make_session, session_options, whole_block_channels
+from trtq.runtime.ort_session import _ROUTE_ERRORS, OrtSession, make_session, session_options, whole_block_channels
 from trtq.model import tensor_types
 
 DOMAIN = "trtq.observe"
@@ -179,11 +179,10 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
         onnx.save(optimized, str(directory / "observing.onnx"))
         options = session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
         options.register_custom_ops_library(library)
-        session = ort.InferenceSession(str(directory / "observing.onnx"), options, providers=["CPUExecutionProvider"])
+        # the folder goes with the session; the ops write into `state` for the session's lifetime
+        session = OrtSession(str(directory / "observing.onnx"), options, keep=(folder, state))
     except (*_ROUTE_ERRORS, ValueError) as exc:
         folder.cleanup()
         return None, f"statistics folded in Python (trtq's observer route failed: {type(exc).__name__}: {exc})"
-    session._trtq_files = folder  # removed when the session is garbage-collected
-    session._trtq_state = state  # the ops write into it for the session's lifetime
     outputs = tuple(sinks) + tuple(o.name for o in model.graph.output)
     return ObservingSession(session, state, tuple(tensors), outputs, tuple(blocked), bins), ""

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from trtq import api
 from trtq._format import fmt
-from trtq._io import check_destinations
-from trtq.artifacts import output_directory
 from trtq.cli.options import (
     add_calibration_options,
     add_data_options,
@@ -31,11 +29,7 @@ from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.mixed import node_pattern
 from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.sensitivity import SensitivityResult
-from trtq.report import histogram_summary, record_path, write_record, write_report
-
-HISTOGRAM_TENSORS = 6
-"""Most sensitive tensors whose calibration histograms go into the report."""
-
+from trtq.report import RunRecord, write_report
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add sensitivity and report."""
@@ -90,20 +84,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                f"drop {' '.join(extra)}, or calibrate again with --calib DATA.")
     calibration = calibration_options(args, method_option="--calib-method")
     exclude_ops = calibration["exclude_ops"]
-    directory = output_directory(args.model, args.output_dir)
-    check_destinations([record_path(directory, "sensitivity")], inputs=(args.model, args.calib, args.ranges, args.data))
     options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth)
-    run = api.sensitivity(
-        args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
-        options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
-        progress=show_progress(args),
-    )
-    result, table = run.result, run.ranges
-    stats = run.calibration.stats if run.calibration else {}
-    histograms = {}
-    for tensor in (t for layer in result.layers for t in layer.tensors):
-        if tensor in stats and tensor in table.amax and stats[tensor].has_histogram and len(histograms) < HISTOGRAM_TENSORS:
-            histograms[tensor] = histogram_summary(stats[tensor], table.amax[tensor], table.method)
     settings = {
         "model": str(args.model),
         "method": args.method,
@@ -116,9 +97,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "residual_qdq": args.residual_qdq,
         "smooth": args.smooth,
     }
-    record = write_record(directory, "sensitivity", settings=settings, histograms=histograms,
-                          result={**result.to_dict(), "sensitive_layers": list(run.sensitive_layers),
-                                  "shape_notes": list(run.shape_notes), "notes": list(run.notes)})
+    run = api.sensitivity(
+        args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
+        options=options, method=args.method, task=task_options(args), batch_size=args.batch_size,
+        progress=show_progress(args), record=RunRecord(settings, directory=args.output_dir),
+    )
+    result = run.result
+    record = Path(run.record_path or "")
     text = "\n".join([*run.shape_notes, *(f"note: {note}" for note in run.notes),
                       _sensitivity_text(result, args.top, record)])
     if run.sensitive_layers and "tensorrt-10-implicit" in run.commands:

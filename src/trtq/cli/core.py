@@ -9,8 +9,6 @@ from pathlib import Path
 
 from trtq import api
 from trtq._format import fmt
-from trtq._io import check_destinations
-from trtq.artifacts import output_directory
 from trtq.cli.options import (
     add_calibration_options,
     add_data_options,
@@ -27,7 +25,10 @@ from trtq.cli.options import (
     task_options,
 )
 from trtq.cli.output import add_output_options, emit, show_progress
-from trtq.report import RunRecord, record_path, write_record
+from trtq.evaluate.mixed import MixedPrecisionResult
+from trtq.quantize.precision import PrecisionResult
+from trtq.quantize.smooth import EQUIVALENCE_TOLERANCE, SmoothResult
+from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
 
@@ -170,21 +171,21 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
 
 
-def smoothing_lines(smoothing: dict | None) -> list[str]:
+def smoothing_lines(smoothing: SmoothResult | None) -> list[str]:
     """What --smooth did, in two lines."""
-    if not smoothing:
+    if smoothing is None:
         return []
-    tensors = smoothing["tensors"]
-    alphas = Counter(t["alpha"] for t in tensors)
+    tensors = smoothing.tensors
+    alphas = Counter(t.alpha for t in tensors)
     how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
-           if smoothing["alpha"] == "per layer" else f"alpha {smoothing['alpha']:g}")
-    left = (f"; {len(smoothing['left_alone'])} left alone (smoothing gained less than 1.25 dB there)"
-            if smoothing["left_alone"] else "")
-    checked = (f"FP32 outputs within {smoothing['deviation']:.2g} of their range of the original on "
-               f"{smoothing['checked_samples']} samples (allowed {smoothing['tolerance']:g})"
-               if smoothing["checked_samples"] else "not re-checked against the original (no data)")
-    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing['folded_into_layernorm']} folded into "
-             f"LayerNorms, {smoothing['mul_nodes']} by a Mul){left}"),
+           if smoothing.alpha is None else f"alpha {smoothing.alpha:g}")
+    left = (f"; {len(smoothing.left_alone)} left alone (smoothing gained less than 1.25 dB there)"
+            if smoothing.left_alone else "")
+    checked = (f"FP32 outputs within {smoothing.deviation:.2g} of their range of the original on "
+               f"{smoothing.checked_samples} samples (allowed {EQUIVALENCE_TOLERANCE:g})"
+               if smoothing.checked_samples else "not re-checked against the original (no data)")
+    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing.folded_into_layernorm} folded into "
+             f"LayerNorms, {smoothing.mul_nodes} by a Mul){left}"),
             f"    {checked}"]
 
 
@@ -210,51 +211,49 @@ def _choice_lines(result: api.QuantizeResult) -> list[str]:
     return lines
 
 
-def _mixed_lines(mixed: dict | None) -> list[str]:
-    if not mixed:
+def _mixed_lines(mixed: MixedPrecisionResult | None) -> list[str]:
+    if mixed is None:
         return []
-    int8 = mixed["int8"]
-    seen = "" if int8.get("samples") == mixed["final"].get("samples") else f" on {int8.get('samples')} samples"
-    lines = [f"  target {mixed['target']}: INT8 {fmt(mixed['int8_metric'], 4, spec='g')}{seen} -> "
-             f"{fmt(mixed['final_metric'], 4, spec='g')} with {len(mixed['excluded'])} layers kept out of INT8 "
-             f"({mixed['evaluations']} evaluations, {mixed['full_evaluations']:g} passes over the data, "
-             f"{mixed['seconds']:.1f} s: "
-             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed["phase_seconds"].items()) + ")"]
-    if mixed.get("measured_on", "the Q/DQ model") != "the Q/DQ model":
-        lines.append(f"    measured on {mixed['measured_on']}")
-    if mixed.get("all_excluded"):
+    seen = "" if mixed.int8.samples == mixed.final.samples else f" on {mixed.int8.samples} samples"
+    lines = [f"  target {mixed.target}: INT8 {fmt(mixed.int8_metric, 4, spec='g')}{seen} -> "
+             f"{fmt(mixed.final_metric, 4, spec='g')} with {len(mixed.excluded)} layers kept out of INT8 "
+             f"({len(mixed.steps)} evaluations, {mixed.full_evaluations:g} passes over the data, "
+             f"{mixed.seconds:.1f} s: "
+             + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in mixed.phase_seconds) + ")"]
+    if mixed.measured_on != "the Q/DQ model":
+        lines.append(f"    measured on {mixed.measured_on}")
+    if mixed.all_excluded:
         lines.append("    warning: the target holds only with every quantizable layer kept out of INT8, so the written "
                      "model runs nothing in INT8; relax the target to keep some INT8")
-    if mixed.get("mask"):
-        lines.append(f"    {mixed['mask']['sentence']}")
-    scored = (mixed.get("reference") or {}).get("scored_against")
-    if scored:
-        lines.append(f"    {scored['sentence']}")
-        if scored.get("warning"):
-            lines.append(f"    warning: {scored['warning']}")
-    lines += [f"    kept out: {layer['node']}" for layer in mixed["excluded"]]
-    if mixed["exclude_nodes"]:
-        lines.append("    reuse: " + " ".join(f"--exclude-nodes '{p}'" for p in mixed["exclude_nodes"]))
+    if mixed.mask is not None:
+        lines.append(f"    {mixed.mask.sentence()}")
+    scored = mixed.reference.scored_against if mixed.reference is not None else None
+    if scored is not None:
+        lines.append(f"    {scored.sentence()}")
+        if scored.warning:
+            lines.append(f"    warning: {scored.warning}")
+    lines += [f"    kept out: {layer.node}" for layer in mixed.excluded]
+    if mixed.exclude_nodes:
+        lines.append("    reuse: " + " ".join(f"--exclude-nodes '{p}'" for p in mixed.exclude_nodes))
     return lines
 
 
-def _precision_lines(precision: dict | None) -> list[str]:
-    if not precision:
+def _precision_lines(precision: PrecisionResult | None) -> list[str]:
+    if precision is None:
         return []
-    kept = precision["kept_fp32"]
-    return [f"  {precision['mode']}: {precision['fp16_nodes']} nodes in FP16, {len(kept)} kept in FP32"
-            + (" (" + ", ".join(f"{k['node']}: {k['reason']}" for k in kept[:3]) + (", ..." if len(kept) > 3 else "") + ")"
+    kept = precision.kept_fp32
+    return [f"  {precision.mode}: {len(precision.fp16_nodes)} nodes in FP16, {len(kept)} kept in FP32"
+            + (" (" + ", ".join(f"{k.node}: {k.reason}" for k in kept[:3]) + (", ..." if len(kept) > 3 else "") + ")"
                if kept else "")]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare FP32 and quantized outputs (and the task metric) on held-out data."""
-    directory = output_directory(args.candidate, args.output_dir)
-    check_destinations([record_path(directory, "compare")], inputs=(args.reference, args.candidate, args.data))
+    run_record = RunRecord(run_settings(args), directory=args.output_dir)
     report = api.compare(args.reference, args.candidate, args.data, data=data_options(args),
                          task=task_options(args), batch_size=args.batch_size, device=args.device,
-                         progress=show_progress(args))
-    record = write_record(directory, "compare", settings=run_settings(args), result=report.to_dict())
+                         progress=show_progress(args), record=run_record)
+    record = run_record.path("compare", args.candidate)
     parts = report.task.candidate.parts if report.task is not None else ()
     rows = (*report.outputs, *parts)
     top1 = any(o.top1_agreement is not None for o in rows)  # the column only where some output holds class scores

@@ -151,20 +151,17 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 def data_options(args: argparse.Namespace) -> api.DataOptions:
     """Collect the data options of a parsed command line."""
-    overrides: dict[str, object] = {}
+    size = None
     if args.size:
         try:
             h, w = (int(v) for v in args.size.lower().split("x"))
         except ValueError as exc:
             raise TrtqError(f"--size {args.size!r} is not HxW.", "e.g. --size 640x640") from exc
-        overrides["size"] = (h, w)
-    for key in ("resize", "pad_value", "color", "scale", "layout", "dtype"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.mean:
-        overrides["mean"] = _floats(args.mean, "--mean")
-    if args.std:
-        overrides["std"] = _floats(args.std, "--std")
+        size = (h, w)
+    overrides = api.PreprocessOverrides(
+        size=size, resize=args.resize, pad_value=args.pad_value, color=args.color, scale=args.scale,
+        mean=_floats(args.mean, "--mean") if args.mean else None, std=_floats(args.std, "--std") if args.std else None,
+        layout=args.layout, dtype=args.dtype)
     return api.DataOptions(preset=args.preset, preprocess=overrides, shapes=parse_shapes(args.shape), limit=args.limit,
                            mask=mask_request(args))
 

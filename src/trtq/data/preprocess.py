@@ -8,9 +8,8 @@ rather than a guess hidden in a loader.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -120,66 +119,34 @@ PRESETS: dict[str, Preprocess] = {
 """Named preprocessing recipes: torchvision/timm ImageNet eval, Ultralytics YOLO, plain /255."""
 
 
-def resolve_preprocess(preset: str | None, overrides: Mapping[str, object] | None = None) -> Preprocess:
-    """A preset (default "none") with explicit options applied on top.
+@dataclass(frozen=True)
+class PreprocessOverrides:
+    """Preprocessing options given on top of a preset (`--size`, `--mean`, ...); None keeps the preset's.
 
-    Overrides may be typed values or CLI strings ("224x224", "0.485,0.456,0.406", "1/255");
-    None values are skipped, so argparse namespaces can be passed through as they are.
+    Typed values only: the command line reads its strings into these (`trtq.cli.options.data_options`).
     """
+
+    size: tuple[int, int] | None = None
+    resize: str | None = None
+    pad_value: int | None = None
+    color: str | None = None
+    scale: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    layout: str | None = None
+    dtype: str | None = None
+
+
+def resolve_preprocess(preset: str | None, overrides: PreprocessOverrides | None = None) -> Preprocess:
+    """A preset (default "none") with the options `overrides` gives applied on top (checked by `Preprocess`)."""
     name = "none" if preset is None else str(preset).lower()
     if name not in PRESETS:
         raise TrtqError(
             f"Unknown preprocessing preset {preset!r}; the presets are {', '.join(PRESETS)}.",
             "choose one of them, or give explicit options (size, resize, color, scale, mean, std).",
         )
-    known = {f.name for f in fields(Preprocess)}
-    changes: dict[str, object] = {}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in known:
-            raise TrtqError(
-                f"Unknown preprocessing option {key!r}; the options are {', '.join(sorted(known))}.",
-                "check the option name.",
-            )
-        changes[key] = _coerce(key, value)
-    return replace(PRESETS[name], **changes)
-
-
-def _coerce(key: str, value: object) -> object:
-    """Turn a CLI string or scalar into the field's type; errors name the option."""
-    try:
-        if key == "size":
-            dims = _numbers(value, int, separators="x,")
-            if len(dims) == 1:
-                dims = dims * 2
-            return tuple(dims)
-        if key in ("mean", "std"):
-            return tuple(_numbers(value, float, separators=","))
-        if key == "scale":
-            return float(Fraction(value.strip())) if isinstance(value, str) else float(value)
-        if key == "pad_value":
-            return int(value)
-        if key == "layout" and isinstance(value, str) and value.lower() == "auto":
-            return None
-        return value
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
-        raise TrtqError(
-            f"Preprocessing option {key}={value!r} cannot be read ({exc}).",
-            "write sizes as 224 or 224x224, lists as 0.485,0.456,0.406, scale as 0.0039 or 1/255.",
-        ) from exc
-
-
-def _numbers(value: object, kind: type, separators: str) -> list:
-    if isinstance(value, str):
-        text = value.strip()
-        for sep in separators[1:]:
-            text = text.replace(sep, separators[0])
-        items = [p.strip() for p in text.split(separators[0]) if p.strip()]
-        return [float(Fraction(p)) if kind is float else int(p) for p in items]
-    if isinstance(value, Sequence):
-        return [kind(v) for v in value]
-    return [kind(value)]
+    given = {f.name: getattr(overrides, f.name) for f in fields(PreprocessOverrides)} if overrides else {}
+    return replace(PRESETS[name], **{key: value for key, value in given.items() if value is not None})
 
 
 def infer_layout(shape: Sequence[int]) -> str | None:

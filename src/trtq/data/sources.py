@@ -71,7 +71,18 @@ class Dataset:
 
     Each call of `batches` starts again from the first sample; every batch is a dict
     {input_name: array} with the batch dim first, in the model's dtypes, already validated.
+    What evaluation reads beyond the samples (labels, image files, preprocessing) is None for data
+    that has none: only an image folder has them (`ImageFolderDataset`).
     """
+
+    image_paths: tuple[Path, ...] | None = None
+    """The image file of each sample, in order."""
+    labels: tuple[int, ...] | None = None
+    """Each sample's class index, from the class sub-folders the images sit in."""
+    class_names: tuple[str, ...] | None = None
+    """The class sub-folders' names, by class index."""
+    preprocess: Preprocess | None = None
+    """How each image became a sample (size, resize mode, layout)."""
 
     def __init__(
         self,

@@ -41,9 +41,9 @@ def load_labels(source: str | Path | None, dataset: Dataset) -> Labels:
       (comma, tab or space separated) matched by file name. A label is a class index, or a
       class name when the data's class folders name the classes.
     """
-    paths = _image_paths(dataset)
-    folder_labels = getattr(dataset, "labels", None)
-    folder_names = getattr(dataset, "class_names", None)
+    paths = dataset.image_paths
+    folder_labels = dataset.labels
+    folder_names = dataset.class_names
     if source is None or (Path(source).is_dir() and _same_path(Path(source), dataset.source)):
         if folder_labels is None:
             raise TrtqError(
@@ -67,11 +67,6 @@ def _same_path(a: Path, b: Path) -> bool:
         return a.resolve() == Path(b).resolve()
     except OSError:
         return False
-
-
-def _image_paths(dataset: Dataset) -> tuple[Path, ...] | None:
-    paths = getattr(dataset, "image_paths", None)
-    return tuple(paths) if paths is not None else None
 
 
 def _check_count(count: int, dataset: Dataset, source: Path) -> None:

@@ -653,13 +653,13 @@ def image_metas(dataset: Dataset, ground_truth: Mapping | None) -> tuple[list[Im
     """
     name = dataset.inputs[0].name
     shape = dataset.shapes[name]
-    pre = getattr(dataset, "preprocess", None)
-    layout = getattr(pre, "layout", None) or "NCHW"
+    pre = dataset.preprocess
+    layout = (pre.layout if pre is not None else None) or "NCHW"
     input_hw = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
     by_file = {Path(im["file_name"]).name: im for im in (ground_truth or {}).get("images", []) if "file_name" in im}
-    paths = getattr(dataset, "image_paths", None)
+    paths = dataset.image_paths
     metas, ids = [], []
-    if paths is not None:
+    if paths is not None and pre is not None:
         missing = [p.name for p in paths if ground_truth is not None and p.name not in by_file]
         if missing:
             raise TrtqError(

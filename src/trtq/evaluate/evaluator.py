@@ -279,8 +279,7 @@ class Evaluator:
                  name: str) -> BaseException:
         """What to raise when a user's model (`runner`, from `model`) failed on `feed`: a TrtqError naming the
         sample where onnxruntime fails on it (see `explain_run_failure`), else `exc` itself."""
-        session = getattr(runner, "session", None)
-        reference = session if isinstance(session, ort.InferenceSession) else model
+        reference = runner.session if isinstance(runner, OrtRunner) else model
         if not isinstance(reference, (ort.InferenceSession, onnx.ModelProto)):
             return exc
         problem = explain_run_failure(reference, feed, first, name, str(self.dataset.source),
@@ -343,9 +342,8 @@ class Evaluator:
                 f"{user_model or label} has no output {missing[0]!r}; the FP32 model's outputs are {self.output_names}.",
                 "compare a quantized model with the FP32 model it was made from.",
             )
-        inner = getattr(session, "session", None)
-        unfed = [i.name for i in inner.get_inputs() if i.name not in self.dataset.input_names] \
-            if isinstance(inner, ort.InferenceSession) else []
+        unfed = [i.name for i in session.session.get_inputs() if i.name not in self.dataset.input_names] \
+            if isinstance(session, OrtRunner) else []
         if unfed:
             raise TrtqError(
                 f"{user_model or label} takes input {unfed[0]!r}, which the FP32 model does not have (its inputs are "

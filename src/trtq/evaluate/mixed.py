@@ -183,6 +183,11 @@ class MixedPrecisionResult:
         """Anchored regexes for `--exclude-nodes`, one per excluded layer."""
         return tuple(layer.pattern for layer in self.excluded)
 
+    @property
+    def full_evaluations(self) -> float:
+        """The search's cost in passes over the data (its evaluations' samples over the data's)."""
+        return round(sum(s.samples for s in self.steps) / max(self.final.samples, 1), 2)
+
     def require(self) -> MixedPrecisionResult:
         """Return self if the target holds, else raise a TrtqError saying how close it came."""
         if not self.holds:
@@ -214,7 +219,7 @@ class MixedPrecisionResult:
             "final": self.final.to_dict(),
             "ranking_method": self.ranking_method,
             "evaluations": len(self.steps),
-            "full_evaluations": round(sum(s.samples for s in self.steps) / max(self.final.samples, 1), 2),
+            "full_evaluations": self.full_evaluations,
             "steps": [
                 {"excluded": list(s.excluded), "metric": num(s.metric), "holds": s.holds, "phase": s.phase,
                  "samples": s.samples, "seconds": round(s.seconds, 3)}

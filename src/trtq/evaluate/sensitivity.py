@@ -35,7 +35,7 @@ from onnx import helper, shape_inference
 from tqdm import tqdm
 
 from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_failure
-from trtq.calibrate.ort_session import expose_tensors
+from trtq.runtime.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator

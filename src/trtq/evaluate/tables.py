@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from trtq.calibrate.ort_session import make_session
+from trtq.runtime.ort_session import make_session
 from trtq.evaluate.metrics import snr_db
 from trtq.quantize import Placement, insert_qdq
 

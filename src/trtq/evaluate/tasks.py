@@ -94,7 +94,7 @@ def make_task(
         bound: Labels | None = None
         if labels is not None:
             bound = load_labels(labels, dataset)
-        elif use_labels and getattr(dataset, "labels", None) is not None:
+        elif use_labels and dataset.labels is not None:
             bound = load_labels(None, dataset)
         return ClassificationTask(name, bound)
     if task == "detect":

@@ -37,14 +37,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from trtq.calibrate.grids import INT8, Grid
+from trtq.data import Dataset
 from trtq.errors import TrtqError
+from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.quantize.placement import Placement
 from trtq.quantize.qdq import insert_after_producers, unique_name
@@ -136,14 +138,24 @@ class SmoothResult:
     """Largest output change of the smoothed FP32 model against the original, relative to the output's range."""
     checked_samples: int = 0
 
+    @property
+    def folded_into_layernorm(self) -> int:
+        """Smoothed activations whose factors went into a LayerNormalization."""
+        return sum(t.folded_into is not None for t in self.tensors)
+
+    @property
+    def mul_nodes(self) -> int:
+        """Smoothed activations that got a Mul node."""
+        return sum(t.folded_into is None for t in self.tensors)
+
     def to_dict(self) -> dict:
         """JSON-friendly view (without the model)."""
         return {
             "alpha": self.alpha if self.alpha is not None else "per layer",
             "tensors": [t.to_dict() for t in self.tensors],
             "left_alone": list(self.left_alone),
-            "folded_into_layernorm": sum(t.folded_into is not None for t in self.tensors),
-            "mul_nodes": sum(t.folded_into is None for t in self.tensors),
+            "folded_into_layernorm": self.folded_into_layernorm,
+            "mul_nodes": self.mul_nodes,
             "deviation": self.deviation,
             "checked_samples": self.checked_samples,
             "tolerance": EQUIVALENCE_TOLERANCE,
@@ -395,9 +407,7 @@ def check_equivalent(
 ) -> SmoothResult:
     """Run both FP32 models on `batches`; return `smoothed` with its measured deviation, or raise
     TrtqError when an output moved by more than `tolerance` of its range."""
-    from dataclasses import replace
-
-    from trtq.calibrate.ort_session import make_session
+    from trtq.runtime.ort_session import make_session
 
     reference, candidate = make_session(original), make_session(smoothed.model)
     names = [o.name for o in original.graph.output]
@@ -423,3 +433,75 @@ def check_equivalent(
             "run without --smooth, or with a smaller alpha, and report the model to trtq's maintainers.",
         )
     return replace(smoothed, deviation=deviation, checked_samples=samples)
+
+
+def smooth(
+    model: onnx.ModelProto,
+    placement: Placement,
+    dataset: Dataset | None,
+    *,
+    alpha: float | None,
+    grid: Grid = INT8,
+    table: RangesTable | None = None,
+    device: str = "cpu",
+    drop_partial: bool = False,
+    source: str = "the model",
+    progress: bool = True,
+) -> SmoothResult:
+    """`model` smoothed where `placement` quantizes a MatMul's activation and weight (alpha fixed, or
+    chosen per activation when None), and what was done.
+
+    The factors come from per-channel maxima of `dataset` (one pass through the FP32 model on
+    `device`), or from `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is
+    checked against the original on the first samples (when there is data) before anything else runs.
+    """
+    from trtq.calibrate.channels import channel_amax
+
+    groups = smoothing_groups(model, placement)
+    channel_max = None
+    if table is not None and table.smoothing:
+        known = {group.tensor for group in groups}
+        unknown = sorted(set(table.smoothing) - known)
+        if unknown:
+            raise TrtqError(
+                f"The ranges table smooths tensor {unknown[0]!r}, which is not a smoothable MatMul input of "
+                f"{source} with these options.",
+                "use the same model, --precision and --exclude options as the run that wrote the table.",
+            )
+        factors = {name: (float(entry["alpha"]), np.asarray(entry["factors"], dtype=np.float32))
+                   for name, entry in table.smoothing.items()}
+        setting = table.options.get("smooth")
+        alpha = float(setting) if isinstance(setting, (int, float)) else None
+    elif dataset is not None:
+        stats = channel_amax(model, [g.tensor for g in groups], dataset, batch_size=dataset.batch_size,
+                             device=device, drop_partial=drop_partial, rows=JUDGE_ROWS if alpha is None else 0,
+                             progress=progress)
+        channel_max = stats.amax
+        factors = group_factors(model, groups, stats.amax, alpha, stats.rows, grid)
+    else:
+        raise TrtqError("--smooth needs --calib DATA: the smoothing factors come from the calibration data.",
+                        "pass --calib DATA (or --ranges FILE written by a --smooth run).")
+    result = smooth_model(model, groups, factors, alpha, channel_max)
+    if dataset is not None:
+        result = check_equivalent(model, result, first_samples(dataset, CHECK_SAMPLES), source=source)
+    return result
+
+
+def first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
+    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
+    batches: list[Mapping[str, np.ndarray]] = []
+    seen = 0
+    for batch in dataset.batches(dataset.batch_size):
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= count:
+            break
+    return batches
+
+
+def record_smoothing(table: RangesTable, smoothing: SmoothResult) -> RangesTable:
+    """`table` with the smoothing it was calibrated after (alpha in its options, factors per tensor)."""
+    entries = {t.tensor: {"alpha": t.alpha, "factors": [float(f) for f in t.factors]}  # type: ignore[union-attr]
+               for t in smoothing.tensors}
+    setting: float | str = smoothing.alpha if smoothing.alpha is not None else "auto"
+    return replace(table, smoothing=entries, options={**table.options, "smooth": setting})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,11 +29,28 @@ HISTOGRAM_BINS = 128
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What a command asks the API to save with its outputs, as one set: its options and command line."""
+    """What a caller asks the API to save for `trtq report`: its options and command line.
+
+    quantize writes the record with its outputs, as one set; compare and sensitivity, which write
+    nothing else, put it in `directory`.
+    """
 
     settings: Mapping[str, object]
     command: Sequence[str] | None = None
     """The command line (default: this process's)."""
+    directory: str | Path | None = None
+    """Where compare and sensitivity put the record (default: beside the model they read; quantize
+    writes it with its outputs)."""
+
+    def path(self, kind: str, beside: str | Path) -> Path:
+        """Where the record of `kind` goes: in `directory`, else in the folder of `beside`."""
+        return record_path(self.directory if self.directory else Path(beside).parent, kind)
+
+    def write(self, kind: str, beside: str | Path, result: Mapping[str, object],
+              histograms: Mapping[str, Mapping] | None = None) -> Path:
+        """Save the record of a run of `kind` (atomically) and return its path."""
+        return write_record(self.path(kind, beside).parent, kind, settings=self.settings, result=result,
+                            histograms=histograms, command=self.command)
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,17 @@ def write_record(
     write_files_atomically({path: record_bytes(kind, settings=settings, result=result, histograms=histograms,
                                                command=command)})
     return path
+
+
+def sensitivity_histograms(layers: Iterable[Sequence[str]], stats: Mapping[str, TensorStats],
+                           amax: Mapping[str, float], method: str, count: int) -> dict[str, dict]:
+    """Histogram summaries of the first `count` tensors of `layers` (each layer's tensors, most
+    sensitive layer first) that have a calibration histogram and a range."""
+    histograms: dict[str, dict] = {}
+    for tensor in (t for tensors in layers for t in tensors):
+        if len(histograms) < count and tensor in stats and tensor in amax and stats[tensor].has_histogram:
+            histograms[tensor] = histogram_summary(stats[tensor], amax[tensor], method)
+    return histograms
 
 
 def clipped_histograms(stats: Mapping[str, TensorStats], amax: Mapping[str, float], method: str,

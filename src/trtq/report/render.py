@@ -114,10 +114,7 @@ def build_report(directory: str | Path) -> Report:
             settings.append((f"{record.kind}: {key}", text))
     metrics: list[MetricsRow] = []
     task_label = None
-    mixed = None
-    if quantize is not None:  # the search result nested under "mixed", or the record's result itself
-        nested = quantize.result.get("mixed")
-        mixed = nested if nested else (quantize.result if {"int8", "final"} <= set(quantize.result) else None)
+    mixed = quantize.result.get("mixed") if quantize is not None else None  # QuantizeResult.mixed's JSON view
     if mixed:
         reference = mixed.get("reference")
         if reference:

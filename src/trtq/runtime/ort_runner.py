@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from trtq.calibrate.ort_session import make_session
+from trtq.runtime.ort_session import make_session
 
 
 class OrtRunner:

@@ -1,4 +1,9 @@
-"""onnxruntime CPU sessions for in-memory models, and sessions that expose inner tensors.
+"""onnxruntime CPU sessions for in-memory models and files, and sessions that expose inner tensors.
+
+Calibration, evaluation (through `trtq.runtime.ort_runner.OrtRunner`) and the checks that run a
+model once (smoothing's equivalence, --ranges tables) all make their sessions here. A session owns
+what onnxruntime reads while it lives (`OrtSession.keep`: weight buffers, a folder of optimised
+files), so nothing is attached to onnxruntime's objects from outside.
 
 Weights reach onnxruntime as external initializers (numpy arrays over each weight's raw bytes),
 so no session serialises the model. For calibration, observed tensors become graph outputs; on x86 CPUs onnxruntime
@@ -115,6 +120,18 @@ def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.Model
     return out
 
 
+class OrtSession(ort.InferenceSession):
+    """An onnxruntime CPU session that keeps alive what it reads for its lifetime: the numpy buffers
+    behind weights handed over as external initializers, or the temporary folder of the files it
+    was loaded from (removed when the session is garbage-collected)."""
+
+    def __init__(self, model: str | bytes, options: ort.SessionOptions, keep: tuple[object, ...] = (),
+                 disabled_optimizers: Sequence[str] | None = None) -> None:
+        self.keep = keep
+        """Objects that must live as long as the session."""
+        super().__init__(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers)
+
+
 def session_options(threads: int | None = None, spin: bool = True,
                     level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
     """CPU session options: `threads` intra-op threads; `spin=False` stops idle intra-op threads
@@ -132,7 +149,7 @@ def session_options(threads: int | None = None, spin: bool = True,
 def make_session(
     model: onnx.ModelProto, threads: int | None = None, spin: bool = True, outputs: Sequence[str] = (),
     save_optimized: Path | None = None, optimize_only: bool = False,
-) -> ort.InferenceSession:
+) -> OrtSession:
     """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
 
     Only the graph travels as protobuf bytes: large weights are handed to onnxruntime as
@@ -166,8 +183,9 @@ def make_session(
     if names:
         options.add_external_initializers(names, values)
     try:
-        session = ort.InferenceSession(expose_tensors(skeleton, outputs).SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers(model))
+        # onnxruntime may read the weight buffers for the session's lifetime
+        return OrtSession(expose_tensors(skeleton, outputs).SerializeToString(), options, keep=(arrays, values),
+                          disabled_optimizers=disabled_optimizers(model))
     except _ORT_ERRORS as exc:
         if "IR version" not in str(exc) and "opset" not in str(exc).lower():
             raise
@@ -176,12 +194,10 @@ def make_session(
             "upgrade onnxruntime, or re-export the model for an older IR version/opset "
             "(newer onnx packages write IR versions that older onnxruntime releases refuse).",
         ) from exc
-    session._trtq_weights = (arrays, values)  # onnxruntime may read the buffers for the session's lifetime
-    return session
 
 
 def session_from_file(path: str | Path, threads: int | None = None, graph: onnx.ModelProto | None = None
-                      ) -> ort.InferenceSession:
+                      ) -> OrtSession:
     """A CPU session that onnxruntime loads from the file itself (external data included), so the
     model is never held as a Python protobuf as well: half the memory for comparing large models.
 
@@ -191,8 +207,7 @@ def session_from_file(path: str | Path, threads: int | None = None, graph: onnx.
     if graph is None:
         graph = load_model(path, load_external_data=False)
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=disabled_optimizers(graph))
+        return OrtSession(str(path), session_options(threads), disabled_optimizers=disabled_optimizers(graph))
     except _LOAD_ERRORS as exc:
         raise TrtqError(
             f"onnxruntime cannot load {path} ({ort_reason(exc)}).",
@@ -305,11 +320,10 @@ def make_exposing_session(
             return ExposingSession(plain, {}, {})
         onnx.save(optimized, str(directory / "exposing.onnx"))
         options = session_options(threads, spin, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
-        session = ort.InferenceSession(str(directory / "exposing.onnx"), options, providers=["CPUExecutionProvider"])
+        session = OrtSession(str(directory / "exposing.onnx"), options, keep=(folder,))  # removed with the session
     except _ROUTE_ERRORS as exc:
         folder.cleanup()
         return ExposingSession(plain, {}, {}, _fallback_note(exc))
-    session._trtq_files = folder  # removed when the session is garbage-collected
     return ExposingSession(session, renamed, channels)
 
 

@@ -2,6 +2,7 @@
 onnxruntime's blocked (NCHWc) layout giving exactly the statistics of plain NCHW exposure."""
 
 import gc
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,9 +12,10 @@ from reference_stats import plain_exposure_stats
 from tiny_models import wide_conv_net
 
 from trtq.calibrate.backend_ort import OrtBackend
-from trtq.calibrate.ort_session import (
+from trtq.runtime.ort_session import (
     NCHWC_DOMAIN,
     ExposingSession,
+    OrtSession,
     bypass_reorders,
     expose_tensors,
     has_nchwc,
@@ -69,6 +71,26 @@ def test_make_session_passes_weights_without_serialising_them():
     got = session.run(["output", "p"], {"input": x})
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_sessions_own_what_onnxruntime_reads():
+    """The weight buffers and the folder of optimised files are the session's own (`OrtSession.keep`),
+    nothing attached to onnxruntime's object from outside; the folder goes when the session does."""
+    session = make_session(_weights_model())
+    assert isinstance(session, OrtSession) and isinstance(session, ort.InferenceSession)
+    arrays, values = session.keep
+    assert [a.size for a in arrays] == [64 * 64] and len(values) == 1  # W; B (bfloat16) stays in the graph
+    model, tensors, _ = _wide()
+    exposing = make_exposing_session(model, [t for t in tensors if t != "input"])
+    assert not [name for name in vars(exposing.session) if name.startswith("_trtq")]
+    if not exposing.renamed:
+        pytest.skip("the blocked-layout route (and its folder) is only used on x86-64 CPUs with NCHWc kernels")
+    (folder,) = exposing.session.keep
+    files = Path(folder.name)
+    assert (files / "exposing.onnx").is_file()
+    del exposing, folder
+    gc.collect()
+    assert not files.exists()
 
 
 def test_split_initializers_moves_only_large_raw_weights():
@@ -156,7 +178,7 @@ def test_blocked_route_that_cannot_write_falls_back_to_plain_exposure(monkeypatc
     """A temporary folder that cannot be written (disk full, say) gives the plain session and a note."""
     import tempfile
 
-    import trtq.calibrate.ort_session as ort_session
+    import trtq.runtime.ort_session as ort_session
 
     model, tensors, batches = _wide()
     if not has_nchwc(model):
@@ -203,7 +225,7 @@ def test_fp16_qdq_models_run_without_the_bias_folding_that_overflows(tmp_path):
     """onnxruntime's WeightBiasQuantization folds Conv biases to int32 in the scales' dtype: with FP16 scales
     that overflows. trtq's sessions skip it there (so the output is the graph's, as with all optimizations
     off) and keep it for FP32 scales (whose results must not move)."""
-    from trtq.calibrate.ort_session import disabled_optimizers, session_from_file
+    from trtq.runtime.ort_session import disabled_optimizers, session_from_file
 
     model, int8, fp16, x = _fp16_qdq(tmp_path)
     assert disabled_optimizers(model) == [] and disabled_optimizers(int8) == []
