@@ -474,11 +474,17 @@ DEFAULT_EVAL_BATCH = 32
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The first input's leading dim when it is a fixed number (every batch must have exactly that many
-    samples: calibration drops a partial last batch, training and evaluation use that size), else None."""
-    inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else None
+    """The leading dim of the first input that fixes it to a number (every batch must have exactly that
+    many samples: calibration drops a partial last batch, training and evaluation use that size), else None.
+
+    Any input counts, not only the first: a recurrent model exported with a dynamic `input [N, 576]` but
+    a fixed state `h [1, 1, 128]` (silero-vad's sequence model) takes one sample at a time.
+    """
+    for spec in graph_inputs(model):
+        first = spec.shape[0] if spec.shape else None
+        if isinstance(first, int) and first > 0:
+            return first
+    return None
 
 
 def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
