@@ -36,6 +36,10 @@ BUILD_SHAPES = {"ppocr-cls": {"x": (1, 3, 48, 48)}}
 """Where the zoo's data shape cannot be built: paddle2onnx names both of the classifier's spatial dims
 '?', and TensorRT takes dims of one name to be equal, so it refuses 48x64 (trtq verify says so, with
 the fix: tests/verify/test_verify_rtx.py); a square input is what the model can be built at."""
+UNFUSED_READERS = {"yolov8-ultralytics": frozenset({"MaxPool"})}
+"""Unfused pairs named per model: in YOLOv8's SPPF block (three chained 5x5 stride-1 MaxPools, all four
+tensors concatenated) TensorRT-RTX 1.7 runs the first two MaxPools in float, so the pairs before them do
+not fuse; datacenter TensorRT has INT8 pooling (also seen on the held-out YOLOv8n, test_verify_heldout.py)."""
 DEFAULT = {("ppocr-det", "int8")}
 """The PaddleOCR cases that run by default; the others are `slow`."""
 
@@ -59,7 +63,7 @@ def test_every_quantized_layer_of_every_zoo_model_runs_quantized(entry, variant,
     quantized = zoo.quantize(entry, tmp_path, precision=precision, high_precision=high_precision, method="max")
     shapes = BUILD_SHAPES.get(entry.name, entry.shapes)
     result = api.verify(quantized.onnx_path, api.VerifyOptions(shapes=shapes), progress=False)
-    assert_quantized_layers_run_quantized(result, precision)
+    assert_quantized_layers_run_quantized(result, precision, UNFUSED_READERS.get(entry.name, frozenset()))
 
     independent = rtx_count.count(quantized.onnx_path, shapes)
     assert {v.node: v.op_type for v in result.layers} == independent.quantized
