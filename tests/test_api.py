@@ -171,6 +171,47 @@ def test_fixed_batch_model_skips_partial_last_batch(tmp_path):
     assert r.samples == 8
 
 
+def state_net() -> onnx.ModelProto:
+    """A recurrent step as silero-vad's sequence model exports it: the data input's leading dim is
+    dynamic, the state's is fixed at 1, so samples cannot be stacked into batches.
+
+        x [T,8] -> MatMul(w1 8x4) -> xa [T,4] -> ReduceSum(0, keepdims) -> [1,4] --+
+        h [1,4] -> MatMul(w2 4x4) ------------------------------------------------ Add -> tanh -> h_next [1,4]
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["xa"], name="in_proj"),
+             helper.make_node("ReduceSum", ["xa", "axis0"], ["xs"], name="sum", keepdims=1),
+             helper.make_node("MatMul", ["h", "w2"], ["ha"], name="state_proj"),
+             helper.make_node("Add", ["xs", "ha"], ["pre"], name="add"),
+             helper.make_node("Tanh", ["pre"], ["h_next"], name="tanh")]
+    graph = helper.make_graph(
+        nodes, "state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8]),
+                         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("h_next", TensorProto.FLOAT, [1, 4])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32) * 0.3, "w1"),
+                     numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32) * 0.3, "w2"),
+                     numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_input_with_a_fixed_leading_dim_fixes_the_batch_even_when_the_first_is_dynamic(tmp_path):
+    """compare and --high-precision fp16 batched such a model by 4 and onnxruntime refused h (a traceback)."""
+    model = save(state_net(), tmp_path / "state.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((6, 8)).astype(np.float32),
+             h=rng.standard_normal((6, 4)).astype(np.float32))
+    assert api.fixed_batch(onnx.load(model)) == 1
+    r = api.quantize(model, tmp_path / "d.npz", options=api.QuantizeOptions(
+        method="max", high_precision="fp16", output_dir=str(tmp_path / "out")), progress=False)
+    assert r.samples == 6 and r.qdq_pairs > 0
+    report = api.compare(model, r.onnx_path, tmp_path / "d.npz")
+    assert report.samples == 6 and all(o.snr_db > 15 for o in report.outputs)
+
+
 def test_implicit_command_pins_excluded_layers_by_parser_layer_name(conv_case, tmp_path):
     tmp, _ = conv_case
     model = residual_conv_net(batch="N")

@@ -33,10 +33,10 @@ from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import MixedPrecisionResult, node_pattern, search_mixed_precision
 from trtq.evaluate.scoring import MaskRequest
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
-from trtq.evaluate.tables import score_tables
+from trtq.evaluate.tables import TableRunner
 from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, trt_version_code
-from trtq.formats.ranges import RangeChoice, RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 from trtq.model import (
     ModelInfo,
     check_structure,
@@ -275,9 +275,11 @@ class QuantizeResult:
     choices: dict[str, RangeChoice] = field(default_factory=dict)
     """Per quantized tensor, why it got its range (`--method auto`; also from a saved table)."""
     range_table: str | None = None
-    """`--method auto`: the candidate table kept ("per-tensor", "mse" or "percentile")."""
+    """`--method auto`: the candidate table kept ("mse", "per-tensor", or another candidate method's name)."""
     table_scores: dict[str, float] = field(default_factory=dict)
-    """`--method auto`: each candidate table's mean per-sample output SNR (dB) on the judging samples."""
+    """`--method auto`: each candidate table's output SNR (dB) on the judging samples it ran on."""
+    table_checks: dict[str, TableCheck] = field(default_factory=dict)
+    """`--method auto`: each candidate table's end-to-end check (samples, SNR, gain over mse with bounds)."""
     range_samples: int = 0
     """`--method auto`: the calibration samples the tables were scored on."""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -295,8 +297,10 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("calibration", "choices")}
+        skip = ("calibration", "choices", "table_checks")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
+        out["table_checks"] = {name: check.to_dict() for name, check in self.table_checks.items()}
         for name in ("mixed", "precision", "smoothing"):
             value = getattr(self, name)
             out[name] = value.to_dict() if value is not None else None
@@ -470,11 +474,17 @@ DEFAULT_EVAL_BATCH = 32
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The first input's leading dim when it is a fixed number (every batch must have exactly that many
-    samples: calibration drops a partial last batch, training and evaluation use that size), else None."""
-    inputs = graph_inputs(model)
-    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else None
+    """The leading dim of the first input that fixes it to a number (every batch must have exactly that
+    many samples: calibration drops a partial last batch, training and evaluation use that size), else None.
+
+    Any input counts, not only the first: a recurrent model exported with a dynamic `input [N, 576]` but
+    a fixed state `h [1, 1, 128]` (silero-vad's sequence model) takes one sample at a time.
+    """
+    for spec in graph_inputs(model):
+        first = spec.shape[0] if spec.shape else None
+        if isinstance(first, int) and first > 0:
+            return first
+    return None
 
 
 def eval_batch_size(model: onnx.ModelProto, dataset: Dataset | None, requested: int | None = None) -> int:
@@ -531,7 +541,7 @@ def calibrate_prepared(
         drop_partial=fixed_batch(prepared.model) is not None,
         progress=progress,
         layers=judged_layers(prepared.placement) if options.method == "auto" else (),
-        score_tables=partial(score_tables, prepared.model, prepared.placement),
+        check_tables=partial(TableRunner, prepared.model, prepared.placement),
         grid=options.grid,
     )
 
@@ -701,6 +711,7 @@ def quantize(
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,
         table_scores=dict(table.table_scores),
+        table_checks=dict(table.table_checks),
         range_samples=int(table.options.get("judged_samples", 0)),
         calibration=calibration,
     )

@@ -85,7 +85,7 @@ def test_interrupted_run_leaves_no_output(case, capsys, monkeypatch):
 
     calls = []
 
-    def interrupt(self, batch):
+    def interrupt(self, batch, outputs=False):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt

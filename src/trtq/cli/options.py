@@ -216,7 +216,8 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
                    ".txt/.csv (index or name per line, or file,label), or a .npy (default: the data's class sub-folders)")
     g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
     g.add_argument("--postprocess", metavar="PRESET_OR_PY",
-                   help="detection postprocess: yolo, yolov5, yolov8, torchvision/retinanet, or a .py defining "
+                   help="detection postprocess: yolo, yolov5, yolov8, end2end (in-graph NMS, [N,K,6]), rtdetr, "
+                   "torchvision/retinanet, or a .py defining "
                    "postprocess(outputs, images) (default: yolo when the outputs have YOLO's layout, else an error "
                    "that says what to pass)")
     g.add_argument("--ref-conf", type=confidence, metavar="CONF",

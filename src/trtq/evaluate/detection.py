@@ -8,6 +8,11 @@ Postprocess turns a batch of raw model outputs into boxes in each source image's
   most 300 per image, the best class per anchor. Without --postprocess, yolo is picked only when
   the outputs have YOLO's layout (one such output whose anchor count is that of a YOLO head at
   the input size); anything else is an error that says what to pass.
+- `end2end`: detections decoded and suppressed inside the graph, one output [N, K, 6] of rows
+  x1, y1, x2, y2 (input pixels), score, class index, zero rows as padding: Ultralytics exports with
+  `nms=True` and the end-to-end heads of YOLOv10 and YOLO26.
+- `rtdetr`: the same [N, K, 6] layout with boxes as cx, cy, w, h normalised to the input size
+  (Ultralytics' RT-DETR export). Neither is picked without being named: the two share a shape.
 - `torchvision` (alias `retinanet`): torchvision detection exports (RetinaNet, Faster R-CNN,
   FCOS, SSD) whose outputs are already final: boxes [K, 4] x1y1x2y2 in input pixels, scores
   [K], labels [K] (COCO category ids), optionally with a leading batch dim.
@@ -42,7 +47,7 @@ from trtq.errors import TrtqError
 from trtq.evaluate.metrics import OutputAccumulator
 from trtq.evaluate.task_contract import AGAINST_FP32, AGAINST_LABELS, ScoredAgainst, TaskScores
 
-PRESETS = ("yolo", "yolov5", "yolov8", "torchvision", "retinanet")
+PRESETS = ("yolo", "yolov5", "yolov8", "end2end", "rtdetr", "torchvision", "retinanet")
 CONF_THRESHOLD = 0.001
 MAX_DETECTIONS = 300
 MAX_NMS_CANDIDATES = 30000
@@ -267,6 +272,45 @@ class AutoPostprocess:
         return self.chosen(outputs, images)
 
 
+FINAL_ROW = 6
+"""Values per detection in an in-graph-NMS output: 4 box values, score, class index."""
+
+
+def _final_detections_output(outputs: Mapping[str, np.ndarray]) -> str | None:
+    """The one output holding final detections [N, K, 6] (a single float rank-3 output whose rows have 6 values)."""
+    names = [name for name in _rank3(outputs) if np.asarray(outputs[name]).shape[-1] == FINAL_ROW
+             and np.asarray(outputs[name]).dtype.kind == "f"]
+    return names[0] if len(outputs) == 1 and len(names) == 1 else None
+
+
+class FinalDetections:
+    """Detections the graph already decoded and suppressed: one output [N, K, 6], rows of 4 box values,
+    score and class index (score-0 rows pad K). `boxes` is "xyxy" (input pixels; Ultralytics nms=True,
+    YOLOv10/YOLO26 end-to-end) or "cxcywh-normalized" (Ultralytics RT-DETR)."""
+
+    def __init__(self, boxes: str) -> None:
+        self.boxes = boxes
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
+        name = _final_detections_output(outputs)
+        if name is None:
+            shapes = ", ".join(f"{k} [{'x'.join(map(str, np.asarray(a).shape))}]" for k, a in outputs.items())
+            raise TrtqError(
+                f"The end2end/rtdetr postprocess needs one output [N, K, 6] (box, score, class per row); the model "
+                f"gives {shapes}.",
+                "pick another --postprocess, or pass --postprocess FILE.py defining postprocess(outputs, images).",
+            )
+        results = []
+        for rows, meta in zip(np.asarray(outputs[name], dtype=np.float64), images):
+            rows = rows[rows[:, 4] >= CONF_THRESHOLD]
+            boxes = rows[:, :4]
+            if self.boxes == "cxcywh-normalized":
+                h, w = meta.input_size
+                boxes = _xywh_to_xyxy(boxes) * np.array([w, h, w, h], np.float64)
+            results.append(Detections(meta.to_source(boxes), rows[:, 4], rows[:, 5].round().astype(np.int64)))
+        return results
+
+
 def _looks_like_torchvision(outputs: Mapping[str, np.ndarray]) -> bool:
     arrays = [np.asarray(a) for a in outputs.values()]
     return (len(arrays) == 3 and sum(a.shape[-1:] == (4,) and a.dtype.kind == "f" for a in arrays) == 1
@@ -277,7 +321,12 @@ def _not_yolo_error(outputs: Mapping[str, np.ndarray], input_hw: tuple[int, int]
     shapes = ", ".join(f"{name} [{'x'.join(map(str, np.asarray(a).shape))}] {np.asarray(a).dtype}"
                        for name, a in outputs.items())
     counts = sorted(yolo_anchor_counts(input_hw))
-    if _looks_like_torchvision(outputs):
+    if _final_detections_output(outputs) is not None:
+        advice = ("they look like final detections (rows of box, score, class), so pass --postprocess end2end for "
+                  "x1,y1,x2,y2 in input pixels (Ultralytics nms=True, YOLOv10/YOLO26 end-to-end exports) or "
+                  "--postprocess rtdetr for cx,cy,w,h normalised to the input (Ultralytics RT-DETR); or "
+                  "--postprocess FILE.py defining postprocess(outputs, images)")
+    elif _looks_like_torchvision(outputs):
         advice = ("they look like final boxes/scores/labels, so pass --postprocess torchvision (or --postprocess "
                   "FILE.py defining postprocess(outputs, images))")
     else:
@@ -322,6 +371,8 @@ def load_postprocess(spec: str | None) -> tuple[Postprocess, str]:
         return AutoPostprocess(), "index"
     if spec in ("yolo", "yolov5", "yolov8"):
         return yolo_postprocess({"yolo": "auto", "yolov5": "v5", "yolov8": "v8"}[spec]), "index"
+    if spec in ("end2end", "rtdetr"):
+        return FinalDetections("xyxy" if spec == "end2end" else "cxcywh-normalized"), "index"
     if spec in ("torchvision", "retinanet"):
         return torchvision_postprocess, "id"
     path = Path(spec)

@@ -26,8 +26,15 @@ from onnx import helper, numpy_helper
 
 from trtq.errors import TrtqError
 from trtq.model import default_opset, tensor_types
-from trtq.torch.fallback import OrtNode
-from trtq.torch.ops import DATA_DEPENDENT_OPS, OPS, SHAPE_OPS, OpContext, OpDef, Unsupported
+from trtq.torch.fallback import OrtNode, subgraph_outer_names
+from trtq.torch.ops import (
+    DATA_DEPENDENT_OPS,
+    OPS,
+    SHAPE_OPS,
+    OpContext,
+    OpDef,
+    Unsupported,
+)
 
 Hook = Callable[[str, torch.Tensor], None]
 
@@ -364,7 +371,9 @@ class OnnxModule(torch.nn.Module):
             plan.fallback.add(node.name)
             self._runtime_fallback.add(node.name)
             plan.synced = True
-            result = self._fallback(node)(ins, self.device)
+            explicit = set(proto.input)
+            outer = [(name, self._lookup(name, values, kinds)[0]) for name in node.inputs if name not in explicit]
+            result = self._fallback(node)(ins, self.device, outer)
         kind = _CONST if static else _DATA
         for name, value in zip(proto.output, result):
             if not name:
@@ -439,17 +448,18 @@ def _topological(graph: onnx.GraphProto, available: set[str], ops: Mapping[str, 
     ready = set(available) | {""}
     order: list[onnx.NodeProto] = []
     pending = list(range(len(protos)))
+    reads = [[*proto.input, *subgraph_outer_names(proto)] for proto in protos]
     while pending:
         still = []
         for i in pending:
-            if all(name in ready for name in protos[i].input):
+            if all(name in ready for name in reads[i]):
                 order.append(protos[i])
                 ready.update(protos[i].output)
             else:
                 still.append(i)
         if len(still) == len(pending):
             first = protos[still[0]]
-            absent = [name for name in first.input if name not in ready]
+            absent = [name for name in reads[still[0]] if name not in ready]
             raise TrtqError(
                 f"Node {first.name or first.op_type!r} reads {absent[0]!r}, which no node, input or initializer "
                 "provides (or the graph has a cycle).",
@@ -468,6 +478,8 @@ def _topological(graph: onnx.GraphProto, available: set[str], ops: Mapping[str, 
             branches = (_branch(attrs["then_branch"], ops, counter),  # type: ignore[arg-type]
                         _branch(attrs["else_branch"], ops, counter))  # type: ignore[arg-type]
             inputs += [name for b in branches for name in _outer_names(b)]
+        else:  # Loop, Scan (run by onnxruntime): their bodies' outer-scope reads are inputs too
+            inputs += subgraph_outer_names(proto)
         nodes.append(_Node(index, proto, proto.name or f"{proto.op_type}_{index}", opdef, attrs,
                            tuple(o for o in proto.output if o), tuple(dict.fromkeys(inputs)), branches))
     return nodes
