@@ -99,7 +99,11 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
     if kind == "floor":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # onnxruntime's default pool pins one thread per host core, escaping `taskset`; sized by the
+        # affinity mask, the floor runs on the cores trtq gets (on an unrestricted machine: the default)
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         x = np.load(data, mmap_mode="r")
         for i in range(len(x)):
             session.run(None, {name: np.ascontiguousarray(x[i:i + 1])})
