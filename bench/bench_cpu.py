@@ -214,7 +214,9 @@ def main() -> None:
     stem = model.stem
     snrs = {"trtq": snr(model, out / f"{stem}.int8.onnx", held, extra),
             "onnxruntime": snr(model, out / f"{stem}.ort.int8.onnx", held, extra) if not args.skip_ort else None}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from trtq.devices import usable_cpus
+
+    cores = usable_cpus()  # what trtq sizes its pools by (the floor job inlines it so as not to import trtq)
     print(f"{args.model}, {args.samples} samples, method {args.method}, batch 1, CPU ({cores} of {os.cpu_count()} cores), "
           f"median of {len(ok)} floor/trtq pairs")
     spreads = {"floor": [f for f, _ in ok], "trtq": [t for _, t in ok]}
