@@ -100,7 +100,11 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
     if kind == "floor":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # onnxruntime's default pool pins one thread per host core, escaping `taskset`; sized by the
+        # affinity mask, the floor runs on the cores trtq gets (on an unrestricted machine: the default)
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         x = np.load(data, mmap_mode="r")
         for i in range(len(x)):
             session.run(None, {name: np.ascontiguousarray(x[i:i + 1])})
@@ -211,7 +215,9 @@ def main() -> None:
     stem = model.stem
     snrs = {"trtq": snr(model, out / f"{stem}.int8.onnx", held, extra),
             "onnxruntime": snr(model, out / f"{stem}.ort.int8.onnx", held, extra) if not args.skip_ort else None}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from trtq.devices import usable_cpus
+
+    cores = usable_cpus()  # what trtq sizes its pools by (the floor job inlines it so as not to import trtq)
     print(f"{args.model}, {args.samples} samples, method {args.method}, batch 1, CPU ({cores} of {os.cpu_count()} cores), "
           f"median of {len(ok)} floor/trtq pairs")
     spreads = {"floor": [f for f, _ in ok], "trtq": [t for _, t in ok]}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import secrets
@@ -217,6 +218,7 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
     its staging name within the file system's limits, and not one of the command's `inputs`.
     """
     targets = list(dict.fromkeys(Path(p) for p in paths))
+    lock_timeout()  # a bad TRTQ_LOCK_TIMEOUT fails now, not after the work
     for directory in dict.fromkeys(t.parent for t in targets):
         check_writable_dir(directory)
     sources = [Path(p) for p in inputs if p is not None]
@@ -290,11 +292,17 @@ def _stage(target: Path, content: Content, staged: list[Path]) -> Path:
 
 def lock_timeout() -> float:
     """Seconds to wait for another writer (TRTQ_LOCK_TIMEOUT, default DEFAULT_LOCK_TIMEOUT)."""
-    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
-    try:
-        return max(0.0, float(text)) if text else DEFAULT_LOCK_TIMEOUT
-    except ValueError:
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
         return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # garbage, NaN or negative: waiting 0 s or 30 s would both be a guess
+        raise TrtqError(f"{LOCK_TIMEOUT_ENV}={text[:40]!r} is not a number of seconds >= 0.",
+                        f"set it to e.g. {LOCK_TIMEOUT_ENV}=30 (inf waits for ever), or unset it.")
+    return value
 
 
 def _holder(directory: Path) -> str:
@@ -354,7 +362,7 @@ def _folder_lock(directory: Path) -> Iterator[None]:
         holder = directory / HOLDER_FILE
         if locked:
             with contextlib.suppress(OSError):
-                holder.write_text(f"{os.getpid()} {_command_line()}\n", encoding="utf-8")
+                holder.write_text(f"{os.getpid()} {_command_line()}\n", encoding="utf-8", errors="backslashreplace")
         try:
             yield
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,10 +37,11 @@ from trtq.calibrate.ort_failures import (
 )
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
+from trtq.devices import usable_cpus
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 
-AMAX_THREADS = min(4, os.cpu_count() or 1)
+AMAX_THREADS = min(4, usable_cpus())
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
 passes are short: on a 16-core machine 4 threads took 231 ms for 132 tensors, 16 threads 568 ms."""
 

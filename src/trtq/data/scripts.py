@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trtq._usercode import import_script, printing_to_stderr, user_code, user_error
+from trtq._usercode import PASS_THROUGH, import_script, printing_to_stderr, user_code, user_error
 from trtq.data.dataset import Dataset
 from trtq.data.validate import check_feed, warn_if_unnormalised
 from trtq.errors import TrtqError
@@ -99,7 +99,9 @@ class ScriptDataset(Dataset):
                         item = next(iterator)
                 except StopIteration:
                     return
-                except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
+                except PASS_THROUGH:
+                    raise
+                except BaseException as exc:  # the user's code failed: report it as their error
                     error = user_error(exc, f"load_data() in {self.source}, producing item {number},",
                                        "fix the data script; run it on its own to see the traceback.")
                     if error is exc:
