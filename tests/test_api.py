@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
-from trtq import api, artifacts
+
+from trtq import api, artifacts, prepare
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
-from trtq.report import RunRecord, build_report, load_records
 from trtq.model import parse_shapes
+from trtq.report import RunRecord, build_report, load_records
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_same_inputs_give_byte_identical_outputs_and_ranges_reuse(conv_case):
     tmp, model = conv_case
     opts = dict(method="entropy")
     first = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "a"), **opts), progress=False)
-    second = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
+    api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
     reused = api.quantize(model, ranges=first.ranges_path, options=api.QuantizeOptions(output_dir=str(tmp / "c")), progress=False)
     for name in ("net.int8.onnx", "net.int8.cache", "net.int8.json"):
         a = (tmp / "a" / name).read_bytes()
@@ -82,7 +82,7 @@ def test_every_method_produces_a_loadable_model(conv_case):
         r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method=method, output_dir=str(tmp / method)),
                          progress=False)
         ort.InferenceSession(r.onnx_path)
-        amax[method] = json.loads(open(r.ranges_path).read())["amax"]["r2"]
+        amax[method] = json.loads(Path(r.ranges_path).read_text())["amax"]["r2"]
     assert amax["max"] >= max(amax["entropy"], amax["percentile"], amax["mse"])
 
 
@@ -171,6 +171,47 @@ def test_fixed_batch_model_skips_partial_last_batch(tmp_path):
     assert r.samples == 8
 
 
+def state_net() -> onnx.ModelProto:
+    """A recurrent step as silero-vad's sequence model exports it: the data input's leading dim is
+    dynamic, the state's is fixed at 1, so samples cannot be stacked into batches.
+
+        x [T,8] -> MatMul(w1 8x4) -> xa [T,4] -> ReduceSum(0, keepdims) -> [1,4] --+
+        h [1,4] -> MatMul(w2 4x4) ------------------------------------------------ Add -> tanh -> h_next [1,4]
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["xa"], name="in_proj"),
+             helper.make_node("ReduceSum", ["xa", "axis0"], ["xs"], name="sum", keepdims=1),
+             helper.make_node("MatMul", ["h", "w2"], ["ha"], name="state_proj"),
+             helper.make_node("Add", ["xs", "ha"], ["pre"], name="add"),
+             helper.make_node("Tanh", ["pre"], ["h_next"], name="tanh")]
+    graph = helper.make_graph(
+        nodes, "state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8]),
+                         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("h_next", TensorProto.FLOAT, [1, 4])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32) * 0.3, "w1"),
+                     numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32) * 0.3, "w2"),
+                     numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_input_with_a_fixed_leading_dim_fixes_the_batch_even_when_the_first_is_dynamic(tmp_path):
+    """compare and --high-precision fp16 batched such a model by 4 and onnxruntime refused h (a traceback)."""
+    model = save(state_net(), tmp_path / "state.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((6, 8)).astype(np.float32),
+             h=rng.standard_normal((6, 4)).astype(np.float32))
+    assert api.fixed_batch(onnx.load(model)) == 1
+    r = api.quantize(model, tmp_path / "d.npz", options=api.QuantizeOptions(
+        method="max", high_precision="fp16", output_dir=str(tmp_path / "out")), progress=False)
+    assert r.samples == 6 and r.qdq_pairs > 0
+    report = api.compare(model, r.onnx_path, tmp_path / "d.npz")
+    assert report.samples == 6 and all(o.snr_db > 15 for o in report.outputs)
+
+
 def test_implicit_command_pins_excluded_layers_by_parser_layer_name(conv_case, tmp_path):
     tmp, _ = conv_case
     model = residual_conv_net(batch="N")
@@ -224,13 +265,13 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     """quantize reuses the calibration data for --target (without --target-data) and --high-precision."""
     tmp, model = conv_case
     opened = []
-    real = api.open_dataset
+    real = prepare.open_dataset
 
     def counting(source, *args, **kwargs):
         opened.append(str(source))
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(api, "open_dataset", counting)
+    monkeypatch.setattr(prepare, "open_dataset", counting)  # what api.open_data calls
     api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         method="max", target="snr>=20", high_precision="fp16", output_dir=str(tmp / "once")), progress=False)
     assert opened == [str(tmp / "calib.npy")]
@@ -256,7 +297,7 @@ def test_api_runs_leave_records_for_the_report(conv_case):
     # entropy ranges, with histograms: those of the most sensitive layer's tensors come first
     first = run.result.layers[0].tensors
     assert 0 < len(records["sensitivity"].histograms) <= api.REPORT_HISTOGRAMS
-    assert [t for t in first if t in run.ranges.amax][0] in records["sensitivity"].histograms
+    assert next(t for t in first if t in run.ranges.amax) in records["sensitivity"].histograms
     assert records["compare"].result["samples"] == 10
     assert [row.variant for row in build_report(out).metrics] == ["net.int8.onnx"]
 

@@ -14,18 +14,28 @@ from tiny_models import gemm_matmul_net, residual_conv_net, save
 
 from trtq import api
 from trtq.calibrate.auto import (
+    CLAMP_DB,
+    LOCAL_BATCHES,
+    MIN_RACE_SAMPLES,
     PER_TENSOR,
-    TABLE_METHODS,
+    PREFERRED_TABLE,
+    TABLE_ORDER,
     JudgedLayer,
     candidate_ranges,
+    check,
     choose_ranges,
     clipped_share,
+    distinct_tables,
+    pick_table,
+    sample_snrs,
 )
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.runner import judging_batches
-from trtq.evaluate.tables import score_tables
-from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable
+from trtq.evaluate.tables import TableRunner
+from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable, TableCheck
 from trtq.model import normalize_model
+from trtq.quantize import insert_qdq, plan_placement
+from trtq.runtime.ort_session import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +108,7 @@ def test_full_range_wins_where_rare_large_values_carry_the_signal():
     assert choice.amax_over_max > 0.9, choice
     assert result.amax["x"] == pytest.approx(choice.amax_over_max * stats["x"].amax)
     assert all(choice.snr_db > choice.candidates[n] + 3 for n in clipping)  # by a wide margin
-    assert choice.judged_samples == 4  # the first two batches of two samples
+    assert choice.judged_samples == 2 * LOCAL_BATCHES  # the first batches, of two samples each
 
 
 def test_clipping_wins_where_one_rare_outlier_stretches_the_range():
@@ -118,7 +128,7 @@ def test_clipping_wins_where_one_rare_outlier_stretches_the_range():
 def test_two_activation_matmul_judges_both_inputs():
     # gemm_matmul_net: x -> reshape -> MatMul(r, transpose(r)) reads two quantized activations.
     model = normalize_model(gemm_matmul_net())
-    placement = api.plan_placement(model)
+    placement = plan_placement(model)
     layers = api.judged_layers(placement)
     pair = [layer for layer in layers if len(layer.activations) == 2]
     assert len(pair) == 1 and not pair[0].weights
@@ -131,7 +141,7 @@ def test_two_activation_matmul_judges_both_inputs():
         backend.observe(batch)
     result = choose_ranges(model, layers, backend.stats(), batches, progress=False)
     for _, tensor in pair[0].activations:
-        assert result.choices[tensor].judged_samples == 2
+        assert result.choices[tensor].judged_samples == LOCAL_BATCHES
         assert np.isfinite(result.choices[tensor].snr_db)
     assert set(result.amax) == set(placement.activation_tensors)
 
@@ -150,10 +160,13 @@ def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case):
     table = RangesTable.load(result.ranges_path)
     placement = api.prepare_model(model).placement
     assert set(result.choices) == set(placement.activation_tensors)
-    assert set(table.table_scores) == {PER_TENSOR, *TABLE_METHODS}
-    assert table.options["table"] in table.table_scores and table.options["judged_samples"] == 4
+    assert PREFERRED_TABLE in table.table_checks and set(table.table_checks) <= set(TABLE_ORDER)
+    assert set(table.table_scores) == set(table.table_checks)
+    assert table.options["table"] in table.table_checks and table.options["judged_samples"] == 4
+    assert table.table_checks[PREFERRED_TABLE].gain_db == 0.0
+    assert all(1 <= c.samples <= 4 for c in table.table_checks.values())
     for name, choice in result.choices.items():
-        assert choice.judged_samples == 2  # the residual skip r1 (read by conv2 and the Add) included
+        assert choice.judged_samples == LOCAL_BATCHES  # the residual skip r1 (read by conv2 and the Add) included
         assert 0 < choice.amax_over_max <= 1 and 0 <= choice.clipped < 0.5
         assert table.amax[name] == pytest.approx(choice.amax_over_max * result.calibration.stats[name].amax)
     as_json = json.loads(json.dumps(result.to_dict()))
@@ -184,15 +197,89 @@ def test_range_choice_round_trips_with_infinite_snr():
     assert RangeChoice.from_dict(json.loads(text)) == choice
 
 
-def test_table_scores_rank_a_crushed_table_last(conv_case):
+def test_table_runner_feeds_the_scales_insert_qdq_writes(conv_case):
     _, model = conv_case
     prepared = api.prepare_model(model)
     rng = np.random.default_rng(4)
-    batches = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+    batches = [{"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
     tensors = prepared.placement.activation_tensors
-    scores = score_tables(prepared.model, prepared.placement,
-                          {"wide": {t: 20.0 for t in tensors}, "crushed": {t: 1e-3 for t in tensors}}, batches)
-    assert scores["crushed"] < scores["wide"] - 10
+    amax = {t: 4.0 + 0.5 * i for i, t in enumerate(tensors)}
+    runner = TableRunner(prepared.model, prepared.placement, batches)
+    fixed = make_session(insert_qdq(prepared.model, prepared.placement, amax))
+    fp32 = make_session(prepared.model)
+    outputs = [o.name for o in prepared.model.graph.output]
+    for index, batch in enumerate(batches):
+        signal, noise = runner.run(runner.scales(amax), index)
+        assert signal.shape == noise.shape == (2, len(outputs))
+        ref, out = fp32.run(outputs, batch)[0], fixed.run(outputs, batch)[0]
+        assert signal[:, 0] == pytest.approx((ref.astype(np.float64) ** 2).reshape(2, -1).sum(1), rel=1e-9)
+        assert noise[:, 0] == pytest.approx(((out.astype(np.float64) - ref) ** 2).reshape(2, -1).sum(1), rel=1e-9)
+    crushed = runner.run(runner.scales({t: 1e-3 for t in tensors}), 0)
+    assert (sample_snrs(*crushed) < sample_snrs(*runner.run(runner.scales(amax), 0)) - 10).all()
+
+
+class FakeRunner:
+    """A TableRunner whose tables are names; each table's per-sample SNR (dB) is given, one output."""
+
+    def __init__(self, snrs: dict[str, list[float]]) -> None:
+        self.snrs = snrs
+        self.runs: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.snrs.values())))
+
+    def scales(self, amax):
+        return {"name": next(iter(amax))}
+
+    def run(self, scales, index):
+        name = scales["name"]
+        self.runs[name] = self.runs.get(name, 0) + 1
+        return np.ones((1, 1)), np.full((1, 1), 10.0 ** (-self.snrs[name][index] / 10))
+
+
+def fake_tables(names):
+    return {name: {name: float(i)} for i, name in enumerate(names)}  # distinct tables, keyed by their name
+
+
+def test_a_table_consistently_better_than_mse_is_chosen():
+    rng = np.random.default_rng(0)
+    base = 20 + rng.normal(0, 3, 16)
+    runner = FakeRunner({"mse": list(base), "max": list(base + 1.0 + rng.normal(0, 0.2, 16))})
+    checks = check(fake_tables(["mse", "max"]), runner, progress=False)
+    assert checks["max"].gain_low_db > 0.5 and pick_table(checks) == "max"
+    assert checks["mse"] == TableCheck(16, pytest.approx(checks["mse"].snr_db), 0.0, 0.0, 0.0)
+
+
+def test_a_gain_from_one_sample_keeps_mse():
+    # one borderline sample decides the aggregate SNR (as on a classifier's softmax): not evidence
+    base = [10.0] + [40.0] * 15
+    lucky = [20.0] + [40.0] * 15
+    checks = check(fake_tables(["mse", "percentile 99.99"]), FakeRunner({"mse": base, "percentile 99.99": lucky}),
+                   progress=False)
+    assert checks["percentile 99.99"].snr_db > checks["mse"].snr_db + 5  # far ahead in aggregate...
+    assert pick_table(checks) == "mse"  # ...but not with confidence
+
+
+def test_tables_that_cannot_win_stop_early_and_duplicates_run_once():
+    rng = np.random.default_rng(1)
+    base = 20 + rng.normal(0, 1, 16)
+    runner = FakeRunner({"mse": list(base), "entropy": list(base - 8), "max": list(base + 2)})
+    tables = {**fake_tables(["mse", "entropy", "max"]), "percentile 99.9": {"mse": 0.0}}  # equal to mse's table
+    checks = check(tables, runner, progress=False)
+    assert "percentile 99.9" not in checks
+    assert runner.runs == {"mse": 16, "max": 16, "entropy": MIN_RACE_SAMPLES}
+    assert checks["entropy"].samples == MIN_RACE_SAMPLES and pick_table(checks) == "max"
+
+
+def test_sample_snrs_take_the_worst_output_and_clamp():
+    signal = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    noise = np.array([[1e-3, 1e-1], [0.0, 0.0], [1.0, 1e-12]])
+    assert sample_snrs(signal, noise) == pytest.approx([10.0, CLAMP_DB, -CLAMP_DB])
+
+
+def test_distinct_tables_keep_the_preferred_order():
+    tables = {"max": {"a": 2.0}, "entropy": {"a": 1.0}, "mse": {"a": 1.0}, PER_TENSOR: {"a": 2.0}}
+    assert list(distinct_tables(tables)) == ["mse", PER_TENSOR]
 
 
 def test_judging_samples_spread_over_the_data():
@@ -226,3 +313,25 @@ def test_entropy_is_unchanged_bit_for_bit():
     assert {k: float(v).hex() for k, v in result.ranges.amax.items()} == ENTROPY_DIGITS
     assert result.ranges.choices == {} and result.ranges.table_scores == {}
     assert "table" not in result.ranges.options
+
+
+def test_auto_computes_each_tensors_candidates_once_and_its_mse_table_is_method_mse(conv_case, monkeypatch):
+    # the mse search is most of the candidates' cost: it ran three times per tensor (fallback, table, per-tensor)
+    import trtq.calibrate.auto as auto_module
+
+    tmp_path, model = conv_case
+    calls: list[str] = []
+    real = auto_module.amax_mse
+
+    def counted(stats, *args, **kwargs):
+        calls.append(stats.name)
+        return real(stats, *args, **kwargs)
+
+    monkeypatch.setattr(auto_module, "amax_mse", counted)
+    result = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    assert calls and len(calls) == len(set(calls))
+    mse = api.quantize(model, tmp_path / "calib.npy", progress=False,
+                       options=api.QuantizeOptions(method="mse", output_dir=str(tmp_path / "mse")))
+    table = RangesTable.load(result.ranges_path)
+    if table.options["table"] == PREFERRED_TABLE:
+        assert table.amax == RangesTable.load(mse.ranges_path).amax

@@ -18,7 +18,8 @@ from trtq.cli import main
 from trtq.data import open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
-from trtq.evaluate.detection import DetectionTask, find_yolo_layout, yolo_anchor_counts
+from trtq.evaluate.detection import DetectionTask
+from trtq.evaluate.postprocess import ImageMeta, find_yolo_layout, load_postprocess, yolo_anchor_counts
 from trtq.evaluate.tasks import make_task
 from trtq.model import graph_inputs, graph_outputs
 
@@ -125,6 +126,43 @@ def test_torchvision_outputs_are_named_in_the_error_and_work_when_asked_for(imag
     scored = report.task.scored_against
     assert (scored.objects, scored.samples_with_objects, scored.samples) == (16, 8, 8)  # 2 boxes >= 0.25 per image
     assert report.task.candidate.parts == ()  # box/score parts are a YOLO head's
+
+
+FINAL = np.array([[2, 2, 10, 10, 0.9, 1], [16, 16, 28, 28, 0.8, 3], [2, 20, 8, 30, 0.1, 1],
+                  [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], np.float32)
+"""In-graph NMS rows (x1, y1, x2, y2 in input pixels, score, class), two zero rows of padding, as Ultralytics
+writes them with nms=True (and YOLOv10/YOLO26 end-to-end heads) in one output [1, K, 6]."""
+
+
+def test_in_graph_nms_output_is_named_in_the_error_and_scored_as_end2end(images):
+    """Such an output got the advice to pass torchvision or yolo, neither of which decodes it."""
+    model = constant_model({"output0": FINAL[None]})
+    task = make_task("detect", open_images(model, images), graph_outputs(model))
+    with pytest.raises(TrtqError) as info:
+        compare_models(model, model, open_images(model, images), task=task, progress=False)
+    assert "they look like final detections" in info.value.hint and "--postprocess end2end" in info.value.hint
+    assert "--postprocess rtdetr" in info.value.hint
+    task = make_task("detect", open_images(model, images), graph_outputs(model), postprocess="end2end")
+    report = compare_models(model, model, open_images(model, images), task=task, progress=False)
+    scored = report.task.scored_against
+    assert (scored.objects, scored.samples_with_objects, scored.samples) == (16, 8, 8)  # 2 boxes >= 0.25 per image
+    assert report.task.reference.values["map50"] == pytest.approx(100.0)
+
+
+def test_rtdetr_rows_are_normalised_centre_boxes():
+    """Ultralytics' RT-DETR writes the same [N, K, 6] rows with cx, cy, w, h over the input size."""
+    xyxy = FINAL[:, :4].astype(np.float64)
+    normalised = FINAL.copy()
+    normalised[:, :4] = np.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                                  xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1) / SIZE
+    meta = ImageMeta(0, None, (2 * SIZE, 2 * SIZE), (SIZE, SIZE), "resize")  # source twice the input size
+    for preset, rows in (("end2end", FINAL), ("rtdetr", normalised)):
+        postprocess, convention = load_postprocess(preset)
+        (found,) = postprocess({"output0": rows[None]}, [meta])
+        assert convention == "index"
+        np.testing.assert_allclose(found.boxes, 2 * xyxy[:3], atol=1e-4)  # padding rows dropped, mapped to source
+        np.testing.assert_allclose(found.scores, [0.9, 0.8, 0.1], rtol=1e-6)
+        assert found.classes.tolist() == [1, 3, 1]
 
 
 def test_few_reference_boxes_warn_and_name_the_ref_conf_that_gives_enough(images):

@@ -62,12 +62,12 @@ class ZooEntry:
     `shapes` is the shape of one sample of each input (batch 1), as the data files hold them;
     trtq takes dynamic dims from the data, so no `--shape` is needed, but `shape_args()` spells
     them for commands that want them explicit. `task` is "classify" where the model ends in
-    class scores, else None.
+    class scores, "detect" for a detector `compare --task detect` decodes, else None.
     """
 
     name: str
-    exporter: str  # torch-legacy, torch-dynamo, paddle2onnx, tf2onnx
-    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier
+    exporter: str  # torch-legacy, torch-dynamo, paddle2onnx, tf2onnx, ultralytics
+    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier, detector
     needs: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]
     export: Callable[[Path], None] = field(repr=False)
@@ -102,8 +102,9 @@ def cache_root() -> Path:
 def build(entry: ZooEntry) -> ZooFiles:
     """Export `entry` and write its data, or reuse the cached files. Raises if the exporter is missing.
 
-    Once per process: later calls return the same files. The model is built in a temporary sibling folder and renamed into place when complete, so an
-    interrupted run (or a test run in another worktree at the same time) never sees half a model.
+    Once per process: later calls return the same files. The model is built in a temporary sibling folder and
+    renamed into place when complete, so an interrupted run (or a test run in another worktree at the same
+    time) never sees half a model.
     """
     return _build(entry.name)
 
@@ -366,6 +367,63 @@ def _keras_export(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Ultralytics: YOLOv8n from its yaml (random weights), exported by `model.export(format="onnx")`
+
+
+ULTRALYTICS = ("ultralytics==8.4.190", "ultralytics-thop==2.2.3", "opencv-python-headless==5.1.0.95", "psutil==7.2.2")
+"""What `from ultralytics import YOLO` and its ONNX export import, installed with --no-deps into a private folder
+of the cache (the shared environment keeps none of it). Ultralytics also lists torchvision: its PyPI wheel is
+built for CUDA, so its C ops do not load beside the CPU build of torch, and importing it fails. The export
+of a detection model never calls it; ultralytics only reads its version (importlib.metadata), so the folder
+holds a bare `torchvision` dist-info record and no torchvision code."""
+
+ULTRALYTICS_SCRIPT = '''
+import shutil, sys, torch
+from ultralytics import YOLO
+torch.manual_seed(0)
+path = YOLO("yolov8n.yaml").export(format="onnx", imgsz=64, dynamic=False, simplify=False)
+shutil.move(path, sys.argv[1])
+'''
+"""YOLOv8n (Ultralytics' export: opset from torch's exporter, one `output0` [1, 84, 84]):
+
+    images [1,3,64,64] -> CSPDarknet backbone (Conv+BN+SiLU, C2f blocks, SPPF) -> PAN neck (Upsample, Concat)
+      -> Detect head at strides 8/16/32: box DFL (Softmax over 16 bins, Conv) and class logits (Sigmoid)
+      -> output0 [1, 4+80, 84 anchors] (cx, cy, w, h in pixels, then 80 class scores)
+"""
+
+
+def _ultralytics_packages() -> Path:
+    """The private site folder with ULTRALYTICS installed (once per machine, under the zoo cache)."""
+    key = hashlib.sha256(";".join(ULTRALYTICS).encode()).hexdigest()[:12]
+    site = cache_root().parent / "packages" / f"ultralytics-{key}"
+    if site.is_dir():
+        return site
+    site.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".ultralytics-", dir=site.parent))
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(work),
+                        *ULTRALYTICS], check=True, capture_output=True, timeout=1200)
+        record = work / "torchvision-0.28.0.dist-info"
+        record.mkdir()
+        (record / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
+        try:
+            work.rename(site)
+        except OSError:  # another process finished first
+            if not site.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return site
+
+
+def _ultralytics_export(path: Path) -> None:
+    site = _ultralytics_packages()
+    env = {**os.environ, "PYTHONPATH": str(site), "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(path.parent / "config")}
+    subprocess.run([sys.executable, "-c", ULTRALYTICS_SCRIPT, str(path)], check=True, capture_output=True,
+                   timeout=900, cwd=path.parent, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
 
 _TORCH = ("torch",)
 _DYNAMO = ("torch", "onnxscript")
@@ -387,6 +445,8 @@ ZOO: tuple[ZooEntry, ...] = (
              _rapidocr_model("rec"), _images((1, 3, 48, 32)), limit=2),
     ZooEntry("ppocr-cls", "paddle2onnx", "ocr-classifier", (), {"x": (1, 3, 48, 64)},
              _rapidocr_model("cls"), _images((1, 3, 48, 64)), task="classify", limit=2),
+    ZooEntry("yolov8-ultralytics", "ultralytics", "detector", _TORCH, {"images": (1, 3, 64, 64)},
+             _ultralytics_export, _images((1, 3, 64, 64)), task="detect", limit=2),
     ZooEntry("keras-cnn", "tf2onnx", "cnn", ("tensorflow", "tf2onnx"), {"x": (1, 32, 32, 3)},
              _keras_export, _images((1, 32, 32, 3), layout="NHWC"), task="classify"),
 )

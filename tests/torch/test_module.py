@@ -9,10 +9,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from tiny_models import residual_conv_net  # noqa: E402
-from trtq.errors import TrtqError  # noqa: E402
-from trtq.torch import OnnxModule  # noqa: E402
-from trtq.torch import ops  # noqa: E402
+from tiny_models import residual_conv_net
+
+from trtq.errors import TrtqError
+from trtq.torch import (
+    OnnxModule,
+    ops,
+)
 
 
 def two_branch_net() -> onnx.ModelProto:
@@ -174,6 +177,51 @@ def test_unimplemented_op_inside_a_branch_is_reported_and_runs():
     x = -np.abs(np.random.default_rng(2).standard_normal((2, 4))).astype(np.float32)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(module.run({"x": torch.from_numpy(x)})["y"].numpy(), expected, rtol=1e-6)
+
+
+def loop_net() -> onnx.ModelProto:
+    """A Loop whose body reads two values from the enclosing graph by name, as torch's legacy
+    exporter writes a scripted `for` loop (the body's MatMul weight is a main-graph initializer):
+
+        x [N,4] -> relu -> r ------------------------------------+ (outer activation)
+        trips (3) --> Loop(acc = x): body  acc -> MatMul(w) -> Add(r) -> acc   | (outer initializer w)
+                                     -> y [N,4]
+    """
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("MatMul", ["acc_in", "w"], ["mm"], name="body_matmul"),
+         helper.make_node("Add", ["mm", "r"], ["acc_out"], name="body_add")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)],
+    )
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Loop", ["trips", "go", "x"], ["y"], name="loop", body=body)]
+    w = (np.random.default_rng(0).standard_normal((4, 4)) * 0.3).astype(np.float32)
+    graph = helper.make_graph(
+        nodes, "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                     numpy_helper.from_array(np.array(True), "go")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_loop_body_reading_outer_values_runs_in_onnxruntime():
+    """A Loop goes to onnxruntime; its one-node model must get the outer values its body reads
+    (it failed as an invalid graph: 'input w of node body_matmul is not output of any previous nodes')."""
+    import onnxruntime as ort
+
+    model = loop_net()
+    module = OnnxModule(model)
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(module.run({"x": torch.from_numpy(x)})["y"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert module.fallback_nodes == ("loop (Loop)",)
 
 
 def test_bad_names_are_reported():

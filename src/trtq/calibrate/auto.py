@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -29,16 +30,14 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from trtq.calibrate.algorithms import (
-    INT8_LEVELS,
     amax_entropy,
     amax_max,
     amax_mse,
     amax_percentile,
-    compute_amax,
 )
 from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.grids import INT8, Grid
-from trtq.formats.ranges import RangeChoice
+from trtq.formats.ranges import RangeChoice, TableCheck
 from trtq.model import tensor_types
 
 DEFAULT_PERCENTILE = 99.99
@@ -58,9 +57,9 @@ JUDGE_SHARE = 8
 JUDGE_MAX_SAMPLES = 16
 """Most samples judged on, whatever the calibration set's size."""
 
-LOCAL_BATCHES = 2
+LOCAL_BATCHES = 1
 """Judging batches the consuming layers are run on (the end-to-end check uses all of them): the
-layer runs cost one forward pass per candidate and batch, the whole-table runs one per table."""
+layer runs cost about one forward pass per candidate and batch."""
 
 TIE_TOLERANCE = 0.02
 """Candidates whose error is within this share of the best count as tied; the largest amax wins."""
@@ -80,19 +79,13 @@ class JudgedLayer:
     """(input index, initializer, per-channel axis) of each quantized weight."""
 
 
-def candidate_ranges(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
+def candidate_ranges(stats: TensorStats, grid: Grid = INT8,
+                     found: Mapping[str, float] | None = None) -> dict[str, float]:
     """Candidate amax values of one tensor, by name, distinct, largest first.
 
-    On the INT8 grid `mse` is `trtq.calibrate.algorithms.amax_mse`; on another grid the same search
-    runs on that grid's levels.
+    `found`: the tensor's `all_candidates`, where already computed (the calibration pass does).
     """
-    found = {
-        "max": amax_max(stats),
-        "entropy": amax_entropy(stats),
-        "mse": amax_mse(stats) if grid.top == INT8_LEVELS and grid.name == "int8" else amax_mse_on_grid(stats, grid),
-    }
-    for p in CANDIDATE_PERCENTILES:
-        found[f"percentile {p:g}"] = amax_percentile(stats, p)
+    found = all_candidates(stats, grid) if found is None else found
     distinct: dict[str, float] = {}
     for name, value in sorted(found.items(), key=lambda item: -item[1]):
         if value > 0 and all(abs(value - v) > 1e-6 * value for v in distinct.values()):
@@ -100,22 +93,13 @@ def candidate_ranges(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
     return distinct or {"max": float(stats.amax)}
 
 
-def amax_mse_on_grid(stats: TensorStats, grid: Grid) -> float:
-    """`amax_mse` on any symmetric grid: each bin's count at its centre, thresholds at bin centres 128.."""
-    hist = stats.hist
-    if stats.amax == 0.0 or hist.size <= 128 or not hist.any():
-        return float(stats.amax)
-    occupied = np.flatnonzero(hist)
-    counts = hist[occupied].astype(np.float64)
-    centres = (occupied.astype(np.float32) + 0.5)
-    thresholds = np.arange(128, hist.size, dtype=np.float32) + 0.5
-    errors = np.empty(thresholds.size, dtype=np.float64)
-    for start in range(0, thresholds.size, 64):
-        amax = thresholds[start:start + 64, None]
-        diff = grid.fake_quantize(np.broadcast_to(centres, (amax.shape[0], centres.size)), amax, axis=0) - centres
-        errors[start:start + 64] = (diff.astype(np.float64) ** 2) @ counts
-    best = float(thresholds[int(np.argmin(errors))])
-    return float(min(best * stats.hist_max / hist.size, stats.amax))
+def all_candidates(stats: TensorStats, grid: Grid = INT8) -> dict[str, float]:
+    """Every candidate's amax of one tensor, by name, equal values included. `mse` minimises the error
+    on `grid`, exactly as `--method mse` does (`trtq.calibrate.algorithms.amax_mse`)."""
+    found = {"max": amax_max(stats), "entropy": amax_entropy(stats), "mse": amax_mse(stats, grid)}
+    for p in CANDIDATE_PERCENTILES:
+        found[f"percentile {p:g}"] = amax_percentile(stats, p)
+    return found
 
 
 def clipped_share(stats: TensorStats, amax: float) -> float:
@@ -248,8 +232,8 @@ class _Judge:
         from trtq.runtime.ort_session import make_session
 
         self.bags, self.grid, self.current = bags, grid, current
-        self.reference = make_session(bags.reference, threads=threads)
-        self.bag = make_session(bags.bag, threads=threads)
+        self.reference = make_session(bags.reference, threads=threads, spin=False)
+        self.bag = make_session(bags.bag, threads=threads, spin=False)
         self.ordered = {c.tensor: list(candidates[c.tensor].items()) for c in bags.copies}
         self.slots = _slots(bags, candidates)
         self.noise = {(c.node, c.tensor): np.zeros(self.slots) for c in bags.copies}
@@ -333,23 +317,55 @@ def explain(stats: TensorStats, method: str, amax: float, errors: Mapping[str, f
     )
 
 
-TABLE_METHODS = ("mse", "percentile")
-"""Whole-model tables the per-tensor choice is checked against end to end (percentile at 99.99): the
-two fixed methods that came first or within 0.2 dB of first on the real models measured (README)."""
+
 
 PER_TENSOR = "per-tensor"
 """Name of the table of per-tensor winners among the candidate tables."""
 
 PREFERRED_TABLE = "mse"
-"""The table kept unless another one is clearly better end to end: of the fixed methods, mse was
-within 0.2 dB of the best on most real models measured (README), so it is the safe default."""
+"""The table kept unless another is shown better end to end. Of the fixed methods, mse was the best
+or within 0.15 dB of the best on every model measured with a large held-out set (README)."""
 
-TABLE_MARGIN_DB = 0.25
-"""How much higher another table must score on the judging samples to replace PREFERRED_TABLE; a
-few samples rank close tables by chance."""
+TABLE_ORDER = (PREFERRED_TABLE, PER_TENSOR, f"percentile {DEFAULT_PERCENTILE:g}", "max", "entropy",
+               f"percentile {max(CANDIDATE_PERCENTILES):g}")
+"""The candidate tables checked end to end: the per-tensor winners, every fixed method's table (mse,
+percentile, max, entropy) and the widest percentile. Percentile 99.9 stays a per-tensor candidate only:
+as a whole table it clipped too much on every model measured (2 to 11 dB below mse). A table equal
+to an earlier one is run once, under the earlier name."""
 
-TableScorer = Callable[[Mapping[str, Mapping[str, float]], Sequence[Mapping[str, np.ndarray]]], dict[str, float]]
-"""(tables by name, judging batches) -> each table's end-to-end output SNR (dB) on those batches."""
+CLAMP_DB = 60.0
+"""Per-sample SNRs are clamped to +-this before they are compared: beyond it the noise is rounding, and a
+confident classifier's softmax reaches 100+ dB on most samples, which would otherwise decide the mean."""
+
+CONFIDENCE_Z = 2.0
+"""A table replaces PREFERRED_TABLE only when its mean per-sample gain minus this many standard errors
+(paired over the judging samples) is at least TABLE_MARGIN_DB; about 98% one-sided confidence."""
+
+TABLE_MARGIN_DB = 0.1
+"""Least gain (dB per sample, at the lower confidence bound) that replaces PREFERRED_TABLE."""
+
+MIN_RACE_SAMPLES = 2
+"""Judging samples every table runs on before one can be dropped from the check. Replayed on the recorded
+per-sample errors of 8 models (every table on 32-200 calibration samples, judging subsets of 4-16),
+2 picked the same tables as 3 with a third fewer runs; the checks are most of `--method auto`'s cost."""
+
+
+class TableRunner(Protocol):
+    """Runs the model quantized with a whole ranges table on the judging batches (trtq.evaluate.tables)."""
+
+    def __len__(self) -> int: ...
+
+    def scales(self, amax: Mapping[str, float]) -> Mapping[str, np.ndarray]:
+        """What `run` needs to quantize with `amax` (every activation target must have a range)."""
+        ...
+
+    def run(self, scales: Mapping[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Signal and noise power, [samples, outputs], of judging batch `index` against FP32."""
+        ...
+
+
+RunnerFactory = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Sequence[np.ndarray]] | None], TableRunner]
+"""(judging batches (model inputs), their FP32 outputs if known) -> a TableRunner over them."""
 
 
 @dataclass(frozen=True)
@@ -359,19 +375,16 @@ class AutoRanges:
     amax: dict[str, float]
     choices: dict[str, RangeChoice]
     table: str
-    """The table the ranges come from: PER_TENSOR or one of TABLE_METHODS."""
-    table_scores: dict[str, float]
-    """End-to-end output SNR (dB) of each candidate table on the judging samples (empty: not scored)."""
+    """The table the ranges come from: PER_TENSOR or a candidate method's name."""
+    checks: dict[str, TableCheck]
+    """Each candidate table's end-to-end check on the judging samples (empty: not checked)."""
     samples: int
-    """Samples the tables were scored on (the per-tensor choice used the first LOCAL_BATCHES batches)."""
+    """Judging samples (the per-tensor choice used those of the first LOCAL_BATCHES batches)."""
 
-
-def fixed_table(stats: Mapping[str, TensorStats], tensors: Sequence[str], method: str, grid: Grid = INT8
-                ) -> dict[str, float]:
-    """Every tensor's amax by one fixed method (mse on the grid's own levels)."""
-    if method == "mse" and grid != INT8:
-        return {t: amax_mse_on_grid(stats[t], grid) for t in tensors}
-    return {t: compute_amax(stats[t], method) for t in tensors}
+    @property
+    def table_scores(self) -> dict[str, float]:
+        """Each checked table's aggregate output SNR (dB) on the samples it ran on."""
+        return {name: check.snr_db for name, check in self.checks.items()}
 
 
 def choose_ranges(
@@ -381,20 +394,24 @@ def choose_ranges(
     batches: Sequence[Mapping[str, np.ndarray]],
     *,
     grid: Grid = INT8,
-    score_tables: TableScorer | None = None,
+    check_tables: RunnerFactory | None = None,
+    references: Sequence[Sequence[np.ndarray]] | None = None,
+    known: Mapping[str, Mapping[str, float]] | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> AutoRanges:
     """The amax of every tensor the `layers` quantize, judged on `batches` (model inputs), and why.
 
     Per tensor, the candidate that least disturbs its consuming layers on the first LOCAL_BATCHES
-    batches wins (`_Judge`). With `score_tables`, that table of per-tensor winners and the
-    whole-model tables of TABLE_METHODS are then scored end to end on all `batches`, and
-    PREFERRED_TABLE is kept unless another is clearly better: measured on real models, the local
-    choice alone did worse end to end than the best fixed method on most of them (it cannot see
-    how an error grows downstream), so it has to earn its place.
-    `stats` must hold histograms of those tensors. Memory: one batch's activations at a time
-    (plus the inputs of two-activation layers of the local batches).
+    batches wins (`_Judge`): the per-tensor table. With `check_tables` (given the batches' FP32 outputs
+    `references` where the calibration pass kept them), that table and every
+    candidate method's whole table run end to end on all `batches` (`check`), and PREFERRED_TABLE
+    is kept unless another is better with confidence. Measured on real models, the local choice
+    alone often did worse end to end than the best fixed method (it cannot see how an error grows
+    downstream), and a few judging samples rank close tables by chance, so a table has to prove
+    itself. `stats` must hold histograms of those tensors. Memory: one batch's activations at a
+    time (plus the inputs of two-activation layers of the local batches). `known`: per tensor, its
+    `all_candidates` where the caller already computed them (each costs an mse search).
     """
     from trtq.runtime.ort_session import make_session
 
@@ -402,7 +419,9 @@ def choose_ranges(
     tensors = list(dict.fromkeys(t for layer in layers for _, t in layer.activations))
     if not tensors:
         return AutoRanges({}, {}, PER_TENSOR, {}, 0)
-    candidates = {t: candidate_ranges(stats[t], grid) for t in tensors}
+    found = {t: dict(known[t]) if known is not None and t in known else all_candidates(stats[t], grid)
+             for t in tensors}
+    candidates = {t: candidate_ranges(stats[t], grid, found[t]) for t in tensors}
     bags = _Bags(model, layers, grid)
     paired = [layer for layer in layers if len(dict.fromkeys(t for _, t in layer.activations)) > 1]
     second = _Bags(model, paired, grid) if paired else None
@@ -414,7 +433,7 @@ def choose_ranges(
     kept: list[dict[str, np.ndarray]] = []  # what the second round reads (two-activation layers only)
     with tqdm(total=steps, desc="choosing ranges", unit="run", disable=not progress, dynamic_ncols=True,
               leave=False) as bar:
-        exposing = make_session(model, threads=threads, outputs=fetch)
+        exposing = make_session(model, threads=threads, spin=False, outputs=fetch)
         first = _Judge(bags, candidates, current, grid, threads)
         for batch in local:
             values = {name: np.ascontiguousarray(v) for name, v in batch.items()}
@@ -434,30 +453,132 @@ def choose_ranges(
             winners = {t: _pick(candidates[t], _tensor_errors(copy_errors, t)) for t in tensors}
     judged = sum(len(next(iter(batch.values()))) for batch in local)
     tables = {PER_TENSOR: {t: candidates[t][winners[t]] for t in tensors}}
-    tables.update({method: fixed_table(stats, tensors, method, grid) for method in TABLE_METHODS})
-    scores = score_tables(tables, batches) if score_tables is not None else {}
-    chosen = _pick_table(scores)
+    tables.update({name: {t: found[t][name] for t in tensors} for name in TABLE_ORDER if name != PER_TENSOR})
+    checks = check(tables, check_tables(batches, references), progress) if check_tables is not None and batches else {}
+    chosen = pick_table(checks) if checks else PER_TENSOR
     amax = tables[chosen]
-    methods = winners if chosen == PER_TENSOR else {t: _method_name(chosen) for t in tensors}
+    methods = winners if chosen == PER_TENSOR else dict.fromkeys(tensors, chosen)
     return AutoRanges(
         amax=amax,
         choices={t: explain(stats[t], methods[t], amax[t], _tensor_errors(copy_errors, t), judged) for t in tensors},
         table=chosen,
-        table_scores=scores,
+        checks=checks,
         samples=sum(len(next(iter(batch.values()))) for batch in batches),
     )
 
 
-def _pick_table(scores: Mapping[str, float]) -> str:
-    """The table to keep: PREFERRED_TABLE unless another scored at least TABLE_MARGIN_DB higher."""
-    if not scores:
-        return PER_TENSOR
-    best = max(scores, key=scores.__getitem__)
-    if PREFERRED_TABLE in scores and scores[best] < scores[PREFERRED_TABLE] + TABLE_MARGIN_DB:
-        return PREFERRED_TABLE
+def distinct_tables(tables: Mapping[str, Mapping[str, float]]) -> dict[str, Mapping[str, float]]:
+    """`tables` in TABLE_ORDER (then any others), each table equal to an earlier one left out."""
+    ordered = [name for name in TABLE_ORDER if name in tables] + [name for name in tables if name not in TABLE_ORDER]
+    out: dict[str, Mapping[str, float]] = {}
+    for name in ordered:
+        if all(dict(tables[name]) != dict(seen) for seen in out.values()):
+            out[name] = tables[name]
+    return out
+
+
+def sample_snrs(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Per sample, the worst output's SNR (dB), clamped to +-CLAMP_DB ([samples, outputs] powers in)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = 10.0 * np.log10(signal / noise)
+    snr = np.where(noise == 0.0, CLAMP_DB, np.where(signal == 0.0, -CLAMP_DB, snr))
+    return np.clip(snr, -CLAMP_DB, CLAMP_DB).min(axis=1) if snr.size else np.zeros(signal.shape[0])
+
+
+def gain_bounds(gains: np.ndarray) -> tuple[float, float, float]:
+    """Mean of paired per-sample gains (dB) and its bounds at CONFIDENCE_Z standard errors
+    (unbounded with fewer than 3 samples)."""
+    if gains.size == 0:
+        return 0.0, -math.inf, math.inf
+    mean = float(gains.mean())
+    if gains.size < 3:
+        return mean, -math.inf, math.inf
+    half = CONFIDENCE_Z * float(gains.std(ddof=1)) / math.sqrt(gains.size)
+    return mean, mean - half, mean + half
+
+
+def check(tables: Mapping[str, Mapping[str, float]], runner: TableRunner, progress: bool = True
+          ) -> dict[str, TableCheck]:
+    """Run the distinct `tables` end to end on the runner's batches, racing: after MIN_RACE_SAMPLES, a
+    table on course to fail `pick_table`, or shown worse than a table on course to pass, stops running
+    (`_still_running`). Each table's check covers the samples it ran on; its gains are paired with
+    PREFERRED_TABLE's on the same samples."""
+    tables = distinct_tables(tables)
+    preferred = PREFERRED_TABLE if PREFERRED_TABLE in tables else next(iter(tables))
+    scales = {name: runner.scales(amax) for name, amax in tables.items()}
+    powers: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in tables}
+    alive = list(tables)
+    with tqdm(total=len(runner) * len(alive), desc="checking tables", unit="run", disable=not progress,
+              dynamic_ncols=True, leave=False) as bar:
+        for index in range(len(runner)):
+            for name in alive:
+                powers[name].append(runner.run(scales[name], index))
+                bar.update(1)
+            gains = {name: _gains(powers[name], powers[preferred]) for name in alive}
+            if gains[preferred].size >= MIN_RACE_SAMPLES:
+                total = gains[preferred].size * len(runner) / (index + 1)  # samples at the end, estimated
+                alive = _still_running(alive, preferred, powers, gains, total)
+                bar.total = bar.n + (len(runner) - index - 1) * len(alive)
+                bar.refresh()
+            if alive == [preferred]:
+                break
+    out = {}
+    for name, runs in powers.items():
+        signal = np.concatenate([s for s, _ in runs])
+        noise = np.concatenate([n for _, n in runs])
+        mean, low, high = gain_bounds(_gains(runs, powers[preferred]))
+        out[name] = TableCheck(samples=int(signal.shape[0]), snr_db=_aggregate_db(signal, noise), gain_db=mean,
+                               gain_low_db=low, gain_high_db=high)
+    return out
+
+
+def _gains(runs: Sequence[tuple[np.ndarray, np.ndarray]], reference: Sequence[tuple[np.ndarray, np.ndarray]]
+           ) -> np.ndarray:
+    """Per-sample SNR gains (dB) of `runs` over `reference` on the batches both ran."""
+    n = min(len(runs), len(reference))
+    if n == 0:
+        return np.zeros(0)
+    return (np.concatenate([sample_snrs(s, e) for s, e in runs[:n]])
+            - np.concatenate([sample_snrs(s, e) for s, e in reference[:n]]))
+
+
+def _still_running(alive: list[str], preferred: str, powers: Mapping[str, list[tuple[np.ndarray, np.ndarray]]],
+                   gains: Mapping[str, np.ndarray], total: float) -> list[str]:
+    """The tables still worth running: PREFERRED_TABLE, and every other one that would pass `pick_table`
+    after `total` samples were its mean gain and spread to stay as they are now, and that is not shown
+    worse than a table already proven better. (A futility rule: a table on course to fail stops, which
+    at worst keeps PREFERRED_TABLE; running every table on every sample cost more than the gain.)"""
+    bounds = {name: gain_bounds(gains[name]) for name in alive}
+    proven = [name for name in alive if name != preferred and bounds[name][1] >= TABLE_MARGIN_DB]
+    leader = max(proven, key=lambda name: bounds[name][1], default=None)
+    kept = [preferred]
+    for name in alive:
+        if name == preferred:
+            continue
+        spread = float(gains[name].std(ddof=1)) if gains[name].size > 1 else math.inf
+        if bounds[name][0] - CONFIDENCE_Z * spread / math.sqrt(max(total, 1.0)) < TABLE_MARGIN_DB:
+            continue
+        if leader is not None and name != leader and gain_bounds(_gains(powers[name], powers[leader]))[2] < 0.0:
+            continue
+        kept.append(name)
+    return [name for name in alive if name in kept]
+
+
+def _aggregate_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """The worst output's SNR (dB) over all samples together, as `trtq compare` reports it."""
+    worst = math.inf
+    for s, e in zip(signal.sum(axis=0), noise.sum(axis=0)):
+        worst = min(worst, math.inf if e == 0 else (-math.inf if s == 0 else 10.0 * math.log10(s / e)))
+    return worst
+
+
+def pick_table(checks: Mapping[str, TableCheck]) -> str:
+    """PREFERRED_TABLE, unless another table that ran on every judging sample gains at least
+    TABLE_MARGIN_DB over it at its lower confidence bound: then the one with the highest lower bound."""
+    preferred = PREFERRED_TABLE if PREFERRED_TABLE in checks else next(iter(checks))
+    full = max(c.samples for c in checks.values())
+    best, bound = preferred, TABLE_MARGIN_DB
+    for name, c in checks.items():
+        if name != preferred and c.samples == full and c.gain_low_db >= bound:
+            best, bound = name, c.gain_low_db
     return best
-
-
-def _method_name(method: str) -> str:
-    """A fixed method's name as a candidate is named ("percentile" -> "percentile 99.99")."""
-    return f"percentile {DEFAULT_PERCENTILE:g}" if method == "percentile" else method

@@ -17,8 +17,9 @@ class CalibrationBackend(Protocol):
 
     name: str
 
-    def observe(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Run one batch and fold the observed tensors into the statistics."""
+    def observe(self, batch: Mapping[str, np.ndarray], outputs: bool = False) -> list[np.ndarray] | None:
+        """Run one batch and fold the observed tensors into the statistics. With `outputs`, also return
+        the model's outputs (graph order) where the run computed them anyway; None where it did not."""
 
     def stats(self) -> dict[str, TensorStats]:
         """Statistics of every observed tensor so far."""

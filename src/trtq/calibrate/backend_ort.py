@@ -10,7 +10,6 @@ memory stays bounded by one batch's activations whatever the number of samples.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -19,6 +18,7 @@ import onnx
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.ort_observe import ObservingSession, make_observing_session
+from trtq.devices import usable_cpus
 from trtq.runtime.ort_session import (
     _ORT_ERRORS,
     ExposingSession,
@@ -55,10 +55,10 @@ class OrtBackend:
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._model, self._threads = model, threads or os.cpu_count()
+        self._model, self._threads = model, threads or usable_cpus()
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
-        binners = stats_threads(os.cpu_count() or 1)
+        binners = stats_threads(usable_cpus())
         self._binners = ThreadPoolExecutor(max_workers=binners, thread_name_prefix="trtq-bin") if binners > 1 else None
         self._pending: Future[None] | None = None
         self._observed_once = False
@@ -80,27 +80,33 @@ class OrtBackend:
         self._buffers: list[list[np.ndarray]] = []
         self._slot = 0
 
-    def observe(self, batch: Mapping[str, np.ndarray]) -> None:
+    def observe(self, batch: Mapping[str, np.ndarray], outputs: bool = False) -> list[np.ndarray] | None:
         """Run one batch; exposed tensors are folded in on the worker thread while the next batch runs.
 
         At most one batch waits for the worker, so memory stays bounded by two batches' activations.
+        With `outputs`, the model's outputs come back where the observer ops ran (they compute them
+        anyway); None otherwise.
         """
         feeds = {name: np.ascontiguousarray(value) for name, value in batch.items()}
         values: list[np.ndarray] = []
-        if self._fetch and not (self._observing is not None and self._run_observing(feeds)):
+        found: list[np.ndarray] | None = None
+        if self._observing is not None and self._fetch:
+            found = self._run_observing(feeds)
+        if self._fetch and found is None:
             values = self._run_exposing(feeds)
         observed = list(zip(self._fetch, values)) + [(name, feeds[name]) for name in self._from_feeds]
         self._wait()
         if observed:
             self._pending = self._worker.submit(self._fold, observed)
+        return found if outputs else None
 
-    def _run_observing(self, feeds: Mapping[str, np.ndarray]) -> bool:
-        """Run the batch through the observing session. If that fails on the first batch (a blocked
-        tensor with padding lanes, say), drop the ops, note why, and return False: the caller then
-        runs the batch with the tensors exposed, as every later batch will be."""
+    def _run_observing(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
+        """Run the batch through the observing session; the model's outputs. If that fails on the first
+        batch (a blocked tensor with padding lanes, say), drop the ops, note why, and return None: the
+        caller then runs the batch with the tensors exposed, as every later batch will be."""
         assert self._observing is not None
         try:
-            self._observing.run(feeds)
+            found = self._observing.run(feeds)
         except _ORT_ERRORS as exc:
             if self._observed_once:
                 raise
@@ -108,9 +114,9 @@ class OrtBackend:
             self._observing = None
             self._note = f"statistics folded outside onnxruntime (its run with trtq's observer ops failed: {exc})"
             self._expose()
-            return False
+            return None
         self._observed_once = True
-        return True
+        return found
 
     def _run_exposing(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the batch with the observed tensors exposed, into the buffer set the worker is not reading."""
@@ -142,7 +148,7 @@ class OrtBackend:
         If one does not (a block size above MAX_BLOCK), switch to the plain exposing session and
         return False so that the caller runs the batch again.
         """
-        channels = self._exposing.channels
+        channels = self._exposing.channels if self._exposing is not None else {}
         if all(v.ndim > 1 and v.shape[1] == channels[t] for t, v in zip(self._fetch, values) if t in channels):
             return True
         note = "observed tensors exposed in NCHW (a blocked tensor had padding lanes)"

@@ -135,8 +135,9 @@ class TorchBackend:
         """Whether at least one batch shape is replayed from a captured CUDA graph."""
         return bool(self._graphs)
 
-    def observe(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Queue one batch: forward pass and statistics run on the device; returns before they finish."""
+    def observe(self, batch: Mapping[str, np.ndarray], outputs: bool = False) -> None:
+        """Queue one batch: forward pass and statistics run on the device; returns before they finish.
+        Never returns the model's outputs (copying them back would wait for the device)."""
         with torch.no_grad(), _fp32_math(self._tf32, self.cudnn_benchmark), _on_device(self.device):
             signature = tuple((name, tuple(np.shape(batch[name])), _torch_dtype(np.asarray(batch[name]).dtype))
                               for name in self._module.input_names if name in batch)

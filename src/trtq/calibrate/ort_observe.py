@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,8 +29,14 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtq.calibrate.collector import NUM_BINS, TensorStats
-from trtq.runtime.ort_session import _ROUTE_ERRORS, OrtSession, make_session, session_options, whole_block_channels
 from trtq.model import tensor_types
+from trtq.runtime.ort_session import (
+    _ROUTE_ERRORS,
+    OrtSession,
+    make_session,
+    session_options,
+    whole_block_channels,
+)
 
 DOMAIN = "trtq.observe"
 HEADER = 8
@@ -37,6 +44,9 @@ HEADER = 8
 
 _MIN_ORT = (1, 18)
 """First onnxruntime whose custom ops can alias an output to an input (and run ParallelFor)."""
+
+_OBSERVER_ERRORS: tuple[type[BaseException], ...] = (*_ROUTE_ERRORS, ValueError)
+"""What makes the observer route give way to statistics folded in Python."""
 
 
 def observer_library() -> str | None:
@@ -64,9 +74,13 @@ class ObservingSession:
     blocked: tuple[str, ...]
     bins: int
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Run one batch: the ops fold its statistics into `state`."""
-        self.session.run(list(self.outputs), dict(feeds))
+    model_outputs: int = 0
+    """How many of `outputs` (the last ones) are the model's own outputs."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one batch: the ops fold its statistics into `state`; the model's outputs come back."""
+        found = self.session.run(list(self.outputs), dict(feeds))
+        return list(found[len(found) - self.model_outputs:]) if self.model_outputs else []
 
     def stats(self) -> dict[str, TensorStats]:
         """Every observed tensor's statistics so far (copies)."""
@@ -116,7 +130,7 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
             target, check = nodes_in[producer].input[0], channels
             blocked.append(tensor)
             producer = producers[target]
-        attributes = {"state": address, "bins": bins, "channels": check}
+        attributes: dict[str, Any] = {"state": address, "bins": bins, "channels": check}
         live = [reader for reader in readers.get(target, []) if reader not in dropped]
         if live and target not in keep_outputs:
             observed = f"{target}/trtq_observed"
@@ -177,12 +191,13 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
         sinks, blocked = insert_observers(optimized.graph, tensors, addresses, bins, keep)
         optimized.opset_import.append(helper.make_opsetid(DOMAIN, 1))
         onnx.save(optimized, str(directory / "observing.onnx"))
-        options = session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already optimised
+        options = session_options(threads, spin=False, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimised above
         options.register_custom_ops_library(library)
         # the folder goes with the session; the ops write into `state` for the session's lifetime
         session = OrtSession(str(directory / "observing.onnx"), options, keep=(folder, state))
-    except (*_ROUTE_ERRORS, ValueError) as exc:
+    except _OBSERVER_ERRORS as exc:
         folder.cleanup()
         return None, f"statistics folded in Python (trtq's observer route failed: {type(exc).__name__}: {exc})"
     outputs = tuple(sinks) + tuple(o.name for o in model.graph.output)
-    return ObservingSession(session, state, tuple(tensors), outputs, tuple(blocked), bins), ""
+    return ObservingSession(session, state, tuple(tensors), outputs, tuple(blocked), bins,
+                            model_outputs=len(model.graph.output)), ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,11 +17,13 @@ from trtq import __version__
 from trtq.calibrate.algorithms import compute_amax, needs_histogram
 from trtq.calibrate.aliases import value_roots
 from trtq.calibrate.auto import (
+    FALLBACK,
     JUDGE_MAX_SAMPLES,
     JUDGE_SAMPLES,
     JUDGE_SHARE,
     JudgedLayer,
-    TableScorer,
+    RunnerFactory,
+    all_candidates,
     choose_ranges,
     explain,
 )
@@ -36,10 +37,11 @@ from trtq.calibrate.ort_failures import (
 )
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
+from trtq.devices import usable_cpus
 from trtq.errors import TrtqError
-from trtq.formats.ranges import RangeChoice, RangesTable
+from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 
-AMAX_THREADS = min(4, os.cpu_count() or 1)
+AMAX_THREADS = min(4, usable_cpus())
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
 passes are short: on a 16-core machine 4 threads took 231 ms for 132 tensors, 16 threads 568 ms."""
 
@@ -61,14 +63,9 @@ class CalibrationResult:
 
 
 def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: hashlib._Hash,
-          dropped: list[int], keep: Mapping[int, list[Mapping[str, np.ndarray]]] | None = None
-          ) -> Iterator[Mapping[str, np.ndarray]]:
-    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread).
-
-    Batches whose index is a key of `keep` are also appended to that list (the judging samples of
-    `--method auto`).
-    """
-    for index, batch in enumerate(dataset.batches(batch_size)):
+          dropped: list[int]) -> Iterator[Mapping[str, np.ndarray]]:
+    """The batches to calibrate on, hashed as they pass (runs on the prefetch thread)."""
+    for batch in dataset.batches(batch_size):
         n = len(next(iter(batch.values())))
         if drop_partial and n < batch_size:
             dropped.append(n)
@@ -76,8 +73,6 @@ def _feed(dataset: Dataset, batch_size: int, drop_partial: bool, digest: hashlib
         for name in sorted(batch):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(batch[name]).data)
-        if keep is not None and index in keep:
-            keep[index].append(batch)
         yield batch
 
 
@@ -112,7 +107,7 @@ def run_calibration(
     progress: bool = True,
     grid: Grid = INT8,
     layers: Sequence[JudgedLayer] = (),
-    score_tables: TableScorer | None = None,
+    check_tables: RunnerFactory | None = None,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
@@ -120,8 +115,8 @@ def run_calibration(
     it came from. `drop_partial` skips a last, smaller batch (for models whose batch dim is fixed).
     `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
     With method "auto", the tensors that `layers` quantize get the candidate range that harms those
-    layers' outputs least on `grid`, checked end to end against whole-model tables by
-    `score_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
+    layers' outputs least on `grid`, checked end to end against whole-model tables run by
+    `check_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
@@ -136,19 +131,24 @@ def run_calibration(
             raise
         raise problem from exc
     digest = hashlib.sha256()
-    keep = {index: [] for index in judging_batches(dataset.num_samples, batch_size)} if method == "auto" else None
+    judging = set(judging_batches(dataset.num_samples, batch_size)) if method == "auto" else set()
+    kept: list[Mapping[str, np.ndarray]] = []  # the judging batches of --method auto
+    references: list[list[np.ndarray] | None] = []  # their FP32 outputs, where the backend returns them
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
               dynamic_ncols=True, leave=False) as bar:
         dropped: list[int] = []
-        for batch in prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped, keep)):
+        for index, batch in enumerate(prefetch(_feed(dataset, batch_size, drop_partial, digest, dropped))):
             try:
-                backend.observe(batch)
+                found = backend.observe(batch, outputs=True) if index in judging else backend.observe(batch)
             except ORT_ERRORS as exc:
                 problem = explain_run_failure(model, batch, samples, name, str(dataset.source), CALIBRATION_BATCH_FIX)
                 if problem is None:
                     raise
                 raise problem from exc
+            if index in judging:
+                kept.append(batch)
+                references.append(found)
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)
@@ -168,21 +168,28 @@ def run_calibration(
             "calibration data.",
             "check the preprocessing (a wrong mean/std or layout can overflow), or exclude that layer.",
         )
+    known: dict[str, dict[str, float]] = {}  # --method auto: every candidate amax per observed tensor
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
-        found = dict(zip(observed, pool.map(
-            lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
-    amax = {name: found[roots[name]] for name in tensors}
+        if method == "auto":  # every candidate once; the tensors auto does not judge keep its fallback
+            known = dict(zip(observed, pool.map(lambda name: all_candidates(stats[name], grid), observed)))
+            observed_amax = {name: known[name][FALLBACK] for name in observed}
+        else:
+            observed_amax = dict(zip(observed, pool.map(
+                lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
+    amax = {name: observed_amax[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
     choices: dict[str, RangeChoice] = {}
-    table_scores: dict[str, float] = {}
+    table_checks: dict[str, TableCheck] = {}
     options: dict[str, float | int | str] = {"batch_size": batch_size, "device": device}
     if method == "auto":
-        kept = [batch for group in (keep or {}).values() for batch in group]
-        auto = choose_ranges(model, layers, stats, kept, grid=grid, score_tables=score_tables, progress=progress)
+        complete = all(found is not None for found in references)
+        auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
+                             references=[list(found or ()) for found in references] if complete else None,
+                             known={name: known[roots[name]] for name in tensors})
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
-        table_scores = auto.table_scores
+        table_checks = auto.checks
         options.update({"table": auto.table, "judged_samples": auto.samples})
     if method == "percentile":
         options["percentile"] = percentile
@@ -198,7 +205,8 @@ def run_calibration(
         model_name=model_name,
         trtq_version=__version__,
         choices=choices,
-        table_scores=table_scores,
+        table_scores={name: check.snr_db for name, check in table_checks.items()},
+        table_checks=table_checks,
     )
     return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name,
                              notes=backend.notes())

@@ -32,7 +32,6 @@ from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add inspect, quantize and compare."""
     p = subparsers.add_parser("inspect", help="inputs/outputs, dynamic dims, opset, op counts, quantizable layers "
@@ -92,8 +91,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
         from trtq.tensorrt import inspect_engine
 
-        info = inspect_engine(args.model)
-        emit(args, info.to_dict(), info.to_text())
+        engine = inspect_engine(args.model)
+        emit(args, engine.to_dict(), engine.to_text())
         return 0
     info = api.inspect(args.model)
     lines = [

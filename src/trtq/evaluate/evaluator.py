@@ -20,6 +20,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -128,7 +129,8 @@ class _BatchStore:
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="trtq-eval-")
         path = os.path.join(self._folder.name, f"{len(self._items)}-{kind}.npz")
-        np.savez(path, **{f"a{i}": a for i, a in enumerate(arrays.values())})
+        named: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays.values())}
+        np.savez(path, **named)
         with open(path + ".names", "w", encoding="utf-8") as handle:
             handle.write("\n".join(arrays))
         return path
@@ -200,7 +202,7 @@ class Evaluator:
         self.evaluations = 0
         start = time.perf_counter()
 
-        def first_pass() -> tuple[MaskDetector, dict[str, dict[str, float]], TaskScorer | None,
+        def first_pass() -> tuple[MaskDetector, dict[tuple[str, bool], dict[str, float]], TaskScorer | None,
                                   dict[str, OutputAccumulator], int]:
             """Run the FP32 model over the data once: keep what fits, score the task, look for the mask."""
             self._store = _BatchStore(cache_bytes, disk_bytes)

@@ -322,7 +322,7 @@ def search_mixed_precision(
                           runner=runner, progress=False, mask=mask)
     notes.extend(evaluator.mask_notes)
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
-    reference = evaluator.reference_scores
+    reference_scores = evaluator.reference_scores
     total = evaluator.samples
     base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid, residual=residual)
     steps: list[SearchStep] = []
@@ -340,7 +340,7 @@ def search_mixed_precision(
         return finish(quantized) if finish is not None else quantized
 
     def stop(evaluation: Evaluation) -> bool:
-        return proven_miss(target, evaluation, reference, evaluator.signal_power, total)
+        return proven_miss(target, evaluation, reference_scores, evaluator.signal_power, total)
 
     decided: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
@@ -354,7 +354,7 @@ def search_mixed_precision(
         evaluation = evaluator.evaluate(
             candidate(layers), label=f"{phase} {len(layers)}", decide=None if exact or not early_stop else stop
         )
-        value = target.measure(evaluation, reference)
+        value = target.measure(evaluation, reference_scores)
         decided[key] = (evaluation, value)
         if evaluation.complete:
             full[key] = (evaluation, value)
@@ -452,7 +452,7 @@ def search_mixed_precision(
         final_metric=final_value,
         excluded=result_layers,
         placement=placement_without(excluded),
-        reference=reference,
+        reference=reference_scores,
         int8=int8_eval,
         final=final_eval,
         ranking_method=ranking,

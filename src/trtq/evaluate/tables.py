@@ -1,12 +1,13 @@
-"""End-to-end scores of whole ranges tables on a few batches: how `--method auto` checks its choice.
+"""End-to-end runs of whole ranges tables on a few batches: how `--method auto` checks its choice.
 
-Each table becomes the Q/DQ model `trtq quantize` would write (same placement, same insertion)
-and runs under onnxruntime on the judging batches. Its score is the mean over samples of each
-sample's output SNR against FP32 (dB; the worst output of the sample counts). A mean of per-sample
-figures is used rather than one aggregate because, on a handful of samples, an aggregate SNR is
-decided by whichever sample happens to be hardest. Outputs shaped like an attention mask input
-([batch, sequence, ...] with a 0/1 integer input of shape [batch, sequence]) are scored over the
-positions the mask keeps, so padding does not decide a transformer's ranges.
+Every table becomes the Q/DQ model `trtq quantize` would write (same placement, same insertion,
+same scales), run under onnxruntime against FP32 on the judging batches. One model serves every
+table: its activation scales are graph inputs, so a table is run by feeding its scales (bit for
+bit the scales `insert_qdq` writes), and the model is built and its session made once. A run
+gives, per sample and output, the power of the FP32 output (signal) and of the difference
+(noise), from which `trtq.calibrate.auto` computes its statistic. Outputs shaped like an attention
+mask input ([batch, sequence, ...] with a 0/1 integer input of shape [batch, sequence]) count only
+the positions the mask keeps, so padding does not decide a transformer's ranges.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
-from trtq.runtime.ort_session import make_session
-from trtq.evaluate.metrics import snr_db
 from trtq.quantize import Placement, insert_qdq
+from trtq.quantize.qdq import scale_and_zero_point
+from trtq.runtime.ort_session import make_session
 
 
 def attention_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -28,50 +30,90 @@ def attention_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return found[0].astype(bool) if len(found) == 1 else None
 
 
-def sample_snrs(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
-                mask: np.ndarray | None = None) -> list[float]:
-    """Per sample of a batch, the worst output's SNR (dB); masked positions only where shapes agree."""
-    worst: list[float] = []
-    for ref, out in zip(references, outputs):
-        ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
-        for j in range(ref.shape[0] if ref.ndim else 1):
-            r, q = (ref[j], out[j]) if ref.ndim else (ref, out)
+def sample_powers(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Signal and noise power, [samples, outputs] (float64), of one batch's outputs against FP32;
+    masked positions only where an output's leading dims are the mask's."""
+    samples = next((r.shape[0] for r in references if np.ndim(r)), 1)
+    signal = np.zeros((samples, len(references)))
+    noise = np.zeros((samples, len(references)))
+    for k, (ref, out) in enumerate(zip(references, outputs)):
+        ref, out = np.asarray(ref), np.asarray(out)
+        if ref.ndim == 0:
+            ref, out = ref.reshape(1, 1), out.reshape(1, 1)
+        for j in range(min(samples, ref.shape[0])):
+            r, q = ref[j], out[j]
             if mask is not None and r.ndim >= 1 and ref.shape[:2] == mask.shape:
                 r, q = r[mask[j]], q[mask[j]]
-            e = (q - r).reshape(-1)
-            value = snr_db(float(r.reshape(-1) @ r.reshape(-1)), float(e @ e))
-            if j < len(worst):
-                worst[j] = min(worst[j], value)
-            else:
-                worst.append(value)
-    return worst
+            r = r.reshape(-1).astype(np.float64)
+            e = q.reshape(-1).astype(np.float64) - r
+            signal[j, k], noise[j, k] = float(r @ r), float(e @ e)
+    return signal, noise
 
 
-def score_tables(
-    model: onnx.ModelProto,
-    placement: Placement,
-    tables: Mapping[str, Mapping[str, float]],
-    batches: Sequence[Mapping[str, np.ndarray]],
-    threads: int | None = None,
-) -> dict[str, float]:
-    """Mean per-sample output SNR (dB) vs FP32 of `model` quantized with each table, on `batches`.
+class TableRunner:
+    """Runs `model` quantized with any ranges table on `batches` against FP32, one batch at a time.
 
-    Activation targets a table has no range for take one from the first table that has it.
+    `references`: the FP32 outputs of each batch (all graph outputs, in order), when the caller
+    already has them (the calibration pass); otherwise they are computed here, once.
     """
-    if not batches or not tables:
-        return {}
-    outputs = [o.name for o in model.graph.output]
-    fp32 = make_session(model, threads=threads)
-    references = [fp32.run(outputs, dict(batch)) for batch in batches]
-    del fp32
-    masks = [attention_mask(batch) for batch in batches]
-    scores: dict[str, float] = {}
-    for name, amax in tables.items():
-        full = {t: amax[t] if t in amax else next(tb[t] for tb in tables.values() if t in tb)
-                for t in placement.activation_tensors}
-        session = make_session(insert_qdq(model, placement, full), threads=threads)
-        per_sample = [value for batch, refs, mask in zip(batches, references, masks)
-                      for value in sample_snrs(refs, session.run(outputs, dict(batch)), mask)]
-        finite = [min(v, 200.0) for v in per_sample]  # an exact sample (inf) counts as very good, not as all
-        scores[name] = float(np.mean(finite))
-    return scores
+
+    def __init__(self, model: onnx.ModelProto, placement: Placement, batches: Sequence[Mapping[str, np.ndarray]],
+                 references: Sequence[Sequence[np.ndarray]] | None = None, threads: int | None = None) -> None:
+        self.batches = [dict(batch) for batch in batches]
+        self.outputs = [o.name for o in model.graph.output]
+        if references is None:
+            fp32 = make_session(model, threads=threads, spin=False)
+            references = [fp32.run(self.outputs, batch) for batch in self.batches]
+            del fp32
+        self.references = [list(refs) for refs in references]
+        self.masks = [attention_mask(batch) for batch in self.batches]
+        self.placement = placement
+        self.targets = [t for t in placement.targets if t.kind == "activation"]
+        qdq = insert_qdq(model, placement, {t.tensor: 1.0 for t in self.targets})
+        self.scale_inputs = _scales_as_inputs(qdq, {t.tensor for t in self.targets})
+        self.session = make_session(qdq, threads=threads, spin=False)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def samples(self, index: int) -> int:
+        """Samples in batch `index`."""
+        return len(next(iter(self.batches[index].values())))
+
+    def scales(self, amax: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """The scale inputs that quantize with `amax` (every activation target must have a range)."""
+        feeds = {}
+        for target in self.targets:
+            name, dtype = self.scale_inputs[target.tensor]
+            feeds[name] = scale_and_zero_point(target, {}, amax, dtype, self.placement.grid)[0]
+        return feeds
+
+    def run(self, scales: Mapping[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Signal and noise power, [samples, outputs], of batch `index` quantized with `scales`."""
+        outs = self.session.run(self.outputs, {**self.batches[index], **scales})
+        return sample_powers(self.references[index], outs, self.masks[index])
+
+
+def _scales_as_inputs(model: onnx.ModelProto, tensors: set[str]) -> dict[str, tuple[str, type]]:
+    """Turn the scale initializer of each activation Q/DQ pair of `tensors` into a graph input (in place).
+
+    Returns tensor -> (scale input name, numpy dtype).
+    """
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    found: dict[str, tuple[str, type]] = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in tensors and node.input[1] in initializers:
+            init = initializers[node.input[1]]
+            found[node.input[0]] = (init.name, helper.tensor_dtype_to_np_dtype(init.data_type).type)
+    names = {name for name, _ in found.values()}
+    kept = [init for init in graph.initializer if init.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for name, dtype in found.values():
+        graph.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), []))
+    missing = tensors - set(found)
+    if missing:
+        raise AssertionError(f"no Q/DQ scale found for activation {min(missing)!r}")
+    return found

@@ -63,6 +63,32 @@ class RangeChoice:
         )
 
 
+@dataclass(frozen=True)
+class TableCheck:
+    """How one whole ranges table did end to end on the judging samples (`--method auto`)."""
+
+    samples: int
+    """Judging samples it ran on (fewer than the others: dropped once it could not be chosen)."""
+    snr_db: float
+    """Output SNR (dB) over those samples together, the worst output, as `trtq compare` reports it."""
+    gain_db: float
+    """Mean per-sample output SNR gain (dB) over the preferred table (mse) on the same samples."""
+    gain_low_db: float
+    """Lower confidence bound of that gain (2 standard errors); -inf with under 3 samples."""
+    gain_high_db: float
+    """Upper confidence bound of that gain."""
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (infinities as strings)."""
+        return {key: _number(value) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TableCheck:
+        """Inverse of `to_dict`."""
+        return cls(samples=int(data["samples"]), snr_db=float(data["snr_db"]), gain_db=float(data["gain_db"]),
+                   gain_low_db=float(data["gain_low_db"]), gain_high_db=float(data["gain_high_db"]))
+
+
 def _number(value: float | None) -> float | str | None:
     return str(value) if value is not None and not math.isfinite(value) else value
 
@@ -82,7 +108,9 @@ class RangesTable:
     choices: dict[str, RangeChoice] = field(default_factory=dict)
     """Per tensor, why it got its range (`--method auto` only)."""
     table_scores: dict[str, float] = field(default_factory=dict)
-    """`--method auto`: end-to-end output SNR (dB) of each candidate table on the judging samples."""
+    """`--method auto`: end-to-end output SNR (dB) of each candidate table on the judging samples it ran on."""
+    table_checks: dict[str, TableCheck] = field(default_factory=dict)
+    """`--method auto`: each candidate table's end-to-end check (samples, SNR, gain over mse and its bounds)."""
     smoothing: dict[str, dict] = field(default_factory=dict)
     """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
     ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
@@ -106,13 +134,15 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
-        for key in ("choices", "table_scores", "smoothing", "weights"):  # written only when present, as older tables had none
+        for key in ("choices", "table_scores", "table_checks", "smoothing", "weights"):  # written only when present
             if not getattr(self, key):
                 del payload[key]
         if self.choices:
             payload["choices"] = {name: choice.to_dict() for name, choice in sorted(self.choices.items())}
         if self.table_scores:
             payload["table_scores"] = {name: _number(v) for name, v in self.table_scores.items()}
+        if self.table_checks:
+            payload["table_checks"] = {name: c.to_dict() for name, c in self.table_checks.items()}
         if self.smoothing:
             payload["smoothing"] = dict(sorted(self.smoothing.items()))
         if self.weights:
@@ -157,6 +187,7 @@ class RangesTable:
                 trtq_version=str(payload.get("trtq_version", "")),
                 choices={str(k): RangeChoice.from_dict(v) for k, v in dict(payload.get("choices", {})).items()},
                 table_scores={str(k): float(v) for k, v in dict(payload.get("table_scores", {})).items()},
+                table_checks={str(k): TableCheck.from_dict(v) for k, v in dict(payload.get("table_checks", {})).items()},
                 smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
                            for k, v in dict(payload.get("smoothing", {})).items()},
                 weights={str(k): {"axis": int(v["axis"]), "amax": [float(a) for a in v["amax"]], "bias": v.get("bias"),

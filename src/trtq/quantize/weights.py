@@ -122,12 +122,13 @@ def choose_weight_ranges(model: onnx.ModelProto, placement: Placement, rows: Map
             w = numpy_helper.to_array(initializers[weight]).astype(np.float32)
             kn = w if axis == 1 else w.T  # [K, N]
             top = np.abs(kn).max(axis=0)
-            best_amax, best_error, first_error = top.copy(), None, None
+            best_amax = top.copy()
+            first_error = best_error = np.zeros(0)
             for i in range(CANDIDATES):
                 amax = top * np.float32(2.0 ** (-i / 32))
                 diff = grid.fake_quantize(kn, amax, axis=1) - kn
                 error = (diff * (gram @ diff)).sum(axis=0, dtype=np.float64)
-                if best_error is None:
+                if i == 0:
                     best_error, first_error = error, error.copy()
                     continue
                 better = error < best_error

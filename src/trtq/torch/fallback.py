@@ -28,9 +28,15 @@ class OrtNode:
         self._types = dict(types)
         self._sessions: dict[tuple[int, ...], object] = {}
 
-    def __call__(self, inputs: Sequence[torch.Tensor | None], device: torch.device) -> list[torch.Tensor]:
-        """Outputs of the node for `inputs` (None for omitted optional inputs), on `device`."""
+    def __call__(self, inputs: Sequence[torch.Tensor | None], device: torch.device,
+                 outer: Sequence[tuple[str, torch.Tensor]] = ()) -> list[torch.Tensor]:
+        """Outputs of the node for `inputs` (None for omitted optional inputs), on `device`.
+
+        `outer` holds the values its subgraphs (a Loop or Scan body) read from the enclosing graph by
+        name: the one-node model takes them as graph inputs, where the subgraphs find them.
+        """
         present = [(name, t) for name, t in zip(self.node.input, inputs) if name and t is not None]
+        present += [(name, t) for name, t in outer if name not in dict(present)]
         key = tuple(TORCH_TO_ONNX.get(t.dtype, 0) for _, t in present)
         session = self._sessions.get(key)
         if session is None:
@@ -66,9 +72,24 @@ class OrtNode:
             raise TrtqError(
                 f"Node {self.node.name!r} ({self.node.domain or 'ai.onnx'}.{self.node.op_type}) has no torch "
                 f"implementation and onnxruntime cannot run it alone ({exc}).",
-                "run calibration with --device cpu, or report the op to the trtq maintainers.",
+                "report the op to the trtq maintainers (quantize, compare and sensitivity run the model in "
+            "onnxruntime with --device cpu, the default).",
             ) from exc
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def subgraph_outer_names(node: onnx.NodeProto) -> list[str]:
+    """Names the node's subgraphs (Loop/Scan bodies, If branches, nested ones too) read from enclosing scopes."""
+    names: list[str] = []
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+            local |= {out for sub in graph.node for out in sub.output}
+            for sub in graph.node:
+                for name in [*sub.input, *subgraph_outer_names(sub)]:
+                    if name and name not in local and name not in names:
+                        names.append(name)
+    return names

@@ -26,8 +26,15 @@ from onnx import helper, numpy_helper
 
 from trtq.errors import TrtqError
 from trtq.model import default_opset, tensor_types
-from trtq.torch.fallback import OrtNode
-from trtq.torch.ops import DATA_DEPENDENT_OPS, OPS, SHAPE_OPS, OpContext, OpDef, Unsupported
+from trtq.torch.fallback import OrtNode, subgraph_outer_names
+from trtq.torch.ops import (
+    DATA_DEPENDENT_OPS,
+    OPS,
+    SHAPE_OPS,
+    OpContext,
+    OpDef,
+    Unsupported,
+)
 
 Hook = Callable[[str, torch.Tensor], None]
 
@@ -98,6 +105,8 @@ class OnnxModule(torch.nn.Module):
     `OPS`: how a stage above hands the executor a node of its own (QAT's fake quantizer).
     """
 
+    _anchor: torch.Tensor  # an empty buffer: moves with the module and says where it lives
+
     def __init__(self, model: onnx.ModelProto, device: str | torch.device = "cpu",
                  host_copy_limit: int = HOST_COPY_LIMIT, ops: Mapping[str, OpDef] | None = None) -> None:
         super().__init__()
@@ -158,7 +167,9 @@ class OnnxModule(torch.nn.Module):
         """The parameter holding float initializer `name`."""
         return self.params[self._param_key[name]]
 
-    def forward(self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(
+        self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         feeds = dict(zip(self.input_names, args))
         feeds.update(kwargs)
         out = self.run(feeds)
@@ -339,15 +350,16 @@ class OnnxModule(torch.nn.Module):
                     on_host = hostable and (not data_pos or any(in_kinds[i] == _CONST for i in data_pos))
                 static = on_host and not is_dynamic and _DATA not in in_kinds
                 args = []
-                for i, (name, value, kind) in enumerate(zip(proto.input, ins, in_kinds)):
-                    if value is None or kind is None:
+                for i, (name, arg, arg_kind) in enumerate(zip(proto.input, ins, in_kinds)):
+                    if arg is None or arg_kind is None:
                         args.append(None)
                     elif i in host:
-                        args.append(self._to_host(name, value, kind, plan))
+                        args.append(self._to_host(name, arg, arg_kind, plan))
                     elif on_host:
-                        args.append(self._host_copies[name] if kind == _PARAM else self._to_host(name, value, kind, plan))
+                        args.append(self._host_copies[name] if arg_kind == _PARAM
+                                    else self._to_host(name, arg, arg_kind, plan))
                     else:
-                        args.append(self._to_device(name, value, kind, plan))
+                        args.append(self._to_device(name, arg, arg_kind, plan))
             ctx = OpContext(node.attrs, self.opset, len(proto.output), torch.device("cpu") if on_host else self.device,
                             node.name)
             try:
@@ -364,7 +376,9 @@ class OnnxModule(torch.nn.Module):
             plan.fallback.add(node.name)
             self._runtime_fallback.add(node.name)
             plan.synced = True
-            result = self._fallback(node)(ins, self.device)
+            explicit = set(proto.input)
+            outer = [(name, self._lookup(name, values, kinds)[0]) for name in node.inputs if name not in explicit]
+            result = self._fallback(node)(ins, self.device, outer)
         kind = _CONST if static else _DATA
         for name, value in zip(proto.output, result):
             if not name:
@@ -412,7 +426,7 @@ class OnnxModule(torch.nn.Module):
             runner = self._fallbacks[node.index] = OrtNode(node.proto, self._model_opsets, self._types)
         return runner
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> OnnxModule:
         """Moving the module invalidates device copies of constants and per-signature caches."""
         self._param_cache = {}
         self._const_device = {}
@@ -439,17 +453,18 @@ def _topological(graph: onnx.GraphProto, available: set[str], ops: Mapping[str, 
     ready = set(available) | {""}
     order: list[onnx.NodeProto] = []
     pending = list(range(len(protos)))
+    reads = [[*proto.input, *subgraph_outer_names(proto)] for proto in protos]
     while pending:
         still = []
         for i in pending:
-            if all(name in ready for name in protos[i].input):
+            if all(name in ready for name in reads[i]):
                 order.append(protos[i])
                 ready.update(protos[i].output)
             else:
                 still.append(i)
         if len(still) == len(pending):
             first = protos[still[0]]
-            absent = [name for name in first.input if name not in ready]
+            absent = [name for name in reads[still[0]] if name not in ready]
             raise TrtqError(
                 f"Node {first.name or first.op_type!r} reads {absent[0]!r}, which no node, input or initializer "
                 "provides (or the graph has a cycle).",
@@ -468,6 +483,8 @@ def _topological(graph: onnx.GraphProto, available: set[str], ops: Mapping[str, 
             branches = (_branch(attrs["then_branch"], ops, counter),  # type: ignore[arg-type]
                         _branch(attrs["else_branch"], ops, counter))  # type: ignore[arg-type]
             inputs += [name for b in branches for name in _outer_names(b)]
+        else:  # Loop, Scan (run by onnxruntime): their bodies' outer-scope reads are inputs too
+            inputs += subgraph_outer_names(proto)
         nodes.append(_Node(index, proto, proto.name or f"{proto.op_type}_{index}", opdef, attrs,
                            tuple(o for o in proto.output if o), tuple(dict.fromkeys(inputs)), branches))
     return nodes
