@@ -48,7 +48,8 @@ def _text_pages(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     _, _, h, w = shape
     fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
-    words = "trtq tensor range int8 calibrate engine quantize layer scale detect text line page model".split()
+    words = ["trtq", "tensor", "range", "int8", "calibrate", "engine", "quantize", "layer", "scale", "detect",
+             "text", "line", "page", "model"]
     out = np.empty((n, 3, h, w), np.float32)
     for i in range(n):
         page = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(180, 256, 3)))
@@ -99,7 +100,11 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
     if kind == "floor":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # onnxruntime's default pool pins one thread per host core, escaping `taskset`; sized by the
+        # affinity mask, the floor runs on the cores trtq gets (on an unrestricted machine: the default)
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         x = np.load(data, mmap_mode="r")
         for i in range(len(x)):
             session.run(None, {name: np.ascontiguousarray(x[i:i + 1])})
@@ -163,7 +168,7 @@ def job(kind: str, model: Path, data: Path, name: str, out: Path, method: str, e
 def run_job(kind: str, *args: str) -> dict:
     """Run `job` in a fresh Python process and parse its JSON line."""
     cmd = [sys.executable, __file__, "--job", kind, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -210,7 +215,9 @@ def main() -> None:
     stem = model.stem
     snrs = {"trtq": snr(model, out / f"{stem}.int8.onnx", held, extra),
             "onnxruntime": snr(model, out / f"{stem}.ort.int8.onnx", held, extra) if not args.skip_ort else None}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from trtq.devices import usable_cpus
+
+    cores = usable_cpus()  # what trtq sizes its pools by (the floor job inlines it so as not to import trtq)
     print(f"{args.model}, {args.samples} samples, method {args.method}, batch 1, CPU ({cores} of {os.cpu_count()} cores), "
           f"median of {len(ok)} floor/trtq pairs")
     spreads = {"floor": [f for f, _ in ok], "trtq": [t for _, t in ok]}

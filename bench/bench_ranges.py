@@ -313,7 +313,8 @@ def case_vit() -> Case:
 
 
 CASES: dict[str, Callable[[], Case]] = {
-    "det": case_det, "det-photo": case_det_photo, "minilm": case_minilm, "vit": case_vit, "digits": case_digits, "resnet50": case_resnet50,
+    "det": case_det, "det-photo": case_det_photo, "minilm": case_minilm, "vit": case_vit, "digits": case_digits,
+    "resnet50": case_resnet50,
     "rec": case_rec, "cls": case_cls,
 }
 

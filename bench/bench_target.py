@@ -33,8 +33,8 @@ def text_lines(n: int, height: int, width: int, seed: int) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     fonts = sorted(Path("/usr/share/fonts/truetype").glob("*/*.ttf"))
-    words = ("trtq tensor range int8 calibrate engine quantize layer scale detect text line page model 2026 "
-             "invoice total").split()
+    words = ["trtq", "tensor", "range", "int8", "calibrate", "engine", "quantize", "layer", "scale", "detect",
+             "text", "line", "page", "model", "2026", "invoice", "total"]
     out = np.empty((n, 3, height, width), np.float32)
     for i in range(n):
         image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(190, 256, 3)))
@@ -81,7 +81,8 @@ def job(model: str, data: str, out: str, extra: list[str]) -> dict:
 
 def run_job(*args: str) -> dict:
     """`job` in a fresh Python process."""
-    proc = subprocess.run([sys.executable, __file__, "--job", "--", *args], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, __file__, "--job", "--", *args], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
     if proc.returncode:
         raise SystemExit(f"job failed: {proc.stderr.strip()[-400:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

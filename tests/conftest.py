@@ -13,6 +13,20 @@ sys.path.insert(0, str(Path(__file__).parent / "support"))
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (long real-model builds)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` skip, saying so, unless --slow is given."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow real-model case: run with --slow (python -m pytest --slow -m slow)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def transformer_onnx(tmp_path_factory):
     """`get(kind, dynamo)`: the path of a tiny BERT ("bert") or ViT ("vit") with planted activation

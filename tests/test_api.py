@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from tiny_models import gemm_matmul_net, multi_input_net, residual_conv_net, save
-from trtq import api, artifacts
+
+from trtq import api, artifacts, prepare
 from trtq.errors import TrtqError
 from trtq.formats.cache import read_cache
-from trtq.report import RunRecord, build_report, load_records
 from trtq.model import parse_shapes
+from trtq.report import RunRecord, build_report, load_records
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_same_inputs_give_byte_identical_outputs_and_ranges_reuse(conv_case):
     tmp, model = conv_case
     opts = dict(method="entropy")
     first = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "a"), **opts), progress=False)
-    second = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
+    api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(output_dir=str(tmp / "b"), **opts), progress=False)
     reused = api.quantize(model, ranges=first.ranges_path, options=api.QuantizeOptions(output_dir=str(tmp / "c")), progress=False)
     for name in ("net.int8.onnx", "net.int8.cache", "net.int8.json"):
         a = (tmp / "a" / name).read_bytes()
@@ -82,7 +82,7 @@ def test_every_method_produces_a_loadable_model(conv_case):
         r = api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(method=method, output_dir=str(tmp / method)),
                          progress=False)
         ort.InferenceSession(r.onnx_path)
-        amax[method] = json.loads(open(r.ranges_path).read())["amax"]["r2"]
+        amax[method] = json.loads(Path(r.ranges_path).read_text())["amax"]["r2"]
     assert amax["max"] >= max(amax["entropy"], amax["percentile"], amax["mse"])
 
 
@@ -265,13 +265,13 @@ def test_calibration_data_is_opened_and_checked_once(conv_case, monkeypatch):
     """quantize reuses the calibration data for --target (without --target-data) and --high-precision."""
     tmp, model = conv_case
     opened = []
-    real = api.open_dataset
+    real = prepare.open_dataset
 
     def counting(source, *args, **kwargs):
         opened.append(str(source))
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(api, "open_dataset", counting)
+    monkeypatch.setattr(prepare, "open_dataset", counting)  # what api.open_data calls
     api.quantize(model, tmp / "calib.npy", options=api.QuantizeOptions(
         method="max", target="snr>=20", high_precision="fp16", output_dir=str(tmp / "once")), progress=False)
     assert opened == [str(tmp / "calib.npy")]
@@ -297,7 +297,7 @@ def test_api_runs_leave_records_for_the_report(conv_case):
     # entropy ranges, with histograms: those of the most sensitive layer's tensors come first
     first = run.result.layers[0].tensors
     assert 0 < len(records["sensitivity"].histograms) <= api.REPORT_HISTOGRAMS
-    assert [t for t in first if t in run.ranges.amax][0] in records["sensitivity"].histograms
+    assert next(t for t in first if t in run.ranges.amax) in records["sensitivity"].histograms
     assert records["compare"].result["samples"] == 10
     assert [row.variant for row in build_report(out).metrics] == ["net.int8.onnx"]
 

@@ -109,7 +109,9 @@ def test_a_destination_that_cannot_be_replaced_fails_before_anything_is_written(
         old.pop("m.int8.json")
         match = "is a directory"
     else:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(target)], capture_output=True, check=False).returncode:
+        immutable = shutil.which("chattr") and not subprocess.run(["chattr", "+i", str(target)], capture_output=True,
+                                                                  check=False).returncode
+        if not immutable:
             pytest.skip("chattr +i is not available here (needs root with CAP_LINUX_IMMUTABLE)")
         match = "immutable"
     try:
@@ -182,7 +184,7 @@ def test_output_paths_that_cannot_work_are_one_sentence_errors(tmp_path):
     with pytest.raises(TrtqError, match="is not a directory"):
         io.check_destinations([tmp_path / "file" / "out" / "m.int8.onnx"])
     (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "deeper")
-    with pytest.raises(TrtqError, match="symbolic link .* does not resolve"):
+    with pytest.raises(TrtqError, match=r"symbolic link .* does not resolve"):
         io.check_destinations([tmp_path / "dangling" / "m.int8.onnx"])
     with pytest.raises(TrtqError, match="too long"):
         io.check_destinations([tmp_path / ("d" * 300) / "m.int8.onnx"])
@@ -359,3 +361,28 @@ def test_staged_files_of_a_killed_writer_are_removed_later(tmp_path):
     fresh.write_bytes(b"x")
     io.write_files_atomically(_new_set(tmp_path))
     assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("value", ["garbage", "nan", "-5", "1e"])
+def test_a_lock_timeout_that_is_no_number_of_seconds_fails_before_anything_is_written(tmp_path, monkeypatch, value):
+    old = _previous_set(tmp_path)
+    monkeypatch.setenv(io.LOCK_TIMEOUT_ENV, value)
+    with pytest.raises(TrtqError, match=rf"TRTQ_LOCK_TIMEOUT='{value}' is not a number of seconds >= 0"):
+        io.check_destinations(_new_set(tmp_path))
+    with pytest.raises(TrtqError, match="is not a number of seconds"):
+        io.write_files_atomically(_new_set(tmp_path))
+    assert _contents(tmp_path) == old
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("", io.DEFAULT_LOCK_TIMEOUT), (" 2.5 ", 2.5), ("0", 0.0), ("inf", float("inf"))])
+def test_lock_timeouts_that_are_numbers_are_taken(monkeypatch, value, seconds):
+    monkeypatch.setenv(io.LOCK_TIMEOUT_ENV, value)
+    assert io.lock_timeout() == seconds
+
+
+@pytest.mark.skipif(io.fcntl is None, reason="the holder note is written only where folders can be locked")
+def test_a_command_line_that_is_not_utf8_still_writes_its_set(tmp_path, monkeypatch):
+    """A file name of undecodable bytes reaches sys.argv as surrogates; the holder note must not choke on them."""
+    monkeypatch.setattr(sys, "argv", ["trtq", "quantize", os.fsdecode(b"n\xffame.onnx")])
+    io.write_files_atomically(_new_set(tmp_path))
+    assert _contents(tmp_path) == {p.name: d for p, d in _new_set(tmp_path).items()}

@@ -217,7 +217,7 @@ def test_version_conversion_without_the_weights_gives_the_same_model():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper, version_converter
 
-    from trtq.model import _convert_version_weightless
+    from trtq.model.normalize import _convert_version_weightless
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
     nodes = [

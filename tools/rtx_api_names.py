@@ -1,13 +1,14 @@
 """Write the name table of TensorRT-RTX's Python API from the installed bindings.
 
-    python tools/rtx_api_names.py [--output tests/tensorrt/data/tensorrt-rtx-python-api-names.tsv]
+    python tools/rtx_api_names.py [--output tools/api-names/tensorrt-rtx-python-api-names.tsv]
 
 Lists what `tensorrt-python-api-names.tsv` lists for TensorRT 10.13/11.4, in the same layout: every
 name of the module (`dir(tensorrt_rtx_bindings)`), then every public member each class or enum defines
 (`Builder.create_network`, `DataType.INT8`), one per line, with a yes column for the installed
-release. trtq's RTX code paths (`@supports("rtx")`) may use only these names; the test
-tests/tensorrt/test_trt_apicheck.py checks the source against this file, and that the file is what
-this script writes from the installed bindings when they are the release it names.
+release. trtq's RTX code paths (`@supports("rtx")`) may use only these names: tools/trt_apicheck.py
+checks the source against this file, and the test tests/tensorrt/test_trt_apicheck.py runs that check
+and checks that the file is what this script writes from the installed bindings when they are the
+release it names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 MODULE = "tensorrt_rtx_bindings"
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "tensorrt" / "data" / "tensorrt-rtx-python-api-names.tsv"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "api-names" / "tensorrt-rtx-python-api-names.tsv"
 
 
 def api_names(module: object) -> list[str]:

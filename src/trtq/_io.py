@@ -17,26 +17,29 @@ part of one set beside part of another:
    Stop signals wait until this step is done (it takes milliseconds).
 
 The CLI turns SIGTERM and SIGHUP into `Stopped` (SIGINT already raises KeyboardInterrupt), so
-that step 2's cleanup runs for them as it does for Ctrl-C.
+that step 2's cleanup runs for them as it does for Ctrl-C (`trtq._stop`, re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import secrets
-import signal
 import stat
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from trtq._stop import Stopped as Stopped
+from trtq._stop import install_stop_handlers as install_stop_handlers
+from trtq._stop import signals_deferred
 from trtq.errors import TrtqError
 
 try:
@@ -46,7 +49,6 @@ except ImportError:  # Windows: no advisory locks; the rest still applies
 
 Content = bytes | bytearray | memoryview | Iterable[bytes]
 
-STOP_SIGNALS: tuple[int, ...] = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 LOCK_TIMEOUT_ENV = "TRTQ_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -64,80 +66,6 @@ _TEMP = re.compile(r"^\.(?P<base>.*)\.(?P<pid>\d+)-[0-9a-f]{8}\.(?:tmp|bak)$")
 
 written: list[Path] = []
 """Every file this process has put in place, in order (the CLI's stop message names them)."""
-
-
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP, raised in the main thread so that cleanup runs as it does for Ctrl-C.
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def name(self) -> str:
-        """The signal's name, e.g. SIGTERM."""
-        return signal.Signals(self.signum).name
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped(signum)
-
-
-def install_stop_handlers() -> None:
-    """Make SIGTERM and SIGHUP raise `Stopped` in the main thread (for the CLI).
-
-    Signals the caller ignores stay ignored (`nohup` sets SIGHUP to SIG_IGN).
-    """
-    for name in ("SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, _raise_stopped)
-
-
-_defer_depth = 0
-_pending: list[int] = []
-_saved_handlers: dict[int, object] = {}
-
-
-def _defer(signum: int, frame: object) -> None:
-    if signum not in _pending:
-        _pending.append(signum)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals until the block is done, then deliver them to the handlers they had.
-
-    Renaming a set into place and rolling it back must not be cut short. Python runs signal
-    handlers in the main thread only, so elsewhere this does nothing.
-    """
-    global _defer_depth
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if _defer_depth == 0:
-        for signum in STOP_SIGNALS:
-            handler = signal.getsignal(signum)
-            if handler is signal.SIG_IGN or handler is None:  # None: set outside Python; leave it
-                continue
-            _saved_handlers[signum] = handler
-            signal.signal(signum, _defer)
-    _defer_depth += 1
-    try:
-        yield
-    finally:
-        _defer_depth -= 1
-        if _defer_depth == 0:
-            for signum, saved in _saved_handlers.items():
-                signal.signal(signum, saved)  # type: ignore[arg-type]
-            _saved_handlers.clear()
-            pending = list(_pending)
-            _pending.clear()
-            for signum in pending:
-                signal.raise_signal(signum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +218,7 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
     its staging name within the file system's limits, and not one of the command's `inputs`.
     """
     targets = list(dict.fromkeys(Path(p) for p in paths))
+    lock_timeout()  # a bad TRTQ_LOCK_TIMEOUT fails now, not after the work
     for directory in dict.fromkeys(t.parent for t in targets):
         check_writable_dir(directory)
     sources = [Path(p) for p in inputs if p is not None]
@@ -336,7 +265,7 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _write_content(handle, content: Content) -> None:  # type: ignore[no-untyped-def]
+def _write_content(handle: BinaryIO, content: Content) -> None:
     """Write bytes or an iterable of byte chunks (a large model streamed weight by weight)."""
     if isinstance(content, (bytes, bytearray, memoryview)):
         handle.write(content)
@@ -363,11 +292,17 @@ def _stage(target: Path, content: Content, staged: list[Path]) -> Path:
 
 def lock_timeout() -> float:
     """Seconds to wait for another writer (TRTQ_LOCK_TIMEOUT, default DEFAULT_LOCK_TIMEOUT)."""
-    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
-    try:
-        return max(0.0, float(text)) if text else DEFAULT_LOCK_TIMEOUT
-    except ValueError:
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
         return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # garbage, NaN or negative: waiting 0 s or 30 s would both be a guess
+        raise TrtqError(f"{LOCK_TIMEOUT_ENV}={text[:40]!r} is not a number of seconds >= 0.",
+                        f"set it to e.g. {LOCK_TIMEOUT_ENV}=30 (inf waits for ever), or unset it.")
+    return value
 
 
 def _holder(directory: Path) -> str:
@@ -427,7 +362,7 @@ def _folder_lock(directory: Path) -> Iterator[None]:
         holder = directory / HOLDER_FILE
         if locked:
             with contextlib.suppress(OSError):
-                holder.write_text(f"{os.getpid()} {_command_line()}\n", encoding="utf-8")
+                holder.write_text(f"{os.getpid()} {_command_line()}\n", encoding="utf-8", errors="backslashreplace")
         try:
             yield
         finally:

@@ -2,7 +2,8 @@
 
 An exception in their code, or a `sys.exit()` there (which would otherwise end trtq silently,
 with its exit code and no output), becomes a TrtqError naming the script and what it was doing.
-Ctrl-C (KeyboardInterrupt) passes through as it is.
+Ctrl-C (KeyboardInterrupt) and trtq's stop signals pass through as they are; any other
+BaseException their code raises (GeneratorExit, say) is theirs too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from trtq._io import Stopped
 from trtq.errors import TrtqError
+
+PASS_THROUGH: tuple[type[BaseException], ...] = (KeyboardInterrupt, Stopped)
+"""What the user's code may raise that is not its failure: Ctrl-C and SIGTERM/SIGHUP (trtq._io.Stopped)."""
 
 EXIT_FIX = "return (or stop yielding) instead of calling sys.exit()."
 
@@ -43,7 +48,9 @@ def user_code(doing: str, fix: str, exit_fix: str = EXIT_FIX) -> Iterator[None]:
     try:
         with printing_to_stderr():
             yield
-    except (Exception, SystemExit) as exc:  # the user's code failed: report it as their error
+    except PASS_THROUGH:
+        raise
+    except BaseException as exc:  # the user's code failed (or called sys.exit()): report it as their error
         error = user_error(exc, doing, fix, exit_fix)
         if error is exc:
             raise

@@ -34,7 +34,7 @@ from trtq.calibrate.runner import judging_batches
 from trtq.evaluate.tables import TableRunner
 from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable, TableCheck
 from trtq.model import normalize_model
-from trtq.quantize import insert_qdq
+from trtq.quantize import insert_qdq, plan_placement
 from trtq.runtime.ort_session import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_clipping_wins_where_one_rare_outlier_stretches_the_range():
 def test_two_activation_matmul_judges_both_inputs():
     # gemm_matmul_net: x -> reshape -> MatMul(r, transpose(r)) reads two quantized activations.
     model = normalize_model(gemm_matmul_net())
-    placement = api.plan_placement(model)
+    placement = plan_placement(model)
     layers = api.judged_layers(placement)
     pair = [layer for layer in layers if len(layer.activations) == 2]
     assert len(pair) == 1 and not pair[0].weights

@@ -15,8 +15,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU machine, not on CI)"),
 ]
 
-from tiny_models import residual_conv_net, save  # noqa: E402
-from trtq import api  # noqa: E402
+from tiny_models import residual_conv_net, save
+
+from trtq import api
 
 
 def test_auto_on_cuda_explains_every_tensor_and_agrees_with_cpu(tmp_path):

@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_models import residual_conv_net  # noqa: E402
+from tiny_models import residual_conv_net
 
-from trtq.calibrate.algorithms import compute_amax  # noqa: E402
-from trtq.calibrate.backend import make_backend  # noqa: E402
-from trtq.calibrate.backend_ort import OrtBackend  # noqa: E402
-from trtq.calibrate.backend_torch import CUDNN_BENCHMARK_MIN_BATCHES, TorchBackend  # noqa: E402
-from trtq.devices import resolve_device  # noqa: E402
-from trtq.errors import TrtqError  # noqa: E402
-from trtq.model import normalize_model  # noqa: E402
+from trtq.calibrate.algorithms import compute_amax
+from trtq.calibrate.backend import make_backend
+from trtq.calibrate.backend_ort import OrtBackend
+from trtq.calibrate.backend_torch import CUDNN_BENCHMARK_MIN_BATCHES, TorchBackend
+from trtq.devices import resolve_device
+from trtq.errors import TrtqError
+from trtq.model import normalize_model
 
 TENSORS = ["input", "r1", "r2", "r3", "pool", "logits"]
 

@@ -19,14 +19,15 @@ pytestmark = [
 ]
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_backend_torch import TENSORS, assert_parity, batches  # noqa: E402
-from test_backend_torch_stats import stream  # noqa: E402
-from tiny_models import residual_conv_net  # noqa: E402
-from trtq.calibrate.backend_ort import OrtBackend  # noqa: E402
-from trtq.calibrate.backend_torch import TorchBackend  # noqa: E402
-from trtq.calibrate.collector import StatsCollector  # noqa: E402
-from trtq.calibrate.gpu_stats import DeviceStats  # noqa: E402
-from trtq.model import normalize_model  # noqa: E402
+from test_backend_torch import TENSORS, assert_parity, batches
+from test_backend_torch_stats import stream
+from tiny_models import residual_conv_net
+
+from trtq.calibrate.backend_ort import OrtBackend
+from trtq.calibrate.backend_torch import TorchBackend
+from trtq.calibrate.collector import StatsCollector
+from trtq.calibrate.gpu_stats import DeviceStats
+from trtq.model import normalize_model
 
 
 def kernel_stats(engine: str) -> DeviceStats:

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trtq.calibrate.collector import StatsCollector  # noqa: E402
-from trtq.calibrate.gpu_stats import DeviceStats  # noqa: E402
+from trtq.calibrate.collector import StatsCollector
+from trtq.calibrate.gpu_stats import DeviceStats
 
 
 def stream() -> list[dict[str, np.ndarray]]:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trtq.calibrate.cuda_kernels import (  # noqa: E402
+from trtq.calibrate.cuda_kernels import (
     CACHE_FORMAT,
     _read_cached,
     _write_cached,

@@ -18,11 +18,11 @@ pytestmark = [
 ]
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_backend_torch_stats import stream  # noqa: E402
+from test_backend_torch_stats import stream
 
-from trtq.calibrate import cuda_kernels  # noqa: E402
-from trtq.calibrate.collector import StatsCollector  # noqa: E402
-from trtq.calibrate.gpu_stats import _SIGNATURES, CUDA_SOURCE, DeviceStats  # noqa: E402
+from trtq.calibrate import cuda_kernels
+from trtq.calibrate.collector import StatsCollector
+from trtq.calibrate.gpu_stats import _SIGNATURES, CUDA_SOURCE, DeviceStats
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from tiny_models import residual_conv_net, wide_conv_net
 import trtq.calibrate.ort_observe as ort_observe
 from trtq.calibrate.backend_ort import OrtBackend
 from trtq.calibrate.ort_observe import DOMAIN, insert_observers, make_observing_session, observer_library
-from trtq.runtime.ort_session import NCHWC_DOMAIN
 from trtq.model import normalize_model
 from trtq.quantize import plan_placement
+from trtq.runtime.ort_session import NCHWC_DOMAIN
 
 needs_ops = pytest.mark.skipif(observer_library() is None,
                                reason="trtq's observer ops are not built (no C compiler) or onnxruntime < 1.18")

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from tiny_models import residual_conv_net, save
+
 from trtq.cli import main
 
 
@@ -74,7 +74,8 @@ def test_python_m_trtq_runs(case):
     import sys
 
     _, model = case
-    proc = subprocess.run([sys.executable, "-m", "trtq", "inspect", model, "--json"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "trtq", "inspect", model, "--json"], capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["opset"] == 17
 

@@ -4,8 +4,11 @@ a fix on stderr, exit code 2, no traceback and nothing written. Each case names 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -98,6 +101,7 @@ SCRIPTS = {
             sys.exit(0)
     """,
     "raises.py": "def load_data():\n    raise OSError('the share is gone')\n",
+    "generator_exit.py": "def load_data():\n    raise GeneratorExit\n",
     "not_dicts.py": "import numpy as np\ndef load_data():\n    yield np.zeros((1, 3, 16, 16), np.float32)\n",
     "wrong_key.py": "import numpy as np\ndef load_data():\n    yield {'image': np.zeros((1, 3, 16, 16), np.float32)}\n",
     "strings.py": "import numpy as np\ndef load_data():\n    yield {'input': np.full((1, 3, 16, 16), 'a')}\n",
@@ -187,7 +191,14 @@ CASES = [
     ("bench negative warm-up", ["bench", "{root}/m.engine", "--warmup", "-5"], "--warmup: '-5' is not a finite number >= 0"),
     ("unknown method", _q("--method", "best"), "invalid choice: 'best'"),
     ("two shapes for one input", _q("--shape", "input:1x3x16x16", "--shape", "input:2x3x16x16"), "is given two shapes"),
-    ("empty cache version", _q("--trt-version", ""), "TensorRT version '' is not of the form MAJOR.MINOR.PATCH"),
+    ("empty cache version", _q("--trt-version", ""), "Option --trt-version is given an empty value"),
+    # an empty value (an unset shell variable) is never taken for "not given"
+    ("empty target", _q("--target", ""), "Option --target is given an empty value"),
+    ("empty output dir", [*_q()[:-2], "--output-dir="], "Option --output-dir is given an empty value"),
+    ("empty model path", ["inspect", " "], "Argument 2 of the command line is empty"),
+    # top-k over a flattened feature map is no accuracy
+    ("classify a map output", _q("--target", "top1-drop<=1", "--task", "classify"), "output 'scores' is Nx4x8x8"),
+    ("classify a map output in compare", ["compare", "{root}/net.onnx", "{root}/net.onnx", "--data", "{root}/calib.npy", "--task", "classify"], "--task classify scores one vector"),
     ("ranges file of a build that does not exist", _build("--ranges", "{root}/none.json"), "Ranges file .* does not exist"),
     # build --print-trtexec validates what it prints
     ("dla core -1", _build("--dla-core", "-1"), "--dla-core: '-1' is not a whole number >= 0"),
@@ -197,6 +208,16 @@ CASES = [
     ("min above max", _build("--min-shape", "input:4x3x16x16", "--max-shape", "input:1x3x16x16"), "needs min <= opt <= max"),
     ("shape of an unknown input", _build("--shape", "image:1x3x16x16"), "--shape names input 'image'"),
     ("shape of the wrong rank", _build("--shape", "input:1x3x16"), "has rank 3"),
+    ("workspace inf", _build("--workspace", "inf"), "--workspace 'inf' is not a size"),
+    ("workspace over 1 PiB", _build("--workspace", "2000T"), "--workspace '2000T' is over 1 PiB"),
+    ("build shape over 2^31 elements", _build("--shape", "input:100000000x3x16x16"),
+     "76,800,000,000 elements: over the 2,147,483,647"),
+    ("verify range over 2^31 elements", ["verify", "{root}/net.onnx", "--min-shape", "input:1x3x16x16",
+                                         "--max-shape", "input:100000000x3x16x16"],
+     "--max-shape for input 'input' is 100000000x3x16x16"),
+    ("verify record into a file", ["verify", "{root}/net.onnx", "--output-dir", "{root}/calib.npy"],
+     "Cannot create output directory .*calib.npy: .* is not a directory"),
+    ("report of a file", ["report", "{root}/calib.npy"], r"Report folder .*calib.npy is a file, not a folder"),
     ("implicit from samples", _build("--implicit", "--calib", "{root}/calib.npy"), "trtexec cannot calibrate from samples"),
     ("calib that does not exist", _build("--implicit", "--calib", "{root}/nope.cache"), "does not exist"),
     *[(f"cache: {name}", _build("--implicit", "--calib", f"{{root}}/{name}.cache"), message) for name, message in (
@@ -217,7 +238,7 @@ CASES = [
     ("empty model", ["inspect", "{root}/empty.onnx"], r"is empty \(0 bytes\)"),
     ("folder as model", ["inspect", "{root}/folder.onnx"], "is a folder, not an .onnx file"),
     ("text as model", ["inspect", "{root}/text.onnx"], "is not a readable ONNX model"),
-    ("truncated model", _q()[:1] + ["{root}/cut.onnx"] + _q()[2:], "is not a readable ONNX model"),
+    ("truncated model", [*_q()[:1], "{root}/cut.onnx", *_q()[2:]], "is not a readable ONNX model"),
     ("model without inputs", ["quantize", "{root}/no_inputs.onnx", "--calib", "{root}/x3.npy"], "has no graph inputs"),
     ("dangling node input", ["quantize", "{root}/dangling.onnx", "--calib", "{root}/x3.npy"], "onnxruntime .* cannot load .*dangling.onnx: .*'nowhere'"),
     ("unknown op", ["sensitivity", "{root}/unknown_op.onnx", "--calib", "{root}/x3.npy"], "cannot load .*No Op registered for NoSuchOp"),
@@ -233,11 +254,12 @@ CASES = [
     ("gather in compare", ["compare", "{root}/gather.onnx", "{root}/gather.onnx", "--data", "{root}/ids_bad.npy"], "on sample 3 of"),
     ("batch 1 model at batch 4", ["quantize", "{root}/batch_one.onnx", "--calib", "{root}/calib.npy", "--shape", "x:4x3x16x16"], "on a batch of 4 samples .* but runs each of them alone"),
     # load_data() scripts
-    *[(f"load_data: {name}", _q()[:3] + [f"{{root}}/{name}"] + _q()[4:], message) for name, message in (
+    *[(f"load_data: {name}", [*_q()[:3], f"{{root}}/{name}", *_q()[4:]], message) for name, message in (
         ("exit_call.py", r"load_data\(\) in .*exit_call.py called sys.exit\(0\)"),
         ("exit_import.py", r"while it was imported, called sys.exit\(3\)"),
         ("exit_later.py", r"producing item 1, called sys.exit\(0\)"),
         ("raises.py", "raised OSError: the share is gone"),
+        ("generator_exit.py", r"load_data\(\) in .*generator_exit.py raised GeneratorExit"),
         ("not_dicts.py", "item 0 of load_data.* is a ndarray, not a dict"),
         ("wrong_key.py", "has no array for input 'input'"),
         ("strings.py", "not numbers"),
@@ -291,14 +313,64 @@ def test_ctrl_c_while_importing_the_commands(monkeypatch, capsys):
     assert err.startswith("trtq: interrupted") and "Traceback" not in err
 
 
+_SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": _SRC}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, check=False,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(("command_line", "argv0"), [(["-m", "trtq"], "-m"), (["-mtrtq"], "-m"),
+                                                    (["/usr/local/bin/trtq"], "/usr/local/bin/trtq")])
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130(command_line, argv0):
+    """From trtq's first line until the CLI's imports are done, Ctrl-C exits at once: a KeyboardInterrupt
+    raised inside an import (numpy's, onnxruntime's) printed a traceback, or became a RuntimeError."""
+    done = _python(f"""
+        import os, signal, sys, time
+        sys.orig_argv, sys.argv = [sys.executable, *{command_line!r}], [{argv0!r}]
+        import trtq  # the command's first import; what follows stands for numpy's, onnx's...
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        print("not stopped")
+    """)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "trtq: interrupted while starting; no output was written.\n" and done.stdout == ""
+
+
+def test_importing_trtq_leaves_a_library_users_ctrl_c_alone():
+    done = _python("""
+        import signal, sys
+        sys.argv = ["my_script.py"]
+        import trtq.api
+        from trtq.cli import main
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        print("ok")
+    """)
+    assert done.stdout == "ok\n", done.stderr
+
+
+def test_the_cli_takes_ctrl_c_over_once_its_imports_are_done():
+    done = _python("""
+        import signal, sys
+        sys.orig_argv = [sys.executable, "-m", "trtq"]
+        import trtq
+        from trtq.cli import main
+        assert main(["--version"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """)
+    assert done.returncode == 0, done.stderr
+
+
 def test_an_endless_load_data_is_stopped_with_a_hint(files, capsys, monkeypatch, tmp_path):
-    from trtq.data import sources
+    from trtq.data import scripts
 
     script = tmp_path / "endless.py"
     script.write_text("import numpy as np\ndef load_data():\n    while True:\n"
                       "        yield {'input': np.zeros((1, 3, 16, 16), np.float32)}\n")
-    monkeypatch.setattr(sources, "SCRIPT_MAX_SAMPLES", 300)
-    monkeypatch.setattr(sources, "SCRIPT_HINT_SECONDS", 0.0)
+    monkeypatch.setattr(scripts, "SCRIPT_MAX_SAMPLES", 300)
+    monkeypatch.setattr(scripts, "SCRIPT_HINT_SECONDS", 0.0)
     assert main(["quantize", str(files / "net.onnx"), "--calib", str(script), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "trtq: warning: load_data() in" in err and "pass --limit N" in err

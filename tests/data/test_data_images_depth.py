@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from trtq.data import PRESETS, bind_preprocess, load_image, preprocess_image
-from trtq.data.sources import ImageFolderDataset
+from trtq.data.images import ImageFolderDataset
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trtq.data import PRESETS, Preprocess, PreprocessOverrides, bind_preprocess, letterbox_geometry, preprocess_image, resolve_preprocess
+from trtq.data import (
+    PRESETS,
+    Preprocess,
+    PreprocessOverrides,
+    bind_preprocess,
+    letterbox_geometry,
+    preprocess_image,
+    resolve_preprocess,
+)
 from trtq.data.preprocess import center_crop_geometry, output_range
 from trtq.errors import TrtqError
 
@@ -124,7 +132,7 @@ def test_center_crop_geometry_matches_imagenet_eval() -> None:
     # torchvision: Resize(256) on a 300x400 (H, W) image -> 256x341, CenterCrop(224) -> top 16, left 58
     assert center_crop_geometry((300, 400), (224, 224)) == ((256, 341), 16, 58)
     assert center_crop_geometry((400, 300), (224, 224)) == ((341, 256), 58, 16)
-    (new_h, new_w), top, left = center_crop_geometry((100, 100), (112, 160))  # non-square target
+    (new_h, new_w), _, _ = center_crop_geometry((100, 100), (112, 160))  # non-square target
     assert new_h >= 128 and new_w >= 182 and new_h == new_w  # covers target/0.875, aspect kept
 
 

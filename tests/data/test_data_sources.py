@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trtq.data import PRESETS, DataRangeWarning, Preprocess, load_image, open_dataset
-from trtq.data import sources
+from trtq.data import PRESETS, DataRangeWarning, Preprocess, arrays, load_image, open_dataset, scripts
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec
 
@@ -136,7 +135,7 @@ def test_image_folder_needs_a_single_4d_input(tmp_path: Path) -> None:
 def test_image_folder_with_fewer_images_than_the_batch(tmp_path: Path) -> None:
     write_image(tmp_path / "a.png", (0, 0, 0))
     ds = open_dataset(tmp_path, [IMAGE], IMAGE_SHAPES)
-    with pytest.raises(TrtqError, match="1 sample.*fewer than the batch size 4"):
+    with pytest.raises(TrtqError, match=r"1 sample.*fewer than the batch size 4"):
         ds.batches(4)  # raised on the call, before any batch is produced
 
 
@@ -215,7 +214,7 @@ def test_npy_non_finite_names_sample_and_input(tmp_path: Path, bad: float, word:
 
 
 def test_npy_non_finite_found_in_a_later_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 3 * 8 * 8 * 4 * 2)  # two samples per chunk
+    monkeypatch.setattr(arrays, "CHUNK_BYTES", 3 * 8 * 8 * 4 * 2)  # two samples per chunk
     data = np.zeros((7, 3, 8, 8), np.float32)
     data[5, 0, 0, 0] = np.nan
     np.save(tmp_path / "calib.npy", data)
@@ -238,7 +237,7 @@ def test_npy_int64_feeds_int32_when_values_fit(tmp_path: Path) -> None:
     big = np.zeros((3, 4), np.int64)
     big[2, 1] = 2**40
     np.save(tmp_path / "big.npy", big)
-    with pytest.raises(TrtqError, match="Sample 2 of input 'ids'.*outside the int32 range"):
+    with pytest.raises(TrtqError, match=r"Sample 2 of input 'ids'.*outside the int32 range"):
         open_dataset(tmp_path / "big.npy", [spec], {"ids": (1, 4)})
 
 
@@ -254,7 +253,7 @@ def test_npy_for_multi_input_model_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(TrtqError, match="2 inputs"):
         open_dataset(tmp_path / "x.npy", specs, {"a": (1, 3), "b": (1, 3)})
     (tmp_path / "x.csv").write_text("1,2,3")
-    with pytest.raises(TrtqError, match="not a folder, .npy, .npz or .py"):
+    with pytest.raises(TrtqError, match=r"not a folder, .npy, .npz or .py"):
         open_dataset(tmp_path / "x.csv", specs, {"a": (1, 3), "b": (1, 3)})
 
 
@@ -337,7 +336,7 @@ def test_load_data_blocks_with_batch_dim_are_regrouped(tmp_path: Path, monkeypat
                 rows = np.arange(start, start + 3)
                 yield {"tokens": np.repeat(rows[:, None], 5, axis=1), "feat": np.zeros((3, 2, 2))}
     """)
-    monkeypatch.setattr(sources, "SCRIPT_CACHE_BYTES", 0)  # too big to keep: called again per pass
+    monkeypatch.setattr(scripts, "SCRIPT_CACHE_BYTES", 0)  # too big to keep: called again per pass
     ds = open_dataset(path, MULTI, MULTI_SHAPES, limit=8)
     assert ds.num_samples == 8
     batches = all_batches(ds, 4)
@@ -369,7 +368,7 @@ def test_load_data_item_checks_name_item_and_sample(tmp_path: Path) -> None:
         def load_data():
             yield {"tokens": np.zeros(5, np.int64)}
     """, "missing.py")
-    with pytest.raises(TrtqError, match="item 0 of load_data.* has no array for input 'feat'"):
+    with pytest.raises(TrtqError, match=r"item 0 of load_data.* has no array for input 'feat'"):
         open_dataset(missing, MULTI, MULTI_SHAPES)
     nan = script(tmp_path, """
         import numpy as np
@@ -377,5 +376,5 @@ def test_load_data_item_checks_name_item_and_sample(tmp_path: Path) -> None:
             for i in range(3):
                 yield {"tokens": np.zeros((2, 5), np.int64), "feat": np.full((2, 2, 2), np.nan if i == 2 else 0.0)}
     """, "nan.py")
-    with pytest.raises(TrtqError, match="Sample 4 of input 'feat' in item 2 of load_data.* contains NaN"):
+    with pytest.raises(TrtqError, match=r"Sample 4 of input 'feat' in item 2 of load_data.* contains NaN"):
         open_dataset(nan, MULTI, MULTI_SHAPES)

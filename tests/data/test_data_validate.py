@@ -61,7 +61,7 @@ def test_nchw_given_to_nhwc_model_says_so() -> None:
 def test_float16_overflow_is_reported_as_such() -> None:
     block = np.zeros((3, 4), np.float32)
     block[1, 2] = 1e6
-    with pytest.raises(TrtqError, match="Sample 11 of input 'x' in d.npy contains values too large for float16"):
+    with pytest.raises(TrtqError, match=r"Sample 11 of input 'x' in d.npy contains values too large for float16"):
         check_values(block, np.dtype(np.float16), False, "x", "d.npy", first_sample=10)
 
 
@@ -90,7 +90,7 @@ def test_bad_batch_sizes(batch_size: object) -> None:
 def test_check_shapes_needs_every_input_at_the_model_rank() -> None:
     spec = TensorSpec("x", ("N", 3), "float32")
     assert check_shapes([spec], {"x": (4, 3)}) == {"x": (4, 3)}
-    with pytest.raises(TrtqError, match="no resolved shape.*--shape x:"):
+    with pytest.raises(TrtqError, match=r"no resolved shape.*--shape x:"):
         check_shapes([spec], {})
     with pytest.raises(TrtqError, match="does not fit"):
         check_shapes([spec], {"x": (4, 3, 1)})
@@ -111,7 +111,7 @@ def test_check_feed_adds_batch_dim_and_checks_keys_and_counts() -> None:
     assert arrays["b"].tolist() == [7] and ranges == {"a": (1.0, 2.0), "b": (7.0, 7.0)}
     with pytest.raises(TrtqError, match="item 1 has key 'c', which is not a model input"):
         check_feed({"a": [1.0, 2.0], "b": 7, "c": 1}, specs, shapes, dtypes, "item 1", 0)
-    with pytest.raises(TrtqError, match="1 sample.* for input 'b' but 2 for 'a'"):
+    with pytest.raises(TrtqError, match=r"1 sample.* for input 'b' but 2 for 'a'"):
         check_feed({"a": np.zeros((2, 2)), "b": [7]}, specs, shapes, dtypes, "item 2", 0)
     with pytest.raises(TrtqError, match="is a <U1 array, not numbers"):
         check_feed({"a": ["x", "y"], "b": 7}, specs, shapes, dtypes, "item 3", 0)

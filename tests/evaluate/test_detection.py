@@ -18,13 +18,8 @@ from trtq.cli import main
 from trtq.data import open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
-from trtq.evaluate.detection import (
-    DetectionTask,
-    ImageMeta,
-    find_yolo_layout,
-    load_postprocess,
-    yolo_anchor_counts,
-)
+from trtq.evaluate.detection import DetectionTask
+from trtq.evaluate.postprocess import ImageMeta, find_yolo_layout, load_postprocess, yolo_anchor_counts
 from trtq.evaluate.tasks import make_task
 from trtq.model import graph_inputs, graph_outputs
 

@@ -57,9 +57,9 @@ def test_target_that_already_holds_excludes_nothing(outlier):
     assert result.holds and result.excluded == () and result.exclude_nodes == ()
     assert len(result.steps) == 1 and result.steps[0].phase == "int8"
     assert result.placement.targets == prepared.placement.targets
-    # a task target builds its task (FP32 agreement here: no labels) and holds at 100 points of slack
-    agreement = search_mixed_precision(prepared.model, amax, dataset, "top1-drop<=100", batch_size=4, progress=False)
-    assert agreement.holds and agreement.excluded == () and agreement.reference.against == "fp32"
+    # a task target builds its task; top-1 over this model's [N, 4, 8, 8] map would be no accuracy
+    with pytest.raises(TrtqError, match="output 'y' is Nx4x8x8"):
+        search_mixed_precision(prepared.model, amax, dataset, "top1-drop<=100", batch_size=4, progress=False)
 
 
 def test_sensitive_layer_is_excluded_and_reported(outlier):
@@ -90,8 +90,18 @@ def test_unreachable_target_says_how_close_it_came(outlier):
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
+    return _graded(tmp_path_factory, scores=False)
+
+
+@pytest.fixture(scope="module")
+def graded_scores(tmp_path_factory):
+    """graded_chain with y flattened into scores [N, 128] as well: top-k targets read one vector per sample."""
+    return _graded(tmp_path_factory, scores=True)
+
+
+def _graded(tmp_path_factory, scores: bool):
     tmp = tmp_path_factory.mktemp("graded")
-    path = save(graded_chain(), tmp / "model.onnx")
+    path = save(graded_chain(scores=scores), tmp / "model.onnx")
     data = tmp / "data.npy"
     np.save(data, np.random.default_rng(1).standard_normal((48, 8, 4, 4)).astype(np.float32))
     calibration = api.calibrate(path, data, options=api.QuantizeOptions(method="max"), progress=False)
@@ -100,9 +110,9 @@ def graded(tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["snr>=25", "snr>=35", "top1-drop<=0"])
-def test_early_stopped_search_decides_as_every_sample_would(graded, target):
+def test_early_stopped_search_decides_as_every_sample_would(graded, graded_scores, target):
     # graded_chain: 12 convs whose sensitivity grows with depth (local SNR 8.7 dB .. 40 dB)
-    prepared, amax, dataset = graded
+    prepared, amax, dataset = graded_scores if target.startswith("top") else graded
     fast = search_mixed_precision(prepared.model, amax, dataset, target, batch_size=4, progress=False)
     slow = search_mixed_precision(prepared.model, amax, dataset, target, batch_size=4, early_stop=False,
                                   progress=False)

@@ -128,6 +128,45 @@ def test_named_mask_and_its_errors():
     assert not MaskDetector(TOKEN_INPUTS, False).active  # --no-mask: nothing watched, nothing masked
 
 
+@pytest.mark.parametrize("form", ["3d", "4d", "4d-square", "additive", "additive-min", "bool-3d"])
+def test_detector_reads_3d_4d_and_additive_masks_as_their_key_positions(form):
+    feed = _tokens(6, seed=4)
+    mask = feed["attention_mask"]
+    arrays = {
+        "3d": (np.repeat(mask[:, None, :], 6, axis=1), "int64"),  # [B, S, S], row i = the key mask (Google's BERT)
+        "4d": (mask[:, None, None, :], "int64"),  # [B, 1, 1, S]
+        "4d-square": (mask[:, None, :, None] & mask[:, None, None, :], "int64"),  # [B, 1, S, S], real x real
+        "additive": (((1.0 - mask) * -10000.0)[:, None, None, :].astype(np.float32), "float32"),
+        "additive-min": (np.where(mask, 0.0, np.finfo(np.float32).min)[:, None, None, :].astype(np.float32),
+                         "float32"),
+        "bool-3d": (np.repeat(mask[:, None, :], 6, axis=1).astype(bool), "bool"),
+    }
+    value, dtype = arrays[form]
+    specs = (TOKEN_INPUTS[0], TensorSpec("attention_mask", ("batch",) + (6,) * (value.ndim - 1), dtype))
+    detector = MaskDetector(specs)
+    detector.update({"input_ids": feed["input_ids"], "attention_mask": value},
+                    {"last_hidden_state": np.zeros((6, 6, 4)), "pooled": np.zeros((6, 4))})
+    found, notes = detector.result()
+    assert notes == () and found is not None and found.outputs == ("last_hidden_state",)
+    assert found.additive == form.startswith("additive")
+    assert found.share == pytest.approx(mask.mean())
+    assert np.array_equal(found.positions(value), mask.astype(bool))
+
+
+def test_float_inputs_count_as_masks_only_when_named_so():
+    feed = _tokens(4)
+    weights = feed["attention_mask"].astype(np.float32)  # 0/1 floats, but named like anything else
+    detector = MaskDetector((TensorSpec("scale", ("batch", 6), "float32"),))
+    assert not detector.active
+    named = MaskDetector((TensorSpec("input_mask", ("batch", 6), "float32"),))
+    named.update({"input_mask": weights}, {"y": np.zeros((4, 6, 2))})
+    found = named.result()[0]
+    assert found.input == "input_mask" and not found.additive
+    scaled = MaskDetector((TensorSpec("input_mask", ("batch", 6), "float32"),))  # -1 is no additive mask value
+    scaled.update({"input_mask": weights - 1.0}, {"y": np.zeros((4, 6, 2))})
+    assert scaled.result() == (None, ())
+
+
 def test_layer_positions_of_transformer_layouts():
     mask = np.array([[1, 1, 0], [1, 0, 0]])
     assert layer_positions((2, 3, 8), mask).shape == (2, 3, 1)

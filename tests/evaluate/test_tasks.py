@@ -12,15 +12,9 @@ from PIL import Image
 from trtq.data import PreprocessOverrides, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
-from trtq.evaluate.detection import (
-    Detections,
-    DetectionTask,
-    ImageMeta,
-    coco_map,
-    nms,
-    yolo_postprocess,
-)
+from trtq.evaluate.detection import DetectionTask, coco_map
 from trtq.evaluate.evaluator import Evaluator
+from trtq.evaluate.postprocess import Detections, ImageMeta, nms, yolo_postprocess
 from trtq.evaluate.tasks import (
     ClassificationTask,
     Labels,
@@ -98,13 +92,13 @@ def test_bad_label_sources_name_the_problem(tmp_path):
     root = _image_folder(tmp_path / "val", {"cat": 1, "dog": 1})
     dataset = _open(_linear_classifier(), root)
     (tmp_path / "short.txt").write_text("0\n")
-    with pytest.raises(TrtqError, match="1 labels, but data .* 2 samples"):
+    with pytest.raises(TrtqError, match=r"1 labels, but data .* 2 samples"):
         load_labels(tmp_path / "short.txt", dataset)
     (tmp_path / "names.txt").write_text("cat\nbird\n")
     with pytest.raises(TrtqError, match="'bird' on line 2"):
         load_labels(tmp_path / "names.txt", dataset)
     (tmp_path / "pairs.csv").write_text("cat_0.png,0\n")
-    with pytest.raises(TrtqError, match="no label for image 'dog_0.png'"):
+    with pytest.raises(TrtqError, match=r"no label for image 'dog_0.png'"):
         load_labels(tmp_path / "pairs.csv", dataset)
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -142,7 +136,7 @@ def test_topk_counts_against_labels_and_against_fp32():
 
 def test_label_out_of_range_is_an_error():
     scorer = ClassificationTask("y", Labels((7,), None, "labels.txt")).scorer()
-    with pytest.raises(TrtqError, match="Label 7 from labels.txt is out of range .* 3 classes"):
+    with pytest.raises(TrtqError, match=r"Label 7 from labels.txt is out of range .* 3 classes"):
         scorer.update({"y": np.zeros((1, 3))}, {"y": np.zeros((1, 3))}, 0)
 
 
@@ -304,7 +298,7 @@ def test_postprocess_hook_file(tmp_path):
         "def postprocess(outputs, images):\n"
         "    return [(np.array([[0, 0, 4, 4]]), np.array([0.5]), np.array([2])) for _ in images]\n"
     )
-    from trtq.evaluate.detection import load_postprocess
+    from trtq.evaluate.postprocess import load_postprocess
 
     run, convention = load_postprocess(str(hook))
     assert convention == "index"

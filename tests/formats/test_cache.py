@@ -16,12 +16,12 @@ def test_version_codes(version, code):
 
 
 def test_tensorrt_11_has_no_cache():
-    with pytest.raises(TrtqError, match="removed in 11.0"):
+    with pytest.raises(TrtqError, match=r"removed in 11.0"):
         trt_version_code("11.4.0")
 
 
 def test_bad_version_spelling():
-    with pytest.raises(TrtqError, match="MAJOR.MINOR.PATCH"):
+    with pytest.raises(TrtqError, match=r"MAJOR.MINOR.PATCH"):
         trt_version_code("ten")
 
 
@@ -51,7 +51,7 @@ def test_round_trip_with_colons_in_names(tmp_path):
 def test_parse_rejects_garbage():
     with pytest.raises(TrtqError, match="expected a header"):
         parse_cache(b"hello\n", "x.cache")
-    with pytest.raises(TrtqError, match="Line 2 of calibration cache x.cache"):
+    with pytest.raises(TrtqError, match=r"Line 2 of calibration cache x.cache"):
         parse_cache(b"TRT-8601-EntropyCalibration2\ninput: zz\n", "x.cache")
 
 

@@ -158,7 +158,7 @@ def test_labels_make_the_loss_cross_entropy(tmp_path):
     losses = [p.loss for p in result.training.history if p.loss is not None]
     assert losses and losses[0] > 0.3  # cross-entropy of 3 random classes, not a tiny 1/SNR
     np.save(tmp_path / "bad.npy", np.arange(5))
-    with pytest.raises(TrtqError, match="has 5 labels, but data .* has 24 samples"):
+    with pytest.raises(TrtqError, match=r"has 5 labels, but data .* has 24 samples"):
         finetune(model, str(tmp_path / "x.npy"), progress=False,
                  options=_options(tmp_path / "bad", labels=str(tmp_path / "bad.npy")))
     assert not (tmp_path / "bad").exists() or _written(tmp_path / "bad") == []

@@ -43,7 +43,7 @@ def test_fp8_pairs_have_float8_zero_points_and_scales_over_448():
         scale, zero = inits[node.input[1]], inits[node.input[2]]
         assert zero.dtype == ml_dtypes.float8_e4m3fn and not zero.astype(np.float32).any()
         axis = {a.name: a.i for a in node.attribute}.get("axis")
-        if node.input[0] in ("gw", "mw") or node.input[0].endswith("_quantized") and scale.ndim:
+        if node.input[0] in ("gw", "mw") or (node.input[0].endswith("_quantized") and scale.ndim):
             assert scale.ndim == 1 and axis is not None
         else:
             assert scale.ndim == 0 and axis is None and scale == np.float32(2.24 / 448)

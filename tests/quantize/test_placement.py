@@ -33,7 +33,7 @@ def test_weights_per_output_channel_activations_per_tensor():
 
 
 def test_gemm_and_matmul_axes():
-    placement, targets = _targets(gemm_matmul_net())
+    _, targets = _targets(gemm_matmul_net())
     assert targets["gw"].axis == 0  # Gemm transB=1: W is [N, K]
     assert targets["mw"].axis == 1  # MatMul W is [K, N]
     # activation-activation MatMul: both inputs quantized per tensor
@@ -200,3 +200,43 @@ def test_attention_matmuls_and_their_key_length():
     assert long_attention(model, {"x": (1, MHA_INT8_MAX_SEQ, 8)}) == {}
     assert long_attention(model, {"x": (2, 600, 8)}) == {"scores": 600, "context": 600}
     assert long_attention(normalize_model(residual_conv_net()), {"input": (1, 3, 16, 16)}) == {}
+
+
+def _object_queries():
+    """A DETR-style first decoder layer: the object queries are zeros shaped like the batch plus a learned
+    embedding, so the query projection never reads the input data (TensorRT computes it at build time):
+
+        x [N,4,8] -> Shape -> Gather(0) -> Unsqueeze -> Concat([n, 4, 8]) -> ConstantOfShape(0) -> zeros
+        q = (zeros + embed [4,8]) -> MatMul(wq [8,8]) -> qp      (data free)
+        x -> MatMul(wx [8,8]) -> xp;  out = Add(qp, xp)            (reads x)
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("embed", (4, 8)), ("wq", (8, 8)), ("wx", (8, 8)))]
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+              numpy_helper.from_array(np.array([4, 8], np.int64), "rest")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch", axis=0),
+             helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"], name="unsqueeze"),
+             helper.make_node("Concat", ["n1", "rest"], ["dims"], name="dims", axis=0),
+             helper.make_node("ConstantOfShape", ["dims"], ["zeros"], name="zeros",
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("Add", ["zeros", "embed"], ["q"], name="queries"),
+             helper.make_node("MatMul", ["q", "wq"], ["qp"], name="q_proj"),
+             helper.make_node("MatMul", ["x", "wx"], ["xp"], name="x_proj"),
+             helper.make_node("Add", ["qp", "xp"], ["out"], name="sum")]
+    graph = helper.make_graph(nodes, "queries", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_layer_that_never_reads_the_input_data_stays_in_high_precision():
+    """DETR's first decoder layer projects zeros + a learned embedding: TensorRT folds it at build time, so its
+    Q/DQ pairs only round (TensorRT-RTX built such q/k/v projections as GEMMs without runtime inputs; found by
+    `trtq verify` on transformers' DETR). A layer reading the input is quantized as before."""
+    placement, targets = _targets(_object_queries())
+    assert "q_proj" in placement.excluded_nodes and not {"q", "wq"} & set(targets)
+    assert {"x", "wx"} <= set(targets) and "x_proj" not in placement.excluded_nodes

@@ -35,7 +35,7 @@ def test_one_pair_per_target_with_symmetric_int8_params():
         assert zp.dtype == np.int8 and not zp.any()
         assert (scale > 0).all() and scale.dtype == np.float32
         axis = {a.name: a.i for a in node.attribute}.get("axis")
-        if node.input[0] in ("w1", "w2", "w3", "wh") or node.input[0].endswith("_quantized") and scale.ndim:
+        if node.input[0] in ("w1", "w2", "w3", "wh") or (node.input[0].endswith("_quantized") and scale.ndim):
             assert scale.ndim == 1 and axis == 0
         else:
             assert scale.ndim == 0 and axis is None

@@ -10,7 +10,8 @@ import pytest
 from trtq.calibrate.collector import StatsCollector
 from trtq.errors import TrtqError
 from trtq.report import build_report, histogram_summary, load_records, render_markdown, write_record, write_report
-from trtq.report.render import histogram_svg, render_html, sensitivity_svg
+from trtq.report.charts import histogram_svg, sensitivity_svg
+from trtq.report.render import render_html
 
 LAYERS = [
     {"node": "conv2", "op_type": "Conv", "tensors": ["big", "w2"], "snr_db": 8.5, "task_drop": 3.0, "macs": 4096},

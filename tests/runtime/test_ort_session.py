@@ -12,6 +12,8 @@ from reference_stats import plain_exposure_stats
 from tiny_models import wide_conv_net
 
 from trtq.calibrate.backend_ort import OrtBackend
+from trtq.model import normalize_model, split_initializers
+from trtq.quantize import plan_placement
 from trtq.runtime.ort_session import (
     NCHWC_DOMAIN,
     ExposingSession,
@@ -22,8 +24,6 @@ from trtq.runtime.ort_session import (
     make_exposing_session,
     make_session,
 )
-from trtq.model import normalize_model, split_initializers
-from trtq.quantize import plan_placement
 
 
 def _weights_model() -> onnx.ModelProto:
@@ -180,7 +180,7 @@ def test_blocked_route_that_cannot_write_falls_back_to_plain_exposure(monkeypatc
 
     import trtq.runtime.ort_session as ort_session
 
-    model, tensors, batches = _wide()
+    model, tensors, _ = _wide()
     if not has_nchwc(model):
         pytest.skip("the blocked-layout route is only tried on x86-64")
 

@@ -48,7 +48,7 @@ def outlier_net(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def graded_chain(layers: int = 12, seed: int = 0) -> onnx.ModelProto:
+def graded_chain(layers: int = 12, seed: int = 0, scores: bool = False) -> onnx.ModelProto:
     """A chain of 1x1 convs whose inputs carry outlier channels of growing size: sensitivity grows with depth.
 
         x [N,8,4,4] -> (Mul: channel 0 x s_i -> m_i -> conv_i (8->8, 1x1; input channel 0 x 1/s_i) -> c_i) x layers -> y
@@ -56,7 +56,8 @@ def graded_chain(layers: int = 12, seed: int = 0) -> onnx.ModelProto:
     Without quantization every Mul is undone by the next conv's weights, so the FP32 chain is a
     plain stack of random 1x1 convs (weights scaled to keep the signal level). Per-tensor INT8 of
     m_i rounds its ordinary channels to steps of s_i/127, so conv_i hurts more the larger s_i
-    (s_i = 2^(i/2)): a target in between needs the last few layers kept out.
+    (s_i = 2^(i/2)): a target in between needs the last few layers kept out. With `scores`, y is also
+    flattened into a second output scores [N,128], the one vector per sample that top-k targets read.
     """
     rng = np.random.default_rng(seed)
     nodes, inits, previous = [], [], "x"
@@ -73,11 +74,15 @@ def graded_chain(layers: int = 12, seed: int = 0) -> onnx.ModelProto:
         ]
         previous = f"c{i}"
     nodes.append(helper.make_node("Identity", [previous], ["y"], name="out"))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])]
+    if scores:
+        nodes.append(helper.make_node("Flatten", ["y"], ["scores"], name="flatten"))
+        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 128]))
     graph = helper.make_graph(
         nodes,
         "graded",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -16,11 +16,16 @@ class EngineLayer:
     kind: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    onnx_nodes: tuple[str, ...] = ()
+    """The ONNX nodes whose work the layer does (its metadata)."""
+    runtime_inputs: tuple[str, ...] = ()
+    """Data types of the inputs computed at run time (`inputs` also holds the constants')."""
 
 
-def engine_layers(onnx_path: str, shapes: dict[str, tuple[int, ...]]) -> list[EngineLayer]:
-    """Build `onnx_path` for an Ada GPU (SM 8.9, the first with FP8) at `shapes` and return the
-    engine's layers (from the build log at DETAILED profiling verbosity)."""
+def engine_layers(onnx_path: str, shapes: dict[str, tuple[int, ...]], capability: str | None = "8.9") -> list[EngineLayer]:
+    """Build `onnx_path` for an Ada GPU (SM 8.9, the first with FP8; None: TensorRT-RTX's portable
+    default) at `shapes` and return the engine's layers (from the build log at DETAILED profiling
+    verbosity)."""
     import tensorrt_rtx_bindings as trt
 
     class Log(trt.ILogger):
@@ -38,8 +43,9 @@ def engine_layers(onnx_path: str, shapes: dict[str, tuple[int, ...]]) -> list[En
     assert parser.parse_from_file(onnx_path), [parser.get_error(i).desc() for i in range(parser.num_errors)]
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    if capability is not None:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + capability.replace(".", "")), 0)
     profile = builder.create_optimization_profile()
     for name, shape in shapes.items():
         profile.set_shape(name, shape, shape, shape)
@@ -49,7 +55,10 @@ def engine_layers(onnx_path: str, shapes: dict[str, tuple[int, ...]]) -> list[En
     layers = []
     for entry in listing.split("\nName: ")[1:]:
         inputs, _, outputs = entry.partition("Outputs:")
+        runtime = inputs.partition("Constants:")[0]
         layers.append(EngineLayer(entry.split(",")[0], re.search(r"LayerType: (\w+)", entry).group(1),
                                   tuple(re.findall(r"Datatype: (\w+)", inputs)),
-                                  tuple(re.findall(r"Datatype: (\w+)", outputs))))
+                                  tuple(re.findall(r"Datatype: (\w+)", outputs)),
+                                  tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", entry)),
+                                  tuple(re.findall(r"Datatype: (\w+)", runtime))))
     return layers

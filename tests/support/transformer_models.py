@@ -119,6 +119,57 @@ def tiny_bert_heads(seed: int = 0, labels: int = 3):
     return Heads().eval()
 
 
+MASK_FORMS = ("3d", "additive-4d")
+
+
+def tiny_bert_mask_form(form: str, seed: int = 0):
+    """The tiny BERT taking (input_ids, mask) with the mask in another form than [B, S] 0/1:
+
+    - "3d": [B, S, S] int64, row i = the key mask (as Google's BERT builds it);
+    - "additive-4d": [B, 1, 1, S] float32, 0 for real tokens and -10000 for padding, added to the scores.
+
+    `mask_form_data` makes matching data.
+    """
+    import torch
+
+    bert = tiny_bert(seed=seed).bert
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, mask):  # type: ignore[no-untyped-def]
+            extended = mask[:, None].bool() if form == "3d" else mask
+            return self.bert(input_ids=input_ids, attention_mask=extended).last_hidden_state
+
+    return Masked().eval()
+
+
+def mask_form_data(form: str, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`tokens` (token_data) with its attention mask in `form` (tiny_bert_mask_form), as input `mask`."""
+    mask = tokens["attention_mask"]
+    if form == "3d":
+        value = np.repeat(mask[:, None, :], mask.shape[1], axis=1)
+    else:
+        value = ((1.0 - mask) * -10000.0)[:, None, None, :].astype(np.float32)
+    return {"input_ids": tokens["input_ids"], "mask": value}
+
+
+def export_mask_form(form: str, path: Path) -> Path:
+    """tiny_bert_mask_form(form) exported by the legacy exporter, dynamic batch."""
+    import warnings
+
+    import torch
+
+    data = mask_form_data(form, token_data(2, seed=1))
+    args = tuple(torch.from_numpy(data[k]) for k in ("input_ids", "mask"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(tiny_bert_mask_form(form), args, ["input_ids", "mask"], ["last_hidden_state"], path, False)
+    return path
+
+
 def tiny_vit(outliers: bool = False, seed: int = 0):
     """A 2-layer ViT (16x16 images, 4x4 patches, hidden 32, 2 heads, FFN 64), returning last_hidden_state."""
     import torch

@@ -102,8 +102,9 @@ def cache_root() -> Path:
 def build(entry: ZooEntry) -> ZooFiles:
     """Export `entry` and write its data, or reuse the cached files. Raises if the exporter is missing.
 
-    Once per process: later calls return the same files. The model is built in a temporary sibling folder and renamed into place when complete, so an
-    interrupted run (or a test run in another worktree at the same time) never sees half a model.
+    Once per process: later calls return the same files. The model is built in a temporary sibling folder and
+    renamed into place when complete, so an interrupted run (or a test run in another worktree at the same
+    time) never sees half a model.
     """
     return _build(entry.name)
 

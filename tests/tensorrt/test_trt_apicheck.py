@@ -1,7 +1,8 @@
 """Every tensorrt name trtq uses exists in the bindings of each release its code path claims.
 
-Two tables: tensorrt-python-api-names.tsv (TensorRT 10.13.3.9 and 11.4.0.106), a copy of
-../shared/tensorrt-python-api-names.tsv kept beside the tests so they also run where shared/ is
+The checker is a development tool, tools/trt_apicheck.py, with its name tables in tools/api-names/:
+tensorrt-python-api-names.tsv (TensorRT 10.13.3.9 and 11.4.0.106), a copy of
+../shared/tensorrt-python-api-names.tsv kept in the repository so the check also runs where shared/ is
 absent (a test checks the copy is identical when both exist); and tensorrt-rtx-python-api-names.tsv
 (TensorRT-RTX 1.7.1.116), written by tools/rtx_api_names.py from the installed bindings (a test
 checks it is what the script writes when that release is installed).
@@ -19,14 +20,27 @@ from pathlib import Path
 import pytest
 
 import trtq.tensorrt
-from trtq.tensorrt import apicheck, ioformats
+from trtq.tensorrt import ioformats
 
 HERE = Path(__file__).parent
-TABLE_PATH = HERE / "data" / "tensorrt-python-api-names.tsv"
-RTX_TABLE_PATH = HERE / "data" / "tensorrt-rtx-python-api-names.tsv"
-SHARED_TABLE = HERE.parents[2] / "shared" / "tensorrt-python-api-names.tsv"
 PACKAGE = Path(trtq.tensorrt.__file__).parent
 SRC = PACKAGE.parents[1]
+TOOLS = SRC.parent / "tools"
+TABLE_PATH = TOOLS / "api-names" / "tensorrt-python-api-names.tsv"
+RTX_TABLE_PATH = TOOLS / "api-names" / "tensorrt-rtx-python-api-names.tsv"
+SHARED_TABLE = HERE.parents[2] / "shared" / "tensorrt-python-api-names.tsv"
+
+
+def _tool(name: str):
+    """A script of tools/ (development tools, not part of the package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+apicheck = _tool("trt_apicheck")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +67,7 @@ def test_table_reads_every_release_column(table):
 
 
 def _rtx_tool():
-    spec = importlib.util.spec_from_file_location("rtx_api_names", SRC.parent / "tools" / "rtx_api_names.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _tool("rtx_api_names")
 
 
 def test_rtx_table_is_what_the_installed_bindings_give():
@@ -181,7 +192,7 @@ def test_io_format_tables_name_existing_enum_members(table):
 
 
 def _dict_literal(function: str, variable: str) -> dict[str, str]:
-    tree = ast.parse((PACKAGE / "build.py").read_text())
+    tree = ast.parse((PACKAGE / "builder.py").read_text())
     func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     assign = next(n for n in ast.walk(func) if isinstance(n, ast.Assign)
                   and isinstance(n.targets[0], ast.Name) and n.targets[0].id == variable)
@@ -211,6 +222,24 @@ def test_importing_the_stage_and_cli_does_not_import_tensorrt():
             "import trtq.tensorrt, trtq.tensorrt.build, trtq.tensorrt.run, trtq.tensorrt.bench, "
             "trtq.tensorrt.inspector, trtq.tensorrt.calibrator, trtq.tensorrt.runtime, trtq.cli.trt\n"
             "print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_command_line_checks_the_package_and_names_file_and_line(tmp_path, capsys):
+    assert apicheck.main([]) == 0  # src/trtq, against the vendored tables
+    assert not (PACKAGE / "apicheck.py").exists()  # a development tool, not shipped in the package
+    bad = tmp_path / "pkg"
+    bad.mkdir()
+    (bad / "configure.py").write_text(textwrap.dedent("""
+        from trtq.tensorrt.version import supports
+
+        @supports("10", "11")
+        def configure(trt, config):
+            config.set_flag(trt.BuilderFlag.INT8)
+    """))
+    capsys.readouterr()
+    assert apicheck.main([str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad / 'configure.py'}:6: tensorrt.BuilderFlag.INT8" in out, out

@@ -71,7 +71,7 @@ def test_cache_file_reads_and_writes(tmp_path):
 def test_a_rejected_cache_becomes_a_clear_error():
     source = BatchSource(cache_rejected("m.int8.cache"), lambda batch, names: [])
     assert source.next_pointers(["x"]) is None
-    with pytest.raises(TrtqError, match="did not accept the calibration cache m.int8.cache"):
+    with pytest.raises(TrtqError, match=r"did not accept the calibration cache m.int8.cache"):
         source.raise_if_failed()
 
 

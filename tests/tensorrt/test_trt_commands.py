@@ -128,12 +128,16 @@ def test_run_bench_inspect_commands():
 
 
 @pytest.mark.parametrize(("text", "mib"), [("4G", 4096), ("4GiB", 4096), ("512M", 512), ("1024", 1024),
-                                           ("0.5G", 512), ("2048k", 2)])
+                                           ("0.5G", 512), ("2048k", 2), ("4T", 4 * 1024 * 1024), ("1024T", 1024**3)])
 def test_parse_size_mib(text, mib):
     assert parse_size_mib(text) == mib
 
 
-@pytest.mark.parametrize("text", ["lots", "4T", "0.1M"])
-def test_parse_size_mib_rejects(text):
-    with pytest.raises(TrtqError, match="--workspace"):
+@pytest.mark.parametrize(("text", "why"), [("lots", "not a size"), ("4P", "not a size"), ("0.1M", "below 1 MiB"),
+                                           ("inf", "not a size"), ("nan", "not a size"), ("-inf", "not a size"),
+                                           ("1025T", "over 1 PiB"), ("1e30G", "over 1 PiB")])
+def test_parse_size_mib_rejects(text, why):
+    """A workspace that is no finite number of MiB, or more than any GPU has (the cap: 1 PiB), is an error:
+    inf and nan raised OverflowError/ValueError, and 1e30G printed a 37-digit --memPoolSize."""
+    with pytest.raises(TrtqError, match=f"--workspace '{text}' .*{why}"):
         parse_size_mib(text)

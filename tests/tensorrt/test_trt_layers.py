@@ -135,6 +135,7 @@ def test_quantize_record_with_unnamed_excluded_node_maps_to_parser_names(tmp_pat
     """`trtq quantize` names an unnamed node `<Op>_<index>`; `build --layer-precisions-from` its record
     must still reach the parser's `node_of_<output>` layer."""
     from tiny_models import residual_conv_net, save
+
     from trtq.cli import main
 
     model = residual_conv_net(batch="N")
@@ -150,6 +151,7 @@ def test_quantize_record_with_unnamed_excluded_node_maps_to_parser_names(tmp_pat
 def test_sensitivity_record_feeds_layer_precisions(tmp_path, capsys):
     """`trtq sensitivity` records the layers below 30 dB and prints the TensorRT 10 line pinning them."""
     from tiny_models import residual_conv_net, save
+
     from trtq.cli import main
 
     path = save(residual_conv_net(batch="N"), tmp_path / "m.onnx")

@@ -137,7 +137,7 @@ def test_compute_capability_option():
     assert parse_compute_capabilities("8.9") == ("8.9",)
     assert parse_compute_capabilities("sm89,12.0, 86") == ("8.9", "12.0", "8.6")
     assert parse_compute_capabilities(None) == ()
-    with pytest.raises(TrtqError, match="--compute-capability '9.0' is not one TensorRT-RTX builds for"):
+    with pytest.raises(TrtqError, match=r"--compute-capability '9.0' is not one TensorRT-RTX builds for"):
         parse_compute_capabilities("9.0")
     with pytest.raises(TrtqError, match="--compute-capability chooses the GPUs a TensorRT-RTX engine is built for"):
         build_engine(DIGITS / "digits_cnn.onnx", BuildOptions(compute_capabilities=("8.9",)))

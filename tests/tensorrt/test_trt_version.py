@@ -54,7 +54,7 @@ def test_parse_version(text, parsed):
 
 
 def test_parse_version_rejects_garbage():
-    with pytest.raises(TrtqError, match="not MAJOR.MINOR.PATCH"):
+    with pytest.raises(TrtqError, match=r"not MAJOR.MINOR.PATCH"):
         parse_version("unknown")
 
 
@@ -113,7 +113,7 @@ def test_weak_typing_options_need_implicit(options, fragment):
 
 def test_dla_only_on_10():
     dla = DlaOptions(0, gpu_fallback=True)
-    with pytest.raises(TrtqError, match="DLA engines with TensorRT 10.x only"):
+    with pytest.raises(TrtqError, match=r"DLA engines with TensorRT 10.x only"):
         validate_options(ELEVEN, BuildOptions(dla=dla), "int8")
     validate_options(TEN, BuildOptions(dla=dla), "int8")
     validate_options(TEN, BuildOptions(implicit=True, dla=dla), "int8")

@@ -9,10 +9,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from tiny_models import residual_conv_net  # noqa: E402
-from trtq.errors import TrtqError  # noqa: E402
-from trtq.torch import OnnxModule  # noqa: E402
-from trtq.torch import ops  # noqa: E402
+from tiny_models import residual_conv_net
+
+from trtq.errors import TrtqError
+from trtq.torch import (
+    OnnxModule,
+    ops,
+)
 
 
 def two_branch_net() -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from trtq.torch import OnnxModule  # noqa: E402
+from trtq.torch import OnnxModule
 
 RNG = np.random.default_rng(0)
 
@@ -94,7 +94,8 @@ CASES = [
     ("cast_int", "Cast", {"x": X * 3}, {}, ["x"], {"to": TensorProto.INT64}, 1, 17),
     ("conv_pads", "Conv", {"x": X}, {"w": f32(4, 3, 3, 3), "b": f32(4)}, ["x", "w", "b"], {"pads": [1, 1, 1, 1]}, 1, 17),
     ("conv_asym", "Conv", {"x": X}, {"w": f32(4, 3, 3, 2)}, ["x", "w"], {"pads": [0, 1, 2, 0], "strides": [2, 1]}, 1, 17),
-    ("conv_same", "Conv", {"x": X}, {"w": f32(6, 1, 3, 3)}, ["x", "w"], {"auto_pad": "SAME_UPPER", "group": 3, "strides": [2, 2]}, 1, 17),
+    ("conv_same", "Conv", {"x": X}, {"w": f32(6, 1, 3, 3)}, ["x", "w"],
+     {"auto_pad": "SAME_UPPER", "group": 3, "strides": [2, 2]}, 1, 17),
     ("conv_dil", "Conv", {"x": f32(1, 2, 9, 9)}, {"w": f32(2, 2, 3, 3)}, ["x", "w"], {"dilations": [2, 2]}, 1, 17),
     ("conv1d", "Conv", {"x": f32(2, 3, 11)}, {"w": f32(4, 3, 3)}, ["x", "w"], {"pads": [1, 1]}, 1, 17),
     ("convT", "ConvTranspose", {"x": X}, {"w": f32(3, 2, 4, 4), "b": f32(2)}, ["x", "w", "b"],

@@ -19,8 +19,8 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU machine, not on CI)"),
 ]
 
-from trtq.model import normalize_model  # noqa: E402
-from trtq.torch import OnnxModule  # noqa: E402
+from trtq.model import normalize_model
+from trtq.torch import OnnxModule
 
 
 class RetinaNetCore(torch.nn.Module):

@@ -231,7 +231,7 @@ def test_verify_builds_the_qdq_model(zoo: Zoo) -> None:
     pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install -e '.[verify]')")
     if zoo.entry.name == "ppocr-cls":  # a known limit, said in one sentence (exit 2): see the README's table
         # every dynamic dim of this export is named '?', which TensorRT reads as one dim (batch 1 = H 48 = W 64)
-        with pytest.raises(AssertionError, match="(?s)exited 2:.*dims the same name"):
+        with pytest.raises(AssertionError, match=r"(?s)exited 2:.*dims the same name"):
             trtq("verify", zoo.quantized["onnx_path"], *zoo.entry.shape_args(), "--output-dir", str(zoo.out / "verify"))
         return
     result = trtq("verify", zoo.quantized["onnx_path"], *zoo.entry.shape_args(), "--output-dir", str(zoo.out / "verify"))

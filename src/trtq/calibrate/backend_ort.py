@@ -10,7 +10,6 @@ memory stays bounded by one batch's activations whatever the number of samples.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -19,6 +18,7 @@ import onnx
 
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.ort_observe import ObservingSession, make_observing_session
+from trtq.devices import usable_cpus
 from trtq.runtime.ort_session import (
     _ORT_ERRORS,
     ExposingSession,
@@ -55,10 +55,10 @@ class OrtBackend:
         input_names = {i.name for i in model.graph.input}
         self._from_feeds = [t for t in self._tensors if t in input_names]
         self._fetch = [t for t in self._tensors if t not in input_names]
-        self._model, self._threads = model, threads or os.cpu_count()
+        self._model, self._threads = model, threads or usable_cpus()
         self._collector = StatsCollector(self._tensors, histogram=histogram)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats")
-        binners = stats_threads(os.cpu_count() or 1)
+        binners = stats_threads(usable_cpus())
         self._binners = ThreadPoolExecutor(max_workers=binners, thread_name_prefix="trtq-bin") if binners > 1 else None
         self._pending: Future[None] | None = None
         self._observed_once = False
@@ -148,7 +148,7 @@ class OrtBackend:
         If one does not (a block size above MAX_BLOCK), switch to the plain exposing session and
         return False so that the caller runs the batch again.
         """
-        channels = self._exposing.channels
+        channels = self._exposing.channels if self._exposing is not None else {}
         if all(v.ndim > 1 and v.shape[1] == channels[t] for t, v in zip(self._fetch, values) if t in channels):
             return True
         note = "observed tensors exposed in NCHW (a blocked tensor had padding lanes)"

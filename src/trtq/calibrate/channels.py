@@ -52,21 +52,35 @@ class _Rows:
     """Keeps about `total` rows of each tensor, spread over `batches` batches (from the first ones
     when the count is unknown), a fixed random choice within each batch."""
 
-    def __init__(self, total: int, batches: int | None) -> None:
+    def __init__(self, total: int, batches: int | None, real_rows: bool = False) -> None:
         self.total = total
+        self.real_rows = real_rows
+        self.positions: np.ndarray | None = None
+        """The current batch's real positions (set per batch when `real_rows`)."""
         self.per_batch = total if not batches else max(1, -(-total // batches))
         self.rng = np.random.default_rng(0)
         self.taken: dict[str, list[np.ndarray]] = {}
         self.counts: dict[str, int] = {}
 
-    def pick(self, name: str, count: int) -> np.ndarray | None:
-        """Row indices to keep of a batch of `count` rows of `name` (None once enough were kept)."""
+    def start(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Note the batch's real positions, when rows are taken at real tokens only."""
+        if self.real_rows:
+            from trtq.evaluate.scoring import batch_positions
+
+            self.positions = batch_positions(batch)
+
+    def pick(self, name: str, count: int, shape: tuple[int, ...] = ()) -> np.ndarray | None:
+        """Row indices to keep of a batch of `count` rows of `name` of `shape` (None once enough were kept)."""
         have = self.counts.get(name, 0)
-        size = min(self.per_batch, count, self.total - have)
+        allowed = np.arange(count)
+        marks = self.positions
+        if marks is not None and tuple(shape[:marks.ndim]) == marks.shape and len(shape) == marks.ndim + 1:
+            allowed = np.flatnonzero(marks.reshape(-1))
+        size = min(self.per_batch, len(allowed), self.total - have)
         if size <= 0:
             return None
         self.counts[name] = have + size
-        return np.sort(self.rng.choice(count, size, replace=False))
+        return np.sort(self.rng.choice(allowed, size, replace=False))
 
     def keep(self, name: str, rows: np.ndarray) -> None:
         self.taken.setdefault(name, []).append(np.asarray(rows, dtype=np.float32))
@@ -85,15 +99,18 @@ def channel_amax(
     drop_partial: bool = False,
     rows: int = 0,
     progress: bool = True,
+    real_rows: bool = False,
 ) -> ChannelStats:
     """Max |x| per channel (last axis) of every tensor in `tensors` of the FP32 `model` over `dataset`
-    (float32), and up to `rows` rows of each, taken evenly over the batches."""
+    (float32), and up to `rows` rows of each, taken evenly over the batches; with `real_rows`, rows of
+    [batch, sequence, ...] tensors only at the positions the batch's attention mask marks
+    (`trtq.evaluate.scoring.batch_positions`)."""
     names = list(dict.fromkeys(tensors))
     found: dict[str, np.ndarray] = {}
     if not names:
         return ChannelStats()
     batches = -(-dataset.num_samples // batch_size) if dataset.num_samples else None
-    kept = _Rows(rows, batches)
+    kept = _Rows(rows, batches, real_rows)
     bar = tqdm(total=dataset.num_samples, desc="channel ranges", unit="sample", disable=not progress,
                dynamic_ncols=True, leave=False)
     with bar:
@@ -116,11 +133,13 @@ def _on_cpu(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[
     for batch in batches:
         values = dict(zip(fetch, session.run(fetch, dict(batch)))) if fetch else {}
         values.update({name: batch[name] for name in names if name in inputs})
+        kept.start(batch)
         for name in names:
             value = np.asarray(values[name], dtype=np.float32)
+            shape = value.shape
             value = value.reshape(-1, value.shape[-1])
             _fold(found, name, np.abs(value).max(axis=0))
-            pick = kept.pick(name, len(value))
+            pick = kept.pick(name, len(value), shape)
             if pick is not None:
                 kept.keep(name, value[pick])
         bar.update(len(next(iter(batch.values()))))
@@ -144,7 +163,7 @@ def _on_torch(model: onnx.ModelProto, names: list[str], batches: Iterator[Mappin
         flat = value.detach().float().reshape(-1, value.shape[-1])
         channel_max = flat.abs().amax(dim=0)
         running[name] = channel_max if name not in running else torch.maximum(running[name], channel_max)
-        pick = kept.pick(name, flat.shape[0])
+        pick = kept.pick(name, flat.shape[0], tuple(value.shape))
         if pick is not None:
             kept.keep(name, flat[torch.from_numpy(pick).to(flat.device)].cpu().numpy())
 
@@ -152,6 +171,7 @@ def _on_torch(model: onnx.ModelProto, names: list[str], batches: Iterator[Mappin
         for batch in batches:
             feeds = {name: torch.from_numpy(np.ascontiguousarray(batch[name])).to(target) for name in module.input_names
                      if name in batch}
+            kept.start(batch)
             module.run(feeds, outputs=(), watch=names, hook=hook)
             bar.update(len(next(iter(batch.values()))))
     for name, value in running.items():

@@ -60,7 +60,7 @@ def bin_scale(hist_max: float, num_bins: int) -> np.float32:
 
 
 @dataclass(frozen=True, eq=False)
-class TensorStats:
+class TensorStats:  # noqa: PLW1641 (its __eq__ compares arrays: unhashable on purpose)
     """What calibration learned about one tensor; input to the amax algorithms.
 
     `hist` has `num_bins` int64 counts of |x| over [0, hist_max] (empty when the collector ran

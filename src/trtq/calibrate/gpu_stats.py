@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -414,7 +415,7 @@ def _cupy_kernels(device: torch.device) -> tuple[dict[str, Launch], str]:
     functions = {name: module.get_function(name) for name in _SIGNATURES}
 
     def launcher(fn: object) -> Launch:
-        def launch(grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence[object]) -> None:
+        def launch(grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence[Any]) -> None:
             converted = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else np.int32(a) for a in args)
             current = torch.cuda.current_stream()
             from_external = getattr(cupy.cuda.Stream, "from_external", None)
@@ -434,7 +435,7 @@ def _make_engine(device: torch.device, engine: str | None) -> tuple[_TorchEngine
     if device.type != "cuda" or engine == "torch":
         return _TorchEngine(), ""
     order = [engine] if engine else ["nvrtc", "cupy"]
-    errors = []
+    errors: list[str] = []
     for name in order:
         try:
             with torch.cuda.device(device):

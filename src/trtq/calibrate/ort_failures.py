@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from trtq.runtime.ort_session import _ORT_ERRORS, make_session, ort_reason
 from trtq.errors import TrtqError
+from trtq.runtime.ort_session import _ORT_ERRORS, make_session, ort_reason
 
 ORT_ERRORS = _ORT_ERRORS
 """onnxruntime's exception types."""
@@ -58,7 +58,7 @@ def explain_run_failure(
     """
     session = reference if isinstance(reference, ort.InferenceSession) else _session(reference)
     if session is None:
-        return explain_session_failure(reference, model_name)  # type: ignore[arg-type]
+        return explain_session_failure(reference, model_name)
     feed = {name: np.ascontiguousarray(value) for name, value in batch.items()}
     try:
         session.run(None, feed)

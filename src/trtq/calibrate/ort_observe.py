@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -43,6 +44,9 @@ HEADER = 8
 
 _MIN_ORT = (1, 18)
 """First onnxruntime whose custom ops can alias an output to an input (and run ParallelFor)."""
+
+_OBSERVER_ERRORS: tuple[type[BaseException], ...] = (*_ROUTE_ERRORS, ValueError)
+"""What makes the observer route give way to statistics folded in Python."""
 
 
 def observer_library() -> str | None:
@@ -126,7 +130,7 @@ def insert_observers(graph: onnx.GraphProto, tensors: Sequence[str], addresses: 
             target, check = nodes_in[producer].input[0], channels
             blocked.append(tensor)
             producer = producers[target]
-        attributes = {"state": address, "bins": bins, "channels": check}
+        attributes: dict[str, Any] = {"state": address, "bins": bins, "channels": check}
         live = [reader for reader in readers.get(target, []) if reader not in dropped]
         if live and target not in keep_outputs:
             observed = f"{target}/trtq_observed"
@@ -191,7 +195,7 @@ def make_observing_session(model: onnx.ModelProto, tensors: Sequence[str], threa
         options.register_custom_ops_library(library)
         # the folder goes with the session; the ops write into `state` for the session's lifetime
         session = OrtSession(str(directory / "observing.onnx"), options, keep=(folder, state))
-    except (*_ROUTE_ERRORS, ValueError) as exc:
+    except _OBSERVER_ERRORS as exc:
         folder.cleanup()
         return None, f"statistics folded in Python (trtq's observer route failed: {type(exc).__name__}: {exc})"
     outputs = tuple(sinks) + tuple(o.name for o in model.graph.output)

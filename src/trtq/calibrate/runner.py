@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,10 +37,11 @@ from trtq.calibrate.ort_failures import (
 )
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
+from trtq.devices import usable_cpus
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
 
-AMAX_THREADS = min(4, os.cpu_count() or 1)
+AMAX_THREADS = min(4, usable_cpus())
 """Threads computing per-tensor amax. numpy releases the GIL in the algorithms' array passes, but the
 passes are short: on a 16-core machine 4 threads took 231 ms for 132 tensors, 16 threads 568 ms."""
 
@@ -172,11 +172,11 @@ def run_calibration(
     with ThreadPoolExecutor(max_workers=AMAX_THREADS, thread_name_prefix="trtq-amax") as pool:
         if method == "auto":  # every candidate once; the tensors auto does not judge keep its fallback
             known = dict(zip(observed, pool.map(lambda name: all_candidates(stats[name], grid), observed)))
-            found = {name: known[name][FALLBACK] for name in observed}
+            observed_amax = {name: known[name][FALLBACK] for name in observed}
         else:
-            found = dict(zip(observed, pool.map(
+            observed_amax = dict(zip(observed, pool.map(
                 lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
-    amax = {name: found[roots[name]] for name in tensors}
+    amax = {name: observed_amax[roots[name]] for name in tensors}
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
     choices: dict[str, RangeChoice] = {}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from trtq import __version__, _io
+from trtq import __version__, _io, release_start
 from trtq._io import Stopped, install_stop_handlers
 from trtq.errors import TrtqError
 
@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with warnings_as_lines():
             parser = build_parser()  # imports onnx, numpy...: a stop signal may arrive here too
+            release_start()  # imports done: from here, Ctrl-C is a KeyboardInterrupt reported below
+            argv = list(sys.argv[1:] if argv is None else argv)
+            refuse_empty_values(argv)
             try:
                 args = parser.parse_args(argv)
             except SystemExit as done:  # --help, --version, or a bad argument (Parser.error printed it)
@@ -83,6 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
         return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def refuse_empty_values(argv: Sequence[str]) -> None:
+    """An empty argument (`--target ""`, `--output-dir=`, often an unset shell variable) is an error: no
+    option of trtq means anything by it, and taking it as "not given" would run with a default silently."""
+    for index, token in enumerate(argv):
+        if token.startswith("--") and token.endswith("=") and len(token) > 3:
+            option = token[:-1]
+        elif not token.strip():
+            before = argv[index - 1] if index else ""
+            option = before if before.startswith("-") and "=" not in before else ""
+        else:
+            continue
+        what = f"Option {option} is given an empty value" if option else f"Argument {index + 1} of the command line is empty"
+        raise TrtqError(f"{what}, which trtq does not take as a value.",
+                        "give a value or leave the option out (an unset shell variable gives an empty value).")
 
 
 def _stopped_outputs(written: Sequence[Path]) -> str:

@@ -31,6 +31,7 @@ from trtq.evaluate.sensitivity import METHODS as SENSITIVITY_METHODS
 from trtq.evaluate.sensitivity import SensitivityResult
 from trtq.report import RunRecord, write_report
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add sensitivity and report."""
     p = subparsers.add_parser(

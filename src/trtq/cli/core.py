@@ -32,7 +32,6 @@ from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add inspect, quantize and compare."""
     p = subparsers.add_parser("inspect", help="inputs/outputs, dynamic dims, opset, op counts, quantizable layers "
@@ -54,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the PyTorch executor; default: cpu)")
     add_precision_option(p)
     add_smooth_option(p)
+    p.add_argument("--weight-ranges", choices=("max", "mse"), default=None,
+                   help="per-channel weight ranges: max |w|, or mse (FP8 only, its default): the amax that gives the "
+                   "layer's output least error on calibration rows, with bias correction")
     p.add_argument("--cache-scope", choices=("qdq", "all"), default="qdq",
                    help="calibration-cache lines for the tensors around the INT8 layers of the Q/DQ placement "
                    "(qdq, default) or for every activation, as TensorRT's calibrator writes (all; slower)")
@@ -89,8 +91,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() in ENGINE_SUFFIXES:
         from trtq.tensorrt import inspect_engine
 
-        info = inspect_engine(args.model)
-        emit(args, info.to_dict(), info.to_text())
+        engine = inspect_engine(args.model)
+        emit(args, engine.to_dict(), engine.to_text())
         return 0
     info = api.inspect(args.model)
     lines = [
@@ -124,6 +126,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         external_data=args.external_data,
         precision=args.precision,
         smooth=args.smooth,
+        weight_ranges=args.weight_ranges,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
                           options=options, progress=show_progress(args), record=RunRecord(run_settings(args)))
@@ -138,6 +141,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"({result.quantized_activations} activations, {result.quantized_weights} weights per channel)"
         + (f"; {len(result.excluded_nodes)} nodes kept in high precision" if result.excluded_nodes else ""),
         *smoothing_lines(result.smoothing),
+        *weight_lines(result.weight_ranges),
         *_mixed_lines(result.mixed),
         *_precision_lines(result.precision),
         f"wrote {result.onnx_path}" + (f"  (weights in {Path(result.data_path).name})" if result.data_path else ""),
@@ -169,6 +173,14 @@ def run_settings(args: argparse.Namespace) -> dict:
     """The options a run was given, for its report record: set values only, no CLI plumbing."""
     plumbing = {"func", "json", "quiet", "command"}
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
+
+
+def weight_lines(weights: dict | None) -> list[str]:
+    """One line on --weight-ranges mse: how many weights, what they gained, how many biases took the correction."""
+    if not weights:
+        return []
+    return [f"  weight ranges: {weights['layers']} layers chosen by output error (mean gain {weights['mean_gain_db']:.2f} "
+            f"dB on the weight error), {weights['bias_corrected']} biases corrected"]
 
 
 def smoothing_lines(smoothing: SmoothResult | None) -> list[str]:

@@ -21,7 +21,7 @@ FIX = " Fix: "
 """Separates an argparse error's sentence from its fix (the CLI's parser prints them as trtq's errors)."""
 
 
-def _number(kind: type, test: Callable[[float], bool], expected: str, example: str) -> Callable[[str], float]:
+def _number(kind: Callable[[str], float], test: Callable[[float], bool], expected: str, example: str) -> Callable[[str], float]:
     """An argparse `type` that reads a `kind` number and checks it; errors say what was expected."""
 
     def parse(text: str) -> float:
@@ -135,7 +135,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pad-value", type=_number(int, lambda v: 0 <= v <= 255, "a pixel value from 0 to 255",
                                                "--pad-value 114"), help="letterbox padding value (default 114)")
     g.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="channel order")
-    g.add_argument("--scale", type=_number(_fraction, lambda v: v > 0, "a finite number > 0", "--scale 1/255"), help="multiply pixels by this (default 1/255)")
+    g.add_argument("--scale", type=_number(_fraction, lambda v: v > 0, "a finite number > 0", "--scale 1/255"),
+                   help="multiply pixels by this (default 1/255)")
     g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", help="per-channel std after scaling, e.g. 0.229,0.224,0.225")
     g.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: from the model)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from trtq._format import fmt
 from trtq._io import Stopped
@@ -20,6 +21,9 @@ from trtq.cli.options import (
 )
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.errors import TrtqError
+
+if TYPE_CHECKING:
+    from trtq.qat.api import FinetuneResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,14 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("classify", "detect"),
                    help="also report a task metric in the comparison (labels from --data's class folders)")
     p.add_argument("--steps", type=positive_int("--steps 2000"), default=2000, help="optimizer steps in all (default: 2000)")
-    p.add_argument("--lr", type=positive_float("--lr 1e-5"), default=1e-5, help="learning rate of weights and biases (default: 1e-5)")
+    p.add_argument("--lr", type=positive_float("--lr 1e-5"), default=1e-5,
+                   help="learning rate of weights and biases (default: 1e-5)")
     p.add_argument("--scale-lr", type=positive_float("--scale-lr 1e-3"), default=1e-3,
                    help="learning rate of the log step sizes (default: 1e-3)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size 32"), default=32, help="training batch (default: 32; a fixed batch dim wins)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size 32"), default=32,
+                   help="training batch (default: 32; a fixed batch dim wins)")
     p.add_argument("--target", metavar="METRIC>=X",
                    help='stop as soon as this holds against FP32, e.g. "snr>=35" (dB, every output) or "cosine>=0.999"')
-    p.add_argument("--eval-every", type=positive_int("--eval-every 100"), default=100, help="steps between progress evaluations (default: 100)")
-    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every 100"), default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--eval-every", type=positive_int("--eval-every 100"), default=100,
+                   help="steps between progress evaluations (default: 100)")
+    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every 100"), default=100,
+                   help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=non_negative_int("--seed 0"), default=0, help="seed of the batch order (default: 0)")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, run every step eagerly instead of replaying a captured CUDA graph")
@@ -92,7 +100,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text(result) -> str:  # type: ignore[no-untyped-def]
+def _text(result: FinetuneResult) -> str:
     training, parity, comparison = result.training, result.parity, result.comparison
     last = training.history[-1]
     stop = {"target": "target reached", "steps": "all steps run"}.get(training.stopped, training.stopped)

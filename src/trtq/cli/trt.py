@@ -92,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", action="append", default=[], metavar="NAME:AxBxC",
                    help="input shapes for dynamic engines (default: the profile's OPT shapes)")
     p.add_argument("--duration", type=positive_float("--duration 3"), default=3.0, help="seconds of timed queries (default: 3)")
-    p.add_argument("--warmup", type=non_negative_float("--warmup 200"), default=200.0, help="warm-up in milliseconds (default: 200)")
+    p.add_argument("--warmup", type=non_negative_float("--warmup 200"), default=200.0,
+                   help="warm-up in milliseconds (default: 200)")
     p.add_argument("--cuda-graph", action="store_true", help="launch a CUDA graph captured from the enqueue")
     _add_engine_backend(p)
     p.add_argument("--device-backend", choices=("auto", "torch", "cuda-python"), default="auto")
@@ -258,8 +259,8 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
     shapes = {**opt, **dict(data.shapes)}
     dataset = api.open_data(model, args.data, api.DataOptions(preset=data.preset, preprocess=data.preprocess,
                                                               shapes=shapes, limit=data.limit), purpose="run")
-    batch = next(iter(shapes.values()))[0] if shapes else 1
-    yield from dataset.batches(batch)
+    batch_size = next(iter(shapes.values()))[0] if shapes else 1
+    yield from dataset.batches(batch_size)
 
 
 def check_run_args(args: argparse.Namespace) -> None:

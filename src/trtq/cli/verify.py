@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from trtq import api
+from trtq._io import check_destinations
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.model import parse_shapes
-from trtq.report import write_record
+from trtq.report import record_path, write_record
 from trtq.tensorrt.rtx import COMPUTE_CAPABILITIES, parse_compute_capabilities
 
 
@@ -41,8 +42,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         max_shapes=parse_shapes(args.max_shape),
         compute_capabilities=parse_compute_capabilities(args.compute_capability),
     )
-    result = api.verify(args.model, options, progress=show_progress(args))
     directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
+    check_destinations([record_path(directory, "verify")], inputs=(args.model,))  # before the build, not after
+    result = api.verify(args.model, options, progress=show_progress(args))
     settings = {"model": args.model, "shape": args.shape, "min_shape": args.min_shape, "opt_shape": args.opt_shape,
                 "max_shape": args.max_shape, "compute_capability": args.compute_capability}
     record = write_record(directory, "verify", settings=settings, result=result.to_dict())

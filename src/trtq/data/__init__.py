@@ -4,6 +4,9 @@
 preset name and explicit options.
 """
 
+from trtq.data.arrays import ArrayDataset
+from trtq.data.dataset import Dataset
+from trtq.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, load_image
 from trtq.data.preprocess import (
     PRESETS,
     Letterbox,
@@ -14,16 +17,8 @@ from trtq.data.preprocess import (
     preprocess_image,
     resolve_preprocess,
 )
-from trtq.data.sources import (
-    IMAGE_EXTENSIONS,
-    ArrayDataset,
-    Dataset,
-    DataSource,
-    ImageFolderDataset,
-    ScriptDataset,
-    load_image,
-    open_dataset,
-)
+from trtq.data.scripts import ScriptDataset
+from trtq.data.sources import DataSource, open_dataset
 from trtq.data.validate import DataRangeWarning
 
 __all__ = [

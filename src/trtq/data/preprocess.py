@@ -63,6 +63,7 @@ class Preprocess:
                  "one finite value, or one per channel")
         _require(len(std) > 0 and all(math.isfinite(s) and s > 0 for s in std), "std", self.std,
                  "one positive value, or one per channel")
+        kind: str
         try:
             kind = np.dtype(self.dtype).kind
         except TypeError:
@@ -228,15 +229,15 @@ def letterbox_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Lett
     """Ultralytics' letterbox: scale to fit preserving aspect, pad evenly (odd pixel bottom/right)."""
     (h, w), (dst_h, dst_w) = src_hw, dst_hw
     ratio = min(dst_h / h, dst_w / w)
-    new_h, new_w = max(1, int(round(h * ratio))), max(1, int(round(w * ratio)))
+    new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
     dh, dw = (dst_h - new_h) / 2, (dst_w - new_w) / 2
     return Letterbox(
         scale=ratio,
         resized=(new_h, new_w),
-        top=int(round(dh - 0.1)),
-        bottom=int(round(dh + 0.1)),
-        left=int(round(dw - 0.1)),
-        right=int(round(dw + 0.1)),
+        top=round(dh - 0.1),
+        bottom=round(dh + 0.1),
+        left=round(dw - 0.1),
+        right=round(dw + 0.1),
     )
 
 
@@ -252,7 +253,7 @@ def center_crop_geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tu
         new_h, new_w = cover_h, max(cover_w, int(w * cover_h / h))
     else:
         new_h, new_w = max(cover_h, int(h * cover_w / w)), cover_w
-    top, left = int(round((new_h - dst_h) / 2.0)), int(round((new_w - dst_w) / 2.0))
+    top, left = round((new_h - dst_h) / 2.0), round((new_w - dst_w) / 2.0)
     return (new_h, new_w), top, left
 
 

@@ -7,6 +7,7 @@ so everything here runs up front and names the file, image, input and sample it 
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -41,7 +42,7 @@ def _dims(shape: Sequence[int | None]) -> str:
     return "x".join("?" if d is None else str(int(d)) for d in shape) if len(shape) else "scalar"
 
 
-def require_source(path: str | Path) -> Path:
+def require_source(path: str | os.PathLike[str]) -> Path:
     """The calibration data path, which must exist."""
     path = Path(path)
     if not path.exists():

@@ -184,16 +184,29 @@ def pick_scores_output(outputs: Sequence[TensorSpec], name: str | None = None) -
     if name is not None:
         if name not in names:
             raise TrtqError(f"The model has no output {name!r}; its outputs are {names}.", "pick one of them.")
-        return name
+        return _one_score_vector(next(o for o in outputs if o.name == name))
     candidates = [o.name for o in outputs if len(o.shape) == 2 and (not isinstance(o.shape[1], int) or o.shape[1] > 1)]
     if len(candidates) == 1:
         return candidates[0]
     if len(names) == 1:
-        return names[0]
+        return _one_score_vector(outputs[0])
     raise TrtqError(
         f"Cannot tell which output holds the class scores: candidates {candidates or names}.",
         "name it with --task-output NAME.",
     )
+
+
+def _one_score_vector(output: TensorSpec) -> str:
+    """`output`'s name if it holds one vector of class scores per sample ([N, C], or [N, C, 1, 1] from a
+    conv head); top-k over a flattened map ([N, 4, 8, 8]) or over tokens ([N, S, C]) would be no accuracy."""
+    spread = [d for d in output.shape[1:] if not (isinstance(d, int) and d == 1)]
+    if len(spread) > 1:
+        raise TrtqError(
+            f"--task classify scores one vector of class scores per sample, but output {output.name!r} is "
+            f"{output.shape_str()}, which holds {len(spread)} dims of more than one value per sample.",
+            "name an [N, classes] output with --task-output, or compare without --task classify (SNR, cosine).",
+        )
+    return output.name
 
 
 class ClassificationTask:

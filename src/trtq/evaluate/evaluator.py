@@ -20,6 +20,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,6 +42,7 @@ from trtq.evaluate.scoring import (
     TokenMask,
     class_score_outputs,
     leading_mask,
+    mask_positions,
 )
 from trtq.evaluate.tasks import Task, TaskComparison, TaskScorer, TaskScores
 from trtq.runtime import Runner, RunnerFactory, runner_factory
@@ -127,7 +129,8 @@ class _BatchStore:
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="trtq-eval-")
         path = os.path.join(self._folder.name, f"{len(self._items)}-{kind}.npz")
-        np.savez(path, **{f"a{i}": a for i, a in enumerate(arrays.values())})
+        named: dict[str, Any] = {f"a{i}": a for i, a in enumerate(arrays.values())}
+        np.savez(path, **named)
         with open(path + ".names", "w", encoding="utf-8") as handle:
             handle.write("\n".join(arrays))
         return path
@@ -199,13 +202,13 @@ class Evaluator:
         self.evaluations = 0
         start = time.perf_counter()
 
-        def first_pass() -> tuple[MaskDetector, dict[str, dict[str, float]], TaskScorer | None,
+        def first_pass() -> tuple[MaskDetector, dict[tuple[str, bool], dict[str, float]], TaskScorer | None,
                                   dict[str, OutputAccumulator], int]:
             """Run the FP32 model over the data once: keep what fits, score the task, look for the mask."""
             self._store = _BatchStore(cache_bytes, disk_bytes)
             weakref.finalize(self, self._store.close)
             detector = MaskDetector(dataset.inputs, False if isinstance(mask, TokenMask) else mask, dataset.description)
-            masked_power: dict[str, dict[str, float]] = {}
+            masked_power: dict[tuple[str, bool], dict[str, float]] = {}
             scorer = task.scorer() if task else None
             signal = {name: OutputAccumulator(name) for name in self.output_names}
             samples = 0
@@ -217,9 +220,10 @@ class Evaluator:
                     signal[output].update(ref[output], ref[output])
                 if detector.active:
                     detector.update(feed, ref)
-                watched = (mask.input,) if isinstance(mask, TokenMask) else detector.viable()
-                for candidate in watched:  # FP32 power over the positions each possible mask marks
-                    _add_masked_power(masked_power.setdefault(candidate, {}), ref, np.asarray(feed[candidate]))
+                watched = ((mask.input, mask.additive),) if isinstance(mask, TokenMask) else detector.viable()
+                for input_name, additive in watched:  # FP32 power over the positions each possible mask marks
+                    _add_masked_power(masked_power.setdefault((input_name, additive), {}), ref,
+                                      mask_positions(np.asarray(feed[input_name]), additive))
                 self._store.add(first, feed, ref)
             return detector, masked_power, scorer, signal, samples
 
@@ -244,7 +248,8 @@ class Evaluator:
         """Per output, the FP32 outputs' summed power over every sample (the SNR's numerator), over the
         positions the mask marks for masked outputs."""
         if self.mask is not None:
-            self.signal_power.update({name: masked_power[self.mask.input][name] for name in self.mask.outputs})
+            power = masked_power[self.mask.input, self.mask.additive]
+            self.signal_power.update({name: power[name] for name in self.mask.outputs})
         self._noise = np.zeros(len(self._store)) if self._store.complete else None
         self.reference_scores = scorer.result() if scorer is not None else None
         self.reference_seconds = time.perf_counter() - start
@@ -376,7 +381,7 @@ class Evaluator:
                     before = accumulators[name].err_sq
                     if name in masked:
                         mask = self.mask.input  # type: ignore[union-attr]
-                        accumulators[name].update(ref[name], values[name], feed[mask], mask)
+                        accumulators[name].update(ref[name], values[name], self.mask.positions(feed[mask]), mask)  # type: ignore[union-attr]
                     else:
                         accumulators[name].update(ref[name], values[name])
                     if self.signal_power[name] > 0:
@@ -418,7 +423,8 @@ class Evaluator:
                     for name in self.output_names:
                         if name in masked:
                             mask = self.mask.input  # type: ignore[union-attr]
-                            accumulators[key][name].update(ref[name], values[name], feed[mask], mask)
+                            accumulators[key][name].update(ref[name], values[name],
+                                                           self.mask.positions(feed[mask]), mask)  # type: ignore[union-attr]
                         else:
                             accumulators[key][name].update(ref[name], values[name])
                     scorer = scorers[key]

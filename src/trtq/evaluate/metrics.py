@@ -1,4 +1,5 @@
-"""Streaming FP32-vs-quantized agreement metrics, aggregated over a data set (DESIGN.md).
+"""Streaming FP32-vs-quantized agreement metrics, aggregated over a data set (docs/design.md,
+"Accuracy metrics").
 
 SNR and cosine similarity are aggregate over all samples and elements of an output; the worst
 single-sample SNR is reported beside it but never drives decisions. Top-1 agreement is the share
@@ -104,7 +105,7 @@ class OutputAccumulator:
             keep = np.repeat(marked, r.shape[1] // marked.shape[1], axis=1)  # each position's values
             r = np.where(keep, r, 0)
             e = np.where(keep, e, 0)
-            scored = marked.any(axis=1)
+            scored = np.asarray(marked.any(axis=1))
             elements = int(keep.sum())
         per_ref = np.einsum("ij,ij->i", r, r).astype(np.float64)
         per_err = np.einsum("ij,ij->i", e, e).astype(np.float64)

@@ -293,6 +293,7 @@ def search_mixed_precision(
     grid: Grid = INT8,
     mask: MaskRequest = True,
     residual: bool = False,
+    reference: onnx.ModelProto | None = None,
 ) -> MixedPrecisionResult:
     """Find the layers to keep out of INT8 so that `target` holds on `dataset`.
 
@@ -308,6 +309,8 @@ def search_mixed_precision(
     (default: onnxruntime on the CPU). `mask`: True detects the attention mask (the target and the
     ranking are then measured over real tokens), False scores every position, a name picks the input.
     `residual`: the placement puts Q/DQ on transformer residual Adds too (`--residual-qdq`).
+    `reference`: the FP32 model the candidates are measured against, where `model` is not it
+    (`model`'s weights were rounded to the FP8 grid by `--weight-ranges mse`).
     """
     start = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
@@ -315,11 +318,11 @@ def search_mixed_precision(
     if target.task is not None and (task is None or task.name != target.task):
         task = make_task(target.task, dataset, graph_outputs(model))
         notes.append(f"task for the target: {task.describe()}")
-    evaluator = Evaluator(model, dataset, batch_size=batch_size, task=task, runner=runner, progress=False,
-                          mask=mask)
+    evaluator = Evaluator(reference if reference is not None else model, dataset, batch_size=batch_size, task=task,
+                          runner=runner, progress=False, mask=mask)
     notes.extend(evaluator.mask_notes)
     phases: dict[str, float] = {"reference": time.perf_counter() - start}
-    reference = evaluator.reference_scores
+    reference_scores = evaluator.reference_scores
     total = evaluator.samples
     base = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, grid=grid, residual=residual)
     steps: list[SearchStep] = []
@@ -337,7 +340,7 @@ def search_mixed_precision(
         return finish(quantized) if finish is not None else quantized
 
     def stop(evaluation: Evaluation) -> bool:
-        return proven_miss(target, evaluation, reference, evaluator.signal_power, total)
+        return proven_miss(target, evaluation, reference_scores, evaluator.signal_power, total)
 
     decided: dict[tuple[str, ...], tuple[Evaluation, float]] = {}
 
@@ -351,7 +354,7 @@ def search_mixed_precision(
         evaluation = evaluator.evaluate(
             candidate(layers), label=f"{phase} {len(layers)}", decide=None if exact or not early_stop else stop
         )
-        value = target.measure(evaluation, reference)
+        value = target.measure(evaluation, reference_scores)
         decided[key] = (evaluation, value)
         if evaluation.complete:
             full[key] = (evaluation, value)
@@ -449,7 +452,7 @@ def search_mixed_precision(
         final_metric=final_value,
         excluded=result_layers,
         placement=placement_without(excluded),
-        reference=reference,
+        reference=reference_scores,
         int8=int8_eval,
         final=final_eval,
         ranking_method=ranking,

@@ -6,8 +6,10 @@ of all-MiniLM-L6-v2's at 64 tokens), and an SNR over every position mostly measu
 input is taken as the attention mask when
 
 - it is integer or bool, has a position axis (rank >= 2), holds only 0 and 1 in the data and marks
-  at least one position;
-- its shape equals the leading dims of at least one output, in every batch
+  at least one position; or it is a float input named like a mask holding 0/1, or 0 and large
+  negative values (an additive mask: 0 marks a real token);
+- its positions ([B, S]; for a [B, S, S] or [B, 1, 1, S] mask the last axis, the keys, where any
+  query may attend) equal the leading dims of at least one output, in every batch
   (attention_mask [B, S] against last_hidden_state [B, S, H]);
 - its name does not read as token types or segments (token_type_ids is 0/1 too), and, where several
   inputs qualify, one named like a mask wins (`attention_mask` first); otherwise none is taken and
@@ -55,6 +57,42 @@ LOOK_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"
 CONSTANT_ARITHMETIC = ("Add", "Sub", "Mul", "Div")
 
 
+ADDITIVE_FLOOR = -1000.0
+"""An additive mask adds 0 at real tokens and a large negative number at padding (-10000, -1e9,
+the dtype's minimum, -inf): values at or below this count as padding."""
+
+
+def mask_positions(array: np.ndarray, additive: bool = False) -> np.ndarray:
+    """The [batch, sequence] bool array of real positions an attention mask input marks.
+
+    [B, S]: the mask itself (1 = real). Masks of rank 3 or 4 ([B, S, S] as Google's BERT builds
+    them, [B, 1, 1, S] or [B, 1, S, S] as transformers extends them) have the key positions on the
+    last axis: a position is real when any query may attend to it. `additive`: 0 marks a real
+    position and a large negative number padding (masks added to the attention scores).
+    """
+    values = np.asarray(array)
+    real = values == 0 if additive else values != 0
+    if real.ndim > 2:
+        real = real.any(axis=tuple(range(1, real.ndim - 1)))
+    return real
+
+
+def batch_positions(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The real positions ([batch, sequence], bool) of a batch without a model to check shapes
+    against: from its one input named like a mask (not token types) of rank >= 2 that holds 0/1,
+    or, for floats, 0 and values <= ADDITIVE_FLOOR; None when there is not exactly one."""
+    found = []
+    for name, value in batch.items():
+        array = np.asarray(value)
+        if array.ndim < 2 or not MASK_NAME.search(name) or NOT_A_MASK.search(name):
+            continue
+        if np.isin(array, (0, 1)).all() and array.any():
+            found.append(mask_positions(array))
+        elif array.dtype.kind == "f" and ((array == 0) | (array <= ADDITIVE_FLOOR)).all() and (array == 0).any():
+            found.append(mask_positions(array, additive=True))
+    return found[0] if len(found) == 1 else None
+
+
 @dataclass(frozen=True)
 class TokenMask:
     """The input that marks real positions, what share it marks, and which outputs it masks."""
@@ -63,16 +101,23 @@ class TokenMask:
     share: float
     """Share of the positions of the scored data the mask marks."""
     outputs: tuple[str, ...]
-    """Outputs scored over the marked positions (their leading dims are the mask's shape)."""
+    """Outputs scored over the marked positions (their leading dims are the mask's [batch, sequence])."""
     unmasked: tuple[str, ...] = ()
     """Outputs without those leading dims, scored over all of each sample."""
     named: bool = False
     """True when `--mask-input` named it; False when it was detected."""
+    additive: bool = False
+    """True for a float mask added to the attention scores (0 = real token, large negative = padding)."""
+
+    def positions(self, array: np.ndarray) -> np.ndarray:
+        """The real positions ([batch, sequence], bool) the mask input's value `array` marks."""
+        return mask_positions(array, self.additive)
 
     def sentence(self) -> str:
         """e.g. "scored over real tokens: attention_mask marks 23% of positions"."""
         how = " (--mask-input)" if self.named else ""
-        text = f"scored over real tokens: {self.input}{how} marks {100 * self.share:.0f}% of positions"
+        kind = ", additive" if self.additive else ""
+        text = f"scored over real tokens: {self.input}{how}{kind} marks {100 * self.share:.0f}% of positions"
         if self.unmasked:
             text += f"; {', '.join(self.unmasked)} over all positions (no position axis)"
         return text
@@ -80,13 +125,14 @@ class TokenMask:
     def to_dict(self) -> dict:
         """JSON-friendly view."""
         return {"input": self.input, "share": round(self.share, 6), "outputs": list(self.outputs),
-                "unmasked": list(self.unmasked), "named": self.named, "sentence": self.sentence()}
+                "unmasked": list(self.unmasked), "named": self.named, "additive": self.additive,
+                "sentence": self.sentence()}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TokenMask:
         """Inverse of `to_dict`."""
         return cls(str(data["input"]), float(data["share"]), tuple(data["outputs"]), tuple(data.get("unmasked", ())),
-                   bool(data.get("named", False)))
+                   bool(data.get("named", False)), bool(data.get("additive", False)))
 
 
 MaskRequest = bool | str
@@ -94,14 +140,40 @@ MaskRequest = bool | str
 
 
 @dataclass
-class _Candidate:
-    zero_one: bool = True
+class _Reading:
+    """What one interpretation of a candidate input (multiplicative 0/1, or additive) has seen."""
+
     ones: int = 0
     total: int = 0
+    matches: dict[str, bool] = field(default_factory=dict)
+
+    def update(self, positions: np.ndarray, outputs: Mapping[str, np.ndarray] | None) -> None:
+        self.ones += int(np.count_nonzero(positions))
+        self.total += positions.size
+        for out, value in (outputs or {}).items():
+            shape = np.shape(value)
+            fits = len(shape) >= positions.ndim and tuple(shape[:positions.ndim]) == positions.shape
+            self.matches[out] = self.matches.get(out, True) and fits
+
+
+@dataclass
+class _Candidate:
+    zero_one: bool = True
+    additive: bool = False
+    """Whether it may be an additive mask (a float input): only 0 and values <= ADDITIVE_FLOOR so far."""
     rank: int = 0
     example: float | None = None
-    matches: dict[str, bool] = field(default_factory=dict)
+    plain: _Reading = field(default_factory=_Reading)
+    added: _Reading = field(default_factory=_Reading)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def reading(self) -> tuple[_Reading, bool] | None:
+        """The interpretation the data supports: (reading, additive), or None."""
+        if self.zero_one and self.plain.ones > 0:
+            return self.plain, False
+        if self.additive and self.added.ones > 0:
+            return self.added, True
+        return None
 
 
 class MaskDetector:
@@ -109,6 +181,8 @@ class MaskDetector:
 
     `update` takes each batch's inputs and, where at hand, the model's outputs for it (the shape
     test needs at least one batch with outputs); `result` gives the mask (or None) and notes.
+    Integer and bool inputs of rank >= 2 are watched; float inputs only when named like a mask
+    (0/1, or additive: 0 and large negative values).
     """
 
     def __init__(self, inputs: Sequence[TensorSpec], request: MaskRequest = True, source: str = "the data") -> None:
@@ -119,22 +193,28 @@ class MaskDetector:
             if request not in names:
                 raise TrtqError(f"--mask-input {request!r} is not an input of the model; its inputs are {names}.",
                                 "name the input that holds the attention mask, or leave --mask-input out.")
-            watched = [request]
+            watched = [spec for spec in inputs if spec.name == request]
         elif request:
-            watched = [spec.name for spec in inputs
-                       if _integer(spec.dtype) and len(spec.shape) >= 2 and not NOT_A_MASK.search(spec.name)]
+            watched = [spec for spec in inputs if len(spec.shape) >= 2 and not NOT_A_MASK.search(spec.name)
+                       and (_integer(spec.dtype) or (_floating(spec.dtype) and MASK_NAME.search(spec.name)))]
         else:
             watched = []
-        self._candidates = {name: _Candidate() for name in watched}
+        self._candidates = {spec.name: _Candidate(additive=_floating(spec.dtype)) for spec in watched}
 
     @property
     def active(self) -> bool:
         """Whether any input is being watched (False: nothing to detect, no pass needed)."""
         return bool(self._candidates)
 
-    def viable(self) -> tuple[str, ...]:
-        """The watched inputs that could still be the mask (only 0 and 1 so far)."""
-        return tuple(name for name, c in self._candidates.items() if c.zero_one)
+    def viable(self) -> tuple[tuple[str, bool], ...]:
+        """(input, additive) for each reading of a watched input that could still be the mask."""
+        found = []
+        for name, c in self._candidates.items():
+            if c.zero_one:
+                found.append((name, False))
+            if c.additive:
+                found.append((name, True))
+        return tuple(found)
 
     def update(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None = None) -> None:
         """Fold one batch: its inputs, and the model's outputs for them when at hand."""
@@ -146,20 +226,26 @@ class MaskDetector:
                 if bad.any():
                     candidate.zero_one = False
                     candidate.example = float(array[bad].flat[0])
-            candidate.ones += int(np.count_nonzero(array))
-            candidate.total += array.size
+            if candidate.additive and ((array != 0) & ~(array <= ADDITIVE_FLOOR)).any():
+                candidate.additive = False
+            if array.ndim < 2:
+                continue
+            if candidate.zero_one:
+                candidate.plain.update(mask_positions(array), outputs)
+            if candidate.additive:
+                candidate.added.update(mask_positions(array, additive=True), outputs)
             for out, value in (outputs or {}).items():
-                shape = np.shape(value)
-                fits = len(shape) >= array.ndim and tuple(shape[:array.ndim]) == array.shape
-                candidate.matches[out] = candidate.matches.get(out, True) and fits
-                candidate.shapes.setdefault(out, tuple(shape))
+                candidate.shapes.setdefault(out, tuple(np.shape(value)))
 
     def result(self) -> tuple[TokenMask | None, tuple[str, ...]]:
         """The mask, or None; and notes on what was passed over (an ambiguous choice)."""
-        qualified = {name: c for name, c in self._candidates.items()
-                     if c.zero_one and c.rank >= 2 and c.ones > 0 and any(c.matches.values())}
         if isinstance(self.request, str):
             return self._named(self.request), ()
+        qualified = {}
+        for name, c in self._candidates.items():
+            found = c.reading() if c.rank >= 2 else None
+            if found is not None and any(found[0].matches.values()):
+                qualified[name] = (c, *found)
         if not qualified:
             return None, ()
         masks = [name for name in qualified if MASK_NAME.search(name)]
@@ -170,29 +256,39 @@ class MaskDetector:
             note = (f"several inputs could be the attention mask ({', '.join(chosen)}): every position is scored; "
                     "name one with --mask-input NAME")
             return None, (note,)
-        return _mask(chosen[0], qualified[chosen[0]], named=False), ()
+        _, reading, additive = qualified[chosen[0]]
+        return _mask(chosen[0], reading, named=False, additive=additive), ()
 
     def _named(self, name: str) -> TokenMask:
         candidate = self._candidates[name]
-        if not candidate.zero_one:
+        if not candidate.zero_one and not candidate.additive:
             raise TrtqError(f"--mask-input {name!r} holds values other than 0 and 1 in {self.source} "
                             f"(e.g. {candidate.example:g}), so it does not mark positions.",
                             "name the attention mask input (1 = real token, 0 = padding), or leave --mask-input out.")
-        if candidate.rank < 2 or not any(candidate.matches.values()):
+        reading, additive = candidate.reading() or (candidate.plain if candidate.zero_one else candidate.added,
+                                                    not candidate.zero_one)
+        if candidate.rank < 2 or not any(reading.matches.values()):
             shapes = ", ".join(f"{out} {list(shape)}" for out, shape in candidate.shapes.items())
             raise TrtqError(f"--mask-input {name!r} has rank {candidate.rank}, and no output's leading dims equal its "
-                            f"shape (outputs: {shapes}), so it marks positions of no output.",
+                            f"[batch, sequence] (outputs: {shapes}), so it marks positions of no output.",
                             "name an input shaped like the outputs' leading dims ([batch, sequence]), or use --no-mask.")
-        if candidate.ones == 0:
+        if reading.ones == 0:
             raise TrtqError(f"--mask-input {name!r} is 0 everywhere in {self.source}, so no position would be scored.",
                             "name the attention mask input (1 = real token), or leave --mask-input out.")
-        return _mask(name, candidate, named=True)
+        return _mask(name, reading, named=True, additive=additive)
 
 
-def _mask(name: str, candidate: _Candidate, named: bool) -> TokenMask:
-    return TokenMask(name, candidate.ones / candidate.total if candidate.total else 0.0,
-                     tuple(out for out, fits in candidate.matches.items() if fits),
-                     tuple(out for out, fits in candidate.matches.items() if not fits), named)
+def _mask(name: str, reading: _Reading, named: bool, additive: bool) -> TokenMask:
+    return TokenMask(name, reading.ones / reading.total if reading.total else 0.0,
+                     tuple(out for out, fits in reading.matches.items() if fits),
+                     tuple(out for out, fits in reading.matches.items() if not fits), named, additive)
+
+
+def _floating(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
 
 
 def _integer(dtype: str) -> bool:

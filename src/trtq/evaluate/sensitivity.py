@@ -35,7 +35,6 @@ from onnx import helper, shape_inference
 from tqdm import tqdm
 
 from trtq.calibrate.ort_failures import ORT_ERRORS, BatchSizeError, explain_run_failure
-from trtq.runtime.ort_session import expose_tensors
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.evaluate.evaluator import Evaluation, Evaluator
@@ -51,6 +50,7 @@ from trtq.evaluate.tasks import ScoredAgainst, Task
 from trtq.model import tensor_types
 from trtq.quantize import Placement, QuantTarget, insert_qdq
 from trtq.runtime import Runner, RunnerFactory, runner_factory
+from trtq.runtime.ort_session import expose_tensors
 
 METHODS = ("local", "exact")
 MAIN_TASK_METRIC = {"classify": "top1", "detect": "map"}
@@ -489,7 +489,7 @@ def _local(
                 values = dict(batch)
                 session.first = samples
                 values.update(zip(fetch, session.run(fetch, dict(batch))))
-                marks = np.asarray(batch[mask.input]) if mask is not None else None
+                marks = mask.positions(np.asarray(batch[mask.input])) if mask is not None else None
                 for name in layers:
                     quantized = sessions[name].run(outs_of[name], {t: values[t] for t in feeds_of[name]})
                     for acc, out_name, q in zip(accumulators[name], outs_of[name], quantized):

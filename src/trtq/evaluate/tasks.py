@@ -2,7 +2,8 @@
 
 - classification: top-1 / top-5 accuracy against labels (class sub-folders of an image folder,
   a label file, or a .npy of class indices; see `trtq.evaluate.classification`);
-- detection: COCO mAP@0.5 and mAP@0.5:0.95 (see `trtq.evaluate.detection`).
+- detection: COCO mAP@0.5 and mAP@0.5:0.95 (see `trtq.evaluate.detection`, boxes from
+  `trtq.evaluate.postprocess`).
 
 `make_task` binds one to a data set from CLI-style options. The contract both meet (`Task`,
 `TaskScorer`, `TaskScores`) is `trtq.evaluate.task_contract`, re-exported here.
@@ -86,7 +87,7 @@ def make_task(
     them (and `use_labels`), else the FP32 outputs serve as ground truth. For `detect`,
     `coco` is a COCO annotation JSON (else FP32 detections with score >= `ref_conf` are the
     ground truth) and `postprocess` a preset name or a .py file (None: yolo when the outputs have
-    its layout; see `trtq.evaluate.detection`).
+    its layout; see `trtq.evaluate.postprocess`).
     """
     check_task_options(task, labels=labels, output=output, coco=coco, postprocess=postprocess, ref_conf=ref_conf)
     if task == "classify":

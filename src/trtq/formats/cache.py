@@ -1,6 +1,6 @@
 """TensorRT calibration cache (TensorRT <= 10, implicit INT8): write and parse.
 
-Format (DESIGN.md): a header line `TRT-<N>-<Algorithm>`, then one line per tensor
+Format (docs/design.md, "Calibration cache"): a header line `TRT-<N>-<Algorithm>`, then one line per tensor
 `<tensor name>: <8 hex digits>` holding the big-endian IEEE-754 float32 bits of
 scale = amax / 127. N = major*10000 + minor*100 + patch for 10.x, major*1000 + minor*100 + patch
 for 8.x. Names may contain colons; readers take the text after the last colon.

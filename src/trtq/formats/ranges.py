@@ -114,6 +114,9 @@ class RangesTable:
     smoothing: dict[str, dict] = field(default_factory=dict)
     """`--smooth`: activation tensor -> {"alpha": a, "factors": [s_j, ...]}, the per-channel factors the
     ranges were calibrated after (so `--ranges` rebuilds the same smoothed model); empty without."""
+    weights: dict[str, dict] = field(default_factory=dict)
+    """`--weight-ranges mse` (the FP8 default): weight -> {"axis", "amax": per channel, "bias", "delta",
+    "gain_db"} (`trtq.quantize.weights.WeightChoice`); empty where weights use max |w|."""
 
     def __post_init__(self) -> None:
         for name, value in self.amax.items():
@@ -131,7 +134,7 @@ class RangesTable:
         """Deterministic JSON text (sorted keys) of this table."""
         payload = {"format": "trtq-ranges", "format_version": FORMAT_VERSION, **asdict(self)}
         payload["amax"] = dict(sorted(self.amax.items()))
-        for key in ("choices", "table_scores", "table_checks", "smoothing"):  # written only when present
+        for key in ("choices", "table_scores", "table_checks", "smoothing", "weights"):  # written only when present
             if not getattr(self, key):
                 del payload[key]
         if self.choices:
@@ -142,6 +145,8 @@ class RangesTable:
             payload["table_checks"] = {name: c.to_dict() for name, c in self.table_checks.items()}
         if self.smoothing:
             payload["smoothing"] = dict(sorted(self.smoothing.items()))
+        if self.weights:
+            payload["weights"] = dict(sorted(self.weights.items()))
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -185,6 +190,10 @@ class RangesTable:
                 table_checks={str(k): TableCheck.from_dict(v) for k, v in dict(payload.get("table_checks", {})).items()},
                 smoothing={str(k): {"alpha": float(v["alpha"]), "factors": [float(f) for f in v["factors"]]}
                            for k, v in dict(payload.get("smoothing", {})).items()},
+                weights={str(k): {"axis": int(v["axis"]), "amax": [float(a) for a in v["amax"]], "bias": v.get("bias"),
+                                  "delta": [float(d) for d in v["delta"]] if v.get("delta") is not None else None,
+                                  "gain_db": float(v.get("gain_db", 0.0))}
+                         for k, v in dict(payload.get("weights", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(

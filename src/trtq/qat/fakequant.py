@@ -28,7 +28,7 @@ QMIN, QMAX = -128, 127
 """Signed 8-bit range of ONNX QuantizeLinear (zero point 0): saturation bounds."""
 
 QUANT_LEVEL = 127.0
-"""amax = scale * 127 (DESIGN.md: scale = amax / 127)."""
+"""amax = scale * 127 (docs/design.md: scale = amax / 127)."""
 
 MIN_SCALE = MIN_AMAX / QUANT_LEVEL
 """Smallest scale a learned step may reach (the quantize path's floor for amax, over 127)."""
@@ -61,7 +61,7 @@ class _FakeQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, log_ratio: torch.Tensor, base: torch.Tensor,
                 axis: int | None) -> torch.Tensor:
         scale = step_size(log_ratio, base)
         s = _broadcast(scale, x, axis).to(x.dtype)
@@ -75,7 +75,7 @@ class _FakeQuantize(torch.autograd.Function):
         return q * s
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         inside, slope, scale = ctx.saved_tensors
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_ratio = None

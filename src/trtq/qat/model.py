@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -118,7 +119,7 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
         base, _ = scale_and_zero_point(target, inits, activation_amax, np.float32)
         graph.initializer.extend([numpy_helper.from_array(np.zeros_like(base), ratio_name),
                                   numpy_helper.from_array(base, base_name)])
-        attrs = {"axis": target.axis} if target.axis is not None else {}
+        attrs: dict[str, Any] = {"axis": target.axis} if target.axis is not None else {}
         node = helper.make_node(OP_TYPE, [target.tensor, ratio_name, base_name], [out_name],
                                 name=unique_name(f"{target.tensor}::{OP_TYPE}", used), **attrs)
         after.setdefault(producer_of.get(target.tensor, ""), []).append(node)

@@ -109,7 +109,8 @@ def _export_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inpu
         axes = {name: {0: "batch"} for name in [*input_names, *out_names]}
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated, yet the one that folds BN
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+            # torch annotates `f` as a path; the TorchScript exporter writes to a file object as well
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,  # type: ignore[arg-type]
                               input_names=list(input_names), output_names=out_names, dynamic_axes=axes,
                               do_constant_folding=True)
     except TrtqError:
@@ -168,7 +169,11 @@ def prepare(
     return qmodel
 
 
-def _dim_names(dynamic_axes: Mapping[str, object] | None, known: Sequence[str]) -> dict[str, dict[int, str]]:
+DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
+"""torch.onnx's dynamic_axes: {name: {axis: "dim"}} or {name: [axes]}."""
+
+
+def _dim_names(dynamic_axes: DynamicAxes | None, known: Sequence[str]) -> dict[str, dict[int, str]]:
     """torch.onnx-style dynamic_axes ({name: {axis: "dim"}} or {name: [axes]}) as {name: {axis: dim}}."""
     result: dict[str, dict[int, str]] = {}
     for name, axes in (dynamic_axes or {}).items():
@@ -178,7 +183,7 @@ def _dim_names(dynamic_axes: Mapping[str, object] | None, known: Sequence[str]) 
         if isinstance(axes, Mapping):
             result[name] = {int(a): str(d) for a, d in axes.items()}
         else:
-            result[name] = {int(a): f"{name}_dim{int(a)}" for a in axes}  # type: ignore[union-attr]
+            result[name] = {int(a): f"{name}_dim{int(a)}" for a in axes}
     return result
 
 
@@ -197,7 +202,7 @@ def export(
     qmodel: QatModel,
     path: str | Path,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    dynamic_axes: Mapping[str, object] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
 ) -> ExportResult:
     """Write `qmodel` as a Q/DQ ONNX to `path` (atomically): I/O shapes from `example_inputs`,
     with `dynamic_axes` symbolic; onnxruntime's run on `example_inputs` is checked against the

@@ -7,9 +7,10 @@ any other loss plug in as a `LossFn`.
 
 Adam with two parameter groups (weights at `lr`, log step sizes at `scale_lr`), cosine decay of
 both over `steps`, batches chosen by step (`TrainingData`), so a resumed run repeats the
-uninterrupted one exactly. On CUDA the step is replayed from a captured graph (`trtq.qat.step`). Every `check_every` steps the loss is checked: NaN/Inf, or more than
-`divergence` times the first interval's loss, stops the run (`TrainingDiverged`) and leaves the
-last good checkpoint in place. Checkpoints are written only when every trained tensor is finite.
+uninterrupted one exactly. On CUDA the step is replayed from a captured graph (`trtq.qat.step`).
+Every `check_every` steps the loss is checked: NaN/Inf, or more than `divergence` times the first
+interval's loss, stops the run (`TrainingDiverged`) and leaves the last good checkpoint in place.
+Checkpoints are written only when every trained tensor is finite.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -59,6 +61,13 @@ class LossInputs:
 LossFn = Callable[[LossInputs], torch.Tensor]
 
 
+class TeacherModel(Protocol):
+    """The FP32 model QAT learns from: an `OnnxModule` or anything that runs feeds to named tensors."""
+
+    def run(self, feeds: Mapping[str, torch.Tensor | np.ndarray],
+            outputs: Sequence[str] | None = None) -> dict[str, torch.Tensor]: ...
+
+
 def normalised_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """mean((s - t)^2) / mean(t^2): the noise-to-signal power ratio (1/SNR) of one tensor."""
     s, t = student.float(), teacher.float()
@@ -80,7 +89,9 @@ class Distillation:
         return (*self.outputs, *self.features)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        loss = sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.outputs) / len(self.outputs)
+        # sum() of tensors is a tensor (its start, 0, is added to the first term)
+        loss = cast(torch.Tensor, sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.outputs))
+        loss = loss / len(self.outputs)
         if self.features:
             feats = sum(normalised_mse(inputs.student[n], inputs.teacher[n]) for n in self.features)
             loss = loss + self.feature_weight * feats / len(self.features)
@@ -131,8 +142,9 @@ class TrainOptions:
         for name in ("steps", "eval_every", "checkpoint_every", "check_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise TrtqError(f"--{name.replace('_', '-')} {value!r} is not a {'non-negative' if name == 'steps' else 'positive'} "
-                                "integer.", f"give a whole number for --{name.replace('_', '-')}.")
+                kind = "non-negative" if name == "steps" else "positive"
+                flag = f"--{name.replace('_', '-')}"
+                raise TrtqError(f"{flag} {value!r} is not a {kind} integer.", f"give a whole number for {flag}.")
         for name in ("lr", "scale_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -224,7 +236,7 @@ class Monitor:
     `class_scores` outputs (None: [N, C] outputs).
     """
 
-    def __init__(self, teacher: torch.nn.Module, batches: Sequence[Mapping[str, np.ndarray]],
+    def __init__(self, teacher: TeacherModel, batches: Sequence[Mapping[str, np.ndarray]],
                  outputs: Sequence[str], inputs: Sequence[TensorSpec] = (), mask: MaskRequest = True,
                  class_scores: frozenset[str] | None = None) -> None:
         self.batches = [dict(b) for b in batches]
@@ -252,7 +264,7 @@ class Monitor:
                     value = values[name].detach().cpu().numpy()
                     if name in masked:
                         mask = self.mask.input  # type: ignore[union-attr]
-                        accumulators[name].update(ref[name], value, np.asarray(batch[mask]), mask)
+                        accumulators[name].update(ref[name], value, self.mask.positions(np.asarray(batch[mask])), mask)  # type: ignore[union-attr]
                     else:
                         accumulators[name].update(ref[name], value)
         return Agreement(tuple(acc.result() for acc in accumulators.values()))
@@ -271,7 +283,7 @@ def _learning_rate_factor(step: int, steps: int) -> float:
 class _Teacher:
     """Teacher tensors per batch: from a per-sample cache, or computed on the fly."""
 
-    module: torch.nn.Module
+    module: TeacherModel
     names: tuple[str, ...]
     cache: dict[str, torch.Tensor] | None = field(default=None)
 
@@ -311,7 +323,7 @@ class _Best:
 
 def train(
     qmodel: QatModel,
-    teacher: torch.nn.Module,
+    teacher: TeacherModel,
     data: TrainingData,
     loss_fn: LossFn,
     loss_tensors: Sequence[str],

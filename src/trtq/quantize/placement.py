@@ -1,4 +1,4 @@
-"""Decide where Q/DQ pairs go, following TensorRT's placement rules (DESIGN.md).
+"""Decide where Q/DQ pairs go, following TensorRT's placement rules (docs/design.md, "Q/DQ rules").
 
 - inputs (activation and weight) of Conv, ConvTranspose, Gemm, MatMul are quantized;
 - weights per output channel, activations per tensor; biases and outputs never;
@@ -9,7 +9,11 @@
 - excluded nodes (by name regex or op type) keep their inputs in high precision;
 - convolutions that sum at most MIN_CONV_REDUCTION products per output (input channels per
   group x filter taps, e.g. a 1x1 squeeze-excitation conv over 2 channels) stay in high precision:
-  INT8 saves nothing there, and TensorRT-RTX folds such a conv into a float pointwise kernel.
+  INT8 saves nothing there, and TensorRT-RTX folds such a conv into a float pointwise kernel;
+- a layer none of whose data inputs depends on the input data (computed from initializers and the
+  inputs' shapes alone, as DETR's first decoder layer computes its object queries from zeros and a
+  learned embedding) stays in high precision: TensorRT computes it at build time, so Q/DQ there
+  only adds rounding.
 
 `residual=True` (`--residual-qdq`) also puts Q/DQ on both inputs of the residual Adds of
 transformer blocks (an Add of a MatMul/Gemm branch and the residual stream, read by a LayerNorm or
@@ -51,6 +55,8 @@ ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "Q
 NONDETERMINISTIC_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                         "Bernoulli")
 """Ops whose output is not a constant even when their inputs are."""
+SHAPE_OPS = ("Shape", "Size")
+"""Ops whose output depends on their input's shape only, not on its values."""
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
 """Ops whose inputs must not be INT8 in an implicit build: scores collapse (YOLO/RetinaNet heads)."""
 MIN_CONV_REDUCTION = 4
@@ -143,7 +149,16 @@ class _Graph:
 
     def is_constant(self, name: str) -> bool:
         """True for a value computed from initializers alone (e.g. paddle2onnx's bias: Reshape(weight, shape))."""
-        known: dict[str, bool] = self.__dict__.setdefault("_constant", {})
+        return self._computed_from(name, "_constant", ())
+
+    def is_data_free(self, name: str) -> bool:
+        """True for a value that does not depend on the input data: computed from initializers and the
+        shapes of tensors alone (Shape, Size), e.g. DETR's zero object queries, ConstantOfShape(Shape(x))."""
+        return self._computed_from(name, "_data_free", SHAPE_OPS)
+
+    def _computed_from(self, name: str, memo: str, shape_ops: tuple[str, ...]) -> bool:
+        """True when `name` is computed from initializers alone, taking the outputs of `shape_ops` as known."""
+        known: dict[str, bool] = self.__dict__.setdefault(memo, {})
         stack = [name]
         while stack:
             current = stack[-1]
@@ -159,6 +174,10 @@ class _Graph:
                 known[current] = False
                 stack.pop()
                 continue
+            if node.op_type in shape_ops:
+                known[current] = True
+                stack.pop()
+                continue
             pending = [i for i in node.input if i and i not in known]
             if pending:
                 stack.extend(pending)
@@ -171,7 +190,7 @@ class _Graph:
 def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     """Output-channel axis of a weight as laid out for this node."""
     if node.op_type in ("Conv", "ConvTranspose"):
-        return 0  # KCRS for Conv; ConvTranspose CKRS, axis 0 as NVIDIA advises (DESIGN.md)
+        return 0  # KCRS for Conv; ConvTranspose CKRS, axis 0 as NVIDIA advises (docs/design.md)
     if node.op_type == "Gemm":
         attrs = {a.name: a.i for a in node.attribute}
         if input_index == 1:
@@ -226,7 +245,7 @@ def plan_placement(
         if node.op_type in excluded_ops or any(p.search(node.name) for p in patterns)
     }
     fp8 = grid.name != INT8.name
-    excluded |= {node.name for node in model.graph.node if _tiny_reduction(g, node)}
+    excluded |= {node.name for node in model.graph.node if _tiny_reduction(g, node) or _data_free_layer(g, node)}
     if fp8:
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
@@ -291,6 +310,12 @@ def _tiny_reduction(g: _Graph, node: onnx.NodeProto) -> bool:
     for size in weight.dims[2:]:
         products *= size
     return products <= MIN_CONV_REDUCTION
+
+
+def _data_free_layer(g: _Graph, node: onnx.NodeProto) -> bool:
+    """True for a Conv/ConvTranspose/Gemm/MatMul whose data inputs (0 and 1) do not depend on the input data."""
+    return node.op_type in QUANTIZABLE_OPS and len(node.input) >= 2 and all(
+        g.is_data_free(name) for name in node.input[:2] if name)
 
 
 def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:

@@ -1,7 +1,7 @@
 """Precision of the non-INT8 regions: `--high-precision fp16` converts them to FP16 inside the ONNX.
 
 TensorRT 11 removed the FP16 builder flag; precision now lives in the graph's tensor types
-(DESIGN.md). This pass rewrites a (Q/DQ) model so that every node that can runs in FP16, and
+(docs/design.md, "TensorRT 11"). This pass rewrites a (Q/DQ) model so that every node that can runs in FP16, and
 keeps FP32 where FP16 would hurt:
 
 - tensors whose observed range would overflow FP16 (|x| * headroom > 65504): every node that
@@ -482,7 +482,7 @@ def _rewrite(
     stored: dict[str, int] = {}
     for node in graph.node:
         for slot, name in enumerate(node.output):
-            if not name or types.get(name) != TensorProto.FLOAT and not _creates_float(node):
+            if not name or (types.get(name) != TensorProto.FLOAT and not _creates_float(node)):
                 continue
             if node.op_type == "DequantizeLinear":
                 stored[name] = TensorProto.FLOAT16 if node.name in plan.qdq_fp16 else TensorProto.FLOAT

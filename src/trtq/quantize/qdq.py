@@ -10,6 +10,7 @@ consumers keep the original.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -94,7 +95,7 @@ def insert_qdq(
         graph.initializer.extend(
             [numpy_helper.from_array(scale, scale_name), numpy_helper.from_array(zero_point, zp_name)]
         )
-        axis_attr = {"axis": target.axis} if target.axis is not None else {}
+        axis_attr: dict[str, Any] = {"axis": target.axis} if target.axis is not None else {}
         q_node = helper.make_node(
             "QuantizeLinear", [base, scale_name, zp_name], [q_out],
             name=unique_name(f"{base}_QuantizeLinear", used), **axis_attr,

@@ -312,11 +312,13 @@ def smooth_model(
                              nodes)
         smoothed_names = {r.node for r in group.readers}
         norm = producer.get(group.tensor)
-        if _foldable(norm, group.tensor, readers, smoothed_names, outputs, initializers, ranks.get(group.tensor),
-                     producer):
+        if norm is not None and _foldable(norm, group.tensor, readers, smoothed_names, outputs, initializers,
+                                          ranks.get(group.tensor), producer):
             inverse = 1.0 / scale
             for name in (n for n in norm.input[1:3] if n):
-                values = numpy_helper.to_array(constant_of(name, producer, initializers))
+                constant = constant_of(name, producer, initializers)
+                assert constant is not None  # _foldable found every one
+                values = numpy_helper.to_array(constant)
                 _set_initializer(graph, initializers, readers, name, (values * inverse).astype(values.dtype),
                                  {norm.name}, used, nodes)
             smoothed, folded = group.tensor, norm.name

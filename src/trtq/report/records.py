@@ -150,7 +150,7 @@ def load_records(directory: str | Path) -> dict[str, Record]:
     directory = Path(directory)
     if not directory.is_dir():
         raise TrtqError(
-            f"Report folder {directory} does not exist.",
+            f"Report folder {directory} " + ("is a file, not a folder." if directory.exists() else "does not exist."),
             "pass the --output-dir of a quantize, compare, sensitivity or verify run.",
         )
     records: dict[str, Record] = {}

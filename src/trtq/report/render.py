@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq._format import fmt
+from trtq._format import fmt, number
 from trtq._io import write_files_atomically
+from trtq.report.charts import histogram_svg, sensitivity_svg
 from trtq.report.records import load_records
 
-SNR_CAP = 60.0
-"""Bars of the sensitivity chart are clipped at this SNR (dB); beyond it a layer is insensitive."""
 MAX_HISTOGRAMS = 6
 MAX_CHART_LAYERS = 40
 """The bar chart shows at most this many layers; the Markdown table lists all."""
@@ -65,27 +64,23 @@ class Report:
     """The result of `trtq verify` (a VerifyResult's dict)."""
 
 
-def _num(value: object) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)  # "inf" strings included
-    except (TypeError, ValueError):
-        return None
+def _lowest(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
 
 def _evaluation_row(variant: str, evaluation: Mapping, source: str) -> MetricsRow:
     outputs = evaluation.get("outputs", [])
-    snrs = [_num(o.get("snr_db")) for o in outputs]
-    cosines = [_num(o.get("cosine")) for o in outputs]
-    top1 = [_num(o.get("top1_agreement")) for o in outputs if o.get("top1_agreement") is not None]
+    snrs = [number(o.get("snr_db")) for o in outputs]
+    cosines = [number(o.get("cosine")) for o in outputs]
+    top1 = [number(o.get("top1_agreement")) for o in outputs if o.get("top1_agreement") is not None]
     task = evaluation.get("task") or {}
     return MetricsRow(
         variant,
         {k: float(v) for k, v in task.get("values", {}).items()},
-        min((s for s in snrs if s is not None), default=None),
-        min((c for c in cosines if c is not None), default=None),
-        min(top1) if top1 else None,
+        _lowest(snrs),
+        _lowest(cosines),
+        _lowest(top1),
         source,
     )
 
@@ -162,7 +157,7 @@ def build_report(directory: str | Path) -> Report:
     exclude_nodes = tuple(mixed.get("exclude_nodes", [])) if mixed else ()
     result = quantize.result if quantize else {}
     choices = dict(result.get("choices") or {})
-    ranges = tuple(sorted(choices.items(), key=lambda item: (_num(item[1].get("amax_over_max")) or 1.0, item[0])))
+    ranges = tuple(sorted(choices.items(), key=lambda item: (number(item[1].get("amax_over_max")) or 1.0, item[0])))
     scores = dict(result.get("table_scores") or {})
     return Report(
         ranges=ranges,
@@ -195,17 +190,13 @@ def _task_notes(source: str, scores: Mapping, parts: Sequence[Mapping]) -> list[
             notes.append(f"warning ({source}): {scored['warning']}")
     if parts:
         notes.append(f"{source}: SNR of output parts measured apart: "
-                     + ", ".join(f"{p.get('name')} {_fmt(_num(p.get('snr_db')))} dB" for p in parts) + ".")
+                     + ", ".join(f"{p.get('name')} {_fmt(number(p.get('snr_db')))} dB" for p in parts) + ".")
     return notes
 
 
 def _task_label(scores: Mapping) -> str:
     against = "labels" if scores.get("against") == "labels" else "the FP32 model's outputs (no labels: agreement)"
     return f"{scores.get('task', 'task')} metrics against {against}"
-
-
-# ---------------------------------------------------------------------------------------------
-# formatting
 
 
 def _fmt(value: object, digits: int = 2, percent: bool = False) -> str:
@@ -239,10 +230,10 @@ def _ranges_table(report: Report, limit: int | None = None) -> tuple[list[str], 
         [
             name,
             str(c.get("method")),
-            _fmt(_num(c.get("amax_over_max")), 3),
-            _fmt(_num(c.get("clipped")), 4, percent=True),
-            _fmt(_num(c.get("snr_db")), 1),
-            _fmt(_num(c.get("max_snr_db")), 1),
+            _fmt(number(c.get("amax_over_max")), 3),
+            _fmt(number(c.get("clipped")), 4, percent=True),
+            _fmt(number(c.get("snr_db")), 1),
+            _fmt(number(c.get("max_snr_db")), 1),
         ]
         for name, c in report.ranges[:limit]
     ]
@@ -267,9 +258,9 @@ def _excluded_table(report: Report) -> tuple[list[str], list[list[str]]]:
         [
             str(e.get("node")),
             str(e.get("op_type")),
-            _fmt(_num(e.get("sensitivity_snr_db"))),
-            _fmt(_num(e.get("metric_with_layer_int8")), 3),
-            _fmt(_num(e.get("macs_share")), 1, percent=True),
+            _fmt(number(e.get("sensitivity_snr_db"))),
+            _fmt(number(e.get("metric_with_layer_int8")), 3),
+            _fmt(number(e.get("macs_share")), 1, percent=True),
         ]
         for e in report.excluded
     ]
@@ -280,7 +271,7 @@ def _verify_summary(verification: Mapping) -> str:
     builder = str(verification.get("builder", "TensorRT-RTX"))
     targets = ", ".join(verification.get("compute_capabilities") or []) or "8.0, 8.6, 8.9 and 12.x (the portable default)"
     return (f"{verification.get('summary', '')} ({builder}, built ahead of time for compute capability {targets} in "
-            f"{_fmt(_num(verification.get('build_seconds')), 1)} s; {verification.get('engine_low_precision_compute_layers')}"
+            f"{_fmt(number(verification.get('build_seconds')), 1)} s; {verification.get('engine_low_precision_compute_layers')}"
             f" of {verification.get('engine_compute_layers')} convolution/GEMM engine layers read "
             f"{verification.get('precision', 'INT8')} inputs).")
 
@@ -307,93 +298,6 @@ def _verify_all_table(verification: Mapping) -> tuple[list[str], list[list[str]]
              ", ".join(v.get("input_types") or [])] for v in verification.get("layers", [])]
     return header, body
 
-
-# ---------------------------------------------------------------------------------------------
-# SVG
-
-
-def _color(snr: float) -> str:
-    if snr < 20:
-        return "#d9534f"
-    if snr < 30:
-        return "#f0ad4e"
-    return "#5cb85c"
-
-
-def sensitivity_svg(layers: Sequence[Mapping], width: int = 860) -> str:
-    """Horizontal bars of each layer's SNR (most sensitive first; shorter and redder = more sensitive)."""
-    label_w, row_h, top = 330, 20, 28
-    plot_w = width - label_w - 70
-    height = top + row_h * len(layers) + 10
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="per-layer sensitivity">',
-        f'<text x="{label_w}" y="16" class="axis">SNR of the output with only this layer in INT8 (dB, '
-        f"clipped at {SNR_CAP:g})</text>",
-    ]
-    for tick in range(0, int(SNR_CAP) + 1, 10):
-        x = label_w + plot_w * tick / SNR_CAP
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 8}" class="grid"/>'
-            f'<text x="{x:.1f}" y="{height}" class="tick">{tick}</text>'
-        )
-    for i, layer in enumerate(layers):
-        snr = _num(layer.get("snr_db"))
-        snr = SNR_CAP if snr is None or snr > SNR_CAP else max(snr, 0.0)
-        y = top + i * row_h
-        name = str(layer.get("node", ""))
-        short = name if len(name) <= 44 else "…" + name[-43:]
-        bar = plot_w * snr / SNR_CAP
-        parts.append(
-            f"<g><title>{html.escape(name)} ({html.escape(str(layer.get('op_type', '')))}): "
-            f"{_fmt(_num(layer.get('snr_db')))} dB</title>"
-            f'<text x="{label_w - 6}" y="{y + 14}" class="label">{html.escape(short)}</text>'
-            f'<rect x="{label_w}" y="{y + 3}" width="{bar:.1f}" height="{row_h - 6}" fill="{_color(snr)}"/>'
-            f'<text x="{label_w + bar + 4:.1f}" y="{y + 14}" class="value">'
-            f"{_fmt(_num(layer.get('snr_db')), 1)}</text></g>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def histogram_svg(name: str, data: Mapping, width: int = 400, height: int = 150) -> str:
-    """Log-scale histogram of |x| with the chosen threshold (red) and the observed max (dashed)."""
-    hist = [int(v) for v in data.get("hist", [])]
-    hist_max = float(data.get("hist_max", 0.0)) or 1.0
-    threshold, observed = float(data.get("threshold", 0.0)), float(data.get("observed_max", 0.0))
-    left, bottom, top = 8, 22, 8
-    plot_w, plot_h = width - 2 * left, height - bottom - top
-    peak = max((math.log1p(v) for v in hist), default=1.0) or 1.0
-    bar_w = plot_w / max(len(hist), 1)
-    total = sum(hist) or 1
-    width_bin = hist_max / max(len(hist), 1)
-    above = sum(v for i, v in enumerate(hist) if i * width_bin >= threshold)  # bins wholly above the threshold
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="histogram of {html.escape(name)}">',
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>',
-    ]
-    for i, v in enumerate(hist):
-        if v:
-            h = plot_h * math.log1p(v) / peak
-            parts.append(
-                f'<rect x="{left + i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w, 0.6):.2f}" '
-                f'height="{h:.2f}" fill="#4a7ab8"/>'
-            )
-    for value, cls in ((observed, "maxline"), (threshold, "threshold")):
-        x = left + plot_w * min(value / hist_max, 1.0)
-        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + plot_h}" class="{cls}"/>')
-    parts.append(
-        f'<text x="{left}" y="{height - 6}" class="tick">0</text>'
-        f'<text x="{width - left}" y="{height - 6}" class="tick" text-anchor="end">{hist_max:.4g}</text>'
-        f'<text x="{width / 2}" y="{height - 6}" class="tick" text-anchor="middle">|x| (log count); '
-        f"{100 * above / total:.3f}% clipped</text></svg>"
-    )
-    return "".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# HTML and Markdown
 
 _CSS = """
 body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:24px auto;max-width:1100px;
@@ -531,7 +435,7 @@ def render_markdown(report: Report) -> str:
     if layers:
         out += [
             "",
-            f"## Per-layer sensitivity ({report.sensitivity.get('method')}, most sensitive first)",
+            f"## Per-layer sensitivity ({(report.sensitivity or {}).get('method')}, most sensitive first)",
             "",
             _md_table(
                 ["rank", "layer (ONNX node)", "op", "SNR dB", "task drop"],
@@ -540,8 +444,8 @@ def render_markdown(report: Report) -> str:
                         str(i + 1),
                         str(layer.get("node")),
                         str(layer.get("op_type")),
-                        _fmt(_num(layer.get("snr_db"))),
-                        _fmt(_num(layer.get("task_drop"))),
+                        _fmt(number(layer.get("snr_db"))),
+                        _fmt(number(layer.get("task_drop"))),
                     ]
                     for i, layer in enumerate(layers)
                 ],

@@ -7,15 +7,19 @@ Nodes the executor has no torch op for run through onnxruntime (`fallback_nodes`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TorchRunner:
     """Runs a model with `OnnxModule` on a torch device; inputs and outputs are numpy arrays."""
 
-    def __init__(self, model: onnx.ModelProto, device: object) -> None:
+    def __init__(self, model: onnx.ModelProto, device: str | torch.device) -> None:
         import torch
 
         from trtq.torch import OnnxModule

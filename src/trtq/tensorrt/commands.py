@@ -8,9 +8,11 @@ constraints. trtexec turns inference `--shapes` into a min = opt = max build pro
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trtq.errors import TrtqError
 from trtq.tensorrt.ioformats import IOFormat, format_io_formats
@@ -64,20 +66,29 @@ def check_dla_standalone_formats(inputs: Sequence[IOFormat], outputs: Sequence[I
                 )
 
 
-_SIZE_UNITS = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0}
+_SIZE_UNITS = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+
+MAX_WORKSPACE_MIB = 1024**3
+"""1 PiB: more memory than any GPU has. TensorRT caps the pool at the device's memory anyway; a larger
+number is a typo (or an overflow of TensorRT's size_t in bytes, past 16 EiB)."""
 
 
 def parse_size_mib(text: str, option: str = "--workspace") -> int:
     """A size like 4G, 512M or 1024 (MiB when no unit, as trtexec reads --memPoolSize) in MiB."""
     value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1] if value and value[-1] in "KMG" else ""
+    unit = value[-1] if value and value[-1] in _SIZE_UNITS else ""
     number = value[: len(value) - len(unit)]
     try:
         mib = float(number) * _SIZE_UNITS[unit]
-    except ValueError as exc:
-        raise TrtqError(f"{option} {text!r} is not a size like 4G, 512M or 1024.", f"e.g. {option} 4G") from exc
+    except ValueError:
+        mib = math.nan
+    if not math.isfinite(mib):
+        raise TrtqError(f"{option} {text!r} is not a size like 4G, 512M or 1024 (MiB).", f"e.g. {option} 4G")
     if mib < 1:
         raise TrtqError(f"{option} {text!r} is below 1 MiB.", f"e.g. {option} 4G")
+    if mib > MAX_WORKSPACE_MIB:
+        raise TrtqError(f"{option} {text!r} is over 1 PiB, more memory than any GPU has.",
+                        f"give the pool TensorRT may use on the target GPU, e.g. {option} 4G.")
     return int(mib)
 
 
@@ -202,7 +213,7 @@ def trtexec_build_commands(
     precision) keeps the layers excluded from INT8 out of it, as obeyed constraints.
     """
     profile = static_profile(shapes)
-    common = {"profile": profile, "workspace_mib": workspace_mib, "timing_cache": timing_cache}
+    common: dict[str, Any] = {"profile": profile, "workspace_mib": workspace_mib, "timing_cache": timing_cache}
     commands = {
         "tensorrt-11": trtexec_build_argv(onnx_path, engine_path, "tensorrt-11", **common),
         "tensorrt-10-strongly-typed": trtexec_build_argv(onnx_path, engine_path, "tensorrt-10-strongly-typed", **common),

@@ -96,7 +96,7 @@ def find_layer_block(messages: Iterable[str]) -> str | None:
 
 def parse_layer_block(text: str) -> tuple[EngineLayer, ...]:
     """Every `Name: ...` line of a `Layers:` block (the block ends at the first blank line)."""
-    layers = []
+    layers: list[EngineLayer] = []
     for line in text.split("\n"):
         if line.startswith(LAYERS_HEADER):
             continue

@@ -7,12 +7,17 @@ Implicit INT8 calibration runs at the OPT shape (the calibration profile), so bu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from trtq.errors import TrtqError
 
 Shape = tuple[int, ...]
+
+MAX_INPUT_VOLUME = 2**31 - 1
+"""Elements of one input, at most: TensorRT's limit for a tensor's volume. TensorRT-RTX 1.7's builder was
+killed asking for 64 GiB at 7.7e9 elements (a 3x16x16 input) and crashed with SIGSEGV at 7.7e10."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,13 @@ def _check_against(name: str, dims: Shape, shape: Shape, which: str) -> None:
             )
         if got <= 0:
             raise TrtqError(f"{which} for input {name!r} has a non-positive dim {got}.", "use sizes >= 1.")
+    volume = math.prod(shape)
+    if volume > MAX_INPUT_VOLUME:
+        raise TrtqError(
+            f"{which} for input {name!r} is {_fmt(shape)}, {volume:,} elements: over the {MAX_INPUT_VOLUME:,} "
+            "(2^31 - 1) a TensorRT tensor holds, so the build could only fail (or crash TensorRT-RTX's builder).",
+            "give a smaller shape; build several engines or profiles for larger sizes.",
+        )
 
 
 def resolve_profile(
@@ -87,7 +99,8 @@ def resolve_profile(
         if name in mins or name in opts or name in maxs:
             opt = tuple(opts.get(name) or maxs.get(name) or mins[name])
             low, high = tuple(mins.get(name, opt)), tuple(maxs.get(name, opt))
-            for which, shape in (("--min-shape", low), ("--opt-shape", opt), ("--max-shape", high)):
+            # max first: opt and min default to it
+            for which, shape in (("--max-shape", high), ("--opt-shape", opt), ("--min-shape", low)):
                 _check_against(name, dims, shape, which)
             if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
                 raise TrtqError(

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def run_engine(
     outputs, count = _run(trt, engine_path, batches, device)
     if count == 0:
         raise TrtqError("The --data source yielded no batches.", "pass a non-empty --data source.")
-    merged = {name: np.concatenate(parts, axis=0) if parts[0].ndim else parts[-1] for name, parts in outputs.items()}
+    merged: dict[str, Any] = {name: np.concatenate(parts, axis=0) if parts[0].ndim else parts[-1]
+                              for name, parts in outputs.items()}
     buffer = io.BytesIO()
     np.savez(buffer, **merged)
     atomic_write_bytes(output_path, buffer.getvalue())

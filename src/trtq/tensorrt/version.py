@@ -7,7 +7,8 @@ parts removed and which builds engines ahead of time without a GPU.
 TensorRT 11 removed implicit INT8 calibration, the weak-typing builder flags and per-layer
 precision constraints; DLA is only wired up for 10.x; TensorRT-RTX has none of them. Every code
 path that touches either module declares the release lines it supports with `@supports(...)`,
-and `trtq.tensorrt.apicheck` verifies each name it uses against the bindings of those releases.
+and tools/trt_apicheck.py (a development tool, run by the tests) verifies each name it uses
+against the bindings of those releases.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def capabilities(version: Sequence[int], backend: str = "tensorrt") -> TrtCapabi
 
     Raises TrtqError for TensorRT versions older than 10, which trtq does not drive (their API differs).
     """
-    parts = tuple(int(v) for v in version) + (0, 0)
+    parts = (*(int(v) for v in version), 0, 0)
     major, minor, patch = parts[0], parts[1], parts[2]
     if backend == "tensorrt-rtx":
         return TrtCapabilities(

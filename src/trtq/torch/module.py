@@ -105,6 +105,8 @@ class OnnxModule(torch.nn.Module):
     `OPS`: how a stage above hands the executor a node of its own (QAT's fake quantizer).
     """
 
+    _anchor: torch.Tensor  # an empty buffer: moves with the module and says where it lives
+
     def __init__(self, model: onnx.ModelProto, device: str | torch.device = "cpu",
                  host_copy_limit: int = HOST_COPY_LIMIT, ops: Mapping[str, OpDef] | None = None) -> None:
         super().__init__()
@@ -165,7 +167,9 @@ class OnnxModule(torch.nn.Module):
         """The parameter holding float initializer `name`."""
         return self.params[self._param_key[name]]
 
-    def forward(self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(
+        self, *args: torch.Tensor | np.ndarray, **kwargs: torch.Tensor | np.ndarray
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         feeds = dict(zip(self.input_names, args))
         feeds.update(kwargs)
         out = self.run(feeds)
@@ -346,15 +350,16 @@ class OnnxModule(torch.nn.Module):
                     on_host = hostable and (not data_pos or any(in_kinds[i] == _CONST for i in data_pos))
                 static = on_host and not is_dynamic and _DATA not in in_kinds
                 args = []
-                for i, (name, value, kind) in enumerate(zip(proto.input, ins, in_kinds)):
-                    if value is None or kind is None:
+                for i, (name, arg, arg_kind) in enumerate(zip(proto.input, ins, in_kinds)):
+                    if arg is None or arg_kind is None:
                         args.append(None)
                     elif i in host:
-                        args.append(self._to_host(name, value, kind, plan))
+                        args.append(self._to_host(name, arg, arg_kind, plan))
                     elif on_host:
-                        args.append(self._host_copies[name] if kind == _PARAM else self._to_host(name, value, kind, plan))
+                        args.append(self._host_copies[name] if arg_kind == _PARAM
+                                    else self._to_host(name, arg, arg_kind, plan))
                     else:
-                        args.append(self._to_device(name, value, kind, plan))
+                        args.append(self._to_device(name, arg, arg_kind, plan))
             ctx = OpContext(node.attrs, self.opset, len(proto.output), torch.device("cpu") if on_host else self.device,
                             node.name)
             try:
@@ -421,7 +426,7 @@ class OnnxModule(torch.nn.Module):
             runner = self._fallbacks[node.index] = OrtNode(node.proto, self._model_opsets, self._types)
         return runner
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> OnnxModule:
         """Moving the module invalidates device copies of constants and per-signature caches."""
         self._param_cache = {}
         self._const_device = {}

@@ -125,7 +125,8 @@ class _Engine:
         candidates = self.by_node.get(node, [])
         compute = [layer for layer in candidates if is_compute(layer.type)]
         named = [layer for layer in compute if node in layer.name_parts]
-        return (named or compute or candidates or [None])[0]
+        found = named or compute or candidates
+        return found[0] if found else None
 
 
 def _log_reason(names: Sequence[str], problems: Sequence[str]) -> str | None:

@@ -28,7 +28,7 @@ TRANSPARENT_OPS = ("Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Un
 """Ops between a DequantizeLinear and a compute layer that TensorRT moves the DQ across (or folds into it)."""
 DATA_INPUTS = {"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)}
 """Inputs of each quantized op that carry data (the bias, input 2, is never quantized)."""
-PRECISIONS = {
+PRECISIONS: dict[int, str] = {
     TensorProto.INT8: "int8", TensorProto.UINT8: "int8", TensorProto.FLOAT8E4M3FN: "fp8",
     TensorProto.FLOAT8E4M3FNUZ: "fp8", TensorProto.FLOAT8E5M2: "fp8", TensorProto.FLOAT8E5M2FNUZ: "fp8",
     TensorProto.INT4: "int4", TensorProto.UINT4: "int4",
@@ -187,7 +187,10 @@ def analyze(model: onnx.ModelProto) -> QdqGraph:
     for node in model.graph.node:
         if node.op_type not in QUANTIZABLE_OPS:
             continue
-        quantized, plain, dqs, precisions = [], [], [], set()
+        quantized: list[int] = []
+        plain: list[int] = []
+        dqs: list[str] = []
+        precisions: set[str] = set()
         for position in DATA_INPUTS[node.op_type]:
             if position >= len(node.input) or not node.input[position]:
                 continue
@@ -210,21 +213,21 @@ def analyze(model: onnx.ModelProto) -> QdqGraph:
     pairs: list[QdqPair] = []
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":
-            dqs = [c for c in index.consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
-            if not dqs:
+            dq_nodes = [c for c in index.consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
+            if not dq_nodes:
                 continue
             tensor, quantize = node.input[0], index.name(node)
         elif node.op_type == "DequantizeLinear" and index.is_constant(node.input[0]):
-            dqs, tensor, quantize = [node], node.input[0], None
+            dq_nodes, tensor, quantize = [node], node.input[0], None
         else:
             continue
-        readers = [r for dq in dqs for r in index.readers(dq.output[0]) if r.op_type not in _QDQ]
+        readers = [r for dq in dq_nodes for r in index.readers(dq.output[0]) if r.op_type not in _QDQ]
         pairs.append(QdqPair(
             tensor=tensor,
             quantize=quantize,
-            dequantize=tuple(index.name(dq) for dq in dqs),
+            dequantize=tuple(index.name(dq) for dq in dq_nodes),
             kind="weight" if index.is_constant(tensor) else "activation",
-            precision=precision_name(index.quantized_type(dqs[0])),
+            precision=precision_name(index.quantized_type(dq_nodes[0])),
             consumers=tuple(dict.fromkeys(index.name(r) for r in readers)),
         ))
     op_types = {index.name(node): node.op_type for node in model.graph.node}

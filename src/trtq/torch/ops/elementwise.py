@@ -130,8 +130,8 @@ def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     return lambda ctx, a, b: fn(a, b)
 
 
-for _name, _fn in _BINARY.items():
-    op(_name)(_binary(_fn))
+for _name, _binary_fn in _BINARY.items():
+    op(_name)(_binary(_binary_fn))
 
 
 @op("Pow")

@@ -29,10 +29,7 @@ def _reduce(kind: str) -> Callable[..., Tensor]:
 
     def run(ctx: OpContext, x: Tensor, axes: Tensor | None = None) -> Tensor:
         keep = bool(ctx.get("keepdims", 1))
-        if ctx.opset >= _AXES_AS_INPUT.get(kind, 18):
-            dims = ints(axes)
-        else:
-            dims = list(ctx.get("axes", []))
+        dims = ints(axes) if ctx.opset >= _AXES_AS_INPUT.get(kind, 18) else list(ctx.get("axes", []))
         if not dims:
             if ctx.get("noop_with_empty_axes", 0):
                 return x

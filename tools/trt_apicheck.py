@@ -1,10 +1,15 @@
 """Static check of trtq's uses of the `tensorrt` module against the bindings of each release.
 
+    python tools/trt_apicheck.py [PACKAGE_DIR]     (default: src/trtq; exit status 1 on a problem)
+
+A development tool, not part of the runtime package: tests/tensorrt/test_trt_apicheck.py runs it on
+every CI run. The name tables are vendored in tools/api-names/.
+
 No datacenter TensorRT builder can be installed where trtq is developed, so this reads the source
 with `ast` instead: every attribute chain on the module (bound to the name `trt`, e.g.
 `trt.BuilderFlag.FP16`), and every attribute used on a variable annotated with a TensorRT
 class (`config: trt.IBuilderConfig` then `config.int8_calibrator`), is looked up in the API name
-tables (tensorrt-python-api-names.tsv for 10.13/11.4, tensorrt-rtx-python-api-names.tsv for
+tables (api-names/tensorrt-python-api-names.tsv for 10.13/11.4, tensorrt-rtx-python-api-names.tsv for
 TensorRT-RTX 1.7) for each release line the enclosing function claims with
 `@supports("10", "11", "rtx")`. Code shared by both backends takes the module as a parameter
 named `trt`. Rules enforced besides the lookup:
@@ -17,12 +22,20 @@ named `trt`. Rules enforced besides the lookup:
 
 from __future__ import annotations
 
+import argparse
 import ast
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from trtq.tensorrt.version import TRACKS
+
+HERE = Path(__file__).resolve().parent
+TABLES = (HERE / "api-names" / "tensorrt-python-api-names.tsv", HERE / "api-names" / "tensorrt-rtx-python-api-names.tsv")
+"""The vendored name tables: TensorRT 10.13.3.9 and 11.4.0.106 (a copy of the project's shared table), and
+TensorRT-RTX 1.7.1.116 (written by tools/rtx_api_names.py from the installed bindings)."""
+PACKAGE = HERE.parent / "src" / "trtq"
 
 MODULE_ALIAS = "trt"
 DECORATOR = "supports"
@@ -121,7 +134,7 @@ def _claimed_tracks(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
 
 def _is_type_checking(test: ast.AST) -> bool:
     chain = _chain(test)
-    return bool(chain) and chain[-1] == "TYPE_CHECKING"
+    return bool(chain) and chain is not None and chain[-1] == "TYPE_CHECKING"
 
 
 def _key(parts: list[str]) -> str:
@@ -319,3 +332,19 @@ def check_package(directory: str | Path, table: ApiTable) -> tuple[list[ApiUse],
         all_uses.extend(uses)
         all_problems.extend(problems + check_uses(uses, table))
     return all_uses, all_problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check a package directory; print each problem as file:line: message."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("package", nargs="?", default=str(PACKAGE), help="the package directory (default: src/trtq)")
+    args = parser.parse_args(argv)
+    uses, problems = check_package(args.package, load_api_table(*TABLES))
+    for problem in problems:
+        print(problem)
+    print(f"{len(uses)} uses of TensorRT names checked, {len(problems)} problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
