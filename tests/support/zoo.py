@@ -267,6 +267,68 @@ def _bert():  # type: ignore[no-untyped-def]
 
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DETR_SIZE = 64
+
+
+def _detr_outputs(model):  # type: ignore[no-untyped-def]
+    """A transformers object detector with a plain (logits, pred_boxes) tuple output, named alike by both exporters.
+
+    The class head's no-object logit gets a bias of +3, as training gives it (most queries find nothing), so
+    `compare --task detect` recognises the DETR layout without --postprocess.
+    """
+    import torch
+
+    head = [m for m in model.class_labels_classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[-1] += 3.0
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+            out = self.model(pixel_values=pixel_values)
+            return out.logits, out.pred_boxes
+
+    return Outputs().eval()
+
+
+def _detr():  # type: ignore[no-untyped-def]
+    """A tiny DetrForObjectDetection from a transformers config (random weights), ResNet backbone without timm.
+
+        pixel_values [1,3,64,64] -> ResNet (4 basic stages, 8-32 channels) -> 1x1 conv to d_model 32
+          -> + sine positions -> 1 encoder layer (self-attention, FFN 32->64->32)
+          -> 1 decoder layer over 10 object queries (self- and cross-attention, FFN)
+          -> class head (Linear 32->6: 5 classes + no object) -> logits [1,10,6]
+          -> box MLP (3 Linear) -> Sigmoid -> pred_boxes [1,10,4] (cx, cy, w, h normalised)
+    """
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    backbone = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 32], "depths": [1, 1, 1, 1],
+                "layer_type": "basic", "out_features": ["stage4"]}
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_labels=5)
+    torch.manual_seed(0)
+    return _detr_outputs(DetrForObjectDetection(config).eval())
+
+
+def _yolos():  # type: ignore[no-untyped-def]
+    """A tiny YolosForObjectDetection (random weights): a ViT whose extra detection tokens become the queries.
+
+        pixel_values [1,3,64,64] -> 16x16 patches (Conv) -> 16 patch + 1 CLS + 10 detection tokens (+ positions)
+          -> 2 ViT layers (hidden 32, 2 heads, MLP 64) -> the 10 detection tokens
+          -> class MLP -> logits [1,10,6] (5 classes + no object); box MLP -> Sigmoid -> pred_boxes [1,10,4]
+    """
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[DETR_SIZE, DETR_SIZE], patch_size=16, num_detection_tokens=10, num_labels=5)
+    torch.manual_seed(0)
+    return _detr_outputs(YolosForObjectDetection(config).eval())
 
 
 def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None = None) -> Callable[[Path], None]:
@@ -277,6 +339,9 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
         if family == "cnn":
             args: tuple = (torch.from_numpy(_images((1, 3, 32, 32))(np.random.default_rng(0), 2)["x"]),)
             names, outputs = ["x"], ["logits"]
+        elif family == "detector":  # fixed 64x64 (YOLOS's position embeddings are sized to it), dynamic batch
+            args = (torch.from_numpy(_images((1, 3, DETR_SIZE, DETR_SIZE))(np.random.default_rng(0), 1)["x"]),)
+            names, outputs = ["pixel_values"], ["logits", "pred_boxes"]
         else:
             tokens = _tokens(np.random.default_rng(0), 2)
             args = tuple(torch.from_numpy(tokens[name]) for name in TOKEN_INPUTS)
@@ -286,6 +351,8 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             if not dynamo:
                 if family == "cnn":
                     axes = {"x": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
+                elif family == "detector":
+                    axes = {name: {0: "N"} for name in (*names, *outputs)}
                 else:
                     axes = {**{n: {0: "batch", 1: "seq"} for n in (*names, "last_hidden_state")},
                             "pooler_output": {0: "batch"}}
@@ -295,6 +362,8 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             dim = torch.export.Dim
             if family == "cnn":
                 shapes: tuple = ({0: dim("N", max=64), 2: dim("H", min=16, max=512), 3: dim("W", min=16, max=512)},)
+            elif family == "detector":
+                shapes = ({0: dim("N", max=64)},)
             else:
                 batch, seq = dim("batch", max=64), dim("seq", min=4, max=64)
                 shapes = tuple({0: batch, 1: seq} for _ in names)
@@ -447,6 +516,10 @@ ZOO: tuple[ZooEntry, ...] = (
              _rapidocr_model("cls"), _images((1, 3, 48, 64)), task="classify", limit=2),
     ZooEntry("yolov8-ultralytics", "ultralytics", "detector", _TORCH, {"images": (1, 3, 64, 64)},
              _ultralytics_export, _images((1, 3, 64, 64)), task="detect", limit=2),
+    ZooEntry("detr-legacy", "torch-legacy", "detector", _BERT, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_detr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
+    ZooEntry("yolos-dynamo", "torch-dynamo", "detector", _BERT_DYNAMO, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_yolos, True, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
     ZooEntry("keras-cnn", "tf2onnx", "cnn", ("tensorflow", "tf2onnx"), {"x": (1, 32, 32, 3)},
              _keras_export, _images((1, 32, 32, 3), layout="NHWC"), task="classify"),
 )

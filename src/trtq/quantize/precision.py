@@ -520,6 +520,11 @@ def _rewrite(
             for attr in node.attribute:
                 if attr.name == "to":
                     attr.i = TensorProto.FLOAT16
+        if node.name in plan.fp16 and stored.get(node.output[0] if node.output else "") == TensorProto.FLOAT16:
+            for attr in node.attribute:  # ConstantOfShape/Constant: the value attribute sets the output's dtype
+                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16),
+                                                            attr.t.name))
     for vi in graph.input:
         if vi.name in types and types[vi.name] == TensorProto.FLOAT:
             stored.setdefault(vi.name, TensorProto.FLOAT)
