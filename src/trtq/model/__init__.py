@@ -31,6 +31,7 @@ from trtq.model.normalize import (
 )
 from trtq.model.shapes import (
     PartialShape,
+    distinct_placeholder_dims,
     inferred_shapes,
     missing_shapes_error,
     parse_shapes,
@@ -67,6 +68,7 @@ __all__ = [
     "file_sha256",
     "graph_inputs",
     "graph_outputs",
+    "distinct_placeholder_dims",
     "inferred_shapes",
     "initializer_bytes",
     "inline_functions",
