@@ -67,7 +67,7 @@ class ZooEntry:
 
     name: str
     exporter: str  # torch-legacy, torch-dynamo, paddle2onnx, tf2onnx, ultralytics
-    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier, detector
+    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier, detector, deformable-cnn
     needs: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]
     export: Callable[[Path], None] = field(repr=False)
@@ -266,8 +266,72 @@ def _bert():  # type: ignore[no-untyped-def]
     return Outputs().eval()
 
 
+def _crnn():  # type: ignore[no-untyped-def]
+    """A small CRNN text recogniser: convolutions, then a bidirectional LSTM over the width.
+
+        x [N,3,16,64] -> conv 3x3 (3->8) -> bn -> relu -> maxpool 2 -> conv 3x3 (8->16) -> relu
+          -> conv 3x3 (16->16) -> relu -> maxpool 2 -> [N,16,4,16] -> columns as a sequence [T=16, N, 64]
+          -> neck Linear (64->32) -> bidirectional LSTM (hidden 16) -> [T, N, 32]
+          -> Linear (32->12) -> per-step class logits, batch first -> logits [N, 16, 12]
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class CRNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.conv3 = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.neck, self.rnn = nn.Linear(16 * 4, 32), nn.LSTM(32, 16, bidirectional=True)
+            self.fc = nn.Linear(32, 12)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(torch.relu(self.bn(self.conv1(x))), 2)
+            x = F.max_pool2d(torch.relu(self.conv3(torch.relu(self.conv2(x)))), 2)
+            n, c, h, w = x.shape
+            y, _ = self.rnn(self.neck(x.permute(3, 0, 1, 2).reshape(w, n, c * h)))
+            return self.fc(y).permute(1, 0, 2)
+
+    torch.manual_seed(0)
+    return CRNN().eval()
+
+
+def _deformable():  # type: ignore[no-untyped-def]
+    """A CNN that samples its features at learned offsets (GridSample, as deformable attention does).
+
+        x [N,3,32,32] -> conv 3x3 (3->8) -> relu -> f
+          f -> conv 3x3 (8->2) -> tanh * 0.1 -> offsets; grid = regular [-1,1] grid + offsets
+          GridSample(f, grid, bilinear, zeros) -> conv 3x3 s2 (8->16) -> relu -> conv 3x3 (16->16) -> relu
+          -> mean -> Linear (16->10) -> logits [N,10]
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Deformable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.offset = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+            self.conv2, self.fc = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Linear(16, 10)
+            self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.conv1(x))
+            n, _, h, w = f.shape
+            ys = torch.linspace(-1, 1, h).view(1, h, 1).expand(n, h, w)
+            xs = torch.linspace(-1, 1, w).view(1, 1, w).expand(n, h, w)
+            grid = torch.stack([xs, ys], -1) + 0.1 * torch.tanh(self.offset(f)).permute(0, 2, 3, 1)
+            sampled = F.grid_sample(f, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            return self.fc(torch.relu(self.conv3(torch.relu(self.conv2(sampled)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Deformable().eval()
+
+
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DETR_SIZE = 64
+CRNN_SHAPE = (1, 3, 16, 64)
 
 
 def _detr_outputs(model):  # type: ignore[no-untyped-def]
@@ -342,6 +406,10 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
         elif family == "detector":  # fixed 64x64 (YOLOS's position embeddings are sized to it), dynamic batch
             args = (torch.from_numpy(_images((1, 3, DETR_SIZE, DETR_SIZE))(np.random.default_rng(0), 1)["x"]),)
             names, outputs = ["pixel_values"], ["logits", "pred_boxes"]
+        elif family in ("ocr-recognizer", "deformable-cnn"):  # dynamic batch
+            shape = CRNN_SHAPE if family == "ocr-recognizer" else (1, 3, 32, 32)
+            args = (torch.from_numpy(_images(shape)(np.random.default_rng(0), 1)["x"]),)
+            names, outputs = ["x"], ["logits"]
         else:
             tokens = _tokens(np.random.default_rng(0), 2)
             args = tuple(torch.from_numpy(tokens[name]) for name in TOKEN_INPUTS)
@@ -351,7 +419,7 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             if not dynamo:
                 if family == "cnn":
                     axes = {"x": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
-                elif family == "detector":
+                elif family in ("detector", "ocr-recognizer", "deformable-cnn"):
                     axes = {name: {0: "N"} for name in (*names, *outputs)}
                 else:
                     axes = {**{n: {0: "batch", 1: "seq"} for n in (*names, "last_hidden_state")},
@@ -362,7 +430,7 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             dim = torch.export.Dim
             if family == "cnn":
                 shapes: tuple = ({0: dim("N", max=64), 2: dim("H", min=16, max=512), 3: dim("W", min=16, max=512)},)
-            elif family == "detector":
+            elif family in ("detector", "ocr-recognizer", "deformable-cnn"):
                 shapes = ({0: dim("N", max=64)},)
             else:
                 batch, seq = dim("batch", max=64), dim("seq", min=4, max=64)
@@ -520,6 +588,10 @@ ZOO: tuple[ZooEntry, ...] = (
              _torch_export(_detr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
     ZooEntry("yolos-dynamo", "torch-dynamo", "detector", _BERT_DYNAMO, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
              _torch_export(_yolos, True, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
+    ZooEntry("crnn-legacy", "torch-legacy", "ocr-recognizer", _TORCH, {"x": CRNN_SHAPE},
+             _torch_export(_crnn, False, "ocr-recognizer"), _images(CRNN_SHAPE)),
+    ZooEntry("deformable-legacy", "torch-legacy", "deformable-cnn", _TORCH, {"x": (1, 3, 32, 32)},
+             _torch_export(_deformable, False, "deformable-cnn"), _images((1, 3, 32, 32)), task="classify"),
     ZooEntry("keras-cnn", "tf2onnx", "cnn", ("tensorflow", "tf2onnx"), {"x": (1, 32, 32, 3)},
              _keras_export, _images((1, 32, 32, 3), layout="NHWC"), task="classify"),
 )

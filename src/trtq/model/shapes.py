@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 
 from trtq.errors import TrtqError
-from trtq.model.load import Dim, TensorSpec
+from trtq.model.load import UNNAMED_DIMS, Dim, TensorSpec
 from trtq.model.weights import weightless
 
 _SHAPE_ITEM = re.compile(r"^(?P<name>.+):(?P<dims>\d+(?:x\d+)*)$")
@@ -180,10 +180,6 @@ def inferred_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[
     return shapes
 
 
-PLACEHOLDER_DIMS = frozenset({"?", "-1", "None", "none", "unknown"})
-"""Names exporters write for a dynamic dim they know nothing about (paddle2onnx writes '?' for every one)."""
-
-
 def distinct_placeholder_dims(model: onnx.ModelProto) -> str | None:
     """Give each graph-input dim named by a placeholder ('?') that several dims share a name of its own
     (`<input>_dim<axis>`), in place; a sentence saying what was renamed, or None when nothing was.
@@ -196,7 +192,7 @@ def distinct_placeholder_dims(model: onnx.ModelProto) -> str | None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
                 counts[dim.dim_param] = counts.get(dim.dim_param, 0) + 1
-    shared = {name for name, count in counts.items() if name in PLACEHOLDER_DIMS and count > 1}
+    shared = {name for name, count in counts.items() if name in UNNAMED_DIMS and count > 1}
     if not shared:
         return None
     taken = set(counts)
