@@ -30,7 +30,7 @@ from trtq.calibrate.auto import (
     sample_snrs,
 )
 from trtq.calibrate.collector import StatsCollector, TensorStats
-from trtq.calibrate.runner import judging_batches
+from trtq.calibrate.runner import judging_batches, judging_plan
 from trtq.evaluate.tables import TableRunner
 from trtq.formats.ranges import FORMAT_VERSION, RangeChoice, RangesTable, TableCheck
 from trtq.model import normalize_model
@@ -288,6 +288,26 @@ def test_judging_samples_spread_over_the_data():
     assert judging_batches(64, 8) == [4]  # one batch of 8 holds the 8 samples
     assert judging_batches(None, 1) == [0, 1, 2, 3]  # unknown length: the first ones
     assert len(judging_batches(10_000, 1)) == 16
+
+
+def test_judging_takes_a_few_samples_of_large_batches_of_a_dynamic_batch_model():
+    assert judging_plan(64, 8) == ([4], None)  # a fixed batch dim: whole batches
+    assert judging_plan(32, 32, sliceable=True) == ([0], 4)  # 4 of the one batch, not all 32
+    indices, take = judging_plan(512, 32, sliceable=True)  # 16 samples: one from each of 16 batches
+    assert len(indices) == 16 and take == 1
+    assert judging_plan(64, 1, sliceable=True) == (judging_batches(64, 1), None)  # batch 1: unchanged
+
+
+def test_auto_at_a_large_batch_judges_a_few_samples(conv_case):
+    """--shape input:24x... on a dynamic-batch model: one batch of 24 samples, of which auto judges 4
+    (whole, it cost a pass of the batch per candidate range and per table: 27x entropy on ResNet-50)."""
+    tmp_path, model = conv_case
+    data = api.DataOptions(shapes={"input": (24, 3, 16, 16)})
+    result = api.quantize(model, tmp_path / "calib.npy", data=data, options=api.QuantizeOptions(method="auto"),
+                          progress=False)
+    table = RangesTable.load(result.ranges_path)
+    assert table.options["batch_size"] == 24 and table.options["judged_samples"] == 4
+    assert all(1 <= c.samples <= 4 for c in table.table_checks.values())
 
 
 ENTROPY_DIGITS = {  # amax of `--method entropy` on the bundled example before --method auto existed

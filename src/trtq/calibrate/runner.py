@@ -83,13 +83,30 @@ def judging_batches(num_samples: int | None, batch_size: int, samples: int | Non
     By default one sample in JUDGE_SHARE, at least JUDGE_SAMPLES and at most JUDGE_MAX_SAMPLES: the
     judging costs a fixed share of the calibration pass.
     """
+    return judging_plan(num_samples, batch_size, samples)[0]
+
+
+def judging_plan(num_samples: int | None, batch_size: int, samples: int | None = None, sliceable: bool = False
+                 ) -> tuple[list[int], int | None]:
+    """The batches `--method auto` judges on and how many samples of each (None: the whole batch).
+
+    Where the model's batch dim is dynamic (`sliceable`), the judged samples are taken a few from each
+    of more batches rather than whole batches: at --shape x:32x... a whole batch would be judged once
+    per candidate range and per candidate table, about 15 forward passes of 32 samples against a
+    calibration pass that may hold only 32 in all. A fixed batch dim runs whole batches only.
+    """
     if samples is None:
         samples = max(JUDGE_SAMPLES, min(JUDGE_MAX_SAMPLES, (num_samples or 0) // JUDGE_SHARE))
+    count = max(1, num_samples // batch_size) if num_samples else None
     wanted = max(1, -(-samples // batch_size))
-    if not num_samples:
-        return list(range(wanted))
-    count = max(1, num_samples // batch_size)
-    return sorted({min(count - 1, int((j + 0.5) * count / wanted)) for j in range(wanted)})
+    if sliceable and batch_size > 1:
+        wanted = min(samples, count) if count is not None else wanted
+    if count is None:
+        indices = list(range(wanted))
+    else:
+        indices = sorted({min(count - 1, int((j + 0.5) * count / wanted)) for j in range(wanted)})
+    take = -(-samples // len(indices)) if sliceable and batch_size > 1 else None
+    return indices, take if take is not None and take < batch_size else None
 
 
 def run_calibration(
@@ -131,7 +148,11 @@ def run_calibration(
             raise
         raise problem from exc
     digest = hashlib.sha256()
-    judging = set(judging_batches(dataset.num_samples, batch_size)) if method == "auto" else set()
+    judging: set[int] = set()
+    take: int | None = None  # judged samples per judging batch (None: all of it)
+    if method == "auto":
+        indices, take = judging_plan(dataset.num_samples, batch_size, sliceable=not drop_partial)
+        judging = set(indices)
     kept: list[Mapping[str, np.ndarray]] = []  # the judging batches of --method auto
     references: list[list[np.ndarray] | None] = []  # their FP32 outputs, where the backend returns them
     samples = 0
@@ -147,8 +168,13 @@ def run_calibration(
                     raise
                 raise problem from exc
             if index in judging:
-                kept.append(batch)
-                references.append(found)
+                if take is not None and len(next(iter(batch.values()))) > take:
+                    # the FP32 outputs of a slice are recomputed by the check: not every output has the batch dim first
+                    kept.append({name: value[:take] for name, value in batch.items()})
+                    references.append(None)
+                else:
+                    kept.append(batch)
+                    references.append(found)
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)
