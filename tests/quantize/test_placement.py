@@ -240,3 +240,35 @@ def test_a_layer_that_never_reads_the_input_data_stays_in_high_precision():
     placement, targets = _targets(_object_queries())
     assert "q_proj" in placement.excluded_nodes and not {"q", "wq"} & set(targets)
     assert {"x", "wx"} <= set(targets) and "x_proj" not in placement.excluded_nodes
+
+
+def test_excluding_one_of_two_summed_convolutions_needs_only_observed_ranges():
+    """A RepVGG-style block (RT-DETR's encoder): two convolutions of one input, summed.
+
+        x [1,16,8,8] -> conv_a 3x3 (16->16) -> a --+
+                     -> conv_b 1x1 (16->16) -> b --+-> add -> y
+
+    All in INT8, the pair goes on b (conv_a fuses the Add); with conv_a kept out (--target does that), it
+    moves to a, which calibration must therefore have observed (`spare_tensors`), or the search's re-plan
+    stops for a missing range.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_b"),
+         helper.make_node("Add", ["a", "b"], ["y"], name="add")], "repvgg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "wa"),
+         numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "wb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    base, targets = _targets(model)
+    assert "b" in targets and "a" not in targets and base.spare_tensors == ("a",)
+    assert "a" in base.observed_tensors and "a" not in base.calibrated_tensors  # observed, but not in the cache
+    without_a, targets = _targets(onnx.ModelProto.FromString(model.SerializeToString()), exclude_nodes=["conv_a"])
+    assert "a" in targets and set(without_a.activation_tensors) <= set(base.observed_tensors)

@@ -75,6 +75,8 @@ class ZooEntry:
     task: str | None = None
     limit: int | None = None
     """Samples the tests give the costly models (`--limit`), where all of SAMPLES would take too long."""
+    postprocess: str | None = None
+    """The `--postprocess` preset `compare --task detect` needs, where the layout alone does not decide it."""
 
     def shape_args(self) -> list[str]:
         """`--shape NAME:AxBxC` options for every input, at the data's shape."""
@@ -379,6 +381,42 @@ def _detr():  # type: ignore[no-untyped-def]
     return _detr_outputs(DetrForObjectDetection(config).eval())
 
 
+def _rtdetr():  # type: ignore[no-untyped-def]
+    """A tiny RTDetrForObjectDetection (transformers; random weights, no timm): deformable attention samples
+    its features with GridSample, and a TopK picks the decoder's queries from the encoder's anchor scores.
+
+        pixel_values [1,3,64,64] -> ResNet (4 basic stages, 8-32 channels; strides 8/16/32 out)
+          -> hybrid encoder (1 attention layer on the coarsest map, FPN/PAN fusion, hidden 16)
+          -> anchor scores -> TopK (10 queries) -> 1 decoder layer (self-attention; multi-scale deformable
+             cross-attention: GridSample at 2 points per level and head)
+          -> logits [1,10,5] (sigmoid per class, no no-object column) and pred_boxes [1,10,4] (cx, cy, w, h normalised)
+    """
+    import torch
+    from transformers import RTDetrConfig, RTDetrForObjectDetection
+
+    backbone = {"model_type": "rt_detr_resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 32],
+                "depths": [1, 1, 1, 1], "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"],
+                "out_indices": [2, 3, 4]}
+    config = RTDetrConfig(backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False,
+                          encoder_hidden_dim=16, encoder_in_channels=[16, 16, 32], encode_proj_layers=[2],
+                          encoder_ffn_dim=32, encoder_attention_heads=2, encoder_layers=1, d_model=16,
+                          decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1, decoder_n_points=2,
+                          decoder_in_channels=[16, 16, 16], num_queries=10, num_labels=5, anchor_image_size=None)
+    torch.manual_seed(0)
+    model = RTDetrForObjectDetection(config).eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+            out = self.model(pixel_values=pixel_values)
+            return out.logits, out.pred_boxes
+
+    return Outputs().eval()
+
+
 def _yolos():  # type: ignore[no-untyped-def]
     """A tiny YolosForObjectDetection (random weights): a ViT whose extra detection tokens become the queries.
 
@@ -588,6 +626,9 @@ ZOO: tuple[ZooEntry, ...] = (
              _torch_export(_detr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
     ZooEntry("yolos-dynamo", "torch-dynamo", "detector", _BERT_DYNAMO, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
              _torch_export(_yolos, True, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
+    ZooEntry("rtdetr-hf-legacy", "torch-legacy", "detector", _BERT, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_rtdetr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect",
+             postprocess="detr-sigmoid"),
     ZooEntry("crnn-legacy", "torch-legacy", "ocr-recognizer", _TORCH, {"x": CRNN_SHAPE},
              _torch_export(_crnn, False, "ocr-recognizer"), _images(CRNN_SHAPE)),
     ZooEntry("deformable-legacy", "torch-legacy", "deformable-cnn", _TORCH, {"x": (1, 3, 32, 32)},

@@ -83,8 +83,8 @@ def dq_fed_nodes(model: onnx.ModelProto) -> set[str]:
 
 def finite_snrs(report: dict) -> list[float]:
     """The SNR of every output of a `compare --json` report; fails unless each is a number (inf allowed)."""
-    snrs = [o["snr_db"] for o in report["outputs"]]
-    assert snrs and all(s is not None and not math.isnan(s) for s in snrs), report["outputs"]
+    snrs = [float(o["snr_db"]) for o in report["outputs"] if o["snr_db"] is not None]  # JSON spells inf "inf"
+    assert snrs and len(snrs) == len(report["outputs"]) and not any(math.isnan(s) for s in snrs), report["outputs"]
     return snrs
 
 
@@ -158,6 +158,7 @@ def test_compare_reports_finite_snr(zoo: Zoo) -> None:
     if zoo.entry.task == "detect":  # COCO mAP against FP32 pseudo-boxes, saying how many; YOLO's SNR split
         detect = trtq("compare", str(zoo.files.onnx), zoo.quantized["onnx_path"], "--data",
                       *zoo.args(zoo.files.held_out), "--task", "detect", "--ref-conf", "0.01",
+                      *(["--postprocess", zoo.entry.postprocess] if zoo.entry.postprocess else []),
                       "--output-dir", str(zoo.out / "detect"))
         task, said = detect["task"], " ".join(detect["notes"])
         against = task["reference"]["scored_against"]
@@ -169,6 +170,8 @@ def test_compare_reports_finite_snr(zoo: Zoo) -> None:
         if zoo.entry.exporter == "ultralytics":  # a YOLO head: box values and class scores apart
             assert set(parts) == {"output0 boxes", "output0 scores"}
             assert "yolo postprocess, picked by the layout" in said
+        elif zoo.entry.postprocess:  # transformers' RT-DETR: sigmoid scores, no no-object class to pick it by
+            assert f"{zoo.entry.postprocess} postprocess)" in said
         else:  # transformers' DETR/YOLOS: queries with a no-object class
             assert "detr postprocess, picked because the outputs are logits" in said
 

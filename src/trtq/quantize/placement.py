@@ -100,6 +100,15 @@ class Placement:
     """Float activations that get a line in the TensorRT calibration cache (implicit builds)."""
     grid: Grid = INT8
     """What the Q/DQ pairs quantize to: INT8 (scale = amax / 127) or FP8 E4M3 (scale = amax / 448)."""
+    spare_tensors: tuple[str, ...] = ()
+    """Activations without Q/DQ here that a placement excluding more layers quantizes instead: the other
+    input of a residual Add (excluding the convolution on one side moves the pair to that side). Calibration
+    observes them too, so `--target`'s re-plans find their ranges; the cache leaves them out."""
+
+    @property
+    def observed_tensors(self) -> tuple[str, ...]:
+        """What calibration observes: the calibrated tensors and the spare ones, sorted."""
+        return tuple(sorted(set(self.calibrated_tensors) | set(self.spare_tensors)))
 
     @property
     def activation_tensors(self) -> tuple[str, ...]:
@@ -250,6 +259,7 @@ def plan_placement(
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
     wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    spare: set[str] = set()
     kinds: dict[str, str] = {}
     axes: dict[str, int | None] = {}
 
@@ -286,6 +296,7 @@ def plan_placement(
             skip = _residual_skip_input(g, node, excluded)
             if skip is not None:
                 want(node.input[skip], node, skip)
+                spare.add(node.input[1 - skip])
 
     targets = tuple(
         QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
@@ -296,6 +307,7 @@ def plan_placement(
         excluded_nodes=tuple(sorted(excluded)),
         cache_tensors=() if fp8 else _cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
         grid=grid,
+        spare_tensors=tuple(sorted(name for name in spare if name not in kinds and not g.is_weight(name))),
     )
 
 
