@@ -30,6 +30,8 @@ def test_auto_on_cuda_explains_every_tensor_and_agrees_with_cpu(tmp_path):
     }
     cpu, gpu = results["cpu"], results["cuda"]
     assert set(gpu.choices) == set(cpu.choices) and gpu.range_samples == cpu.range_samples == 4
-    assert all(c.judged_samples == 2 for c in gpu.choices.values())
+    # 4 judged samples, one from each of 4 batches (the batch dim is dynamic); the per-tensor choice
+    # judges on the first of them (LOCAL_BATCHES)
+    assert all(c.judged_samples == 1 for c in gpu.choices.values())
     for name, choice in gpu.choices.items():  # ranges match within a histogram bin, so choices agree closely
         assert choice.amax_over_max == pytest.approx(cpu.choices[name].amax_over_max, rel=0.02, abs=1e-3), name
