@@ -252,7 +252,7 @@ def calibrate_prepared(
     """
     return run_calibration(
         prepared.model,
-        prepared.placement.observed_tensors,
+        prepared.placement.calibrated_tensors,
         dataset,
         model_sha256=prepared.sha256,
         model_name=prepared.path.name,

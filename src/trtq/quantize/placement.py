@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -100,15 +100,6 @@ class Placement:
     """Float activations that get a line in the TensorRT calibration cache (implicit builds)."""
     grid: Grid = INT8
     """What the Q/DQ pairs quantize to: INT8 (scale = amax / 127) or FP8 E4M3 (scale = amax / 448)."""
-    spare_tensors: tuple[str, ...] = ()
-    """Activations without Q/DQ here that a placement excluding more layers quantizes instead: the other
-    input of a residual Add (excluding the convolution on one side moves the pair to that side). Calibration
-    observes them too, so `--target`'s re-plans find their ranges; the cache leaves them out."""
-
-    @property
-    def observed_tensors(self) -> tuple[str, ...]:
-        """What calibration observes: the calibrated tensors and the spare ones, sorted."""
-        return tuple(sorted(set(self.calibrated_tensors) | set(self.spare_tensors)))
 
     @property
     def activation_tensors(self) -> tuple[str, ...]:
@@ -234,9 +225,14 @@ def plan_placement(
     cache_scope: str = "qdq",
     grid: Grid = INT8,
     residual: bool = False,
+    ranged: Collection[str] | None = None,
 ) -> Placement:
     """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`) for `grid`;
-    `residual`: Q/DQ on both inputs of transformer residual Adds too (module docstring)."""
+    `residual`: Q/DQ on both inputs of transformer residual Adds too (module docstring).
+
+    `ranged`: the activations a ranges table has, when re-planning with more layers excluded on ranges
+    calibrated for fewer (--target). Excluding one of two summed convolutions moves a residual Add's pair to
+    the other input, which was not calibrated; that Add then gets no pair (None: every activation is free)."""
     if cache_scope not in CACHE_SCOPES:
         raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
@@ -259,7 +255,6 @@ def plan_placement(
         excluded |= {node.name for node in model.graph.node if not _fp8_worthwhile(g, node)}
 
     wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    spare: set[str] = set()
     kinds: dict[str, str] = {}
     axes: dict[str, int | None] = {}
 
@@ -294,9 +289,8 @@ def plan_placement(
                 want(node.input[1], node, 1)
                 continue
             skip = _residual_skip_input(g, node, excluded)
-            if skip is not None:
+            if skip is not None and (ranged is None or node.input[skip] in ranged):
                 want(node.input[skip], node, skip)
-                spare.add(node.input[1 - skip])
 
     targets = tuple(
         QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
@@ -307,7 +301,6 @@ def plan_placement(
         excluded_nodes=tuple(sorted(excluded)),
         cache_tensors=() if fp8 else _cache_tensors(g, excluded, _int8_outputs(g, targets) if cache_scope == "qdq" else None),
         grid=grid,
-        spare_tensors=tuple(sorted(name for name in spare if name not in kinds and not g.is_weight(name))),
     )
 
 
