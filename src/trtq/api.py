@@ -178,6 +178,18 @@ def inspect(model_path: str | Path) -> ModelInfo:
     return inspect_model(model_path, model)
 
 
+def _check_table_precision(table: RangesTable, source: object, placement: Placement, precision: str) -> None:
+    """A ranges table of the other precision lacks tensors this run quantizes: say so, not "another model"."""
+    calibrated = table.options.get("precision", "int8")
+    missing = [t.tensor for t in placement.targets if t.kind == "activation" and t.tensor not in table.amax]
+    if calibrated != precision and missing:
+        raise TrtqError(
+            f"Ranges table {source} was calibrated for --precision {calibrated}, and this run quantizes to {precision}, "
+            f"which needs ranges it lacks ({missing[0]!r}, {len(missing)} in all): {calibrated} puts Q/DQ on other tensors.",
+            f"pass --precision {calibrated} to use this table, or calibrate again with --calib DATA --precision {precision}.",
+        )
+
+
 def quantize(
     model_path: str | Path,
     calib: DataSource | None = None,
@@ -228,6 +240,7 @@ def quantize(
             table = record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
+        _check_table_precision(table, ranges, prepared.placement, options.precision)
     weight_choices: dict[str, WeightChoice] = {}
     unrounded = prepared.model  # what the --target search measures against when the weights get rounded
     if calib_data is not None and options.weight_method == "mse":

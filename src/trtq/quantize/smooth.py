@@ -460,6 +460,14 @@ def smooth(
     from trtq.calibrate.channels import channel_amax
 
     groups = smoothing_groups(model, placement)
+    if not groups and (table is None or not table.smoothing):
+        matmuls = sum(node.op_type in ("MatMul", "Gemm") for node in model.graph.node)
+        why = ("has no MatMul or Gemm node" if not matmuls else
+               f"has {matmuls} MatMul/Gemm node{'s' * (matmuls > 1)}, none with a constant 2-D weight and both inputs "
+               "quantized with these options")
+        raise TrtqError(f"--smooth has nothing to smooth in {source}: SmoothQuant moves activation outliers into the "
+                        f"constant weight of a MatMul or Gemm, and the model {why}.",
+                        "drop --smooth (it is meant for transformers and other MatMul-heavy models).")
     channel_max = None
     if table is not None and table.smoothing:
         known = {group.tensor for group in groups}

@@ -1,0 +1,166 @@
+"""More hostile invocations (a second, held-out style trial): each ends in one sentence and a fix
+on stderr with exit code 2 and nothing written, or in a correct result. Each case names what it is about."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import gemm_matmul_net, residual_conv_net, save
+
+import trtq
+import trtq._io as io
+from trtq.cli import main
+
+SRC = str(Path(trtq.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hostile_more")
+    save(residual_conv_net(batch="N"), root / "net.onnx")
+    np.save(root / "calib.npy", np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32))
+    return root
+
+
+def _trtq(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """trtq in its own process: a case that ends the process must not end the test run."""
+    return subprocess.run([sys.executable, "-m", "trtq", *argv], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": SRC}, check=False)
+
+
+HARD_EXITS = {
+    "at_call.py": "import os\ndef load_data():\n    os._exit(0)\n",
+    "at_import.py": "import os\nos._exit(0)\ndef load_data():\n    return []\n",
+    "producing.py": """
+        import os
+        import numpy as np
+        def load_data():
+            yield {"input": np.zeros((1, 3, 16, 16), np.float32)}
+            os._exit(0)
+    """,
+}
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("at_call.py", r"load_data\(\) in .*at_call.py called os._exit\(0\), which would end trtq at once"),
+    ("at_import.py", r"Data script .*at_import.py, while it was imported, called os._exit\(0\)"),
+    ("producing.py", r"load_data\(\) in .*producing.py, producing item 1, called os._exit\(0\)"),
+])
+def test_a_data_script_that_calls_os_exit_is_an_error_not_a_silent_success(files, tmp_path, script, message):
+    """os._exit(0) cannot be caught: without trtq replacing it while the script runs, trtq exits 0 with nothing written."""
+    (tmp_path / script).write_text(textwrap.dedent(HARD_EXITS[script]))
+    done = _trtq("quantize", str(files / "net.onnx"), "--calib", str(tmp_path / script), "--output-dir",
+                 str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("trtq: error: ") and "Traceback" not in done.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert "instead of calling os._exit()" in lines[1] or "__main__" in lines[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_data_script_whose_worker_processes_exit_still_works(files, tmp_path):
+    """A forked multiprocessing worker ends with os._exit: that one must still end its own process."""
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import numpy as np
+        def make(i):
+            return np.full((3, 16, 16), i, np.float32)
+        def load_data():
+            with mp.get_context("fork").Pool(2) as pool:
+                arrays = pool.map(make, range(4))
+            yield {"input": np.stack(arrays)}
+    """))
+    done = _trtq("quantize", str(files / "net.onnx"), "--calib", str(script), "--output-dir", str(tmp_path / "out"),
+                 "--json", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["samples"] == 4
+
+
+def test_smooth_on_a_model_without_matmuls_is_refused(files, tmp_path, capsys):
+    """--smooth on a conv net used to write a no-op smoothing (and a second, identical model) with exit 0."""
+    out = tmp_path / "out"
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--smooth",
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--smooth has nothing to smooth in" in err and "has no MatMul or Gemm node" in err and "drop --smooth" in err
+    assert not out.exists()
+
+
+def test_smooth_still_runs_where_there_is_a_matmul(tmp_path, capsys):
+    model = save(gemm_matmul_net(), tmp_path / "mm.onnx")
+    from onnx import load
+
+    name = load(model).graph.input[0]
+    dims = [d.dim_value or 4 for d in name.type.tensor_type.shape.dim]
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal(dims).astype(np.float32))
+    assert main(["quantize", model, "--calib", str(tmp_path / "x.npy"), "--smooth", "0.5", "--output-dir",
+                 str(tmp_path / "out"), "--quiet", "--json"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("text.npy", b"hello\n",
+     r"text.npy is not a .npy file: it starts with b'hello\\n', where a .npy file starts with b'\\x93NUMPY'"),
+    ("empty.npy", b"", r"empty.npy is empty \(0 bytes\), not a .npy file"),
+    ("text.npz", b"a,b\n1,2\n", r"text.npz is not a .npz file: it starts with b'a,b\\n1,2\\n'"),
+])
+def test_a_data_file_that_is_not_numpy_names_what_it_is(files, tmp_path, capsys, name, data, message):
+    """numpy's own message for a text file named .npy is about allow_pickle."""
+    (tmp_path / name).write_bytes(data)
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(tmp_path / name), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "pickle" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_ranges_table_of_the_other_precision_says_so(files, tmp_path, capsys):
+    """An FP8 table lacks the tensors INT8 quantizes: that is a precision mismatch, not 'another model'."""
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--precision", "fp8",
+                 "--output-dir", str(tmp_path / "fp8"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(files / "net.onnx"), "--ranges", str(tmp_path / "fp8" / "net.fp8.json"),
+                 "--output-dir", str(tmp_path / "int8")]) == 2
+    err = capsys.readouterr().err
+    assert "was calibrated for --precision fp8, and this run quantizes to int8" in err
+    assert "another model" not in err and "pass --precision fp8 to use this table" in err
+    assert not (tmp_path / "int8").exists()
+
+
+def test_a_commit_a_killed_run_left_is_rolled_back_by_the_next_command_with_one_warning(files, tmp_path, capsys):
+    """The journal of a writer killed between its renames (made by hand here: the previous .onnx kept as
+    a backup, the new one in place, the rest not yet renamed) is undone by the next quantize into the folder."""
+    out = tmp_path / "out"
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--output-dir", str(out),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    before = {p.name for p in out.iterdir()}
+    target, staged = out / "net.int8.onnx", out / ".net.int8.onnx.99999999-0123abcd.tmp"
+    backup = out / ".net.int8.onnx.99999999-0123abcd.bak"
+    staged.write_bytes(b"half of another run's model")
+    os.link(target, backup)
+    stat = staged.stat()
+    (out / io.JOURNAL).write_text(json.dumps({"pid": 99999999, "command": "trtq quantize other.onnx", "done": False,
+                                              "steps": [{"target": target.name, "backup": backup.name,
+                                                         "staged": staged.name, "inode": [stat.st_dev, stat.st_ino]}]}))
+    os.replace(staged, target)
+    assert main(["inspect", str(files / "net.onnx"), "--quiet"]) == 0  # a reader leaves it alone
+    assert (out / io.JOURNAL).exists()
+    capsys.readouterr()
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--output-dir",
+                 str(out), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trtq: warning: ")]
+    assert len(warnings) == 1, warnings
+    assert "an earlier run (process 99999999, `trtq quantize other.onnx`) was stopped while renaming" in warnings[0]
+    assert "put back the previous net.int8.onnx" in warnings[0]
+    after = {p.name for p in out.iterdir()}
+    assert after == set(before) and not any(n.startswith(".") for n in after)
