@@ -490,7 +490,10 @@ def main() -> None:
         gap = row.get(DEFAULT)
         gap_text = f"{gap - best_fixed[key]:+.2f}" if gap is not None else "-"
         low_high = f"{intervals[key][0]:+.2f} .. {intervals[key][1]:+.2f}" if key in intervals else "-"
-        print(f"{key:<9}{cells}{best_fixed[key]:>12.2f}{gap_text:>16}{low_high:>18}")
+        best = "-" if np.isnan(best_fixed[key]) else f"{best_fixed[key]:.2f}"
+        if np.isnan(best_fixed[key]):
+            gap_text = "-"
+        print(f"{key:<9}{cells}{best:>12}{gap_text:>16}{low_high:>18}")
     print("90% interval: paired bootstrap over the held-out samples of (default - best fixed method).")
     if python is None:
         print(f"ModelOpt columns left out: {why}")
