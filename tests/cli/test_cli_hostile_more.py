@@ -86,14 +86,19 @@ def test_a_data_script_whose_worker_processes_exit_still_works(files, tmp_path):
     assert json.loads(done.stdout)["samples"] == 4
 
 
-def test_smooth_on_a_model_without_matmuls_is_refused(files, tmp_path, capsys):
-    """--smooth on a conv net used to write a no-op smoothing (and a second, identical model) with exit 0."""
+def test_smooth_on_a_model_without_matmuls_says_so_and_writes_no_smoothed_model(files, tmp_path, capsys):
+    """--smooth on a conv net used to write a no-op smoothing (and a second, identical model) without a word."""
     out = tmp_path / "out"
     assert main(["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--smooth",
-                 "--output-dir", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "--smooth has nothing to smooth in" in err and "has no MatMul or Gemm node" in err and "drop --smooth" in err
-    assert not out.exists()
+                 "--output-dir", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("trtq: warning: ")]
+    assert len(warnings) == 1 and "--smooth has nothing to smooth in" in warnings[0], captured.err
+    assert "has no MatMul or Gemm node; it is quantized unsmoothed" in warnings[0]
+    result = json.loads(captured.out)
+    assert result["smoothing"] is None and result["qdq_pairs"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["net.int8.cache", "net.int8.json", "net.int8.onnx",
+                                                     "trtq-quantize.json"]
 
 
 def test_smooth_still_runs_where_there_is_a_matmul(tmp_path, capsys):
@@ -164,3 +169,48 @@ def test_a_commit_a_killed_run_left_is_rolled_back_by_the_next_command_with_one_
     assert "put back the previous net.int8.onnx" in warnings[0]
     after = {p.name for p in out.iterdir()}
     assert after == set(before) and not any(n.startswith(".") for n in after)
+
+
+def test_a_scalar_array_is_called_a_single_number(files, tmp_path, capsys):
+    np.save(tmp_path / "scalar.npy", np.float32(3))
+    assert main(["quantize", str(files / "net.onnx"), "--calib", str(tmp_path / "scalar.npy"), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    assert "scalar.npy holds a single number; input 'input' needs Nx3x16x16." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output", ["{dir}", "{dir}/net.onnx"])
+def test_build_refuses_an_output_that_is_a_folder_or_the_model(files, tmp_path, capsys, output):
+    """The printed trtexec line (and a build) would have written the engine over the model, or to a folder."""
+    model = tmp_path / "net.onnx"
+    model.write_bytes((files / "net.onnx").read_bytes())
+    assert main(["build", str(model), "--print-trtexec", "--output", output.format(dir=tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory; it names the engine file" in err or ("is the model" in err and "would overwrite it" in err)
+    assert model.read_bytes() == (files / "net.onnx").read_bytes()
+
+
+def test_a_result_the_terminal_cannot_encode_is_printed_escaped(files, tmp_path):
+    """A Korean file name under LC_ALL=C/PYTHONIOENCODING=ascii crashed printing the result, after writing it."""
+    folder = tmp_path / "모델 ü"
+    folder.mkdir()
+    (folder / "네트.onnx").write_bytes((files / "net.onnx").read_bytes())
+    done = subprocess.run([sys.executable, "-m", "trtq", "quantize", str(folder / "네트.onnx"), "--calib",
+                           str(files / "calib.npy"), "--quiet"], capture_output=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": SRC, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"\\ub124\\ud2b8.int8.onnx" in done.stdout and b"Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_result_that_cannot_be_printed_is_one_sentence_naming_what_was_written(files, tmp_path, stdout):
+    out = tmp_path / "out"
+    argv = ["quantize", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--output-dir", str(out),
+            "--quiet"]
+    with open("/dev/full", "w") as full:
+        where = {"stdout": full} if stdout == "full" else {"stdout": subprocess.DEVNULL, "preexec_fn": lambda: os.close(1)}
+        done = subprocess.run([sys.executable, "-m", "trtq", *argv], stderr=subprocess.PIPE, text=True, timeout=120,
+                              check=False, env={**os.environ, "PYTHONPATH": SRC}, **where)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "trtq: error: Cannot print the result on standard output" in done.stderr
+    assert f"note: this run had written {out / 'net.int8.onnx'}" in done.stderr

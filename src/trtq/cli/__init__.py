@@ -8,6 +8,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
     install_stop_handlers()
+    _printable_output()
     already = len(_io.written)
     try:
         from trtq.cli.output import warnings_as_lines
@@ -75,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"  fix: {exc.hint}", file=sys.stderr)
+        if _io.written[already:]:  # an error after the outputs were in place (printing the result, say)
+            print(f"  note: this run had written {', '.join(str(p) for p in _io.written[already:])} (complete) "
+                  "before the error.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"trtq: interrupted; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
@@ -86,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
         return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _printable_output() -> None:
+    """Print what the terminal cannot show (a file name in Korean under LC_ALL=C) as backslash escapes,
+    not as a UnicodeEncodeError after the outputs were written."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure) and getattr(stream, "errors", "") == "strict":
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def refuse_empty_values(argv: Sequence[str]) -> None:

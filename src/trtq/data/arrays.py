@@ -36,7 +36,7 @@ def numpy_file_problem(path: str | Path, exc: BaseException, kind: str) -> str:
         return f"{path} is empty (0 bytes), not a .{kind} file"
     found = next((k for k, magic in _MAGIC.items() if head.startswith(magic)), None)
     if found == kind:
-        return f"{path} is a .{kind} file numpy cannot read ({' '.join(str(exc).split())})"
+        return f"{path} is not a readable .{kind} file ({' '.join(str(exc).split())})"
     what = {"npy": "a .npy array", "npz": "a zip archive (an .npz?)"}.get(found or "", "")
     if what:
         return f"{path} is {what}, not a .{kind} file"
@@ -80,7 +80,7 @@ def _as_samples(
     elif array.ndim != len(shape):
         expected = "x".join("?" if d is None else str(d) for d in shape[1:])
         raise TrtqError(
-            f"{where} holds an array of shape {'x'.join(map(str, array.shape))}; input "
+            f"{where} holds {'an array of shape ' + 'x'.join(map(str, array.shape)) if array.ndim else 'a single number'}; input "
             f"{spec.name!r} needs Nx{expected}.",
             "save samples stacked along a first (batch) axis.",
         )
