@@ -189,11 +189,12 @@ def _immutable(path: Path) -> bool:
     return bool(int.from_bytes(flags[:4], sys.byteorder) & (_IMMUTABLE_FL | _APPEND_FL))
 
 
-def _special_kind(path: Path) -> str:
-    """'character device', 'block device', 'named pipe' or 'socket' for such a file (not followed through a
-    symlink: renaming over a link replaces only the link); '' otherwise."""
+def special_kind(path: str | os.PathLike[str], follow: bool = True) -> str:
+    """'character device', 'block device', 'named pipe' or 'socket' for such a file ('' otherwise; also for a
+    missing path). Inputs follow symlinks: opening a named pipe to read it would wait for a writer for ever.
+    Outputs do not (`follow=False`): renaming over a link replaces only the link."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = (os.stat if follow else os.lstat)(path).st_mode
     except OSError:
         return ""
     for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
@@ -234,7 +235,7 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
         if target.is_dir() and not target.is_symlink():
             raise TrtqError(f"Output {target} is a directory, so trtq cannot write its file there.",
                             "remove or rename that directory, or choose another --output-dir.")
-        special = _special_kind(target)
+        special = special_kind(target, follow=False)
         if special:  # renaming a file over /dev/null (say) would replace the device itself
             raise TrtqError(f"Output {target} is a {special}, not a file: trtq writes its outputs as files renamed into "
                             "place, which would replace it.", "choose a file path (or another --output-dir).")

@@ -214,3 +214,25 @@ def test_a_result_that_cannot_be_printed_is_one_sentence_naming_what_was_written
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "trtq: error: Cannot print the result on standard output" in done.stderr
     assert f"note: this run had written {out / 'net.int8.onnx'}" in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize(("where", "message"), [
+    ("model", r"Model file .*pipe.onnx is a named pipe, not an .onnx file"),
+    ("calib", r"Data .*pipe.npy is a named pipe, not a file or folder"),
+    ("ranges", r"Ranges file .*pipe.json is a named pipe, not a file"),
+    ("image", r"Image .*images.pipe.png is a named pipe, not a file"),
+])
+def test_a_named_pipe_as_an_input_is_refused_not_waited_on(files, tmp_path, where, message):
+    """Opening a named pipe to read waits for a writer: trtq hung for ever on one given as --calib or in an image folder."""
+    images = tmp_path / "images"
+    images.mkdir()
+    pipe = {"model": tmp_path / "pipe.onnx", "calib": tmp_path / "pipe.npy", "ranges": tmp_path / "pipe.json",
+            "image": images / "pipe.png"}[where]
+    os.mkfifo(pipe)
+    model = pipe if where == "model" else files / "net.onnx"
+    data = ["--ranges", str(pipe)] if where == "ranges" else ["--calib", str(images if where == "image" else
+                                                                              pipe if where == "calib" else files / "calib.npy")]
+    done = _trtq("quantize", str(model), *data, "--output-dir", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2 and re.search(message, done.stderr), done.stderr
+    assert not (tmp_path / "out").exists()
