@@ -291,3 +291,25 @@ def test_local_functions_are_inlined_so_their_layers_are_quantizable(tmp_path):
         assert int8_convs == ({"Conv_0", "Conv_2"} if precision == "int8" else set())  # FP8 leaves convs this small out
         session = ort.InferenceSession(result.onnx_path, providers=["CPUExecutionProvider"])
         assert np.isfinite(session.run(None, {"x": np.load(data)})[0]).all()
+
+
+def test_placeholder_dims_shared_by_several_dims_get_names_of_their_own():
+    """paddle2onnx names every dynamic dim '?', and TensorRT reads dims of one name as one dim (batch = H = W):
+    such names are replaced by `<input>_dim<axis>`; meaningful shared names (a batch 'N' on two inputs) stay."""
+    from trtq.model import distinct_placeholder_dims
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "m"], ["y"], name="add")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "?", "?"]),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 1, "?", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "?", "?"])])
+    model = helper.make_model(graph)
+    note = distinct_placeholder_dims(model)
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert dims == [["N", 3, "x_dim2", "x_dim3"], ["N", 1, "m_dim2", 1]]
+    assert note == ("3 dynamic input dims shared the placeholder name '?', which TensorRT reads as one dim; renamed "
+                    "x_dim2, x_dim3, m_dim2")
+    assert distinct_placeholder_dims(model) is None  # nothing left to rename
+    single = helper.make_model(helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                        [1, "?"])], []))
+    assert distinct_placeholder_dims(single) is None  # one '?' alone is read as one dim anyway

@@ -24,7 +24,15 @@ from trtq.evaluate import ComparisonReport, compare_models
 from trtq.evaluate.mixed import MixedPrecisionResult, search_mixed_precision
 from trtq.evaluate.sensitivity import SensitivityResult, analyze_sensitivity
 from trtq.formats.ranges import RangeChoice, RangesTable, TableCheck
-from trtq.model import ModelInfo, check_structure, graph_inputs, inspect_model, load_model, requested_shapes
+from trtq.model import (
+    ModelInfo,
+    check_structure,
+    distinct_placeholder_dims,
+    graph_inputs,
+    inspect_model,
+    load_model,
+    requested_shapes,
+)
 from trtq.options import PRECISIONS, CalibrationOptions, DataOptions, QuantizeOptions, TaskOptions
 from trtq.prepare import (
     DEFAULT_EVAL_BATCH,
@@ -294,6 +302,7 @@ def quantize(
             stacklevel=2,
         )
     check_structure(quantized_model)
+    renamed_dims = distinct_placeholder_dims(quantized_model)
     shapes = data_shapes(prepared.model, data.shapes, calib_data)
     cache = None if fp8 else cache_amax(table.amax, placement.calibrated_tensors)
     outputs = artifacts(paths, quantized_model, table, cache, options.trt_version, options.external_data)
@@ -325,7 +334,7 @@ def quantize(
                               for n in placement.excluded_nodes},
         ),
         notes=(*prepared.notes, *(calibration.notes if calibration else ()),
-               *_precision_notes(options, table.method, placement)),
+               *_precision_notes(options, table.method, placement), *((renamed_dims,) if renamed_dims else ())),
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
         smoothing=smoothing,

@@ -1,4 +1,4 @@
-"""Detection compare: the postprocess is picked by YOLO's layout or asked for, every result says how
+"""Detection compare: the postprocess is picked by YOLO's or DETR's layout or asked for, every result says how
 many reference boxes in how many images it was scored against (and warns when they are too few),
 and a YOLO head's box values and class scores are measured apart. Models are built in code with
 planted boxes: their outputs are constants added to a zero derived from the image."""
@@ -19,7 +19,13 @@ from trtq.data import open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.compare import compare_models
 from trtq.evaluate.detection import DetectionTask
-from trtq.evaluate.postprocess import ImageMeta, find_yolo_layout, load_postprocess, yolo_anchor_counts
+from trtq.evaluate.postprocess import (
+    ImageMeta,
+    find_detr_layout,
+    find_yolo_layout,
+    load_postprocess,
+    yolo_anchor_counts,
+)
 from trtq.evaluate.tasks import make_task
 from trtq.model import graph_inputs, graph_outputs
 
@@ -229,3 +235,84 @@ def test_cli_reports_boxes_and_scores_apart_and_records_it_for_the_report(images
     assert "- compare: detect metrics scored against 64 boxes" in markdown
     assert "**warning (compare): mAP rests on 64 reference boxes" in markdown
     assert "out boxes inf dB, out scores 6.02 dB" in markdown
+
+
+# DETR-style query outputs (Hugging Face DETR, YOLOS, Conditional/Deformable DETR, RT-DETR): class logits
+# [N, Q, K] beside boxes [N, Q, 4] as cx, cy, w, h normalised to the input. `detr` scores by softmax with a
+# no-object last class, `detr-sigmoid` by a sigmoid per class; detr is picked unasked only when the last class
+# leads on most queries, and the result says so.
+
+QUERIES = 5
+BOXES = np.array([[[0.25, 0.25, 0.25, 0.25], [0.75, 0.75, 0.25, 0.5], [0.5, 0.5, 0.1, 0.1],
+                   [0.5, 0.5, 1.0, 1.0], [0.1, 0.9, 0.2, 0.2]]], np.float32)
+"""Five query boxes (cx, cy, w, h over the input)."""
+
+
+def logits(no_object: float = 6.0) -> np.ndarray:
+    """[1, 5, 3]: two classes and a no-object column, -6 where nothing is. Query 0 is class 0 and query 1
+    class 1, both sure; queries 2-4 find nothing (no-object logit `no_object`)."""
+    out = np.full((1, QUERIES, 3), -6.0, np.float32)
+    out[0, 0, 0] = out[0, 1, 1] = 6.0
+    out[0, 2:, 2] = no_object
+    return out
+
+
+def test_layout_needs_boxes_beside_same_query_logits():
+    layout = find_detr_layout({"logits": logits(), "pred_boxes": BOXES})
+    assert layout is not None and (layout.logits, layout.boxes, layout.queries, layout.classes) == (
+        "logits", "pred_boxes", 5, 3)
+    assert find_detr_layout({"logits": logits(), "pred_boxes": BOXES[:, :4]}) is None  # query counts differ
+    assert find_detr_layout({"out": np.zeros((1, 300, 84), np.float32)}) is None
+    hidden = {"last_hidden_state": np.zeros((1, 5, 32), np.float32), "logits": logits(), "pred_boxes": BOXES}
+    assert find_detr_layout(hidden).logits == "logits"  # several fit: Hugging Face's name decides
+
+
+def test_softmax_drops_the_no_object_class_and_maps_boxes_to_the_source():
+    postprocess, convention = load_postprocess("detr")
+    meta = ImageMeta(0, None, (2 * SIZE, 4 * SIZE), (SIZE, SIZE), "resize")  # source 64 high, 128 wide
+    (found,) = postprocess({"logits": logits(), "pred_boxes": BOXES}, [meta])
+    assert convention == "index"
+    assert found.classes[:2].tolist() == [0, 1] and found.scores[0] == pytest.approx(np.exp(6) / (np.exp(6) + 2 * np.exp(-6)))
+    np.testing.assert_allclose(found.boxes[:2], [[16, 8, 48, 24], [80, 32, 112, 64]], atol=1e-4)
+    assert (found.scores[2:] < 0.01).all()  # the no-object queries score their best real class, near zero
+
+
+def test_sigmoid_scores_every_query_and_class_pair():
+    postprocess, _ = load_postprocess("detr-sigmoid")
+    meta = ImageMeta(0, None, (SIZE, SIZE), (SIZE, SIZE), "resize")
+    (found,) = postprocess({"logits": logits(), "pred_boxes": BOXES}, [meta])
+    assert len(found.scores) == QUERIES * 3 and found.scores[0] == pytest.approx(1 / (1 + np.exp(-6.0)))
+    assert {(int(c), tuple(np.round(b).astype(int))) for c, b in zip(found.classes[:2], found.boxes[:2])} == {
+        (0, (4, 4, 12, 12)), (1, (20, 16, 28, 32))}
+    assert found.classes[2] == 2  # every column is a class: the third one too
+
+
+def test_detr_is_picked_when_the_no_object_class_leads_and_said(images):
+    model = constant_model({"logits": logits(), "pred_boxes": BOXES})
+    dataset = open_images(model, images)
+    report = compare_models(model, model, dataset, task=make_task("detect", dataset, graph_outputs(model)),
+                            progress=False)
+    assert ("detr postprocess, picked because the outputs are logits [Nx5x3] (class logits) and pred_boxes [Nx5x4] "
+            "(boxes) and the last class (no object) leads on 3 of 5 queries") in report.notes[0]
+    scored = report.task.scored_against
+    assert (scored.objects, scored.samples_with_objects) == (16, 8)  # queries 0 and 1 in each of 8 images
+    assert report.task.reference.values["map50"] == pytest.approx(100.0)
+
+
+def test_without_a_leading_no_object_class_the_error_names_both_presets(images):
+    model = constant_model({"logits": logits(no_object=-6.0), "pred_boxes": BOXES})
+    dataset = open_images(model, images)
+    with pytest.raises(TrtqError) as info:
+        compare_models(model, model, dataset, task=make_task("detect", dataset, graph_outputs(model)), progress=False)
+    assert "leads on only 0 of 5 queries" in info.value.hint
+    assert "--postprocess detr " in info.value.hint and "--postprocess detr-sigmoid" in info.value.hint
+    task = make_task("detect", dataset, graph_outputs(model), postprocess="detr-sigmoid")
+    report = compare_models(model, model, dataset, task=task, progress=False)
+    assert "detr-sigmoid postprocess" in report.notes[0] and report.task.scored_against.objects == 16
+
+
+def test_detr_preset_on_other_outputs_says_what_it_needs():
+    postprocess, _ = load_postprocess("detr")
+    meta = ImageMeta(0, None, (SIZE, SIZE), (SIZE, SIZE), "resize")
+    with pytest.raises(TrtqError, match=r"needs class logits \[N, Q, K\] and boxes \[N, Q, 4\]"):
+        postprocess({"output0": np.zeros((1, 6, 21), np.float32)}, [meta])

@@ -240,3 +240,36 @@ def test_a_layer_that_never_reads_the_input_data_stays_in_high_precision():
     placement, targets = _targets(_object_queries())
     assert "q_proj" in placement.excluded_nodes and not {"q", "wq"} & set(targets)
     assert {"x", "wx"} <= set(targets) and "x_proj" not in placement.excluded_nodes
+
+
+def test_excluding_one_of_two_summed_convolutions_needs_only_calibrated_ranges():
+    """A RepVGG-style block (RT-DETR's encoder): two convolutions of one input, summed.
+
+        x [1,16,8,8] -> conv_a 3x3 (16->16) -> a --+
+                     -> conv_b 1x1 (16->16) -> b --+-> add -> y
+
+    All in INT8, the pair goes on b (conv_a fuses the Add); with conv_a kept out it moves to a. --target
+    re-plans on ranges calibrated for the first placement, which has none for a: there the Add gets no pair
+    (it stopped the search with a missing range before).
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_b"),
+         helper.make_node("Add", ["a", "b"], ["y"], name="add")], "repvgg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "wa"),
+         numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "wb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    base, targets = _targets(model)
+    assert set(base.activation_tensors) == {"x", "b"}
+    _, targets = _targets(model, exclude_nodes=["conv_a"])
+    assert "a" in targets  # planned afresh (calibrated for this placement), the pair moves to a
+    replanned, targets = _targets(model, exclude_nodes=["conv_a"], ranged=base.activation_tensors)
+    assert set(replanned.activation_tensors) == {"x"} and ("add", 0) not in {c for t in targets.values()
+                                                                             for c in t.consumers}

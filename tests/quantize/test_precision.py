@@ -222,3 +222,53 @@ def test_an_fp32_pair_before_an_fp16_conv_gets_a_cast():
     conv3 = next(n for n in converted.graph.node if n.name == "conv3")
     types = tensor_types(onnx.shape_inference.infer_shapes(converted))
     assert types[conv3.input[0]] == types[conv3.input[1]] == TensorProto.FLOAT16
+
+
+def test_constant_of_shape_in_fp16_writes_fp16_values():
+    """ConstantOfShape's dtype comes from its `value` attribute: converted to FP16 with the node, or the
+    MatMul after it reads float32 beside FP16 weights (DETR's zero queries, torch legacy export).
+
+        x [2,4] -> Shape -> ConstantOfShape(0.5) -> c [2,4] -> Add(x) -> s -> MatMul(w [4,3]) -> y [2,3]
+    """
+    w = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], name="fill",
+                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Add", ["c", "x"], ["s"], name="add"),
+        helper.make_node("MatMul", ["s", "w"], ["y"], name="matmul"),
+    ]
+    graph = helper.make_graph(nodes, "fill", [helper.make_tensor_value_info("x", F32, [2, 4])],
+                              [helper.make_tensor_value_info("y", F32, [2, 3])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = convert_to_fp16(normalize_model(model), {})
+    onnx.checker.check_model(result.model, full_check=True)
+    assert tensor_types(result.model)["c"] == F16
+    x = np.random.default_rng(4).standard_normal((2, 4)).astype(np.float32)
+    (y,) = _run(result.model, {"x": x})
+    np.testing.assert_allclose(y, (x + 0.5) @ w, atol=2e-2)
+
+
+def test_a_layer_reading_two_pairs_gets_one_scale_type():
+    """Attention's MatMul of two activations: one pair's scale is below FP16's normal range, so that pair stays
+    FP32, and the other must too: TensorRT refuses a MatMul whose operand scales differ in type ("type mismatch
+    between matmul operand scales", seen on transformers' RT-DETR).
+
+        a [2,8,8] -> Relu -> ra --+
+        b [2,8,8] -> Relu -> rb --+-> MatMul -> y [2,8,8]
+    """
+    nodes = [helper.make_node("Relu", ["a"], ["ra"], name="relu_a"), helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("MatMul", ["ra", "rb"], ["y"], name="matmul")]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, F32, [2, 8, 8]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", F32, [2, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = normalize_model(model)
+    placement = plan_placement(model)
+    assert set(placement.activation_tensors) == {"ra", "rb"}
+    quantized = insert_qdq(model, placement, {"ra": 4.0, "rb": 127 * 2.0**-16})  # rb's scale 2^-16 < 2^-14
+    converted = apply_high_precision(quantized, "fp16", amax={}).model
+    inits = {i.name: i for i in converted.graph.initializer}
+    scales = {n.input[0]: inits[n.input[1]].data_type for n in converted.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(scales) == 2 and set(scales.values()) == {F32}

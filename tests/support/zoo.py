@@ -67,7 +67,7 @@ class ZooEntry:
 
     name: str
     exporter: str  # torch-legacy, torch-dynamo, paddle2onnx, tf2onnx, ultralytics
-    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier, detector
+    family: str  # cnn, transformer, ocr-detector, ocr-recognizer, ocr-classifier, detector, deformable-cnn
     needs: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]
     export: Callable[[Path], None] = field(repr=False)
@@ -75,6 +75,8 @@ class ZooEntry:
     task: str | None = None
     limit: int | None = None
     """Samples the tests give the costly models (`--limit`), where all of SAMPLES would take too long."""
+    postprocess: str | None = None
+    """The `--postprocess` preset `compare --task detect` needs, where the layout alone does not decide it."""
 
     def shape_args(self) -> list[str]:
         """`--shape NAME:AxBxC` options for every input, at the data's shape."""
@@ -266,7 +268,169 @@ def _bert():  # type: ignore[no-untyped-def]
     return Outputs().eval()
 
 
+def _crnn():  # type: ignore[no-untyped-def]
+    """A small CRNN text recogniser: convolutions, then a bidirectional LSTM over the width.
+
+        x [N,3,16,64] -> conv 3x3 (3->8) -> bn -> relu -> maxpool 2 -> conv 3x3 (8->16) -> relu
+          -> conv 3x3 (16->16) -> relu -> maxpool 2 -> [N,16,4,16] -> columns as a sequence [T=16, N, 64]
+          -> neck Linear (64->32) -> bidirectional LSTM (hidden 16) -> [T, N, 32]
+          -> Linear (32->12) -> per-step class logits, batch first -> logits [N, 16, 12]
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class CRNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.conv3 = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.neck, self.rnn = nn.Linear(16 * 4, 32), nn.LSTM(32, 16, bidirectional=True)
+            self.fc = nn.Linear(32, 12)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(torch.relu(self.bn(self.conv1(x))), 2)
+            x = F.max_pool2d(torch.relu(self.conv3(torch.relu(self.conv2(x)))), 2)
+            n, c, h, w = x.shape
+            y, _ = self.rnn(self.neck(x.permute(3, 0, 1, 2).reshape(w, n, c * h)))
+            return self.fc(y).permute(1, 0, 2)
+
+    torch.manual_seed(0)
+    return CRNN().eval()
+
+
+def _deformable():  # type: ignore[no-untyped-def]
+    """A CNN that samples its features at learned offsets (GridSample, as deformable attention does).
+
+        x [N,3,32,32] -> conv 3x3 (3->8) -> relu -> f
+          f -> conv 3x3 (8->2) -> tanh * 0.1 -> offsets; grid = regular [-1,1] grid + offsets
+          GridSample(f, grid, bilinear, zeros) -> conv 3x3 s2 (8->16) -> relu -> conv 3x3 (16->16) -> relu
+          -> mean -> Linear (16->10) -> logits [N,10]
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Deformable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.offset = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+            self.conv2, self.fc = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Linear(16, 10)
+            self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.conv1(x))
+            n, _, h, w = f.shape
+            ys = torch.linspace(-1, 1, h).view(1, h, 1).expand(n, h, w)
+            xs = torch.linspace(-1, 1, w).view(1, 1, w).expand(n, h, w)
+            grid = torch.stack([xs, ys], -1) + 0.1 * torch.tanh(self.offset(f)).permute(0, 2, 3, 1)
+            sampled = F.grid_sample(f, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            return self.fc(torch.relu(self.conv3(torch.relu(self.conv2(sampled)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Deformable().eval()
+
+
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DETR_SIZE = 64
+CRNN_SHAPE = (1, 3, 16, 64)
+
+
+def _detr_outputs(model):  # type: ignore[no-untyped-def]
+    """A transformers object detector with a plain (logits, pred_boxes) tuple output, named alike by both exporters.
+
+    The class head's no-object logit gets a bias of +3, as training gives it (most queries find nothing), so
+    `compare --task detect` recognises the DETR layout without --postprocess.
+    """
+    import torch
+
+    head = [m for m in model.class_labels_classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[-1] += 3.0
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+            out = self.model(pixel_values=pixel_values)
+            return out.logits, out.pred_boxes
+
+    return Outputs().eval()
+
+
+def _detr():  # type: ignore[no-untyped-def]
+    """A tiny DetrForObjectDetection from a transformers config (random weights), ResNet backbone without timm.
+
+        pixel_values [1,3,64,64] -> ResNet (4 basic stages, 8-32 channels) -> 1x1 conv to d_model 32
+          -> + sine positions -> 1 encoder layer (self-attention, FFN 32->64->32)
+          -> 1 decoder layer over 10 object queries (self- and cross-attention, FFN)
+          -> class head (Linear 32->6: 5 classes + no object) -> logits [1,10,6]
+          -> box MLP (3 Linear) -> Sigmoid -> pred_boxes [1,10,4] (cx, cy, w, h normalised)
+    """
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    backbone = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 32], "depths": [1, 1, 1, 1],
+                "layer_type": "basic", "out_features": ["stage4"]}
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_labels=5)
+    torch.manual_seed(0)
+    return _detr_outputs(DetrForObjectDetection(config).eval())
+
+
+def _rtdetr():  # type: ignore[no-untyped-def]
+    """A tiny RTDetrForObjectDetection (transformers; random weights, no timm): deformable attention samples
+    its features with GridSample, and a TopK picks the decoder's queries from the encoder's anchor scores.
+
+        pixel_values [1,3,64,64] -> ResNet (4 basic stages, 8-32 channels; strides 8/16/32 out)
+          -> hybrid encoder (1 attention layer on the coarsest map, FPN/PAN fusion, hidden 16)
+          -> anchor scores -> TopK (10 queries) -> 1 decoder layer (self-attention; multi-scale deformable
+             cross-attention: GridSample at 2 points per level and head)
+          -> logits [1,10,5] (sigmoid per class, no no-object column) and pred_boxes [1,10,4] (cx, cy, w, h normalised)
+    """
+    import torch
+    from transformers import RTDetrConfig, RTDetrForObjectDetection
+
+    backbone = {"model_type": "rt_detr_resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 32],
+                "depths": [1, 1, 1, 1], "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"],
+                "out_indices": [2, 3, 4]}
+    config = RTDetrConfig(backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False,
+                          encoder_hidden_dim=16, encoder_in_channels=[16, 16, 32], encode_proj_layers=[2],
+                          encoder_ffn_dim=32, encoder_attention_heads=2, encoder_layers=1, d_model=16,
+                          decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1, decoder_n_points=2,
+                          decoder_in_channels=[16, 16, 16], num_queries=10, num_labels=5, anchor_image_size=None)
+    torch.manual_seed(0)
+    model = RTDetrForObjectDetection(config).eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+            out = self.model(pixel_values=pixel_values)
+            return out.logits, out.pred_boxes
+
+    return Outputs().eval()
+
+
+def _yolos():  # type: ignore[no-untyped-def]
+    """A tiny YolosForObjectDetection (random weights): a ViT whose extra detection tokens become the queries.
+
+        pixel_values [1,3,64,64] -> 16x16 patches (Conv) -> 16 patch + 1 CLS + 10 detection tokens (+ positions)
+          -> 2 ViT layers (hidden 32, 2 heads, MLP 64) -> the 10 detection tokens
+          -> class MLP -> logits [1,10,6] (5 classes + no object); box MLP -> Sigmoid -> pred_boxes [1,10,4]
+    """
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[DETR_SIZE, DETR_SIZE], patch_size=16, num_detection_tokens=10, num_labels=5)
+    torch.manual_seed(0)
+    return _detr_outputs(YolosForObjectDetection(config).eval())
 
 
 def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None = None) -> Callable[[Path], None]:
@@ -277,6 +441,13 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
         if family == "cnn":
             args: tuple = (torch.from_numpy(_images((1, 3, 32, 32))(np.random.default_rng(0), 2)["x"]),)
             names, outputs = ["x"], ["logits"]
+        elif family == "detector":  # fixed 64x64 (YOLOS's position embeddings are sized to it), dynamic batch
+            args = (torch.from_numpy(_images((1, 3, DETR_SIZE, DETR_SIZE))(np.random.default_rng(0), 1)["x"]),)
+            names, outputs = ["pixel_values"], ["logits", "pred_boxes"]
+        elif family in ("ocr-recognizer", "deformable-cnn"):  # dynamic batch
+            shape = CRNN_SHAPE if family == "ocr-recognizer" else (1, 3, 32, 32)
+            args = (torch.from_numpy(_images(shape)(np.random.default_rng(0), 1)["x"]),)
+            names, outputs = ["x"], ["logits"]
         else:
             tokens = _tokens(np.random.default_rng(0), 2)
             args = tuple(torch.from_numpy(tokens[name]) for name in TOKEN_INPUTS)
@@ -286,6 +457,8 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             if not dynamo:
                 if family == "cnn":
                     axes = {"x": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
+                elif family in ("detector", "ocr-recognizer", "deformable-cnn"):
+                    axes = {name: {0: "N"} for name in (*names, *outputs)}
                 else:
                     axes = {**{n: {0: "batch", 1: "seq"} for n in (*names, "last_hidden_state")},
                             "pooler_output": {0: "batch"}}
@@ -295,6 +468,8 @@ def _torch_export(make: Callable, dynamo: bool, family: str, opset: int | None =
             dim = torch.export.Dim
             if family == "cnn":
                 shapes: tuple = ({0: dim("N", max=64), 2: dim("H", min=16, max=512), 3: dim("W", min=16, max=512)},)
+            elif family in ("detector", "ocr-recognizer", "deformable-cnn"):
+                shapes = ({0: dim("N", max=64)},)
             else:
                 batch, seq = dim("batch", max=64), dim("seq", min=4, max=64)
                 shapes = tuple({0: batch, 1: seq} for _ in names)
@@ -447,6 +622,17 @@ ZOO: tuple[ZooEntry, ...] = (
              _rapidocr_model("cls"), _images((1, 3, 48, 64)), task="classify", limit=2),
     ZooEntry("yolov8-ultralytics", "ultralytics", "detector", _TORCH, {"images": (1, 3, 64, 64)},
              _ultralytics_export, _images((1, 3, 64, 64)), task="detect", limit=2),
+    ZooEntry("detr-legacy", "torch-legacy", "detector", _BERT, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_detr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
+    ZooEntry("yolos-dynamo", "torch-dynamo", "detector", _BERT_DYNAMO, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_yolos, True, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect"),
+    ZooEntry("rtdetr-hf-legacy", "torch-legacy", "detector", _BERT, {"pixel_values": (1, 3, DETR_SIZE, DETR_SIZE)},
+             _torch_export(_rtdetr, False, "detector"), _images((1, 3, DETR_SIZE, DETR_SIZE)), task="detect",
+             postprocess="detr-sigmoid"),
+    ZooEntry("crnn-legacy", "torch-legacy", "ocr-recognizer", _TORCH, {"x": CRNN_SHAPE},
+             _torch_export(_crnn, False, "ocr-recognizer"), _images(CRNN_SHAPE)),
+    ZooEntry("deformable-legacy", "torch-legacy", "deformable-cnn", _TORCH, {"x": (1, 3, 32, 32)},
+             _torch_export(_deformable, False, "deformable-cnn"), _images((1, 3, 32, 32)), task="classify"),
     ZooEntry("keras-cnn", "tf2onnx", "cnn", ("tensorflow", "tf2onnx"), {"x": (1, 32, 32, 3)},
              _keras_export, _images((1, 32, 32, 3), layout="NHWC"), task="classify"),
 )

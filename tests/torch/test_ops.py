@@ -217,3 +217,98 @@ def test_unsupported_attributes_fall_back_at_run_time():
     model = one_node("Resize", data, {"s": np.array([1, 1, 2, 2], np.float32)}, ["x", "", "s"],
                      {"mode": "linear", "coordinate_transformation_mode": "asymmetric"})
     check(model, data, expect_fallback=True)
+
+
+# GridSample (deformable attention: RT-DETR, Deformable DETR) and LSTM (CRNN recognisers): torch has their
+# gradients, so `trtq finetune` works on models with them. Grids reach past [-1, 1] to exercise the padding.
+GRID = RNG.uniform(-1.2, 1.2, (2, 4, 7, 2)).astype(np.float32)
+GRID_CASES = [(mode, padding, align, opset) for mode, opset in (("bilinear", 16), ("nearest", 16), ("bicubic", 16),
+                                                                 ("linear", 20), ("cubic", 20))
+              for padding in ("zeros", "border", "reflection") for align in (0, 1)]
+
+
+@pytest.mark.parametrize(("mode", "padding", "align", "opset"), GRID_CASES,
+                         ids=[f"{m}-{p}-align{a}-opset{o}" for m, p, a, o in GRID_CASES])
+def test_grid_sample_matches_onnxruntime(mode, padding, align, opset):
+    data = {"x": X, "grid": GRID}
+    model = one_node("GridSample", data, {}, ["x", "grid"],
+                     {"mode": mode, "padding_mode": padding, "align_corners": align}, opset=opset)
+    check(model, data, atol=1e-4)
+
+
+SEQ, BATCH, IN, HID = 5, 3, 4, 6
+
+
+def lstm_case(directions: int, bias: bool = True, state: bool = False, peepholes: bool = False,
+              lengths: bool = False, layout: int = 0) -> tuple[dict, dict, list[str]]:
+    """Data, constants and input order of an LSTM node: weights as initializers, the sequence (and
+    initial state) as graph inputs."""
+    x = f32(BATCH, SEQ, IN) if layout else f32(SEQ, BATCH, IN)
+    const = {"w": f32(directions, 4 * HID, IN, scale=0.5), "r": f32(directions, 4 * HID, HID, scale=0.5)}
+    data = {"x": x}
+    order = ["x", "w", "r", "", "", "", "", ""]
+    if bias:
+        const["b"] = f32(directions, 8 * HID, scale=0.3)
+        order[3] = "b"
+    if lengths:
+        const["lens"] = np.array([SEQ, 2, 4], np.int32)
+        order[4] = "lens"
+    if state:
+        shape = (BATCH, directions, HID) if layout else (directions, BATCH, HID)
+        data["h0"], data["c0"] = f32(*shape), f32(*shape)
+        order[5], order[6] = "h0", "c0"
+    if peepholes:
+        const["p"] = f32(directions, 3 * HID, scale=0.3)
+        order[7] = "p"
+    while order and not order[-1]:
+        order.pop()
+    return data, const, order
+
+
+LSTM_CASES = {
+    "forward": (dict(directions=1), {"direction": "forward"}),
+    "reverse": (dict(directions=1, state=True), {"direction": "reverse"}),
+    "bidirectional": (dict(directions=2), {"direction": "bidirectional"}),
+    "no-bias": (dict(directions=1, bias=False), {}),
+    "peepholes": (dict(directions=1, peepholes=True, state=True), {}),
+    "clip": (dict(directions=2), {"direction": "bidirectional", "clip": 0.5}),
+    "lengths": (dict(directions=2, lengths=True, state=True), {"direction": "bidirectional"}),
+}
+
+
+@pytest.mark.parametrize("case", list(LSTM_CASES))
+def test_lstm_matches_onnxruntime(case):
+    shape, attrs = LSTM_CASES[case]
+    data, const, order = lstm_case(**shape)
+    model = one_node("LSTM", data, const, order, {"hidden_size": HID, **attrs}, outputs=3, opset=14)
+    check(model, data, atol=1e-5)
+
+
+def test_batch_first_lstm_is_the_sequence_first_one_transposed():
+    """layout=1 ([batch, seq, ...]; onnxruntime's CPU LSTM refuses it): the same weights and data as a
+    layout-0 node that onnxruntime runs, its outputs transposed."""
+    data, const, order = lstm_case(directions=2, state=True, layout=1)
+    attrs = {"hidden_size": HID, "direction": "bidirectional"}
+    module = OnnxModule(one_node("LSTM", data, const, order, {**attrs, "layout": 1}, outputs=3, opset=14))
+    y, y_h, y_c = module.run({k: torch.from_numpy(v) for k, v in data.items()}).values()
+    seq_first = {"x": data["x"].transpose(1, 0, 2).copy(), "h0": data["h0"].transpose(1, 0, 2).copy(),
+                 "c0": data["c0"].transpose(1, 0, 2).copy()}
+    reference = ort.InferenceSession(one_node("LSTM", seq_first, const, order, attrs, outputs=3, opset=14)
+                                     .SerializeToString(), providers=["CPUExecutionProvider"]).run(None, seq_first)
+    np.testing.assert_allclose(y.numpy(), reference[0].transpose(2, 0, 1, 3), atol=1e-5)
+    np.testing.assert_allclose(y_h.numpy(), reference[1].transpose(1, 0, 2), atol=1e-5)
+    np.testing.assert_allclose(y_c.numpy(), reference[2].transpose(1, 0, 2), atol=1e-5)
+
+
+def test_lstm_gradients_reach_its_weights():
+    """What finetune needs: the loss of Y reaches W and R (onnxruntime would give no gradient)."""
+    data, const, order = lstm_case(directions=2)
+    module = OnnxModule(one_node("LSTM", data, const, order, {"hidden_size": HID, "direction": "bidirectional"},
+                                 outputs=1, opset=14))
+    for p in module.parameters():
+        p.requires_grad_(True)
+    (y,) = module.run({"x": torch.from_numpy(data["x"])}).values()
+    y.square().sum().backward()
+    grads = [p.grad for p in module.parameters()]
+    assert len(grads) == 3 and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    assert not module.fallback_nodes

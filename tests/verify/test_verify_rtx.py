@@ -337,16 +337,35 @@ def test_shapes_come_from_the_quantize_run_that_wrote_the_model(tmp_path, capsys
         api.verify(moved, progress=False)
 
 
-def test_dims_of_one_name_must_agree_in_tensorrt(tmp_path):
-    """paddle2onnx names every dynamic dim '?': x [1, 3, ?, ?] -> Relu -> y, built at 4x6, is a finding
-    about the model whose hint says why (TensorRT takes dims of one name to be equal)."""
+def same_named_dims(tmp_path, name: str) -> Path:
+    """x [1, 3, name, name] -> Relu -> y [1, 3, name, name]."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "?", "?"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "?", "?"])])
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, name, name])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, name, name])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+def test_dims_of_one_name_must_agree_in_tensorrt(tmp_path):
+    """x [1, 3, S, S] built at 4x6 is a finding about the model whose hint says why (TensorRT takes dims of
+    one name to be equal): the exporter named them alike on purpose."""
+    path = same_named_dims(tmp_path, "S")
     with pytest.raises(TrtqError) as info:
-        api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
-    assert "could not build it" in info.value.message and "same name ('?')" in info.value.hint
-    assert api.verify(tmp_path / "m.onnx", api.VerifyOptions(shapes={"x": (1, 3, 4, 4)}), progress=False).layers == ()
+        api.verify(path, api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
+    assert "could not build it" in info.value.message and "same name ('S')" in info.value.hint
+    assert api.verify(path, api.VerifyOptions(shapes={"x": (1, 3, 4, 4)}), progress=False).layers == ()
+
+
+def test_placeholder_dims_get_distinct_names_in_the_copy_the_builder_gets(tmp_path):
+    """paddle2onnx names every dynamic dim '?', which meant nothing: verify hands the builder a copy whose
+    dims have names of their own, says so, and leaves the file as it was."""
+    path = same_named_dims(tmp_path, "?")
+    before = path.read_bytes()
+    result = api.verify(path, api.VerifyOptions(shapes={"x": (1, 3, 4, 6)}), progress=False)
+    assert result.profile["x"]["opt"] == [1, 3, 4, 6] and result.engine_bytes > 0
+    assert result.shape_notes == ("2 dynamic input dims shared the placeholder name '?', which TensorRT reads as one "
+                                  "dim; renamed x_dim2, x_dim3 in the copy handed to the builder (the file is "
+                                  "unchanged)",)
+    assert path.read_bytes() == before

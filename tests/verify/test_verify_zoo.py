@@ -32,14 +32,13 @@ from trtq import api
 
 VARIANTS = {"int8": ("int8", "fp32"), "int8-fp16": ("int8", "fp16"), "fp8": ("fp8", "fp32")}
 """The Q/DQ models trtq writes: (precision, high precision) per variant."""
-BUILD_SHAPES = {"ppocr-cls": {"x": (1, 3, 48, 48)}}
-"""Where the zoo's data shape cannot be built: paddle2onnx names both of the classifier's spatial dims
-'?', and TensorRT takes dims of one name to be equal, so it refuses 48x64 (trtq verify says so, with
-the fix: tests/verify/test_verify_rtx.py); a square input is what the model can be built at."""
-UNFUSED_READERS = {"yolov8-ultralytics": frozenset({"MaxPool"})}
+UNFUSED_READERS = {"yolov8-ultralytics": frozenset({"MaxPool"}), "rtdetr-hf-legacy": frozenset({"Add"})}
 """Unfused pairs named per model: in YOLOv8's SPPF block (three chained 5x5 stride-1 MaxPools, all four
 tensors concatenated) TensorRT-RTX 1.7 runs the first two MaxPools in float, so the pairs before them do
-not fuse; datacenter TensorRT has INT8 pooling (also seen on the held-out YOLOv8n, test_verify_heldout.py)."""
+not fuse; datacenter TensorRT has INT8 pooling (also seen on the held-out YOLOv8n, test_verify_heldout.py).
+In RT-DETR's RepVGG blocks (a 3x3 and a 1x1 convolution of one input, summed, then SiLU) TensorRT-RTX 1.7
+adds in float after both convolutions instead of fusing the Add into one of them, so the pair trtq puts on
+the 1x1 branch for that fusion is dequantized before the Add (its convolutions still read INT8)."""
 DEFAULT = {("ppocr-det", "int8")}
 """The PaddleOCR cases that run by default; the others are `slow`."""
 
@@ -61,7 +60,7 @@ def test_every_quantized_layer_of_every_zoo_model_runs_quantized(entry, variant,
         pytest.skip(f"zoo model {entry.name} needs {', '.join(absent)}, which is not installed")
     precision, high_precision = VARIANTS[variant]
     quantized = zoo.quantize(entry, tmp_path, precision=precision, high_precision=high_precision, method="max")
-    shapes = BUILD_SHAPES.get(entry.name, entry.shapes)
+    shapes = entry.shapes  # PP-OCR cls names every dynamic dim '?': trtq gives them distinct names, so 48x64 builds
     result = api.verify(quantized.onnx_path, api.VerifyOptions(shapes=shapes), progress=False)
     assert_quantized_layers_run_quantized(result, precision, UNFUSED_READERS.get(entry.name, frozenset()))
 

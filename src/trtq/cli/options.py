@@ -218,9 +218,10 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coco", metavar="JSON", help="COCO annotations for --task detect (default: FP32 detections)")
     g.add_argument("--postprocess", metavar="PRESET_OR_PY",
                    help="detection postprocess: yolo, yolov5, yolov8, end2end (in-graph NMS, [N,K,6]), rtdetr, "
-                   "torchvision/retinanet, or a .py defining "
-                   "postprocess(outputs, images) (default: yolo when the outputs have YOLO's layout, else an error "
-                   "that says what to pass)")
+                   "detr (query logits with a no-object class + normalised boxes: DETR, YOLOS), detr-sigmoid "
+                   "(Deformable/Conditional DETR, RT-DETR from transformers), torchvision/retinanet, or a .py defining "
+                   "postprocess(outputs, images) (default: yolo or detr when the outputs have that layout, else an "
+                   "error that says what to pass)")
     g.add_argument("--ref-conf", type=confidence, metavar="CONF",
                    help="detection without --coco: FP32 detections with at least this confidence are the reference "
                    "boxes (default 0.25; lower it when too few boxes are found)")

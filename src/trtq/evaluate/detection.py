@@ -183,8 +183,7 @@ class DetectionTask:
 
     def _postprocess_text(self) -> str:
         if isinstance(self.postprocess, AutoPostprocess):
-            layout = self.postprocess.layout
-            return f"yolo postprocess, picked by the layout of {layout.describe()}" if layout else "postprocess"
+            return self.postprocess.reason or "postprocess"
         return f"{self.postprocess_name} postprocess" if self.postprocess_name else "postprocess"
 
     def describe(self) -> str:

@@ -332,7 +332,7 @@ def search_mixed_precision(
     def placement_without(layers: Sequence[str]) -> Placement:
         return plan_placement(
             model, exclude_nodes=[*exclude_nodes, *(node_pattern(n) for n in layers)], exclude_ops=exclude_ops,
-            grid=grid, residual=residual,
+            grid=grid, residual=residual, ranged=amax.keys(),
         )
 
     def candidate(layers: Sequence[str]) -> onnx.ModelProto:

@@ -13,6 +13,14 @@ Postprocess turns a batch of raw model outputs into boxes in each source image's
   `nms=True` and the end-to-end heads of YOLOv10 and YOLO26.
 - `rtdetr`: the same [N, K, 6] layout with boxes as cx, cy, w, h normalised to the input size
   (Ultralytics' RT-DETR export). Neither is picked without being named: the two share a shape.
+- `detr`, `detr-sigmoid`: the query outputs of DETR-style transformers (Hugging Face DETR, YOLOS,
+  Conditional/Deformable DETR, RT-DETR): class logits [N, Q, K] and boxes [N, Q, 4] as cx, cy, w, h
+  normalised to the input. `detr` scores by softmax with the last class as "no object" (DETR,
+  YOLOS); `detr-sigmoid` by a sigmoid per class, every column a class, the best Q*K pairs (models
+  trained with focal loss: Conditional/Deformable DETR, RT-DETR). No NMS: queries do not
+  duplicate. Without --postprocess, `detr` is picked when the outputs have this layout and the
+  last class leads on most queries of the first batch (the no-object class of a softmax-trained
+  DETR does, on every query that found nothing); else the error names both.
 - `torchvision` (alias `retinanet`): torchvision detection exports (RetinaNet, Faster R-CNN,
   FCOS, SSD) whose outputs are already final: boxes [K, 4] x1y1x2y2 in input pixels, scores
   [K], labels [K] (COCO category ids), optionally with a leading batch dim.
@@ -34,7 +42,7 @@ from trtq.data import letterbox_geometry
 from trtq.data.preprocess import center_crop_geometry
 from trtq.errors import TrtqError
 
-PRESETS = ("yolo", "yolov5", "yolov8", "end2end", "rtdetr", "torchvision", "retinanet")
+PRESETS = ("yolo", "yolov5", "yolov8", "end2end", "rtdetr", "detr", "detr-sigmoid", "torchvision", "retinanet")
 CONF_THRESHOLD = 0.001
 MAX_DETECTIONS = 300
 MAX_NMS_CANDIDATES = 30000
@@ -233,21 +241,111 @@ def yolo_postprocess(variant: str = "auto") -> YoloPostprocess:
 
 
 class AutoPostprocess:
-    """The postprocess when none was named: yolo when the outputs have its layout (decided on the
-    first batch, from the arrays), else a TrtqError that says what to pass."""
+    """The postprocess when none was named, decided on the first batch from the arrays: yolo when the
+    outputs have its layout, detr when they are DETR-style queries whose last class (no object) leads,
+    else a TrtqError that says what to pass."""
 
     def __init__(self) -> None:
         self.layout: YoloLayout | None = None
-        self.chosen: YoloPostprocess | None = None
+        self.chosen: Postprocess | None = None
+        self.reason = ""
+        """Which preset was taken and why, once decided."""
 
     def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
         if self.chosen is None:
             input_hw = images[0].input_size if images else (0, 0)
             layout = find_yolo_layout(outputs, input_hw)
-            if layout is None:
+            detr = find_detr_layout(outputs) if layout is None else None
+            if layout is not None:
+                self.layout, self.chosen = layout, YoloPostprocess("v5" if layout.objectness else "v8")
+                self.reason = f"yolo postprocess, picked by the layout of {layout.describe()}"
+            elif detr is not None and detr.no_object_leads(outputs):
+                self.chosen = DetrPostprocess("softmax")
+                self.reason = (f"detr postprocess, picked because {detr.describe()} and the last class (no object) "
+                               f"leads on {detr.no_object_queries(outputs)} of {detr.queries} queries")
+            else:
                 raise _not_yolo_error(outputs, input_hw)
-            self.layout, self.chosen = layout, YoloPostprocess("v5" if layout.objectness else "v8")
-        return self.chosen(outputs, images)
+        return list(self.chosen(outputs, images))
+
+
+@dataclass(frozen=True)
+class DetrLayout:
+    """Where a DETR-style model's query outputs are: class logits [N, Q, K] and boxes [N, Q, 4]."""
+
+    logits: str
+    boxes: str
+    queries: int
+    classes: int
+
+    def describe(self) -> str:
+        """e.g. the outputs are logits [Nx100x92] and pred_boxes [Nx100x4]."""
+        return (f"the outputs are {self.logits} [Nx{self.queries}x{self.classes}] (class logits) and {self.boxes} "
+                f"[Nx{self.queries}x4] (boxes)")
+
+    def no_object_queries(self, outputs: Mapping[str, np.ndarray]) -> int:
+        """Queries of the first image whose arg-max is the last class."""
+        logits = np.asarray(outputs[self.logits])[0]
+        return int((logits.argmax(axis=-1) == self.classes - 1).sum())
+
+    def no_object_leads(self, outputs: Mapping[str, np.ndarray]) -> bool:
+        """True when the last class is the arg-max on more than half the queries of the first image."""
+        return 2 * self.no_object_queries(outputs) > self.queries
+
+
+def find_detr_layout(outputs: Mapping[str, np.ndarray]) -> DetrLayout | None:
+    """The DETR layout of `outputs`: one float output [N, Q, 4] (boxes) and one float [N, Q, K>=2] beside it
+    (the one named `logits` when several fit, as Hugging Face names it). None otherwise."""
+    arrays = {name: np.asarray(a) for name, a in outputs.items()}
+    queries = {name: a for name, a in arrays.items() if a.ndim == 3 and a.dtype.kind == "f"}
+    boxes = [name for name, a in queries.items() if a.shape[-1] == 4]
+    if len(boxes) != 1:
+        return None
+    n, q = queries[boxes[0]].shape[:2]
+    logits = [name for name, a in queries.items() if name != boxes[0] and a.shape[:2] == (n, q) and a.shape[2] >= 2]
+    if len(logits) > 1:
+        logits = [name for name in logits if name == "logits"]
+    if len(logits) != 1:
+        return None
+    return DetrLayout(logits[0], boxes[0], int(q), int(queries[logits[0]].shape[2]))
+
+
+class DetrPostprocess:
+    """DETR-style query outputs to detections. `scoring` "softmax": softmax over the classes, the last one
+    "no object" and dropped, the best class per query (DETR, YOLOS); "sigmoid": a sigmoid per class and the
+    best (query, class) pairs over all of them (focal-loss models: Deformable/Conditional DETR, RT-DETR)."""
+
+    def __init__(self, scoring: str) -> None:
+        self.scoring = scoring
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
+        layout = find_detr_layout(outputs)
+        if layout is None:
+            shapes = ", ".join(f"{k} [{'x'.join(map(str, np.asarray(a).shape))}]" for k, a in outputs.items())
+            raise TrtqError(
+                f"The detr postprocess needs class logits [N, Q, K] and boxes [N, Q, 4] (cx, cy, w, h normalised); "
+                f"the model gives {shapes}.",
+                "pick another --postprocess, or pass --postprocess FILE.py defining postprocess(outputs, images).",
+            )
+        results = []
+        all_logits = np.asarray(outputs[layout.logits], dtype=np.float64)
+        all_boxes = np.asarray(outputs[layout.boxes], dtype=np.float64)
+        for logits, boxes, meta in zip(all_logits, all_boxes, images):
+            if self.scoring == "softmax":
+                shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probs = (shifted / shifted.sum(axis=1, keepdims=True))[:, :-1]
+                classes = probs.argmax(axis=1)
+                scores, rows = probs[np.arange(len(probs)), classes], np.arange(len(probs))
+            else:
+                probs = (1.0 / (1.0 + np.exp(-logits))).reshape(-1)
+                top = np.argsort(-probs, kind="stable")[:MAX_DETECTIONS]
+                scores, rows, classes = probs[top], top // layout.classes, top % layout.classes
+            keep = scores >= CONF_THRESHOLD
+            order = np.argsort(-scores[keep], kind="stable")[:MAX_DETECTIONS]
+            h, w = meta.input_size
+            xyxy = _xywh_to_xyxy(boxes[rows[keep][order]]) * np.array([w, h, w, h], np.float64)
+            results.append(Detections(meta.to_source(xyxy), scores[keep][order],
+                                      classes[keep][order].astype(np.int64)))
+        return results
 
 
 FINAL_ROW = 6
@@ -304,6 +402,12 @@ def _not_yolo_error(outputs: Mapping[str, np.ndarray], input_hw: tuple[int, int]
                   "x1,y1,x2,y2 in input pixels (Ultralytics nms=True, YOLOv10/YOLO26 end-to-end exports) or "
                   "--postprocess rtdetr for cx,cy,w,h normalised to the input (Ultralytics RT-DETR); or "
                   "--postprocess FILE.py defining postprocess(outputs, images)")
+    elif (detr := find_detr_layout(outputs)) is not None:
+        advice = (f"{detr.describe()}, DETR-style queries, but the last class leads on only "
+                  f"{detr.no_object_queries(outputs)} of {detr.queries} queries, so it may not be a no-object class: "
+                  "pass --postprocess detr for softmax scores with a no-object last class (DETR, YOLOS) or "
+                  "--postprocess detr-sigmoid for a sigmoid per class (Deformable/Conditional DETR, RT-DETR), "
+                  "or --postprocess FILE.py defining postprocess(outputs, images)")
     elif _looks_like_torchvision(outputs):
         advice = ("they look like final boxes/scores/labels, so pass --postprocess torchvision (or --postprocess "
                   "FILE.py defining postprocess(outputs, images))")
@@ -351,6 +455,8 @@ def load_postprocess(spec: str | None) -> tuple[Postprocess, str]:
         return yolo_postprocess({"yolo": "auto", "yolov5": "v5", "yolov8": "v8"}[spec]), "index"
     if spec in ("end2end", "rtdetr"):
         return FinalDetections("xyxy" if spec == "end2end" else "cxcywh-normalized"), "index"
+    if spec in ("detr", "detr-sigmoid"):
+        return DetrPostprocess("softmax" if spec == "detr" else "sigmoid"), "index"
     if spec in ("torchvision", "retinanet"):
         return torchvision_postprocess, "id"
     path = Path(spec)

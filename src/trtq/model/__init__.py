@@ -31,6 +31,7 @@ from trtq.model.normalize import (
 )
 from trtq.model.shapes import (
     PartialShape,
+    distinct_placeholder_dims,
     inferred_shapes,
     missing_shapes_error,
     parse_shapes,
@@ -63,6 +64,7 @@ __all__ = [
     "add_stub",
     "check_structure",
     "default_opset",
+    "distinct_placeholder_dims",
     "external_data_chunks",
     "file_sha256",
     "graph_inputs",

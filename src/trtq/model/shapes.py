@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 
 from trtq.errors import TrtqError
-from trtq.model.load import Dim, TensorSpec
+from trtq.model.load import UNNAMED_DIMS, Dim, TensorSpec
 from trtq.model.weights import weightless
 
 _SHAPE_ITEM = re.compile(r"^(?P<name>.+):(?P<dims>\d+(?:x\d+)*)$")
@@ -178,3 +178,34 @@ def inferred_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[
         if vi.type.tensor_type.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim)
     return shapes
+
+
+def distinct_placeholder_dims(model: onnx.ModelProto) -> str | None:
+    """Give each graph-input dim named by a placeholder ('?') that several dims share a name of its own
+    (`<input>_dim<axis>`), in place; a sentence saying what was renamed, or None when nothing was.
+
+    TensorRT takes input dims of one name to be one dim, so an export whose batch, height and width are all
+    '?' only builds at batch = H = W. The names carried no meaning, so distinct ones lose nothing.
+    """
+    counts: dict[str, int] = {}
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                counts[dim.dim_param] = counts.get(dim.dim_param, 0) + 1
+    shared = {name for name, count in counts.items() if name in UNNAMED_DIMS and count > 1}
+    if not shared:
+        return None
+    taken = set(counts)
+    renamed = []
+    for value in model.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param") and dim.dim_param in shared:
+                name = re.sub(r"\W", "_", f"{value.name}_dim{axis}")
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                dim.dim_param = name
+                renamed.append(name)
+    placeholders = ", ".join(repr(name) for name in sorted(shared))
+    return (f"{len(renamed)} dynamic input dims shared the placeholder name {placeholders}, which TensorRT reads as "
+            f"one dim; renamed {', '.join(renamed)}")

@@ -38,7 +38,7 @@ from trtq.evaluate.mixed import parse_target
 from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
 from trtq.formats.ranges import RangesTable
-from trtq.model import graph_outputs
+from trtq.model import distinct_placeholder_dims, graph_outputs
 from trtq.qat.checkpoint import fingerprint
 from trtq.qat.data import TrainingData
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
@@ -308,6 +308,9 @@ def finetune(
     out_table = replace(table, amax=learned, options={**table.options, "qat_steps": training.steps,
                                                       "qat_lr": options.lr, "qat_scale_lr": options.scale_lr})
     cache = cache_amax(learned, prepared.placement.calibrated_tensors)
+    renamed_dims = distinct_placeholder_dims(exported.model)
+    if renamed_dims:
+        notes.append(renamed_dims)
     artifacts(paths, exported.model, out_table, cache, options.trt_version).write(inputs=inputs)
     return FinetuneResult(
         model=str(prepared.path), onnx_path=str(paths.onnx), cache_path=str(paths.cache),

@@ -245,5 +245,6 @@ class QatModel(torch.nn.Module):
             raise TrtqError(
                 f"Node {fallback[0]} has no PyTorch implementation ({len(fallback)} such nodes), so it cannot "
                 "be fine-tuned through.",
-                "exclude the layers behind it, or quantize without fine-tuning (trtq quantize).",
+                "quantize without fine-tuning (trtq quantize, with --target to keep sensitive layers out of INT8), "
+                "or fine-tune a copy exported without that op (e.g. with NonMaxSuppression left to the application).",
             )

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -225,9 +225,14 @@ def plan_placement(
     cache_scope: str = "qdq",
     grid: Grid = INT8,
     residual: bool = False,
+    ranged: Collection[str] | None = None,
 ) -> Placement:
     """Plan Q/DQ placement on a normalised model (see `trtq.model.normalize_model`) for `grid`;
-    `residual`: Q/DQ on both inputs of transformer residual Adds too (module docstring)."""
+    `residual`: Q/DQ on both inputs of transformer residual Adds too (module docstring).
+
+    `ranged`: the activations a ranges table has, when re-planning with more layers excluded on ranges
+    calibrated for fewer (--target). Excluding one of two summed convolutions moves a residual Add's pair to
+    the other input, which was not calibrated; that Add then gets no pair (None: every activation is free)."""
     if cache_scope not in CACHE_SCOPES:
         raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
@@ -284,7 +289,7 @@ def plan_placement(
                 want(node.input[1], node, 1)
                 continue
             skip = _residual_skip_input(g, node, excluded)
-            if skip is not None:
+            if skip is not None and (ranged is None or node.input[skip] in ranged):
                 want(node.input[skip], node, skip)
 
     targets = tuple(

@@ -49,19 +49,8 @@ MIN_FP16_SCALE = 2.0**-14
 """Q/DQ scales below FP16's smallest normal number keep their pair in FP32."""
 FP16_QDQ_OPSET = 19
 SCORE_OPS = ("Sigmoid", "Softmax", "LogSoftmax")
-KEEP_OPS = (
-    "Range",
-    "NonMaxSuppression",
-    "RoiAlign",
-    "TopK",
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "EyeLike",
-    "Bernoulli",
-)
+KEEP_OPS = ("Range", "NonMaxSuppression", "RoiAlign", "TopK", "RandomNormal", "RandomUniform", "RandomNormalLike",
+            "RandomUniformLike", "Multinomial", "EyeLike", "Bernoulli")
 """Ops kept in FP32: index/box computations where FP16 rounding changes results, and dtype-creating ops."""
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _FLOAT16_TYPE = "tensor(float16)"
@@ -449,6 +438,25 @@ def _plan_qdq(model: onnx.ModelProto, fp16: set[str], opset: int) -> set[str]:
         if values.min() < MIN_FP16_SCALE or values.max() > FP16_MAX:
             continue
         chosen.update((q.name, dq.name))
+    return _same_scale_type(model, chosen, quantizer)
+
+
+def _same_scale_type(model: onnx.ModelProto, chosen: set[str], quantizer: Mapping[str, onnx.NodeProto]) -> set[str]:
+    """`chosen` less the pairs of every node that reads one chosen and one unchosen pair: TensorRT wants one
+    scale type for all the quantized inputs of a layer (a MatMul with an FP16 and an FP32 scale fails to
+    build: "type mismatch between matmul operand scales"). Dropping a pair can split another node, so repeat."""
+    pairs = {dq.output[0]: (quantizer[dq.input[0]].name, dq.name) for dq in model.graph.node
+             if dq.op_type == "DequantizeLinear" and dq.input[0] in quantizer}
+    chosen = set(chosen)
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.node:
+            read = [pairs[name] for name in node.input if name in pairs]
+            if len(read) > 1 and 0 < sum(pair[1] in chosen for pair in read) < len(read):
+                for pair in read:
+                    chosen.difference_update(pair)
+                changed = True
     return chosen
 
 
@@ -520,6 +528,11 @@ def _rewrite(
             for attr in node.attribute:
                 if attr.name == "to":
                     attr.i = TensorProto.FLOAT16
+        if node.name in plan.fp16 and stored.get(node.output[0] if node.output else "") == TensorProto.FLOAT16:
+            for attr in node.attribute:  # ConstantOfShape/Constant: the value attribute sets the output's dtype
+                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16),
+                                                            attr.t.name))
     for vi in graph.input:
         if vi.name in types and types[vi.name] == TensorProto.FLOAT:
             stored.setdefault(vi.name, TensorProto.FLOAT)

@@ -51,6 +51,7 @@ from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.quantize.placement import Placement
 from trtq.quantize.qdq import insert_after_producers, unique_name
+from trtq.quantize.selections import expose_choices, pin_selections
 
 DEFAULT_ALPHA = 0.5
 """SmoothQuant's default migration strength: activation and weight channels end with equal maxima."""
@@ -409,16 +410,26 @@ def check_equivalent(
     source: str = "the model",
 ) -> SmoothResult:
     """Run both FP32 models on `batches`; return `smoothed` with its measured deviation, or raise
-    TrtqError when an output moved by more than `tolerance` of its range."""
+    TrtqError when an output moved by more than `tolerance` of its range.
+
+    The smoothed model makes the original's discrete choices (TopK, ArgMax, NonMaxSuppression indices, see
+    trtq.quantize.selections): where scores nearly tie, float rounding alone would pick other queries and
+    change everything after them (RT-DETR's TopK over anchor scores)."""
     from trtq.runtime.ort_session import make_session
 
-    reference, candidate = make_session(original), make_session(smoothed.model)
+    pinned, choices = pin_selections(smoothed.model)
+    reference = make_session(expose_choices(original, choices))
+    candidate = make_session(pinned)
     names = [o.name for o in original.graph.output]
     diff = dict.fromkeys(names, 0.0)
     top = dict.fromkeys(names, 0.0)
     samples = 0
     for batch in batches:
-        for name, ref, got in zip(names, reference.run(names, dict(batch)), candidate.run(names, dict(batch))):
+        ran = reference.run([*names, *(c for c in choices if c not in names)], dict(batch))
+        computed = dict(zip([*names, *(c for c in choices if c not in names)], ran))
+        got_all = candidate.run(names, {**dict(batch), **{c: computed[c] for c in choices}})
+        for name, got in zip(names, got_all):
+            ref = computed[name]
             if not np.issubdtype(np.asarray(ref).dtype, np.floating):
                 continue
             ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)

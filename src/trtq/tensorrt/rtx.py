@@ -170,8 +170,10 @@ def build_capturing_log(
     profile: Mapping[str, ProfileShape],
     compute_capabilities: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    model_bytes: bytes | None = None,
 ) -> AotBuild:
-    """Parse `onnx_path` and build it with TensorRT-RTX, keeping the whole log.
+    """Parse `onnx_path` (or `model_bytes`, a changed copy of it whose external weights stay beside
+    `onnx_path`) and build it with TensorRT-RTX, keeping the whole log.
 
     Raises TrtqError when the parser rejects the model or the builder cannot build it (the
     parser's or builder's first error in one sentence: a finding about the model).
@@ -183,7 +185,9 @@ def build_capturing_log(
         builder: trt.Builder = trt.Builder(logger)
         network = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
         parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
+        parsed = (parser.parse_from_file(str(onnx_path)) if model_bytes is None
+                  else parser.parse(model_bytes, str(onnx_path)))
+        if not parsed:
             raise parse_error(trt, parser, onnx_path, messages)
         parse_seconds = time.perf_counter() - start
         if progress:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trtq.errors import TrtqError
-from trtq.model import graph_inputs, load_model
+from trtq.model import distinct_placeholder_dims, graph_inputs, load_model
 from trtq.report.records import record_path
 from trtq.tensorrt.enginelog import EngineLayer, find_layer_block, parse_layer_block
 from trtq.tensorrt.profiles import ProfileShape, resolve_profile
@@ -206,13 +206,18 @@ def verify_model(
 ) -> VerifyResult:
     """Build `model_path` with TensorRT-RTX (no GPU needed) and check each quantized layer's precision."""
     path = Path(model_path)
-    graph: QdqGraph = analyze(load_model(path, load_external_data=False))  # missing, a folder, empty: one sentence
+    model = load_model(path, load_external_data=False)  # missing, a folder, empty: one sentence
+    graph: QdqGraph = analyze(model)
     profile, notes = default_shapes(path, options)
+    renamed = distinct_placeholder_dims(model)
+    if renamed:  # the builder gets a copy with distinct names; the file stays as it is
+        notes = (*notes, f"{renamed} in the copy handed to the builder (the file is unchanged)")
     trt, caps = require_tensorrt(f"verify {path.name}", [], backend="tensorrt-rtx")
     builder = f"TensorRT-RTX {version_string(trt)}"
     if progress:
         progress(f"building {path.name} with {builder} (ahead of time, no GPU needed) ...")
-    build = build_capturing_log(trt, path, profile, options.compute_capabilities, progress)
+    build = build_capturing_log(trt, path, profile, options.compute_capabilities, progress,
+                                model.SerializeToString() if renamed else None)
     block = find_layer_block(m.text for m in build.messages)
     if block is None:
         raise TrtqError(

@@ -8,13 +8,13 @@ for an attribute combination it does not implement; the executor then runs that 
 onnxruntime instead.
 
 The implementations live in one module per op family (elementwise, nn, shapes, reductions,
-resampling, quantization), each registering into `OPS` (`registry`) when imported; importing this
+resampling, quantization, sequence: GridSample and LSTM), each registering into `OPS` (`registry`) when imported; importing this
 package imports them all.
 """
 
 from __future__ import annotations
 
-from trtq.torch.ops import elementwise, nn, quantization, reductions, resampling, shapes
+from trtq.torch.ops import elementwise, nn, quantization, reductions, resampling, sequence, shapes
 from trtq.torch.ops.registry import (
     DATA_DEPENDENT_OPS,
     OPS,
@@ -30,7 +30,7 @@ from trtq.torch.ops.registry import (
     scalar,
 )
 
-FAMILIES = (elementwise, nn, shapes, reductions, resampling, quantization)
+FAMILIES = (elementwise, nn, shapes, reductions, resampling, quantization, sequence)
 """The modules whose import registers the ops."""
 
 __all__ = ["DATA_DEPENDENT_OPS", "FAMILIES", "OPS", "SHAPE_OPS", "OpContext", "OpDef", "Result", "Tensor",
