@@ -236,3 +236,21 @@ def test_a_named_pipe_as_an_input_is_refused_not_waited_on(files, tmp_path, wher
     done = _trtq("quantize", str(model), *data, "--output-dir", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
     assert done.returncode == 2 and re.search(message, done.stderr), done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("call", ["quantize options", "quantize data", "compare data", "sensitivity options"])
+def test_an_options_object_of_the_wrong_type_is_one_sentence(files, tmp_path, call):
+    """api.quantize(..., options={...}) died with AttributeError: 'dict' object has no attribute 'exclude_nodes'."""
+    from trtq import api
+    from trtq.errors import TrtqError
+
+    model, data = str(files / "net.onnx"), str(files / "calib.npy")
+    run = {
+        "quantize options": lambda: api.quantize(model, data, options={"output_dir": str(tmp_path)}),
+        "quantize data": lambda: api.quantize(model, data, data="imagenet"),
+        "compare data": lambda: api.compare(model, model, data, data={"preset": "imagenet"}),
+        "sensitivity options": lambda: api.sensitivity(model, calib=data, options=["max"]),
+    }[call]
+    with pytest.raises(TrtqError, match=r"(options|data)= takes a trtq.api.(QuantizeOptions|DataOptions), not a "):
+        run()
+    assert list(tmp_path.iterdir()) == []
