@@ -466,3 +466,20 @@ def test_a_writer_killed_at_any_step_of_its_renames_is_rolled_back_by_the_next(t
         else:  # killed before its journal was in place: nothing was renamed; its staged files go after STALE_AFTER_S
             assert left == old
     assert outcomes[0] == "old" and outcomes[-1] == "new" and outcomes == sorted(outcomes, key=("old", "new").index)
+
+
+def test_a_journal_that_names_files_outside_its_folder_is_not_followed(tmp_path):
+    """A planted (or damaged) journal must not make the next writer move or remove files elsewhere."""
+    import json
+
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"keep me")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    info = outside.stat()
+    (folder / io.JOURNAL).write_text(json.dumps({"pid": 99999999, "command": "trtq x", "done": False, "steps": [
+        {"target": "../precious.txt", "backup": ".b.bak", "staged": None, "inode": [info.st_dev, info.st_ino]}]}))
+    with pytest.warns(UserWarning, match="is unreadable"):
+        io.write_files_atomically(_new_set(folder))
+    assert outside.read_bytes() == b"keep me"
+    assert _contents(folder) == {p.name: d for p, d in _new_set(folder).items()}

@@ -231,11 +231,17 @@ def recover(folder: Path, alive: Callable[[int], bool] | None = None) -> None:
         record = json.loads(journal.read_text(encoding="utf-8"))
         steps = list(record["steps"])
         done, pid, command = bool(record["done"]), int(record["pid"]), str(record["command"])
+        for step in steps:  # names in this folder only: a planted journal must not reach other files
+            for key in ("target", "backup", "staged"):
+                name = step[key]
+                if (name is not None or key != "staged") and (not isinstance(name, str) or os.sep in name
+                                                              or name in ("", ".", "..")):
+                    raise ValueError(f"step {key} {name!r} is not a file name in the folder")
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"{journal} is unreadable ({exc}), so trtq cannot tell whether an earlier run finished "
-                      f"writing its outputs to {folder}; check them, then remove that file.", stacklevel=3)
+                      f"writing its outputs to {folder}; they are left as they are (check them).", stacklevel=3)
         return
     if alive is not None and pid != os.getpid() and alive(pid):
         return
