@@ -254,3 +254,20 @@ def test_an_options_object_of_the_wrong_type_is_one_sentence(files, tmp_path, ca
     with pytest.raises(TrtqError, match=r"(options|data)= takes a trtq.api.(QuantizeOptions|DataOptions), not a "):
         run()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_thread_a_data_script_leaves_running_does_not_hang_trtq(files, tmp_path):
+    """Python waits for non-daemon threads at exit: trtq wrote its outputs, then hung for ever."""
+    script = tmp_path / "prefetch.py"
+    script.write_text(textwrap.dedent("""
+        import threading, time
+        import numpy as np
+        def load_data():
+            threading.Thread(target=time.sleep, args=(10**6,), name="prefetch").start()
+            yield {"input": np.zeros((2, 3, 16, 16), np.float32)}
+    """))
+    done = _trtq("quantize", str(files / "net.onnx"), "--calib", str(script), "--output-dir", str(tmp_path / "out"),
+                 "--json", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["samples"] == 2
+    assert "left thread 'prefetch' running; trtq exits without waiting for it" in done.stderr

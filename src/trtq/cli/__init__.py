@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -54,6 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
+    before = set(threading.enumerate())
+    code = _run(argv)
+    _leave_lingering_threads(code, before)
+    return code
+
+
+def _leave_lingering_threads(code: int, before: set[threading.Thread]) -> None:
+    """Exit now (with `code`) if the user's code (a load_data() script's prefetch thread, say) left a thread
+    running: Python would wait for it at exit, and trtq would hang after its work, outputs written."""
+    lingering = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+                 and not t.name.startswith(("ThreadPoolExecutor", "trtq-"))]
+    if not lingering:
+        return
+    names = ", ".join(repr(t.name) for t in lingering[:3])
+    print(f"trtq: warning: code outside trtq (a data script?) left thread{'s' * (len(lingering) > 1)} {names} "
+          "running; trtq exits without waiting for it.", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     install_stop_handlers()
     _printable_output()
     already = len(_io.written)
