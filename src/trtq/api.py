@@ -55,7 +55,7 @@ from trtq.prepare import (
 from trtq.quantize import Placement, insert_qdq
 from trtq.quantize.precision import PrecisionResult, high_precision
 from trtq.quantize.smooth import SmoothResult, record_smoothing
-from trtq.quantize.weights import WeightChoice
+from trtq.quantize.weights import WeightChoice, WeightRangesSummary
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
 from trtq.runtime.ort_runner import OrtRunner
@@ -154,8 +154,8 @@ class QuantizeResult:
     """What the Q/DQ pairs quantize to: "int8" or "fp8" (E4M3)."""
     record_path: str | None = None
     """The run record for `trtq report` written with the outputs (when `quantize` was given `record`)."""
-    weight_ranges: dict | None = None
-    """--weight-ranges mse (the FP8 default): layers, mean gain on the weight error (dB), biases corrected."""
+    weight_ranges: WeightRangesSummary | None = None
+    """What --weight-ranges mse (the FP8 default) did: layers, mean gain on the output error, biases corrected."""
     smoothed_path: str | None = None
     """With --smooth and a cache: the smoothed FP32 model, which the implicit TensorRT 10 build reads with the cache."""
     calibration: CalibrationResult | None = field(default=None, repr=False, compare=False)
@@ -167,7 +167,7 @@ class QuantizeResult:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["choices"] = {name: choice.to_dict() for name, choice in self.choices.items()}
         out["table_checks"] = {name: check.to_dict() for name, check in self.table_checks.items()}
-        for name in ("mixed", "precision", "smoothing"):
+        for name in ("mixed", "precision", "smoothing", "weight_ranges"):
             value = getattr(self, name)
             out[name] = value.to_dict() if value is not None else None
         return out
@@ -349,10 +349,7 @@ def quantize(
         quant_type=options.precision,
         record_path=str(record_path(paths.directory, "quantize")) if record is not None else None,
         smoothing=smoothing,
-        weight_ranges={"layers": len(weight_choices),
-                       "mean_gain_db": sum(c.gain_db for c in weight_choices.values()) / len(weight_choices),
-                       "bias_corrected": sum(c.bias is not None for c in weight_choices.values())}
-        if weight_choices else None,
+        weight_ranges=WeightRangesSummary.of(weight_choices),
         smoothed_path=str(smoothed_path) if smoothed_path else None,
         choices={name: table.choices[name] for name in placement.activation_tensors if name in table.choices},
         range_table=str(table.options["table"]) if "table" in table.options else None,

@@ -1,5 +1,7 @@
 """FP8 weight ranges judged by the layer's output error, and bias correction (trtq.quantize.weights)."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -73,6 +75,10 @@ def test_fp8_quantize_writes_and_reuses_the_weight_ranges(tmp_path):
 
     table = RangesTable.load(result.ranges_path)
     assert set(table.weights) == {"w"} and table.weights["w"]["bias"] == "b"
+    summary = result.weight_ranges  # typed in the result, a plain object in its JSON
+    assert summary is not None and summary.layers == 1 and summary.bias_corrected == 1 and summary.mean_gain_db > 0
+    assert json.loads(json.dumps(result.to_dict()))["weight_ranges"] == {
+        "layers": 1, "mean_gain_db": summary.mean_gain_db, "bias_corrected": 1}
     again = api.quantize(tmp_path / "m.onnx", ranges=result.ranges_path, progress=False,
                          options=api.QuantizeOptions(precision="fp8", output_dir=str(tmp_path / "b")))
     first, second = _weights(onnx.load(result.onnx_path)), _weights(onnx.load(again.onnx_path))

@@ -28,6 +28,7 @@ from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.mixed import MixedPrecisionResult
 from trtq.quantize.precision import PrecisionResult
 from trtq.quantize.smooth import EQUIVALENCE_TOLERANCE, SmoothResult
+from trtq.quantize.weights import WeightRangesSummary
 from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
@@ -175,12 +176,12 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in plumbing and v not in (None, [], "", False)}
 
 
-def weight_lines(weights: dict | None) -> list[str]:
+def weight_lines(weights: WeightRangesSummary | None) -> list[str]:
     """One line on --weight-ranges mse: how many weights, what they gained, how many biases took the correction."""
-    if not weights:
+    if weights is None:
         return []
-    return [f"  weight ranges: {weights['layers']} layers chosen by output error (mean gain {weights['mean_gain_db']:.2f} "
-            f"dB on the weight error), {weights['bias_corrected']} biases corrected"]
+    return [f"  weight ranges: {weights.layers} layers chosen by output error (mean gain {weights.mean_gain_db:.2f} "
+            f"dB on the layers' output error), {weights.bias_corrected} biases corrected"]
 
 
 def smoothing_lines(smoothing: SmoothResult | None) -> list[str]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
@@ -102,6 +102,30 @@ def weight_layers(model: onnx.ModelProto, placement: Placement) -> dict[str, lis
         if layers:
             found[group.tensor] = layers
     return found
+
+
+@dataclass(frozen=True)
+class WeightRangesSummary:
+    """What `--weight-ranges mse` did to a model, in the result and its JSON."""
+
+    layers: int
+    """Weights whose per-channel ranges were chosen by output error."""
+    mean_gain_db: float
+    """Mean over those weights of how much less output error the chosen ranges cause than max |w| (dB)."""
+    bias_corrected: int
+    """Of those, the weights whose layer bias took the correction."""
+
+    @classmethod
+    def of(cls, choices: Mapping[str, WeightChoice]) -> WeightRangesSummary | None:
+        """The summary of `choices` (None when there are none)."""
+        if not choices:
+            return None
+        return cls(layers=len(choices), mean_gain_db=float(np.mean([c.gain_db for c in choices.values()])),
+                   bias_corrected=sum(c.bias is not None for c in choices.values()))
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view."""
+        return asdict(self)
 
 
 def choose_weight_ranges(model: onnx.ModelProto, placement: Placement, rows: Mapping[str, np.ndarray],
