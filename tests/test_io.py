@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,8 @@ def test_signals_wait_until_the_renames_are_done(tmp_path, monkeypatch):
 
     def stop_midway(src, dst):
         real(src, dst)
+        if Path(dst).name == io.JOURNAL:  # the commit journal, written before and after the renames
+            return
         calls.append(dst)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first of three renames
@@ -386,3 +389,97 @@ def test_a_command_line_that_is_not_utf8_still_writes_its_set(tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", ["trtq", "quantize", os.fsdecode(b"n\xffame.onnx")])
     io.write_files_atomically(_new_set(tmp_path))
     assert _contents(tmp_path) == {p.name: d for p, d in _new_set(tmp_path).items()}
+
+
+_KILLED_WRITER = """
+    import os, signal, sys
+    from pathlib import Path
+    import trtq._commit as commit
+    import trtq._io as io
+    folder, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+    calls = []
+
+    def counted(name):
+        real = getattr(os, name)
+        def call(*args, **kwargs):
+            if calls is not None and len(calls) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # as a power cut would: no handler, no cleanup
+            if calls is not None:
+                calls.append(name)
+            return real(*args, **kwargs)
+        setattr(os, name, call)
+
+    begin = commit.Commit.begin
+    def begin_counting(self):
+        global calls
+        calls = []
+        begin(self)
+    calls = None
+    commit.Commit.begin = begin_counting
+    for name in ("link", "rename", "replace", "unlink", "fsync"):
+        counted(name)
+    new = {folder / n: f"new {n}".encode() for n in ("m.int8.onnx", "m.int8.cache", "m.int8.json", "run.json")}
+    io.write_files_atomically(new, remove=[folder / "m.int8.onnx.data"])
+    print(len(calls))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
+def test_a_writer_killed_at_any_step_of_its_renames_is_rolled_back_by_the_next(tmp_path):
+    """SIGKILL (or a power cut) between any two file operations of the renames: the next writer to the
+    folder finds the journal and puts the previous set back whole (or, past the commit point, keeps
+    the new set whole), says so in one warning, and leaves no backup, staged file or journal behind.
+
+    The old set has a `.data` file the new one drops, and the new one a run record the old lacked.
+    """
+    old = {"m.int8.onnx": b"old onnx", "m.int8.onnx.data": b"old data", "m.int8.cache": b"old cache",
+           "m.int8.json": b"old json"}
+    new = {n: f"new {n}".encode() for n in ("m.int8.onnx", "m.int8.cache", "m.int8.json", "run.json")}
+
+    def run(folder: Path, kill_at: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(_KILLED_WRITER), str(folder), str(kill_at)],
+                              env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=60, check=False)
+
+    (tmp_path / "whole").mkdir()
+    whole = run(tmp_path / "whole", 10**6)
+    assert whole.returncode == 0, whole.stderr
+    steps = int(whole.stdout)
+    assert steps >= 12  # journal, 4 links/renames, 4 replaces, done mark, backups, journal removal
+    outcomes = []
+    for kill_at in range(steps):
+        folder = tmp_path / f"k{kill_at}"
+        folder.mkdir()
+        for name, data in old.items():
+            (folder / name).write_bytes(data)
+        killed = run(folder, kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        journalled = (folder / io.JOURNAL).exists()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            io.write_files_atomically({folder / "other.txt": b"x"})
+        assert len(caught) == int(journalled), [str(w.message) for w in caught]
+        left = {n: d for n, d in _contents(folder).items() if n != "other.txt" and not n.endswith(".tmp")}
+        assert left in (old, new), (kill_at, left)
+        outcomes.append("old" if left == old else "new")
+        if journalled:
+            assert ("rolled that back" in str(caught[0].message)) == (left == old), str(caught[0].message)
+        else:  # killed before its journal was in place: nothing was renamed; its staged files go after STALE_AFTER_S
+            assert left == old
+    assert outcomes[0] == "old" and outcomes[-1] == "new" and outcomes == sorted(outcomes, key=("old", "new").index)
+
+
+def test_a_journal_that_names_files_outside_its_folder_is_not_followed(tmp_path):
+    """A planted (or damaged) journal must not make the next writer move or remove files elsewhere."""
+    import json
+
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"keep me")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    info = outside.stat()
+    (folder / io.JOURNAL).write_text(json.dumps({"pid": 99999999, "command": "trtq x", "done": False, "steps": [
+        {"target": "../precious.txt", "backup": ".b.bak", "staged": None, "inode": [info.st_dev, info.st_ino]}]}))
+    with pytest.warns(UserWarning, match="is unreadable"):
+        io.write_files_atomically(_new_set(folder))
+    assert outside.read_bytes() == b"keep me"
+    assert _contents(folder) == {p.name: d for p, d in _new_set(folder).items()}

@@ -27,16 +27,15 @@ import errno
 import math
 import os
 import re
-import secrets
 import stat
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from trtq._commit import JOURNAL, Commit, recover, temp_name
 from trtq._stop import Stopped as Stopped
 from trtq._stop import install_stop_handlers as install_stop_handlers
 from trtq._stop import signals_deferred
@@ -190,11 +189,12 @@ def _immutable(path: Path) -> bool:
     return bool(int.from_bytes(flags[:4], sys.byteorder) & (_IMMUTABLE_FL | _APPEND_FL))
 
 
-def _special_kind(path: Path) -> str:
-    """'character device', 'block device', 'named pipe' or 'socket' for such a file (not followed through a
-    symlink: renaming over a link replaces only the link); '' otherwise."""
+def special_kind(path: str | os.PathLike[str], follow: bool = True) -> str:
+    """'character device', 'block device', 'named pipe' or 'socket' for such a file ('' otherwise; also for a
+    missing path). Inputs follow symlinks: opening a named pipe to read it would wait for a writer for ever.
+    Outputs do not (`follow=False`): renaming over a link replaces only the link."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = (os.stat if follow else os.lstat)(path).st_mode
     except OSError:
         return ""
     for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
@@ -235,7 +235,7 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
         if target.is_dir() and not target.is_symlink():
             raise TrtqError(f"Output {target} is a directory, so trtq cannot write its file there.",
                             "remove or rename that directory, or choose another --output-dir.")
-        special = _special_kind(target)
+        special = special_kind(target, follow=False)
         if special:  # renaming a file over /dev/null (say) would replace the device itself
             raise TrtqError(f"Output {target} is a {special}, not a file: trtq writes its outputs as files renamed into "
                             "place, which would replace it.", "choose a file path (or another --output-dir).")
@@ -254,10 +254,7 @@ def check_destinations(paths: Iterable[str | Path], inputs: Iterable[str | Path 
 
 def _temp_name(target: Path, kind: str) -> Path:
     """`.<name>.<pid>-<token>.<kind>` beside `target`, the name cut to fit the file system's limit."""
-    suffix = f".{os.getpid()}-{secrets.token_hex(4)}.{kind}"
-    room = max(1, _name_max(target.parent) - 1 - len(suffix))
-    base = os.fsencode(target.name)[:room].decode("utf-8", errors="ignore") or "trtq"
-    return target.with_name(f".{base}{suffix}")
+    return temp_name(target, kind, _name_max(target.parent))
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -320,7 +317,7 @@ def _command_line() -> str:
 
 
 @contextlib.contextmanager
-def _folder_lock(directory: Path) -> Iterator[None]:
+def _folder_lock(directory: Path) -> Iterator[bool]:
     """Hold an exclusive advisory lock on `directory` (flock on the folder itself: no lock file).
 
     Waits for another holder up to lock_timeout() seconds, saying on stderr whom it waits for
@@ -332,7 +329,7 @@ def _folder_lock(directory: Path) -> Iterator[None]:
     except PermissionError:  # a folder one may write to but not list (mode -wx): it cannot be locked
         fd = None
     if fd is None:
-        yield
+        yield False
         return
     try:
         start = time.monotonic()
@@ -364,7 +361,7 @@ def _folder_lock(directory: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 holder.write_text(f"{os.getpid()} {_command_line()}\n", encoding="utf-8", errors="backslashreplace")
         try:
-            yield
+            yield locked
         finally:
             if locked:
                 with contextlib.suppress(OSError):
@@ -387,7 +384,7 @@ def _alive(pid: int) -> bool:
 
 def _remove_stale(directory: Path, targets: Sequence[Path]) -> None:
     """Remove staged/backup files of `targets` left by a process that was killed outright (SIGKILL)."""
-    bases = {_temp_name(t, "tmp").name.rsplit(".", 2)[0][1:] for t in targets}
+    bases = {_temp_name(t, "tmp").name.rsplit(".", 2)[0][1:] for t in targets} | {JOURNAL[1:].rsplit(".", 1)[0]}
     now = time.time()
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
@@ -397,75 +394,6 @@ def _remove_stale(directory: Path, targets: Sequence[Path]) -> None:
             with contextlib.suppress(OSError):
                 if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
                     os.unlink(entry.path)
-
-
-@dataclass
-class _Step:
-    """One target of a commit and what undoing it takes."""
-
-    target: Path
-    backup: Path | None = None
-    """The previous file under a backup name (None: there was none)."""
-    moved: bool = False
-    """Whether the previous file was moved to `backup` (else `backup` is a hard link and it stayed)."""
-    placed: bool = False
-    """Whether the new file is in place."""
-
-
-@dataclass
-class _Commit:
-    """Renames of staged files (and removals of members the new set lacks) with what undoing them takes."""
-
-    steps: list[_Step] = field(default_factory=list)
-
-    def _keep(self, step: _Step, move: bool) -> None:
-        """Keep the current target under a backup name: a hard link, so it never goes missing, or moved."""
-        if not os.path.lexists(step.target):
-            return
-        backup = _temp_name(step.target, "bak")
-        if not move:
-            try:
-                os.link(step.target, backup, follow_symlinks=False)
-                step.backup = backup
-                return
-            except (OSError, NotImplementedError):  # no hard links here (FAT, some network mounts): move it aside
-                pass
-        os.rename(step.target, backup)
-        step.backup, step.moved = backup, True
-
-    def place(self, tmp: Path, target: Path) -> None:
-        step = _Step(target)
-        self.steps.append(step)
-        self._keep(step, move=False)
-        os.replace(tmp, target)
-        step.placed = True
-
-    def remove(self, target: Path) -> None:
-        step = _Step(target)
-        self.steps.append(step)
-        self._keep(step, move=True)
-
-    def rollback(self) -> list[Path]:
-        """Put every previous file back; returns the backups that could not be restored."""
-        stuck = []
-        for step in reversed(self.steps):
-            try:
-                if step.backup is not None and (step.moved or step.placed):
-                    os.replace(step.backup, step.target)
-                elif step.backup is not None:  # a link to the file still in place
-                    os.unlink(step.backup)
-                elif step.placed:
-                    os.unlink(step.target)
-            except OSError:
-                if step.backup is not None:
-                    stuck.append(step.backup)
-        return stuck
-
-    def finish(self) -> None:
-        for step in self.steps:
-            if step.backup is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(step.backup)
 
 
 def _describe(exc: OSError, target: Path | None) -> str:
@@ -505,20 +433,19 @@ def write_files_atomically(files: Mapping[Path, Content], *, remove: Iterable[Pa
         current = None
         directories = sorted({Path(os.path.realpath(t.parent)) for t in [*targets, *gone]})
         with contextlib.ExitStack() as locks:
-            for directory in directories:  # one order for every writer: no deadlock
-                locks.enter_context(_folder_lock(directory))
+            held = {directory: locks.enter_context(_folder_lock(directory))  # one order for every writer: no deadlock
+                    for directory in directories}
             with signals_deferred():
                 for directory in directories:
+                    recover(directory, alive=None if held[directory] else _alive)
                     _remove_stale(directory, [t for t in [*targets, *gone] if os.path.realpath(t.parent) == str(directory)])
-                commit = _Commit()
+                commit = Commit(pairs, gone, _command_line(), _name_max)
                 try:
-                    for tmp, target in pairs:
-                        current = target
-                        commit.place(tmp, target)
-                    for target in gone:
-                        current = target
-                        commit.remove(target)
+                    current = None
+                    commit.begin()
+                    commit.run()
                 except OSError as exc:
+                    current = getattr(exc, "trtq_target", None)
                     stuck = commit.rollback()
                     if stuck:
                         raise TrtqError(

@@ -186,6 +186,28 @@ def inspect(model_path: str | Path) -> ModelInfo:
     return inspect_model(model_path, model)
 
 
+def _typed(**given: tuple[object, type | tuple[type, ...]]) -> None:
+    """Each keyword's value is of its type(s): an options object passed as a dict (say) is the caller's
+    mistake, said in one sentence, not an AttributeError deep inside."""
+    for name, (value, kinds) in given.items():
+        if not isinstance(value, kinds):
+            wanted = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+            raise TrtqError(f"{name}= takes a trtq.api.{wanted}, not a {type(value).__name__}.",
+                            f"build one, e.g. {name}=trtq.api.{wanted.split(' or ')[0]}(...).")
+
+
+def _check_table_precision(table: RangesTable, source: object, placement: Placement, precision: str) -> None:
+    """A ranges table of the other precision lacks tensors this run quantizes: say so, not "another model"."""
+    calibrated = table.options.get("precision", "int8")
+    missing = [t.tensor for t in placement.targets if t.kind == "activation" and t.tensor not in table.amax]
+    if calibrated != precision and missing:
+        raise TrtqError(
+            f"Ranges table {source} was calibrated for --precision {calibrated}, and this run quantizes to {precision}, "
+            f"which needs ranges it lacks ({missing[0]!r}, {len(missing)} in all): {calibrated} puts Q/DQ on other tensors.",
+            f"pass --precision {calibrated} to use this table, or calibrate again with --calib DATA --precision {precision}.",
+        )
+
+
 def quantize(
     model_path: str | Path,
     calib: DataSource | None = None,
@@ -203,6 +225,7 @@ def quantize(
     the --target search measures every candidate after the FP16 conversion, so its numbers
     describe the model as written.
     """
+    _typed(data=(data, DataOptions), options=(options, QuantizeOptions))
     if (calib is None) == (ranges is None):
         raise TrtqError("quantize needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     prepared = prepare_model(model_path, options.exclude_nodes, options.exclude_ops, options.cache_scope,
@@ -236,6 +259,7 @@ def quantize(
             table = record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
+        _check_table_precision(table, ranges, prepared.placement, options.precision)
     weight_choices: dict[str, WeightChoice] = {}
     unrounded = prepared.model  # what the --target search measures against when the weights get rounded
     if calib_data is not None and options.weight_method == "mse":
@@ -400,6 +424,7 @@ def compare(
     """
     from trtq.tensorrt.runner import ENGINE_SUFFIXES
 
+    _typed(data=(data, DataOptions), task=(task, (TaskOptions, type(None))))
     if record is not None:  # before the work: a bad output path costs seconds, not minutes
         check_destinations([record.path("compare", candidate_path)],
                            file_sources(reference_path, candidate_path, data_source))
@@ -484,6 +509,7 @@ def sensitivity(
     `data_source` (default: the calibration data). With `record`, the run record for `trtq report`
     (`trtq-sensitivity.json`, with the histograms of the most sensitive tensors) is saved too.
     """
+    _typed(data=(data, DataOptions), options=(options, QuantizeOptions), task=(task, (TaskOptions, type(None))))
     if (calib is None) == (ranges is None):
         raise TrtqError("sensitivity needs exactly one of --calib DATA or --ranges FILE.", "pass one of them.")
     if record is not None:  # before the work: a bad output path costs seconds, not minutes

@@ -288,12 +288,15 @@ def smooth_prepared(
     options: QuantizeOptions,
     table: RangesTable | None = None,
     progress: bool = True,
-) -> tuple[PreparedModel, SmoothResult]:
+) -> tuple[PreparedModel, SmoothResult | None]:
     """`prepared` with outliers migrated into the weights (`trtq.quantize.smooth.smooth`), re-planned,
-    and what was done: factors from `dataset`, or from `table`, a ranges table written by a --smooth run."""
+    and what was done: factors from `dataset`, or from `table`, a ranges table written by a --smooth run.
+    `prepared` as it was and None when there is nothing to smooth (said in a warning)."""
     result = smooth(prepared.model, prepared.placement, dataset, alpha=options.smooth_alpha, grid=options.grid,
                     table=table, device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
                     source=str(prepared.path), progress=progress)
+    if result is None:
+        return prepared, None
     placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,
                                cache_scope=prepared.cache_scope, grid=precision_grid(prepared.precision),
                                residual=prepared.residual_qdq)

@@ -8,10 +8,12 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -53,7 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script. Warnings print as one line each (cli.output)."""
+    before = set(threading.enumerate())
+    code = _run(argv)
+    _leave_lingering_threads(code, before)
+    return code
+
+
+def _leave_lingering_threads(code: int, before: set[threading.Thread]) -> None:
+    """Exit now (with `code`) if the user's code (a load_data() script's prefetch thread, say) left a thread
+    running: Python would wait for it at exit, and trtq would hang after its work, outputs written."""
+    lingering = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+                 and not t.name.startswith(("ThreadPoolExecutor", "trtq-"))]
+    if not lingering:
+        return
+    names = ", ".join(repr(t.name) for t in lingering[:3])
+    print(f"trtq: warning: code outside trtq (a data script?) left thread{'s' * (len(lingering) > 1)} {names} "
+          "running; trtq exits without waiting for it.", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     install_stop_handlers()
+    _printable_output()
     already = len(_io.written)
     try:
         from trtq.cli.output import warnings_as_lines
@@ -75,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"  fix: {exc.hint}", file=sys.stderr)
+        if _io.written[already:]:  # an error after the outputs were in place (printing the result, say)
+            print(f"  note: this run had written {', '.join(str(p) for p in _io.written[already:])} (complete) "
+                  "before the error.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"trtq: interrupted; {_stopped_outputs(_io.written[already:])}", file=sys.stderr)
@@ -86,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
         return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _printable_output() -> None:
+    """Print what the terminal cannot show (a file name in Korean under LC_ALL=C) as backslash escapes,
+    not as a UnicodeEncodeError after the outputs were written."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure) and getattr(stream, "errors", "") == "strict":
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def refuse_empty_values(argv: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import sys
 import warnings
@@ -13,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from trtq._format import json_safe
+from trtq.errors import TrtqError
 
 WARNINGS: list[str] = []
 """The warnings of the command being run, each as the one line printed (for its --json output)."""
@@ -50,10 +52,17 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         if WARNINGS:
             earlier = [w for w in payload.get("warnings") or () if w not in WARNINGS]
             payload = {**payload, "warnings": [*earlier, *WARNINGS]}
-        json.dump(json_safe(payload), sys.stdout, indent=2, sort_keys=True, default=str, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
+        text = json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str, allow_nan=False)
+    try:
+        if sys.stdout is None:  # started with stdout closed (`>&-`)
+            raise OSError(errno.EBADF, "standard output is closed")
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()  # a full disk (`> /dev/full`) fails here, not at exit
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise TrtqError(f"Cannot print the result on standard output: {exc.strerror or exc}.",
+                        "redirect standard output to a writable file (or leave it on the terminal).") from exc
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -232,6 +232,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]:
     """--data as batches: an .npz directly, anything else through the sidecar's ONNX model and its inputs."""
     from trtq import api
+    from trtq.data.arrays import numpy_file_problem
     from trtq.model import load_model
     from trtq.tensorrt.sidecar import read_sidecar
 
@@ -240,7 +241,7 @@ def _run_batches(args: argparse.Namespace) -> Iterator[Mapping[str, np.ndarray]]
             with np.load(args.data, allow_pickle=False) as arrays:
                 batch = {name: arrays[name][:args.limit] for name in arrays.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise TrtqError(f"--data {args.data} is not a readable .npz file ({exc}).",
+            raise TrtqError(f"--data {numpy_file_problem(args.data, exc, 'npz')}.",
                             "save the engine's inputs with np.savez(path, **{name: array}).") from exc
         if not batch:
             raise TrtqError(f"--data {args.data} holds no arrays.", "save one array per engine input.")

@@ -20,6 +20,27 @@ CHUNK_BYTES = 64 << 20
 """Up-front checks of memory-mapped arrays read this much at a time."""
 _NUMPY_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
 """What np.load raises for a truncated, corrupt or pickled file."""
+_MAGIC = {"npy": b"\x93NUMPY", "npz": b"PK\x03\x04"}
+"""The bytes every .npy file (and every .npz, a zip archive) starts with."""
+
+
+def numpy_file_problem(path: str | Path, exc: BaseException, kind: str) -> str:
+    """Why np.load refused `path` (a .npy or .npz file by `kind`), in one clause naming the file and what
+    its first bytes are: numpy's own message for a text file is about pickles."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return f"{path} is not a readable .{kind} file ({exc})"
+    if not head:
+        return f"{path} is empty (0 bytes), not a .{kind} file"
+    found = next((k for k, magic in _MAGIC.items() if head.startswith(magic)), None)
+    if found == kind:
+        return f"{path} is not a readable .{kind} file ({' '.join(str(exc).split())})"
+    what = {"npy": "a .npy array", "npz": "a zip archive (an .npz?)"}.get(found or "", "")
+    if what:
+        return f"{path} is {what}, not a .{kind} file"
+    return f"{path} is not a .{kind} file: it starts with {head[:12]!r}, where a .{kind} file starts with {_MAGIC[kind]!r}"
 
 
 class ArrayDataset(Dataset):
@@ -59,7 +80,7 @@ def _as_samples(
     elif array.ndim != len(shape):
         expected = "x".join("?" if d is None else str(d) for d in shape[1:])
         raise TrtqError(
-            f"{where} holds an array of shape {'x'.join(map(str, array.shape))}; input "
+            f"{where} holds {'an array of shape ' + 'x'.join(map(str, array.shape)) if array.ndim else 'a single number'}; input "
             f"{spec.name!r} needs Nx{expected}.",
             "save samples stacked along a first (batch) axis.",
         )
@@ -100,7 +121,7 @@ def open_npy(
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except _NUMPY_FILE_ERRORS as exc:
-        raise TrtqError(f"{path} is not a readable .npy file ({exc}).", "save it with np.save().") from exc
+        raise TrtqError(f"{numpy_file_problem(path, exc, 'npy')}.", "save it with np.save().") from exc
     if not isinstance(array, np.ndarray):
         raise TrtqError(f"{path} is an .npz archive, not a single .npy array.", "rename it to .npz.")
     array, shape = _as_samples(array, spec, shapes[spec.name], str(path), spec.name in given)
@@ -145,7 +166,7 @@ def open_npz(
                 warnings.warn(f"{path} also holds {', '.join(map(repr, unused))}, which no model input takes "
                               f"(the inputs are {[s.name for s in inputs]}); those arrays are not used.", stacklevel=3)
     except _NUMPY_FILE_ERRORS as exc:
-        raise TrtqError(f"{path} is not a readable .npz file ({exc}).", "save it with np.savez().") from exc
+        raise TrtqError(f"{numpy_file_problem(path, exc, 'npz')}.", "save it with np.savez().") from exc
     counts = {name: len(a) for name, a in arrays.items()}
     if len(set(counts.values())) > 1:
         (first, n_first), (other, n_other) = next(

@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from trtq._io import special_kind
 from trtq.data.dataset import Dataset
 from trtq.data.preprocess import PRESETS, Preprocess, bind_preprocess, infer_layout, output_range, preprocess_image
 from trtq.data.validate import IMAGE_ERRORS, verify_images, warn_if_unnormalised
@@ -148,6 +149,10 @@ def _find_images(root: Path) -> tuple[list[Path], list[str]]:
                 continue
             suffix = os.path.splitext(filename)[1].lower()
             if suffix in IMAGE_EXTENSIONS:
+                kind = special_kind(Path(dirpath) / filename)
+                if kind:  # reading it would wait for a writer for ever
+                    raise TrtqError(f"Image {Path(dirpath) / filename} is a {kind}, not a file.",
+                                    "remove it from the image folder (or pass a folder of image files only).")
                 images.append(Path(dirpath) / filename)
             else:
                 others.add(suffix or filename)

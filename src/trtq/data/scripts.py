@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trtq._usercode import PASS_THROUGH, import_script, printing_to_stderr, user_code, user_error
+from trtq._usercode import PASS_THROUGH, import_script, running_user_code, user_code, user_error
 from trtq.data.dataset import Dataset
 from trtq.data.validate import check_feed, warn_if_unnormalised
 from trtq.errors import TrtqError
@@ -95,7 +95,7 @@ class ScriptDataset(Dataset):
                 if self.limit is not None and index >= self.limit:
                     return
                 try:
-                    with printing_to_stderr():
+                    with running_user_code():
                         item = next(iterator)
                 except StopIteration:
                     return

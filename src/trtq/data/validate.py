@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trtq._io import special_kind
 from trtq.errors import TrtqError
 from trtq.model import PartialShape, TensorSpec
 
@@ -50,6 +51,10 @@ def require_source(path: str | os.PathLike[str]) -> Path:
             f"Calibration data {path} does not exist.",
             "pass an image folder, a .npy/.npz file or a .py file defining load_data().",
         )
+    kind = special_kind(path)
+    if kind:  # reading a named pipe waits for a writer; trtq reads its data more than once anyway
+        raise TrtqError(f"Data {path} is a {kind}, not a file or folder: trtq reads its data more than once.",
+                        "save the data to a .npy/.npz file (or an image folder) and pass that.")
     return path
 
 

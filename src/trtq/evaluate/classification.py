@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from trtq.data import Dataset
+from trtq.data.arrays import numpy_file_problem
 from trtq.errors import TrtqError
 from trtq.evaluate.task_contract import AGAINST_FP32, AGAINST_LABELS, TaskScores
 from trtq.model import TensorSpec
@@ -82,7 +83,7 @@ def _labels_from_npy(path: Path, dataset: Dataset) -> Labels:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise TrtqError(f"Label file {path} is not a readable .npy file ({exc}).", "save it with np.save().") from exc
+        raise TrtqError(f"Label file {numpy_file_problem(path, exc, 'npy')}.", "save it with np.save().") from exc
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise TrtqError(
             f"Label file {path} holds a {array.dtype} array of shape {array.shape}; expected a 1-D integer array.",

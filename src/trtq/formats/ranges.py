@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trtq._io import atomic_write_text
+from trtq._io import atomic_write_text, special_kind
 from trtq.errors import TrtqError
 
 FORMAT_VERSION = 1
@@ -205,6 +205,9 @@ class RangesTable:
     def load(cls, path: str | Path) -> RangesTable:
         """Read a table from a JSON file."""
         path = Path(path)
+        kind = special_kind(path)
+        if kind:
+            raise TrtqError(f"Ranges file {path} is a {kind}, not a file.", "pass the .json file that `trtq quantize` wrote.")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:

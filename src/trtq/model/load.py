@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from trtq._io import special_kind
 from trtq.errors import TrtqError
 
 Dim = int | str | None
@@ -39,7 +40,10 @@ class TensorSpec:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
+    """SHA-256 of a file's bytes, read in chunks (a named pipe or device is refused: it may never end)."""
+    kind = special_kind(path)
+    if kind:
+        raise TrtqError(f"{path} is a {kind}, not a file.", "pass the path of a file.")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -61,6 +65,9 @@ def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelP
     if path.is_dir():
         raise TrtqError(f"Model path {path} is a folder, not an .onnx file.", "pass the path of the .onnx file.")
     if not path.is_file():
+        kind = special_kind(path)
+        if kind:
+            raise TrtqError(f"Model file {path} is a {kind}, not an .onnx file.", "pass the path of the .onnx file.")
         raise TrtqError(f"Model file {path} does not exist.", "check the path to the .onnx file.")
     if path.stat().st_size == 0:
         raise TrtqError(f"Model file {path} is empty (0 bytes).",

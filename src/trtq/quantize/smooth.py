@@ -35,6 +35,7 @@ verifies that on calibration samples before anything is quantized.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -460,17 +461,27 @@ def smooth(
     drop_partial: bool = False,
     source: str = "the model",
     progress: bool = True,
-) -> SmoothResult:
+) -> SmoothResult | None:
     """`model` smoothed where `placement` quantizes a MatMul's activation and weight (alpha fixed, or
     chosen per activation when None), and what was done.
 
     The factors come from per-channel maxima of `dataset` (one pass through the FP32 model on
     `device`), or from `table`, a ranges table calibrated after smoothing. The smoothed FP32 model is
     checked against the original on the first samples (when there is data) before anything else runs.
+    None, with a warning, when the model has nothing to smooth (a CNN): no smoothing to record or write.
     """
     from trtq.calibrate.channels import channel_amax
 
     groups = smoothing_groups(model, placement)
+    if not groups and (table is None or not table.smoothing):
+        matmuls = sum(node.op_type in ("MatMul", "Gemm") for node in model.graph.node)
+        why = ("has no MatMul or Gemm node" if not matmuls else
+               f"has {matmuls} MatMul/Gemm node{'s' * (matmuls > 1)}, none with a constant 2-D weight and both inputs "
+               "quantized with these options")
+        warnings.warn(f"--smooth has nothing to smooth in {source}: SmoothQuant moves activation outliers into the "
+                      f"constant weight of a MatMul or Gemm, and the model {why}; it is quantized unsmoothed (drop "
+                      "--smooth for such models).", stacklevel=3)
+        return None
     channel_max = None
     if table is not None and table.smoothing:
         known = {group.tensor for group in groups}

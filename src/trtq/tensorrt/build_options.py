@@ -8,6 +8,7 @@ is `trtq.tensorrt.build.build_engine`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -205,9 +206,19 @@ def build_precision(model: onnx.ModelProto, options: BuildOptions) -> str:
 
 
 def engine_output_path(onnx_path: str | Path, precision: str, options: BuildOptions) -> Path:
-    """--output, or `<stem>.<precision>[...].engine` beside the model."""
+    """--output, or `<stem>.<precision>[...].engine` beside the model; an --output that is a folder or one of
+    the build's inputs is refused (the engine would replace the model, or have no file name)."""
     if options.output:
-        return Path(options.output)
+        output = Path(options.output)
+        if output.is_dir():
+            raise TrtqError(f"--output {output} is a directory; it names the engine file to write.",
+                            f"give a file name, e.g. --output {output / Path(onnx_path).with_suffix('.engine').name}.")
+        for name, source in (("model", onnx_path), ("calibration cache", options.calibration_cache),
+                             ("timing cache", options.timing_cache)):
+            if source and output.exists() and os.path.samefile(output, source):
+                raise TrtqError(f"--output {output} is the {name} {source}: the engine would overwrite it.",
+                                "choose another --output (the default is <stem>.<precision>.engine beside the model).")
+        return output
     return default_engine_path(onnx_path, precision, qat=options.qat,
                                input_formats=options.input_formats, output_formats=options.output_formats)
 
