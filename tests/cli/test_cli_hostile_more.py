@@ -271,3 +271,17 @@ def test_a_thread_a_data_script_leaves_running_does_not_hang_trtq(files, tmp_pat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["samples"] == 2
     assert "left thread 'prefetch' running; trtq exits without waiting for it" in done.stderr
+
+
+def test_resume_without_a_checkpoint_fails_before_calibrating(files, tmp_path, capsys, monkeypatch):
+    """--resume with no checkpoint in the folder was said only after the PTQ calibration (minutes on a big model)."""
+    pytest.importorskip("torch")
+    from trtq import api
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated before checking --resume")
+
+    monkeypatch.setattr(api, "calibrate_prepared", no_calibration)
+    assert main(["finetune", str(files / "net.onnx"), "--calib", str(files / "calib.npy"), "--steps", "3", "--resume",
+                 "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "--resume: there is no checkpoint" in capsys.readouterr().err

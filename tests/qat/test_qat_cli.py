@@ -145,8 +145,9 @@ def test_a_corrupt_checkpoint_with_resume_is_one_sentence(case, capsys, content,
 
         import unittest.mock
 
+        torch.save({"format": "trtq-qat-checkpoint", "format_version": 1}, checkpoint)  # another run's
         with unittest.mock.patch.object(qat_api, "fingerprint", spy):
-            assert cli.main(_args(tmp, model, "--quiet", "--resume")) == 2  # learns the fingerprint: no checkpoint yet
+            assert cli.main(_args(tmp, model, "--quiet", "--resume")) == 2  # learns the fingerprint
         torch.save({"format": "trtq-qat-checkpoint", "format_version": 1, "fingerprint": real["fingerprint"],
                     "step": "three", "trained": [], "optimizer": {}, "history": [], "best_step": 0,
                     "best_score": 0.0, "best_trained": {}}, checkpoint)

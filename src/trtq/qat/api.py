@@ -39,7 +39,7 @@ from trtq.evaluate.scoring import MaskRequest, TokenMask, class_score_outputs
 from trtq.evaluate.tasks import make_task
 from trtq.formats.ranges import RangesTable
 from trtq.model import distinct_placeholder_dims, graph_outputs
-from trtq.qat.checkpoint import fingerprint
+from trtq.qat.checkpoint import fingerprint, require_checkpoint
 from trtq.qat.data import TrainingData
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
@@ -223,6 +223,8 @@ def finetune(
     ckpt_path = checkpoint_path(prepared.path, options.output_dir)
     inputs = api.file_sources(prepared.path, calib, train_data, eval_data)
     check_destinations([*paths.destinations(), ckpt_path], inputs)  # before training, not after
+    if options.resume:
+        require_checkpoint(ckpt_path)
     if not prepared.placement.targets:
         raise TrtqError(f"{prepared.path} has no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul outside the "
                         "exclusions).", "check --exclude-nodes/--exclude-ops, or the model.")

@@ -58,12 +58,17 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint` for the same run identity."""
-    path = Path(path)
+def require_checkpoint(path: Path) -> Path:
+    """`path`, if it is a checkpoint file; --resume checks it before any work (calibration takes minutes)."""
     if not path.is_file():
         raise TrtqError(f"--resume: there is no checkpoint {path}.",
                         "run without --resume first (or with the --output-dir of the interrupted run).")
+    return path
+
+
+def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint` for the same run identity."""
+    path = require_checkpoint(Path(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
