@@ -238,6 +238,23 @@ def test_a_named_pipe_as_an_input_is_refused_not_waited_on(files, tmp_path, wher
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize(("option", "command"), [
+    ("--labels", "compare"), ("--coco", "compare"), ("--postprocess", "compare"), ("--layer-precisions-from", "build"),
+])
+def test_a_named_pipe_given_to_a_file_option_is_refused_before_any_work(files, tmp_path, option, command):
+    """The pipe checks of the model/data/ranges loaders did not cover the options read later (labels, COCO
+    annotations, a postprocess script, a precisions JSON): those waited for a writer for ever."""
+    pipe = tmp_path / "pipe.json"
+    os.mkfifo(pipe)
+    model = str(files / "net.onnx")
+    argv = ([command, model, model, "--data", str(files / "calib.npy")] if command == "compare"
+            else [command, model, "--output", str(tmp_path / "net.engine")])
+    done = _trtq(*argv, option, str(pipe), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"trtq: error: {option} {pipe} is a named pipe, not a file trtq can read." in done.stderr
+
+
 @pytest.mark.parametrize("call", ["quantize options", "quantize data", "compare data", "sensitivity options"])
 def test_an_options_object_of_the_wrong_type_is_one_sentence(files, tmp_path, call):
     """api.quantize(..., options={...}) died with AttributeError: 'dict' object has no attribute 'exclude_nodes'."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from trtq import __version__, _io, release_start
-from trtq._io import Stopped, install_stop_handlers
+from trtq._io import Stopped, install_stop_handlers, special_kind
 from trtq.errors import TrtqError
 
 COMMAND_MODULES = ("trtq.cli.core", "trtq.cli.trt", "trtq.cli.verify", "trtq.cli.accuracy", "trtq.cli.qat")
@@ -96,6 +96,7 @@ def _run(argv: Sequence[str] | None) -> int:
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
+            refuse_special_files(args)
             return int(args.func(args) or 0)
     except TrtqError as exc:
         print(f"trtq: error: {exc.message}", file=sys.stderr)
@@ -141,6 +142,22 @@ def refuse_empty_values(argv: Sequence[str]) -> None:
         what = f"Option {option} is given an empty value" if option else f"Argument {index + 1} of the command line is empty"
         raise TrtqError(f"{what}, which trtq does not take as a value.",
                         "give a value or leave the option out (an unset shell variable gives an empty value).")
+
+
+FILE_OPTIONS = ("labels", "coco", "postprocess", "layer_precisions_from")
+"""Options naming a file read by code beyond the data and model loaders (which check their own paths)."""
+
+
+def refuse_special_files(args: argparse.Namespace) -> None:
+    """A named pipe, socket or device given to a file option is refused before any work: opening a pipe to
+    read it waits for a writer for ever."""
+    for dest in FILE_OPTIONS:
+        value = getattr(args, dest, None)
+        kind = special_kind(value) if isinstance(value, str) and value else ""
+        if kind:
+            option = "--" + dest.replace("_", "-")
+            raise TrtqError(f"{option} {value} is a {kind}, not a file trtq can read.",
+                            f"give {option} a regular file (copy what the {kind} produces into one first).")
 
 
 def _stopped_outputs(written: Sequence[Path]) -> str:
