@@ -309,6 +309,15 @@ def find_detr_layout(outputs: Mapping[str, np.ndarray]) -> DetrLayout | None:
     return DetrLayout(logits[0], boxes[0], int(q), int(queries[logits[0]].shape[2]))
 
 
+OTHER_POSTPROCESS = "pick another --postprocess, or pass --postprocess FILE.py defining postprocess(outputs, images)."
+"""The fix when a preset's postprocess does not fit the model's outputs."""
+
+
+def _output_shapes(outputs: Mapping[str, np.ndarray]) -> str:
+    """"name [AxBxC], ..." of every output: what a preset that does not fit says the model gives."""
+    return ", ".join(f"{k} [{'x'.join(map(str, np.asarray(a).shape))}]" for k, a in outputs.items())
+
+
 class DetrPostprocess:
     """DETR-style query outputs to detections. `scoring` "softmax": softmax over the classes, the last one
     "no object" and dropped, the best class per query (DETR, YOLOS); "sigmoid": a sigmoid per class and the
@@ -320,11 +329,10 @@ class DetrPostprocess:
     def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
         layout = find_detr_layout(outputs)
         if layout is None:
-            shapes = ", ".join(f"{k} [{'x'.join(map(str, np.asarray(a).shape))}]" for k, a in outputs.items())
             raise TrtqError(
                 f"The detr postprocess needs class logits [N, Q, K] and boxes [N, Q, 4] (cx, cy, w, h normalised); "
-                f"the model gives {shapes}.",
-                "pick another --postprocess, or pass --postprocess FILE.py defining postprocess(outputs, images).",
+                f"the model gives {_output_shapes(outputs)}.",
+                OTHER_POSTPROCESS,
             )
         results = []
         all_logits = np.asarray(outputs[layout.logits], dtype=np.float64)
@@ -370,11 +378,10 @@ class FinalDetections:
     def __call__(self, outputs: Mapping[str, np.ndarray], images: Sequence[ImageMeta]) -> list[Detections]:
         name = _final_detections_output(outputs)
         if name is None:
-            shapes = ", ".join(f"{k} [{'x'.join(map(str, np.asarray(a).shape))}]" for k, a in outputs.items())
             raise TrtqError(
                 f"The end2end/rtdetr postprocess needs one output [N, K, 6] (box, score, class per row); the model "
-                f"gives {shapes}.",
-                "pick another --postprocess, or pass --postprocess FILE.py defining postprocess(outputs, images).",
+                f"gives {_output_shapes(outputs)}.",
+                OTHER_POSTPROCESS,
             )
         results = []
         for rows, meta in zip(np.asarray(outputs[name], dtype=np.float64), images):
