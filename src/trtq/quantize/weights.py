@@ -41,9 +41,6 @@ from trtq.quantize.smooth import constant_of, smoothing_groups
 CANDIDATES = 24
 """Per-channel amax candidates: max |w| x 2^(-i/32), i = 0..23 (down to 0.61 of the max)."""
 
-COARSE = 3
-"""The search tries every COARSE-th candidate, then the COARSE - 1 on each side of a column's best."""
-
 WEIGHT_ROWS = 4096
 """Calibration rows (at real tokens where there is a mask) of each layer input the choice is judged on, at most."""
 
@@ -169,27 +166,19 @@ def _output_error(diff: np.ndarray, x: np.ndarray, gram: np.ndarray | None) -> n
 
 def _search(kn: np.ndarray, top: np.ndarray, grid: Grid, x: np.ndarray, gram: np.ndarray | None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column of `kn` [K, N], the candidate amax with the least output error: every COARSE-th
-    candidate first, then the neighbours of each column's best (half the products of trying all, the
-    same choice where the error falls and rises once over the candidates). (amax, its error, the error
-    at max |w|)."""
-    def error_at(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        amax = top * np.exp2(-index / 32.0).astype(np.float32)
-        return amax, _output_error(grid.fake_quantize(kn, amax, axis=1) - kn, x, gram)
-
-    columns = kn.shape[1]
-    best_index = np.zeros(columns, dtype=np.int64)
-    best_amax, best_error = error_at(best_index)
-    first_error = best_error.copy()
-    steps = [np.full(columns, i) for i in range(COARSE, CANDIDATES, COARSE)]
-    for attempt in range(2):
-        for index in steps:
-            amax, error = error_at(index)
-            better = error < best_error
-            best_amax[better], best_error[better], best_index[better] = amax[better], error[better], index[better]
-        if attempt == 0:
-            around = [best_index + d for d in range(1 - COARSE, COARSE) if d]
-            steps = [np.clip(index, 0, CANDIDATES - 1) for index in around]
+    """Per column of `kn` [K, N], the candidate amax with the least output error, trying every candidate:
+    FP8 rounding makes the error jagged over them, and a coarse-then-fine search lost 0.24 dB on MiniLM.
+    (amax, its error, the error at max |w|)."""
+    best_amax = top.copy()
+    best_error = first_error = np.zeros(0)
+    for i in range(CANDIDATES):
+        amax = top * np.float32(2.0 ** (-i / 32))
+        error = _output_error(grid.fake_quantize(kn, amax, axis=1) - kn, x, gram)
+        if i == 0:
+            best_error, first_error = error, error.copy()
+            continue
+        better = error < best_error
+        best_amax[better], best_error[better] = amax[better], error[better]
     return best_amax, best_error, first_error
 
 
