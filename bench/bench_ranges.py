@@ -22,6 +22,9 @@ Models and data (all offline; nothing here is tuned to them):
               tokens (attention_mask == 1)
   vit         ViT-B/16 (transformers' default config), random init, legacy export, 32 / 16 smooth
               images; SNR of last_hidden_state
+  orient, layout, rnet, det-v4, rec-v4: held-out models (a document orientation classifier, a
+              layout detector, MTCNN's face classifier, PP-OCRv4 det and rec) that no method was tuned
+              on; bench/heldout_cases.py says what each is, where it comes from and how it is scored
 
 SNR is 10 log10(sum ref^2 / sum (ref - q)^2) over all held-out samples and elements (aggregate),
 except where noted. The recogniser's and the classifier's outputs are softmax scores, whose error
@@ -317,6 +320,11 @@ CASES: dict[str, Callable[[], Case]] = {
     "resnet50": case_resnet50,
     "rec": case_rec, "cls": case_cls,
 }
+if __name__ == "__main__":  # heldout_cases imports this module by name: let it find this copy, not a second one
+    sys.modules.setdefault("bench_ranges", sys.modules[__name__])
+from heldout_cases import HELDOUT_CASES
+
+CASES.update(HELDOUT_CASES)
 
 # ------------------------------------------------------------------------------------------ scoring
 
