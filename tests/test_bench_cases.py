@@ -1,0 +1,37 @@
+"""bench/bench_ranges.py sees the held-out models of bench/heldout_cases.py, run as a script and imported by name.
+
+heldout_cases imports Case from bench_ranges while bench_ranges imports it: a second copy of bench_ranges (when
+run as __main__) would give two Case classes and run its top level twice. Both ways are checked in a subprocess,
+so this test process's sys.path and modules stay as they were. Nothing is downloaded: no case is built.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = ("orient", "layout", "rnet", "det-v4", "rec-v4")
+
+
+def test_the_script_offers_the_held_out_models():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_ranges.py"), "--help"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    usage = proc.stdout.split("--models")[1].split("}")[0]
+    for name in (*HELD_OUT, "cls", "det"):
+        assert name in usage.split("{")[1].split(","), (name, usage)
+
+
+def test_imported_by_name_there_is_one_bench_ranges_and_one_case_class():
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import bench_ranges, heldout_cases\n"
+        "assert heldout_cases.Case is bench_ranges.Case\n"
+        "print(' '.join(sorted(bench_ranges.CASES)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "bench")], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert set(HELD_OUT) <= set(proc.stdout.split())
