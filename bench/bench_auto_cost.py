@@ -7,11 +7,14 @@
 The floor runs the FP32 model over the same samples twice: with onnxruntime's defaults (idle threads
 spin, as `bench/bench_cpu.py`'s floor does) and without spinning (trtq's own sessions do not spin).
 On a loaded machine spinning can double the floor's CPU time, so both ratios are printed. CPU time is
-this process's user+sys (robust to other load, unlike wall time).
+this process's user+sys (robust to other load, unlike wall time). The floor's thread pool is sized to the
+CPUs this process may run on (onnxruntime's default takes every core of the host, escaping `taskset`), as
+`bench/bench_cpu.py`'s floor is, so `taskset -c 0,1 python bench/bench_auto_cost.py ...` is a fair 2-core run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ def main() -> None:
     floors = {}
     for label, spin in (("defaults", True), ("no spinning", False)):
         options = ort.SessionOptions()
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
