@@ -9,13 +9,16 @@ renderer, same size, other seeds; the held-out set stays bench_ranges'), and pri
 mean held-out SNR over the draws, its standard deviation, and the default's gap to the best method
 by mean with a 90% t-interval over the draws (paired: every method sees the same draws).
 
-    python bench/bench_draws.py                      # cls and rec, 8 draws each
+    python bench/bench_draws.py                      # cls, rec and rnet, 8 draws each
     python bench/bench_draws.py --models cls --draws 16 --reuse   # draws 0-7 read back from the last run
 
-Models: the two whose held-out order bench_ranges' docstring calls unstable (its cases, its scoring):
+Models: the two whose held-out order bench_ranges' docstring calls unstable, and the held-out face classifier
+where `auto` misses (their bench_ranges cases, their scoring):
   cls   PaddleOCR direction classifier (rapidocr), 64 rendered lines per draw (half upside down),
         scored on bench_ranges' 4096 held-out lines
   rec   PP-OCRv6 rec (rapidocr), 64 rendered lines per draw, scored on bench_ranges' 256 held-out lines
+  rnet  MTCNN's RNet (facenet-pytorch, bench/heldout_cases.py), 128 PNet windows per draw from other shots of
+        the same photos, scored on bench_ranges' 2048 held-out windows
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ T90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 
        11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753}
 """Two-sided 90% Student t quantiles by degrees of freedom (1.645 beyond)."""
 
+def _rnet_draw(seed: int) -> np.ndarray:
+    from heldout_cases import _mtcnn_nets, _rnet_inputs
+
+    return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0])
+
+
 DRAWERS: dict[str, Callable[[int], np.ndarray]] = {
     "cls": lambda seed: _render_lines(64, 48, 192, seed=seed, rotate_half=True),
     "rec": lambda seed: _render_lines(64, 48, 320, seed=seed),
+    "rnet": _rnet_draw,
 }
 """Per model, one calibration set of the size bench_ranges uses, drawn with `seed`."""
 

@@ -35,3 +35,18 @@ def test_imported_by_name_there_is_one_bench_ranges_and_one_case_class():
                           check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert set(HELD_OUT) <= set(proc.stdout.split())
+
+
+def test_bench_draws_draws_only_bench_ranges_models_and_its_interval_is_students_t():
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import numpy as np, bench_draws, bench_ranges\n"
+        "assert set(bench_draws.DRAWERS) <= set(bench_ranges.CASES), sorted(bench_draws.DRAWERS)\n"
+        "low, high = bench_draws.interval(np.array([1.0, 2.0, 3.0]))\n"
+        "print(f'{low:.3f} {high:.3f}')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "bench")], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # mean 2, sample std 1, 3 draws: 2 -+ t(0.95, 2 dof) 2.920 / sqrt(3)
+    assert proc.stdout.split() == ["0.314", "3.686"]
