@@ -148,3 +148,27 @@ def test_the_tensorrt_rtx_command_line():
     assert trtexec_build_argv("m.onnx", "m.engine", "tensorrt-rtx", profile=profile, workspace_mib=64) == [
         "tensorrt_rtx", "--onnx=m.onnx", "--saveEngine=m.engine", "--minShapes=x:1x3x8x8", "--optShapes=x:4x3x8x8",
         "--maxShapes=x:8x3x8x8"]
+
+
+def test_build_gives_placeholder_dims_distinct_names_in_the_copy_the_builder_gets(tmp_path, capsys):
+    """paddle2onnx names every dynamic dim '?': x [1, 3, ?, ?] -> Relu -> y. TensorRT reads dims of one name
+    as one dim, so a 4x6 build failed; `build` (like `verify`) hands the builder a copy with distinct names,
+    says so, and leaves the file as it was."""
+    _needs_rtx()
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "?", "?"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "?", "?"])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    before = path.read_bytes()
+    assert main(["build", str(path), "--backend", "tensorrt-rtx", "--shape", "x:1x3x4x6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["engine_path"]).stat().st_size > 0
+    assert result["notes"] == ["2 dynamic input dims shared the placeholder name '?', which TensorRT reads as one "
+                               "dim; renamed x_dim2, x_dim3 in the copy handed to the builder (the file is unchanged, "
+                               "and the tensorrt_rtx equivalent reads it as it is)"]
+    assert EngineSidecar.load(sidecar_path(Path(result["engine_path"]))).profile["x"]["opt"] == [1, 3, 4, 6]
+    assert path.read_bytes() == before

@@ -223,6 +223,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if result.constrained_layers:
         lines.append(f"precision constraints on {sum(map(len, result.constrained_layers.values()))} layers "
                      f"of {len(result.constrained_layers)} nodes")
+    lines.extend(f"note: {note}" for note in result.notes)
     tool = "tensorrt_rtx" if result.mode == "tensorrt-rtx" else "trtexec"
     lines.append(f"{tool} equivalent: {result.trtexec_command}")
     emit(args, result.to_dict(), "\n".join(lines))

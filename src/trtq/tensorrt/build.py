@@ -23,7 +23,7 @@ from typing import Any
 from trtq import __version__
 from trtq._io import check_destinations, write_files_atomically
 from trtq.errors import TrtqError
-from trtq.model import file_sha256, load_model
+from trtq.model import distinct_placeholder_dims, file_sha256, load_model
 from trtq.tensorrt.build_options import (
     BuildOptions,
     BuildResult,
@@ -76,6 +76,7 @@ def build_engine(
     """Build and write `<stem>.<precision>.engine` plus its sidecar; see the module docstring."""
     onnx_path = Path(onnx_path)
     model = load_model(onnx_path, load_external_data=False)
+    renamed = distinct_placeholder_dims(model)  # paddle2onnx's '?' dims: the builder gets a copy with distinct names
     precision = build_precision(model, options)
     engine_path = engine_output_path(onnx_path, precision, options)
     check_options(options)
@@ -94,7 +95,8 @@ def build_engine(
     layers = node_layer_names(model, options.layer_precisions)
     start = time.perf_counter()
     serialized, constrained, batches_fed, timing_cache = build_serialized(
-        trt, caps, onnx_path, model, options, profile, layers, engine_path, calibration_batches)
+        trt, caps, onnx_path, model, options, profile, layers, engine_path, calibration_batches,
+        model.SerializeToString() if renamed else None)
     seconds = time.perf_counter() - start
     engine_bytes = bytes(serialized)
     if caps.builds_without_gpu:  # built ahead of time for compute capabilities, not on (or for) this GPU
@@ -133,6 +135,9 @@ def build_engine(
         timing_cache=options.timing_cache,
         trtexec_command=commands.get(mode, ""),
         builder=f"{'TensorRT-RTX' if caps.track == 'rtx' else 'TensorRT'} {version_string(trt)}",
+        notes=(f"{renamed} in the copy handed to the builder (the file is unchanged, and the "
+               f"{'tensorrt_rtx' if mode == 'tensorrt-rtx' else 'trtexec'} equivalent reads it as it is)",)
+        if renamed else (),
     )
 
 

@@ -79,6 +79,8 @@ class BuildResult:
     trtexec_command: str
     builder: str = ""
     """"TensorRT 10.13.3.9" or "TensorRT-RTX 1.7.1.116"."""
+    notes: tuple[str, ...] = ()
+    """What the build did to the model on its own (placeholder dims given distinct names)."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view."""

@@ -62,16 +62,21 @@ def build_serialized(
     layers: Mapping[str, str],
     engine_path: Path,
     calibration_batches: Iterable[Batch] | None,
+    model_bytes: bytes | None = None,
 ) -> tuple[Any, dict[str, tuple[str, ...]], int, bytes | None]:
-    """Parse, configure and build; returns (serialized engine, constrained layers, batches fed, timing cache)."""
+    """Parse, configure and build; returns (serialized engine, constrained layers, batches fed, timing cache).
+
+    `model_bytes`: the model to parse instead of the file's contents (external data still resolved
+    next to `onnx_path`): a copy whose placeholder dims were given distinct names."""
     if caps.track == "rtx":
         with capture(trt) as messages:  # the one TensorRT-RTX logger; its errors make the error sentence
-            result = _build_strongly_typed(trt, caps, capturing_logger(trt), onnx_path, options, profile, messages)
+            result = _build_strongly_typed(trt, caps, capturing_logger(trt), onnx_path, options, profile, messages,
+                                            model_bytes)
         return result
     logger = trt.Logger(trt.Logger.WARNING)
     builder: trt.Builder = trt.Builder(logger)
     network = _create_network(trt, builder, caps, options.implicit)
-    parser = _parse(trt, network, logger, onnx_path)  # owns the weights: keep it alive until the build is done
+    parser = _parse(trt, network, logger, onnx_path, model_bytes)  # owns the weights: keep it alive until the build is done
     config: trt.IBuilderConfig = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if options.workspace_mib is not None:
@@ -128,13 +133,13 @@ def build_serialized(
 @supports("rtx")
 def _build_strongly_typed(
     trt: ModuleType, caps: TrtCapabilities, logger: Any, onnx_path: Path, options: BuildOptions,
-    profile: Mapping[str, ProfileShape], messages: list[LogMessage],
+    profile: Mapping[str, ProfileShape], messages: list[LogMessage], model_bytes: bytes | None = None,
 ) -> tuple[Any, dict[str, tuple[str, ...]], int, bytes | None]:
     """The TensorRT-RTX build: strongly typed, ahead of time, for the requested compute capabilities."""
     builder: trt.Builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not _parsed(parser, onnx_path, model_bytes):
         raise parse_error(trt, parser, onnx_path, messages)
     config: trt.IBuilderConfig = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -167,11 +172,22 @@ def _create_network(trt: ModuleType, builder: trt.Builder, caps: TrtCapabilities
     return builder.create_network(flags)
 
 
+@supports("10", "11", "rtx")
+def _parsed(parser: trt.OnnxParser, onnx_path: Path, model_bytes: bytes | None) -> bool:
+    """Parse the file, or `model_bytes` with the file's folder for its external data (OnnxParser.parse:
+    TensorRT 10 and 11 and TensorRT-RTX alike)."""
+    if model_bytes is None:
+        return bool(parser.parse_from_file(str(onnx_path)))
+    return bool(parser.parse(model_bytes, str(onnx_path)))
+
+
 @supports("10", "11")
-def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_path: Path) -> Any:
-    """Parse the ONNX file and return the parser; parser errors become one TrtqError naming the node."""
+def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_path: Path,
+           model_bytes: bytes | None = None) -> Any:
+    """Parse the ONNX file (or `model_bytes`) and return the parser; parser errors become one TrtqError naming
+    the node."""
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-    if parser.parse_from_file(str(onnx_path)):
+    if _parsed(parser, onnx_path, model_bytes):
         return parser
     errors = []
     for index in range(parser.num_errors):
