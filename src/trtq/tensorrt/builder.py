@@ -25,7 +25,15 @@ from trtq.tensorrt.device import BufferSpec, DeviceFeeder, open_backend
 from trtq.tensorrt.ioformats import IOFormat, expand_io_formats
 from trtq.tensorrt.layers import match_network_layers
 from trtq.tensorrt.profiles import ProfileShape
-from trtq.tensorrt.rtx import LogMessage, build_error, capture, capturing_logger, parse_error, set_compute_capabilities
+from trtq.tensorrt.rtx import (
+    LogMessage,
+    build_error,
+    capture,
+    capturing_logger,
+    parse_error,
+    parse_onnx,
+    set_compute_capabilities,
+)
 from trtq.tensorrt.version import TrtCapabilities, supports
 
 if TYPE_CHECKING:
@@ -139,7 +147,7 @@ def _build_strongly_typed(
     builder: trt.Builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-    if not _parsed(parser, onnx_path, model_bytes):
+    if not parse_onnx(parser, onnx_path, model_bytes):
         raise parse_error(trt, parser, onnx_path, messages)
     config: trt.IBuilderConfig = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -172,22 +180,13 @@ def _create_network(trt: ModuleType, builder: trt.Builder, caps: TrtCapabilities
     return builder.create_network(flags)
 
 
-@supports("10", "11", "rtx")
-def _parsed(parser: trt.OnnxParser, onnx_path: Path, model_bytes: bytes | None) -> bool:
-    """Parse the file, or `model_bytes` with the file's folder for its external data (OnnxParser.parse:
-    TensorRT 10 and 11 and TensorRT-RTX alike)."""
-    if model_bytes is None:
-        return bool(parser.parse_from_file(str(onnx_path)))
-    return bool(parser.parse(model_bytes, str(onnx_path)))
-
-
 @supports("10", "11")
 def _parse(trt: ModuleType, network: trt.INetworkDefinition, logger: Any, onnx_path: Path,
            model_bytes: bytes | None = None) -> Any:
     """Parse the ONNX file (or `model_bytes`) and return the parser; parser errors become one TrtqError naming
     the node."""
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-    if _parsed(parser, onnx_path, model_bytes):
+    if parse_onnx(parser, onnx_path, model_bytes):
         return parser
     errors = []
     for index in range(parser.num_errors):

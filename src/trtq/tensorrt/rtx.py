@@ -185,9 +185,7 @@ def build_capturing_log(
         builder: trt.Builder = trt.Builder(logger)
         network = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
         parser: trt.OnnxParser = trt.OnnxParser(network, logger)
-        parsed = (parser.parse_from_file(str(onnx_path)) if model_bytes is None
-                  else parser.parse(model_bytes, str(onnx_path)))
-        if not parsed:
+        if not parse_onnx(parser, onnx_path, model_bytes):
             raise parse_error(trt, parser, onnx_path, messages)
         parse_seconds = time.perf_counter() - start
         if progress:
@@ -223,6 +221,15 @@ def build_error(trt: ModuleType, onnx_path: Path, messages: Sequence[LogMessage]
                 "of one name to be equal: build at shapes where they are (--shape), or re-export the model with "
                 "distinct names (paddle2onnx writes '?' for every dynamic dim).")
     return TrtqError(f"TensorRT-RTX {trt.__version__} parsed {onnx_path} but could not build it: {first}.", hint)
+
+
+@supports("10", "11", "rtx")
+def parse_onnx(parser: trt.OnnxParser, onnx_path: Path, model_bytes: bytes | None) -> bool:
+    """Parse the file, or `model_bytes` (a changed copy of it) with the file's folder for its external data;
+    OnnxParser.parse takes both on TensorRT 10 and 11 and TensorRT-RTX alike."""
+    if model_bytes is None:
+        return bool(parser.parse_from_file(str(onnx_path)))
+    return bool(parser.parse(model_bytes, str(onnx_path)))
 
 
 @supports("rtx")
