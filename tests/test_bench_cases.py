@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = ("orient", "layout", "rnet", "det-v4", "rec-v4")
 
 
+def _in_bench(code: str) -> str:
+    """What `code` prints, run in its own process with bench/ first on sys.path."""
+    prelude = f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r})\n"
+    proc = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_the_script_offers_the_held_out_models():
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_ranges.py"), "--help"],
                           capture_output=True, text=True, check=False, timeout=120)
@@ -26,27 +35,20 @@ def test_the_script_offers_the_held_out_models():
 
 def test_imported_by_name_there_is_one_bench_ranges_and_one_case_class():
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import bench_ranges, heldout_cases\n"
         "assert heldout_cases.Case is bench_ranges.Case\n"
         "print(' '.join(sorted(bench_ranges.CASES)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "bench")], capture_output=True, text=True,
-                          check=False, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert set(HELD_OUT) <= set(proc.stdout.split())
+    assert set(HELD_OUT) <= set(_in_bench(code).split())
 
 
 def test_bench_draws_draws_only_bench_ranges_models_and_its_interval_is_students_t():
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import numpy as np, bench_draws, bench_ranges\n"
         "assert set(bench_draws.DRAWERS) <= set(bench_ranges.CASES), sorted(bench_draws.DRAWERS)\n"
         "low, high = bench_draws.interval(np.array([1.0, 2.0, 3.0]))\n"
         "print(f'{low:.3f} {high:.3f}')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "bench")], capture_output=True, text=True,
-                          check=False, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    printed = _in_bench(code)
     # mean 2, sample std 1, 3 draws: 2 -+ t(0.95, 2 dof) 2.920 / sqrt(3)
-    assert proc.stdout.split() == ["0.314", "3.686"]
+    assert printed.split() == ["0.314", "3.686"]

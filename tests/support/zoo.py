@@ -336,17 +336,9 @@ DETR_SIZE = 64
 CRNN_SHAPE = (1, 3, 16, 64)
 
 
-def _detr_outputs(model):  # type: ignore[no-untyped-def]
-    """A transformers object detector with a plain (logits, pred_boxes) tuple output, named alike by both exporters.
-
-    The class head's no-object logit gets a bias of +3, as training gives it (most queries find nothing), so
-    `compare --task detect` recognises the DETR layout without --postprocess.
-    """
+def _logits_and_boxes(model):  # type: ignore[no-untyped-def]
+    """A transformers object detector with a plain (logits, pred_boxes) tuple output, named alike by both exporters."""
     import torch
-
-    head = [m for m in model.class_labels_classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        head.bias[-1] += 3.0
 
     class Outputs(torch.nn.Module):
         def __init__(self) -> None:
@@ -358,6 +350,19 @@ def _detr_outputs(model):  # type: ignore[no-untyped-def]
             return out.logits, out.pred_boxes
 
     return Outputs().eval()
+
+
+def _detr_outputs(model):  # type: ignore[no-untyped-def]
+    """`_logits_and_boxes` of a DETR-style detector whose class head's no-object logit gets a bias of +3, as
+    training gives it (most queries find nothing), so `compare --task detect` recognises the DETR layout
+    without --postprocess.
+    """
+    import torch
+
+    head = [m for m in model.class_labels_classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[-1] += 3.0
+    return _logits_and_boxes(model)
 
 
 def _detr():  # type: ignore[no-untyped-def]
@@ -403,18 +408,7 @@ def _rtdetr():  # type: ignore[no-untyped-def]
                           decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1, decoder_n_points=2,
                           decoder_in_channels=[16, 16, 16], num_queries=10, num_labels=5, anchor_image_size=None)
     torch.manual_seed(0)
-    model = RTDetrForObjectDetection(config).eval()
-
-    class Outputs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixel_values):  # type: ignore[no-untyped-def]
-            out = self.model(pixel_values=pixel_values)
-            return out.logits, out.pred_boxes
-
-    return Outputs().eval()
+    return _logits_and_boxes(RTDetrForObjectDetection(config).eval())
 
 
 def _yolos():  # type: ignore[no-untyped-def]
