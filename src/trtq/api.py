@@ -567,13 +567,20 @@ def verify(
     options: VerifyOptions = VerifyOptions(),
     *,
     progress: bool = True,
+    record: RunRecord | None = None,
 ) -> VerifyResult:
     """Build a Q/DQ model with TensorRT-RTX (ahead of time: no GPU needed) and report, per quantized
     Conv/ConvTranspose/Gemm/MatMul, whether the engine runs it in INT8/FP8, and which Q/DQ pairs did not fuse.
 
-    Progress lines go to stderr unless `progress` is False.
+    Progress lines go to stderr unless `progress` is False. With `record`, the run record for `trtq report`
+    (`trtq-verify.json`; default beside the model) is saved too.
     """
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    return verify_model(model_path, options, progress=say if progress else None)
+    if record is not None:  # before the build: a bad output path costs seconds, not a build
+        check_destinations([record.path("verify", model_path)], file_sources(model_path))
+    result = verify_model(model_path, options, progress=say if progress else None)
+    if record is not None:
+        record.write("verify", model_path, result.to_dict())
+    return result

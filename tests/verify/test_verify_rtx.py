@@ -250,6 +250,30 @@ def test_cli_json_record_and_report(tmp_path, capsys):
     assert "GlobalAveragePool" in (tmp_path / "trtq-report.md").read_text()
 
 
+def test_api_verify_saves_the_record_it_is_given(tmp_path):
+    from trtq.report import RunRecord
+
+    path = quantize(DIGITS / "digits_cnn.onnx", DIGITS / "calib", tmp_path, data=api.DataOptions(preset="none",
+                                                                                                 limit=16))
+    result = api.verify(path, progress=False)
+    assert not (tmp_path / "trtq-verify.json").exists()  # no record unless asked, as compare and sensitivity
+    result = api.verify(path, progress=False, record=RunRecord({"from": "api"}, directory=tmp_path / "records"))
+    saved = json.loads((tmp_path / "records" / "trtq-verify.json").read_text())
+    assert saved["settings"] == {"from": "api"}
+    assert saved["result"]["summary"] == result.to_dict()["summary"]
+
+
+def test_a_blocked_record_path_stops_verify_before_the_build(tmp_path, monkeypatch):
+    from trtq.report import RunRecord
+
+    path = quantize(DIGITS / "digits_cnn.onnx", DIGITS / "calib", tmp_path, data=api.DataOptions(preset="none",
+                                                                                                 limit=16))
+    (tmp_path / "trtq-verify.json").mkdir()
+    monkeypatch.setattr(api, "verify_model", lambda *a, **k: pytest.fail("built although the record cannot be written"))
+    with pytest.raises(TrtqError, match="trtq-verify.json is a directory"):
+        api.verify(path, progress=False, record=RunRecord({}))
+
+
 def test_text_output_and_quiet(tmp_path, capsys):
     path = quantize(DIGITS / "digits_cnn.onnx", DIGITS / "calib", tmp_path, data=api.DataOptions(preset="none",
                                                                                                  limit=16))

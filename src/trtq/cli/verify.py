@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from trtq import api
-from trtq._io import check_destinations
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.model import parse_shapes
-from trtq.report import record_path, write_record
+from trtq.report import RunRecord
 from trtq.tensorrt.rtx import COMPUTE_CAPABILITIES, parse_compute_capabilities
 
 
@@ -42,12 +40,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         max_shapes=parse_shapes(args.max_shape),
         compute_capabilities=parse_compute_capabilities(args.compute_capability),
     )
-    directory = Path(args.output_dir) if args.output_dir else Path(args.model).parent
-    check_destinations([record_path(directory, "verify")], inputs=(args.model,))  # before the build, not after
-    result = api.verify(args.model, options, progress=show_progress(args))
     settings = {"model": args.model, "shape": args.shape, "min_shape": args.min_shape, "opt_shape": args.opt_shape,
                 "max_shape": args.max_shape, "compute_capability": args.compute_capability}
-    record = write_record(directory, "verify", settings=settings, result=result.to_dict())
+    run_record = RunRecord(settings, directory=args.output_dir)
+    result = api.verify(args.model, options, progress=show_progress(args), record=run_record)
+    record = run_record.path("verify", args.model)
     text = result.to_text(all_layers=args.layers)
     if not args.quiet:
         text += f"\nwrote {record}  (trtq report {record.parent})"
