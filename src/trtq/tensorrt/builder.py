@@ -85,19 +85,8 @@ def build_serialized(
     builder: trt.Builder = trt.Builder(logger)
     network = _create_network(trt, builder, caps, options.implicit)
     parser = _parse(trt, network, logger, onnx_path, model_bytes)  # owns the weights: keep it alive until the build is done
-    config: trt.IBuilderConfig = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if options.workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
-    inputs = _network_inputs(network)
-    if sorted(inputs) != sorted(profile):
-        raise TrtqError(
-            f"TensorRT's network inputs {sorted(inputs)} differ from the ONNX graph inputs {sorted(profile)}.",
-            "check that the model's inputs are not also initializers.",
-        )
-    optimization_profile = _add_profile(builder, config, inputs, profile)
-    _apply_io_formats(trt, network, options.input_formats, options.output_formats, strongly_typed=not options.implicit)
-    timing_cache = _load_timing_cache(config, options.timing_cache)
+    config, optimization_profile, timing_cache = _configure(trt, builder, network, options, profile, "TensorRT",
+                                                            strongly_typed=not options.implicit)
     constrained: dict[str, tuple[str, ...]] = {}
     source: BatchSource | None = None
     feeder: DeviceFeeder | None = None
@@ -149,26 +138,36 @@ def _build_strongly_typed(
     parser: trt.OnnxParser = trt.OnnxParser(network, logger)
     if not parse_onnx(parser, onnx_path, model_bytes):
         raise parse_error(trt, parser, onnx_path, messages)
-    config: trt.IBuilderConfig = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config, _, timing_cache = _configure(trt, builder, network, options, profile, "TensorRT-RTX", strongly_typed=True)
     set_compute_capabilities(trt, config, options.compute_capabilities)
-    if options.workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
-    inputs = _network_inputs(network)
-    if sorted(inputs) != sorted(profile):
-        raise TrtqError(
-            f"TensorRT-RTX's network inputs {sorted(inputs)} differ from the ONNX graph inputs {sorted(profile)}.",
-            "check that the model's inputs are not also initializers.",
-        )
-    _add_profile(builder, config, inputs, profile)
-    _apply_io_formats(trt, network, options.input_formats, options.output_formats, strongly_typed=True)
-    timing_cache = _load_timing_cache(config, options.timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise build_error(trt, onnx_path, messages)
     cache_bytes = _serialize_timing_cache(config) if timing_cache else None
     del parser
     return serialized, {}, 0, cache_bytes
+
+
+@supports("10", "11", "rtx")
+def _configure(
+    trt: ModuleType, builder: trt.Builder, network: trt.INetworkDefinition, options: BuildOptions,
+    profile: Mapping[str, ProfileShape], product: str, strongly_typed: bool,
+) -> tuple[trt.IBuilderConfig, Any, Any]:
+    """The builder config every build shares: detailed profiling, workspace, the optimization profile, I/O
+    formats and timing cache. Returns (config, optimization profile or None, timing cache or None)."""
+    config: trt.IBuilderConfig = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
+    inputs = _network_inputs(network)
+    if sorted(inputs) != sorted(profile):
+        raise TrtqError(
+            f"{product}'s network inputs {sorted(inputs)} differ from the ONNX graph inputs {sorted(profile)}.",
+            "check that the model's inputs are not also initializers.",
+        )
+    optimization_profile = _add_profile(builder, config, inputs, profile)
+    _apply_io_formats(trt, network, options.input_formats, options.output_formats, strongly_typed=strongly_typed)
+    return config, optimization_profile, _load_timing_cache(config, options.timing_cache)
 
 
 @supports("10", "11")
