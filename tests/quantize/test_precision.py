@@ -272,3 +272,39 @@ def test_a_layer_reading_two_pairs_gets_one_scale_type():
     inits = {i.name: i for i in converted.graph.initializer}
     scales = {n.input[0]: inits[n.input[1]].data_type for n in converted.graph.node if n.op_type == "DequantizeLinear"}
     assert len(scales) == 2 and set(scales.values()) == {F32}
+
+
+def wrongly_declared_output_net():
+    """An opset-12 export whose graph output is declared [1, seq] but computed [1, 2, 2] (a torch export with
+    a wrong `dynamic_axes`; onnxruntime only warns); its new shape comes from the data, so the input model
+    passes strict shape inference:
+
+    x [1,4] -> MatMul(w) -> m -------------------------------------------> Reshape -> y  (declared [1, seq])
+    x -> Shape -> Gather(0) -> Unsqueeze(axes=[0]) -> Concat(., [2], [2]) -----^
+    """
+    inits = [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["g"], name="gather"),
+             helper.make_node("Unsqueeze", ["g"], ["u"], axes=[0], name="unsqueeze"),
+             helper.make_node("Concat", ["u", "two", "two"], ["dims"], axis=0, name="concat"),
+             helper.make_node("Reshape", ["m", "dims"], ["y"], name="reshape")]
+    graph = helper.make_graph(nodes, "declared", [helper.make_tensor_value_info("x", F32, [1, 4])],
+                              [helper.make_tensor_value_info("y", F32, [1, "seq"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    return model
+
+
+def test_a_wrongly_declared_output_shape_does_not_stop_the_conversion():
+    model = wrongly_declared_output_net()
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)  # the input passes the strict check
+    result = convert_to_fp16(model, {"x": 1.0, "m": 1.0, "y": 1.0})
+    assert result.fp16_nodes and "mm" in result.fp16_nodes
+    declared = result.model.graph.output[0].type.tensor_type
+    assert declared.elem_type == F32 and [d.dim_value or d.dim_param for d in declared.shape.dim] == [1, "seq"]
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    (y,) = _run(result.model, {"x": x})
+    assert y.shape == (1, 2, 2) and np.allclose(y.reshape(1, 4), x, atol=1e-3)

@@ -270,7 +270,7 @@ def test_a_blocked_record_path_stops_verify_before_the_build(tmp_path, monkeypat
                                                                                                  limit=16))
     (tmp_path / "trtq-verify.json").mkdir()
     monkeypatch.setattr(api, "verify_model", lambda *a, **k: pytest.fail("built although the record cannot be written"))
-    with pytest.raises(TrtqError, match="trtq-verify.json is a directory"):
+    with pytest.raises(TrtqError, match=r"trtq-verify\.json is a directory"):
         api.verify(path, progress=False, record=RunRecord({}))
 
 
