@@ -68,6 +68,21 @@ def test_already_quantized_model_is_refused():
         plan_placement(quantized)
 
 
+def test_a_model_from_onnxruntime_quantize_dynamic_is_refused(tmp_path):
+    """onnxruntime's dynamic quantization writes ConvInteger fed by DynamicQuantizeLinear (ddddocr ships one),
+    which has no Conv left to quantize and which TensorRT cannot parse: refused by name, not quantized to nothing."""
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    onnx.save(residual_conv_net(), tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx", op_types_to_quantize=["Conv"])
+    dynamic = onnx.load(tmp_path / "dynamic.onnx")
+    assert {"ConvInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in dynamic.graph.node}
+    assert "QuantizeLinear" not in {n.op_type for n in dynamic.graph.node}
+    with pytest.raises(TrtqError, match=r"already contains quantization node .*\((ConvInteger|DynamicQuantizeLinear)\)"):
+        plan_placement(normalize_model(dynamic))
+
+
 def test_bad_regex_is_a_user_error():
     with pytest.raises(TrtqError, match="not a valid regular expression"):
         _targets(residual_conv_net(), exclude_nodes=["conv("])

@@ -51,7 +51,10 @@ from trtq.model import QUANTIZABLE_OPS, inferred_shapes, tensor_types
 
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
-ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                         "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QGemm", "QAttention")
+"""Ops of an already quantized model: Q/DQ, onnxruntime's `quantize_dynamic` (integer Conv/MatMul fed by
+DynamicQuantizeLinear) and its com.microsoft quantized ops; every `QLinear*` op (`already_quantized`) too."""
 NONDETERMINISTIC_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                         "Bernoulli")
 """Ops whose output is not a constant even when their inputs are."""
@@ -218,6 +221,11 @@ CACHE_SCOPES = ("qdq", "all")
 (`qdq`, the default), or every float activation as TensorRT's own calibrator does (`all`)."""
 
 
+def already_quantized(op_type: str) -> bool:
+    """Whether `op_type` only occurs in a model something already quantized (ALREADY_QUANTIZED_OPS, QLinear*)."""
+    return op_type in ALREADY_QUANTIZED_OPS or op_type.startswith("QLinear")
+
+
 def plan_placement(
     model: onnx.ModelProto,
     exclude_nodes: Sequence[str] = (),
@@ -236,7 +244,7 @@ def plan_placement(
     if cache_scope not in CACHE_SCOPES:
         raise TrtqError(f"--cache-scope {cache_scope!r} is not one of {', '.join(CACHE_SCOPES)}.", "pick one of those.")
     for node in model.graph.node:
-        if node.op_type in ALREADY_QUANTIZED_OPS:
+        if already_quantized(node.op_type):
             raise TrtqError(
                 f"The model already contains quantization node {node.name!r} ({node.op_type}).",
                 "pass the original FP32 model, not a quantized one.",
