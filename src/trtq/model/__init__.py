@@ -32,6 +32,8 @@ from trtq.model.normalize import (
 from trtq.model.shapes import (
     PartialShape,
     distinct_placeholder_dims,
+    infer_types_checked,
+    infer_types_in_place,
     inferred_shapes,
     missing_shapes_error,
     parse_shapes,
@@ -69,6 +71,8 @@ __all__ = [
     "file_sha256",
     "graph_inputs",
     "graph_outputs",
+    "infer_types_checked",
+    "infer_types_in_place",
     "inferred_shapes",
     "initializer_bytes",
     "inline_functions",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, defs, helper, numpy_helper, shape_inference
+from onnx import TensorProto, defs, helper, numpy_helper
 
 from trtq.data import Dataset
 from trtq.errors import TrtqError
@@ -34,8 +34,9 @@ from trtq.model import (
     QUANTIZABLE_OPS,
     check_structure,
     default_opset,
+    infer_types_checked,
+    infer_types_in_place,
     name_unnamed_nodes,
-    split_initializers,
     tensor_types,
 )
 from trtq.quantize.qdq import unique_name
@@ -250,39 +251,6 @@ def _same_up_to(model: onnx.ModelProto, opset: int) -> bool:
     return True
 
 
-def _infer_in_place(model: onnx.ModelProto, strict: bool = False) -> None:
-    """Set `model`'s value_info and output types to what shape inference gives.
-
-    Inferred on the graph with its large weights declared as typed inputs instead of carried: the
-    same types, without handing the weights' bytes to onnx's C++ and back (0.7 s a pass on
-    ResNet-50, which the --target search would pay for every candidate).
-    """
-    skeleton, large = split_initializers(model)
-    for init in large:
-        skeleton.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    inferred = shape_inference.infer_shapes(skeleton, strict_mode=strict)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    del model.graph.output[:]
-    model.graph.output.extend(inferred.graph.output)
-
-
-def _infer_checked(model: onnx.ModelProto) -> None:
-    """`_infer_in_place`, strict: an inconsistency the conversion made fails. Graph outputs declared with a
-    shape the graph does not compute (an exporter's mistake: a torch export with a wrong `dynamic_axes`
-    declares [1, seqlen] for a [T, 1, C] output; onnxruntime only warns) stay as declared, as in the input:
-    the check is repeated without their declared shapes, and fails only if something else is wrong."""
-    try:
-        _infer_in_place(model, strict=True)
-    except shape_inference.InferenceError:
-        relaxed = onnx.ModelProto()
-        relaxed.CopyFrom(model)
-        for output in relaxed.graph.output:
-            output.type.tensor_type.ClearField("shape")
-        _infer_in_place(relaxed, strict=True)
-        _infer_in_place(model)
-
-
 def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if default_opset(model) >= FP16_QDQ_OPSET:
         return model, None
@@ -293,7 +261,7 @@ def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         for entry in raised.opset_import:
             if entry.domain in ("", "ai.onnx"):
                 entry.version = FP16_QDQ_OPSET
-        _infer_in_place(raised)  # the converter leaves the types inferred, and the conversion reads them
+        infer_types_in_place(raised)  # the converter leaves the types inferred, and the conversion reads them
         return raised, note
     from onnx import version_converter
 
@@ -341,7 +309,7 @@ def convert_to_fp16(
     casts = _rewrite(out, types, initializers, plan)
     del graph.value_info[:]
     try:
-        _infer_checked(out)
+        infer_types_checked(out)
         check_structure(out)
     except Exception as exc:  # InferenceError / ValidationError: a bug in this pass, with the node named
         raise AssertionError(f"FP16 conversion produced an invalid model: {exc}") from exc
