@@ -38,18 +38,23 @@ ModelOpt 0.47 ([onnx] extra) pins onnx and onnxruntime versions other than this 
 from its own virtual environment (--modelopt-venv, default out/modelopt-venv), made on first use
 with `python -m venv --system-site-packages DIR && DIR/bin/pip install 'nvidia-modelopt[onnx]==0.47.0'`.
 Where that fails, the ModelOpt columns stay empty and the reason is printed. Its models are scored by
-this process's onnxruntime, like trtq's.
+this process's onnxruntime, like trtq's. ModelOpt leaves some layers in float that trtq quantizes
+(small GEMMs and GEMVs, such as a classifier's last Gemm at batch 1, for speed; on paddle2onnx graphs,
+convolutions whose weights reach them through Identity nodes): the script prints which, and the column
+"auto on ModelOpt's layers" is the default with those layers excluded too, so ranges meet ranges on
+equal placement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -382,15 +387,27 @@ def gap_interval(case: Case, default: np.ndarray, fixed: list[np.ndarray], draws
     return float(low), float(high)
 
 
-def quantize(case: Case, method: str, out: Path) -> tuple[Path, float, float]:
-    """Run trtq quantize (in this process) with `method`; the Q/DQ model, the wall and CPU seconds taken."""
+def quantize(case: Case, method: str, out: Path, keep_float: Sequence[str] = ()) -> tuple[Path, float, float]:
+    """Run trtq quantize (in this process) with `method`, the nodes named in `keep_float` excluded; the Q/DQ
+    model, the wall and CPU seconds taken."""
     from trtq import api
 
-    options = api.QuantizeOptions(method=method, output_dir=str(out))
+    options = api.QuantizeOptions(method=method, output_dir=str(out),
+                                  exclude_nodes=tuple(f"^{re.escape(name)}$" for name in keep_float))
     start, cpu = time.perf_counter(), time.process_time()
     result = api.quantize(case.model, case.calib, data=api.DataOptions(preset=case.preset, shapes=case.shapes),
                           options=options, progress=False)
     return Path(result.onnx_path), time.perf_counter() - start, time.process_time() - cpu
+
+
+def quantized_layers(path: Path) -> set[str]:
+    """Names of the Conv/ConvTranspose/Gemm/MatMul nodes of a Q/DQ model that read a dequantized activation."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            and n.input and n.input[0] in dequantized}
 
 
 def modelopt_python(venv: Path) -> tuple[str | None, str]:
@@ -445,6 +462,24 @@ def modelopt(python: str, case: Case, method: str, out: Path) -> Path | None:
     return dst
 
 
+SAME_LAYERS = "auto on ModelOpt's layers"
+"""Column: the default with every layer ModelOpt left in float excluded too (the same layers in INT8)."""
+
+
+def same_layers(case: Case, ours: Path, theirs: Path, feeds: list[dict[str, np.ndarray]]) -> float | None:
+    """Print which layers ModelOpt left in float that trtq quantizes; the default's held-out SNR with those
+    layers kept in float as well (None where the sets agree): what the ranges give on equal placement."""
+    mine, its = quantized_layers(ours), quantized_layers(theirs)
+    left = sorted(mine - its)
+    print(f"{case.name:<9} ModelOpt quantized {len(mine & its)} of the {len(mine)} layers trtq quantizes"
+          + (f" (and {len(its - mine)} others)" if its - mine else "")
+          + (f"; left in float: {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""), flush=True)
+    if not left:
+        return None
+    path, _, _ = quantize(case, DEFAULT, WORK / case.name / "auto-modelopt-layers", keep_float=left)
+    return score(case, held_out_powers(case, path, feeds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(CASES))
@@ -482,11 +517,17 @@ def main() -> None:
         if DEFAULT in powers and fixed:
             intervals[key] = gap_interval(case, powers[DEFAULT], fixed)
         if python is not None:
+            made: dict[str, Path] = {}
             for method in ("entropy", "max"):
                 out = WORK / key / f"modelopt-{method}"
                 out.mkdir(parents=True, exist_ok=True)
                 path = modelopt(python, case, method, out)
                 row[f"modelopt {method}"] = score(case, held_out_powers(case, path, feeds)) if path else None
+                if path:
+                    made[method] = path
+            ours = sorted((WORK / key / DEFAULT).glob("*.int8.onnx"))
+            if made and ours:
+                row[SAME_LAYERS] = same_layers(case, ours[0], next(iter(made.values())), feeds)
         table[key] = row
     columns = list(dict.fromkeys(c for row in table.values() for c in row))
     best_fixed = {k: max((v for m, v in row.items() if m in FIXED_METHODS and v is not None), default=float("nan"))

@@ -200,6 +200,24 @@ def test_class_scores_come_from_a_classifier_head():
     assert class_score_outputs(model, forced=["hidden"]) == {"logits", "probs", "hidden"}  # --task classify's output
 
 
+def test_a_softmax_written_out_is_seen_through_and_a_difference_of_two_heads_is_not():
+    # jax2tf / tf2onnx write softmax as ops, and a bias as a Reshape of a constant:
+    #   x -> MatMul(w) -> m -> Add(Reshape(b)) -> logits -> Sub(., ReduceMax(logits)) -> Exp -> e -> Div(., ReduceSum(e)) -> probs
+    #   x -> MatMul(w) -> m2 ;  Sub(m, m2) -> diff   (two variable inputs, neither a statistic of the other)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.ones(64, np.float32))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [8], np.ones(8, np.float32))
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], np.array([1, 8], np.int64))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["b", "shape"], ["bias"]),
+             helper.make_node("Add", ["m", "bias"], ["logits"]),
+             helper.make_node("ReduceMax", ["logits"], ["top"], axes=[1], keepdims=1),
+             helper.make_node("Sub", ["logits", "top"], ["shifted"]), helper.make_node("Exp", ["shifted"], ["e"]),
+             helper.make_node("ReduceSum", ["e"], ["total"], keepdims=1),
+             helper.make_node("Div", ["e", "total"], ["probs"]),
+             helper.make_node("MatMul", ["x", "w"], ["m2"]), helper.make_node("Sub", ["m", "m2"], ["diff"])]
+    model = _graph(nodes, ["probs", "diff"], [w, b, shape])
+    assert class_score_outputs(model) == {"probs"}
+
+
 def test_attention_scores_are_the_matmuls_before_a_softmax():
     #   x -> MatMul(x, xT) -> Div -> Add(mask) -> Softmax -> MatMul(., x) -> out
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="t"),

@@ -53,8 +53,10 @@ NOT_SCORES = re.compile(r"embed|hidden|feature|pooler|pooled|latent|encod", re.I
 """Output names that read as embeddings or hidden states, never class scores."""
 HEAD_OPS = ("Gemm", "MatMul", "Conv")
 LOOK_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Split", "Softmax", "LogSoftmax",
-                "Sigmoid", "Relu", "GlobalAveragePool", "AveragePool", "ReduceMean", "Dropout")
+                "Sigmoid", "Relu", "GlobalAveragePool", "AveragePool", "ReduceMean", "Dropout", "Exp")
 CONSTANT_ARITHMETIC = ("Add", "Sub", "Mul", "Div")
+SELF_NORMALISING = ("Sub", "Div")
+"""Of CONSTANT_ARITHMETIC, the ops a written-out softmax applies with a statistic of their own first input."""
 
 
 ADDITIVE_FLOOR = -1000.0
@@ -339,7 +341,18 @@ def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> f
     plus `forced` (the output a classification task scores)."""
     producer = {out: node for node in model.graph.node for out in node.output if out}
     constants = {init.name for init in model.graph.initializer}
-    constants |= {node.output[0] for node in model.graph.node if node.op_type == "Constant" and node.output}
+    for node in model.graph.node:  # in graph order: what only constants compute (a bias reshaped) is constant too
+        if node.op_type == "Constant" or (node.input and all(not name or name in constants for name in node.input)):
+            constants.update(out for out in node.output if out)
+
+    def reads(tensor: str, source: str) -> bool:
+        """Whether `tensor` is computed from `source` within a few nodes (softmax's max and sum are)."""
+        frontier = {tensor}
+        for _ in range(8):
+            if source in frontier:
+                return True
+            frontier = {name for t in frontier if t in producer for name in producer[t].input if name}
+        return source in frontier
 
     def from_head(tensor: str) -> bool:
         for _ in range(64):
@@ -352,6 +365,8 @@ def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> f
                 tensor = node.input[0]
             elif node.op_type in CONSTANT_ARITHMETIC and len(node.input) == 2:
                 variable = [name for name in node.input if name not in constants]
+                if len(variable) == 2 and node.op_type in SELF_NORMALISING and reads(variable[1], variable[0]):
+                    variable = variable[:1]  # x - max(x), exp / sum(exp): a softmax written out (jax2tf, tf2onnx)
                 if len(variable) != 1:
                     return False
                 tensor = variable[0]
