@@ -533,10 +533,11 @@ def main() -> None:
     best_fixed = {k: max((v for m, v in row.items() if m in FIXED_METHODS and v is not None), default=float("nan"))
                   for k, row in table.items()}
     print()
-    print(f"{'model':<9}" + "".join(f"{c:>17}" for c in columns) + f"{'best fixed':>12}{'default - best':>16}"
+    widths = {c: max(17, len(c) + 2) for c in columns}
+    print(f"{'model':<9}" + "".join(f"{c:>{widths[c]}}" for c in columns) + f"{'best fixed':>12}{'default - best':>16}"
           f"{'90% interval':>18}")
     for key, row in table.items():
-        cells = "".join(f"{'-' if row.get(c) is None else f'{row[c]:.2f}':>17}" for c in columns)
+        cells = "".join(f"{'-' if row.get(c) is None else f'{row[c]:.2f}':>{widths[c]}}" for c in columns)
         gap = row.get(DEFAULT)
         gap_text = f"{gap - best_fixed[key]:+.2f}" if gap is not None else "-"
         low_high = f"{intervals[key][0]:+.2f} .. {intervals[key][1]:+.2f}" if key in intervals else "-"

@@ -204,6 +204,7 @@ def test_a_softmax_written_out_is_seen_through_and_a_difference_of_two_heads_is_
     # jax2tf / tf2onnx write softmax as ops, and a bias as a Reshape of a constant:
     #   x -> MatMul(w) -> m -> Add(Reshape(b)) -> logits -> Sub(., ReduceMax(logits)) -> Exp -> e -> Div(., ReduceSum(e)) -> probs
     #   x -> MatMul(w) -> m2 ;  Sub(m, m2) -> diff   (two variable inputs, neither a statistic of the other)
+    #   m -> Sub(., ReduceMean(m)) -> c -> Div(., Sqrt(ReduceMean(c * c))) -> normed   (a LayerNorm)
     w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.ones(64, np.float32))
     b = helper.make_tensor("b", TensorProto.FLOAT, [8], np.ones(8, np.float32))
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], np.array([1, 8], np.int64))
@@ -213,8 +214,12 @@ def test_a_softmax_written_out_is_seen_through_and_a_difference_of_two_heads_is_
              helper.make_node("Sub", ["logits", "top"], ["shifted"]), helper.make_node("Exp", ["shifted"], ["e"]),
              helper.make_node("ReduceSum", ["e"], ["total"], keepdims=1),
              helper.make_node("Div", ["e", "total"], ["probs"]),
-             helper.make_node("MatMul", ["x", "w"], ["m2"]), helper.make_node("Sub", ["m", "m2"], ["diff"])]
-    model = _graph(nodes, ["probs", "diff"], [w, b, shape])
+             helper.make_node("MatMul", ["x", "w"], ["m2"]), helper.make_node("Sub", ["m", "m2"], ["diff"]),
+             # a LayerNorm written out (older opsets) over the head: an embedding, not scores
+             helper.make_node("ReduceMean", ["m"], ["mean"], axes=[1]), helper.make_node("Sub", ["m", "mean"], ["c"]),
+             helper.make_node("Mul", ["c", "c"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["var"], axes=[1]),
+             helper.make_node("Sqrt", ["var"], ["std"]), helper.make_node("Div", ["c", "std"], ["normed"])]
+    model = _graph(nodes, ["probs", "diff", "normed"], [w, b, shape])
     assert class_score_outputs(model) == {"probs"}
 
 

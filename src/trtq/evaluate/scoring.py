@@ -345,14 +345,17 @@ def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> f
         if node.op_type == "Constant" or (node.input and all(not name or name in constants for name in node.input)):
             constants.update(out for out in node.output if out)
 
-    def reads(tensor: str, source: str) -> bool:
-        """Whether `tensor` is computed from `source` within a few nodes (softmax's max and sum are)."""
-        frontier = {tensor}
+    def softmax_statistic(tensor: str, source: str) -> bool:
+        """Whether `tensor` is a max or sum of `source` taken within a few nodes, as softmax's are, and not a
+        mean or deviation (a LayerNorm written out normalises an embedding, not scores)."""
+        frontier, ops = {tensor}, set()
         for _ in range(8):
             if source in frontier:
-                return True
-            frontier = {name for t in frontier if t in producer for name in producer[t].input if name}
-        return source in frontier
+                return bool(ops & {"ReduceMax", "ReduceSum"}) and not ops & {"ReduceMean", "Sqrt", "Pow"}
+            nodes = [producer[t] for t in frontier if t in producer]
+            ops.update(node.op_type for node in nodes)
+            frontier = {name for node in nodes for name in node.input if name}
+        return False
 
     def from_head(tensor: str) -> bool:
         for _ in range(64):
@@ -365,7 +368,7 @@ def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> f
                 tensor = node.input[0]
             elif node.op_type in CONSTANT_ARITHMETIC and len(node.input) == 2:
                 variable = [name for name in node.input if name not in constants]
-                if len(variable) == 2 and node.op_type in SELF_NORMALISING and reads(variable[1], variable[0]):
+                if len(variable) == 2 and node.op_type in SELF_NORMALISING and softmax_statistic(variable[1], variable[0]):
                     variable = variable[:1]  # x - max(x), exp / sum(exp): a softmax written out (jax2tf, tf2onnx)
                 if len(variable) != 1:
                     return False
