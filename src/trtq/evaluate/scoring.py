@@ -348,7 +348,8 @@ def class_score_outputs(model: onnx.ModelProto, forced: Sequence[str] = ()) -> f
     def softmax_statistic(tensor: str, source: str) -> bool:
         """Whether `tensor` is a max or sum of `source` taken within a few nodes, as softmax's are, and not a
         mean or deviation (a LayerNorm written out normalises an embedding, not scores)."""
-        frontier, ops = {tensor}, set()
+        frontier = {tensor}
+        ops: set[str] = set()
         for _ in range(8):
             if source in frontier:
                 return bool(ops & {"ReduceMax", "ReduceSum"}) and not ops & {"ReduceMean", "Sqrt", "Pow"}
