@@ -19,12 +19,14 @@ from trtq.calibrate.auto import (
     MIN_RACE_SAMPLES,
     PER_TENSOR,
     PREFERRED_TABLE,
+    TABLE_MARGIN_DB,
     TABLE_ORDER,
     JudgedLayer,
     candidate_ranges,
     check,
     choose_ranges,
     clipped_share,
+    critical_value,
     distinct_tables,
     pick_table,
     sample_snrs,
@@ -258,6 +260,30 @@ def test_a_gain_from_one_sample_keeps_mse():
                    progress=False)
     assert checks["percentile 99.99"].snr_db > checks["mse"].snr_db + 5  # far ahead in aggregate...
     assert pick_table(checks) == "mse"  # ...but not with confidence
+
+
+def test_critical_values_are_students_t_shared_over_the_tables():
+    # scipy.stats.t.ppf(0.975, 15), t.ppf(0.995, 7), t.ppf(0.995, 3), norm.ppf(0.995)
+    assert critical_value(16) == pytest.approx(2.131, abs=0.002)
+    assert critical_value(8, comparisons=5) == pytest.approx(3.499, abs=0.002)
+    assert critical_value(4, comparisons=5) == pytest.approx(5.841, abs=0.05)
+    assert critical_value(10_000, comparisons=5) == pytest.approx(2.576, abs=0.002)
+
+
+def test_a_gain_one_of_five_tables_shows_on_eight_samples_by_chance_keeps_mse():
+    # five challengers, eight judging samples: `max` gains 1.0 dB on average (spread 0.76): two standard errors
+    # would prove it (lower bound +0.47), but with five tables checked one such run is expected by chance
+    # (the random-weight Swin in FAMILY_ALPHA's note); Student's t at 2.5% over five tables bounds it at +0.07
+    base = [30.0, 28.0, 33.0, 31.0, 29.0, 32.0, 30.0, 31.0]
+    gains = [1.5, 1.5, 0.0, 2.0, 0.5, 1.5, 0.0, 1.0]
+    names = ["mse", "per-tensor", "percentile 99.99", "max", "entropy", "percentile 99.999"]
+    snrs = {name: [b - 8.0 for b in base] for name in names}
+    snrs["mse"], snrs["max"] = base, [b + g for b, g in zip(base, gains)]
+    checks = check(fake_tables(names), FakeRunner(snrs), progress=False)
+    assert checks["max"].gain_db == pytest.approx(1.0) and checks["max"].gain_low_db < TABLE_MARGIN_DB
+    assert pick_table(checks) == "mse"
+    one = check(fake_tables(["mse", "max"]), FakeRunner({"mse": base, "max": snrs["max"]}), progress=False)
+    assert pick_table(one) == "max"  # the same evidence against mse alone is enough
 
 
 def test_tables_that_cannot_win_stop_early_and_duplicates_run_once():
