@@ -340,10 +340,9 @@ confident classifier's softmax reaches 100+ dB on most samples, which would othe
 
 FAMILY_ALPHA = 0.025
 """A table replaces PREFERRED_TABLE only when its mean per-sample gain (paired over the judging samples) is at
-least TABLE_MARGIN_DB at a one-sided Student's t bound; this is the chance, when no table is better, that one
-is picked anyway, shared over the tables checked (Bonferroni). With a fixed 2 standard errors, 8 judging samples
-and five challengers, a random-weight Swin (bench_ranges' `swin`) switched to `max` on samples that favoured it
-by 2.1 dB; held out, `max` was 0.46 dB below mse."""
+least TABLE_MARGIN_DB at a one-sided Student's t bound: the chance, when no table is better, that one is picked
+anyway, shared over the tables checked (Bonferroni). At a fixed 2 standard errors on 8 samples with five challengers,
+a random-weight Swin (bench_ranges' `swin`) took `max` on samples favouring it by 2.1 dB (held out: 0.46 below mse)."""
 
 TABLE_MARGIN_DB = 0.1
 """Least gain (dB per sample, at the lower confidence bound) that replaces PREFERRED_TABLE."""
