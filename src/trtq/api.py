@@ -233,7 +233,7 @@ def quantize(
     paths = artifact_paths(prepared.path, options.output_dir, options.grid.name)
     fp8 = options.precision == "fp8"
     destinations = paths.destinations(cache=not fp8, external=options.external_data)
-    # with --smooth, the cache's tensors are the smoothed model's: the implicit build reads that model
+    # when smoothed or equalized, the cache's tensors are the smoothed model's: the implicit build reads that model
     smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx") if options.smooth is not None else None
     if smoothed_path is not None:
         destinations.append(smoothed_path)
@@ -250,7 +250,7 @@ def quantize(
     saved = None if calib_data is not None else (
         ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
     smoothing = None
-    if options.smooth is not None or (saved is not None and saved.smoothing):
+    if options.smooths(saved):
         prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     if calib_data is not None:
         calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
@@ -270,7 +270,7 @@ def quantize(
         prepared = replace(prepared, model=apply_saved_weights(prepared, weight_choices, options.grid, str(ranges)))
     if smoothing is None or fp8:
         smoothed_path = None
-    elif smoothed_path is None:  # smoothing from a --ranges table
+    elif smoothed_path is None:  # depthwise convolutions equalized, or smoothing from a --ranges table
         smoothed_path = paths.beside(f"{prepared.path.stem}.smoothed.onnx")
         check_destinations([smoothed_path], inputs)
     converter = high_precision(
@@ -522,7 +522,7 @@ def sensitivity(
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
     saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
     smoothing = None
-    if options.smooth is not None or (saved is not None and saved.smoothing):
+    if options.smooths(saved):
         prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
     calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
     table = calibration.ranges if calibration else saved

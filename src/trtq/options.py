@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -18,6 +19,9 @@ from trtq.evaluate.tasks import Task, check_task_options, make_task
 from trtq.formats.cache import DEFAULT_TRT_VERSION, trt_version_code
 from trtq.model import graph_outputs
 from trtq.quantize.smooth import check_alpha
+
+if TYPE_CHECKING:
+    from trtq.formats.ranges import RangesTable
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,9 @@ class QuantizeOptions(CalibrationOptions):
     smooth: float | str | None = None
     """SmoothQuant-style outlier migration before quantizing (`trtq.quantize.smooth`): an alpha in
     [0, 1] for all activations, "auto" to choose alpha per activation, None for none."""
+    equalize: bool = True
+    """INT8: equalize the inputs of depthwise convolutions (a Mul by 1/s before, filters times s; exact after
+    per-channel weight quantization, `trtq.quantize.smooth`); False: `--no-equalize`."""
     weight_ranges: str | None = None
     """Per-channel weight ranges: "max" (max |w|), or "mse" (FP8 only: chosen by the layer's output
     error on calibration rows, with bias correction; `trtq.quantize.weights`). None: mse for FP8, max for INT8."""
@@ -168,6 +175,19 @@ class QuantizeOptions(CalibrationOptions):
     def smooth_alpha(self) -> float | None:
         """The fixed alpha of --smooth ALPHA; None for the per-layer choice (or no smoothing)."""
         return None if self.smooth in (None, "auto") else float(self.smooth)
+
+    @property
+    def equalizes(self) -> bool:
+        """Whether depthwise convolution inputs are equalized: INT8 unless --no-equalize (FP8's error is relative
+        to each value, so a per-tensor scale does not starve small channels)."""
+        return self.equalize and self.precision == "int8"
+
+    def smooths(self, table: RangesTable | None = None) -> bool:
+        """Whether the model is smoothed or equalized before calibration: as `table` was when ranges are reused
+        (its tensors are those of that model), else with --smooth or the default equalization."""
+        if table is not None:
+            return bool(table.smoothing) or self.smooth is not None
+        return self.smooth is not None or self.equalizes
 
     def default_method(self) -> str:
         """The precision's range algorithm (DEFAULT_METHODS)."""

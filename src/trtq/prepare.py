@@ -294,7 +294,8 @@ def smooth_prepared(
     `prepared` as it was and None when there is nothing to smooth (said in a warning)."""
     result = smooth(prepared.model, prepared.placement, dataset, alpha=options.smooth_alpha, grid=options.grid,
                     table=table, device=options.device, drop_partial=fixed_batch(prepared.model) is not None,
-                    source=str(prepared.path), progress=progress)
+                    source=str(prepared.path), progress=progress, matmuls=options.smooth is not None,
+                    depthwise=options.equalizes and table is None)
     if result is None:
         return prepared, None
     placement = plan_placement(result.model, exclude_nodes=prepared.exclude_nodes, exclude_ops=prepared.exclude_ops,

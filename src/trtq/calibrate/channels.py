@@ -1,7 +1,8 @@
-"""Per-channel activation maxima: max |x| of each channel (the last axis) of chosen tensors.
+"""Per-channel activation maxima: max |x| of each channel (the last axis, or another per tensor) of chosen tensors.
 
 Outlier smoothing (`--smooth`, `trtq.quantize.smooth`) needs them for the inputs of the MatMuls it
-rescales, plus a few rows of those inputs to judge its choices on; ranges for Q/DQ need only
+rescales (channels last) and of the depthwise convolutions it equalizes (channels on axis 1), plus
+a few rows of those inputs to judge its choices on; ranges for Q/DQ need only
 per-tensor statistics (`collector`). This is one pass over the data through the FP32 model:
 onnxruntime with the tensors exposed as outputs on the CPU, or the ONNX graph in PyTorch with the
 maxima reduced on the device (`--device cuda`), where only the kept rows reach the host. Memory
@@ -100,10 +101,11 @@ def channel_amax(
     rows: int = 0,
     progress: bool = True,
     real_rows: bool = False,
+    channel_axes: Mapping[str, int] | None = None,
 ) -> ChannelStats:
-    """Max |x| per channel (last axis) of every tensor in `tensors` of the FP32 `model` over `dataset`
-    (float32), and up to `rows` rows of each, taken evenly over the batches; with `real_rows`, rows of
-    [batch, sequence, ...] tensors only at the positions the batch's attention mask marks
+    """Max |x| per channel (last axis, or the tensor's axis in `channel_axes`) of every tensor in `tensors` of the
+    FP32 `model` over `dataset` (float32), and up to `rows` rows of each, taken evenly over the batches; with
+    `real_rows`, rows of [batch, sequence, ...] tensors only at the positions the batch's attention mask marks
     (`trtq.evaluate.scoring.batch_positions`)."""
     names = list(dict.fromkeys(tensors))
     found: dict[str, np.ndarray] = {}
@@ -111,20 +113,21 @@ def channel_amax(
         return ChannelStats()
     batches = -(-dataset.num_samples // batch_size) if dataset.num_samples else None
     kept = _Rows(rows, batches, real_rows)
+    axes = {name: (channel_axes or {}).get(name, -1) for name in names}
     bar = tqdm(total=dataset.num_samples, desc="channel ranges", unit="sample", disable=not progress,
                dynamic_ncols=True, leave=False)
     with bar:
         if device == "cpu":
-            _on_cpu(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar)
+            _on_cpu(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar, axes)
         else:
-            _on_torch(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar, device)
+            _on_torch(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar, device, axes)
     if not found:
         raise TrtqError(f"Calibration data {dataset.description} yielded no samples.", "pass a non-empty --calib source.")
     return ChannelStats(found, kept.result())
 
 
 def _on_cpu(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[str, np.ndarray]],
-            found: dict[str, np.ndarray], kept: _Rows, bar: tqdm) -> None:
+            found: dict[str, np.ndarray], kept: _Rows, bar: tqdm, axes: Mapping[str, int] | None = None) -> None:
     from trtq.runtime.ort_session import make_session
 
     inputs = {vi.name for vi in model.graph.input}
@@ -135,7 +138,7 @@ def _on_cpu(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[
         values.update({name: batch[name] for name in names if name in inputs})
         kept.start(batch)
         for name in names:
-            value = np.asarray(values[name], dtype=np.float32)
+            value = np.moveaxis(np.asarray(values[name], dtype=np.float32), (axes or {}).get(name, -1), -1)
             shape = value.shape
             value = value.reshape(-1, value.shape[-1])
             _fold(found, name, np.abs(value).max(axis=0))
@@ -146,7 +149,8 @@ def _on_cpu(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[
 
 
 def _on_torch(model: onnx.ModelProto, names: list[str], batches: Iterator[Mapping[str, np.ndarray]],
-              found: dict[str, np.ndarray], kept: _Rows, bar: tqdm, device: str) -> None:
+              found: dict[str, np.ndarray], kept: _Rows, bar: tqdm, device: str,
+              axes: Mapping[str, int] | None = None) -> None:
     try:
         import torch
 
@@ -160,7 +164,8 @@ def _on_torch(model: onnx.ModelProto, names: list[str], batches: Iterator[Mappin
     running: dict[str, torch.Tensor] = {}
 
     def hook(name: str, value: torch.Tensor) -> None:
-        flat = value.detach().float().reshape(-1, value.shape[-1])
+        value = value.detach().float().movedim((axes or {}).get(name, -1), -1)
+        flat = value.reshape(-1, value.shape[-1])
         channel_max = flat.abs().amax(dim=0)
         running[name] = channel_max if name not in running else torch.maximum(running[name], channel_max)
         pick = kept.pick(name, flat.shape[0], tuple(value.shape))

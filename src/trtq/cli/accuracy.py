@@ -85,7 +85,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                f"drop {' '.join(extra)}, or calibrate again with --calib DATA.")
     calibration = calibration_options(args, method_option="--calib-method")
     exclude_ops = calibration["exclude_ops"]
-    options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth)
+    options = api.QuantizeOptions(**calibration, precision=args.precision, smooth=args.smooth,
+                                  equalize=args.equalize)
     settings = {
         "model": str(args.model),
         "method": args.method,
@@ -97,6 +98,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "residual_qdq": args.residual_qdq,
         "smooth": args.smooth,
+        "equalize": args.equalize,
     }
     run = api.sensitivity(
         args.model, calib=args.calib, ranges=args.ranges, data_source=args.data, data=data_options(args),
@@ -114,7 +116,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         patterns = " ".join(f"--exclude-nodes '{node_pattern(n)}'" for n in run.sensitive_layers)
         text += (f"\n{len(run.sensitive_layers)} layers are below {api.SENSITIVE_DB:g} dB; keep them out of "
                  f"{args.precision.upper()} with:\n  trtq quantize {args.model} --precision {args.precision}"
-                 f"{smooth_flag(args.smooth)}{' --residual-qdq' if args.residual_qdq else ''} {patterns}")
+                 f"{smooth_flag(args.smooth)}{'' if args.equalize else ' --no-equalize'}"
+                 f"{' --residual-qdq' if args.residual_qdq else ''} {patterns}")
     payload = {**result.to_dict(), "record": str(record), "sensitive_layers": list(run.sensitive_layers),
                "commands": run.commands, "shape_notes": list(run.shape_notes), "notes": list(run.notes)}
     emit(args, payload, text)

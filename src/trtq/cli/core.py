@@ -27,7 +27,7 @@ from trtq.cli.options import (
 from trtq.cli.output import add_output_options, emit, show_progress
 from trtq.evaluate.mixed import MixedPrecisionResult
 from trtq.quantize.precision import PrecisionResult
-from trtq.quantize.smooth import EQUIVALENCE_TOLERANCE, SmoothResult
+from trtq.quantize.smooth import SmoothResult
 from trtq.quantize.weights import WeightRangesSummary
 from trtq.report import RunRecord
 from trtq.tensorrt.runner import ENGINE_SUFFIXES
@@ -127,6 +127,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         external_data=args.external_data,
         precision=args.precision,
         smooth=args.smooth,
+        equalize=args.equalize,
         weight_ranges=args.weight_ranges,
     )
     result = api.quantize(args.model, calib=args.calib, ranges=args.ranges, data=data_options(args),
@@ -185,21 +186,24 @@ def weight_lines(weights: WeightRangesSummary | None) -> list[str]:
 
 
 def smoothing_lines(smoothing: SmoothResult | None) -> list[str]:
-    """What --smooth did, in two lines."""
+    """What --smooth and the depthwise equalization did, in two or three lines."""
     if smoothing is None:
         return []
-    tensors = smoothing.tensors
+    tensors = [t for t in smoothing.tensors if not t.depthwise]
     alphas = Counter(t.alpha for t in tensors)
     how = ("alpha per input: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(alphas.items()))
            if smoothing.alpha is None else f"alpha {smoothing.alpha:g}")
     left = (f"; {len(smoothing.left_alone)} left alone (smoothing gained less than 1.25 dB there)"
             if smoothing.left_alone else "")
     checked = (f"FP32 outputs within {smoothing.deviation:.2g} of their range of the original on "
-               f"{smoothing.checked_samples} samples (allowed {EQUIVALENCE_TOLERANCE:g})"
+               f"{smoothing.checked_samples} samples (allowed {smoothing.tolerance:.2g})"
                if smoothing.checked_samples else "not re-checked against the original (no data)")
-    return [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing.folded_into_layernorm} folded into "
-             f"LayerNorms, {smoothing.mul_nodes} by a Mul){left}"),
-            f"    {checked}"]
+    lines = [(f"  smoothed {len(tensors)} MatMul inputs ({how}; {smoothing.folded_into_layernorm} folded into "
+              f"LayerNorms, {smoothing.mul_nodes - smoothing.equalized} by a Mul){left}")] if smoothing.requested else []
+    if smoothing.equalized:
+        lines.append(f"  equalized {smoothing.equalized} depthwise convolution inputs (each channel scaled to the "
+                     "largest by a Mul, the filters by the inverse; --no-equalize leaves them)")
+    return [*lines, f"    {checked}"]
 
 
 CLIPPED_SHOWN = 3

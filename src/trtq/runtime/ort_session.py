@@ -148,7 +148,7 @@ def session_options(threads: int | None = None, spin: bool = True,
 
 def make_session(
     model: onnx.ModelProto, threads: int | None = None, spin: bool = True, outputs: Sequence[str] = (),
-    save_optimized: Path | None = None, optimize_only: bool = False,
+    save_optimized: Path | None = None, optimize_only: bool = False, exact: bool = False,
 ) -> OrtSession:
     """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
 
@@ -158,8 +158,12 @@ def make_session(
     (no 2 GB protobuf limit, no temporary file). `save_optimized` writes onnxruntime's optimised
     graph there (weights beside it), as SessionOptions.optimized_model_filepath does; with
     `optimize_only` that is all the session is for (one thread, no weight prepacking: faster to make).
+    `exact` keeps onnxruntime to its basic, arithmetic-preserving graph optimizations: its extended ones (fused
+    kernels, NCHWc layouts) round differently, by 2e-3 of PP-OCRv6 det's output range on blank inputs, where the
+    sigmoid's tail turns rounding in the logits into relative error.
     """
-    options = session_options(1 if optimize_only else threads, spin)
+    options = session_options(1 if optimize_only else threads, spin, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if exact
+                              else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if optimize_only:  # made only to write `save_optimized`: skip packing weights for kernels never run
         options.add_session_config_entry("session.disable_prepacking", "1")
     if save_optimized is not None:

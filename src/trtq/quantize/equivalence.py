@@ -1,0 +1,102 @@
+"""Whether a rewritten FP32 model (smoothed, equalized) still computes what the original does.
+
+Smoothing and depthwise equalization (`trtq.quantize.smooth`) rescale activations and weights in ways that are
+exact in real arithmetic; this runs both FP32 models on the first calibration samples and refuses the rewrite
+when an output moved by more than float rounding, before anything is calibrated on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from trtq.data import Dataset
+from trtq.errors import TrtqError
+from trtq.quantize.selections import expose_choices, pin_selections
+
+if TYPE_CHECKING:
+    from trtq.quantize.smooth import SmoothResult
+
+EQUIVALENCE_TOLERANCE = 1e-3
+"""Largest change of any FP32 output smoothing may cause, relative to that output's max |y| on the
+checked samples. Float rounding alone moves MiniLM's hidden states by about 1e-6 of their range."""
+
+ROUNDING_FACTOR = 4.0
+"""An output may also move by this many times what onnxruntime's own optimizations move it (the original run with
+only its basic, arithmetic-preserving ones against all of them): some outputs are ill-conditioned, as PP-OCRv6
+det's sigmoid map is on a blank page (max 9e-5, where rounding in the logits is relative error: 2e-3 of the range)."""
+
+CHECK_SAMPLES = 8
+"""Calibration samples the smoothed FP32 model is compared with the original on."""
+
+
+def check_equivalent(
+    original: onnx.ModelProto,
+    smoothed: SmoothResult,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    tolerance: float = EQUIVALENCE_TOLERANCE,
+    source: str = "the model",
+) -> SmoothResult:
+    """Run both FP32 models on `batches`; return `smoothed` with its measured deviation, or raise
+    TrtqError when an output moved by more than `tolerance` of its range and more than ROUNDING_FACTOR times
+    onnxruntime's own rounding moves it.
+
+    The smoothed model makes the original's discrete choices (TopK, ArgMax, NonMaxSuppression indices, see
+    trtq.quantize.selections): where scores nearly tie, float rounding alone would pick other queries and
+    change everything after them (RT-DETR's TopK over anchor scores)."""
+    from trtq.runtime.ort_session import make_session
+
+    pinned, choices = pin_selections(smoothed.model)
+    reference = make_session(expose_choices(original, choices))
+    candidate = make_session(pinned)
+    rounded = make_session(pin_selections(original)[0], exact=True)
+    names = [o.name for o in original.graph.output]
+    diff, rounding, top = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    samples = 0
+    for batch in batches:
+        ran = reference.run([*names, *(c for c in choices if c not in names)], dict(batch))
+        computed = dict(zip([*names, *(c for c in choices if c not in names)], ran))
+        pinned_feeds = {**dict(batch), **{c: computed[c] for c in choices}}
+        for name, got, again in zip(names, candidate.run(names, pinned_feeds), rounded.run(names, pinned_feeds)):
+            ref = computed[name]
+            if not np.issubdtype(np.asarray(ref).dtype, np.floating):
+                continue
+            ref, got, again = (np.asarray(v, np.float64) for v in (ref, got, again))
+            diff[name] = max(diff[name], float(np.abs(ref - got).max(initial=0.0)))
+            rounding[name] = max(rounding[name], float(np.abs(ref - again).max(initial=0.0)))
+            top[name] = max(top[name], float(np.abs(ref).max(initial=0.0)))
+        samples += len(next(iter(batch.values())))
+    relative = {name: diff[name] / top[name] if top[name] > 0 else diff[name] for name in names}
+    allowed = {name: max(tolerance, ROUNDING_FACTOR * (rounding[name] / top[name] if top[name] > 0 else rounding[name]))
+               for name in names}
+    worst = max(relative, key=lambda name: relative[name] / allowed[name]) if relative else None
+    deviation = relative[worst] if worst is not None else 0.0
+    if worst is not None and (not np.isfinite(deviation) or deviation > allowed[worst]):
+        tolerance = allowed[worst]
+        flag = "--smooth" if smoothed.alpha is None else f"--smooth {smoothed.alpha:g}"
+        what = f"Smoothing {source} ({flag})" if smoothed.requested else \
+            f"Equalizing the depthwise convolutions of {source}"
+        raise TrtqError(
+            f"{what} changed its FP32 output {worst!r} by up to "
+            f"{deviation:.3g} of its range on {samples} calibration samples; at most {tolerance:.3g} is float rounding.",
+            ("run without --smooth, or with a smaller alpha," if smoothed.requested else "run with --no-equalize")
+            + " and report the model to trtq's maintainers.",
+        )
+    return replace(smoothed, deviation=deviation, checked_samples=samples,
+                   tolerance=allowed[worst] if worst is not None else tolerance)
+
+
+def first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
+    """The first batches of `dataset` holding at least `count` samples (all of them when it has fewer)."""
+    batches: list[Mapping[str, np.ndarray]] = []
+    seen = 0
+    for batch in dataset.batches(dataset.batch_size):
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= count:
+            break
+    return batches
