@@ -28,6 +28,9 @@ Models and data (all offline; nothing here is tuned to them):
               layout detector, MTCNN's face classifier, PP-OCRv4 det and rec) that no method was tuned
               on; bench/heldout_cases.py says what each is, where it comes from and how it is scored
 
+Every method runs on trtq's default graph, which for INT8 equalizes the inputs of depthwise convolutions; for
+models that have them the default also runs with --no-equalize (column auto-noeq), which shows what that gives.
+
 SNR is 10 log10(sum ref^2 / sum (ref - q)^2) over all held-out samples and elements (aggregate),
 except where noted. The recogniser's and the classifier's outputs are softmax scores, whose error
 comes from a few samples where a character or the direction flips: on 32 (rec) and 64 (cls)
@@ -69,6 +72,8 @@ sys.path.insert(0, str(ROOT / "examples" / "models"))
 
 FIXED_METHODS = ("entropy", "max", "percentile", "mse")
 DEFAULT = "auto"
+UNEQUALIZED = "auto-noeq"
+"""The default with --no-equalize: a column for models with depthwise convolutions (what equalization gives)."""
 
 
 @dataclass
@@ -426,8 +431,9 @@ def quantize(case: Case, method: str, out: Path, keep_float: Sequence[str] = ())
     model, the wall and CPU seconds taken."""
     from trtq import api
 
-    options = api.QuantizeOptions(method=method, output_dir=str(out),
-                                  exclude_nodes=tuple(f"^{re.escape(name)}$" for name in keep_float))
+    options = api.QuantizeOptions(method=DEFAULT if method == UNEQUALIZED else method, output_dir=str(out),
+                                  exclude_nodes=tuple(f"^{re.escape(name)}$" for name in keep_float),
+                                  equalize=method != UNEQUALIZED)
     start, cpu = time.perf_counter(), time.process_time()
     result = api.quantize(case.model, case.calib, data=api.DataOptions(preset=case.preset, shapes=case.shapes),
                           options=options, progress=False)
@@ -514,6 +520,15 @@ def same_layers(case: Case, ours: Path, theirs: Path, feeds: list[dict[str, np.n
     return score(case, held_out_powers(case, path, feeds))
 
 
+def has_depthwise(case: Case) -> bool:
+    """Whether the model has a depthwise convolution (one input channel per group), which the default equalizes."""
+    import onnx
+
+    model = onnx.load(str(case.model))
+    return any(node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+               for node in model.graph.node)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(CASES))
@@ -535,7 +550,7 @@ def main() -> None:
         feeds = _feeds(case)
         row: dict[str, float | None] = {}
         powers: dict[str, np.ndarray] = {}
-        for method in args.methods:
+        for method in [*args.methods, *([UNEQUALIZED] if DEFAULT in args.methods and has_depthwise(case) else [])]:
             out = WORK / key / method
             out.mkdir(parents=True, exist_ok=True)
             saved = out / f"held_out_powers_{len(feeds)}.npy"

@@ -8,9 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtq.errors import TrtqError
-from trtq.quantize.equivalence import check_equivalent
 from trtq.quantize.selections import pin_selections
-from trtq.quantize.smooth import SmoothResult
+from trtq.quantize.smooth import SmoothResult, check_equivalent
 
 BOXES = np.arange(16, dtype=np.float32).reshape(4, 4) * 10.0
 TIED = np.array([[1.0, 1.0, 0.5, 0.2]], np.float32)

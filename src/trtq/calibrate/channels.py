@@ -11,7 +11,7 @@ stays one batch's exposed activations plus the kept rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,11 +32,13 @@ class ChannelStats:
     """[n, channels] float32 rows taken evenly from the batches (a fixed random choice within each)."""
 
 
-def _batches(dataset: Dataset, batch_size: int, drop_partial: bool) -> Iterator[Mapping[str, np.ndarray]]:
-    for batch in dataset.batches(batch_size):
+def _batches(dataset: Dataset, batch_size: int, drop_partial: bool,
+             only: Collection[int] | None = None) -> Iterator[Mapping[str, np.ndarray]]:
+    for index, batch in enumerate(dataset.batches(batch_size)):
         if drop_partial and len(next(iter(batch.values()))) < batch_size:
             return
-        yield batch
+        if only is None or index in only:
+            yield batch
 
 
 def _fold(found: dict[str, np.ndarray], name: str, channel_max: np.ndarray) -> None:
@@ -102,25 +104,31 @@ def channel_amax(
     progress: bool = True,
     real_rows: bool = False,
     channel_axes: Mapping[str, int] | None = None,
+    only_batches: Collection[int] | None = None,
 ) -> ChannelStats:
     """Max |x| per channel (last axis, or the tensor's axis in `channel_axes`) of every tensor in `tensors` of the
     FP32 `model` over `dataset` (float32), and up to `rows` rows of each, taken evenly over the batches; with
     `real_rows`, rows of [batch, sequence, ...] tensors only at the positions the batch's attention mask marks
-    (`trtq.evaluate.scoring.batch_positions`)."""
+    (`trtq.evaluate.scoring.batch_positions`). `only_batches`: the indices of the batches to run, the rest skipped."""
     names = list(dict.fromkeys(tensors))
     found: dict[str, np.ndarray] = {}
     if not names:
         return ChannelStats()
     batches = -(-dataset.num_samples // batch_size) if dataset.num_samples else None
+    if only_batches is not None:
+        batches = len(only_batches)
     kept = _Rows(rows, batches, real_rows)
     axes = {name: (channel_axes or {}).get(name, -1) for name in names}
-    bar = tqdm(total=dataset.num_samples, desc="channel ranges", unit="sample", disable=not progress,
+    total = dataset.num_samples if only_batches is None or not dataset.num_samples else \
+        min(dataset.num_samples, len(only_batches) * batch_size)
+    bar = tqdm(total=total, desc="channel ranges", unit="sample", disable=not progress,
                dynamic_ncols=True, leave=False)
     with bar:
         if device == "cpu":
-            _on_cpu(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar, axes)
+            _on_cpu(model, names, _batches(dataset, batch_size, drop_partial, only_batches), found, kept, bar, axes)
         else:
-            _on_torch(model, names, _batches(dataset, batch_size, drop_partial), found, kept, bar, device, axes)
+            _on_torch(model, names, _batches(dataset, batch_size, drop_partial, only_batches), found, kept, bar, device,
+                      axes)
     if not found:
         raise TrtqError(f"Calibration data {dataset.description} yielded no samples.", "pass a non-empty --calib source.")
     return ChannelStats(found, kept.result())

@@ -8,8 +8,7 @@ when an output moved by more than float rounding, before anything is calibrated 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,9 +16,6 @@ import onnx
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.quantize.selections import expose_choices, pin_selections
-
-if TYPE_CHECKING:
-    from trtq.quantize.smooth import SmoothResult
 
 EQUIVALENCE_TOLERANCE = 1e-3
 """Largest change of any FP32 output smoothing may cause, relative to that output's max |y| on the
@@ -34,23 +30,35 @@ CHECK_SAMPLES = 8
 """Calibration samples the smoothed FP32 model is compared with the original on."""
 
 
-def check_equivalent(
+@dataclass(frozen=True)
+class Equivalence:
+    """How far a rewritten FP32 model's outputs are from the original's."""
+
+    deviation: float
+    """The largest change of an output, relative to that output's max |y|."""
+    tolerance: float
+    """What that output was allowed (EQUIVALENCE_TOLERANCE, or more where onnxruntime's own rounding moves it more)."""
+    samples: int
+
+
+def compare_fp32(
     original: onnx.ModelProto,
-    smoothed: SmoothResult,
+    rewritten: onnx.ModelProto,
     batches: Iterable[Mapping[str, np.ndarray]],
+    what: str,
+    fix: str,
     tolerance: float = EQUIVALENCE_TOLERANCE,
-    source: str = "the model",
-) -> SmoothResult:
-    """Run both FP32 models on `batches`; return `smoothed` with its measured deviation, or raise
-    TrtqError when an output moved by more than `tolerance` of its range and more than ROUNDING_FACTOR times
-    onnxruntime's own rounding moves it.
+) -> Equivalence:
+    """Run both FP32 models on `batches` and measure how far `rewritten`'s outputs are from `original`'s; raise
+    TrtqError ("`what` changed its FP32 output ...", suggesting `fix`) when an output moved by more than `tolerance`
+    of its range and more than ROUNDING_FACTOR times onnxruntime's own rounding moves it.
 
     The smoothed model makes the original's discrete choices (TopK, ArgMax, NonMaxSuppression indices, see
     trtq.quantize.selections): where scores nearly tie, float rounding alone would pick other queries and
     change everything after them (RT-DETR's TopK over anchor scores)."""
     from trtq.runtime.ort_session import make_session
 
-    pinned, choices = pin_selections(smoothed.model)
+    pinned, choices = pin_selections(rewritten)
     reference = make_session(expose_choices(original, choices))
     candidate = make_session(pinned)
     rounded = make_session(pin_selections(original)[0], exact=True)
@@ -76,18 +84,9 @@ def check_equivalent(
     worst = max(relative, key=lambda name: relative[name] / allowed[name]) if relative else None
     deviation = relative[worst] if worst is not None else 0.0
     if worst is not None and (not np.isfinite(deviation) or deviation > allowed[worst]):
-        tolerance = allowed[worst]
-        flag = "--smooth" if smoothed.alpha is None else f"--smooth {smoothed.alpha:g}"
-        what = f"Smoothing {source} ({flag})" if smoothed.requested else \
-            f"Equalizing the depthwise convolutions of {source}"
-        raise TrtqError(
-            f"{what} changed its FP32 output {worst!r} by up to "
-            f"{deviation:.3g} of its range on {samples} calibration samples; at most {tolerance:.3g} is float rounding.",
-            ("run without --smooth, or with a smaller alpha," if smoothed.requested else "run with --no-equalize")
-            + " and report the model to trtq's maintainers.",
-        )
-    return replace(smoothed, deviation=deviation, checked_samples=samples,
-                   tolerance=allowed[worst] if worst is not None else tolerance)
+        raise TrtqError(f"{what} changed its FP32 output {worst!r} by up to {deviation:.3g} of its range on {samples} "
+                        f"calibration samples; at most {allowed[worst]:.3g} is float rounding.", fix)
+    return Equivalence(deviation, allowed[worst] if worst is not None else tolerance, samples)
 
 
 def first_samples(dataset: Dataset, count: int) -> list[Mapping[str, np.ndarray]]:
