@@ -131,3 +131,19 @@ def test_fp8_is_not_equalized(tmp_path):
     result = api.quantize(tmp_path / "m.onnx", tmp_path / "calib.npy", progress=False,
                           options=api.QuantizeOptions(precision="fp8", output_dir=str(tmp_path / "fp8")))
     assert result.smoothing is None
+
+
+def test_the_command_line_says_what_it_equalized_and_no_equalize_leaves_it(tmp_path, capsys):
+    from trtq.cli import main
+
+    onnx.save(_net(), tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", _data(8, seed=2))
+    assert main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--quiet",
+                 "--output-dir", str(tmp_path / "eq")]) == 0
+    printed = capsys.readouterr().out
+    assert "equalized 1 depthwise convolution inputs" in printed and "m.smoothed.onnx" in printed
+    assert "smoothed 0 MatMul" not in printed  # --smooth was not asked for
+    assert main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--quiet",
+                 "--no-equalize", "--output-dir", str(tmp_path / "plain")]) == 0
+    assert "equalized" not in capsys.readouterr().out and not (tmp_path / "plain" / "m.smoothed.onnx").exists()
+    assert (tmp_path / "eq" / "m.smoothed.onnx").exists()
