@@ -67,6 +67,7 @@ def main() -> None:
 
         setattr(owner, name, wrapper)
 
+    timed(api, "smooth_prepared", "depthwise equalization (channel maxima, rewrite, FP32 check)")
     timed(runner, "all_candidates", "candidates (every method's amax per tensor)")
     timed(runner, "choose_ranges", "choose_ranges (local judge and end-to-end checks)")
     timed(auto._Judge, "add", "  local judge runs")
