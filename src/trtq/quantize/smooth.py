@@ -61,7 +61,13 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
-from trtq.quantize.equivalence import CHECK_SAMPLES, EQUIVALENCE_TOLERANCE, compare_fp32, first_samples
+from trtq.quantize.equivalence import (
+    CHECK_SAMPLES,
+    EQUALIZED_CHECK_SAMPLES,
+    EQUIVALENCE_TOLERANCE,
+    compare_fp32,
+    first_samples,
+)
 from trtq.quantize.placement import Placement
 from trtq.quantize.qdq import insert_after_producers, unique_name
 
@@ -560,7 +566,8 @@ def smooth(
                         "pass --calib DATA (or --ranges FILE written by a --smooth run).")
     result = replace(smooth_model(model, groups, factors, alpha, channel_max), requested=matmuls)
     if dataset is not None:
-        result = check_equivalent(model, result, first_samples(dataset, CHECK_SAMPLES), source=source)
+        count = CHECK_SAMPLES if result.requested else EQUALIZED_CHECK_SAMPLES
+        result = check_equivalent(model, result, first_samples(dataset, count), source=source)
     return result
 
 
