@@ -148,3 +148,34 @@ def test_the_command_line_says_what_it_equalized_and_no_equalize_leaves_it(tmp_p
                  "--no-equalize", "--output-dir", str(tmp_path / "plain")]) == 0
     assert "equalized" not in capsys.readouterr().out and not (tmp_path / "plain" / "m.smoothed.onnx").exists()
     assert (tmp_path / "eq" / "m.smoothed.onnx").exists()
+
+
+def test_channel_maxima_on_axis_1_agree_between_onnxruntime_and_the_torch_executor():
+    """The depthwise inputs' maxima per channel (axis 1), from onnxruntime and from the PyTorch executor that
+    `--device cuda` uses (run here on the CPU), equal the maxima numpy takes of the tensor itself."""
+    import pytest
+
+    pytest.importorskip("torch")
+    from trtq.calibrate.channels import _on_cpu, _on_torch, _Rows
+
+    model = _net()
+    x = _data(6, seed=4)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
+    h = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["h"], {"x": x})[0]
+    expected = np.abs(h).max(axis=(0, 2, 3))
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+    for run in (_on_cpu, _on_torch):
+        found: dict[str, np.ndarray] = {}
+        batches = iter([{"x": x[:3]}, {"x": x[3:]}])
+        args = (model, ["h"], batches, found, _Rows(0, 2), Bar())
+        if run is _on_torch:
+            _on_torch(*args, "cpu", {"h": 1})
+        else:
+            _on_cpu(*args, {"h": 1})
+        assert found["h"].shape == (C,) and np.allclose(found["h"], expected, rtol=1e-6), run.__name__
