@@ -57,6 +57,14 @@ def _run(model: onnx.ModelProto | str, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def _depthwise_input(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """h, the depthwise convolution's input, as the FP32 model computes it on `x`."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
+    return ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["h"], {"x": x})[0]
+
+
 def _snr(ref: np.ndarray, out: np.ndarray) -> float:
     return float(10 * np.log10((ref**2).sum() / ((ref - out) ** 2).sum()))
 
@@ -79,10 +87,7 @@ def test_equalized_model_equals_the_original_and_spreads_the_channels():
     model = _net()
     groups = smoothing_groups(model, plan_placement(model), matmuls=False, depthwise=True)
     x = _data(4, seed=1)
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
-    h = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["h"], {"x": x})[0]
+    h = _depthwise_input(model, x)
     channel_max = np.abs(h).max(axis=(0, 2, 3))
     assert channel_max.max() / channel_max.min() > 20
     scale = depthwise_factors(channel_max)
@@ -160,10 +165,7 @@ def test_channel_maxima_on_axis_1_agree_between_onnxruntime_and_the_torch_execut
 
     model = _net()
     x = _data(6, seed=4)
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
-    h = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["h"], {"x": x})[0]
+    h = _depthwise_input(model, x)
     expected = np.abs(h).max(axis=(0, 2, 3))
 
     class Bar:
