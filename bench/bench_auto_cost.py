@@ -29,6 +29,7 @@ import bench_cpu
 from trtq import api
 from trtq.calibrate import (
     auto,
+    judge,
     runner,
 )
 from trtq.evaluate import tables
@@ -70,7 +71,7 @@ def main() -> None:
     timed(api, "smooth_prepared", "depthwise equalization (channel maxima, rewrite, FP32 check)")
     timed(runner, "all_candidates", "candidates (every method's amax per tensor)")
     timed(runner, "choose_ranges", "choose_ranges (local judge and end-to-end checks)")
-    timed(auto._Judge, "add", "  local judge runs")
+    timed(judge.Judge, "add", "  local judge runs")
     timed(auto, "check", "  end-to-end checks")
     timed(tables.TableRunner, "__init__", "  Q/DQ model and session for the checks")
     start = time.process_time()

@@ -15,9 +15,9 @@ from pathlib import Path
 import onnx
 
 from trtq.calibrate import CalibrationResult, run_calibration
-from trtq.calibrate.auto import JudgedLayer
 from trtq.calibrate.channels import channel_amax
 from trtq.calibrate.grids import Grid
+from trtq.calibrate.judge import JudgedLayer
 from trtq.data import Dataset, DataSource, open_dataset, resolve_preprocess
 from trtq.errors import TrtqError
 from trtq.evaluate.mixed import node_pattern
@@ -264,6 +264,7 @@ def calibrate_prepared(
         progress=progress,
         layers=judged_layers(prepared.placement) if options.method == "auto" else (),
         check_tables=partial(TableRunner, prepared.model, prepared.placement),
+        judge_layers=options.judge_layers,
         grid=options.grid,
     )
 

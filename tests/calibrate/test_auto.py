@@ -156,19 +156,24 @@ def conv_case(tmp_path):
     return tmp_path, model
 
 
-def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case):
+@pytest.mark.parametrize("judge_layers", [False, True])
+def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case, judge_layers):
     tmp_path, model = conv_case
-    result = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    result = api.quantize(model, tmp_path / "calib.npy", progress=False,
+                          options=api.QuantizeOptions(method="auto", judge_layers=judge_layers))
     table = RangesTable.load(result.ranges_path)
     placement = api.prepare_model(model).placement
     assert set(result.choices) == set(placement.activation_tensors)
     assert PREFERRED_TABLE in table.table_checks and set(table.table_checks) <= set(TABLE_ORDER)
+    assert (PER_TENSOR in table.table_checks) == judge_layers  # the local judge's table only when asked for
     assert set(table.table_scores) == set(table.table_checks)
     assert table.options["table"] in table.table_checks and table.options["judged_samples"] == 4
     assert table.table_checks[PREFERRED_TABLE].gain_db == 0.0
     assert all(1 <= c.samples <= 4 for c in table.table_checks.values())
     for name, choice in result.choices.items():
-        assert choice.judged_samples == LOCAL_BATCHES  # the residual skip r1 (read by conv2 and the Add) included
+        # the residual skip r1 (read by conv2 and the Add) included
+        assert choice.judged_samples == (LOCAL_BATCHES if judge_layers else 0)
+        assert (choice.max_snr_db is not None) == judge_layers
         assert 0 < choice.amax_over_max <= 1 and 0 <= choice.clipped < 0.5
         assert table.amax[name] == pytest.approx(choice.amax_over_max * result.calibration.stats[name].amax)
     as_json = json.loads(json.dumps(result.to_dict()))
@@ -207,7 +212,8 @@ def test_table_runner_feeds_the_scales_insert_qdq_writes(conv_case):
     tensors = prepared.placement.activation_tensors
     amax = {t: 4.0 + 0.5 * i for i, t in enumerate(tensors)}
     runner = TableRunner(prepared.model, prepared.placement, batches)
-    fixed = make_session(insert_qdq(prepared.model, prepared.placement, amax))
+    # as ONNX defines Q/DQ: onnxruntime's QDQ fusions (int32 bias) move the noise by ~0.2% (0.01 dB)
+    fixed = make_session(insert_qdq(prepared.model, prepared.placement, amax), fuse_qdq=False)
     fp32 = make_session(prepared.model)
     outputs = [o.name for o in prepared.model.graph.output]
     for index, batch in enumerate(batches):

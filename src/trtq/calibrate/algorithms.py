@@ -171,9 +171,12 @@ def amax_mse(stats: TensorStats, grid: Grid = INT8) -> float:
     errors = np.empty(thresholds.size, dtype=np.float64)
     for start in range(0, thresholds.size, _MSE_CHUNK):
         amax = thresholds[start : start + _MSE_CHUNK, None]
-        if grid.name == INT8.name:
-            levels = np.minimum(np.round(centres[None, :] * (INT8_LEVELS / amax)), INT8_LEVELS)
-            diff = levels * (amax / INT8_LEVELS) - centres[None, :]
+        if grid.name == INT8.name:  # in place, in the same order as min(round(c * 127 / a), 127) * (a / 127) - c
+            diff = centres[None, :] * (INT8_LEVELS / amax)
+            np.round(diff, out=diff)
+            np.minimum(diff, INT8_LEVELS, out=diff)
+            diff *= amax / INT8_LEVELS
+            diff -= centres[None, :]
         else:
             values = np.broadcast_to(centres.astype(np.float32), (amax.shape[0], centres.size))
             diff = grid.fake_quantize(values, amax[:, 0], axis=0).astype(np.float64) - centres[None, :]

@@ -8,13 +8,12 @@ samples, against the same layer in FP32. The winner has the smallest error, summ
 consumers relative to each consumer's output power; near-ties go to the larger range, which is
 safer on data the judge did not see.
 
-The work is a few onnxruntime runs, whatever the backend that gathered the statistics:
-1. one FP32 pass over the judging samples with the layers' inputs exposed;
-2. one "bag" model holding a copy of every consuming node per judged input (weights already
-   fake-quantized, the judged input as a graph input) and one holding the nodes as they are
-   (the FP32 reference); the bag runs once per candidate slot, all layers at once.
-A layer reading two quantized activations (attention's Q.K^T and P.V) judges each with the
-other at its current choice; a second round settles them after the first choices are made.
+The local judge (`trtq.calibrate.judge`) is a few onnxruntime runs on the CPU, whatever the backend
+that gathered the statistics: one FP32 pass per judging batch exposing the layers' inputs and
+outputs, and one run of a "bag" of the layers per candidate slot. A layer reading two quantized
+activations (attention's Q.K^T and P.V) judges each with the other at its current choice; a second
+round settles them after the first choices are made. Whole-model tables are then checked end to end
+(`check`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from typing import Protocol
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from trtq.calibrate.algorithms import (
@@ -38,8 +36,8 @@ from trtq.calibrate.algorithms import (
 )
 from trtq.calibrate.collector import TensorStats
 from trtq.calibrate.grids import INT8, Grid
+from trtq.calibrate.judge import Bag, Judge, JudgedLayer, Key, slots, tensor_errors
 from trtq.formats.ranges import RangeChoice, TableCheck
-from trtq.model import tensor_types
 
 DEFAULT_PERCENTILE = 99.99
 CANDIDATE_PERCENTILES = (99.9, DEFAULT_PERCENTILE, 99.999)
@@ -64,20 +62,6 @@ layer runs cost about one forward pass per candidate and batch."""
 
 TIE_TOLERANCE = 0.02
 """Candidates whose error is within this share of the best count as tied; the largest amax wins."""
-
-
-@dataclass(frozen=True)
-class JudgedLayer:
-    """A node that reads quantized activations, as the range search needs to run it.
-
-    Built from the Q/DQ placement (`trtq.api`), so that calibration need not know placement rules.
-    """
-
-    node: str
-    activations: tuple[tuple[int, str], ...]
-    """(input index, tensor) of each input quantized per tensor."""
-    weights: tuple[tuple[int, str, int], ...] = ()
-    """(input index, initializer, per-channel axis) of each quantized weight."""
 
 
 def candidate_ranges(stats: TensorStats, grid: Grid = INT8,
@@ -114,178 +98,6 @@ def clipped_share(stats: TensorStats, amax: float) -> float:
         above += float(stats.hist[whole - 1]) * (whole - edge)
     return above / stats.count
 
-
-
-@dataclass(frozen=True)
-class _Copy:
-    """One judged input of one layer: a copy of the node in the bag model."""
-
-    node: str
-    tensor: str
-    feed: str
-    """The bag input that receives the judged tensor, fake-quantized at a candidate."""
-    outputs: tuple[tuple[str, str], ...]
-    """(output in the bag, the original node's output) pairs."""
-
-
-class _Bags:
-    """Two models made of the `layers`' nodes only, fed from cached activations.
-
-    `reference`: the nodes as they are (FP32). `bag`: per judged input of each node, a copy with
-    its quantized weights on the grid, the judged input as graph input `judge<i>/x`, and its other
-    quantized activations as graph inputs `fixed/<tensor>` (fed at their current choice).
-    """
-
-    def __init__(self, model: onnx.ModelProto, layers: Sequence[JudgedLayer], grid: Grid) -> None:
-        nodes = {node.name: node for node in model.graph.node}
-        initializers = {init.name: init for init in model.graph.initializer}
-        types = tensor_types(model)
-
-        def info(name: str, like: str) -> onnx.ValueInfoProto:
-            return helper.make_tensor_value_info(name, types.get(like, onnx.TensorProto.FLOAT), None)
-
-        ref_nodes: list[onnx.NodeProto] = []
-        ref_inputs: dict[str, onnx.ValueInfoProto] = {}
-        ref_inits: dict[str, onnx.TensorProto] = {}
-        bag_nodes: list[onnx.NodeProto] = []
-        bag_inputs: dict[str, onnx.ValueInfoProto] = {}
-        bag_inits: dict[str, onnx.TensorProto] = {}
-        bag_outputs: list[onnx.ValueInfoProto] = []
-        self.copies: list[_Copy] = []
-        self.fixed: dict[str, str] = {}
-        for layer in layers:
-            node = nodes[layer.node]
-            weights = {index: (name, axis) for index, name, axis in layer.weights}
-            quantized = dict(layer.activations)
-            ref = onnx.NodeProto()
-            ref.CopyFrom(node)
-            for i, out in enumerate(node.output):
-                ref.output[i] = f"reference/{out}" if out else ""
-            ref_nodes.append(ref)
-            for name in node.input:
-                if name in initializers:
-                    ref_inits[name] = initializers[name]
-                elif name:
-                    ref_inputs.setdefault(name, info(name, name))
-            for tensor in dict.fromkeys(quantized.values()):
-                index_in_bag = len(self.copies)
-                copy = onnx.NodeProto()
-                copy.CopyFrom(node)
-                copy.name = f"judge{index_in_bag}"
-                feed = f"judge{index_in_bag}/x"
-                bag_inputs[feed] = info(feed, tensor)
-                for index, name in enumerate(node.input):
-                    if not name:
-                        continue
-                    if quantized.get(index) == tensor:
-                        copy.input[index] = feed
-                    elif index in quantized:
-                        fixed = f"fixed/{quantized[index]}"
-                        self.fixed[fixed] = quantized[index]
-                        bag_inputs.setdefault(fixed, info(fixed, quantized[index]))
-                        copy.input[index] = fixed
-                    elif index in weights:
-                        weight, axis = weights[index]
-                        qname = f"weight/{axis}/{weight}"
-                        if qname not in bag_inits:
-                            values = numpy_helper.to_array(initializers[weight])
-                            bag_inits[qname] = numpy_helper.from_array(grid.fake_quantize_weight(values, axis), qname)
-                        copy.input[index] = qname
-                    elif name in initializers:
-                        bag_inits[name] = initializers[name]
-                    else:
-                        bag_inputs.setdefault(name, info(name, name))
-                pairs = tuple((f"judge{index_in_bag}/y{i}", out) for i, out in enumerate(node.output) if out)
-                for i, out in enumerate(node.output):
-                    copy.output[i] = f"judge{index_in_bag}/y{i}" if out else ""
-                bag_outputs.extend(info(new, old) for new, old in pairs)
-                bag_nodes.append(copy)
-                self.copies.append(_Copy(layer.node, tensor, feed, pairs))
-        self.ref_inputs = list(ref_inputs)
-        self.ref_outputs = list(dict.fromkeys(f"reference/{old}" for c in self.copies for _, old in c.outputs))
-        self.bag_inputs = list(bag_inputs)
-        self.bag_outputs = [new for c in self.copies for new, _ in c.outputs]
-        self.reference = _model(model, "trtq_judge_reference", ref_nodes, list(ref_inputs.values()),
-                                [info(o, o.removeprefix("reference/")) for o in self.ref_outputs],
-                                list(ref_inits.values()))
-        self.bag = _model(model, "trtq_judge_bag", bag_nodes, list(bag_inputs.values()), bag_outputs,
-                          list(bag_inits.values()))
-
-
-def _model(like: onnx.ModelProto, name: str, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-           outputs: list[onnx.ValueInfoProto], initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
-    out = helper.make_model(graph, opset_imports=list(like.opset_import))
-    out.ir_version = like.ir_version
-    return out
-
-
-Key = tuple[str, str]
-"""(node, judged tensor): one copy's identity across bags."""
-
-
-class _Judge:
-    """Accumulates, batch by batch, the relative output error of every copy in `bags` per candidate
-    (noise power over signal power), so that no batch's activations need to be kept."""
-
-    def __init__(self, bags: _Bags, candidates: Mapping[str, Mapping[str, float]], current: Mapping[str, float],
-                 grid: Grid, threads: int | None) -> None:
-        from trtq.runtime.ort_session import make_session
-
-        self.bags, self.grid, self.current = bags, grid, current
-        self.reference = make_session(bags.reference, threads=threads, spin=False)
-        self.bag = make_session(bags.bag, threads=threads, spin=False)
-        self.ordered = {c.tensor: list(candidates[c.tensor].items()) for c in bags.copies}
-        self.slots = _slots(bags, candidates)
-        self.noise = {(c.node, c.tensor): np.zeros(self.slots) for c in bags.copies}
-        self.signal = {(c.node, c.tensor): 0.0 for c in bags.copies}
-
-    def add(self, values: Mapping[str, np.ndarray], bar: tqdm) -> None:
-        """Judge every candidate on one batch's FP32 activations (`values`: every input the bags read)."""
-        bags, grid = self.bags, self.grid
-        refs = dict(zip(bags.ref_outputs, self.reference.run(bags.ref_outputs, {n: values[n] for n in bags.ref_inputs})))
-        for c in bags.copies:
-            self.signal[(c.node, c.tensor)] += sum(_power(refs[f"reference/{old}"]) for _, old in c.outputs)
-        feeds = {name: values[name] for name in bags.bag_inputs if name in values}
-        feeds.update({fixed: grid.fake_quantize(values[t], self.current[t]) for fixed, t in bags.fixed.items()})
-        for slot in range(self.slots):
-            quantized: dict[str, np.ndarray] = {}
-            for c in bags.copies:
-                choices = self.ordered[c.tensor]
-                if c.tensor not in quantized:
-                    quantized[c.tensor] = grid.fake_quantize(values[c.tensor], choices[min(slot, len(choices) - 1)][1])
-                feeds[c.feed] = quantized[c.tensor]
-            outs = dict(zip(bags.bag_outputs, self.bag.run(bags.bag_outputs, feeds)))
-            for c in bags.copies:
-                if slot < len(self.ordered[c.tensor]):
-                    self.noise[(c.node, c.tensor)][slot] += sum(_power(outs[new] - refs[f"reference/{old}"])
-                                                                for new, old in c.outputs)
-            bar.update(1)
-
-    def errors(self) -> dict[Key, dict[str, float]]:
-        """Relative error of every copy per candidate name."""
-        return {key: {name: float(self.noise[key][i]) / (self.signal[key] or 1.0)
-                      for i, (name, _) in enumerate(self.ordered[key[1]])} for key in self.noise}
-
-
-def _slots(bags: _Bags, candidates: Mapping[str, Mapping[str, float]]) -> int:
-    """Runs of the bag per sample: the most candidates any of its judged tensors has."""
-    return max((len(candidates[c.tensor]) for c in bags.copies), default=0)
-
-
-def _power(x: np.ndarray) -> float:
-    flat = np.asarray(x, dtype=np.float32).reshape(-1)
-    return float(np.dot(flat, flat))
-
-
-def _tensor_errors(copy_errors: Mapping[Key, Mapping[str, float]], tensor: str) -> dict[str, float]:
-    """A tensor's error per candidate: its copies' relative errors summed over its consumers."""
-    total: dict[str, float] = {}
-    for (_, t), errors in copy_errors.items():
-        if t == tensor:
-            for name, value in errors.items():
-                total[name] = total.get(name, 0.0) + value
-    return total
 
 
 def _pick(candidates: Mapping[str, float], errors: Mapping[str, float]) -> str:
@@ -402,22 +214,21 @@ def choose_ranges(
     known: Mapping[str, Mapping[str, float]] | None = None,
     threads: int | None = None,
     progress: bool = True,
+    judge: bool = True,
 ) -> AutoRanges:
-    """The amax of every tensor the `layers` quantize, judged on `batches` (model inputs), and why.
+    """The amax of every tensor the `layers` quantize, chosen on `batches` (model inputs), and why.
 
-    Per tensor, the candidate that least disturbs its consuming layers on the first LOCAL_BATCHES
-    batches wins (`_Judge`): the per-tensor table. With `check_tables` (given the batches' FP32 outputs
-    `references` where the calibration pass kept them), that table and every
-    candidate method's whole table run end to end on all `batches` (`check`), and PREFERRED_TABLE
-    is kept unless another is better with confidence. Measured on real models, the local choice
-    alone often did worse end to end than the best fixed method (it cannot see how an error grows
-    downstream), and a few judging samples rank close tables by chance, so a table has to prove
-    itself. `stats` must hold histograms of those tensors. Memory: one batch's activations at a
-    time (plus the inputs of two-activation layers of the local batches). `known`: per tensor, its
-    `all_candidates` where the caller already computed them (each costs an mse search).
+    With `check_tables` (given the batches' FP32 outputs `references` where the calibration pass kept them),
+    every candidate method's whole table runs end to end on all `batches` (`check`), and PREFERRED_TABLE is
+    kept unless another is better with confidence: a few judging samples rank close tables by chance, so a
+    table has to prove itself. With `judge`, per tensor, the candidate that least disturbs its consuming
+    layers on the first LOCAL_BATCHES batches also wins a place in the per-tensor table, checked with the
+    others (`trtq.calibrate.judge`); measured on real models, that local choice did worse end to end than the
+    best fixed method (it cannot see how an error grows downstream). `stats` must hold histograms of those
+    tensors. Memory: one batch's activations at a time (plus the inputs of two-activation layers of the
+    local batches). `known`: per tensor, its `all_candidates` where the caller already computed them (each
+    costs an mse search).
     """
-    from trtq.runtime.ort_session import make_session
-
     layers = [layer for layer in layers if layer.activations]
     tensors = list(dict.fromkeys(t for layer in layers for _, t in layer.activations))
     if not tensors:
@@ -425,49 +236,61 @@ def choose_ranges(
     found = {t: dict(known[t]) if known is not None and t in known else all_candidates(stats[t], grid)
              for t in tensors}
     candidates = {t: candidate_ranges(stats[t], grid, found[t]) for t in tensors}
-    bags = _Bags(model, layers, grid)
-    paired = [layer for layer in layers if len(dict.fromkeys(t for _, t in layer.activations)) > 1]
-    second = _Bags(model, paired, grid) if paired else None
-    local = batches[:LOCAL_BATCHES]
-    graph_inputs = {vi.name for vi in model.graph.input}
-    fetch = [name for name in bags.ref_inputs if name not in graph_inputs]
-    steps = len(local) * sum(_slots(b, candidates) for b in (bags, second) if b is not None)
-    current = {t: candidates[t].get(FALLBACK, max(candidates[t].values())) for t in tensors}
-    kept: list[dict[str, np.ndarray]] = []  # what the second round reads (two-activation layers only)
-    with tqdm(total=steps, desc="choosing ranges", unit="run", disable=not progress, dynamic_ncols=True,
-              leave=False) as bar:
-        exposing = make_session(model, threads=threads, spin=False, outputs=fetch)
-        first = _Judge(bags, candidates, current, grid, threads)
-        for batch in local:
-            values = {name: np.ascontiguousarray(v) for name, v in batch.items()}
-            values.update(zip(fetch, exposing.run(fetch, values)))
-            first.add(values, bar)
-            if second is not None:
-                kept.append({name: values[name] for name in second.ref_inputs})
-        del exposing
-        copy_errors = first.errors()
-        winners = {t: _pick(candidates[t], _tensor_errors(copy_errors, t)) for t in tensors}
-        if second is not None:  # settle two-activation layers with the other input at its chosen range
-            current = {t: candidates[t][winners[t]] for t in tensors}
-            settle = _Judge(second, candidates, current, grid, threads)
-            for values in kept:
-                settle.add(values, bar)
-            copy_errors.update(settle.errors())
-            winners = {t: _pick(candidates[t], _tensor_errors(copy_errors, t)) for t in tensors}
+    local = batches[:LOCAL_BATCHES] if judge else []
+    copy_errors = _judge_locally(model, layers, candidates, local, grid, threads, progress) if local else {}
+    winners = {t: _pick(candidates[t], tensor_errors(copy_errors, t)) for t in tensors}
     judged = sum(len(next(iter(batch.values()))) for batch in local)
-    tables = {PER_TENSOR: {t: candidates[t][winners[t]] for t in tensors}}
+    tables = {PER_TENSOR: {t: candidates[t][winners[t]] for t in tensors}} if local else {}
     tables.update({name: {t: found[t][name] for t in tensors} for name in TABLE_ORDER if name != PER_TENSOR})
     checks = check(tables, check_tables(batches, references), progress) if check_tables is not None and batches else {}
-    chosen = pick_table(checks) if checks else PER_TENSOR
+    chosen = pick_table(checks) if checks else next(iter(tables))
     amax = tables[chosen]
     methods = winners if chosen == PER_TENSOR else dict.fromkeys(tensors, chosen)
     return AutoRanges(
         amax=amax,
-        choices={t: explain(stats[t], methods[t], amax[t], _tensor_errors(copy_errors, t), judged) for t in tensors},
+        choices={t: explain(stats[t], methods[t], amax[t], tensor_errors(copy_errors, t), judged) for t in tensors},
         table=chosen,
         checks=checks,
         samples=sum(len(next(iter(batch.values()))) for batch in batches),
     )
+
+
+def _judge_locally(model: onnx.ModelProto, layers: Sequence[JudgedLayer], candidates: Mapping[str, Mapping[str, float]],
+                   local: Sequence[Mapping[str, np.ndarray]], grid: Grid, threads: int | None, progress: bool
+                   ) -> dict[Key, dict[str, float]]:
+    """Every copy's relative error per candidate on the `local` batches (`trtq.calibrate.judge`); two-activation
+    layers settled in a second round with the other input at its first-round winner. Its sessions end here,
+    before the end-to-end check makes its own."""
+    from trtq.runtime.ort_session import make_session
+
+    tensors = list(candidates)
+    bag = Bag(model, layers, grid)
+    paired = [layer for layer in layers if len(dict.fromkeys(t for _, t in layer.activations)) > 1]
+    second = Bag(model, paired, grid) if paired else None
+    exposed = list(dict.fromkeys(bag.exposed + (second.exposed if second is not None else [])))
+    steps = len(local) * sum(slots(b, candidates) for b in (bag, second) if b is not None)
+    current = {t: candidates[t].get(FALLBACK, max(candidates[t].values())) for t in tensors}
+    kept: list[dict[str, np.ndarray]] = []  # what the second round reads (two-activation layers only)
+    with tqdm(total=steps, desc="choosing ranges", unit="run", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        exposing = make_session(model, threads=threads, spin=False, outputs=exposed)
+        first = Judge(bag, candidates, current, grid, threads)
+        for batch in local:
+            values = {name: np.ascontiguousarray(v) for name, v in batch.items()}
+            values.update(zip(exposed, exposing.run(exposed, values)))
+            first.add(values, bar)
+            if second is not None:
+                kept.append({name: values[name] for name in (*second.sources, *second.exposed) if name in values})
+        del exposing
+        copy_errors = first.errors()
+        del first
+        if second is not None:
+            winners = {t: _pick(candidates[t], tensor_errors(copy_errors, t)) for t in tensors}
+            settle = Judge(second, candidates, {t: candidates[t][winners[t]] for t in tensors}, grid, threads)
+            for values in kept:
+                settle.add(values, bar)
+            copy_errors.update(settle.errors())
+    return copy_errors
 
 
 def distinct_tables(tables: Mapping[str, Mapping[str, float]]) -> dict[str, Mapping[str, float]]:

@@ -27,14 +27,26 @@ class Grid:
         """Q/DQ scale for `amax` (kept strictly positive, as the written model's scales are)."""
         return np.maximum(np.asarray(amax, dtype=np.float32), np.float32(MIN_AMAX)) / np.float32(self.top)
 
-    def fake_quantize(self, x: np.ndarray, amax: float | np.ndarray, axis: int | None = None) -> np.ndarray:
-        """`x` after quantizing to this grid and back: per tensor, or per channel along `axis`."""
+    def fake_quantize(self, x: np.ndarray, amax: float | np.ndarray, axis: int | None = None,
+                      out: np.ndarray | None = None) -> np.ndarray:
+        """`x` after quantizing to this grid and back: per tensor, or per channel along `axis`.
+
+        `out`: a float32 array of `x`'s shape to write the INT8 result into (no temporaries: on large
+        activations fresh memory costs more than the arithmetic); another is made where it does not fit.
+        """
         values = np.asarray(x, dtype=np.float32)
         scale = self.scale(amax)
         if axis is not None:
             shape = [1] * values.ndim
             shape[axis] = -1
             scale = scale.reshape(shape)
+        if self.name == "int8" and np.asarray(x).dtype == np.float32:
+            if out is None or out.shape != values.shape or out.dtype != np.float32:
+                out = np.empty_like(values)
+            np.divide(values, scale, out=out)
+            np.rint(out, out=out)
+            np.clip(out, -128.0, 127.0, out=out)
+            return np.multiply(out, scale, out=out)
         scaled = values / scale
         if self.name == "int8":
             codes = np.clip(np.rint(scaled), -128.0, 127.0)

@@ -125,6 +125,7 @@ def run_calibration(
     grid: Grid = INT8,
     layers: Sequence[JudgedLayer] = (),
     check_tables: RunnerFactory | None = None,
+    judge_layers: bool = False,
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
@@ -133,7 +134,8 @@ def run_calibration(
     `grid` is what the ranges quantize to (INT8 or FP8 E4M3); `mse` minimises the error on it.
     With method "auto", the tensors that `layers` quantize get the candidate range that harms those
     layers' outputs least on `grid`, checked end to end against whole-model tables run by
-    `check_tables` (`trtq.calibrate.auto`); the others get its fallback (mse).
+    `check_tables` (`trtq.calibrate.auto`); the others get its fallback (mse). `judge_layers` adds the table of
+    per-tensor winners judged on the consuming layers to those checked.
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
@@ -187,6 +189,8 @@ def run_calibration(
     if samples == 0:
         raise TrtqError(f"Calibration data {dataset.description} yielded no samples.", "pass a non-empty --calib source.")
     stats = backend.stats()
+    backend_name, notes = backend.name, backend.notes()
+    del backend  # its session's memory goes back before --method auto's sessions take theirs (peak memory)
     bad = sorted(name for name, s in stats.items() if s.nan_count)
     if bad:
         raise TrtqError(
@@ -211,6 +215,7 @@ def run_calibration(
     if method == "auto":
         complete = all(found is not None for found in references)
         auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
+                             judge=judge_layers,
                              references=[list(found or ()) for found in references] if complete else None,
                              known={name: known[roots[name]] for name in tensors})
         amax.update(auto.amax)
@@ -234,5 +239,5 @@ def run_calibration(
         table_scores={name: check.snr_db for name, check in table_checks.items()},
         table_checks=table_checks,
     )
-    return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend.name,
-                             notes=backend.notes())
+    return CalibrationResult(ranges=ranges, stats=stats, seconds=time.perf_counter() - start, backend=backend_name,
+                             notes=notes)

@@ -97,6 +97,10 @@ def add_calibration_options(p: argparse.ArgumentParser, *, method_help: str, dev
                    help="keep nodes whose name matches in high precision (repeatable)")
     p.add_argument("--exclude-ops", default="", metavar="OPS", help="comma-separated op types to keep in high "
                    "precision, e.g. Sigmoid,Softmax")
+    p.add_argument("--judge-layers", action="store_true",
+                   help=f"with {method_option} auto: also judge each tensor's candidate ranges on the layers that read "
+                   "it (EasyQuant/AIMET-style local search) and check that per-tensor table end to end with the "
+                   "whole-model tables (a forward pass more per candidate; see the README)")
     p.add_argument("--residual-qdq", action="store_true",
                    help="also put Q/DQ on both inputs of transformer residual Adds, as NVIDIA ModelOpt does, so "
                    "TensorRT can carry the residual stream in INT8; it costs accuracy (on all-MiniLM-L6-v2, see "
@@ -116,6 +120,7 @@ def calibration_options(args: argparse.Namespace, method_option: str = "--method
         "percentile": args.percentile,
         "exclude_nodes": tuple(args.exclude_nodes),
         "exclude_ops": tuple(op for op in args.exclude_ops.split(",") if op),
+        "judge_layers": args.judge_layers or None,
         "residual_qdq": args.residual_qdq,
         "trt_version": getattr(args, "trt_version", None),
         "device": args.device,

@@ -3,7 +3,8 @@
 Every table becomes the Q/DQ model `trtq quantize` would write (same placement, same insertion,
 same scales), run under onnxruntime against FP32 on the judging batches. One model serves every
 table: its activation scales are graph inputs, so a table is run by feeding its scales (bit for
-bit the scales `insert_qdq` writes), and the model is built and its session made once. A run
+bit the scales `insert_qdq` writes), and the model is built and its session made once, run as ONNX defines
+Q/DQ (no onnxruntime QDQ fusions: with scales as inputs it cannot make integer kernels of them anyway). A run
 gives, per sample and output, the power of the FP32 output (signal) and of the difference
 (noise), from which `trtq.calibrate.auto` computes its statistic. Outputs shaped like an attention
 mask input ([batch, sequence, ...] with a 0/1 integer input of shape [batch, sequence]) count only
@@ -72,7 +73,7 @@ class TableRunner:
         self.targets = [t for t in placement.targets if t.kind == "activation"]
         qdq = insert_qdq(model, placement, {t.tensor: 1.0 for t in self.targets})
         self.scale_inputs = _scales_as_inputs(qdq, {t.tensor for t in self.targets})
-        self.session = make_session(qdq, threads=threads, spin=False)
+        self.session = make_session(qdq, threads=threads, spin=False, fuse_qdq=False)
 
     def __len__(self) -> int:
         return len(self.batches)

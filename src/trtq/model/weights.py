@@ -10,6 +10,11 @@ import onnx
 from onnx import helper
 
 _SMALL_TENSOR = 4096
+
+_T = onnx.TensorProto
+_ITEMSIZE: dict[int, int] = {_T.FLOAT: 4, _T.FLOAT16: 2, _T.BFLOAT16: 2, _T.DOUBLE: 8, _T.INT8: 1, _T.UINT8: 1, _T.INT16: 2,
+             _T.UINT16: 2, _T.INT32: 4, _T.UINT32: 4, _T.INT64: 8, _T.UINT64: 8, _T.BOOL: 1}
+"""Bytes per element of the types whose raw data is one element after another (not packed 4-bit types)."""
 """Initializers up to this many bytes keep their values in the weightless copy (shape constants)."""
 
 
@@ -28,11 +33,22 @@ def split_initializers(
     large = []
     for init in model.graph.initializer:
         # data_location may be set to DEFAULT explicitly (onnx does so when it loads external data)
-        if init.data_location != onnx.TensorProto.EXTERNAL and len(init.raw_data) > min_bytes:
+        if init.data_location != onnx.TensorProto.EXTERNAL and raw_bytes(init) > min_bytes:
             large.append(init)
         else:
             skeleton.graph.initializer.append(init)
     return skeleton, large
+
+
+def raw_bytes(init: onnx.TensorProto) -> int:
+    """Size of `init`'s raw data, without reading it (each read of `raw_data` copies the bytes)."""
+    if not init.HasField("raw_data"):
+        return 0
+    itemsize = _ITEMSIZE.get(init.data_type, 0)
+    count = 1
+    for d in init.dims:
+        count *= d
+    return count * itemsize if itemsize else len(init.raw_data)
 
 
 def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto, skip: str) -> None:

@@ -25,7 +25,7 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +149,7 @@ def session_options(threads: int | None = None, spin: bool = True,
 def make_session(
     model: onnx.ModelProto, threads: int | None = None, spin: bool = True, outputs: Sequence[str] = (),
     save_optimized: Path | None = None, optimize_only: bool = False, exact: bool = False,
+    weights: Mapping[str, np.ndarray] | None = None, fuse_qdq: bool = True,
 ) -> OrtSession:
     """A CPU onnxruntime session for an in-memory model, plus extra graph `outputs` to expose.
 
@@ -161,9 +162,15 @@ def make_session(
     `exact` keeps onnxruntime to its basic, arithmetic-preserving graph optimizations: its extended ones (fused
     kernels, NCHWc layouts) round differently, by 2e-3 of PP-OCRv6 det's output range on blank inputs, where the
     sigmoid's tail turns rounding in the logits into relative error.
+    `weights`: initializers the model leaves out, as arrays (a model built around weights computed in numpy
+    need not copy them into protobuf and back). `fuse_qdq=False` runs Q/DQ pairs as ONNX defines them
+    (session.disable_quant_qdq): where the scales are graph inputs onnxruntime cannot fuse them into integer
+    kernels anyway, and its QDQ rewrites then cost a fifth of ResNet-50's run.
     """
     options = session_options(1 if optimize_only else threads, spin, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if exact
                               else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if not fuse_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     if optimize_only:  # made only to write `save_optimized`: skip packing weights for kernels never run
         options.add_session_config_entry("session.disable_prepacking", "1")
     if save_optimized is not None:
@@ -184,6 +191,13 @@ def make_session(
         names.append(init.name)
         arrays.append(array)
         values.append(ort.OrtValue.ortvalue_from_numpy(array.reshape(tuple(init.dims))))
+    for name, array in (weights or {}).items():
+        array = np.ascontiguousarray(array)
+        stub = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+        add_stub(skeleton.graph, stub, {"location": "trtq-in-memory"})
+        names.append(name)
+        arrays.append(array)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
     if names:
         options.add_external_initializers(names, values)
     try:
