@@ -32,7 +32,8 @@ class Grid:
         """`x` after quantizing to this grid and back: per tensor, or per channel along `axis`.
 
         `out`: a float32 array of `x`'s shape to write the INT8 result into (no temporaries: on large
-        activations fresh memory costs more than the arithmetic); another is made where it does not fit.
+        activations fresh memory costs more than the arithmetic); another is made where it does not fit
+        (or is read-only).
         """
         values = np.asarray(x, dtype=np.float32)
         scale = self.scale(amax)
@@ -41,7 +42,7 @@ class Grid:
             shape[axis] = -1
             scale = scale.reshape(shape)
         if self.name == "int8" and np.asarray(x).dtype == np.float32:
-            if out is None or out.shape != values.shape or out.dtype != np.float32:
+            if out is None or out.shape != values.shape or out.dtype != np.float32 or not out.flags.writeable:
                 out = np.empty_like(values)
             np.divide(values, scale, out=out)
             np.rint(out, out=out)
@@ -56,11 +57,13 @@ class Grid:
             codes = np.clip(scaled, -self.top, self.top).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
         return (codes * scale).astype(np.asarray(x).dtype, copy=False)
 
-    def fake_quantize_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
-        """A weight after per-channel quantization along `axis` (amax = max |w| of each channel)."""
+    def fake_quantize_weight(self, w: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+        """A weight after per-channel quantization along `axis` (amax = max |w| of each channel); `out` as in
+        `fake_quantize` (it may be `w` itself)."""
         values = np.asarray(w, dtype=np.float32)
         other = tuple(i for i in range(values.ndim) if i != axis)
-        return self.fake_quantize(values, np.abs(values).max(axis=other), axis=axis).astype(w.dtype, copy=False)
+        amax = np.maximum(values.max(axis=other), -values.min(axis=other))  # max |w| without a copy of w
+        return self.fake_quantize(values, amax, axis=axis, out=out).astype(w.dtype, copy=False)
 
 
 INT8 = Grid("int8", 127.0)

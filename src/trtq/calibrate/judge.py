@@ -112,7 +112,7 @@ class Bag:
                         qname = f"weight/{axis}/{weight}"
                         if qname not in self.weights:
                             values = numpy_helper.to_array(initializers[weight])
-                            self.weights[qname] = grid.fake_quantize_weight(values, axis)
+                            self.weights[qname] = grid.fake_quantize_weight(values, axis, out=values)
                         copy.input[index] = qname
                     elif name in initializers:
                         inits[name] = initializers[name]
