@@ -20,18 +20,21 @@ from tiny_models import residual_conv_net, save
 from trtq import api
 
 
-def test_auto_on_cuda_explains_every_tensor_and_agrees_with_cpu(tmp_path):
+@pytest.mark.parametrize("judge_layers", [False, True])
+def test_auto_on_cuda_explains_every_tensor_and_agrees_with_cpu(tmp_path, judge_layers):
     model = save(residual_conv_net(batch="N"), tmp_path / "net.onnx")
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
     results = {
         device: api.quantize(model, tmp_path / "calib.npy", progress=False,
-                             options=api.QuantizeOptions(method="auto", device=device, output_dir=str(tmp_path / device)))
+                             options=api.QuantizeOptions(method="auto", device=device, judge_layers=judge_layers,
+                                                         output_dir=str(tmp_path / device)))
         for device in ("cpu", "cuda")
     }
     cpu, gpu = results["cpu"], results["cuda"]
     assert set(gpu.choices) == set(cpu.choices) and gpu.range_samples == cpu.range_samples == 4
-    # 4 judged samples, one from each of 4 batches (the batch dim is dynamic); the per-tensor choice
-    # judges on the first of them (LOCAL_BATCHES)
-    assert all(c.judged_samples == 1 for c in gpu.choices.values())
+    # 4 judged samples, one from each of 4 batches (the batch dim is dynamic); the local judge (--judge-layers)
+    # judges on the first of them (LOCAL_BATCHES), and without it no choice is judged layer by layer
+    assert all(c.judged_samples == (1 if judge_layers else 0) for c in gpu.choices.values())
+    assert all((c.snr_db is not None) == judge_layers for c in gpu.choices.values())
     for name, choice in gpu.choices.items():  # ranges match within a histogram bin, so choices agree closely
         assert choice.amax_over_max == pytest.approx(cpu.choices[name].amax_over_max, rel=0.02, abs=1e-3), name
