@@ -36,6 +36,7 @@ from trtq.model import (
 from trtq.options import CalibrationOptions, DataOptions, QuantizeOptions, precision_grid
 from trtq.quantize import Placement, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
+from trtq.quantize.pooling import pooled_groups
 from trtq.quantize.qdq import MIN_OPSETS
 from trtq.quantize.smooth import SmoothResult, smooth
 from trtq.quantize.weights import WeightChoice, apply_weight_ranges, choose_weight_ranges, rows_per_input, weight_layers
@@ -266,6 +267,7 @@ def calibrate_prepared(
         check_tables=partial(TableRunner, prepared.model, prepared.placement),
         judge_layers=options.judge_layers,
         grid=options.grid,
+        shared=pooled_groups(prepared.model, prepared.placement),
     )
 
 

@@ -344,7 +344,8 @@ def test_auto_at_a_large_batch_judges_a_few_samples(conv_case):
 
 ENTROPY_DIGITS = {  # amax of `--method entropy` on the bundled example before --method auto existed
     "/Flatten_output_0": "0x1.210a020000000p+2",
-    "/features/features.1/Relu_output_0": "0x1.11943b1200000p+1",
+    # read only by the MaxPool: shares the pooled output's range (trtq.calibrate.shared); its own was 0x1.11943b12p+1
+    "/features/features.1/Relu_output_0": "0x1.6cc5a41800000p+1",
     "/features/features.2/MaxPool_output_0": "0x1.6cc5a41800000p+1",
     "/features/features.3/relu/Relu_output_0": "0x1.2b4fbf4c00000p+2",
     "/features/features.3/relu_1/Relu_output_0": "0x1.8241628e00000p+2",

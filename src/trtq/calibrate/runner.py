@@ -35,6 +35,7 @@ from trtq.calibrate.ort_failures import (
     explain_run_failure,
     explain_session_failure,
 )
+from trtq.calibrate.shared import RangeGroup, tie_candidates, tie_ranges
 from trtq.data import Dataset
 from trtq.data.prefetch import prefetch
 from trtq.devices import usable_cpus
@@ -126,6 +127,7 @@ def run_calibration(
     layers: Sequence[JudgedLayer] = (),
     check_tables: RunnerFactory | None = None,
     judge_layers: bool = False,
+    shared: Sequence[RangeGroup] = (),
 ) -> CalibrationResult:
     """Observe `tensors` of the FP32 `model` over `dataset` and compute one amax per tensor.
 
@@ -135,7 +137,8 @@ def run_calibration(
     With method "auto", the tensors that `layers` quantize get the candidate range that harms those
     layers' outputs least on `grid`, checked end to end against whole-model tables run by
     `check_tables` (`trtq.calibrate.auto`); the others get its fallback (mse). `judge_layers` adds the table of
-    per-tensor winners judged on the consuming layers to those checked.
+    per-tensor winners judged on the consuming layers to those checked. Each of the `shared` groups (the
+    Q/DQ pairs around a MaxPool, `trtq.calibrate.shared`) takes one range, in every table auto checks too.
     """
     start = time.perf_counter()
     roots = value_roots(model, tensors)  # a reshaped or transposed copy of a tensor is observed once
@@ -206,7 +209,7 @@ def run_calibration(
         else:
             observed_amax = dict(zip(observed, pool.map(
                 lambda name: float(compute_amax(stats[name], method, percentile=percentile, grid=grid)), observed)))
-    amax = {name: observed_amax[roots[name]] for name in tensors}
+    amax = tie_ranges({name: observed_amax[roots[name]] for name in tensors}, shared)
     stats = {name: stats[roots[name]] if roots[name] == name else replace(stats[roots[name]], name=name)
              for name in tensors}
     choices: dict[str, RangeChoice] = {}
@@ -217,7 +220,7 @@ def run_calibration(
         auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
                              judge=judge_layers,
                              references=[list(found or ()) for found in references] if complete else None,
-                             known={name: known[roots[name]] for name in tensors})
+                             known=tie_candidates({name: known[roots[name]] for name in tensors}, shared))
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
         table_checks = auto.checks
