@@ -4,7 +4,7 @@ Max pooling commutes with quantization (rounding is monotone), so when a MaxPool
 carry Q/DQ pairs of the same scale, the output's pair rounds nothing: the pooled values are already on the
 input's grid, and TensorRT runs the pool in INT8 with no requantization. Calibrated apart, the two ranges
 differ (the pooled values are the larger ones), and the output is rounded twice, once on each grid. On
-MTCNN's RNet (two PReLU -> MaxPool -> Conv stages) that second rounding cost 1.1-3.1 dB of held-out SNR
+MTCNN's RNet (two PReLU -> MaxPool -> Conv stages) that second rounding cost 1.2-3.1 dB of held-out SNR
 whatever the range method (bench/bench_ranges.py `rnet`).
 
 Which range the group takes: that of the tensors whose pairs feed something other than such a pool (the
