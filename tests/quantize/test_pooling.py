@@ -76,3 +76,31 @@ def test_written_pairs_around_the_pool_have_one_scale(tmp_path, method):
     quantizers = {node.input[0]: float(scales[node.input[1]]) for node in written.graph.node
                   if node.op_type == "QuantizeLinear" and node.input[0] in ("r3", "pool")}
     assert len(quantizers) == 2 and quantizers["r3"] == quantizers["pool"] == pytest.approx(amax["pool"] / 127)
+
+
+def _sppf() -> onnx.ModelProto:
+    """YOLO's SPPF: input [1,8,8,8] -> conv1 -> x -> pool1 = y1 -> pool2 = y2 -> pool3 = y3 (5x5, stride 1)
+                                                 \\-----------+-----------+-----------+-> Concat -> conv2 -> out"""
+    rng = np.random.default_rng(1)
+    pool = {"kernel_shape": [5, 5], "strides": [1, 1], "pads": [2, 2, 2, 2]}
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["x"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["x"], ["y1"], name="pool1", **pool),
+        helper.make_node("MaxPool", ["y1"], ["y2"], name="pool2", **pool),
+        helper.make_node("MaxPool", ["y2"], ["y3"], name="pool3", **pool),
+        helper.make_node("Concat", ["x", "y1", "y2", "y3"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["out"], name="conv2"),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 32, 1, 1)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "sppf", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_sppf_links_the_pools_whose_both_sides_are_quantized():
+    # placement quantizes x (pool1's input), y1 (pool2's input) and cat (conv2's); y2 and y3 stay float, so
+    # pool2 links nothing and y1, read only by it, is the group's sink
+    assert _groups(_sppf()) == (RangeGroup(members=("x", "y1"), sinks=("y1",)),)
