@@ -69,8 +69,11 @@ def test_written_pairs_around_the_pool_have_one_scale(tmp_path, method):
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
     result = api.quantize(model, tmp_path / "calib.npy", progress=False,
                           options=api.QuantizeOptions(method=method, output_dir=str(tmp_path / method)))
-    amax = json.loads(Path(result.ranges_path).read_text())["amax"]
+    table = json.loads(Path(result.ranges_path).read_text())
+    amax = table["amax"]
     assert amax["r3"] == amax["pool"] and amax["r1"] != amax["r3"]
+    if method == "auto":  # the explanation says where r3's range comes from
+        assert table["choices"]["r3"]["shared_with"] == "pool" and table["choices"]["pool"]["shared_with"] is None
     written = onnx.load(result.onnx_path)
     scales = {init.name: numpy_helper.to_array(init) for init in written.graph.initializer}
     quantizers = {node.input[0]: float(scales[node.input[1]]) for node in written.graph.node

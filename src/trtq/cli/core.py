@@ -224,7 +224,8 @@ def _choice_lines(result: api.QuantizeResult) -> list[str]:
     clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)
     for ratio, name in clipped[:CLIPPED_SHOWN]:
         c = choices[name]
-        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}, {100 * c.clipped:.2g}% of values clipped)")
+        shared = f", the range of {c.shared_with}" if c.shared_with else ""
+        lines.append(f"    {name}: {ratio:.2f} of max ({c.method}{shared}, {100 * c.clipped:.2g}% of values clipped)")
     return lines
 
 

@@ -38,6 +38,9 @@ class RangeChoice:
     """Every candidate's output SNR (dB), by name."""
     judged_samples: int = 0
     """Calibration samples the candidates were judged on (0: not judged, the fallback range)."""
+    shared_with: str | None = None
+    """The tensor whose range this one takes (the Q/DQ pairs around a MaxPool share one, `trtq.calibrate.shared`);
+    `method` is how that range was chosen, `amax_over_max` and `clipped` are this tensor's own."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view (infinite SNRs as strings)."""
@@ -60,6 +63,7 @@ class RangeChoice:
             max_snr_db=optional(data.get("max_snr_db")),
             candidates={str(k): float(v) for k, v in dict(data.get("candidates", {})).items()},
             judged_samples=int(data.get("judged_samples", 0)),
+            shared_with=None if data.get("shared_with") is None else str(data["shared_with"]),
         )
 
 

@@ -229,7 +229,7 @@ def _ranges_table(report: Report, limit: int | None = None) -> tuple[list[str], 
     body = [
         [
             name,
-            str(c.get("method")),
+            str(c.get("method")) + (f", the range of {c.get('shared_with')}" if c.get("shared_with") else ""),
             _fmt(number(c.get("amax_over_max")), 3),
             _fmt(number(c.get("clipped")), 4, percent=True),
             _fmt(number(c.get("snr_db")), 1),
