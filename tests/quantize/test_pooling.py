@@ -58,6 +58,13 @@ def test_pooled_value_reaches_its_conv_through_an_identity():
     assert _groups(_pool_net(identity=True)) == (RangeGroup(members=("r", "i"), sinks=("i",)),)
 
 
+def test_pooled_value_reaches_its_conv_through_a_relu():
+    # conv -> pool -> relu -> conv (Caffe order): relu's values are the pooled ones or 0, on the same grid
+    model = _pool_net(identity=True)
+    next(node for node in model.graph.node if node.op_type == "Identity").op_type = "Relu"
+    assert _groups(model) == (RangeGroup(members=("r", "i"), sinks=("i",)),)
+
+
 def test_average_pool_rounds_anyway_and_shares_nothing():
     assert _groups(_pool_net(pool="AveragePool")) == ()
 

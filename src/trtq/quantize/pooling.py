@@ -1,8 +1,8 @@
 """Which quantized activations share one range: MaxPools with Q/DQ pairs on both sides (`trtq.calibrate.shared`).
 
 A placed MaxPool has a pair on its input (TensorRT runs pooling in INT8 between quantized layers), and its
-output gets one where a quantized layer reads it, directly or through ops that only rearrange the values
-(Identity, Reshape, ...). Such input/output pairs are linked; linked pairs form groups (YOLO's SPPF chains
+output gets one where a quantized layer reads it, directly or through ops that keep the values on its grid
+(Identity, Reshape, ..., Relu). Such input/output pairs are linked; linked pairs form groups (YOLO's SPPF chains
 three pools), and each group's sinks are the members whose pairs feed anything but a linked pool.
 """
 
@@ -16,6 +16,9 @@ from trtq.calibrate.aliases import REARRANGING_OPS
 from trtq.calibrate.shared import RangeGroup
 from trtq.quantize.placement import Placement, QuantTarget
 
+GRID_KEEPING_OPS = REARRANGING_OPS | {"Relu"}
+"""Ops after a pool whose outputs stay on the pooled values' grid: copies, and Relu (its values are the input's or 0,
+which every symmetric grid holds), as in Caffe-style conv -> pool -> relu stages."""
 SHARING_OPS = ("MaxPool",)
 """Ops whose output values are a subset of their input values: a Q/DQ pair after one rounds nothing when it
 has the input pair's scale. (AveragePool's means fall between grid points, so its output pair must round.)"""
@@ -63,7 +66,7 @@ def pooled_groups(model: onnx.ModelProto, placement: Placement) -> tuple[RangeGr
 
 def _quantized_copies(name: str, readers: dict[str, list[onnx.NodeProto]], quantized: dict[str, QuantTarget]
                       ) -> list[str]:
-    """`name` and the outputs of rearranging ops reached from it, those that carry a Q/DQ pair."""
+    """`name` and the outputs of GRID_KEEPING_OPS reached from it, those that carry a Q/DQ pair."""
     found: list[str] = []
     todo, seen = [name], {name}
     while todo:
@@ -71,7 +74,7 @@ def _quantized_copies(name: str, readers: dict[str, list[onnx.NodeProto]], quant
         if current in quantized:
             found.append(current)
         for node in readers.get(current, ()):
-            if node.op_type in REARRANGING_OPS and node.domain in ("", "ai.onnx") and node.input[0] == current \
+            if node.op_type in GRID_KEEPING_OPS and node.domain in ("", "ai.onnx") and node.input[0] == current \
                     and node.output and node.output[0] not in seen:
                 seen.add(node.output[0])
                 todo.append(node.output[0])
