@@ -9,11 +9,12 @@ renderer, same size, other seeds; the held-out set stays bench_ranges'), and pri
 mean held-out SNR over the draws, its standard deviation, and the default's gap to the best method
 by mean with a 90% t-interval over the draws (paired: every method sees the same draws).
 
-    python bench/bench_draws.py                      # cls, orient, rec and rnet, 8 draws each
+    python bench/bench_draws.py                      # cls, onet, orient, rec and rnet, 8 draws each
     python bench/bench_draws.py --models cls --draws 16 --reuse   # draws 0-7 read back from the last run
 
-Models: the two whose held-out order bench_ranges' docstring calls unstable, and the held-out face classifier
-where `auto` misses (their bench_ranges cases, their scoring):
+Models: the two whose held-out order bench_ranges' docstring calls unstable, the held-out face classifiers
+(`auto` missed on RNet until the pairs around a MaxPool shared one range; ONet checks that rule) and the
+document orientation classifier (their bench_ranges cases, their scoring):
   cls   PaddleOCR direction classifier (rapidocr), 64 rendered lines per draw (half upside down),
         scored on bench_ranges' 4096 held-out lines
   rec   PP-OCRv6 rec (rapidocr), 64 rendered lines per draw, scored on bench_ranges' 256 held-out lines
@@ -21,6 +22,7 @@ where `auto` misses (their bench_ranges cases, their scoring):
         pages per draw, scored on bench_ranges' 2048 held-out pages (slow: about 4 min a draw on 2 cores)
   rnet  MTCNN's RNet (facenet-pytorch, bench/heldout_cases.py), 128 PNet windows per draw from other shots of
         the same photos, scored on bench_ranges' 2048 held-out windows
+  onet  MTCNN's ONet, the same windows at 48x48, scored on bench_ranges' 2048 held-out ones
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def _rnet_draw(seed: int) -> np.ndarray:
     return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0])
 
 
+def _onet_draw(seed: int) -> np.ndarray:
+    from heldout_cases import _mtcnn_nets, _rnet_inputs
+
+    return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0], size=48)
+
+
 def _orient_draw(seed: int) -> np.ndarray:
     from heldout_cases import _orientation_inputs
 
@@ -63,6 +71,7 @@ DRAWERS: dict[str, Callable[[int], np.ndarray]] = {
     "cls": lambda seed: _render_lines(64, 48, 192, seed=seed, rotate_half=True),
     "rec": lambda seed: _render_lines(64, 48, 320, seed=seed),
     "rnet": _rnet_draw,
+    "onet": _onet_draw,
     "orient": _orient_draw,
 }
 """Per model, one calibration set of the size bench_ranges uses, drawn with `seed`."""

@@ -24,8 +24,8 @@ Models and data (all offline; nothing here is tuned to them):
               images; SNR of last_hidden_state
   swin        a small Swin classifier (transformers, 2 stages, 64x64), random init, legacy export,
               64 / 64 Gaussian images; SNR of the logits
-  orient, layout, rnet, det-v4, rec-v4: held-out models (a document orientation classifier, a
-              layout detector, MTCNN's face classifier, PP-OCRv4 det and rec) that no method was tuned
+  orient, layout, rnet, onet, det-v4, rec-v4: held-out models (a document orientation classifier, a
+              layout detector, MTCNN's face classifiers RNet and ONet, PP-OCRv4 det and rec) that no method was tuned
               on; bench/heldout_cases.py says what each is, where it comes from and how it is scored
 
 Every method runs on trtq's default graph, which for INT8 equalizes the inputs of depthwise convolutions; for

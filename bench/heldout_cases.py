@@ -26,6 +26,12 @@ installed; the wheel's SHA-256 is checked). Bench dependencies beyond bench_rang
            it), resized to 24x24 by area, RGB, (x - 127.5) / 128. Photos: ultralytics 8.4.190's bundled bus.jpg and
            zidane.jpg (people, faces) and scikit-learn's two sample images, each shot randomly cropped, flipped and
            dimmed. 128 calibration / 2048 held-out windows, from shots drawn separately.
+  onet     the same wheel's data/onet.pt: MTCNN's output net (three PReLU -> MaxPool stages, then a dense layer), a
+           face / not-face softmax with box and landmark regression on 48x48 crops, exported the same way; scored on
+           `prob` [N,2], aggregate SNR. Added 2026-12-05 after the shared MaxPool range was found on RNet, to check that
+           rule on a model it was not found on; never tuned on. Data: PNet's windows as for rnet (other shots, seeds
+           20 / 21), resized to 48x48 by area (facenet-pytorch feeds ONet RNet's survivors; here every PNet window,
+           so more non-faces). 128 calibration / 2048 held-out windows.
   det-v4   rapidocr_onnxruntime 1.4.4 (Apache-2.0), models/ch_PP-OCRv4_det_infer.onnx (4.7 MB): PP-OCRv4 text
            detector (paddle2onnx, opset 12), older than rapidocr 3.10's v6; det-photo's kind of pages (text over
            real photo crops) at 640x640, 64 / 16, drawn with other seeds; mean of per-sample SNRs.
@@ -246,7 +252,7 @@ def case_layout() -> Case:
 
 
 def _mtcnn_nets():  # type: ignore[no-untyped-def]
-    """facenet-pytorch's PNet and RNet (same layers and parameter names), with the wheel's weights."""
+    """facenet-pytorch's PNet, RNet and ONet (same layers and parameter names), with the wheel's weights."""
     import torch
     from torch import nn
 
@@ -280,8 +286,27 @@ def _mtcnn_nets():  # type: ignore[no-untyped-def]
             x = self.prelu4(self.dense4(x.view(x.shape[0], -1)))
             return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
 
+    class ONet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+            self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+            self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+            self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+            self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+            self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+            self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            x = self.pool2(self.prelu2(self.conv2(self.pool1(self.prelu1(self.conv1(x))))))
+            x = self.prelu4(self.conv4(self.pool3(self.prelu3(self.conv3(x))))).permute(0, 3, 2, 1).contiguous()
+            x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+            return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
+
     nets = []
-    for net, name in ((PNet(), "pnet"), (RNet(), "rnet")):
+    for net, name in ((PNet(), "pnet"), (RNet(), "rnet"), (ONet(), "onet")):
         data = wheel_member("facenet-pytorch==2.6.0", f"facenet_pytorch/data/{name}.pt")
         net.load_state_dict(torch.load(io.BytesIO(data)))
         nets.append(net.eval())
@@ -299,8 +324,8 @@ def _nms(boxes: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(keep, np.int64).reshape(-1)
 
 
-def _pnet_windows(pnet, image: np.ndarray) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
-    """RNet's inputs for one RGB photo: PNet's proposals cut out and resized to 24x24, (x - 127.5) / 128, CHW."""
+def _pnet_windows(pnet, image: np.ndarray, size: int = 24) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """RNet's inputs for one RGB photo: PNet's proposals cut out and resized to `size` (24), (x - 127.5) / 128, CHW."""
     import cv2
     import torch
 
@@ -329,13 +354,14 @@ def _pnet_windows(pnet, image: np.ndarray) -> list[np.ndarray]:  # type: ignore[
         right, bottom = min(int(np.fix(a + s)), w), min(int(np.fix(b + s)), h)
         if right - left + 1 < 2 or bottom - top + 1 < 2:
             continue
-        crop = cv2.resize(image[top - 1:bottom, left - 1:right], (24, 24), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(image[top - 1:bottom, left - 1:right], (size, size), interpolation=cv2.INTER_AREA)
         windows.append((crop.astype(np.float32).transpose(2, 0, 1) - 127.5) * 0.0078125)
     return windows
 
 
-def _rnet_inputs(n: int, seed: int, pnet) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """`n` RNet inputs drawn at random from PNet's windows over randomly cropped, flipped, dimmed photos."""
+def _rnet_inputs(n: int, seed: int, pnet, size: int = 24) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """`n` RNet inputs (`size` 48: ONet's) drawn at random from PNet's windows over randomly cropped, flipped,
+    dimmed photos."""
     rng = np.random.default_rng(seed)
     photos, pool = _photos(), []
     while len(pool) < 4 * n:
@@ -346,7 +372,7 @@ def _rnet_inputs(n: int, seed: int, pnet) -> np.ndarray:  # type: ignore[no-unty
         shot = photo[y0:y0 + ch, x0:x0 + cw]
         shot = shot[:, ::-1] if rng.random() < 0.5 else shot
         shot = np.clip(shot.astype(np.float32) * rng.uniform(0.6, 1.2), 0, 255).astype(np.uint8)
-        pool.extend(_pnet_windows(pnet, np.ascontiguousarray(shot)))
+        pool.extend(_pnet_windows(pnet, np.ascontiguousarray(shot), size))
     return np.stack([pool[i] for i in rng.choice(len(pool), n, replace=False)])
 
 
@@ -357,13 +383,29 @@ def case_rnet() -> Case:
     if not model.exists() or not held.exists():
         import torch
 
-        pnet, rnet = _mtcnn_nets()
+        pnet, rnet, _ = _mtcnn_nets()
         np.save(calib, _rnet_inputs(128, seed=14, pnet=pnet))
         np.save(held, _rnet_inputs(2048, seed=15, pnet=pnet))
         torch.onnx.export(rnet, (torch.zeros(1, 3, 24, 24),), str(model), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["box", "prob"],
                           dynamic_axes={"input": {0: "batch"}, "box": {0: "batch"}, "prob": {0: "batch"}})
     return Case("rnet", model, calib, held, shapes={"input": (1, 3, 24, 24)}, output="prob")
+
+
+def case_onet() -> Case:
+    folder = WORK / "onet"
+    folder.mkdir(parents=True, exist_ok=True)
+    model, calib, held = folder / "onet.onnx", folder / "calib_128.npy", folder / "held_2048.npy"
+    if not model.exists() or not held.exists():
+        import torch
+
+        pnet, _, onet = _mtcnn_nets()
+        np.save(calib, _rnet_inputs(128, seed=20, pnet=pnet, size=48))
+        np.save(held, _rnet_inputs(2048, seed=21, pnet=pnet, size=48))
+        torch.onnx.export(onet, (torch.zeros(1, 3, 48, 48),), str(model), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["box", "landmarks", "prob"],
+                          dynamic_axes={name: {0: "batch"} for name in ("input", "box", "landmarks", "prob")})
+    return Case("onet", model, calib, held, shapes={"input": (1, 3, 48, 48)}, output="prob")
 
 
 # ------------------------------------------------------------------------------------------ PP-OCRv4
@@ -385,4 +427,5 @@ def case_rec_v4() -> Case:
 
 HELDOUT_CASES: dict[str, Callable[[], Case]] = {
     "orient": case_orient, "layout": case_layout, "rnet": case_rnet, "det-v4": case_det_v4, "rec-v4": case_rec_v4,
+    "onet": case_onet,
 }
