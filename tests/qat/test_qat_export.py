@@ -100,3 +100,16 @@ def test_parity_detects_an_export_that_does_not_match():
     assert report.max_steps > 1 and report.local_max_steps > 1
     assert not report.ok
     assert report.worst_tensor == "pool"
+
+
+def test_the_pairs_around_a_maxpool_train_one_scale():
+    # residual net: relu3 = r3 -> maxpool = pool -> conv_head; r3 is read by the pool alone and starts with pool's
+    # range (as calibration ties them), so it reads pool's step size and the two stay equal as the step sizes move
+    qmodel = _trained(residual_conv_net(batch="N"), _conv_feeds())  # every amax 2.0
+    by_tensor = {q.tensor: q for q in qmodel.quantizers}
+    assert by_tensor["r3"].log_ratio == by_tensor["pool"].log_ratio
+    assert len(qmodel.scale_parameters()) == len(qmodel.quantizers) - 1
+    scales = qmodel.scales()
+    assert scales["r3"] == scales["pool"] and scales["pool"] != qmodel.net.parameter(by_tensor["pool"].base_scale)
+    export = export_qdq(qmodel)
+    assert export.activation_amax["r3"] == export.activation_amax["pool"]

@@ -25,6 +25,7 @@ from trtq.formats.ranges import RangesTable
 from trtq.model import tensor_types
 from trtq.qat.fakequant import EXECUTOR_OPS, OP_TYPE, quantized_codes, step_size
 from trtq.quantize.placement import Placement
+from trtq.quantize.pooling import pooled_groups
 from trtq.quantize.qdq import insert_after_producers, scale_and_zero_point, unique_name
 from trtq.torch import OnnxModule
 
@@ -86,7 +87,9 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
 
     Each quantizer's fixed base scale is exactly the quantize path's (amax / 127 for activations,
     per-channel max|w| / 127 for weights, computed by `trtq.quantize.qdq` itself); the learned
-    log-ratio starts at 0.
+    log-ratio starts at 0. A MaxPool's input whose range is its pooled output's (`trtq.quantize.pooling`,
+    one sink; equal in `activation_amax`, as calibration ties them) reads that quantizer's base and log-ratio,
+    so the two keep one scale while they train.
     """
     missing = [t.tensor for t in placement.targets if t.kind == "activation" and t.tensor not in activation_amax]
     if missing:
@@ -112,13 +115,18 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
     producer_of = {name: node.name for node in graph.node for name in node.output}
     after: dict[str, list[onnx.NodeProto]] = {}
     quantizers = []
+    shares = {member: group.sinks[0] for group in pooled_groups(model, placement) if len(group.sinks) == 1
+              for member in group.members if member != group.sinks[0]
+              and activation_amax.get(member) == activation_amax.get(group.sinks[0])}
+    parameters = {target.tensor: (unique_name(f"{target.tensor}::log_scale_ratio", used),
+                                  unique_name(f"{target.tensor}::ptq_scale", used)) for target in placement.targets}
     for target in placement.targets:
-        ratio_name = unique_name(f"{target.tensor}::log_scale_ratio", used)
-        base_name = unique_name(f"{target.tensor}::ptq_scale", used)
+        ratio_name, base_name = parameters[shares.get(target.tensor, target.tensor)]
         out_name = unique_name(f"{target.tensor}::fake_quantized", used)
-        base, _ = scale_and_zero_point(target, inits, activation_amax, np.float32)
-        graph.initializer.extend([numpy_helper.from_array(np.zeros_like(base), ratio_name),
-                                  numpy_helper.from_array(base, base_name)])
+        if target.tensor not in shares:
+            base, _ = scale_and_zero_point(target, inits, activation_amax, np.float32)
+            graph.initializer.extend([numpy_helper.from_array(np.zeros_like(base), ratio_name),
+                                      numpy_helper.from_array(base, base_name)])
         attrs: dict[str, Any] = {"axis": target.axis} if target.axis is not None else {}
         node = helper.make_node(OP_TYPE, [target.tensor, ratio_name, base_name], [out_name],
                                 name=unique_name(f"{target.tensor}::{OP_TYPE}", used), **attrs)
@@ -175,9 +183,14 @@ class QatModel(torch.nn.Module):
         """The fine-tuned weights and biases."""
         return [self.net.parameter(name) for name in self.weight_names]
 
+    @property
+    def log_ratio_names(self) -> tuple[str, ...]:
+        """The learned log-ratios, each once (quantizers around a MaxPool share one)."""
+        return tuple(dict.fromkeys(q.log_ratio for q in self.quantizers))
+
     def scale_parameters(self) -> list[torch.nn.Parameter]:
         """The learned log(step size / PTQ step size), one per quantizer (per channel for weights)."""
-        return [self.net.parameter(q.log_ratio) for q in self.quantizers]
+        return [self.net.parameter(name) for name in self.log_ratio_names]
 
     def param_groups(self, lr: float, scale_lr: float) -> list[dict[str, object]]:
         """Optimizer parameter groups: weights at `lr`, step-size log-ratios at `scale_lr`."""
@@ -197,12 +210,12 @@ class QatModel(torch.nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """Every trained tensor by ONNX name (weights, biases, scale log-ratios), detached, on the CPU."""
-        names = [*self.weight_names, *(q.log_ratio for q in self.quantizers)]
+        names = [*self.weight_names, *self.log_ratio_names]
         return {name: self.net.parameter(name).detach().cpu().clone() for name in names}
 
     def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore tensors saved by `trained_state` (same model and placement)."""
-        expected = [*self.weight_names, *(q.log_ratio for q in self.quantizers)]
+        expected = [*self.weight_names, *self.log_ratio_names]
         missing = [name for name in expected if name not in state]
         if missing:
             raise TrtqError(f"The saved state has no tensor {missing[0]!r}; it belongs to another model or placement.",
