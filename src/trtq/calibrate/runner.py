@@ -224,7 +224,8 @@ def run_calibration(
         amax.update(auto.amax)
         choices = {**{name: explain(stats[name], "mse", amax[name]) for name in tensors}, **auto.choices}
         choices.update({member: replace(choices[member], shared_with=group.sinks[0]) for group in shared
-                        for member in group.members if member in choices and member not in group.sinks})
+                        for member in group.members if member in choices and member not in group.sinks
+                        and amax[member] == amax[group.sinks[0]]})  # --judge-layers' table may untie them
         table_checks = auto.checks
         options.update({"table": auto.table, "judged_samples": auto.samples})
     if method == "percentile":
