@@ -49,16 +49,11 @@ T90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 
        11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753}
 """Two-sided 90% Student t quantiles by degrees of freedom (1.645 beyond)."""
 
-def _rnet_draw(seed: int) -> np.ndarray:
+def _mtcnn_draw(seed: int, size: int = 24) -> np.ndarray:
+    """128 PNet windows at `size` (24: RNet's, 48: ONet's)."""
     from heldout_cases import _mtcnn_nets, _rnet_inputs
 
-    return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0])
-
-
-def _onet_draw(seed: int) -> np.ndarray:
-    from heldout_cases import _mtcnn_nets, _rnet_inputs
-
-    return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0], size=48)
+    return _rnet_inputs(128, seed=seed, pnet=_mtcnn_nets()[0], size=size)
 
 
 def _orient_draw(seed: int) -> np.ndarray:
@@ -70,8 +65,8 @@ def _orient_draw(seed: int) -> np.ndarray:
 DRAWERS: dict[str, Callable[[int], np.ndarray]] = {
     "cls": lambda seed: _render_lines(64, 48, 192, seed=seed, rotate_half=True),
     "rec": lambda seed: _render_lines(64, 48, 320, seed=seed),
-    "rnet": _rnet_draw,
-    "onet": _onet_draw,
+    "rnet": _mtcnn_draw,
+    "onet": lambda seed: _mtcnn_draw(seed, 48),
     "orient": _orient_draw,
 }
 """Per model, one calibration set of the size bench_ranges uses, drawn with `seed`."""

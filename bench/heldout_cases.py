@@ -376,36 +376,30 @@ def _rnet_inputs(n: int, seed: int, pnet, size: int = 24) -> np.ndarray:  # type
     return np.stack([pool[i] for i in rng.choice(len(pool), n, replace=False)])
 
 
-def case_rnet() -> Case:
-    folder = WORK / "rnet"
+def _mtcnn_case(key: str, net: int, size: int, seeds: tuple[int, int], outputs: tuple[str, ...]) -> Case:
+    """MTCNN's `net` (1: RNet, 2: ONet of `_mtcnn_nets`) exported by torch, on PNet's windows at `size`, scored on
+    `prob`: 128 calibration / 2048 held-out windows drawn with `seeds`."""
+    folder = WORK / key
     folder.mkdir(parents=True, exist_ok=True)
-    model, calib, held = folder / "rnet.onnx", folder / "calib_128.npy", folder / "held_2048.npy"
+    model, calib, held = folder / f"{key}.onnx", folder / "calib_128.npy", folder / "held_2048.npy"
     if not model.exists() or not held.exists():
         import torch
 
-        pnet, rnet, _ = _mtcnn_nets()
-        np.save(calib, _rnet_inputs(128, seed=14, pnet=pnet))
-        np.save(held, _rnet_inputs(2048, seed=15, pnet=pnet))
-        torch.onnx.export(rnet, (torch.zeros(1, 3, 24, 24),), str(model), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["box", "prob"],
-                          dynamic_axes={"input": {0: "batch"}, "box": {0: "batch"}, "prob": {0: "batch"}})
-    return Case("rnet", model, calib, held, shapes={"input": (1, 3, 24, 24)}, output="prob")
+        nets = _mtcnn_nets()
+        np.save(calib, _rnet_inputs(128, seed=seeds[0], pnet=nets[0], size=size))
+        np.save(held, _rnet_inputs(2048, seed=seeds[1], pnet=nets[0], size=size))
+        torch.onnx.export(nets[net], (torch.zeros(1, 3, size, size),), str(model), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=list(outputs),
+                          dynamic_axes={name: {0: "batch"} for name in ("input", *outputs)})
+    return Case(key, model, calib, held, shapes={"input": (1, 3, size, size)}, output="prob")
+
+
+def case_rnet() -> Case:
+    return _mtcnn_case("rnet", 1, 24, (14, 15), ("box", "prob"))
 
 
 def case_onet() -> Case:
-    folder = WORK / "onet"
-    folder.mkdir(parents=True, exist_ok=True)
-    model, calib, held = folder / "onet.onnx", folder / "calib_128.npy", folder / "held_2048.npy"
-    if not model.exists() or not held.exists():
-        import torch
-
-        pnet, _, onet = _mtcnn_nets()
-        np.save(calib, _rnet_inputs(128, seed=20, pnet=pnet, size=48))
-        np.save(held, _rnet_inputs(2048, seed=21, pnet=pnet, size=48))
-        torch.onnx.export(onet, (torch.zeros(1, 3, 48, 48),), str(model), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["box", "landmarks", "prob"],
-                          dynamic_axes={name: {0: "batch"} for name in ("input", "box", "landmarks", "prob")})
-    return Case("onet", model, calib, held, shapes={"input": (1, 3, 48, 48)}, output="prob")
+    return _mtcnn_case("onet", 2, 48, (20, 21), ("box", "landmarks", "prob"))
 
 
 # ------------------------------------------------------------------------------------------ PP-OCRv4

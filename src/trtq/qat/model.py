@@ -119,7 +119,8 @@ def training_graph(model: onnx.ModelProto, placement: Placement,
               for member in group.members if member != group.sinks[0]
               and activation_amax.get(member) == activation_amax.get(group.sinks[0])}
     parameters = {target.tensor: (unique_name(f"{target.tensor}::log_scale_ratio", used),
-                                  unique_name(f"{target.tensor}::ptq_scale", used)) for target in placement.targets}
+                                  unique_name(f"{target.tensor}::ptq_scale", used))
+                  for target in placement.targets if target.tensor not in shares}
     for target in placement.targets:
         ratio_name, base_name = parameters[shares.get(target.tensor, target.tensor)]
         out_name = unique_name(f"{target.tensor}::fake_quantized", used)
@@ -162,8 +163,8 @@ class QatModel(torch.nn.Module):
         self.weight_names: tuple[str, ...] = trainable_initializers(source)
         for name in self.weight_names:
             self.net.parameter(name).requires_grad_(True)
-        for q in self.quantizers:
-            self.net.parameter(q.log_ratio).requires_grad_(True)
+        for name in self.log_ratio_names:
+            self.net.parameter(name).requires_grad_(True)
 
     @property
     def device(self) -> torch.device:
