@@ -226,6 +226,46 @@ def test_table_runner_feeds_the_scales_insert_qdq_writes(conv_case):
     assert (sample_snrs(*crushed) < sample_snrs(*runner.run(runner.scales(amax), 0)) - 10).all()
 
 
+def labelled_model() -> onnx.ModelProto:
+    """A classifier that also outputs its label, as detectors output class ids.
+
+        x [N,8] -> Gemm (8->4) -> logits [N,4] -> ArgMax -> label [N] (int64)
+    """
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="fc", transB=1),
+         helper.make_node("ArgMax", ["logits"], ["label"], name="argmax", axis=1, keepdims=0)], "labelled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w"),
+                     numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_table_runner_scores_float_outputs_and_leaves_labels_out():
+    model = labelled_model()
+    placement = plan_placement(model)
+    rng = np.random.default_rng(6)
+    batches = [{"x": rng.standard_normal((3, 8)).astype(np.float32)}]
+    amax = {t: 3.0 for t in placement.activation_tensors}
+    fp32 = make_session(model)
+    references = [fp32.run(["label", "logits"], batches[0])]
+    for runner in (TableRunner(model, placement, batches), TableRunner(model, placement, batches, references)):
+        assert runner.outputs == ["logits"]
+        signal, noise = runner.run(runner.scales(amax), 0)
+        assert signal.shape == noise.shape == (3, 1)
+        logits = references[0][1].astype(np.float64)
+        assert signal[:, 0] == pytest.approx((logits ** 2).sum(1), rel=1e-9)
+        assert (noise > 0).all()
+    # a model with integer outputs only is scored on them
+    only = labelled_model()
+    del only.graph.output[1]
+    assert TableRunner(only, plan_placement(only), batches).outputs == ["label"]
+
+
 class FakeRunner:
     """A TableRunner whose tables are names; each table's per-sample SNR (dB) is given, one output."""
 

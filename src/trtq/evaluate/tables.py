@@ -8,7 +8,10 @@ Q/DQ (no onnxruntime QDQ fusions: with scales as inputs it cannot make integer k
 gives, per sample and output, the power of the FP32 output (signal) and of the difference
 (noise), from which `trtq.calibrate.auto` computes its statistic. Outputs shaped like an attention
 mask input ([batch, sequence, ...] with a 0/1 integer input of shape [batch, sequence]) count only
-the positions the mask keeps, so padding does not decide a transformer's ranges.
+the positions the mask keeps, so padding does not decide a transformer's ranges. Integer and boolean
+outputs (class labels, detection counts, indices) are left out where the model has a floating-point one:
+a label that flips between two near-equal scores is a step, not a measure of how far the ranges moved
+the output, and it would decide the worst-output statistic on the samples where it flips.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ def attention_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
     found = [v for name, v in batch.items() if "mask" in name.lower() and v.ndim == 2
              and (v.dtype == bool or np.issubdtype(v.dtype, np.integer)) and np.isin(v, (0, 1)).all()]
     return found[0].astype(bool) if len(found) == 1 else None
+
+
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                         onnx.TensorProto.DOUBLE})
+
+
+def scored_outputs(model: onnx.ModelProto) -> list[int]:
+    """Indices of the graph outputs the checks score: the floating-point ones, or all where there are none."""
+    outputs = model.graph.output
+    floating = [k for k, o in enumerate(outputs) if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    return floating or list(range(len(outputs)))
 
 
 def sample_powers(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
@@ -64,12 +78,14 @@ class TableRunner:
     def __init__(self, model: onnx.ModelProto, placement: Placement, batches: Sequence[Mapping[str, np.ndarray]],
                  references: Sequence[Sequence[np.ndarray]] | None = None, threads: int | None = None) -> None:
         self.batches = [dict(batch) for batch in batches]
-        self.outputs = [o.name for o in model.graph.output]
+        scored = scored_outputs(model)
+        self.outputs = [model.graph.output[k].name for k in scored]
         if references is None:
             fp32 = make_session(model, threads=threads, spin=False)
-            references = [fp32.run(self.outputs, batch) for batch in self.batches]
+            self.references = [list(fp32.run(self.outputs, batch)) for batch in self.batches]
             del fp32
-        self.references = [list(refs) for refs in references]
+        else:
+            self.references = [[refs[k] for k in scored] for refs in references]
         self.masks = [attention_mask(batch) for batch in self.batches]
         self.placement = placement
         self.targets = [t for t in placement.targets if t.kind == "activation"]
