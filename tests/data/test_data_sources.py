@@ -70,6 +70,18 @@ def test_image_folder_batches_with_partial_last_batch_and_is_deterministic(tmp_p
         assert first["images"].tobytes() == second["images"].tobytes() == third["images"].tobytes()
 
 
+def test_image_folder_reads_only_the_wanted_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = class_folder(tmp_path / "calib")
+    ds = open_dataset(root, [IMAGE], IMAGE_SHAPES, Preprocess(scale=1.0), workers=2)
+    full = all_batches(ds, 2)
+    decoded: list[str] = []
+    decode = ds.decode
+    monkeypatch.setattr(ds, "decode", lambda path: decoded.append(path.name) or decode(path))
+    some = list(ds.batches(2, only=[2, 0, 7]))  # any order, duplicates and indices past the end are fine
+    assert [b["images"].tobytes() for b in some] == [full[0]["images"].tobytes(), full[2]["images"].tobytes()]
+    assert sorted(decoded) == ["a.png", "b.bmp", "e.webp"]  # batch 1 (c, d) is never decoded
+
+
 def test_image_folder_without_class_folders_has_no_labels(tmp_path: Path) -> None:
     write_image(tmp_path / "a.jpg", (1, 2, 3))
     write_image(tmp_path / "sub" / "b.jpeg", (1, 2, 3))
@@ -180,6 +192,15 @@ def test_npy_nchw_batches_and_casts_float64(tmp_path: Path) -> None:
     assert all(b["images"].dtype == np.float32 for b in batches)
     np.testing.assert_array_equal(np.concatenate([b["images"] for b in batches]), data.astype(np.float32))
     assert ds.description == f"5 samples from {tmp_path / 'calib.npy'}"
+
+
+def test_npy_reads_only_the_wanted_batches(tmp_path: Path) -> None:
+    data = np.arange(5 * 3 * 8 * 8, dtype=np.float32).reshape(5, 3, 8, 8) / 1000
+    np.save(tmp_path / "x.npy", data)
+    ds = open_dataset(tmp_path / "x.npy", [IMAGE], IMAGE_SHAPES)
+    some = list(ds.batches(2, only={2, 1}))
+    assert [b["images"].tobytes() for b in some] == [data[2:4].tobytes(), data[4:].tobytes()]
+    assert list(ds.batches(2, only=[])) == []
 
 
 def test_npy_single_sample_without_batch_dim_and_limit(tmp_path: Path) -> None:
@@ -322,6 +343,28 @@ def test_load_data_samples_without_batch_dim_are_batched(tmp_path: Path) -> None
     for batch in batches:
         batch["tokens"][:] = -1  # a consumer writing into a batch must not change the next pass
     assert [b["tokens"][:, 0].tolist() for b in ds.batches(2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_load_data_wanted_batches_stop_after_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = script(tmp_path, """
+        import numpy as np
+
+        def load_data():
+            for i in range(5):
+                yield {"tokens": np.full(5, i), "feat": np.full((2, 2), i / 10)}
+    """)
+    ds = open_dataset(path, MULTI, MULTI_SHAPES)
+    read: list[int] = []
+    every = ds._batches
+
+    def counted(batch_size: int):  # type: ignore[no-untyped-def]
+        for batch in every(batch_size):
+            read.append(int(batch["tokens"][0, 0]))
+            yield batch
+
+    monkeypatch.setattr(ds, "_batches", counted)
+    assert [b["tokens"][:, 0].tolist() for b in ds.batches(2, only=[1])] == [[2, 3]]
+    assert read == [0, 2]  # the script cannot seek: batch 0 is read, batch 2 is not
 
 
 def test_load_data_blocks_with_batch_dim_are_regrouped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

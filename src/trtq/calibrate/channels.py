@@ -34,11 +34,10 @@ class ChannelStats:
 
 def _batches(dataset: Dataset, batch_size: int, drop_partial: bool,
              only: Collection[int] | None = None) -> Iterator[Mapping[str, np.ndarray]]:
-    for index, batch in enumerate(dataset.batches(batch_size)):
+    for batch in dataset.batches(batch_size, only):
         if drop_partial and len(next(iter(batch.values()))) < batch_size:
             return
-        if only is None or index in only:
-            yield batch
+        yield batch
 
 
 def _fold(found: dict[str, np.ndarray], name: str, channel_max: np.ndarray) -> None:

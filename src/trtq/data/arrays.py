@@ -61,7 +61,13 @@ class ArrayDataset(Dataset):
         self.dtypes = dict(dtypes)
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.num_samples or 0, batch_size):
+        return self._some_batches(batch_size, list(range(-(-(self.num_samples or 0) // batch_size))))
+
+    def _some_batches(self, batch_size: int, wanted: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        for index in wanted:
+            start = index * batch_size
+            if start >= (self.num_samples or 0):
+                return
             yield {
                 name: np.array(array[start:start + batch_size], dtype=self.dtypes[name], copy=True)
                 for name, array in self.arrays.items()

@@ -3,7 +3,7 @@ count, and batches {input name: array with batch dim}, re-iterable."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +69,14 @@ class Dataset:
         """The batch dim of the resolved input shapes; what iterating the Dataset itself uses."""
         return self.shapes[self.inputs[0].name][0]
 
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of `batch_size` samples; the last one may be smaller."""
+    def batches(self, batch_size: int, only: Collection[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of `batch_size` samples; the last one may be smaller. `only`: the indices of the batches
+        wanted, each the batch it is in the whole sequence; sources that can seek (arrays, image files) leave
+        the others unread."""
         check_batch_size(batch_size, self.num_samples, self.description)
-        return self._batches(int(batch_size))
+        if only is None:
+            return self._batches(int(batch_size))
+        return self._some_batches(int(batch_size), sorted(set(only)))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.batches(self.batch_size)
@@ -82,3 +86,14 @@ class Dataset:
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         raise NotImplementedError
+
+    def _some_batches(self, batch_size: int, wanted: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        """The batches at the sorted indices `wanted`; here by reading every batch up to the last one wanted
+        (a script's generator cannot seek)."""
+        if not wanted:
+            return
+        for index, batch in enumerate(self._batches(batch_size)):
+            if index in wanted:
+                yield batch
+            if index >= wanted[-1]:
+                return

@@ -66,14 +66,17 @@ class ImageFolderDataset(Dataset):
             ) from exc
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        return self._some_batches(batch_size, list(range(-(-len(self.image_paths) // batch_size))))
+
+    def _some_batches(self, batch_size: int, wanted: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        """Only the wanted batches' images are decoded."""
         name = self.inputs[0].name
         ahead = batch_size + 2 * self.workers
-        samples = _ordered_map(self.decode, self.image_paths, self.workers, ahead)
-        while True:
-            chunk = list(itertools.islice(samples, batch_size))
-            if not chunk:
-                return
-            yield {name: np.stack(chunk).astype(self.dtype, copy=False)}
+        groups = [self.image_paths[i * batch_size:(i + 1) * batch_size] for i in wanted]
+        groups = [group for group in groups if group]
+        samples = _ordered_map(self.decode, (path for group in groups for path in group), self.workers, ahead)
+        for group in groups:
+            yield {name: np.stack(list(itertools.islice(samples, len(group)))).astype(self.dtype, copy=False)}
 
 
 HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}

@@ -18,7 +18,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -494,6 +494,9 @@ class CachedBatches(Dataset):
                          f"{count} of the samples of {parent.description}")
         self._feeds = feeds
 
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """The cached batches as they are (their size is the evaluator's batch size)."""
-        return iter(self._feeds)
+    def batches(self, batch_size: int, only: Collection[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """The cached batches as they are (their size is the evaluator's batch size); `only`: those at these indices."""
+        if only is None:
+            return iter(self._feeds)
+        wanted = set(only)
+        return (feed for index, feed in enumerate(self._feeds) if index in wanted)
