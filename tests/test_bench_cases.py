@@ -52,3 +52,12 @@ def test_bench_draws_draws_only_bench_ranges_models_and_its_interval_is_students
     printed = _in_bench(code)
     # mean 2, sample std 1, 3 draws: 2 -+ t(0.95, 2 dof) 2.920 / sqrt(3)
     assert printed.split() == ["0.314", "3.686"]
+
+
+def test_bench_resolution_offers_every_bench_ranges_model():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_resolution.py"), "--help"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    offered = proc.stdout.split("--models")[1].split("}")[0].split("{")[1].split(",")
+    for name in (*HELD_OUT, "cls", "digits"):
+        assert name in offered, (name, offered)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import residual_conv_net, save
+from tiny_models import depthwise_net, residual_conv_net, save
 
 pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
@@ -55,6 +55,17 @@ def test_json_result_and_files(case, capsys):
     assert table["options"]["qat_steps"] == 6
     cache = (tmp / "out" / "net.qat.int8.cache").read_text().splitlines()
     assert cache[0].startswith("TRT-") and cache[0].endswith("EntropyCalibration2")
+
+
+@pytest.mark.parametrize(("extra", "equalized"), [((), True), (("--no-equalize",), False)])
+def test_depthwise_inputs_are_equalized_unless_told_not_to(tmp_path, capsys, extra, equalized):
+    model = save(depthwise_net(), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32))
+    assert cli.main(_args(tmp_path, model, "--json", *extra)) == 0
+    out = json.loads(capsys.readouterr().out)
+    table = json.loads((tmp_path / "out" / "net.qat.int8.json").read_text())
+    assert ("smoothing" in table) is equalized
+    assert any(note.startswith("equalized 1 depthwise") for note in out["notes"]) is equalized
 
 
 def test_text_table_and_target_early_stop(case, capsys):

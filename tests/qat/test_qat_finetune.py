@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_models import gemm_matmul_net, residual_conv_net, save
+from tiny_models import depthwise_net, gemm_matmul_net, residual_conv_net, save
 
 torch = pytest.importorskip("torch", reason="QAT needs PyTorch (pip install torch); CI installs only .[test]")
 
+from trtq import api
 from trtq.errors import TrtqError
+from trtq.formats.ranges import RangesTable
 from trtq.qat import Distillation, FinetuneOptions, TrainingDiverged, finetune
 
 OUTPUTS = (".qat.int8.onnx", ".qat.int8.cache", ".qat.int8.json")
@@ -183,3 +186,22 @@ def test_empty_data_folder_is_refused(conv_case, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrtqError, match="contains no images"):
         finetune(model, str(tmp_path / "empty"), options=_options(tmp_path / "out"), progress=False)
+
+
+def test_depthwise_inputs_are_equalized_as_quantize_does(tmp_path):
+    """`depthwise_net`: the depthwise input's channels span 50x. Fine-tuning starts from the PTQ model `trtq quantize`
+    writes by default (the same equalization factors), and --no-equalize leaves the graph as it is."""
+    model = save(depthwise_net(), tmp_path / "dw.onnx")
+    data = tmp_path / "calib.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    ptq = api.quantize(model, str(data), options=api.QuantizeOptions(output_dir=str(tmp_path / "ptq")), progress=False)
+    factors = RangesTable.load(ptq.ranges_path).smoothing
+    assert list(factors) == ["h"]  # the quantizer equalizes the depthwise input
+    result = finetune(model, str(data), options=_options(tmp_path / "qat", steps=2), progress=False)
+    assert RangesTable.load(result.ranges_path).smoothing == factors
+    assert any(note.startswith("equalized 1 depthwise") for note in result.notes)
+    exported = onnx.load(result.onnx_path)
+    assert [n.input[0] for n in exported.graph.node if n.op_type == "Mul"] == ["h"]  # 1/s before the depthwise Q/DQ
+    plain = finetune(model, str(data), options=_options(tmp_path / "plain", steps=2, equalize=False), progress=False)
+    assert RangesTable.load(plain.ranges_path).smoothing == {}
+    assert not any(n.op_type == "Mul" for n in onnx.load(plain.onnx_path).graph.node)

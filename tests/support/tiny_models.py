@@ -189,3 +189,28 @@ def attention_block(seed: int = 6, seq: int | str = "S", width: int = 8) -> onnx
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, width])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, width])]
     return _model(nodes, inputs, outputs, inits)
+
+
+def depthwise_net(seed: int = 7, batch: int | str = "N") -> onnx.ModelProto:
+    """A MobileNet-style block whose depthwise input has channels of very different ranges.
+
+        input [B,3,16,16] -> conv_in (3->4, 1x1; output channels scaled 1, 0.05, 0.3, 0.02) -> relu
+          -> dw (depthwise 3x3, group 4) -> relu_dw -> conv_out (4->4, 1x1) -> y [B,4,16,16]
+    """
+    rng = np.random.default_rng(seed)
+    gains = np.array([1.0, 0.05, 0.3, 0.02], np.float32).reshape(4, 1, 1, 1)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((4, 3, 1, 1)) * 0.5 * gains).astype(np.float32), "w_in"),
+        numpy_helper.from_array((np.full(4, 0.2, np.float32) * gains.reshape(4)).astype(np.float32), "b_in"),
+        _w(rng, "w_dw", 4, 1, 3, 3), _w(rng, "w_out", 4, 4, 1, 1), _w(rng, "b_out", 4, scale=0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w_in", "b_in"], ["c_in"], name="conv_in"),
+        helper.make_node("Relu", ["c_in"], ["h"], name="relu"),
+        helper.make_node("Conv", ["h", "w_dw"], ["d"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["r"], name="relu_dw"),
+        helper.make_node("Conv", ["r", "w_out", "b_out"], ["y"], name="conv_out"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 16, 16])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 16, 16])]
+    return _model(nodes, inputs, outputs, inits)

@@ -212,6 +212,11 @@ def add_smooth_option(p: argparse.ArgumentParser) -> None:
                    help="move activation outliers into the weights before quantizing (SmoothQuant): with ALPHA in "
                    "[0, 1] everywhere (0.5 is SmoothQuant's default), alone: alpha chosen per MatMul input by the "
                    "quantization error it leaves; the smoothed FP32 model is checked to equal the original")
+    add_equalize_option(p)
+
+
+def add_equalize_option(p: argparse.ArgumentParser) -> None:
+    """--no-equalize: leave depthwise convolution inputs as they are."""
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="INT8: leave depthwise convolutions as they are (by default their inputs are equalized: "
                    "each channel divided by its range, the filter multiplied by it, exact in FP32)")

@@ -11,6 +11,7 @@ from trtq._io import Stopped
 from trtq.cli.core import add_data_options, data_options
 from trtq.cli.options import (
     add_calibration_options,
+    add_equalize_option,
     add_mask_options,
     calibration_options,
     given,
@@ -60,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="on CUDA, run every step eagerly instead of replaying a captured CUDA graph")
     p.add_argument("--resume", action="store_true",
                    help="continue from <stem>.qat.ckpt in the output directory (same model, data and options)")
-    add_calibration_options(p, method_help="PTQ range algorithm (default: entropy)",
+    add_calibration_options(p, method_help="PTQ range algorithm (default: auto, as for quantize)",
                             device_help="where training runs: cpu or cuda[:N] (default: cpu)")
+    add_equalize_option(p)
     p.add_argument("--output-dir", help="where to write (default: beside the model)")
     add_data_options(p)
     add_mask_options(p)
@@ -85,7 +87,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, scale_lr=args.scale_lr, batch_size=args.batch_size, target=args.target,
         output_dir=args.output_dir, resume=args.resume, seed=args.seed,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, task=args.task,
-        cuda_graph=not args.no_cuda_graph,
+        cuda_graph=not args.no_cuda_graph, equalize=args.equalize,
     )
     try:
         result = finetune(args.model, args.calib, ranges=args.ranges, train_data=args.train, eval_data=args.data,

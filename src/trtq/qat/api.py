@@ -20,7 +20,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ from trtq.qat.train import (
     train,
 )
 from trtq.quantize import insert_qdq
+from trtq.quantize.smooth import record_smoothing
 from trtq.torch import OnnxModule
 
 DEFAULT_DATA = api.DataOptions()
@@ -61,9 +62,13 @@ DEFAULT_DATA = api.DataOptions()
 @dataclass(frozen=True)
 class FinetuneOptions(api.CalibrationOptions):
     """Options of `finetune` beyond the data: the calibration options of the PTQ starting point
-    (`trtq.api.CalibrationOptions`: method, by default entropy; exclusions; cache header; output
-    folder; device), then the fine-tuning's own."""
+    (`trtq.api.CalibrationOptions`: method, by default `auto` as for quantize; exclusions; cache header;
+    output folder; device), whether depthwise convolution inputs are equalized first as quantize does,
+    then the fine-tuning's own."""
 
+    equalize: bool = True
+    """Equalize the inputs of depthwise convolutions before calibrating, as `trtq quantize` does by default
+    (`QuantizeOptions.equalize`), so fine-tuning starts from the PTQ model quantize writes; False: --no-equalize."""
     steps: int = 2000
     lr: float = 1e-5
     scale_lr: float = 1e-3
@@ -235,13 +240,21 @@ def finetune(
         api.open_data(prepared.model, train_data, data, purpose="fine-tune", progress=progress)
     eval_ds = monitor_ds if eval_data is None else \
         api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
-    if ranges is None:
-        # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
-        table = api.calibrate_prepared(prepared, monitor_ds, options=replace(options, device="cpu"),
-                                       progress=progress).ranges
+    saved = None if ranges is None else ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
+    # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
+    ptq_options = api.QuantizeOptions(**{f.name: getattr(options, f.name) for f in fields(api.CalibrationOptions)},
+                                      equalize=options.equalize)
+    ptq_options = replace(ptq_options, device="cpu")
+    smoothing = None
+    if ptq_options.smooths(saved):  # equalized as quantize does, or smoothed as the given table's model was
+        prepared, smoothing = api.smooth_prepared(prepared, monitor_ds, ptq_options, table=saved, progress=progress)
+    if saved is None:
+        table = api.calibrate_prepared(prepared, monitor_ds, options=ptq_options, progress=progress).ranges
+        if smoothing is not None:
+            table = record_smoothing(table, smoothing)
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
     else:
-        table = ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
+        table = saved
         ranges_from = f"ranges file {ranges}" if not isinstance(ranges, RangesTable) else "given ranges"
 
     fixed = api.fixed_batch(prepared.model)
@@ -292,6 +305,11 @@ def finetune(
     onnx.checker.check_model(exported.model)
     parity = check_parity(qmodel, exported.model, eval_batches[: max(1, _batches_for(eval_batches, options.parity_samples))])
     notes = [*prepared.notes, *api.shape_notes(monitor_ds, train_ds, eval_ds)]
+    if smoothing is not None and smoothing.equalized:
+        notes.append(f"equalized {smoothing.equalized} depthwise convolution inputs, as trtq quantize does (each "
+                     "channel scaled to the largest by a Mul, the filters by the inverse; --no-equalize leaves them)")
+    if smoothing is not None and smoothing.mul_nodes > smoothing.equalized:
+        notes.append(f"smoothed {smoothing.mul_nodes - smoothing.equalized} activations as the ranges table's model was")
     notes += [f"progress: {note}" for note in monitor.mask_notes]
     if parity.local_max_steps > 1:
         notes.append(f"onnxruntime's QuantizeLinear disagrees with PyTorch's quantizer by {parity.local_max_steps} "
