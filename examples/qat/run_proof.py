@@ -2,8 +2,9 @@
 
     python examples/qat/run_proof.py --device cuda --out out/qat-proof
 
-- FP32 and PTQ: `trtq quantize` (entropy calibration on ../digits/calib, 200 images), top-1 with
-  onnxruntime on the 300 held-out images of ../digits/val.
+- FP32 and PTQ: `trtq quantize` with its defaults (`auto` ranges on the depthwise-equalized graph, calibrated
+  on ../digits/calib, 200 images; `finetune` starts from the same model), top-1 with onnxruntime on the 300
+  held-out images of ../digits/val.
 - Label-free QAT: `trtq finetune` as `trtq finetune digits_dw.onnx --calib ../digits/calib
   --data ../digits/val --task classify --steps 600 --lr 3e-4 --scale-lr 1e-4 --batch-size 64`:
   the FP32 model teaches on the 200 unlabelled calibration images.
