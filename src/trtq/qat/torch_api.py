@@ -1,12 +1,13 @@
 """PyTorch users' QAT flow, in place of pytorch-quantization's:
 
     import trtq.qat as tq
-    qmodel = tq.prepare(module, example_inputs, calib=loader, method="entropy")  # PTQ, TensorRT placement
+    qmodel = tq.prepare(module, example_inputs, calib=loader)  # PTQ as trtq quantize does it, TensorRT placement
     train(qmodel)                           # optional: the user's own loop and loss (QAT)
     tq.export(qmodel, "model.qat.int8.onnx", example_inputs, dynamic_axes={"input": {0: "batch"}})
 
 `prepare` exports the module to ONNX (batch dim dynamic), normalises it and plans the Q/DQ
-placement exactly as `trtq quantize` does, calibrates on `calib` (an iterable of batches: a
+placement exactly as `trtq quantize` does, equalizes depthwise convolution inputs and calibrates
+(`auto` by default) as it does, on `calib` (an iterable of batches: a
 tensor, a tuple/list whose first items are the inputs, e.g. a DataLoader's (x, y), or a dict by
 input name), and returns a `QatModel`: an nn.Module whose forward gives the INT8 model's outputs
 and whose parameters (weights, biases, log step sizes) train with any optimizer. `export` writes
@@ -27,14 +28,16 @@ import onnx
 import torch
 
 from trtq._io import atomic_write_bytes
-from trtq.calibrate import run_calibration
 from trtq.calibrate.algorithms import METHODS
 from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec, graph_inputs, normalize_model
+from trtq.options import QuantizeOptions
+from trtq.prepare import PreparedModel, calibrate_prepared, smooth_prepared
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
 from trtq.quantize import plan_placement
+from trtq.quantize.smooth import record_smoothing
 
 __all__ = ["ExportResult", "export", "prepare"]
 
@@ -58,10 +61,13 @@ def _as_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
 
 
 class _LoaderDataset(Dataset):
-    """A user's iterable of batches as a `trtq.data.Dataset` (batches used as they come)."""
+    """A user's iterable of batches as a `trtq.data.Dataset` (batches used as they come; `shapes`, the example
+    inputs', give its nominal batch size)."""
 
-    def __init__(self, loader: Iterable[object], inputs: Sequence[TensorSpec]) -> None:
-        super().__init__(Path(type(loader).__name__), inputs, {}, None, f"batches from {type(loader).__name__}")
+    def __init__(self, loader: Iterable[object], inputs: Sequence[TensorSpec],
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        super().__init__(Path(type(loader).__name__), inputs, dict(shapes or {}), None,
+                         f"batches from {type(loader).__name__}")
         self.loader = loader
 
     def _feed(self, batch: object) -> dict[str, np.ndarray]:
@@ -131,9 +137,10 @@ def prepare(
     module: torch.nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     calib: Iterable[object],
-    method: str = "entropy",
+    method: str = "auto",
     *,
     percentile: float = 99.99,
+    equalize: bool = True,
     exclude_nodes: Sequence[str] = (),
     exclude_ops: Sequence[str] = (),
     input_names: Sequence[str] | None = None,
@@ -144,8 +151,10 @@ def prepare(
 ) -> QatModel:
     """PTQ of `module` at TensorRT's Q/DQ placement, returned as a trainable `QatModel`.
 
-    The QatModel runs on `device` (default: the module's). `qmodel.calibration` is the ranges
-    table the step sizes started from.
+    The PTQ is `trtq quantize`'s with its defaults: depthwise convolution inputs equalized (`equalize=False`
+    leaves them), `method` ranges (`auto` checks its candidate tables end to end on the first batches). The
+    QatModel runs on `device` (default: the module's). `qmodel.calibration` is the ranges table the step
+    sizes started from (with the equalization factors, as `trtq quantize` writes them).
     """
     if method not in METHODS:
         raise TrtqError(f"method {method!r} is not one of {', '.join(METHODS)}.", "pick one of those.")
@@ -155,16 +164,22 @@ def prepare(
         raise TrtqError(f"{len(names)} input names for {len(args)} example inputs.", "give one name per input.")
     exported = _export_module(module, args, names, output_names, opset)
     model = normalize_model(exported, source=type(module).__name__)
-    placement = plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops)
-    dataset = _LoaderDataset(calib, graph_inputs(model))
-    result = run_calibration(model, placement.calibrated_tensors, dataset,
-                             model_sha256=hashlib.sha256(exported.SerializeToString()).hexdigest(),
-                             model_name=type(module).__name__, method=method, percentile=percentile,
-                             batch_size=1, progress=progress)
+    prepared = PreparedModel(path=Path(type(module).__name__), sha256=hashlib.sha256(exported.SerializeToString()).hexdigest(),
+                             model=model, placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops),
+                             exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops))
+    dataset = _LoaderDataset(calib, graph_inputs(model), {name: tuple(a.shape) for name, a in zip(names, args)})
+    options = QuantizeOptions(method=method, percentile=percentile, exclude_nodes=tuple(exclude_nodes),
+                              exclude_ops=tuple(exclude_ops), equalize=equalize)
+    smoothing = None
+    if options.smooths():
+        prepared, smoothing = smooth_prepared(prepared, dataset, options, progress=progress)
+    table = calibrate_prepared(prepared, dataset, options=options, progress=progress).ranges
+    if smoothing is not None:
+        table = record_smoothing(table, smoothing)
     if device is None:
         param = next(module.parameters(), None)
         device = param.device if param is not None else "cpu"
-    qmodel = QatModel(model, placement, result.ranges.amax, device=device, calibration=result.ranges)
+    qmodel = QatModel(prepared.model, prepared.placement, table.amax, device=device, calibration=table)
     qmodel.check_supported({name: a.detach() for name, a in zip(qmodel.input_names, args)})
     return qmodel
 
