@@ -198,6 +198,7 @@ def test_depthwise_inputs_are_equalized_as_quantize_does(tmp_path):
     factors = RangesTable.load(ptq.ranges_path).smoothing
     assert list(factors) == ["h"]  # the quantizer equalizes the depthwise input
     result = finetune(model, str(data), options=_options(tmp_path / "qat", steps=2), progress=False)
+    assert result.ranges_from.startswith("calibrated (auto)")  # quantize's default method too
     assert RangesTable.load(result.ranges_path).smoothing == factors
     assert any(note.startswith("equalized 1 depthwise") for note in result.notes)
     exported = onnx.load(result.onnx_path)

@@ -95,10 +95,6 @@ class FinetuneOptions(api.CalibrationOptions):
     cuda_graph: bool = True
     """On CUDA, replay each training step from a captured CUDA graph (much less launch overhead)."""
 
-    def default_method(self) -> str:
-        """Fine-tuning starts from entropy ranges (TensorRT's EntropyCalibration2)."""
-        return "entropy"
-
 
 @dataclass(frozen=True)
 class StageScores:
