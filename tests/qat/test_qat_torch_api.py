@@ -164,3 +164,10 @@ def test_prepare_starts_from_quantizes_default_ptq():
         snr[equalize] = float(10 * torch.log10((ref ** 2).sum() / ((out - ref) ** 2).sum()))
     # the INT8 model before any training: equalized, the narrow channels keep their levels (measured 57 vs 51 dB)
     assert snr[True] > 50 and snr[True] > snr[False] + 3
+
+
+def test_a_one_shot_loader_is_read_once_per_pass_it_needs():
+    """A generator of batches: equalizing reads batches before calibration does, so prepare keeps them."""
+    torch.manual_seed(0)
+    qmodel = tq.prepare(Separable().eval(), torch.zeros(1, 3, 8, 8), calib=(batch for batch in _loader()))
+    assert qmodel.calibration is not None and qmodel.calibration.num_samples == 24 and qmodel.calibration.smoothing

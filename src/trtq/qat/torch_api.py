@@ -37,7 +37,7 @@ from trtq.prepare import PreparedModel, calibrate_prepared, smooth_prepared
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
 from trtq.quantize import plan_placement
-from trtq.quantize.smooth import record_smoothing
+from trtq.quantize.smooth import record_smoothing, smoothing_groups
 
 __all__ = ["ExportResult", "export", "prepare"]
 
@@ -167,11 +167,14 @@ def prepare(
     prepared = PreparedModel(path=Path(type(module).__name__), sha256=hashlib.sha256(exported.SerializeToString()).hexdigest(),
                              model=model, placement=plan_placement(model, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops),
                              exclude_nodes=tuple(exclude_nodes), exclude_ops=tuple(exclude_ops))
-    dataset = _LoaderDataset(calib, graph_inputs(model), {name: tuple(a.shape) for name, a in zip(names, args)})
     options = QuantizeOptions(method=method, percentile=percentile, exclude_nodes=tuple(exclude_nodes),
                               exclude_ops=tuple(exclude_ops), equalize=equalize)
+    equalizing = options.equalizes and bool(smoothing_groups(model, prepared.placement, matmuls=False, depthwise=True))
+    if equalizing and iter(calib) is calib:  # a generator: equalizing reads the batches before calibration does
+        calib = list(calib)
+    dataset = _LoaderDataset(calib, graph_inputs(model), {name: tuple(a.shape) for name, a in zip(names, args)})
     smoothing = None
-    if options.smooths():
+    if equalizing:
         prepared, smoothing = smooth_prepared(prepared, dataset, options, progress=progress)
     table = calibrate_prepared(prepared, dataset, options=options, progress=progress).ranges
     if smoothing is not None:
