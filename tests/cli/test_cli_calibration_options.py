@@ -50,9 +50,9 @@ def test_ptq_and_qat_options_share_the_calibration_fields():
     for options in (api.QuantizeOptions, FinetuneOptions):
         assert issubclass(options, api.CalibrationOptions)
         assert [f.name for f in dataclasses.fields(options)][:len(shared)] == shared
-    # each keeps its own default range algorithm; both check the shared fields the same way
+    # fine-tuning starts from quantize's INT8 default; both check the shared fields the same way
     assert api.QuantizeOptions().method == "auto" and api.QuantizeOptions(precision="fp8").method == "max"
-    assert FinetuneOptions().method == "entropy"
+    assert FinetuneOptions().method == "auto"
     for options in (api.QuantizeOptions, FinetuneOptions):
         with pytest.raises(TrtqError, match="--percentile 0 is not a percentile"):
             options(percentile=0)
