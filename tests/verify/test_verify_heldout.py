@@ -38,7 +38,6 @@ from trtq.cli import main
 UNFUSED_READERS = {
     "resnext": frozenset({"Add"}),
     "retinanet": frozenset({"Add"}),
-    "yolov8n": frozenset({"MaxPool"}),
 }
 """Pairs that do not fuse in TensorRT-RTX 1.7 although datacenter TensorRT fuses them (trtq's reading of the
 build logs; the layers around them all run in INT8):
@@ -47,9 +46,9 @@ build logs; the layers around them all run in INT8):
   FPN's upsampled top-down path). TensorRT-RTX adds in a generated float kernel after the convolution, so
   it quantizes and dequantizes the skip in float; TensorRT 10/11 fuse the Add into the convolution and
   read the skip in INT8, which is why trtq (as ModelOpt) quantizes it.
-- MaxPool: in YOLOv8's SPPF block (three chained 5x5 stride-1 MaxPools, all four tensors concatenated),
-  TensorRT-RTX runs the first two MaxPools in float and the third on Int8 data; datacenter TensorRT has
-  INT8 pooling.
+YOLOv8n's SPPF MaxPools (three chained 5x5 stride-1 pools, all four tensors concatenated) had the only other
+unfused pairs: the Concat reads the pools' inputs in float, so TensorRT-RTX ran those pools in float; trtq's
+placement now leaves those pairs out, and every pair of the model fuses.
 """
 
 

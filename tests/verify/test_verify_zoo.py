@@ -32,13 +32,12 @@ from trtq import api
 
 VARIANTS = {"int8": ("int8", "fp32"), "int8-fp16": ("int8", "fp16"), "fp8": ("fp8", "fp32")}
 """The Q/DQ models trtq writes: (precision, high precision) per variant."""
-UNFUSED_READERS = {"yolov8-ultralytics": frozenset({"MaxPool"}), "rtdetr-hf-legacy": frozenset({"Add"})}
-"""Unfused pairs named per model: in YOLOv8's SPPF block (three chained 5x5 stride-1 MaxPools, all four
-tensors concatenated) TensorRT-RTX 1.7 runs the first two MaxPools in float, so the pairs before them do
-not fuse; datacenter TensorRT has INT8 pooling (also seen on the held-out YOLOv8n, test_verify_heldout.py).
-In RT-DETR's RepVGG blocks (a 3x3 and a 1x1 convolution of one input, summed, then SiLU) TensorRT-RTX 1.7
-adds in float after both convolutions instead of fusing the Add into one of them, so the pair trtq puts on
-the 1x1 branch for that fusion is dequantized before the Add (its convolutions still read INT8)."""
+UNFUSED_READERS = {"rtdetr-hf-legacy": frozenset({"Add"})}
+"""Unfused pairs named per model: in RT-DETR's RepVGG blocks (a 3x3 and a 1x1 convolution of one input, summed,
+then SiLU) TensorRT-RTX 1.7 adds in float after both convolutions instead of fusing the Add into one of them, so
+the pair trtq puts on the 1x1 branch for that fusion is dequantized before the Add (its convolutions still read
+INT8). YOLOv8's SPPF MaxPools, whose pairs did not fuse either, now read float (placement rule), so every pair
+of that model fuses."""
 DEFAULT = {("ppocr-det", "int8")}
 """The PaddleOCR cases that run by default; the others are `slow`."""
 

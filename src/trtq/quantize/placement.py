@@ -5,7 +5,10 @@
 - on a residual Add fed by a convolution, the *other* (skip) input is quantized so TensorRT can
   fuse the Add into the convolution;
 - MaxPool / AveragePool / GlobalAveragePool inputs are quantized (TensorRT runs them in INT8
-  between quantized convolutions, as NVIDIA ModelOpt's reference placement does);
+  between quantized convolutions, as NVIDIA ModelOpt's reference placement does), except a MaxPool
+  input that another reader of the same tensor takes in float (YOLO's SPPF, whose pooled tensors also
+  feed a Concat): TensorRT-RTX left exactly those pairs unfused (2 of YOLOv8's 125) and runs those
+  pools in float, and without them every pair fuses;
 - excluded nodes (by name regex or op type) keep their inputs in high precision;
 - convolutions that sum at most MIN_CONV_REDUCTION products per output (input channels per
   group x filter taps, e.g. a 1x1 squeeze-excitation conv over 2 channels) stay in high precision:
@@ -50,6 +53,7 @@ from trtq.errors import TrtqError
 from trtq.model import QUANTIZABLE_OPS, inferred_shapes, tensor_types
 
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+MAX_POOLING_OPS = ("MaxPool",)
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 ALREADY_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
                          "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QGemm", "QAttention")
@@ -129,6 +133,10 @@ class _Graph:
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=lambda: defaultdict(list))
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)
+    ops: dict[str, str] = field(default_factory=dict)
+    """Node name -> op type."""
+    outputs: set[str] = field(default_factory=set)
+    """The graph's output names."""
 
     @classmethod
     def index(cls, model: onnx.ModelProto) -> _Graph:
@@ -142,7 +150,12 @@ class _Graph:
                     g.consumers[name].append((node, i))
         g.initializers = {init.name: init for init in model.graph.initializer}
         g.types = tensor_types(model)
+        g.ops = {node.name: node.op_type for node in model.graph.node}
+        g.outputs = {output.name for output in model.graph.output}
         return g
+
+    def op_type(self, node_name: str) -> str:
+        return self.ops[node_name]
 
     def is_weight(self, name: str) -> bool:
         return name in self.initializers
@@ -300,6 +313,10 @@ def plan_placement(
             if skip is not None and (ranged is None or node.input[skip] in ranged):
                 want(node.input[skip], node, skip)
 
+    for name in [name for name, consumers in wanted.items() if _pooled_beside_float(g, name, consumers)]:
+        wanted[name] = [(node, index) for node, index in wanted[name] if g.op_type(node) not in MAX_POOLING_OPS]
+        if not wanted[name]:
+            del wanted[name]
     targets = tuple(
         QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
         for name, consumers in wanted.items()
@@ -347,6 +364,16 @@ def _fp8_worthwhile(g: _Graph, node: onnx.NodeProto) -> bool:
     for size in weight.dims[2:]:
         taps *= size
     return out_channels > FP8_MIN_CONV_CHANNELS and in_channels > FP8_MIN_CONV_CHANNELS and taps <= FP8_MAX_CONV_TAPS
+
+
+def _pooled_beside_float(g: _Graph, tensor: str, quantized: list[tuple[str, int]]) -> bool:
+    """True when a MaxPool reads `tensor` quantized while another reader (or the graph's output) takes it in
+    float: a Q/DQ pair TensorRT-RTX does not fuse (it would produce the tensor both ways) and runs the pool in float.
+    (Average pooling's pairs are another matter: TensorRT-RTX averages in float for compute capability 8.x anyway.)"""
+    if not any(g.op_type(node) in MAX_POOLING_OPS for node, _ in quantized):
+        return False
+    readers = {(node.name, index) for node, index in g.consumers.get(tensor, [])}
+    return bool(readers - set(quantized)) or tensor in g.outputs
 
 
 def _feeds_quantized(g: _Graph, tensor: str, excluded: set[str]) -> bool:

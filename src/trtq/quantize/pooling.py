@@ -2,8 +2,8 @@
 
 A placed MaxPool has a pair on its input (TensorRT runs pooling in INT8 between quantized layers), and its
 output gets one where a quantized layer reads it, directly or through ops that keep the values on its grid
-(Identity, Reshape, ..., Relu). Such input/output pairs are linked; linked pairs form groups (YOLO's SPPF chains
-three pools), and each group's sinks are the members whose pairs feed anything but a linked pool.
+(Identity, Reshape, ..., Relu). Such input/output pairs are linked; linked pairs form groups (chained pools link
+through their shared tensors), and each group's sinks are the members whose pairs feed anything but a linked pool.
 """
 
 from __future__ import annotations
