@@ -133,10 +133,8 @@ class _Graph:
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=lambda: defaultdict(list))
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)
-    ops: dict[str, str] = field(default_factory=dict)
-    """Node name -> op type."""
-    outputs: set[str] = field(default_factory=set)
-    """The graph's output names."""
+    ops: dict[str, str] = field(default_factory=dict)  # node name -> op type
+    outputs: set[str] = field(default_factory=set)  # the graph's output names
 
     @classmethod
     def index(cls, model: onnx.ModelProto) -> _Graph:
@@ -153,9 +151,6 @@ class _Graph:
         g.ops = {node.name: node.op_type for node in model.graph.node}
         g.outputs = {output.name for output in model.graph.output}
         return g
-
-    def op_type(self, node_name: str) -> str:
-        return self.ops[node_name]
 
     def is_weight(self, name: str) -> bool:
         return name in self.initializers
@@ -314,13 +309,9 @@ def plan_placement(
                 want(node.input[skip], node, skip)
 
     for name in [name for name, consumers in wanted.items() if _pooled_beside_float(g, name, consumers)]:
-        wanted[name] = [(node, index) for node, index in wanted[name] if g.op_type(node) not in MAX_POOLING_OPS]
-        if not wanted[name]:
-            del wanted[name]
-    targets = tuple(
-        QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
-        for name, consumers in wanted.items()
-    )
+        wanted[name] = [(node, index) for node, index in wanted[name] if g.ops[node] not in MAX_POOLING_OPS]
+    targets = tuple(QuantTarget(tensor=name, kind=kinds[name], consumers=tuple(consumers), axis=axes[name])
+                    for name, consumers in wanted.items() if consumers)
     return Placement(
         targets=targets,
         excluded_nodes=tuple(sorted(excluded)),
@@ -370,7 +361,7 @@ def _pooled_beside_float(g: _Graph, tensor: str, quantized: list[tuple[str, int]
     """True when a MaxPool reads `tensor` quantized while another reader (or the graph's output) takes it in
     float: a Q/DQ pair TensorRT-RTX does not fuse (it would produce the tensor both ways) and runs the pool in float.
     (Average pooling's pairs are another matter: TensorRT-RTX averages in float for compute capability 8.x anyway.)"""
-    if not any(g.op_type(node) in MAX_POOLING_OPS for node, _ in quantized):
+    if not any(g.ops[node] in MAX_POOLING_OPS for node, _ in quantized):
         return False
     readers = {(node.name, index) for node, index in g.consumers.get(tensor, [])}
     return bool(readers - set(quantized)) or tensor in g.outputs
