@@ -49,12 +49,13 @@ from trtq.prepare import (
     open_data,
     prepare_model,
     shape_notes,
+    smooth_and_calibrate,
     smooth_prepared,
     weight_prepared,
 )
 from trtq.quantize import Placement, insert_qdq
 from trtq.quantize.precision import PrecisionResult, high_precision
-from trtq.quantize.smooth import SmoothResult, record_smoothing
+from trtq.quantize.smooth import SmoothResult
 from trtq.quantize.weights import WeightChoice, WeightRangesSummary
 from trtq.report.records import RunRecord, clipped_histograms, record_bytes, record_path, sensitivity_histograms
 from trtq.runtime import Runner, runner_factory
@@ -93,6 +94,7 @@ __all__ = [
     "quantize",
     "sensitivity",
     "shape_notes",
+    "smooth_and_calibrate",
     "smooth_prepared",
     "verify",
 ]
@@ -242,21 +244,15 @@ def quantize(
     inputs = file_sources(prepared.path, calib)  # not --ranges: rewriting the table it was read from is a use
     check_destinations(destinations, inputs)  # before calibration: a bad output path costs seconds, not minutes
     seconds: float | None = None
-    calibration: CalibrationResult | None = None
     original = prepared
     calib_data = open_data(prepared.model, calib, data, progress=progress) if calib is not None else None
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else
                                   requested_shapes(graph_inputs(prepared.model), data.shapes))
     saved = None if calib_data is not None else (
         ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges))  # type: ignore[arg-type]
-    smoothing = None
-    if options.smooths(saved):
-        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
-    if calib_data is not None:
-        calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress)
+    prepared, calibration, smoothing = smooth_and_calibrate(prepared, calib_data, options, saved, progress=progress)
+    if calibration is not None:
         table, seconds = calibration.ranges, calibration.seconds
-        if smoothing is not None:
-            table = record_smoothing(table, smoothing)
     else:
         table = saved  # type: ignore[assignment]
         _check_table_precision(table, ranges, prepared.placement, options.precision)
@@ -521,13 +517,8 @@ def sensitivity(
         if data_source is not None else calib_data
     prepared = prepared.at_shapes(calib_data.shapes if calib_data is not None else dataset.shapes if dataset else None)
     saved = None if calib_data is not None else RangesTable.load(ranges)  # type: ignore[arg-type]
-    smoothing = None
-    if options.smooths(saved):
-        prepared, smoothing = smooth_prepared(prepared, calib_data, options, table=saved, progress=progress)
-    calibration = calibrate_prepared(prepared, calib_data, options=options, progress=progress) if calib_data else None
+    prepared, calibration, smoothing = smooth_and_calibrate(prepared, calib_data, options, saved, progress=progress)
     table = calibration.ranges if calibration else saved
-    if calibration is not None and smoothing is not None:
-        table = record_smoothing(calibration.ranges, smoothing)
     assert table is not None  # exactly one of calib and ranges was given
     if dataset is None:
         raise TrtqError("sensitivity with --ranges needs --data DATA to evaluate on.", "pass --data DATA.")

@@ -38,7 +38,7 @@ from trtq.quantize import Placement, plan_placement
 from trtq.quantize.placement import MHA_INT8_MAX_SEQ, long_attention
 from trtq.quantize.pooling import pooled_groups
 from trtq.quantize.qdq import MIN_OPSETS
-from trtq.quantize.smooth import SmoothResult, smooth
+from trtq.quantize.smooth import SmoothResult, record_smoothing, smooth
 from trtq.quantize.weights import WeightChoice, apply_weight_ranges, choose_weight_ranges, rows_per_input, weight_layers
 from trtq.tensorrt.layers import onnx_layer_name
 
@@ -269,6 +269,24 @@ def calibrate_prepared(
         grid=options.grid,
         shared=pooled_groups(prepared.model, prepared.placement),
     )
+
+
+def smooth_and_calibrate(
+    prepared: PreparedModel, dataset: Dataset | None, options: QuantizeOptions, saved: RangesTable | None = None,
+    progress: bool = True,
+) -> tuple[PreparedModel, CalibrationResult | None, SmoothResult | None]:
+    """What every PTQ entry point does before quantizing: smooth or equalize the model as `options` say (or as the
+    model of the `saved` table was), then calibrate it on `dataset` unless a `saved` table replaces calibration.
+    The calibration's table records the smoothing, so `--ranges` rebuilds the same model."""
+    smoothing = None
+    if options.smooths(saved):
+        prepared, smoothing = smooth_prepared(prepared, dataset, options, table=saved, progress=progress)
+    if saved is not None or dataset is None:
+        return prepared, None, smoothing
+    calibration = calibrate_prepared(prepared, dataset, options=options, progress=progress)
+    if smoothing is not None:
+        calibration = replace(calibration, ranges=record_smoothing(calibration.ranges, smoothing))
+    return prepared, calibration, smoothing
 
 
 def judged_layers(placement: Placement) -> tuple[JudgedLayer, ...]:

@@ -53,7 +53,6 @@ from trtq.qat.train import (
     train,
 )
 from trtq.quantize import insert_qdq
-from trtq.quantize.smooth import record_smoothing
 from trtq.torch import OnnxModule
 
 DEFAULT_DATA = api.DataOptions()
@@ -238,19 +237,16 @@ def finetune(
         api.open_data(prepared.model, eval_data, data, purpose="evaluate", progress=progress)
     saved = None if ranges is None else ranges if isinstance(ranges, RangesTable) else RangesTable.load(ranges)
     # the PTQ starting point comes from onnxruntime on the CPU (quantize's default); --device is where training runs
-    ptq_options = api.QuantizeOptions(**{f.name: getattr(options, f.name) for f in fields(api.CalibrationOptions)},
-                                      equalize=options.equalize)
-    ptq_options = replace(ptq_options, device="cpu")
-    smoothing = None
-    if ptq_options.smooths(saved):  # equalized as quantize does, or smoothed as the given table's model was
-        prepared, smoothing = api.smooth_prepared(prepared, monitor_ds, ptq_options, table=saved, progress=progress)
-    if saved is None:
-        table = api.calibrate_prepared(prepared, monitor_ds, options=ptq_options, progress=progress).ranges
-        if smoothing is not None:
-            table = record_smoothing(table, smoothing)
+    shared = {f.name: getattr(options, f.name) for f in fields(api.CalibrationOptions)}
+    ptq_options = api.QuantizeOptions(**{**shared, "device": "cpu"}, equalize=options.equalize)
+    # equalized as quantize does, or smoothed as the given table's model was
+    prepared, calibration, smoothing = api.smooth_and_calibrate(prepared, monitor_ds, ptq_options, saved,
+                                                                progress=progress)
+    if calibration is not None:
+        table = calibration.ranges
         ranges_from = f"calibrated ({table.method}) on {table.num_samples} samples"
     else:
-        table = saved
+        table = saved  # type: ignore[assignment]
         ranges_from = f"ranges file {ranges}" if not isinstance(ranges, RangesTable) else "given ranges"
 
     fixed = api.fixed_batch(prepared.model)

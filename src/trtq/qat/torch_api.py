@@ -33,11 +33,11 @@ from trtq.data import Dataset
 from trtq.errors import TrtqError
 from trtq.model import TensorSpec, graph_inputs, normalize_model
 from trtq.options import QuantizeOptions
-from trtq.prepare import PreparedModel, calibrate_prepared, smooth_prepared
+from trtq.prepare import PreparedModel, smooth_and_calibrate
 from trtq.qat.exporter import ParityReport, check_parity, export_qdq
 from trtq.qat.model import QatModel
 from trtq.quantize import plan_placement
-from trtq.quantize.smooth import record_smoothing, smoothing_groups
+from trtq.quantize.smooth import smoothing_groups
 
 __all__ = ["ExportResult", "export", "prepare"]
 
@@ -173,12 +173,9 @@ def prepare(
     if equalizing and iter(calib) is calib:  # a generator: equalizing reads the batches before calibration does
         calib = list(calib)
     dataset = _LoaderDataset(calib, graph_inputs(model), {name: tuple(a.shape) for name, a in zip(names, args)})
-    smoothing = None
-    if equalizing:
-        prepared, smoothing = smooth_prepared(prepared, dataset, options, progress=progress)
-    table = calibrate_prepared(prepared, dataset, options=options, progress=progress).ranges
-    if smoothing is not None:
-        table = record_smoothing(table, smoothing)
+    prepared, calibration, _ = smooth_and_calibrate(prepared, dataset, options, progress=progress)
+    assert calibration is not None  # no saved table: it calibrates
+    table = calibration.ranges
     if device is None:
         param = next(module.parameters(), None)
         device = param.device if param is not None else "cpu"
