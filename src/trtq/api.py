@@ -148,6 +148,9 @@ class QuantizeResult:
     """`--method auto`: each candidate table's end-to-end check (samples, SNR, gain over mse with bounds)."""
     range_samples: int = 0
     """`--method auto`: the calibration samples the tables were scored on."""
+    range_checked_on: str | None = None
+    """`--method auto`: "every sample" (small models: every table ran on the whole calibration set and the best
+    aggregate SNR won) or "judging samples" (raced; mse kept unless another table proved better)."""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Input shapes the build commands give trtexec: --shape, and those taken from the data."""
     shape_notes: tuple[str, ...] = ()
@@ -352,6 +355,7 @@ def quantize(
         table_scores=dict(table.table_scores),
         table_checks=dict(table.table_checks),
         range_samples=int(table.options.get("judged_samples", 0)),
+        range_checked_on=str(table.options["tables_checked_on"]) if "tables_checked_on" in table.options else None,
         calibration=calibration,
     )
     extra: dict[Path, Content] = dict(smoothed_files)

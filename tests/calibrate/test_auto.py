@@ -19,6 +19,8 @@ from trtq.calibrate.auto import (
     MIN_RACE_SAMPLES,
     PER_TENSOR,
     PREFERRED_TABLE,
+    SETTLE_MARGIN_DB,
+    SETTLE_VALUES,
     TABLE_MARGIN_DB,
     TABLE_ORDER,
     JudgedLayer,
@@ -28,8 +30,11 @@ from trtq.calibrate.auto import (
     clipped_share,
     critical_value,
     distinct_tables,
+    pick_settled,
     pick_table,
     sample_snrs,
+    settle,
+    settles,
 )
 from trtq.calibrate.collector import StatsCollector, TensorStats
 from trtq.calibrate.runner import judging_batches, judging_plan
@@ -156,9 +161,13 @@ def conv_case(tmp_path):
     return tmp_path, model
 
 
-@pytest.mark.parametrize("judge_layers", [False, True])
-def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case, judge_layers):
+@pytest.mark.parametrize(("judge_layers", "settled"), [(False, False), (True, False), (False, True)])
+def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case, judge_layers, settled, monkeypatch):
+    import trtq.calibrate.auto as auto_module
+
     tmp_path, model = conv_case
+    if not settled:  # too many values to run every table on every sample: the tables race on 4 judging samples
+        monkeypatch.setattr(auto_module, "SETTLE_VALUES", 0)
     result = api.quantize(model, tmp_path / "calib.npy", progress=False,
                           options=api.QuantizeOptions(method="auto", judge_layers=judge_layers))
     table = RangesTable.load(result.ranges_path)
@@ -167,9 +176,16 @@ def test_auto_explains_every_quantized_tensor_and_scores_every_table(conv_case, 
     assert PREFERRED_TABLE in table.table_checks and set(table.table_checks) <= set(TABLE_ORDER)
     assert (PER_TENSOR in table.table_checks) == judge_layers  # the local judge's table only when asked for
     assert set(table.table_scores) == set(table.table_checks)
-    assert table.options["table"] in table.table_checks and table.options["judged_samples"] == 4
     assert table.table_checks[PREFERRED_TABLE].gain_db == 0.0
-    assert all(1 <= c.samples <= 4 for c in table.table_checks.values())
+    if settled:  # every distinct table on all 24 samples, the best aggregate SNR kept
+        assert table.options["tables_checked_on"] == result.range_checked_on == "every sample"
+        assert table.options["judged_samples"] == result.range_samples == 24
+        assert {c.samples for c in table.table_checks.values()} == {24}
+        assert table.options["table"] == pick_settled(table.table_checks)
+    else:
+        assert table.options["tables_checked_on"] == result.range_checked_on == "judging samples"
+        assert table.options["table"] in table.table_checks and table.options["judged_samples"] == 4
+        assert all(1 <= c.samples <= 4 for c in table.table_checks.values())
     for name, choice in result.choices.items():
         # the residual skip r1 (read by conv2 and the Add) included
         assert choice.judged_samples == (LOCAL_BATCHES if judge_layers else 0)
@@ -341,6 +357,38 @@ def test_tables_that_cannot_win_stop_early_and_duplicates_run_once():
     assert "percentile 99.9" not in checks
     assert runner.runs == {"mse": 16, "max": 16, "entropy": MIN_RACE_SAMPLES}
     assert checks["entropy"].samples == MIN_RACE_SAMPLES and pick_table(checks) == "max"
+
+
+def test_settling_runs_every_table_on_every_sample_and_keeps_the_best_aggregate():
+    # one borderline sample decides the aggregate, as it does on every sample of the calibration set: settling
+    # takes the aggregate (what `trtq compare` reports), where the race on a few samples asks for a bound
+    base = [10.0] + [40.0] * 15
+    runner = FakeRunner({"mse": base, "percentile 99.99": [11.0] + [40.0] * 15, "entropy": [b - 8 for b in base]})
+    tables = {**fake_tables(["mse", "percentile 99.99", "entropy"]), "max": {"mse": 0.0}}  # max equals mse's table
+    checks = settle(tables, runner, progress=False)
+    assert runner.runs == {"mse": 16, "percentile 99.99": 16, "entropy": 16} and "max" not in checks
+    assert checks["percentile 99.99"].snr_db - checks["mse"].snr_db > SETTLE_MARGIN_DB
+    assert pick_settled(checks) == "percentile 99.99"
+    assert pick_table(check(tables, FakeRunner(runner.snrs), progress=False)) == "mse"  # not proven on samples
+    close = settle(fake_tables(["mse", "max"]), FakeRunner({"mse": base, "max": [10.05] + [40.0] * 15}), progress=False)
+    assert 0 < close["max"].snr_db - close["mse"].snr_db < SETTLE_MARGIN_DB and pick_settled(close) == "mse"
+
+
+def test_only_small_calibration_sets_settle():
+    stats = {"a": TensorStats("a", 1.0, np.zeros(0), 0.0, SETTLE_VALUES // 2),
+             "b": TensorStats("b", 1.0, np.zeros(0), 0.0, SETTLE_VALUES // 2)}
+    assert settles(stats, ["a", "b"], batches=64)
+    assert not settles({**stats, "b": TensorStats("b", 1.0, np.zeros(0), 0.0, SETTLE_VALUES)}, ["a", "b"], batches=64)
+    assert not settles(stats, ["a", "b"], batches=3)  # fewer batches than auto judges on: race as before
+
+
+def test_calibration_inputs_past_the_memory_bound_are_not_kept_and_the_tables_race(conv_case, monkeypatch):
+    import trtq.calibrate.runner as runner_module
+
+    tmp_path, model = conv_case
+    monkeypatch.setattr(runner_module, "SETTLE_BYTES", 10 * 3 * 16 * 16 * 4)  # 10 of the 24 samples
+    result = api.quantize(model, tmp_path / "calib.npy", options=api.QuantizeOptions(method="auto"), progress=False)
+    assert result.range_checked_on == "judging samples" and result.range_samples == 4
 
 
 def test_sample_snrs_take_the_worst_output_and_clamp():

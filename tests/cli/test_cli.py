@@ -152,11 +152,12 @@ def test_auto_explains_its_choice_in_text_json_and_report(case, capsys):
     tmp, model = case
     assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "calibrated 6 samples with auto" in text and "table kept; mean output SNR dB on 4 calibration samples" in text
+    assert "calibrated 6 samples with auto" in text and "table kept; output SNR dB on every calibration sample (6)" in text
     assert "    per tensor: " in text and " of max (" in text
     assert main(["quantize", model, "--calib", str(tmp / "calib.npy"), "--method", "auto", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["range_table"] in out["table_scores"] and out["range_samples"] == 4
+    assert out["range_table"] in out["table_scores"] and out["range_samples"] == 6
+    assert out["range_checked_on"] == "every sample"
     assert {"r1", "input"} <= set(out["choices"])  # the residual skip and the network input
     assert {"method", "amax_over_max", "clipped", "snr_db", "max_snr_db"} <= set(out["choices"]["r1"])
     assert main(["report", str(tmp)]) == 0

@@ -21,6 +21,7 @@ from trtq.calibrate.auto import (
     JUDGE_MAX_SAMPLES,
     JUDGE_SAMPLES,
     JUDGE_SHARE,
+    SETTLE_BYTES,
     JudgedLayer,
     RunnerFactory,
     all_candidates,
@@ -159,6 +160,8 @@ def run_calibration(
         indices, take = judging_plan(dataset.num_samples, batch_size, sliceable=not drop_partial)
         judging = set(indices)
     kept: list[Mapping[str, np.ndarray]] = []  # the judging batches of --method auto
+    every: list[Mapping[str, np.ndarray]] | None = [] if method == "auto" else None  # all of them, while small
+    every_bytes = 0
     references: list[list[np.ndarray] | None] = []  # their FP32 outputs, where the backend returns them
     samples = 0
     with tqdm(total=dataset.num_samples, desc="calibrating", unit="sample", disable=not progress,
@@ -180,6 +183,12 @@ def run_calibration(
                 else:
                     kept.append(batch)
                     references.append(found)
+            if every is not None:
+                every_bytes += sum(np.asarray(value).nbytes for value in batch.values())
+                if every_bytes <= SETTLE_BYTES:
+                    every.append(batch)
+                else:
+                    every = None
             n = len(next(iter(batch.values())))
             samples += n
             bar.update(n)
@@ -218,7 +227,7 @@ def run_calibration(
     if method == "auto":
         complete = all(found is not None for found in references)
         auto = choose_ranges(model, layers, stats, kept, grid=grid, check_tables=check_tables, progress=progress,
-                             judge=judge_layers,
+                             judge=judge_layers, every=every,
                              references=[list(found or ()) for found in references] if complete else None,
                              known=tie_candidates({name: known[roots[name]] for name in tensors}, shared))
         amax.update(auto.amax)
@@ -227,7 +236,8 @@ def run_calibration(
                         for member in group.members if member in choices and member not in group.sinks
                         and amax[member] == amax[group.sinks[0]]})  # --judge-layers' table may untie them
         table_checks = auto.checks
-        options.update({"table": auto.table, "judged_samples": auto.samples})
+        options.update({"table": auto.table, "judged_samples": auto.samples,
+                        "tables_checked_on": "every sample" if auto.settled else "judging samples"})
     if method == "percentile":
         options["percentile"] = percentile
     if grid.name != INT8.name:

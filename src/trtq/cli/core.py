@@ -218,7 +218,9 @@ def _choice_lines(result: api.QuantizeResult) -> list[str]:
     scores = result.table_scores
     ranked = ", ".join(f"{name} {fmt(scores[name], 2)}" for name in sorted(scores, key=lambda n: -scores[n]))
     samples = result.range_samples
-    lines = [f"  ranges: {result.range_table} table kept; mean output SNR dB on {samples} calibration samples: {ranked}"]
+    where = f"every calibration sample ({samples})" if result.range_checked_on == "every sample" \
+        else f"{samples} calibration samples"
+    lines = [f"  ranges: {result.range_table} table kept; output SNR dB on {where}: {ranked}"]
     counts = Counter(c.method for c in choices.values())
     lines.append("    per tensor: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
     clipped = sorted((c.amax_over_max, name) for name, c in choices.items() if c.amax_over_max < 1.0)

@@ -242,8 +242,8 @@ def _ranges_table(report: Report, limit: int | None = None) -> tuple[list[str], 
 
 def _ranges_intro(report: Report) -> str:
     scores = ", ".join(f"{name} {value:.2f} dB" for name, value in report.table_scores)
-    return (f"--method auto kept the {report.range_table} table. Mean output SNR of each candidate table on the "
-            f"judging samples: {scores}. Per tensor: where its range came from, its range against the largest "
+    return (f"--method auto kept the {report.range_table} table. Output SNR of each candidate table on the "
+            f"samples it was checked on: {scores}. Per tensor: where its range came from, its range against the largest "
             "value seen, the share of calibration values beyond it, and the output SNR of the layers reading it "
             "with that range and with the full range (on the judging samples).")
 
