@@ -81,6 +81,9 @@ class TableCheck:
     """Lower confidence bound of that gain (2 standard errors); -inf with under 3 samples."""
     gain_high_db: float
     """Upper confidence bound of that gain."""
+    effective_samples: float = 0.0
+    """How many samples the aggregate SNR effectively rests on: (sum of per-sample noise)^2 / sum of its squares,
+    for the worst output. Equal noise on every sample gives the sample count; one sample carrying it all gives 1."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view (infinities as strings)."""
@@ -88,9 +91,10 @@ class TableCheck:
 
     @classmethod
     def from_dict(cls, data: dict) -> TableCheck:
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict` (a table from before `effective_samples` reads 0)."""
         return cls(samples=int(data["samples"]), snr_db=float(data["snr_db"]), gain_db=float(data["gain_db"]),
-                   gain_low_db=float(data["gain_low_db"]), gain_high_db=float(data["gain_high_db"]))
+                   gain_low_db=float(data["gain_low_db"]), gain_high_db=float(data["gain_high_db"]),
+                   effective_samples=float(data.get("effective_samples", 0.0)))
 
 
 def _number(value: float | None) -> float | str | None:
