@@ -10,6 +10,7 @@ mean held-out SNR over the draws, its standard deviation, and the default's gap 
 by mean with a 90% t-interval over the draws (paired: every method sees the same draws).
 
     python bench/bench_draws.py                      # cls, onet, orient, rec and rnet, 8 draws each
+    python bench/bench_draws.py --models rnet --worst-output --reuse   # the MTCNN nets on the worst output
     python bench/bench_draws.py --models cls --draws 16 --reuse   # draws 0-7 read back from the last run
 
 Models: the two whose held-out order bench_ranges' docstring calls unstable, the held-out face classifiers
@@ -95,12 +96,17 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=[*FIXED_METHODS, DEFAULT])
     parser.add_argument("--json", type=Path, help="also write every draw's figures here")
+    parser.add_argument("--worst-output", action="store_true",
+                        help="score the worst of all the model's outputs (what `--method auto` judges and `trtq compare`"
+                             " heads its table with) instead of the case's task output (RNet's and ONet's `prob`)")
     parser.add_argument("--reuse", action="store_true",
                         help="read back the held-out figure of every (draw, method) a previous run saved")
     args = parser.parse_args()
     saved: dict[str, dict[str, list[float]]] = {}
     for key in args.models:
         case = CASES[key]()
+        if args.worst_output:
+            case = replace(case, output=None)
         feeds = _feeds(case)
         figures: dict[str, list[float]] = {method: [] for method in args.methods}
         for index in range(args.draws):
@@ -109,7 +115,7 @@ def main() -> None:
             for method in args.methods:
                 out = WORK / key / "draws" / f"{index}" / method
                 out.mkdir(parents=True, exist_ok=True)
-                saved_powers = out / f"held_out_powers_{len(feeds)}.npy"
+                saved_powers = out / f"held_out_powers_{len(feeds)}{'_all' if args.worst_output else ''}.npy"
                 if not (args.reuse and saved_powers.exists()):
                     path, _, _ = quantize(drawn, method, out)
                     np.save(saved_powers, held_out_powers(case, path, feeds))
@@ -119,8 +125,9 @@ def main() -> None:
         saved[key] = figures
         table = {method: np.array(values) for method, values in figures.items()}
         fixed = [m for m in FIXED_METHODS if m in table]
-        print(f"\n{key}: held-out SNR (dB) over {args.draws} calibration draws of {len(np.load(draw(key, 0)))} samples "
-              f"({len(feeds)} held-out samples)")
+        scored = "the worst output" if case.output is None else f"'{case.output}'"
+        print(f"\n{key}: held-out SNR (dB) of {scored} over {args.draws} calibration draws of "
+              f"{len(np.load(draw(key, 0)))} samples ({len(feeds)} held-out samples)")
         print(f"  {'method':<11}{'mean':>8}{'std':>8}{'min':>8}{'max':>8}{'best on draws':>15}")
         per_draw_best = np.max([table[m] for m in fixed], axis=0) if fixed else None
         for method, values in table.items():
