@@ -9,7 +9,7 @@ renderer, same size, other seeds; the held-out set stays bench_ranges'), and pri
 mean held-out SNR over the draws, its standard deviation, and the default's gap to the best method
 by mean with a 90% t-interval over the draws (paired: every method sees the same draws).
 
-    python bench/bench_draws.py                      # cls, onet, orient, rec and rnet, 8 draws each
+    python bench/bench_draws.py                      # cls, digits, onet, orient, rec and rnet, 8 draws each
     python bench/bench_draws.py --models rnet --worst-output --reuse   # the MTCNN nets on the worst output
     python bench/bench_draws.py --models cls --draws 16 --reuse   # draws 0-7 read back from the last run
 
@@ -24,6 +24,8 @@ document orientation classifier (their bench_ranges cases, their scoring):
   rnet  MTCNN's RNet (facenet-pytorch, bench/heldout_cases.py), 128 PNet windows per draw from other shots of
         the same photos, scored on bench_ranges' 2048 held-out windows
   onet  MTCNN's ONet, the same windows at 48x48, scored on bench_ranges' 2048 held-out ones
+  digits  the bundled digits CNN, 200 of its training images per draw (20 per class, as examples/digits/calib),
+        scored on its 300 held-out val/ images
 """
 
 from __future__ import annotations
@@ -63,7 +65,25 @@ def _orient_draw(seed: int) -> np.ndarray:
     return _orientation_inputs(128, seed=seed)
 
 
+def _digits_draw(seed: int) -> np.ndarray:
+    """200 training images of the bundled digits example (20 per class, as its calib/ holds), drawn with `seed`
+    from the training split examples/digits/make_example.py made (never its held-out val/ images), as trtq's
+    "none" preset reads its PNGs: [200, 1, 32, 32], /255."""
+    sys.path.insert(0, str(ROOT / "examples" / "digits"))
+    from make_example import CALIB_PER_CLASS, SEED, split, upsample
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    train = split(labels, np.random.default_rng(SEED))[0]
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(np.concatenate([rng.choice(train[labels[train] == c], CALIB_PER_CLASS, replace=False)
+                                     for c in range(10)]))
+    return np.stack([upsample(digits.images[i]) for i in chosen])[:, None].astype(np.float32) / 255.0
+
+
 DRAWERS: dict[str, Callable[[int], np.ndarray]] = {
+    "digits": _digits_draw,
     "cls": lambda seed: _render_lines(64, 48, 192, seed=seed, rotate_half=True),
     "rec": lambda seed: _render_lines(64, 48, 320, seed=seed),
     "rnet": _mtcnn_draw,
