@@ -313,7 +313,7 @@ def test_a_table_consistently_better_than_mse_is_chosen():
     checks = check(fake_tables(["mse", "max"]), runner, progress=False)
     assert checks["max"].gain_low_db > 0.5 and pick_table(checks) == "max"
     assert checks["mse"] == TableCheck(16, pytest.approx(checks["mse"].snr_db), 0.0, 0.0, 0.0,
-                                       pytest.approx(checks["mse"].effective_samples))
+                                       pytest.approx(checks["mse"].effective_samples), (checks["mse"].snr_db,))
     assert 1 < checks["mse"].effective_samples < 16  # the per-sample noise differs: fewer effective samples
 
 
@@ -390,6 +390,26 @@ def test_settling_on_a_few_borderline_samples_asks_for_a_per_sample_bound():
     assert checks["percentile 99.99"].snr_db > checks["mse"].snr_db + 5  # far ahead in aggregate...
     assert checks["mse"].effective_samples < 2 < SETTLE_EFFECTIVE_SAMPLES
     assert pick_settled(checks) == pick_table(checks) == "mse"  # ...on one sample's word
+
+
+def test_settling_takes_no_table_that_trades_one_output_for_another():
+    # two outputs (MTCNN's RNet: box regression, face probability); the box regression is the worst output
+    def checked(box: float, prob: float) -> TableCheck:
+        return TableCheck(128, min(box, prob), 0.0, -1.0, 1.0, effective_samples=60.0, output_snr_db=(box, prob))
+
+    mse = checked(25.0, 33.0)
+    trade = {"mse": mse, "percentile 99.99": checked(26.2, 32.7), "entropy": checked(25.3, 33.1)}
+    assert pick_settled(trade) == "entropy"  # percentile is further ahead on the worst output, but worse on prob
+    assert pick_settled({"mse": mse, "percentile 99.99": checked(26.2, 32.7)}) == "mse"
+    assert pick_settled({"mse": mse, "max": checked(25.05, 34.0)}) == "mse"  # under SETTLE_MARGIN_DB on the worst
+
+
+def test_table_checks_round_trip_with_each_outputs_snr():
+    check_ = TableCheck(16, 20.0, 0.5, 0.1, 0.9, effective_samples=12.5, output_snr_db=(20.0, float("inf")))
+    payload = json.loads(json.dumps(check_.to_dict()))
+    assert payload["output_snr_db"] == [20.0, "inf"] and TableCheck.from_dict(payload) == check_
+    old = {k: v for k, v in payload.items() if k not in ("effective_samples", "output_snr_db")}
+    assert TableCheck.from_dict(old) == TableCheck(16, 20.0, 0.5, 0.1, 0.9)  # written before they existed
 
 
 def test_only_small_calibration_sets_settle():

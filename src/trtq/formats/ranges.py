@@ -84,17 +84,22 @@ class TableCheck:
     effective_samples: float = 0.0
     """How many samples the aggregate SNR effectively rests on: (sum of per-sample noise)^2 / sum of its squares,
     for the worst output. Equal noise on every sample gives the sample count; one sample carrying it all gives 1."""
+    output_snr_db: tuple[float, ...] = ()
+    """Each scored output's SNR (dB) over the samples together, in the model's output order (`snr_db` is the least)."""
 
     def to_dict(self) -> dict:
         """JSON-friendly view (infinities as strings)."""
-        return {key: _number(value) if isinstance(value, float) else value for key, value in asdict(self).items()}
+        out = {key: _number(value) if isinstance(value, float) else value for key, value in asdict(self).items()}
+        out["output_snr_db"] = [_number(float(value)) for value in self.output_snr_db]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> TableCheck:
-        """Inverse of `to_dict` (a table from before `effective_samples` reads 0)."""
+        """Inverse of `to_dict` (a table from before `effective_samples` and `output_snr_db` reads 0 and ())."""
         return cls(samples=int(data["samples"]), snr_db=float(data["snr_db"]), gain_db=float(data["gain_db"]),
                    gain_low_db=float(data["gain_low_db"]), gain_high_db=float(data["gain_high_db"]),
-                   effective_samples=float(data.get("effective_samples", 0.0)))
+                   effective_samples=float(data.get("effective_samples", 0.0)),
+                   output_snr_db=tuple(float(value) for value in data.get("output_snr_db", ())))
 
 
 def _number(value: float | None) -> float | str | None:
