@@ -166,9 +166,9 @@ calibration sample (`settle`) instead of racing on the judging samples, and the 
 output SNR wins (`pick_settled`). On the digits CNN the 16 judging samples rank mse ahead of percentile while
 all 200 calibration samples rank percentile ahead, as the 300 held-out images do (bench/bench_ranges.py: the
 default went from 0.44 dB below percentile to equal); over 8 calibration draws of the digits CNN it is 0.13 dB
-above the best fixed method by mean, taking percentile on exactly the two draws where percentile was best. Over 8
-draws of MTCNN's RNet, whose calibration windows rank the tables unlike its held-out windows, it cost 0.29 dB by
-mean (README, bench/bench_draws.py). The bound
+above the best fixed method by mean, taking percentile on exactly the two draws where percentile was best; on
+MTCNN's RNet and ONet within 0.05 dB of the best by mean once no table may trade one output for another
+(`pick_settled`; README, bench/bench_draws.py). The bound
 admits small models only (the digits CNN, the MTCNN nets, the direction classifier, a small Swin), where it
 costs a fraction of a second; ResNet-50, the recognisers and the detectors race as before."""
 
