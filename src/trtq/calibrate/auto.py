@@ -371,11 +371,11 @@ def gain_bounds(gains: np.ndarray, comparisons: int = 1) -> tuple[float, float, 
     return mean, mean - half, mean + half
 
 
-def check(tables: Mapping[str, Mapping[str, float]], runner: TableRunner, progress: bool = True
+def check(tables: Mapping[str, Mapping[str, float]], runner: TableRunner, progress: bool = True, race: bool = True
           ) -> dict[str, TableCheck]:
-    """Run the distinct `tables` end to end on the runner's batches, racing: after MIN_RACE_SAMPLES, a
-    table on course to fail `pick_table`, or shown worse than a table on course to pass, stops running
-    (`_still_running`). Each table's check covers the samples it ran on; its gains are paired with
+    """Run the distinct `tables` end to end on the runner's batches, racing (unless `race` is off): after
+    MIN_RACE_SAMPLES, a table on course to fail `pick_table`, or shown worse than a table on course to pass, stops
+    running (`_still_running`). Each table's check covers the samples it ran on; its gains are paired with
     PREFERRED_TABLE's on the same samples."""
     tables = distinct_tables(tables)
     preferred = PREFERRED_TABLE if PREFERRED_TABLE in tables else next(iter(tables))
@@ -390,7 +390,7 @@ def check(tables: Mapping[str, Mapping[str, float]], runner: TableRunner, progre
                 powers[name].append(runner.run(scales[name], index))
                 bar.update(1)
             gains = {name: _gains(powers[name], powers[preferred]) for name in alive}
-            if gains[preferred].size >= MIN_RACE_SAMPLES:
+            if race and gains[preferred].size >= MIN_RACE_SAMPLES:
                 total = gains[preferred].size * len(runner) / (index + 1)  # samples at the end, estimated
                 alive = _still_running(alive, preferred, powers, gains, total, comparisons)
                 bar.total = bar.n + (len(runner) - index - 1) * len(alive)
@@ -408,19 +408,9 @@ def settles(stats: Mapping[str, TensorStats], tensors: Sequence[str], batches: i
 
 def settle(tables: Mapping[str, Mapping[str, float]], runner: TableRunner, progress: bool = True
            ) -> dict[str, TableCheck]:
-    """Run every distinct table on every batch of `runner` (the whole calibration set, for `pick_settled`); the
-    gains are paired with PREFERRED_TABLE's as in `check`."""
-    tables = distinct_tables(tables)
-    preferred = PREFERRED_TABLE if PREFERRED_TABLE in tables else next(iter(tables))
-    scales = {name: runner.scales(amax) for name, amax in tables.items()}
-    powers: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in tables}
-    with tqdm(total=len(runner) * len(tables), desc="checking tables", unit="run", disable=not progress,
-              dynamic_ncols=True, leave=False) as bar:
-        for index in range(len(runner)):
-            for name in tables:
-                powers[name].append(runner.run(scales[name], index))
-                bar.update(1)
-    return _summaries(powers, preferred, max(len(tables) - 1, 1))
+    """Run every distinct table on every batch of `runner` (the whole calibration set, for `pick_settled`): `check`
+    without the race."""
+    return check(tables, runner, progress, race=False)
 
 
 def pick_settled(checks: Mapping[str, TableCheck]) -> str:
