@@ -273,8 +273,9 @@ def choose_ranges(
     judged = sum(len(next(iter(batch.values()))) for batch in local)
     tables = {PER_TENSOR: {t: candidates[t][winners[t]] for t in tensors}} if local else {}
     tables.update({name: {t: found[t][name] for t in tensors} for name in TABLE_ORDER if name != PER_TENSOR})
-    settled = check_tables is not None and every is not None and settles(stats, tensors, len(every))
-    if settled and check_tables is not None and every is not None:
+    checked = batches  # the samples the tables run on
+    if check_tables is not None and every is not None and settles(stats, tensors, len(every)):
+        checked = every
         checks = settle(tables, check_tables(every, None), progress)
         chosen = pick_settled(checks)
     else:
@@ -287,8 +288,8 @@ def choose_ranges(
         choices={t: explain(stats[t], methods[t], amax[t], tensor_errors(copy_errors, t), judged) for t in tensors},
         table=chosen,
         checks=checks,
-        samples=sum(len(next(iter(batch.values()))) for batch in (every if settled and every is not None else batches)),
-        settled=settled,
+        samples=sum(len(next(iter(batch.values()))) for batch in checked),
+        settled=checked is every,
     )
 
 
@@ -443,22 +444,22 @@ def _summaries(powers: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], pr
         signal = np.concatenate([s for s, _ in runs])
         noise = np.concatenate([n for _, n in runs])
         mean, low, high = gain_bounds(_gains(runs, powers[preferred]), comparisons)
-        out[name] = TableCheck(samples=int(signal.shape[0]), snr_db=_aggregate_db(signal, noise), gain_db=mean,
-                               gain_low_db=low, gain_high_db=high, effective_samples=_effective_samples(signal, noise),
-                               output_snr_db=_output_db(signal, noise))
+        outputs = _output_db(signal, noise)
+        out[name] = TableCheck(samples=int(signal.shape[0]), snr_db=min(outputs, default=math.inf), gain_db=mean,
+                               gain_low_db=low, gain_high_db=high, effective_samples=_effective_samples(noise, outputs),
+                               output_snr_db=outputs)
     return out
 
 
-def _effective_samples(signal: np.ndarray, noise: np.ndarray) -> float:
-    """TableCheck.effective_samples of [samples, outputs] powers: for the output with the worst aggregate SNR,
-    (sum of the per-sample noise)^2 / sum of its squares (the sample count where there is no noise at all)."""
-    if signal.size == 0:
+def _effective_samples(noise: np.ndarray, outputs: Sequence[float]) -> float:
+    """TableCheck.effective_samples of [samples, outputs] noise powers: for the output with the worst aggregate SNR
+    (`outputs`, from `_output_db`), (sum of the per-sample noise)^2 / sum of its squares (the sample count where
+    there is no noise at all)."""
+    if noise.size == 0:
         return 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(noise.sum(axis=0) > 0, signal.sum(axis=0) / noise.sum(axis=0), np.inf)
-    worst = noise[:, int(np.argmin(ratios))]
+    worst = noise[:, int(np.argmin(outputs))]
     total = float(worst.sum())
-    return float(signal.shape[0]) if total <= 0 else total * total / float((worst * worst).sum())
+    return float(noise.shape[0]) if total <= 0 else total * total / float((worst * worst).sum())
 
 
 def _gains(runs: Sequence[tuple[np.ndarray, np.ndarray]], reference: Sequence[tuple[np.ndarray, np.ndarray]]
@@ -495,14 +496,10 @@ def _still_running(alive: list[str], preferred: str, powers: Mapping[str, list[t
 
 
 def _output_db(signal: np.ndarray, noise: np.ndarray) -> tuple[float, ...]:
-    """Each output's SNR (dB) over all samples together ([samples, outputs] powers in)."""
+    """Each output's SNR (dB) over all samples together ([samples, outputs] powers in); the least is what `trtq
+    compare` reports."""
     return tuple(math.inf if e == 0 else (-math.inf if s == 0 else 10.0 * math.log10(s / e))
                  for s, e in zip(signal.sum(axis=0), noise.sum(axis=0)))
-
-
-def _aggregate_db(signal: np.ndarray, noise: np.ndarray) -> float:
-    """The worst output's SNR (dB) over all samples together, as `trtq compare` reports it."""
-    return min(_output_db(signal, noise), default=math.inf)
 
 
 def pick_table(checks: Mapping[str, TableCheck]) -> str:
