@@ -14,8 +14,9 @@ by mean with a 90% t-interval over the draws (paired: every method sees the same
     python bench/bench_draws.py --models cls --draws 16 --reuse   # draws 0-7 read back from the last run
 
 Models: the two whose held-out order bench_ranges' docstring calls unstable, the held-out face classifiers
-(`auto` missed on RNet until the pairs around a MaxPool shared one range; ONet checks that rule) and the
-document orientation classifier (their bench_ranges cases, their scoring):
+(`auto` missed on RNet until the pairs around a MaxPool shared one range; ONet checks that rule), the
+document orientation classifier, and the bundled digits CNN, which `auto` checks on every calibration sample
+(their bench_ranges cases, their scoring):
   cls   PaddleOCR direction classifier (rapidocr), 64 rendered lines per draw (half upside down),
         scored on bench_ranges' 4096 held-out lines
   rec   PP-OCRv6 rec (rapidocr), 64 rendered lines per draw, scored on bench_ranges' 256 held-out lines
